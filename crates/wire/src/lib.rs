@@ -1,0 +1,19 @@
+//! Pagoda's wire protocol.
+//!
+//! Every message travels in a frame: a 32-byte header (magic, version, opcode,
+//! flags, payload length, request id, fencing epoch, crc32c) followed by the
+//! payload. `docs/design.md` gives the layout byte by byte. This crate holds the
+//! frame codec ([`frame`]), the messages ([`message`]), the limits every peer
+//! enforces ([`limits`]) and a frame reader for byte streams that spins briefly
+//! before it blocks ([`io`]). It knows nothing of regions' storage, caches or the
+//! command line.
+
+pub mod error;
+pub mod frame;
+pub mod io;
+pub mod limits;
+pub mod message;
+
+pub use error::{ErrorCode, WireError};
+pub use frame::{FrameHeader, HEADER_BYTES, MAGIC, Opcode, VERSION};
+pub use message::{RegionInfo, RegionStat, Request, Response};

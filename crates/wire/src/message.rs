@@ -1,0 +1,699 @@
+//! The messages carried in frames, their payload encodings and decoders.
+//!
+//! Strings are a u16 length followed by UTF-8 bytes; byte strings likewise.
+//! Page lists are a u32 count followed by that many u64 page numbers. Decoders
+//! borrow from the payload, check every length against the bytes present and
+//! against [`crate::limits`], and never allocate more than the limits allow.
+
+use crate::error::{ErrorCode, WireError};
+use crate::frame::{FrameBuilder, Opcode};
+use crate::limits::*;
+
+/// A list of page numbers, borrowed from a payload (u64 little-endian each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageList<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> PageList<'a> {
+    /// Number of pages named.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / 8
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The page numbers in order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + 'a {
+        self.bytes
+            .chunks_exact(8)
+            .map(|chunk| u64::from_le_bytes(chunk.try_into().unwrap()))
+    }
+}
+
+/// A request, decoded from a frame whose opcode is a request opcode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// Authenticates the connection.
+    Hello {
+        /// The shared token; empty when the client has none.
+        token: &'a [u8],
+        /// A name for the client, for the node's logs.
+        client_name: &'a str,
+    },
+    /// Asks for a reply of `reply_bytes` bytes. Any payload after the field is
+    /// padding, so the request size can be chosen too.
+    Ping {
+        /// Size of the reply's payload.
+        reply_bytes: u32,
+    },
+    /// Creates a region.
+    CreateRegion {
+        /// The region's name.
+        name: &'a str,
+        /// Its size in bytes; a multiple of the page size.
+        size: u64,
+        /// Its page size; a power of two from 4 KiB to 2 MiB.
+        page_size: u32,
+    },
+    /// Looks a region up by name.
+    OpenRegion {
+        /// The region's name.
+        name: &'a str,
+    },
+    /// Returns a region's statistics.
+    StatRegion {
+        /// The region's name.
+        name: &'a str,
+    },
+    /// Lists all regions.
+    ListRegions,
+    /// Deletes a region.
+    DeleteRegion {
+        /// The region's name.
+        name: &'a str,
+    },
+    /// Reads pages; the reply carries them in the order named.
+    ReadPages {
+        /// The region's id, from `OpenRegion` or `CreateRegion`.
+        region: u64,
+        /// The pages to read.
+        pages: PageList<'a>,
+    },
+    /// Writes pages; `data` holds them in the order named.
+    WritePages {
+        /// The region's id.
+        region: u64,
+        /// The pages to write.
+        pages: PageList<'a>,
+        /// Their contents, `pages.len() * page_size` bytes.
+        data: &'a [u8],
+    },
+    /// Returns the node's statistics.
+    NodeStat,
+}
+
+/// A region's identity and shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionInfo {
+    /// The node-assigned id; never reused by that node.
+    pub id: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Page size in bytes.
+    pub page_size: u32,
+    /// The region's name.
+    pub name: String,
+}
+
+/// A region's statistics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionStat {
+    /// The region.
+    pub info: RegionInfo,
+    /// Segments holding RAM (allocated on first write).
+    pub segments_allocated: u64,
+    /// Bytes of RAM the region holds.
+    pub resident_bytes: u64,
+    /// Pages read since the node started.
+    pub pages_read: u64,
+    /// Pages written since the node started.
+    pub pages_written: u64,
+}
+
+/// The node's statistics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStat {
+    /// RAM for pages, in bytes.
+    pub capacity_bytes: u64,
+    /// RAM in use by allocated segments.
+    pub used_bytes: u64,
+    /// The allocation unit.
+    pub segment_bytes: u64,
+    /// Regions held.
+    pub regions: u32,
+    /// Connections open.
+    pub connections: u32,
+    /// Requests served since start.
+    pub requests: u64,
+}
+
+/// A reply, decoded from a frame whose opcode is a reply opcode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response<'a> {
+    /// `Hello` succeeded; the node's limits follow.
+    HelloOk {
+        /// The protocol version the node speaks.
+        version: u8,
+        /// Most page bytes per request.
+        batch_bytes_max: u32,
+        /// Most pages per request.
+        batch_pages_max: u32,
+    },
+    /// The reply to `Ping`.
+    Pong {
+        /// The echoed bytes (zeros).
+        payload: &'a [u8],
+    },
+    /// A region's description.
+    RegionInfo(RegionInfo),
+    /// A region's statistics.
+    RegionStat(RegionStat),
+    /// All regions.
+    RegionList(Vec<RegionInfo>),
+    /// Success without a result.
+    Done,
+    /// Page contents, in the order requested.
+    PagesData {
+        /// The pages' bytes.
+        data: &'a [u8],
+    },
+    /// The node's statistics.
+    NodeStat(NodeStat),
+    /// The request failed.
+    Error {
+        /// What went wrong.
+        code: ErrorCode,
+        /// Details for a human.
+        message: &'a str,
+    },
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8], what: &'static str) -> Self {
+        Reader { bytes, what }
+    }
+
+    fn take(&mut self, count: usize) -> Result<&'a [u8], WireError> {
+        if self.bytes.len() < count {
+            return Err(WireError::malformed(
+                self.what,
+                format!("needs {count} more bytes, {} present", self.bytes.len()),
+            ));
+        }
+        let (head, tail) = self.bytes.split_at(count);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+    }
+
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+
+    fn bytes(&mut self, limit: usize) -> Result<&'a [u8], WireError> {
+        let length = self.u16()? as usize;
+        if length > limit {
+            return Err(WireError::malformed(
+                self.what,
+                format!("field of {length} bytes exceeds the limit of {limit}"),
+            ));
+        }
+        self.take(length)
+    }
+
+    fn str(&mut self, limit: usize) -> Result<&'a str, WireError> {
+        let bytes = self.bytes(limit)?;
+        std::str::from_utf8(bytes)
+            .map_err(|_| WireError::malformed(self.what, "string is not valid UTF-8"))
+    }
+
+    fn pages(&mut self) -> Result<PageList<'a>, WireError> {
+        let count = self.u32()? as usize;
+        if count > BATCH_PAGES_MAX {
+            return Err(WireError::malformed(
+                self.what,
+                format!("{count} pages exceed the batch limit of {BATCH_PAGES_MAX}"),
+            ));
+        }
+        Ok(PageList {
+            bytes: self.take(count * 8)?,
+        })
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.bytes)
+    }
+
+    fn end(&self) -> Result<(), WireError> {
+        if !self.bytes.is_empty() {
+            return Err(WireError::malformed(
+                self.what,
+                format!("{} unexpected trailing bytes", self.bytes.len()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let length = u16::try_from(bytes.len()).expect("field longer than 65535 bytes");
+    out.extend_from_slice(&length.to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn put_pages(out: &mut Vec<u8>, pages: &[u64]) {
+    assert!(pages.len() <= BATCH_PAGES_MAX, "batch exceeds the page limit");
+    out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+    for page in pages {
+        out.extend_from_slice(&page.to_le_bytes());
+    }
+}
+
+fn put_region_info(out: &mut Vec<u8>, info: &RegionInfo) {
+    out.extend_from_slice(&info.id.to_le_bytes());
+    out.extend_from_slice(&info.size.to_le_bytes());
+    out.extend_from_slice(&info.page_size.to_le_bytes());
+    put_bytes(out, info.name.as_bytes());
+}
+
+fn read_region_info(reader: &mut Reader<'_>) -> Result<RegionInfo, WireError> {
+    Ok(RegionInfo {
+        id: reader.u64()?,
+        size: reader.u64()?,
+        page_size: reader.u32()?,
+        name: reader.str(REGION_NAME_BYTES_MAX)?.to_owned(),
+    })
+}
+
+impl<'a> Request<'a> {
+    /// The opcode this request travels under.
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Request::Hello { .. } => Opcode::Hello,
+            Request::Ping { .. } => Opcode::Ping,
+            Request::CreateRegion { .. } => Opcode::CreateRegion,
+            Request::OpenRegion { .. } => Opcode::OpenRegion,
+            Request::StatRegion { .. } => Opcode::StatRegion,
+            Request::ListRegions => Opcode::ListRegions,
+            Request::DeleteRegion { .. } => Opcode::DeleteRegion,
+            Request::ReadPages { .. } => Opcode::ReadPages,
+            Request::WritePages { .. } => Opcode::WritePages,
+            Request::NodeStat => Opcode::NodeStat,
+        }
+    }
+
+    /// Appends this request as a whole frame to `out`. `WritePages` is built
+    /// with [`encode_write_pages`] instead, which avoids gathering the data
+    /// into one slice first; encoding it here copies `data`.
+    pub fn encode(&self, out: &mut Vec<u8>, request_id: u64, epoch: u64) {
+        let mut frame = FrameBuilder::begin(out, self.opcode(), request_id, epoch);
+        let payload = frame.payload();
+        match self {
+            Request::Hello { token, client_name } => {
+                put_bytes(payload, token);
+                put_bytes(payload, client_name.as_bytes());
+            }
+            Request::Ping { reply_bytes } => payload.extend_from_slice(&reply_bytes.to_le_bytes()),
+            Request::CreateRegion {
+                name,
+                size,
+                page_size,
+            } => {
+                put_bytes(payload, name.as_bytes());
+                payload.extend_from_slice(&size.to_le_bytes());
+                payload.extend_from_slice(&page_size.to_le_bytes());
+            }
+            Request::OpenRegion { name }
+            | Request::StatRegion { name }
+            | Request::DeleteRegion { name } => put_bytes(payload, name.as_bytes()),
+            Request::ListRegions | Request::NodeStat => {}
+            Request::ReadPages { region, pages } => {
+                payload.extend_from_slice(&region.to_le_bytes());
+                payload.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+                payload.extend_from_slice(pages.bytes);
+            }
+            Request::WritePages {
+                region,
+                pages,
+                data,
+            } => {
+                payload.extend_from_slice(&region.to_le_bytes());
+                payload.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+                payload.extend_from_slice(pages.bytes);
+                payload.extend_from_slice(data);
+            }
+        }
+        frame.finish();
+    }
+
+    /// Decodes a request payload. Unknown or reply opcodes are errors the
+    /// connection survives.
+    pub fn decode(opcode: u8, payload: &'a [u8]) -> Result<Request<'a>, WireError> {
+        let Some(op) = Opcode::from_u8(opcode) else {
+            return Err(WireError::UnknownOpcode(opcode));
+        };
+        let what = "request";
+        let mut reader = Reader::new(payload, what);
+        let request = match op {
+            Opcode::Hello => Request::Hello {
+                token: reader.bytes(TOKEN_BYTES_MAX)?,
+                client_name: reader.str(CLIENT_NAME_BYTES_MAX)?,
+            },
+            Opcode::Ping => {
+                let reply_bytes = reader.u32()?;
+                reader.rest();
+                Request::Ping { reply_bytes }
+            }
+            Opcode::CreateRegion => Request::CreateRegion {
+                name: reader.str(REGION_NAME_BYTES_MAX)?,
+                size: reader.u64()?,
+                page_size: reader.u32()?,
+            },
+            Opcode::OpenRegion => Request::OpenRegion {
+                name: reader.str(REGION_NAME_BYTES_MAX)?,
+            },
+            Opcode::StatRegion => Request::StatRegion {
+                name: reader.str(REGION_NAME_BYTES_MAX)?,
+            },
+            Opcode::ListRegions => Request::ListRegions,
+            Opcode::DeleteRegion => Request::DeleteRegion {
+                name: reader.str(REGION_NAME_BYTES_MAX)?,
+            },
+            Opcode::ReadPages => Request::ReadPages {
+                region: reader.u64()?,
+                pages: reader.pages()?,
+            },
+            Opcode::WritePages => Request::WritePages {
+                region: reader.u64()?,
+                pages: reader.pages()?,
+                data: reader.rest(),
+            },
+            Opcode::NodeStat => Request::NodeStat,
+            _ => return Err(WireError::UnknownOpcode(opcode)),
+        };
+        reader.end()?;
+        Ok(request)
+    }
+}
+
+/// Appends a `WritePages` frame to `out`, asking `fill(index, out)` to append
+/// the contents of the `index`-th page (exactly `page_size` bytes) in turn.
+pub fn encode_write_pages(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    epoch: u64,
+    region: u64,
+    pages: &[u64],
+    page_size: usize,
+    mut fill: impl FnMut(usize, &mut Vec<u8>),
+) {
+    let mut frame = FrameBuilder::begin(out, Opcode::WritePages, request_id, epoch);
+    let payload = frame.payload();
+    payload.extend_from_slice(&region.to_le_bytes());
+    put_pages(payload, pages);
+    for index in 0..pages.len() {
+        let before = payload.len();
+        fill(index, payload);
+        assert_eq!(payload.len() - before, page_size, "fill wrote a partial page");
+    }
+    frame.finish();
+}
+
+/// Appends a `ReadPages` frame for `pages` to `out`.
+pub fn encode_read_pages(out: &mut Vec<u8>, request_id: u64, epoch: u64, region: u64, pages: &[u64]) {
+    let mut frame = FrameBuilder::begin(out, Opcode::ReadPages, request_id, epoch);
+    let payload = frame.payload();
+    payload.extend_from_slice(&region.to_le_bytes());
+    put_pages(payload, pages);
+    frame.finish();
+}
+
+impl<'a> Response<'a> {
+    /// The opcode this reply travels under.
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Response::HelloOk { .. } => Opcode::HelloOk,
+            Response::Pong { .. } => Opcode::Pong,
+            Response::RegionInfo(_) => Opcode::RegionInfo,
+            Response::RegionStat(_) => Opcode::RegionStat,
+            Response::RegionList(_) => Opcode::RegionList,
+            Response::Done => Opcode::Done,
+            Response::PagesData { .. } => Opcode::PagesData,
+            Response::NodeStat(_) => Opcode::NodeStatReply,
+            Response::Error { .. } => Opcode::Error,
+        }
+    }
+
+    /// Appends this reply as a whole frame to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>, request_id: u64, epoch: u64) {
+        let mut frame = FrameBuilder::begin(out, self.opcode(), request_id, epoch);
+        let payload = frame.payload();
+        match self {
+            Response::HelloOk {
+                version,
+                batch_bytes_max,
+                batch_pages_max,
+            } => {
+                payload.push(*version);
+                payload.extend_from_slice(&batch_bytes_max.to_le_bytes());
+                payload.extend_from_slice(&batch_pages_max.to_le_bytes());
+            }
+            Response::Pong { payload: bytes } => payload.extend_from_slice(bytes),
+            Response::RegionInfo(info) => put_region_info(payload, info),
+            Response::RegionStat(stat) => {
+                put_region_info(payload, &stat.info);
+                for value in [
+                    stat.segments_allocated,
+                    stat.resident_bytes,
+                    stat.pages_read,
+                    stat.pages_written,
+                ] {
+                    payload.extend_from_slice(&value.to_le_bytes());
+                }
+            }
+            Response::RegionList(list) => {
+                assert!(list.len() <= REGIONS_MAX, "region list exceeds the limit");
+                payload.extend_from_slice(&(list.len() as u32).to_le_bytes());
+                for info in list {
+                    put_region_info(payload, info);
+                }
+            }
+            Response::Done => {}
+            Response::PagesData { data } => payload.extend_from_slice(data),
+            Response::NodeStat(stat) => {
+                for value in [stat.capacity_bytes, stat.used_bytes, stat.segment_bytes] {
+                    payload.extend_from_slice(&value.to_le_bytes());
+                }
+                payload.extend_from_slice(&stat.regions.to_le_bytes());
+                payload.extend_from_slice(&stat.connections.to_le_bytes());
+                payload.extend_from_slice(&stat.requests.to_le_bytes());
+            }
+            Response::Error { code, message } => {
+                payload.extend_from_slice(&(*code as u16).to_le_bytes());
+                let mut end = message.len().min(ERROR_MESSAGE_BYTES_MAX);
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                put_bytes(payload, &message.as_bytes()[..end]);
+            }
+        }
+        frame.finish();
+    }
+
+    /// Decodes a reply payload.
+    pub fn decode(opcode: u8, payload: &'a [u8]) -> Result<Response<'a>, WireError> {
+        let Some(op) = Opcode::from_u8(opcode) else {
+            return Err(WireError::UnknownOpcode(opcode));
+        };
+        let what = "reply";
+        let mut reader = Reader::new(payload, what);
+        let response = match op {
+            Opcode::HelloOk => Response::HelloOk {
+                version: reader.u8()?,
+                batch_bytes_max: reader.u32()?,
+                batch_pages_max: reader.u32()?,
+            },
+            Opcode::Pong => Response::Pong {
+                payload: reader.rest(),
+            },
+            Opcode::RegionInfo => Response::RegionInfo(read_region_info(&mut reader)?),
+            Opcode::RegionStat => Response::RegionStat(RegionStat {
+                info: read_region_info(&mut reader)?,
+                segments_allocated: reader.u64()?,
+                resident_bytes: reader.u64()?,
+                pages_read: reader.u64()?,
+                pages_written: reader.u64()?,
+            }),
+            Opcode::RegionList => {
+                let count = reader.u32()? as usize;
+                if count > REGIONS_MAX {
+                    return Err(WireError::malformed(
+                        what,
+                        format!("{count} regions exceed the limit of {REGIONS_MAX}"),
+                    ));
+                }
+                let mut list = Vec::with_capacity(count);
+                for _ in 0..count {
+                    list.push(read_region_info(&mut reader)?);
+                }
+                Response::RegionList(list)
+            }
+            Opcode::Done => Response::Done,
+            Opcode::PagesData => Response::PagesData {
+                data: reader.rest(),
+            },
+            Opcode::NodeStatReply => Response::NodeStat(NodeStat {
+                capacity_bytes: reader.u64()?,
+                used_bytes: reader.u64()?,
+                segment_bytes: reader.u64()?,
+                regions: reader.u32()?,
+                connections: reader.u32()?,
+                requests: reader.u64()?,
+            }),
+            Opcode::Error => Response::Error {
+                code: ErrorCode::from_u16(reader.u16()?),
+                message: reader.str(ERROR_MESSAGE_BYTES_MAX)?,
+            },
+            _ => return Err(WireError::UnknownOpcode(opcode)),
+        };
+        reader.end()?;
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{FrameHeader, HEADER_BYTES};
+
+    fn split(frame: &[u8]) -> (FrameHeader, &[u8]) {
+        let header_bytes: [u8; HEADER_BYTES] = frame[..HEADER_BYTES].try_into().unwrap();
+        let header = FrameHeader::parse(&header_bytes).unwrap();
+        header.verify(&header_bytes, &frame[HEADER_BYTES..]).unwrap();
+        (header, &frame[HEADER_BYTES..])
+    }
+
+    // Guards the encoding of every request: each decodes to itself.
+    #[test]
+    fn requests_round_trip() {
+        let pages: Vec<u8> = [3u64, 9].iter().flat_map(|p| p.to_le_bytes()).collect();
+        let data = vec![7u8; 8192];
+        let requests = [
+            Request::Hello {
+                token: b"secret",
+                client_name: "test",
+            },
+            Request::Ping { reply_bytes: 4096 },
+            Request::CreateRegion {
+                name: "r",
+                size: 1 << 30,
+                page_size: 4096,
+            },
+            Request::OpenRegion { name: "r" },
+            Request::StatRegion { name: "r" },
+            Request::ListRegions,
+            Request::DeleteRegion { name: "r" },
+            Request::ReadPages {
+                region: 5,
+                pages: PageList { bytes: &pages },
+            },
+            Request::WritePages {
+                region: 5,
+                pages: PageList { bytes: &pages },
+                data: &data,
+            },
+            Request::NodeStat,
+        ];
+        for request in requests {
+            let mut out = Vec::new();
+            request.encode(&mut out, 1, 0);
+            let (header, payload) = split(&out);
+            assert_eq!(Request::decode(header.opcode, payload).unwrap(), request);
+        }
+    }
+
+    // Guards the encoding of every reply: each decodes to itself.
+    #[test]
+    fn responses_round_trip() {
+        let info = RegionInfo {
+            id: 1,
+            size: 4096,
+            page_size: 4096,
+            name: "a".into(),
+        };
+        let responses = [
+            Response::HelloOk {
+                version: 1,
+                batch_bytes_max: 1,
+                batch_pages_max: 2,
+            },
+            Response::Pong { payload: &[0; 10] },
+            Response::RegionInfo(info.clone()),
+            Response::RegionStat(RegionStat {
+                info: info.clone(),
+                segments_allocated: 1,
+                resident_bytes: 2,
+                pages_read: 3,
+                pages_written: 4,
+            }),
+            Response::RegionList(vec![info.clone(), info]),
+            Response::Done,
+            Response::PagesData { data: &[1, 2, 3] },
+            Response::NodeStat(NodeStat {
+                capacity_bytes: 1,
+                used_bytes: 2,
+                segment_bytes: 3,
+                regions: 4,
+                connections: 5,
+                requests: 6,
+            }),
+            Response::Error {
+                code: ErrorCode::OutOfRange,
+                message: "page 9 beyond 8",
+            },
+        ];
+        for response in responses {
+            let mut out = Vec::new();
+            response.encode(&mut out, 1, 0);
+            let (header, payload) = split(&out);
+            assert_eq!(Response::decode(header.opcode, payload).unwrap(), response);
+        }
+    }
+
+    // Guards the bounds checks: every truncation of a valid payload is an
+    // error, never a panic.
+    #[test]
+    fn truncated_payloads_are_errors() {
+        let mut out = Vec::new();
+        Request::CreateRegion {
+            name: "region",
+            size: 1 << 20,
+            page_size: 4096,
+        }
+        .encode(&mut out, 1, 0);
+        let payload = &out[HEADER_BYTES..];
+        for cut in 0..payload.len() {
+            assert!(Request::decode(Opcode::CreateRegion as u8, &payload[..cut]).is_err());
+        }
+    }
+
+    // Guards the page-count limit: a huge count is refused before any read.
+    #[test]
+    fn page_count_beyond_limit_is_refused() {
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&1u64.to_le_bytes());
+        payload.extend_from_slice(&u32::MAX.to_le_bytes());
+        let error = Request::decode(Opcode::ReadPages as u8, &payload).unwrap_err();
+        assert!(error.to_string().contains("batch limit"), "{error}");
+    }
+}
