@@ -1,0 +1,93 @@
+//! The node's errors.
+
+use pagoda_wire::ErrorCode;
+
+/// An error serving a request or running the node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A request named a region that does not exist.
+    #[error("region {0:?} not found")]
+    RegionNotFound(String),
+    /// A request named a region id that does not exist.
+    #[error("region id {0} not found")]
+    RegionIdNotFound(u64),
+    /// A region with the name exists already.
+    #[error("region {0:?} exists already")]
+    RegionExists(String),
+    /// A page lies outside the region.
+    #[error("page {page} is out of range: the region has {pages} pages")]
+    OutOfRange {
+        /// The page asked for.
+        page: u64,
+        /// The region's page count.
+        pages: u64,
+    },
+    /// No RAM is left for a new segment.
+    #[error(
+        "out of memory: the node's capacity of {capacity_bytes} bytes is fully allocated \
+         ({segments} segments of {segment_bytes} bytes)"
+    )]
+    OutOfMemory {
+        /// The node's page capacity.
+        capacity_bytes: u64,
+        /// Segments in the arena.
+        segments: u64,
+        /// Bytes per segment.
+        segment_bytes: u64,
+    },
+    /// An argument is invalid.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The node holds its maximum number of regions.
+    #[error("the node holds its maximum of {0} regions")]
+    TooManyRegions(usize),
+    /// The metadata store failed; it refuses changes until the node restarts.
+    #[error("metadata store failed: {0}")]
+    MetadataFailed(String),
+    /// The data dir's contents are invalid.
+    #[error("data dir {path}: {detail}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// An I/O error.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl NodeError {
+    /// The code sent to the client for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            NodeError::RegionNotFound(_) | NodeError::RegionIdNotFound(_) => {
+                ErrorCode::RegionNotFound
+            }
+            NodeError::RegionExists(_) => ErrorCode::RegionExists,
+            NodeError::OutOfRange { .. } => ErrorCode::OutOfRange,
+            NodeError::OutOfMemory { .. } => ErrorCode::OutOfMemory,
+            NodeError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            NodeError::TooManyRegions(_) => ErrorCode::TooManyRegions,
+            NodeError::MetadataFailed(_)
+            | NodeError::Corrupt { .. }
+            | NodeError::Config(_)
+            | NodeError::Io { .. } => ErrorCode::Internal,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> NodeError {
+        NodeError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
