@@ -2,7 +2,15 @@
 //!
 //! This crate knows nothing of sockets, nodes or storage. A [`PageCache`] caches
 //! the pages of one region over a [`Backing`] (the client implements it with the
-//! wire protocol; tests implement it with a `Vec<u8>`), and an
+//! wire protocol; tests implement it with [`memory::MemoryBacking`]), and an
 //! [`policy::EvictionPolicy`] chooses which pages leave.
 
+mod cache;
+mod frame;
+pub mod memory;
 pub mod policy;
+mod stats;
+mod table;
+
+pub use cache::{Backing, BackingError, CacheConfig, CacheError, PageCache};
+pub use stats::CacheStats;

@@ -1,0 +1,200 @@
+//! Model-based tests of the page cache over an in-memory backing store: random
+//! reads, writes and flushes against a `Vec<u8>`, compared after every step.
+
+use std::sync::Arc;
+
+use pagoda_cache::memory::MemoryBacking;
+use pagoda_cache::policy::PolicyKind;
+use pagoda_cache::{CacheConfig, PageCache};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+
+const PAGE: usize = 4096;
+
+fn cache(region_pages: usize, frames: usize, batch: usize) -> PageCache<MemoryBacking> {
+    PageCache::new(
+        CacheConfig {
+            capacity_bytes: (frames * PAGE) as u64,
+            page_size: PAGE,
+            region_bytes: (region_pages * PAGE) as u64,
+            policy: PolicyKind::default(),
+            batch_pages_max: batch,
+        },
+        MemoryBacking::new(region_pages * PAGE, PAGE),
+    )
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Read { offset: usize, len: usize },
+    Write { offset: usize, len: usize, seed: u8 },
+    Flush,
+}
+
+fn op(region: usize) -> impl Strategy<Value = Op> {
+    let span = (0..region, 1..3 * PAGE).prop_map(move |(offset, len)| {
+        let len = len.min(region - offset);
+        (offset, len.max(1).min(region - offset))
+    });
+    prop_oneof![
+        4 => span.clone().prop_map(|(offset, len)| Op::Read { offset, len }),
+        4 => (span, any::<u8>()).prop_map(|((offset, len), seed)| Op::Write { offset, len, seed }),
+        1 => Just(Op::Flush),
+    ]
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| seed.wrapping_add(i as u8).wrapping_mul(31)).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    // Guards single-threaded correctness of every path (hit, miss, eviction
+    // with write-back, partial-page writes, flush) at cache sizes from one
+    // frame to most of the region; proptest shrinks a failing sequence.
+    #[test]
+    fn cache_matches_model(frames in 1usize..12, batch in 1usize..6, ops in prop::collection::vec(op(16 * PAGE), 1..80)) {
+        let region = 16 * PAGE;
+        let cache = cache(16, frames, batch);
+        let mut model = vec![0u8; region];
+        for op in ops {
+            match op {
+                Op::Read { offset, len } => {
+                    let mut buf = vec![0u8; len];
+                    cache.read_at(offset as u64, &mut buf).unwrap();
+                    prop_assert_eq!(&buf[..], &model[offset..offset + len]);
+                }
+                Op::Write { offset, len, seed } => {
+                    let data = pattern(len, seed);
+                    cache.write_at(offset as u64, &data).unwrap();
+                    model[offset..offset + len].copy_from_slice(&data);
+                }
+                Op::Flush => {
+                    cache.flush().unwrap();
+                    prop_assert_eq!(cache.dirty_pages(), 0);
+                    prop_assert_eq!(cache.backing().snapshot(), model.clone());
+                }
+            }
+        }
+        cache.flush().unwrap();
+        prop_assert_eq!(cache.backing().snapshot(), model);
+    }
+}
+
+// Guards concurrency: several threads read, write and flush at once through
+// one cache. Each thread owns interleaved stripes of 3,000 bytes (which
+// straddle pages, so threads share pages) and checks every read of its own
+// stripes against its own model; at the end the backing store must equal the
+// union of the models.
+#[test]
+fn threads_sharing_pages_match_their_models() {
+    const THREADS: usize = 4;
+    const STRIPE: usize = 3000;
+    const REGION_PAGES: usize = 64;
+    let region = REGION_PAGES * PAGE;
+    let stripes = region / STRIPE;
+    for frames in [1usize, 2, 3, 8, 40] {
+        let cache = Arc::new(cache(REGION_PAGES, frames, 4));
+        let handles: Vec<_> = (0..THREADS)
+            .map(|thread| {
+                let cache = cache.clone();
+                std::thread::spawn(move || {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(thread as u64 * 7 + frames as u64);
+                    let mut model = vec![0u8; region];
+                    let owned: Vec<usize> = (0..stripes).filter(|s| s % THREADS == thread).collect();
+                    for step in 0..1500 {
+                        let stripe = owned[rng.gen_range(0..owned.len())];
+                        let start = stripe * STRIPE + rng.gen_range(0..STRIPE);
+                        let len = rng.gen_range(1..=stripe * STRIPE + STRIPE - start);
+                        match rng.gen_range(0..10) {
+                            0..=4 => {
+                                let data = pattern(len, rng.r#gen());
+                                cache.write_at(start as u64, &data).unwrap();
+                                model[start..start + len].copy_from_slice(&data);
+                            }
+                            5..=8 => {
+                                let mut buf = vec![0u8; len];
+                                cache.read_at(start as u64, &mut buf).unwrap();
+                                assert_eq!(buf, model[start..start + len], "thread {thread} step {step} frames {frames}");
+                            }
+                            _ => cache.flush().unwrap(),
+                        }
+                    }
+                    (owned, model)
+                })
+            })
+            .collect();
+        let mut expected = vec![0u8; region];
+        for handle in handles {
+            let (owned, model) = handle.join().unwrap();
+            for stripe in owned {
+                let range = stripe * STRIPE..(stripe + 1) * STRIPE;
+                expected[range.clone()].copy_from_slice(&model[range]);
+            }
+        }
+        cache.flush().unwrap();
+        assert_eq!(cache.backing().snapshot(), expected, "frames {frames}");
+        let mut whole = vec![0u8; region];
+        cache.read_at(0, &mut whole).unwrap();
+        assert_eq!(whole, expected);
+    }
+}
+
+// Guards the write-back failure path: a failed write-back during flush keeps
+// the pages dirty (nothing is pretended safe), and a later flush stores them.
+#[test]
+fn failed_write_back_keeps_pages_dirty() {
+    let cache = cache(8, 4, 2);
+    cache.write_at(0, &[7u8; 3 * PAGE]).unwrap();
+    cache.backing().fail_writes(true);
+    assert!(cache.flush().is_err());
+    assert_eq!(cache.dirty_pages(), 3);
+    // Eviction needs a write-back too, and fails the same way.
+    let mut buf = vec![0u8; 2 * PAGE];
+    assert!(cache.read_at(4 * PAGE as u64, &mut buf).is_err());
+    cache.backing().fail_writes(false);
+    cache.flush().unwrap();
+    assert_eq!(cache.dirty_pages(), 0);
+    assert!(cache.backing().snapshot()[..3 * PAGE].iter().all(|&b| b == 7));
+}
+
+// Guards the failed-fetch path: the error is reported, the frames are freed,
+// and the cache serves correctly once the backing store recovers.
+#[test]
+fn failed_fetch_is_reported_and_recovers() {
+    let cache = cache(8, 2, 2);
+    cache.write_at(PAGE as u64, &[3u8; PAGE]).unwrap();
+    cache.flush().unwrap();
+    cache.backing().fail_reads(true);
+    let mut buf = vec![0u8; PAGE];
+    assert!(cache.read_at(5 * PAGE as u64, &mut buf).is_err());
+    cache.backing().fail_reads(false);
+    for page in [5u64, 6, 7, 1] {
+        cache.read_at(page * PAGE as u64, &mut buf).unwrap();
+    }
+    assert!(buf.iter().all(|&b| b == 3));
+}
+
+// Guards range checks: out-of-range accesses are errors, not panics.
+#[test]
+fn out_of_range_is_an_error() {
+    let cache = cache(4, 2, 2);
+    let mut buf = vec![0u8; 10];
+    assert!(cache.read_at(4 * PAGE as u64 - 5, &mut buf).is_err());
+    assert!(cache.write_at(u64::MAX - 3, &buf).is_err());
+    assert!(cache.read_at(4 * PAGE as u64 - 10, &mut buf).is_ok());
+}
+
+// Guards batching: a multi-page miss is fetched in one backing call, and a
+// full-page write miss needs no fetch at all.
+#[test]
+fn adjacent_misses_are_batched() {
+    let cache = cache(64, 32, 16);
+    let mut buf = vec![0u8; 8 * PAGE];
+    cache.read_at(0, &mut buf).unwrap();
+    assert_eq!(cache.backing().read_calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    cache.write_at(16 * PAGE as u64, &[1u8; 4 * PAGE]).unwrap();
+    assert_eq!(cache.backing().read_calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(cache.stats().misses, 12);
+}
