@@ -1,0 +1,297 @@
+//! One TCP connection to a node, shared by many threads, with many requests in
+//! flight, matched to replies by request id.
+//!
+//! There is no dedicated reader thread. A caller that has sent its request
+//! tries to become the reader (a try-lock); the reader reads frames and hands
+//! each reply to the caller waiting for it, until its own reply arrives, then
+//! passes the role on by waking another waiting caller. A lone caller thus
+//! reads its own reply with no thread handoff, which is what keeps a queue-
+//! depth-one round trip close to the raw socket's. Waiting callers spin for
+//! the configured budget, then park.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use pagoda_wire::io::FrameReader;
+use pagoda_wire::limits::{BATCH_BYTES_MAX, BATCH_PAGES_MAX};
+use pagoda_wire::{ErrorCode, Opcode, Response, WireError};
+
+use crate::ClientOptions;
+use crate::error::ClientError;
+
+/// A reply's opcode and payload, owned.
+pub struct Reply {
+    opcode: u8,
+    payload: Vec<u8>,
+}
+
+impl Reply {
+    /// Decodes the reply; an error reply becomes `ClientError::Remote`.
+    pub fn decode(&self) -> Result<Response<'_>, ClientError> {
+        match Response::decode(self.opcode, &self.payload)? {
+            Response::Error { code, message } => Err(ClientError::Remote {
+                code,
+                message: message.to_owned(),
+            }),
+            response => Ok(response),
+        }
+    }
+
+    /// The payload of a `PagesData` reply, or the error the reply carries.
+    pub fn pages_data(&self) -> Result<&[u8], ClientError> {
+        if self.opcode == Opcode::PagesData as u8 {
+            return Ok(&self.payload);
+        }
+        let other = self.decode()?;
+        Err(ClientError::Protocol(format!(
+            "expected page data, got {:?}",
+            other.opcode()
+        )))
+    }
+}
+
+struct Slot {
+    done: AtomicBool,
+    reply: Mutex<Option<Result<Reply, ClientError>>>,
+    thread: Thread,
+}
+
+struct Writer {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+/// See the module documentation.
+pub struct Connection {
+    peer: SocketAddr,
+    writer: Mutex<Writer>,
+    reader: Mutex<FrameReader<TcpStream>>,
+    pending: Mutex<HashMap<u64, Arc<Slot>>>,
+    next_id: AtomicU64,
+    failed: Mutex<Option<String>>,
+    spin: Duration,
+    timeout: Duration,
+    batch_bytes_max: AtomicUsize,
+    batch_pages_max: AtomicUsize,
+}
+
+impl Connection {
+    /// Connects (without authenticating).
+    pub fn open(addr: impl ToSocketAddrs, options: &ClientOptions) -> Result<Connection, ClientError> {
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|source| ClientError::Connect {
+                addr: "(unresolved)".into(),
+                source,
+            })?
+            .collect();
+        let mut last_error = None;
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, options.timeout) {
+                Ok(stream) => return Connection::from_stream(stream, addr, options),
+                Err(error) => last_error = Some((addr, error)),
+            }
+        }
+        let (addr, source) = last_error.unwrap_or_else(|| {
+            (
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no address to connect to"),
+            )
+        });
+        Err(ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        })
+    }
+
+    fn from_stream(stream: TcpStream, peer: SocketAddr, options: &ClientOptions) -> Result<Connection, ClientError> {
+        let io = |source| ClientError::Connect {
+            addr: peer.to_string(),
+            source,
+        };
+        stream.set_nodelay(true).map_err(io)?;
+        // A reader blocked this long with requests outstanding means the node
+        // is gone or stuck.
+        stream.set_read_timeout(Some(options.timeout)).map_err(io)?;
+        stream.set_write_timeout(Some(options.timeout)).map_err(io)?;
+        let read_half = stream.try_clone().map_err(io)?;
+        Ok(Connection {
+            peer,
+            writer: Mutex::new(Writer {
+                stream,
+                buffer: Vec::with_capacity(64 * 1024),
+            }),
+            reader: Mutex::new(FrameReader::new(read_half, options.spin)),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            failed: Mutex::new(None),
+            spin: options.spin,
+            timeout: options.timeout,
+            batch_bytes_max: AtomicUsize::new(BATCH_BYTES_MAX),
+            batch_pages_max: AtomicUsize::new(BATCH_PAGES_MAX),
+        })
+    }
+
+    /// The node's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Records the node's batch limits (from `HelloOk`), never above ours.
+    pub fn set_limits(&self, batch_bytes_max: usize, batch_pages_max: usize) {
+        self.batch_bytes_max
+            .store(batch_bytes_max.clamp(1, BATCH_BYTES_MAX), Ordering::Relaxed);
+        self.batch_pages_max
+            .store(batch_pages_max.clamp(1, BATCH_PAGES_MAX), Ordering::Relaxed);
+    }
+
+    /// The most pages of `page_size` one request may carry.
+    pub fn batch_pages_max(&self, page_size: usize) -> usize {
+        let by_bytes = self.batch_bytes_max.load(Ordering::Relaxed) / page_size;
+        by_bytes
+            .min(self.batch_pages_max.load(Ordering::Relaxed))
+            .max(1)
+    }
+
+    fn fail(&self, reason: String) {
+        let mut failed = self.failed.lock();
+        if failed.is_none() {
+            tracing::warn!(peer = %self.peer, %reason, "connection failed");
+            *failed = Some(reason.clone());
+        }
+        drop(failed);
+        let slots: Vec<_> = self.pending.lock().drain().collect();
+        for (_, slot) in slots {
+            complete(&slot, Err(ClientError::Disconnected(reason.clone())));
+        }
+        let _ = self.writer.lock().stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    fn check_failed(&self) -> Result<(), ClientError> {
+        match &*self.failed.lock() {
+            Some(reason) => Err(ClientError::Disconnected(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends one request, built by `encode(out, request_id)`, and waits for
+    /// its reply.
+    pub fn call(&self, encode: impl FnOnce(&mut Vec<u8>, u64)) -> Result<Reply, ClientError> {
+        self.check_failed()?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot {
+            done: AtomicBool::new(false),
+            reply: Mutex::new(None),
+            thread: std::thread::current(),
+        });
+        self.pending.lock().insert(id, slot.clone());
+        let sent = {
+            let mut guard = self.writer.lock();
+            let writer = &mut *guard;
+            writer.buffer.clear();
+            encode(&mut writer.buffer, id);
+            let sent = writer.stream.write_all(&writer.buffer);
+            // Keep large request buffers from pinning memory forever.
+            if writer.buffer.capacity() > 4 * 1024 * 1024 {
+                writer.buffer = Vec::with_capacity(64 * 1024);
+            }
+            sent
+        };
+        if let Err(error) = sent {
+            self.pending.lock().remove(&id);
+            let reason = format!("sending a request: {error}");
+            self.fail(reason.clone());
+            return Err(ClientError::Disconnected(reason));
+        }
+        self.wait(&slot, id)
+    }
+
+    fn wait(&self, slot: &Arc<Slot>, id: u64) -> Result<Reply, ClientError> {
+        let began = Instant::now();
+        loop {
+            if slot.done.load(Ordering::Acquire) {
+                return slot
+                    .reply
+                    .lock()
+                    .take()
+                    .expect("a completed slot holds its reply");
+            }
+            if let Some(mut reader) = self.reader.try_lock() {
+                while !slot.done.load(Ordering::Acquire) {
+                    match reader.read_frame() {
+                        Ok(frame) => self.dispatch(frame.header.request_id, frame.header.opcode, frame.payload),
+                        Err(error) => {
+                            drop(reader);
+                            let reason = match error {
+                                WireError::Io(ref io)
+                                    if matches!(
+                                        io.kind(),
+                                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                    ) =>
+                                {
+                                    self.fail(format!("no reply within {:?}", self.timeout));
+                                    self.pending.lock().remove(&id);
+                                    return Err(ClientError::Timeout(self.timeout));
+                                }
+                                WireError::Closed => "the node closed the connection".to_owned(),
+                                other => other.to_string(),
+                            };
+                            self.fail(reason);
+                            break;
+                        }
+                    }
+                }
+                // Pass the reader role on to someone still waiting.
+                if let Some(next) = self.pending.lock().values().next() {
+                    next.thread.unpark();
+                }
+                continue;
+            }
+            if began.elapsed() < self.spin {
+                std::hint::spin_loop();
+            } else {
+                std::thread::park_timeout(Duration::from_millis(1));
+            }
+        }
+    }
+
+    fn dispatch(&self, id: u64, opcode: u8, payload: &[u8]) {
+        if id == 0 && opcode == Opcode::Error as u8 {
+            // A connection-level error: the node is closing the connection.
+            let reason = match Response::decode(opcode, payload) {
+                Ok(Response::Error { code, message }) => format!("{code}: {message}"),
+                _ => "the node reported a connection error".to_owned(),
+            };
+            let code = match Response::decode(opcode, payload) {
+                Ok(Response::Error { code, .. }) => code,
+                _ => ErrorCode::Unknown,
+            };
+            tracing::warn!(peer = %self.peer, %code, "node closed the connection");
+            self.fail(reason);
+            return;
+        }
+        let Some(slot) = self.pending.lock().remove(&id) else {
+            tracing::warn!(peer = %self.peer, id, "reply to no pending request; ignored");
+            return;
+        };
+        complete(
+            &slot,
+            Ok(Reply {
+                opcode,
+                payload: payload.to_vec(),
+            }),
+        );
+    }
+}
+
+fn complete(slot: &Slot, reply: Result<Reply, ClientError>) {
+    *slot.reply.lock() = Some(reply);
+    slot.done.store(true, Ordering::Release);
+    slot.thread.unpark();
+}

@@ -1,0 +1,76 @@
+//! The client's errors.
+
+use pagoda_wire::{ErrorCode, WireError};
+
+/// An error of a client operation. Callers can match on what went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting failed.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The node answered with an error.
+    #[error("node refused: {code}: {message}")]
+    Remote {
+        /// What went wrong.
+        code: ErrorCode,
+        /// The node's explanation.
+        message: String,
+    },
+    /// The connection broke; it cannot be used any more.
+    #[error("connection to the node failed: {0}")]
+    Disconnected(String),
+    /// The node did not answer in time; the connection is closed.
+    #[error("no reply from the node within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The node's reply made no sense.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A byte range lies outside the region.
+    #[error("range of {len} bytes at offset {offset} lies outside the region of {size} bytes")]
+    OutOfRange {
+        /// Start of the range.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// The region's size.
+        size: u64,
+    },
+    /// An argument is invalid.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl ClientError {
+    /// The node's error code, if the node refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Remote { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<WireError> for ClientError {
+    fn from(error: WireError) -> Self {
+        ClientError::Protocol(error.to_string())
+    }
+}
+
+impl From<pagoda_cache::CacheError> for ClientError {
+    fn from(error: pagoda_cache::CacheError) -> Self {
+        match error {
+            pagoda_cache::CacheError::OutOfRange { offset, len, size } => {
+                ClientError::OutOfRange { offset, len, size }
+            }
+            pagoda_cache::CacheError::Backing(inner) => match inner.downcast::<ClientError>() {
+                Ok(client_error) => *client_error,
+                Err(other) => ClientError::Protocol(other.to_string()),
+            },
+        }
+    }
+}

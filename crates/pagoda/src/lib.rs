@@ -1,0 +1,212 @@
+//! Pagoda's client library.
+//!
+//! A [`Client`] is a connection to a memory node. It creates, lists and
+//! deletes regions, and opens them: a [`Region`] is byte-addressable memory
+//! whose pages live on the node, with a local page cache of a chosen size in
+//! the application's RAM.
+//!
+//! ```no_run
+//! use pagoda::{Client, ClientOptions, RegionOptions};
+//!
+//! let client = Client::connect("127.0.0.1:7070", ClientOptions::default())?;
+//! client.create_region("embeddings", 1 << 30, 4096)?;
+//! let region = client.open_region("embeddings", RegionOptions::with_cache_bytes(64 << 20))?;
+//! region.write_at(12_345, b"hello")?;
+//! let mut buf = [0u8; 5];
+//! region.read_at(12_345, &mut buf)?;
+//! region.flush()?; // every dirty page is now on the node
+//! # Ok::<(), pagoda::ClientError>(())
+//! ```
+
+mod connection;
+mod error;
+mod region;
+
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::ClientError;
+pub use pagoda_cache::CacheStats;
+pub use pagoda_cache::policy::PolicyKind;
+pub use pagoda_wire::ErrorCode;
+pub use pagoda_wire::message::NodeStat;
+pub use pagoda_wire::{RegionInfo, RegionStat};
+pub use region::{Region, RegionOptions};
+
+use connection::{Connection, Reply};
+use pagoda_wire::{Request, Response};
+
+/// How a client connects.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The node's shared token, if it has one.
+    pub token: Option<Vec<u8>>,
+    /// How long a waiting caller spins before it sleeps. Spinning turns a
+    /// loopback round trip of tens of microseconds into a few; set it to zero
+    /// to save CPU where latency matters less.
+    pub spin: Duration,
+    /// How long to wait for any reply before the connection is declared dead.
+    pub timeout: Duration,
+    /// A name for this client in the node's logs.
+    pub client_name: String,
+}
+
+/// Default spin budget, in microseconds.
+pub const SPIN_US_DEFAULT: u64 = 50;
+/// Default reply timeout, in seconds.
+pub const TIMEOUT_S_DEFAULT: u64 = 30;
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            token: None,
+            spin: Duration::from_micros(SPIN_US_DEFAULT),
+            timeout: Duration::from_secs(TIMEOUT_S_DEFAULT),
+            client_name: "pagoda-client".into(),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Defaults with a token.
+    pub fn with_token(token: impl Into<Vec<u8>>) -> ClientOptions {
+        ClientOptions {
+            token: Some(token.into()),
+            ..ClientOptions::default()
+        }
+    }
+}
+
+/// A connection to a memory node; cheap to clone, usable from many threads.
+#[derive(Clone)]
+pub struct Client {
+    connection: Arc<Connection>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("peer", &self.connection.peer())
+            .finish()
+    }
+}
+
+fn unexpected(reply: &Response<'_>) -> ClientError {
+    ClientError::Protocol(format!("unexpected reply {:?}", reply.opcode()))
+}
+
+impl Client {
+    /// Connects and authenticates.
+    pub fn connect(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Client, ClientError> {
+        let connection = Connection::open(addr, &options)?;
+        let client = Client {
+            connection: Arc::new(connection),
+        };
+        let token = options.token.clone().unwrap_or_default();
+        let reply = client.call(&Request::Hello {
+            token: &token,
+            client_name: &options.client_name,
+        })?;
+        match reply.decode()? {
+            Response::HelloOk {
+                batch_bytes_max,
+                batch_pages_max,
+                ..
+            } => {
+                client
+                    .connection
+                    .set_limits(batch_bytes_max as usize, batch_pages_max as usize);
+                Ok(client)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn call(&self, request: &Request<'_>) -> Result<Reply, ClientError> {
+        self.connection
+            .call(|out, id| request.encode(out, id, 0))
+    }
+
+    fn region_info(&self, request: &Request<'_>) -> Result<RegionInfo, ClientError> {
+        match self.call(request)?.decode()? {
+            Response::RegionInfo(info) => Ok(info),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Creates a region of `size` bytes (a multiple of `page_size`, which is a
+    /// power of two from 4 KiB to 2 MiB).
+    pub fn create_region(&self, name: &str, size: u64, page_size: u32) -> Result<RegionInfo, ClientError> {
+        self.region_info(&Request::CreateRegion {
+            name,
+            size,
+            page_size,
+        })
+    }
+
+    /// Opens a region with a local cache.
+    pub fn open_region(&self, name: &str, options: RegionOptions) -> Result<Region, ClientError> {
+        let info = self.region_info(&Request::OpenRegion { name })?;
+        Region::new(self.connection.clone(), info, options)
+    }
+
+    /// Describes a region and its use of the node's RAM.
+    pub fn stat_region(&self, name: &str) -> Result<RegionStat, ClientError> {
+        match self.call(&Request::StatRegion { name })?.decode()? {
+            Response::RegionStat(stat) => Ok(stat),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Lists the node's regions, by name.
+    pub fn list_regions(&self) -> Result<Vec<RegionInfo>, ClientError> {
+        match self.call(&Request::ListRegions)?.decode()? {
+            Response::RegionList(list) => Ok(list),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Deletes a region and frees its RAM on the node.
+    pub fn delete_region(&self, name: &str) -> Result<(), ClientError> {
+        match self.call(&Request::DeleteRegion { name })?.decode()? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The node's statistics.
+    pub fn node_stat(&self) -> Result<NodeStat, ClientError> {
+        match self.call(&Request::NodeStat)?.decode()? {
+            Response::NodeStat(stat) => Ok(stat),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A round trip with a reply of `reply_bytes` bytes.
+    pub fn ping(&self, reply_bytes: u32) -> Result<(), ClientError> {
+        match self.call(&Request::Ping { reply_bytes })?.decode()? {
+            Response::Pong { payload } if payload.len() == reply_bytes as usize => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Reads pages of a region straight from the node, bypassing any cache;
+    /// `out` receives `pages.len()` pages. For tools and benchmarks.
+    pub fn read_pages(&self, region: &RegionInfo, pages: &[u64], out: &mut [u8]) -> Result<(), ClientError> {
+        region::read_pages(&self.connection, region.id, region.page_size as usize, pages, out)
+    }
+
+    /// Writes pages of a region straight to the node, bypassing any cache.
+    /// `data` holds `pages.len()` pages. For tools and benchmarks.
+    pub fn write_pages(&self, region: &RegionInfo, pages: &[u64], data: &[u8]) -> Result<(), ClientError> {
+        let page_size = region.page_size as usize;
+        let buffers: Vec<&[u8]> = data.chunks_exact(page_size).collect();
+        region::write_pages(&self.connection, region.id, page_size, pages, &buffers)
+    }
+
+    /// The largest batch of pages of `page_size` one request may carry.
+    pub fn batch_pages_max(&self, page_size: usize) -> usize {
+        self.connection.batch_pages_max(page_size)
+    }
+}
