@@ -1,0 +1,113 @@
+//! The `pagoda` command: run a memory node, manage regions, benchmark, try the
+//! quickstart, simulate eviction policies on traces.
+
+mod bench;
+mod node;
+mod quickstart;
+mod region;
+mod size;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Tiered, fault-tolerant far memory.
+#[derive(Parser)]
+#[command(name = "pagoda", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a memory node.
+    Node(node::NodeArgs),
+    /// Create, list, inspect and delete regions on a node.
+    Region(region::RegionArgs),
+    /// Measure a workload against a node (or an embedded one).
+    Bench(bench::BenchArgs),
+    /// Start a local node, run a verified workload, and show what happened.
+    Quickstart(quickstart::QuickstartArgs),
+    /// Simulate an eviction policy on a block trace.
+    Sim(pagoda_sim::SimArgs),
+}
+
+/// Where to find a node and how to authenticate, for client commands.
+#[derive(clap::Args, Clone, Debug)]
+pub struct NodeAddress {
+    /// The node's address.
+    #[arg(long, env = "PAGODA_NODE", default_value = "127.0.0.1:7070")]
+    pub node: String,
+    /// A file holding the node's shared token.
+    #[arg(long, env = "PAGODA_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl NodeAddress {
+    /// Connects with the default client options and the token, if any.
+    pub fn connect(&self) -> Result<pagoda::Client, String> {
+        let mut options = pagoda::ClientOptions::default();
+        if let Some(path) = &self.token_file {
+            options.token = Some(read_token(path)?);
+        }
+        pagoda::Client::connect(self.node.as_str(), options)
+            .map_err(|error| format!("{error}"))
+    }
+}
+
+/// Reads a token file: its contents with surrounding whitespace removed.
+pub fn read_token(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    const TOKEN_FILE_BYTES_MAX: u64 = 64 * 1024;
+    let metadata = std::fs::metadata(path)
+        .map_err(|e| format!("reading token file {}: {e}", path.display()))?;
+    if metadata.len() > TOKEN_FILE_BYTES_MAX {
+        return Err(format!("token file {} is too large", path.display()));
+    }
+    let text = std::fs::read(path).map_err(|e| format!("reading token file {}: {e}", path.display()))?;
+    let token = text.trim_ascii().to_vec();
+    if token.is_empty() {
+        return Err(format!("token file {} is empty", path.display()));
+    }
+    Ok(token)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Commands that embed a node keep its log quiet unless asked otherwise.
+    let default_level = match cli.command {
+        Command::Quickstart(_) | Command::Bench(_) | Command::Sim(_) => "warn",
+        _ => "info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PAGODA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Node(args) => node::run(args),
+        Command::Region(args) => region::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Quickstart(args) => quickstart::run(args),
+        Command::Sim(args) => match pagoda_sim::run(&args) {
+            Ok(report) => {
+                if args.json {
+                    println!("{}", report.to_json());
+                } else {
+                    println!("{report}");
+                }
+                Ok(())
+            }
+            Err(error) => Err(error.to_string()),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
