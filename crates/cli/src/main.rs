@@ -38,10 +38,10 @@ enum Command {
 #[derive(clap::Args, Clone, Debug)]
 pub struct NodeAddress {
     /// The node's address.
-    #[arg(long, env = "PAGODA_NODE", default_value = "127.0.0.1:7070")]
+    #[arg(long, global = true, env = "PAGODA_NODE", default_value = "127.0.0.1:7070")]
     pub node: String,
     /// A file holding the node's shared token.
-    #[arg(long, env = "PAGODA_TOKEN_FILE", value_name = "FILE")]
+    #[arg(long, global = true, env = "PAGODA_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 }
 
