@@ -106,7 +106,7 @@ impl<B: Backing> PageCache<B> {
         let page_size = config.page_size;
         assert!(page_size.is_power_of_two(), "page size must be a power of two");
         assert!(
-            config.region_bytes % page_size as u64 == 0,
+            config.region_bytes.is_multiple_of(page_size as u64),
             "region size must be a multiple of the page size"
         );
         assert!(config.batch_pages_max > 0);

@@ -269,7 +269,7 @@ fn measure(args: &BenchArgs, region: Arc<Region>) -> Result<BenchReport, String>
                 let (mut reads, mut writes) = (0u64, 0u64);
                 let deadline = Instant::now() + duration;
                 for op in 0..args.ops_max {
-                    if op % 64 == 0 && Instant::now() >= deadline {
+                    if op.is_multiple_of(64) && Instant::now() >= deadline {
                         break;
                     }
                     let page = picker.next(&mut rng);

@@ -26,7 +26,7 @@ pub fn validate_shape(size: u64, page_size: u32) -> Result<(), NodeError> {
             "page size {page_size} must be a power of two from {PAGE_BYTES_MIN} to {PAGE_BYTES_MAX}"
         )));
     }
-    if size == 0 || size % page_size as u64 != 0 {
+    if size == 0 || !size.is_multiple_of(page_size as u64) {
         return Err(NodeError::InvalidArgument(format!(
             "region size {size} must be a non-zero multiple of the page size {page_size}"
         )));

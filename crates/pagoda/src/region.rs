@@ -164,7 +164,7 @@ impl Region {
         options: RegionOptions,
     ) -> Result<Region, ClientError> {
         let page_size = info.page_size as usize;
-        if !page_size.is_power_of_two() || info.size % page_size as u64 != 0 {
+        if !page_size.is_power_of_two() || !info.size.is_multiple_of(page_size as u64) {
             return Err(ClientError::Protocol(format!(
                 "the node described region {:?} with an invalid shape",
                 info.name

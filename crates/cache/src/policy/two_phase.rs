@@ -11,7 +11,11 @@
 //!   one whose bit is clear is evicted and its key remembered in the *ghost*.
 //!   Phase two, when cold is within its target size, reclaims hot with a CLOCK
 //!   second chance: a set bit is cleared and the page goes round again, a clear
-//!   bit means the page is evicted.
+//!   bit means the page is evicted. A hot page found referenced on several
+//!   sweeps earns credits (at most `HOT_CREDITS_MAX`) that carry it through as
+//!   many sweeps without a reference, so frequently used pages outlast bursts
+//!   of newly promoted ones. Credits are counted by the sweep, under the
+//!   shard lock; a hit still only sets a bit.
 //! - A miss whose key is found in the ghost was evicted from cold too early; it
 //!   is admitted straight to hot. A sequential scan therefore only ever passes
 //!   through cold and ghost and cannot flush hot.
@@ -28,10 +32,20 @@
 //!   page": the target grows;
 //! - a hit in a second, equally bounded ghost of *hot reclaims* (keys of pages
 //!   that CLOCK evicted from hot) says "hot was too small": the target shrinks.
+//!   The page itself re-enters cold, not hot, so that pages reclaimed from hot
+//!   cannot cycle straight back into it.
 //!
 //! Each step is weighted by the ratio of the two ghosts' sizes, so the rarer
 //! signal moves the target as much as the frequent one (ARC's rule). Both
 //! ghosts hold keys only, never page contents.
+//!
+//! One more rule covers what no proportion can: while a shard warms up (until
+//! its hot queue is reclaimed for the first time), cold pages beyond the
+//! target move to hot instead of being evicted. Hot is empty then, so they
+//! displace nothing; if the workload is a loop larger than the cache they
+//! stay and hit on every round (where LRU, ARC and S3-FIFO miss every time),
+//! and otherwise they carry no access bit and are the first pages the first
+//! hot reclaims take.
 //!
 //! # Concurrency
 //!
@@ -58,6 +72,12 @@ const SHARD_FRAMES_MIN: usize = 4096;
 /// Upper bound on the default number of shards: enough to keep victim
 /// selection off a single lock on large machines.
 const SHARDS_MAX: usize = 16;
+
+/// Most sweeps a hot page can ride out with its access bit clear, having
+/// earned one per sweep that found the bit set. Three (two bits' worth, as
+/// S3-FIFO's frequency counter) lets frequently used pages outlast bursts of
+/// newly promoted ones, without letting a once-popular page squat for long.
+const HOT_CREDITS_MAX: u8 = 3;
 
 /// Marks the end of an intrusive list.
 const NIL: u32 = u32::MAX;
@@ -103,6 +123,9 @@ struct Node {
     next: u32,
     queue: Queue,
     key: u64,
+    /// Extra rounds a hot page survives with its bit clear; earned one per
+    /// sweep that found its bit set, at most `HOT_CREDITS_MAX`.
+    credit: u8,
 }
 
 /// Head, tail and length of an intrusive doubly linked list over a shard's
@@ -133,6 +156,9 @@ struct Shard {
     /// Target size of cold, in frames. Eviction takes from cold while cold is
     /// above it and from hot otherwise.
     cold_target: usize,
+    /// Whether hot has ever been reclaimed. Until then the shard is warming
+    /// up, and cold pages beyond the target fill hot instead of leaving.
+    hot_reclaimed: bool,
 }
 
 impl Shard {
@@ -144,6 +170,7 @@ impl Shard {
             next: NIL,
             queue: Queue::Absent,
             key: 0,
+            credit: 0,
         };
         Shard {
             index,
@@ -151,6 +178,7 @@ impl Shard {
             nodes: vec![node; slots].into_boxed_slice(),
             cold: List::EMPTY,
             hot: List::EMPTY,
+            hot_reclaimed: false,
             // Start with cold at a tenth of the shard, S3-FIFO's fixed
             // choice, which filters one-hit pages from the first eviction on;
             // adaptation moves it from there.
@@ -195,6 +223,25 @@ impl Shard {
         }
         let list = self.list_mut(queue);
         list.tail = slot;
+        list.len += 1;
+    }
+
+    fn push_front(&mut self, queue: Queue, slot: u32) {
+        let head = self.list_mut(queue).head;
+        {
+            let node = &mut self.nodes[slot as usize];
+            assert_eq!(node.queue, Queue::Absent, "frame is already on a queue");
+            node.queue = queue;
+            node.prev = NIL;
+            node.next = head;
+        }
+        if head == NIL {
+            self.list_mut(queue).tail = slot;
+        } else {
+            self.nodes[head as usize].prev = slot;
+        }
+        let list = self.list_mut(queue);
+        list.head = slot;
         list.len += 1;
     }
 
@@ -265,12 +312,42 @@ impl Shard {
                 // Second chance. A cold page accessed again is promoted; a hot
                 // one goes round the clock again. Either way the bit is spent.
                 bit.store(false, Ordering::Relaxed);
+                if queue == Queue::Hot {
+                    // A page found referenced sweep after sweep is frequently
+                    // used; let it ride out a few quiet sweeps (GCLOCK-style
+                    // aging). Counted here, under the lock, so that `touch`
+                    // stays a single bit store.
+                    let node = &mut self.nodes[slot as usize];
+                    node.credit = (node.credit + 1).min(HOT_CREDITS_MAX);
+                }
                 self.unlink(slot);
                 self.push_back(Queue::Hot, slot);
                 continue;
             }
+            if queue == Queue::Hot && self.nodes[slot as usize].credit > 0 {
+                self.nodes[slot as usize].credit -= 1;
+                self.unlink(slot);
+                self.push_back(Queue::Hot, slot);
+                continue;
+            }
+            if queue == Queue::Cold && !self.hot_reclaimed && self.cold.len > self.cold_target + 1 {
+                // Warm-up: hot is still below its share and nothing competes
+                // for it, so a cold page is kept rather than evicted. Where
+                // nothing is ever reused this costs nothing; where the
+                // workload loops over more pages than the cache holds, the
+                // pages kept this way stay and hit on every round, which no
+                // FIFO or LRU order achieves. They carry no access bit and no
+                // credit, and go to the head of hot, so the first hot
+                // reclaims take them before any page that earned its place.
+                self.unlink(slot);
+                self.push_front(Queue::Hot, slot);
+                continue;
+            }
             if claim(frame) {
                 let key = self.nodes[slot as usize].key;
+                if queue == Queue::Hot {
+                    self.hot_reclaimed = true;
+                }
                 self.unlink(slot);
                 return Some((frame, key, queue));
             }
@@ -442,13 +519,19 @@ impl TwoPhase {
     /// Number of frames currently resident (on the cold or the hot queue).
     /// Takes every shard lock in turn, so it is for tests and statistics.
     pub fn resident(&self) -> usize {
-        self.shards.iter().map(|shard| shard.0.lock().resident()).sum()
+        self.shards
+            .iter()
+            .map(|shard| shard.0.lock().resident())
+            .sum()
     }
 
     /// Sum over the shards of the cold target, in frames. For tests and
     /// statistics: it shows where adaptation has moved the split.
     pub fn cold_target(&self) -> usize {
-        self.shards.iter().map(|shard| shard.0.lock().cold_target).sum()
+        self.shards
+            .iter()
+            .map(|shard| shard.0.lock().cold_target)
+            .sum()
     }
 
     fn shard_of(&self, frame: FrameId) -> &Mutex<Shard> {
@@ -488,14 +571,23 @@ impl EvictionPolicy for TwoPhase {
         self.accessed[frame as usize].store(false, Ordering::Relaxed);
         let slot = shard.slot(frame);
         shard.nodes[slot as usize].key = key;
-        // The adaptation step is in frames of the whole cache; a shard holds
-        // a fraction of the frames and sees that fraction of the ghost hits,
-        // so the unscaled step keeps each shard's target moving at the rate a
-        // single policy's would.
+        shard.nodes[slot as usize].credit = 0;
+        // Each shard sees a 1/shards share of the ghost hits and moves its own
+        // target by the full step. Relative to its size that is shards times
+        // a single policy's step at 1/shards the rate, so the split adapts
+        // as fast as an unsharded policy's would.
         let queue = match ghost_hit {
-            Some((_, step)) => {
+            Some((GhostHit::Cold, step)) => {
                 shard.adapt(step);
                 Queue::Hot
+            }
+            Some((GhostHit::Hot, step)) => {
+                // Only the adaptation learns from a hot-ghost hit. Sending the
+                // page back to hot would let pages reclaimed from hot cycle
+                // straight back into it: with loops larger than hot, hot would
+                // then churn like LRU instead of holding a stable set.
+                shard.adapt(step);
+                Queue::Cold
             }
             None => Queue::Cold,
         };
@@ -570,47 +662,53 @@ mod tests {
         })
     }
 
-    // Guards phase one: an unaccessed cold page is evicted before an accessed
-    // one, which is promoted to hot rather than evicted.
+    // Guards warm-up and phase one: while hot has never been reclaimed, cold
+    // pages beyond the target fill hot instead of leaving; an accessed cold
+    // page is promoted behind them, so the filler pages leave first.
     #[test]
-    fn accessed_cold_page_is_promoted() {
+    fn warm_up_fills_hot_before_the_promoted_page() {
         let policy = single(10);
         for frame in 0..10 {
             policy.admit(frame, 100 + frame as u64);
         }
         policy.touch(0);
-        // The cold target starts at one frame, so cold drains down to it,
-        // in FIFO order, skipping frame 0, which was promoted on the way.
-        for expected in 1..=8 {
+        // Frame 0 is promoted; 1..=7 fill hot (at its head); cold keeps
+        // 8 and 9, one above its target of one frame, and gives up 8.
+        assert_eq!(policy.victim(&mut |_| true), Some(8));
+        // Cold is at its target: hot is reclaimed, filler first, then the
+        // promoted frame 0 (its bit was spent by the promotion), then cold.
+        for expected in [7, 6, 5, 4, 3, 2, 1, 0, 9] {
             assert_eq!(policy.victim(&mut |_| true), Some(expected));
         }
-        // Cold is at its target: hot is reclaimed, and frame 0's bit was spent
-        // by its promotion.
-        assert_eq!(policy.victim(&mut |_| true), Some(0));
-        assert_eq!(policy.victim(&mut |_| true), Some(9));
         assert_eq!(policy.victim(&mut |_| true), None);
         assert_eq!(policy.resident(), 0);
     }
 
-    // Guards the ghost: a key evicted from cold comes back straight into hot,
-    // and the cold target grows.
+    // Guards the two ghosts: a key evicted from cold comes back straight into
+    // hot and grows the cold target; a key reclaimed from hot comes back into
+    // cold and shrinks it.
     #[test]
-    fn ghost_hit_is_admitted_to_hot() {
+    fn ghost_hits_steer_the_split() {
         let policy = single(4);
         for frame in 0..4 {
             policy.admit(frame, frame as u64);
         }
-        assert_eq!(policy.victim(&mut |_| true), Some(0));
+        // Warm-up moves keys 0 and 1 to hot; key 2 leaves cold for the ghost.
+        assert_eq!(policy.victim(&mut |_| true), Some(2));
         assert_eq!(policy.cold_target(), 1);
-        // Key 0 returns (into the freed frame 0) and is found in the ghost.
-        policy.admit(0, 0);
+        policy.admit(2, 2);
         assert_eq!(policy.cold_target(), 2);
+        // Cold ([3]) is within its target, so hot is reclaimed: 1, 0, then
+        // key 2, which had it gone to cold would have left after key 3.
         assert_eq!(policy.victim(&mut |_| true), Some(1));
-        // Had key 0 gone to cold, frame 2 would be next in FIFO order; it is
-        // on hot, which is reclaimed now that cold is at its target.
         assert_eq!(policy.victim(&mut |_| true), Some(0));
         assert_eq!(policy.victim(&mut |_| true), Some(2));
+        // Key 1 was reclaimed from hot; its return shrinks the cold target
+        // and enters cold, behind key 3.
+        policy.admit(1, 1);
+        assert_eq!(policy.cold_target(), 1);
         assert_eq!(policy.victim(&mut |_| true), Some(3));
+        assert_eq!(policy.victim(&mut |_| true), Some(1));
     }
 
     // Guards that pinned frames are skipped, stay resident, and are evicted
@@ -698,7 +796,7 @@ mod tests {
         let mut ghost = GhostQueue::new(4);
         for key in 0..100 {
             ghost.insert(key);
-            if key % 3 == 0 {
+            if key.is_multiple_of(3) {
                 assert!(ghost.take(key));
             }
             assert!(ghost.len() <= 4);
