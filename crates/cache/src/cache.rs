@@ -104,7 +104,10 @@ impl<B: Backing> PageCache<B> {
     /// Builds a cache; see [`CacheConfig`].
     pub fn new(config: CacheConfig, backing: B) -> PageCache<B> {
         let page_size = config.page_size;
-        assert!(page_size.is_power_of_two(), "page size must be a power of two");
+        assert!(
+            page_size.is_power_of_two(),
+            "page size must be a power of two"
+        );
         assert!(
             config.region_bytes.is_multiple_of(page_size as u64),
             "region size must be a multiple of the page size"
@@ -379,7 +382,8 @@ impl<B: Backing> PageCache<B> {
         let mut fetch_pages = Vec::with_capacity(pages.len());
         let mut buffers: Vec<&mut [u8]> = Vec::with_capacity(pages.len());
         for (&page, &frame) in pages.iter().zip(frames) {
-            let covered = offset <= page * page_size && page * page_size + page_size <= offset + len as u64;
+            let covered =
+                offset <= page * page_size && page * page_size + page_size <= offset + len as u64;
             if mode == Mode::Read || !covered {
                 fetch_pages.push(page);
                 // SAFETY: the frame is exclusive to us and not yet valid.
@@ -472,15 +476,19 @@ impl<B: Backing> PageCache<B> {
         while victims.len() < target {
             let mut claimed_state = 0;
             let frames = &self.frames;
-            let victim = self.policy.victim(&mut |frame| match frames.meta[frame as usize].claim() {
-                Some(state) => {
-                    claimed_state = state;
-                    true
-                }
-                None => false,
-            });
+            let victim =
+                self.policy
+                    .victim(&mut |frame| match frames.meta[frame as usize].claim() {
+                        Some(state) => {
+                            claimed_state = state;
+                            true
+                        }
+                        None => false,
+                    });
             let Some(frame) = victim else { break };
-            let page = self.frames.meta[frame as usize].page.load(Ordering::Acquire);
+            let page = self.frames.meta[frame as usize]
+                .page
+                .load(Ordering::Acquire);
             assert_ne!(page, NO_PAGE, "the policy named a frame holding no page");
             victims.push((frame, page, claimed_state));
         }

@@ -100,7 +100,12 @@ impl Frame {
         }
         if self
             .state
-            .compare_exchange(state, state | EXCLUSIVE, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(
+                state,
+                state | EXCLUSIVE,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
             .is_err()
         {
             return Attempt::Busy;
@@ -120,7 +125,12 @@ impl Frame {
             return None;
         }
         self.state
-            .compare_exchange(state, state | EXCLUSIVE, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(
+                state,
+                state | EXCLUSIVE,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
             .ok()
     }
 

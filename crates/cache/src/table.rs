@@ -83,9 +83,9 @@ impl PageTable {
 
     /// Unmaps `page`, which must be mapped to `frame`.
     pub fn remove(&self, page: u64, frame: FrameId) {
-        let removed = self
-            .entry(page)
-            .compare_exchange(frame + 1, 0, Ordering::AcqRel, Ordering::Acquire);
+        let removed =
+            self.entry(page)
+                .compare_exchange(frame + 1, 0, Ordering::AcqRel, Ordering::Acquire);
         assert!(
             removed.is_ok(),
             "page {page} was not mapped to frame {frame}: {removed:?}"

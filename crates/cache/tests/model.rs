@@ -44,7 +44,9 @@ fn op(region: usize) -> impl Strategy<Value = Op> {
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| seed.wrapping_add(i as u8).wrapping_mul(31)).collect()
+    (0..len)
+        .map(|i| seed.wrapping_add(i as u8).wrapping_mul(31))
+        .collect()
 }
 
 proptest! {
@@ -100,9 +102,11 @@ fn threads_sharing_pages_match_their_models() {
             .map(|thread| {
                 let cache = cache.clone();
                 std::thread::spawn(move || {
-                    let mut rng = rand::rngs::StdRng::seed_from_u64(thread as u64 * 7 + frames as u64);
+                    let mut rng =
+                        rand::rngs::StdRng::seed_from_u64(thread as u64 * 7 + frames as u64);
                     let mut model = vec![0u8; region];
-                    let owned: Vec<usize> = (0..stripes).filter(|s| s % THREADS == thread).collect();
+                    let owned: Vec<usize> =
+                        (0..stripes).filter(|s| s % THREADS == thread).collect();
                     for step in 0..1500 {
                         let stripe = owned[rng.gen_range(0..owned.len())];
                         let start = stripe * STRIPE + rng.gen_range(0..STRIPE);
@@ -116,7 +120,11 @@ fn threads_sharing_pages_match_their_models() {
                             5..=8 => {
                                 let mut buf = vec![0u8; len];
                                 cache.read_at(start as u64, &mut buf).unwrap();
-                                assert_eq!(buf, model[start..start + len], "thread {thread} step {step} frames {frames}");
+                                assert_eq!(
+                                    buf,
+                                    model[start..start + len],
+                                    "thread {thread} step {step} frames {frames}"
+                                );
                             }
                             _ => cache.flush().unwrap(),
                         }
@@ -156,7 +164,11 @@ fn failed_write_back_keeps_pages_dirty() {
     cache.backing().fail_writes(false);
     cache.flush().unwrap();
     assert_eq!(cache.dirty_pages(), 0);
-    assert!(cache.backing().snapshot()[..3 * PAGE].iter().all(|&b| b == 7));
+    assert!(
+        cache.backing().snapshot()[..3 * PAGE]
+            .iter()
+            .all(|&b| b == 7)
+    );
 }
 
 // Guards the failed-fetch path: the error is reported, the frames are freed,
@@ -193,8 +205,20 @@ fn adjacent_misses_are_batched() {
     let cache = cache(64, 32, 16);
     let mut buf = vec![0u8; 8 * PAGE];
     cache.read_at(0, &mut buf).unwrap();
-    assert_eq!(cache.backing().read_calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        cache
+            .backing()
+            .read_calls
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     cache.write_at(16 * PAGE as u64, &[1u8; 4 * PAGE]).unwrap();
-    assert_eq!(cache.backing().read_calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        cache
+            .backing()
+            .read_calls
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     assert_eq!(cache.stats().misses, 12);
 }

@@ -109,7 +109,13 @@ pub struct PagePicker {
 }
 
 impl PagePicker {
-    pub fn new(workload: Workload, pages: u64, theta: f64, thread: usize, threads: usize) -> Result<PagePicker, String> {
+    pub fn new(
+        workload: Workload,
+        pages: u64,
+        theta: f64,
+        thread: usize,
+        threads: usize,
+    ) -> Result<PagePicker, String> {
         let zipf = match workload {
             Workload::Zipf => Some(
                 Zipf::new(pages, theta).map_err(|e| format!("zipf with theta {theta}: {e:?}"))?,
@@ -152,7 +158,10 @@ fn scramble(value: u64) -> u64 {
 
 fn check(args: &BenchArgs) -> Result<(), String> {
     if !(0.0..=1.0).contains(&args.read_ratio) {
-        return Err(format!("--read-ratio {} must be between 0 and 1", args.read_ratio));
+        return Err(format!(
+            "--read-ratio {} must be between 0 and 1",
+            args.read_ratio
+        ));
     }
     if args.threads == 0 || args.threads > 1024 {
         return Err("--threads must be from 1 to 1024".into());
@@ -173,7 +182,10 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     check(&args)?;
     let report = execute(&args)?;
     if args.json {
-        println!("{}", serde_json::to_string(&report).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("report serializes")
+        );
     } else {
         print_report(&report);
     }
@@ -187,9 +199,14 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("creating a temporary data dir: {e}"))?;
         // Room for the region plus slack, rounded up to whole segments.
         let capacity = args.region_size + 64 * 1024 * 1024;
-        let config = NodeConfig::new(([127, 0, 0, 1], 0).into(), capacity, dir.path().to_path_buf());
+        let config = NodeConfig::new(
+            ([127, 0, 0, 1], 0).into(),
+            capacity,
+            dir.path().to_path_buf(),
+        );
         let node = Node::start(config).map_err(|e| e.to_string())?;
-        let client = Client::connect(node.local_addr(), ClientOptions::default()).map_err(|e| e.to_string())?;
+        let client = Client::connect(node.local_addr(), ClientOptions::default())
+            .map_err(|e| e.to_string())?;
         _embedded = Some((node, dir));
         client
     } else {
@@ -230,15 +247,21 @@ pub fn prefill(client: &Client, info: &pagoda::RegionInfo, show: bool) -> Result
         indicatif::ProgressBar::hidden()
     };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("prefill {bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
-            .expect("template"),
+        indicatif::ProgressStyle::with_template(
+            "prefill {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("template"),
     );
     let mut data = vec![0u8; batch as usize * page_size];
     let mut first = 0;
     while first < pages {
         let count = batch.min(pages - first);
         let list: Vec<u64> = (first..first + count).collect();
-        for (index, page) in data.chunks_exact_mut(page_size).take(count as usize).enumerate() {
+        for (index, page) in data
+            .chunks_exact_mut(page_size)
+            .take(count as usize)
+            .enumerate()
+        {
             page.fill(((first + index as u64) % 251) as u8 + 1);
         }
         client
@@ -262,8 +285,10 @@ fn measure(args: &BenchArgs, region: Arc<Region>) -> Result<BenchReport, String>
             let args = args.clone();
             std::thread::spawn(move || -> Result<(Histogram<u64>, u64, u64), String> {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed * 1_000 + thread as u64);
-                let mut picker = PagePicker::new(args.workload, pages, args.zipf_theta, thread, args.threads)?;
-                let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
+                let mut picker =
+                    PagePicker::new(args.workload, pages, args.zipf_theta, thread, args.threads)?;
+                let mut histogram =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
                 let page_size = region.page_size();
                 let mut buffer = vec![0u8; page_size];
                 let (mut reads, mut writes) = (0u64, 0u64);
@@ -276,11 +301,15 @@ fn measure(args: &BenchArgs, region: Arc<Region>) -> Result<BenchReport, String>
                     let offset = page * page_size as u64;
                     let began = Instant::now();
                     if rng.r#gen::<f64>() < args.read_ratio {
-                        region.read_at(offset, &mut buffer).map_err(|e| e.to_string())?;
+                        region
+                            .read_at(offset, &mut buffer)
+                            .map_err(|e| e.to_string())?;
                         reads += 1;
                     } else {
                         buffer[0] = buffer[0].wrapping_add(1);
-                        region.write_at(offset, &buffer).map_err(|e| e.to_string())?;
+                        region
+                            .write_at(offset, &buffer)
+                            .map_err(|e| e.to_string())?;
                         writes += 1;
                     }
                     let _ = histogram.record(began.elapsed().as_nanos().max(1) as u64);
@@ -292,8 +321,9 @@ fn measure(args: &BenchArgs, region: Arc<Region>) -> Result<BenchReport, String>
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
     let (mut reads, mut writes) = (0, 0);
     for handle in handles {
-        let (thread_histogram, thread_reads, thread_writes) =
-            handle.join().map_err(|_| "a benchmark thread panicked".to_string())??;
+        let (thread_histogram, thread_reads, thread_writes) = handle
+            .join()
+            .map_err(|_| "a benchmark thread panicked".to_string())??;
         histogram.add(thread_histogram).expect("same bounds");
         reads += thread_reads;
         writes += thread_writes;
@@ -319,7 +349,11 @@ fn measure(args: &BenchArgs, region: Arc<Region>) -> Result<BenchReport, String>
         latency_us_p50: histogram.value_at_quantile(0.50) as f64 / 1_000.0,
         latency_us_p99: histogram.value_at_quantile(0.99) as f64 / 1_000.0,
         latency_us_p999: histogram.value_at_quantile(0.999) as f64 / 1_000.0,
-        hit_ratio: if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 },
+        hit_ratio: if hits + misses == 0 {
+            0.0
+        } else {
+            hits as f64 / (hits + misses) as f64
+        },
         bytes_fetched: (after.pages_fetched - before.pages_fetched) * page_bytes,
         bytes_written_back: (after.pages_written_back - before.pages_written_back) * page_bytes,
     })
@@ -339,10 +373,21 @@ fn print_report(report: &BenchReport) {
     println!("{:<22} {:>14.0}", "operations/s", report.ops_per_s);
     println!("{:<22} {:>14.2}", "latency p50 (µs)", report.latency_us_p50);
     println!("{:<22} {:>14.2}", "latency p99 (µs)", report.latency_us_p99);
-    println!("{:<22} {:>14.2}", "latency p999 (µs)", report.latency_us_p999);
+    println!(
+        "{:<22} {:>14.2}",
+        "latency p999 (µs)", report.latency_us_p999
+    );
     println!("{:<22} {:>14.4}", "hit ratio", report.hit_ratio);
-    println!("{:<22} {:>14}", "fetched", format_bytes(report.bytes_fetched));
-    println!("{:<22} {:>14}", "written back", format_bytes(report.bytes_written_back));
+    println!(
+        "{:<22} {:>14}",
+        "fetched",
+        format_bytes(report.bytes_fetched)
+    );
+    println!(
+        "{:<22} {:>14}",
+        "written back",
+        format_bytes(report.bytes_written_back)
+    );
 }
 
 #[cfg(test)]

@@ -38,7 +38,12 @@ enum Command {
 #[derive(clap::Args, Clone, Debug)]
 pub struct NodeAddress {
     /// The node's address.
-    #[arg(long, global = true, env = "PAGODA_NODE", default_value = "127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "PAGODA_NODE",
+        default_value = "127.0.0.1:7070"
+    )]
     pub node: String,
     /// A file holding the node's shared token.
     #[arg(long, global = true, env = "PAGODA_TOKEN_FILE", value_name = "FILE")]
@@ -52,8 +57,7 @@ impl NodeAddress {
         if let Some(path) = &self.token_file {
             options.token = Some(read_token(path)?);
         }
-        pagoda::Client::connect(self.node.as_str(), options)
-            .map_err(|error| format!("{error}"))
+        pagoda::Client::connect(self.node.as_str(), options).map_err(|error| format!("{error}"))
     }
 }
 
@@ -65,7 +69,8 @@ pub fn read_token(path: &std::path::Path) -> Result<Vec<u8>, String> {
     if metadata.len() > TOKEN_FILE_BYTES_MAX {
         return Err(format!("token file {} is too large", path.display()));
     }
-    let text = std::fs::read(path).map_err(|e| format!("reading token file {}: {e}", path.display()))?;
+    let text =
+        std::fs::read(path).map_err(|e| format!("reading token file {}: {e}", path.display()))?;
     let token = text.trim_ascii().to_vec();
     if token.is_empty() {
         return Err(format!("token file {} is empty", path.display()));

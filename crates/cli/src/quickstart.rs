@@ -40,11 +40,20 @@ pub fn run(args: QuickstartArgs) -> Result<(), String> {
     let cache = (args.cache / page).max(4) * page;
     let region_bytes = cache * 4;
     let dir = tempfile::tempdir().map_err(|e| format!("creating a temporary data dir: {e}"))?;
-    let config = NodeConfig::new(([127, 0, 0, 1], 0).into(), region_bytes + (8 << 20), dir.path().to_path_buf());
+    let config = NodeConfig::new(
+        ([127, 0, 0, 1], 0).into(),
+        region_bytes + (8 << 20),
+        dir.path().to_path_buf(),
+    );
     let node = Node::start(config).map_err(|e| e.to_string())?;
-    println!("1. started a memory node on {} (data dir {})", node.local_addr(), dir.path().display());
+    println!(
+        "1. started a memory node on {} (data dir {})",
+        node.local_addr(),
+        dir.path().display()
+    );
 
-    let client = Client::connect(node.local_addr(), ClientOptions::default()).map_err(|e| e.to_string())?;
+    let client =
+        Client::connect(node.local_addr(), ClientOptions::default()).map_err(|e| e.to_string())?;
     client
         .create_region("quickstart", region_bytes, page as u32)
         .map_err(|e| e.to_string())?;
@@ -59,11 +68,15 @@ pub fn run(args: QuickstartArgs) -> Result<(), String> {
         format_bytes(cache)
     );
 
-    println!("3. running a mixed workload (60% writes, 40% reads) from {THREADS} threads for {:.0} s", args.duration);
+    println!(
+        "3. running a mixed workload (60% writes, 40% reads) from {THREADS} threads for {:.0} s",
+        args.duration
+    );
     let duration = Duration::from_secs_f64(args.duration);
     let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("   {bar:40} {elapsed_precise} {msg}").expect("template"),
+        indicatif::ProgressStyle::with_template("   {bar:40} {elapsed_precise} {msg}")
+            .expect("template"),
     );
     let started = Instant::now();
     let half = region_bytes / THREADS as u64;
@@ -85,10 +98,14 @@ pub fn run(args: QuickstartArgs) -> Result<(), String> {
                     let began = Instant::now();
                     if rng.gen_bool(0.6) {
                         rng.fill(&mut buffer[..len]);
-                        region.write_at(base + start as u64, &buffer[..len]).map_err(|e| e.to_string())?;
+                        region
+                            .write_at(base + start as u64, &buffer[..len])
+                            .map_err(|e| e.to_string())?;
                         model[start..start + len].copy_from_slice(&buffer[..len]);
                     } else {
-                        region.read_at(base + start as u64, &mut buffer[..len]).map_err(|e| e.to_string())?;
+                        region
+                            .read_at(base + start as u64, &mut buffer[..len])
+                            .map_err(|e| e.to_string())?;
                         if buffer[..len] != model[start..start + len] {
                             mismatches += 1;
                         }
@@ -103,15 +120,20 @@ pub fn run(args: QuickstartArgs) -> Result<(), String> {
     while !handles.iter().all(|h| h.is_finished()) {
         bar.set_position(started.elapsed().as_millis().min(duration.as_millis()) as u64);
         let stats = region.cache_stats();
-        bar.set_message(format!("{} page accesses, hit ratio {:.2}", stats.hits + stats.misses, stats.hit_ratio()));
+        bar.set_message(format!(
+            "{} page accesses, hit ratio {:.2}",
+            stats.hits + stats.misses,
+            stats.hit_ratio()
+        ));
         std::thread::sleep(Duration::from_millis(100));
     }
     bar.finish_and_clear();
     let mut model = Vec::with_capacity(region_bytes as usize);
     let (mut ops, mut mismatches, mut latency_ns) = (0, 0, 0);
     for handle in handles {
-        let (part, part_ops, part_mismatches, part_latency) =
-            handle.join().map_err(|_| "a workload thread panicked".to_string())??;
+        let (part, part_ops, part_mismatches, part_latency) = handle
+            .join()
+            .map_err(|_| "a workload thread panicked".to_string())??;
         model.extend_from_slice(&part);
         ops += part_ops;
         mismatches += part_mismatches;
@@ -120,22 +142,28 @@ pub fn run(args: QuickstartArgs) -> Result<(), String> {
     let elapsed = started.elapsed().as_secs_f64();
     let stats = region.cache_stats();
 
-    println!("4. flushing dirty pages to the node and verifying every byte through a second client");
+    println!(
+        "4. flushing dirty pages to the node and verifying every byte through a second client"
+    );
     let flush_started = Instant::now();
     region.flush().map_err(|e| e.to_string())?;
     let flush_ms = flush_started.elapsed().as_secs_f64() * 1000.0;
-    let checker = Client::connect(node.local_addr(), ClientOptions::default()).map_err(|e| e.to_string())?;
+    let checker =
+        Client::connect(node.local_addr(), ClientOptions::default()).map_err(|e| e.to_string())?;
     let fresh = checker
         .open_region("quickstart", RegionOptions::with_cache_bytes(1 << 20))
         .map_err(|e| e.to_string())?;
     let mut whole = vec![0u8; region_bytes as usize];
     let verify_bar = indicatif::ProgressBar::new(region_bytes);
     verify_bar.set_style(
-        indicatif::ProgressStyle::with_template("   verify {bar:40} {bytes}/{total_bytes}").expect("template"),
+        indicatif::ProgressStyle::with_template("   verify {bar:40} {bytes}/{total_bytes}")
+            .expect("template"),
     );
     let chunk = 1 << 20;
     for (index, part) in whole.chunks_mut(chunk).enumerate() {
-        fresh.read_at((index * chunk) as u64, part).map_err(|e| e.to_string())?;
+        fresh
+            .read_at((index * chunk) as u64, part)
+            .map_err(|e| e.to_string())?;
         verify_bar.inc(part.len() as u64);
     }
     verify_bar.finish_and_clear();
@@ -147,16 +175,31 @@ pub fn run(args: QuickstartArgs) -> Result<(), String> {
     let node_stat = checker.node_stat().map_err(|e| e.to_string())?;
 
     println!();
-    println!("   operations          {ops} in {elapsed:.1} s ({:.0}/s)", ops as f64 / elapsed);
-    println!("   mean latency        {:.1} µs", latency_ns as f64 / ops.max(1) as f64 / 1000.0);
-    println!("   cache hit ratio     {:.3} ({} hits, {} misses)", stats.hit_ratio(), stats.hits, stats.misses);
+    println!(
+        "   operations          {ops} in {elapsed:.1} s ({:.0}/s)",
+        ops as f64 / elapsed
+    );
+    println!(
+        "   mean latency        {:.1} µs",
+        latency_ns as f64 / ops.max(1) as f64 / 1000.0
+    );
+    println!(
+        "   cache hit ratio     {:.3} ({} hits, {} misses)",
+        stats.hit_ratio(),
+        stats.hits,
+        stats.misses
+    );
     println!(
         "   bytes moved         {} fetched, {} written back",
         format_bytes(stats.pages_fetched * page),
         format_bytes(stats.pages_written_back * page)
     );
     println!("   flush               {flush_ms:.1} ms");
-    println!("   node RAM in use     {} of {}", format_bytes(node_stat.used_bytes), format_bytes(node_stat.capacity_bytes));
+    println!(
+        "   node RAM in use     {} of {}",
+        format_bytes(node_stat.used_bytes),
+        format_bytes(node_stat.capacity_bytes)
+    );
     println!("   reads that differed from the model during the run: {mismatches}");
     println!("   pages that differ from the model after flush:      {differing}");
     drop(fresh);
@@ -171,7 +214,9 @@ pub fn run(args: QuickstartArgs) -> Result<(), String> {
     println!("next:");
     println!("   pagoda node --listen 127.0.0.1:7070 --capacity 4GiB --data-dir /var/lib/pagoda");
     println!("   pagoda region create demo --size 1GiB --node 127.0.0.1:7070");
-    println!("   pagoda bench --node 127.0.0.1:7070 --region-size 1GiB --cache 256MiB --workload zipf");
+    println!(
+        "   pagoda bench --node 127.0.0.1:7070 --region-size 1GiB --cache 256MiB --workload zipf"
+    );
     println!("   use the `pagoda` crate from Rust: see README.md");
     Ok(())
 }

@@ -112,7 +112,10 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
             } else {
                 println!("region          {} (id {})", stat.info.name, stat.info.id);
                 println!("size            {}", format_bytes(stat.info.size));
-                println!("page size       {}", format_bytes(stat.info.page_size as u64));
+                println!(
+                    "page size       {}",
+                    format_bytes(stat.info.page_size as u64)
+                );
                 println!(
                     "resident        {} in {} segments",
                     format_bytes(stat.resident_bytes),

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 fn pagoda() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pagoda"));
-    command.env_remove("PAGODA_NODE").env_remove("PAGODA_TOKEN_FILE");
+    command
+        .env_remove("PAGODA_NODE")
+        .env_remove("PAGODA_TOKEN_FILE");
     command
 }
 
@@ -20,7 +22,11 @@ fn text(output: &Output) -> String {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A `pagoda node` process, killed on drop.
@@ -33,7 +39,14 @@ impl NodeProcess {
     fn start(data_dir: &std::path::Path, extra: &[&str]) -> NodeProcess {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut child = pagoda()
-            .args(["node", "--listen", &addr, "--capacity", "64MiB", "--data-dir"])
+            .args([
+                "node",
+                "--listen",
+                &addr,
+                "--capacity",
+                "64MiB",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(extra)
             .stdout(Stdio::null())
@@ -74,7 +87,10 @@ fn quickstart_verifies_and_exits_zero() {
     let all = text(&output);
     assert!(output.status.success(), "{all}");
     assert!(all.contains("verification passed"), "{all}");
-    assert!(all.contains("pages that differ from the model after flush:      0"), "{all}");
+    assert!(
+        all.contains("pages that differ from the model after flush:      0"),
+        "{all}"
+    );
 }
 
 // Guards the region commands against a real node process, and that the node
@@ -89,11 +105,33 @@ fn region_commands_and_metadata_survive_restart() {
     };
     let (ok, out) = run(&["region", "create", "alpha", "--size", "8MiB"], &node.addr);
     assert!(ok, "{out}");
-    let (ok, out) = run(&["region", "create", "beta", "--size", "4MiB", "--page-size", "64KiB"], &node.addr);
+    let (ok, out) = run(
+        &[
+            "region",
+            "create",
+            "beta",
+            "--size",
+            "4MiB",
+            "--page-size",
+            "64KiB",
+        ],
+        &node.addr,
+    );
     assert!(ok, "{out}");
     let (ok, out) = run(&["region", "create", "alpha", "--size", "8MiB"], &node.addr);
     assert!(!ok && out.contains("exists"), "{out}");
-    let (ok, out) = run(&["region", "create", "bad", "--size", "8MiB", "--page-size", "3KiB"], &node.addr);
+    let (ok, out) = run(
+        &[
+            "region",
+            "create",
+            "bad",
+            "--size",
+            "8MiB",
+            "--page-size",
+            "3KiB",
+        ],
+        &node.addr,
+    );
     assert!(!ok && out.contains("power of two"), "{out}");
     let (ok, out) = run(&["region", "stat", "beta", "--json"], &node.addr);
     assert!(ok, "{out}");
@@ -108,7 +146,12 @@ fn region_commands_and_metadata_survive_restart() {
     let (ok, out) = run(&["region", "ls", "--json"], &node.addr);
     assert!(ok, "{out}");
     let list: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let names: Vec<_> = list.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect();
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["beta"]);
 }
 
@@ -127,14 +170,21 @@ fn sigterm_stops_the_node_gracefully() {
             assert!(status.success(), "exit status {status}");
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "node did not stop within 10 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "node did not stop within 10 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn unsafe_kill(pid: i32, signal: i32) -> i32 {
     // The test avoids a libc dependency by asking the kill command.
-    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     if status.success() { 0 } else { 1 }
 }
 
@@ -143,7 +193,14 @@ fn unsafe_kill(pid: i32, signal: i32) -> i32 {
 fn bad_configuration_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let output = pagoda()
-        .args(["node", "--listen", "0.0.0.0:0", "--capacity", "64MiB", "--data-dir"])
+        .args([
+            "node",
+            "--listen",
+            "0.0.0.0:0",
+            "--capacity",
+            "64MiB",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -162,7 +219,14 @@ fn bad_configuration_is_refused_clearly() {
     let empty = dir.path().join("empty-token");
     std::fs::write(&empty, "  \n").unwrap();
     let output = pagoda()
-        .args(["node", "--listen", "127.0.0.1:0", "--capacity", "64MiB", "--data-dir"])
+        .args([
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--capacity",
+            "64MiB",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .arg("--token-file")
         .arg(&empty)
@@ -172,7 +236,12 @@ fn bad_configuration_is_refused_clearly() {
     assert!(text(&output).contains("empty"), "{}", text(&output));
 
     let output = pagoda()
-        .args(["region", "ls", "--node", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "region",
+            "ls",
+            "--node",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -197,7 +266,13 @@ fn token_is_required_when_configured() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", text(&output));
-    for token_args in [vec!["--token-file".to_owned(), wrong.to_str().unwrap().to_owned()], vec![]] {
+    for token_args in [
+        vec![
+            "--token-file".to_owned(),
+            wrong.to_str().unwrap().to_owned(),
+        ],
+        vec![],
+    ] {
         let output = pagoda()
             .args(["region", "ls", "--node", &node.addr])
             .args(&token_args)
@@ -213,16 +288,35 @@ fn token_is_required_when_configured() {
 fn bench_json_reports_documented_fields() {
     let output = pagoda()
         .args([
-            "bench", "--embedded", "--region-size", "8MiB", "--cache", "1MiB", "--workload", "zipf",
-            "--threads", "2", "--duration", "0.5", "--json",
+            "bench",
+            "--embedded",
+            "--region-size",
+            "8MiB",
+            "--cache",
+            "1MiB",
+            "--workload",
+            "zipf",
+            "--threads",
+            "2",
+            "--duration",
+            "0.5",
+            "--json",
         ])
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", text(&output));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     for field in [
-        "ops_per_s", "latency_us_p50", "latency_us_p99", "latency_us_p999", "hit_ratio",
-        "bytes_fetched", "bytes_written_back", "ops", "threads", "workload",
+        "ops_per_s",
+        "latency_us_p50",
+        "latency_us_p99",
+        "latency_us_p999",
+        "hit_ratio",
+        "bytes_fetched",
+        "bytes_written_back",
+        "ops",
+        "threads",
+        "workload",
     ] {
         assert!(report.get(field).is_some(), "missing {field} in {report}");
     }

@@ -158,7 +158,10 @@ mod tests {
     fn allocates_up_to_capacity_and_zeroes_released_segments() {
         let arena = Arena::new(3 * 4096, 4096).unwrap();
         let slots: Vec<_> = (0..3).map(|_| arena.allocate().unwrap()).collect();
-        assert!(matches!(arena.allocate(), Err(NodeError::OutOfMemory { .. })));
+        assert!(matches!(
+            arena.allocate(),
+            Err(NodeError::OutOfMemory { .. })
+        ));
         assert_eq!(arena.used_bytes(), 3 * 4096);
         // SAFETY: slot 0 is allocated to this test and nothing else touches it.
         unsafe { std::ptr::write_bytes(arena.segment_pointer(slots[0]), 0xab, 4096) };

@@ -23,9 +23,9 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
 use pagoda_wire::RegionInfo;
 use pagoda_wire::limits::{REGION_NAME_BYTES_MAX, REGIONS_MAX};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::arena::Arena;
@@ -111,12 +111,18 @@ impl Catalog {
             detail,
         };
         if persisted.regions.len() > REGIONS_MAX {
-            return Err(corrupt(format!("{} regions exceed the limit", persisted.regions.len())));
+            return Err(corrupt(format!(
+                "{} regions exceed the limit",
+                persisted.regions.len()
+            )));
         }
         for entry in persisted.regions {
             validate_name(&entry.name).map_err(|e| corrupt(e.to_string()))?;
             if entry.id >= state.next_id || state.by_id.contains_key(&entry.id) {
-                return Err(corrupt(format!("region id {} is duplicated or beyond next_id", entry.id)));
+                return Err(corrupt(format!(
+                    "region id {} is duplicated or beyond next_id",
+                    entry.id
+                )));
             }
             let info = RegionInfo {
                 id: entry.id,
@@ -124,13 +130,17 @@ impl Catalog {
                 page_size: entry.page_size,
                 name: entry.name,
             };
-            let region = Arc::new(Region::new(info, arena.clone()).map_err(|e| corrupt(e.to_string()))?);
+            let region =
+                Arc::new(Region::new(info, arena.clone()).map_err(|e| corrupt(e.to_string()))?);
             if state
                 .by_name
                 .insert(region.info().name.clone(), region.clone())
                 .is_some()
             {
-                return Err(corrupt(format!("region name {:?} is duplicated", region.info().name)));
+                return Err(corrupt(format!(
+                    "region name {:?} is duplicated",
+                    region.info().name
+                )));
             }
             state.by_id.insert(region.info().id, region);
         }
@@ -263,7 +273,8 @@ impl Catalog {
         let temporary = self.dir.join(format!("{FILE_NAME}.tmp"));
         let path = self.dir.join(FILE_NAME);
         let context = |what: &str| format!("{what} {}", temporary.display());
-        let mut file = File::create(&temporary).map_err(|e| NodeError::io(context("creating"), e))?;
+        let mut file =
+            File::create(&temporary).map_err(|e| NodeError::io(context("creating"), e))?;
         file.write_all(&bytes)
             .map_err(|e| NodeError::io(context("writing"), e))?;
         file.sync_all()
@@ -348,7 +359,10 @@ mod tests {
         let catalog = Catalog::open(dir.path(), arena()).unwrap();
         let list = catalog.list();
         assert_eq!(list.len(), 1);
-        assert_eq!((list[0].name.as_str(), list[0].id, list[0].page_size), ("b", 2, 65536));
+        assert_eq!(
+            (list[0].name.as_str(), list[0].id, list[0].page_size),
+            ("b", 2, 65536)
+        );
         assert_eq!(catalog.create("c", 4096, 4096).unwrap().id, 3);
     }
 

@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::RwLock;
 use pagoda_wire::RegionInfo;
-use pagoda_wire::limits::{PAGE_BYTES_MAX, PAGE_BYTES_MIN, REGION_BYTES_MAX};
+use pagoda_wire::limits::{BATCH_BYTES_MAX, PAGE_BYTES_MAX, PAGE_BYTES_MIN, REGION_BYTES_MAX};
 use pagoda_wire::message::PageList;
+use parking_lot::RwLock;
 
 use crate::arena::{Arena, SegmentSlot};
 use crate::error::NodeError;
@@ -59,7 +59,9 @@ impl Region {
         let segment_count = info.size.div_ceil(segment_bytes);
         Ok(Region {
             pages_per_segment: segment_bytes / info.page_size as u64,
-            segments: (0..segment_count).map(|_| RwLock::new(NO_SEGMENT)).collect(),
+            segments: (0..segment_count)
+                .map(|_| RwLock::new(NO_SEGMENT))
+                .collect(),
             info,
             arena,
             segments_allocated: AtomicU64::new(0),
@@ -112,7 +114,16 @@ impl Region {
     pub fn read_pages(&self, pages: PageList<'_>, out: &mut Vec<u8>) -> Result<(), NodeError> {
         self.check_pages(pages)?;
         let page_size = self.info.page_size as usize;
-        out.reserve(pages.len() * page_size);
+        // The page count is bounded by the wire format, but not the bytes it
+        // asks for: refuse before reserving anything.
+        let reply_bytes = pages.len() * page_size;
+        if reply_bytes > BATCH_BYTES_MAX {
+            return Err(NodeError::InvalidArgument(format!(
+                "read of {} pages of {page_size} bytes exceeds the batch limit of {BATCH_BYTES_MAX} bytes",
+                pages.len()
+            )));
+        }
+        out.reserve(reply_bytes);
         for page in pages.iter() {
             let (segment, offset) = self.locate(page);
             let slot = self.segments[segment].read();
@@ -248,7 +259,9 @@ mod tests {
     #[test]
     fn failing_batches_change_nothing() {
         let (arena, region) = region(64 << 20, 2 << 20);
-        region.write_pages(list(&pages(&[0])), &[1u8; 4096]).unwrap();
+        region
+            .write_pages(list(&pages(&[0])), &[1u8; 4096])
+            .unwrap();
         // Page 1024 is in the second segment, which does not fit.
         let error = region
             .write_pages(list(&pages(&[1, 1024])), &[2u8; 8192])

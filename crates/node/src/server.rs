@@ -21,12 +21,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use pagoda_wire::frame::FrameBuilder;
 use pagoda_wire::io::FrameReader;
 use pagoda_wire::limits::{BATCH_BYTES_MAX, BATCH_PAGES_MAX, PING_REPLY_BYTES_MAX, SEGMENT_BYTES};
 use pagoda_wire::message::NodeStat;
 use pagoda_wire::{ErrorCode, Opcode, RegionStat, Request, Response, VERSION, WireError};
+use parking_lot::Mutex;
 
 use crate::arena::Arena;
 use crate::catalog::Catalog;
@@ -74,13 +74,24 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 512;
 const REPLY_FLUSH_BYTES: usize = 1024 * 1024;
 /// How often the acceptor checks for shutdown while idle.
 const ACCEPT_POLL_MS: i32 = 100;
+/// How long shutdown lets connections finish the request in hand before it
+/// closes their sockets outright (which also wakes a thread blocked writing to
+/// a client that stopped reading).
+const SHUTDOWN_GRACE_MS: u64 = 1000;
+
+/// A served connection: a handle on its socket (to close it at shutdown) and
+/// its thread.
+struct ConnectionEntry {
+    stream: TcpStream,
+    thread: Option<JoinHandle<()>>,
+}
 
 struct Shared {
     config: NodeConfig,
     catalog: Catalog,
     arena: Arc<Arena>,
     shutting_down: AtomicBool,
-    connections: Mutex<HashMap<u64, (TcpStream, Option<JoinHandle<()>>)>>,
+    connections: Mutex<HashMap<u64, ConnectionEntry>>,
     connection_count: AtomicU32,
     requests: AtomicU64,
 }
@@ -101,16 +112,18 @@ impl Node {
                 config.listen
             )));
         }
-        if let Some(token) = &config.token {
-            if token.is_empty() || token.len() > pagoda_wire::limits::TOKEN_BYTES_MAX {
-                return Err(NodeError::Config(format!(
-                    "the token must be 1 to {} bytes",
-                    pagoda_wire::limits::TOKEN_BYTES_MAX
-                )));
-            }
+        if let Some(token) = &config.token
+            && (token.is_empty() || token.len() > pagoda_wire::limits::TOKEN_BYTES_MAX)
+        {
+            return Err(NodeError::Config(format!(
+                "the token must be 1 to {} bytes",
+                pagoda_wire::limits::TOKEN_BYTES_MAX
+            )));
         }
         if config.connections_max == 0 {
-            return Err(NodeError::Config("connections_max must be at least 1".into()));
+            return Err(NodeError::Config(
+                "connections_max must be at least 1".into(),
+            ));
         }
         let arena = Arc::new(Arena::new(config.capacity_bytes, SEGMENT_BYTES)?);
         let catalog = Catalog::open(&config.data_dir, arena.clone())?;
@@ -173,12 +186,23 @@ impl Node {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         let _ = acceptor.join();
         let connections: Vec<_> = self.shared.connections.lock().drain().collect();
-        for (_, (stream, _)) in &connections {
-            let _ = stream.shutdown(Shutdown::Read);
+        for (_, entry) in &connections {
+            let _ = entry.stream.shutdown(Shutdown::Read);
         }
-        for (_, (_, handle)) in connections {
-            if let Some(handle) = handle {
-                let _ = handle.join();
+        let deadline = std::time::Instant::now() + Duration::from_millis(SHUTDOWN_GRACE_MS);
+        while std::time::Instant::now() < deadline
+            && connections
+                .iter()
+                .any(|(_, entry)| entry.thread.as_ref().is_some_and(|t| !t.is_finished()))
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for (_, entry) in &connections {
+            let _ = entry.stream.shutdown(Shutdown::Both);
+        }
+        for (_, entry) in connections {
+            if let Some(thread) = entry.thread {
+                let _ = thread.join();
             }
         }
         tracing::info!(local_addr = %self.local_addr, "node stopped");
@@ -220,7 +244,12 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, id: u64) -> std::io::Result<()> {
+fn admit(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
     let count = shared.connection_count.fetch_add(1, Ordering::SeqCst) as usize;
@@ -238,23 +267,33 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, id: u64) -> 
         return Ok(());
     }
     let registered = stream.try_clone()?;
-    shared.connections.lock().insert(id, (registered, None));
+    shared.connections.lock().insert(
+        id,
+        ConnectionEntry {
+            stream: registered,
+            thread: None,
+        },
+    );
     let thread_shared = shared.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("pagoda-conn-{id}"))
         .spawn(move || {
+            // Unregisters the connection however the thread ends, a panic
+            // included, so its socket is closed and its slot freed.
+            let _registration = Registration {
+                shared: &thread_shared,
+                id,
+            };
             tracing::debug!(%peer, "connection opened");
             if let Err(error) = serve(&thread_shared, stream) {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
-            thread_shared.connections.lock().remove(&id);
-            thread_shared.connection_count.fetch_sub(1, Ordering::SeqCst);
             tracing::debug!(%peer, "connection closed");
         });
     match spawned {
         Ok(handle) => {
             if let Some(entry) = shared.connections.lock().get_mut(&id) {
-                entry.1 = Some(handle);
+                entry.thread = Some(handle);
             }
             Ok(())
         }
@@ -263,6 +302,20 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, id: u64) -> 
             shared.connection_count.fetch_sub(1, Ordering::SeqCst);
             Err(error)
         }
+    }
+}
+
+struct Registration<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if let Some(entry) = self.shared.connections.lock().remove(&self.id) {
+            let _ = entry.stream.shutdown(Shutdown::Both);
+        }
+        self.shared.connection_count.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -352,17 +405,17 @@ fn handle(
         }
     };
     if let Request::Hello { token, client_name } = request {
-        if let Some(expected) = &shared.config.token {
-            if !tokens_equal(expected, token) {
-                let message = if token.is_empty() {
-                    "this node requires a token and none was given"
-                } else {
-                    "wrong token"
-                };
-                tracing::warn!(client_name, "authentication failed: {message}");
-                error_reply(out, request_id, ErrorCode::Unauthorized, message);
-                return After::Close;
-            }
+        if let Some(expected) = &shared.config.token
+            && !tokens_equal(expected, token)
+        {
+            let message = if token.is_empty() {
+                "this node requires a token and none was given"
+            } else {
+                "wrong token"
+            };
+            tracing::warn!(client_name, "authentication failed: {message}");
+            error_reply(out, request_id, ErrorCode::Unauthorized, message);
+            return After::Close;
         }
         *authenticated = true;
         Response::HelloOk {

@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use pagoda_wire::io::FrameReader;
 use pagoda_wire::limits::{BATCH_BYTES_MAX, BATCH_PAGES_MAX};
 use pagoda_wire::{ErrorCode, Opcode, Response, WireError};
+use parking_lot::Mutex;
 
 use crate::ClientOptions;
 use crate::error::ClientError;
@@ -83,7 +83,10 @@ pub struct Connection {
 
 impl Connection {
     /// Connects (without authenticating).
-    pub fn open(addr: impl ToSocketAddrs, options: &ClientOptions) -> Result<Connection, ClientError> {
+    pub fn open(
+        addr: impl ToSocketAddrs,
+        options: &ClientOptions,
+    ) -> Result<Connection, ClientError> {
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
             .map_err(|source| ClientError::Connect {
@@ -110,7 +113,11 @@ impl Connection {
         })
     }
 
-    fn from_stream(stream: TcpStream, peer: SocketAddr, options: &ClientOptions) -> Result<Connection, ClientError> {
+    fn from_stream(
+        stream: TcpStream,
+        peer: SocketAddr,
+        options: &ClientOptions,
+    ) -> Result<Connection, ClientError> {
         let io = |source| ClientError::Connect {
             addr: peer.to_string(),
             source,
@@ -119,7 +126,9 @@ impl Connection {
         // A reader blocked this long with requests outstanding means the node
         // is gone or stuck.
         stream.set_read_timeout(Some(options.timeout)).map_err(io)?;
-        stream.set_write_timeout(Some(options.timeout)).map_err(io)?;
+        stream
+            .set_write_timeout(Some(options.timeout))
+            .map_err(io)?;
         let read_half = stream.try_clone().map_err(io)?;
         Ok(Connection {
             peer,
@@ -225,14 +234,19 @@ impl Connection {
             if let Some(mut reader) = self.reader.try_lock() {
                 while !slot.done.load(Ordering::Acquire) {
                     match reader.read_frame() {
-                        Ok(frame) => self.dispatch(frame.header.request_id, frame.header.opcode, frame.payload),
+                        Ok(frame) => self.dispatch(
+                            frame.header.request_id,
+                            frame.header.opcode,
+                            frame.payload,
+                        ),
                         Err(error) => {
                             drop(reader);
                             let reason = match error {
                                 WireError::Io(ref io)
                                     if matches!(
                                         io.kind(),
-                                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
                                     ) =>
                                 {
                                     self.fail(format!("no reply within {:?}", self.timeout));

@@ -98,7 +98,10 @@ fn unexpected(reply: &Response<'_>) -> ClientError {
 
 impl Client {
     /// Connects and authenticates.
-    pub fn connect(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Client, ClientError> {
+    pub fn connect(
+        addr: impl ToSocketAddrs,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
         let connection = Connection::open(addr, &options)?;
         let client = Client {
             connection: Arc::new(connection),
@@ -124,8 +127,7 @@ impl Client {
     }
 
     fn call(&self, request: &Request<'_>) -> Result<Reply, ClientError> {
-        self.connection
-            .call(|out, id| request.encode(out, id, 0))
+        self.connection.call(|out, id| request.encode(out, id, 0))
     }
 
     fn region_info(&self, request: &Request<'_>) -> Result<RegionInfo, ClientError> {
@@ -137,7 +139,12 @@ impl Client {
 
     /// Creates a region of `size` bytes (a multiple of `page_size`, which is a
     /// power of two from 4 KiB to 2 MiB).
-    pub fn create_region(&self, name: &str, size: u64, page_size: u32) -> Result<RegionInfo, ClientError> {
+    pub fn create_region(
+        &self,
+        name: &str,
+        size: u64,
+        page_size: u32,
+    ) -> Result<RegionInfo, ClientError> {
         self.region_info(&Request::CreateRegion {
             name,
             size,
@@ -193,13 +200,29 @@ impl Client {
 
     /// Reads pages of a region straight from the node, bypassing any cache;
     /// `out` receives `pages.len()` pages. For tools and benchmarks.
-    pub fn read_pages(&self, region: &RegionInfo, pages: &[u64], out: &mut [u8]) -> Result<(), ClientError> {
-        region::read_pages(&self.connection, region.id, region.page_size as usize, pages, out)
+    pub fn read_pages(
+        &self,
+        region: &RegionInfo,
+        pages: &[u64],
+        out: &mut [u8],
+    ) -> Result<(), ClientError> {
+        region::read_pages(
+            &self.connection,
+            region.id,
+            region.page_size as usize,
+            pages,
+            out,
+        )
     }
 
     /// Writes pages of a region straight to the node, bypassing any cache.
     /// `data` holds `pages.len()` pages. For tools and benchmarks.
-    pub fn write_pages(&self, region: &RegionInfo, pages: &[u64], data: &[u8]) -> Result<(), ClientError> {
+    pub fn write_pages(
+        &self,
+        region: &RegionInfo,
+        pages: &[u64],
+        data: &[u8],
+    ) -> Result<(), ClientError> {
         let page_size = region.page_size as usize;
         let buffers: Vec<&[u8]> = data.chunks_exact(page_size).collect();
         region::write_pages(&self.connection, region.id, page_size, pages, &buffers)

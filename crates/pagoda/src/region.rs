@@ -57,7 +57,8 @@ pub(crate) fn read_pages(
     }
     let batch = connection.batch_pages_max(page_size);
     for (pages, out) in pages.chunks(batch).zip(out.chunks_mut(batch * page_size)) {
-        let reply = connection.call(|buffer, id| encode_read_pages(buffer, id, 0, region, pages))?;
+        let reply =
+            connection.call(|buffer, id| encode_read_pages(buffer, id, 0, region, pages))?;
         let data = reply.pages_data()?;
         if data.len() != out.len() {
             return Err(ClientError::Protocol(format!(
@@ -133,7 +134,13 @@ impl Backing for RemotePages {
     }
 
     fn write_pages(&self, pages: &[u64], buffers: &[&[u8]]) -> Result<(), BackingError> {
-        write_pages(&self.connection, self.region, self.page_size, pages, buffers)?;
+        write_pages(
+            &self.connection,
+            self.region,
+            self.page_size,
+            pages,
+            buffers,
+        )?;
         Ok(())
     }
 }

@@ -27,11 +27,17 @@ fn write_flush_and_read_back_from_a_second_client() {
     assert_eq!(back, data);
     let mut zeros = vec![1u8; 4096];
     reader.read_at(8 << 20, &mut zeros).unwrap();
-    assert!(zeros.iter().all(|&b| b == 0), "unwritten pages read as zeros");
+    assert!(
+        zeros.iter().all(|&b| b == 0),
+        "unwritten pages read as zeros"
+    );
     let stat = second.stat_region("r").unwrap();
     assert_eq!(stat.segments_allocated, 1);
     assert_eq!(
-        second.open_region("missing", RegionOptions::default()).unwrap_err().code(),
+        second
+            .open_region("missing", RegionOptions::default())
+            .unwrap_err()
+            .code(),
         Some(ErrorCode::RegionNotFound)
     );
 }

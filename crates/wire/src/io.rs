@@ -25,14 +25,7 @@ pub trait SpinRead: Read {
 fn recv_dontwait(fd: i32, buf: &mut [u8]) -> io::Result<Option<usize>> {
     // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes for the
     // duration of the call, and recv writes at most that many bytes.
-    let result = unsafe {
-        libc::recv(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
+    let result = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
     if result >= 0 {
         return Ok(Some(result as usize));
     }
@@ -154,7 +147,8 @@ impl<R: SpinRead> FrameReader<R> {
                 self.end -= self.start;
                 self.start = 0;
                 if self.buffer.len() < needed {
-                    self.buffer.resize(needed.next_power_of_two().max(needed), 0);
+                    self.buffer
+                        .resize(needed.next_power_of_two().max(needed), 0);
                 }
             }
             let received = self.read_some()?;

@@ -272,7 +272,10 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 fn put_pages(out: &mut Vec<u8>, pages: &[u64]) {
-    assert!(pages.len() <= BATCH_PAGES_MAX, "batch exceeds the page limit");
+    assert!(
+        pages.len() <= BATCH_PAGES_MAX,
+        "batch exceeds the page limit"
+    );
     out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
     for page in pages {
         out.extend_from_slice(&page.to_le_bytes());
@@ -424,13 +427,23 @@ pub fn encode_write_pages(
     for index in 0..pages.len() {
         let before = payload.len();
         fill(index, payload);
-        assert_eq!(payload.len() - before, page_size, "fill wrote a partial page");
+        assert_eq!(
+            payload.len() - before,
+            page_size,
+            "fill wrote a partial page"
+        );
     }
     frame.finish();
 }
 
 /// Appends a `ReadPages` frame for `pages` to `out`.
-pub fn encode_read_pages(out: &mut Vec<u8>, request_id: u64, epoch: u64, region: u64, pages: &[u64]) {
+pub fn encode_read_pages(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    epoch: u64,
+    region: u64,
+    pages: &[u64],
+) {
     let mut frame = FrameBuilder::begin(out, Opcode::ReadPages, request_id, epoch);
     let payload = frame.payload();
     payload.extend_from_slice(&region.to_le_bytes());
@@ -579,7 +592,9 @@ mod tests {
     fn split(frame: &[u8]) -> (FrameHeader, &[u8]) {
         let header_bytes: [u8; HEADER_BYTES] = frame[..HEADER_BYTES].try_into().unwrap();
         let header = FrameHeader::parse(&header_bytes).unwrap();
-        header.verify(&header_bytes, &frame[HEADER_BYTES..]).unwrap();
+        header
+            .verify(&header_bytes, &frame[HEADER_BYTES..])
+            .unwrap();
         (header, &frame[HEADER_BYTES..])
     }
 
