@@ -29,6 +29,8 @@ use crate::error::ClientError;
 pub struct Reply {
     opcode: u8,
     payload: Vec<u8>,
+    /// The page data went straight into the caller's buffers.
+    delivered: bool,
 }
 
 impl Reply {
@@ -41,6 +43,11 @@ impl Reply {
             }),
             response => Ok(response),
         }
+    }
+
+    /// Whether the reply's page data was copied into the caller's buffers.
+    pub fn delivered(&self) -> bool {
+        self.delivered
     }
 
     /// The payload of a `PagesData` reply, or the error the reply carries.
@@ -60,7 +67,26 @@ struct Slot {
     done: AtomicBool,
     reply: Mutex<Option<Result<Reply, ClientError>>>,
     thread: Thread,
+    /// Where page data in the reply should land, so that the reader copies it
+    /// once, straight into the caller's buffers, instead of into a `Vec` first.
+    sink: Mutex<Option<Sink>>,
 }
+
+/// The caller's buffers for a `PagesData` reply, as raw parts.
+///
+/// The caller that owns them is blocked in `Connection::wait` until its slot
+/// is completed, and a slot is completed only after the copy, so the buffers
+/// outlive every write through these pointers and nobody else touches them
+/// meanwhile. A caller that gives up on a slot first removes it from the
+/// pending map, after which no reader can reach the sink.
+struct Sink {
+    parts: Vec<(*mut u8, usize)>,
+}
+
+// SAFETY: see the type's documentation: the pointers are written by exactly
+// one thread (the reader that took the slot out of the pending map) while
+// their owner waits.
+unsafe impl Send for Sink {}
 
 struct Writer {
     stream: TcpStream,
@@ -76,6 +102,10 @@ pub struct Connection {
     next_id: AtomicU64,
     failed: Mutex<Option<String>>,
     spin: Duration,
+    /// Waiters other than the reader that are spinning. At most one spins;
+    /// the rest park at once, so that on a small machine spinning waiters do
+    /// not take the cores the reader and the node need.
+    spinners: AtomicUsize,
     timeout: Duration,
     batch_bytes_max: AtomicUsize,
     batch_pages_max: AtomicUsize,
@@ -141,6 +171,7 @@ impl Connection {
             next_id: AtomicU64::new(1),
             failed: Mutex::new(None),
             spin: options.spin,
+            spinners: AtomicUsize::new(0),
             timeout: options.timeout,
             batch_bytes_max: AtomicUsize::new(BATCH_BYTES_MAX),
             batch_pages_max: AtomicUsize::new(BATCH_PAGES_MAX),
@@ -192,12 +223,34 @@ impl Connection {
     /// Sends one request, built by `encode(out, request_id)`, and waits for
     /// its reply.
     pub fn call(&self, encode: impl FnOnce(&mut Vec<u8>, u64)) -> Result<Reply, ClientError> {
+        self.call_into(encode, &mut [])
+    }
+
+    /// Like [`Connection::call`], but a `PagesData` reply whose size equals
+    /// the buffers' total is copied straight into `buffers`, in order, and the
+    /// returned reply says so with [`Reply::delivered`].
+    pub fn call_into(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>, u64),
+        buffers: &mut [&mut [u8]],
+    ) -> Result<Reply, ClientError> {
         self.check_failed()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let sink = if buffers.is_empty() {
+            None
+        } else {
+            Some(Sink {
+                parts: buffers
+                    .iter_mut()
+                    .map(|buffer| (buffer.as_mut_ptr(), buffer.len()))
+                    .collect(),
+            })
+        };
         let slot = Arc::new(Slot {
             done: AtomicBool::new(false),
             reply: Mutex::new(None),
             thread: std::thread::current(),
+            sink: Mutex::new(sink),
         });
         self.pending.lock().insert(id, slot.clone());
         let sent = {
@@ -213,8 +266,12 @@ impl Connection {
             sent
         };
         if let Err(error) = sent {
-            self.pending.lock().remove(&id);
             let reason = format!("sending a request: {error}");
+            if self.pending.lock().remove(&id).is_none() {
+                // A reader took the slot and may be writing into the sink:
+                // wait for it to finish before the buffers go away.
+                let _ = self.wait(&slot, id);
+            }
             self.fail(reason.clone());
             return Err(ClientError::Disconnected(reason));
         }
@@ -223,15 +280,21 @@ impl Connection {
 
     fn wait(&self, slot: &Arc<Slot>, id: u64) -> Result<Reply, ClientError> {
         let began = Instant::now();
-        loop {
+        let mut spinner = false;
+        let result = loop {
             if slot.done.load(Ordering::Acquire) {
-                return slot
+                break slot
                     .reply
                     .lock()
                     .take()
                     .expect("a completed slot holds its reply");
             }
             if let Some(mut reader) = self.reader.try_lock() {
+                if spinner {
+                    // The reader spins in its own reads.
+                    self.spinners.fetch_sub(1, Ordering::Relaxed);
+                    spinner = false;
+                }
                 while !slot.done.load(Ordering::Acquire) {
                     match reader.read_frame() {
                         Ok(frame) => self.dispatch(
@@ -267,12 +330,26 @@ impl Connection {
                 }
                 continue;
             }
-            if began.elapsed() < self.spin {
+            if !spinner && began.elapsed() < self.spin {
+                spinner = self.spinners.fetch_add(1, Ordering::Relaxed) == 0;
+                if !spinner {
+                    self.spinners.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            if spinner && began.elapsed() < self.spin {
                 std::hint::spin_loop();
             } else {
+                if spinner {
+                    self.spinners.fetch_sub(1, Ordering::Relaxed);
+                    spinner = false;
+                }
                 std::thread::park_timeout(Duration::from_millis(1));
             }
+        };
+        if spinner {
+            self.spinners.fetch_sub(1, Ordering::Relaxed);
         }
+        result
     }
 
     fn dispatch(&self, id: u64, opcode: u8, payload: &[u8]) {
@@ -294,11 +371,35 @@ impl Connection {
             tracing::warn!(peer = %self.peer, id, "reply to no pending request; ignored");
             return;
         };
+        let sink = slot.sink.lock().take();
+        if let Some(sink) = sink
+            && opcode == Opcode::PagesData as u8
+            && sink.parts.iter().map(|part| part.1).sum::<usize>() == payload.len()
+        {
+            let mut rest = payload;
+            for (pointer, len) in sink.parts {
+                let (head, tail) = rest.split_at(len);
+                // SAFETY: see `Sink`: the buffer is live, `len` bytes long,
+                // and written by no one else until the slot completes.
+                unsafe { std::ptr::copy_nonoverlapping(head.as_ptr(), pointer, len) };
+                rest = tail;
+            }
+            complete(
+                &slot,
+                Ok(Reply {
+                    opcode,
+                    payload: Vec::new(),
+                    delivered: true,
+                }),
+            );
+            return;
+        }
         complete(
             &slot,
             Ok(Reply {
                 opcode,
                 payload: payload.to_vec(),
+                delivered: false,
             }),
         );
     }

@@ -57,19 +57,33 @@ pub(crate) fn read_pages(
     }
     let batch = connection.batch_pages_max(page_size);
     for (pages, out) in pages.chunks(batch).zip(out.chunks_mut(batch * page_size)) {
-        let reply =
-            connection.call(|buffer, id| encode_read_pages(buffer, id, 0, region, pages))?;
-        let data = reply.pages_data()?;
-        if data.len() != out.len() {
-            return Err(ClientError::Protocol(format!(
-                "asked for {} bytes of pages, got {}",
-                out.len(),
-                data.len()
-            )));
-        }
-        out.copy_from_slice(data);
+        fetch(connection, region, pages, &mut [out])?;
     }
     Ok(())
+}
+
+/// Reads `pages` (at most one batch) into `buffers`, whose lengths add up to
+/// the pages' bytes; the reply's data is copied straight into them.
+fn fetch(
+    connection: &Connection,
+    region: u64,
+    pages: &[u64],
+    buffers: &mut [&mut [u8]],
+) -> Result<(), ClientError> {
+    let expected: usize = buffers.iter().map(|b| b.len()).sum();
+    let reply = connection.call_into(
+        |buffer, id| encode_read_pages(buffer, id, 0, region, pages),
+        buffers,
+    )?;
+    if reply.delivered() {
+        return Ok(());
+    }
+    // Not delivered: an error reply, or page data of the wrong size.
+    let data = reply.pages_data()?;
+    Err(ClientError::Protocol(format!(
+        "asked for {expected} bytes of pages, got {}",
+        data.len()
+    )))
 }
 
 pub(crate) fn write_pages(
@@ -115,20 +129,7 @@ impl Backing for RemotePages {
     fn read_pages(&self, pages: &[u64], buffers: &mut [&mut [u8]]) -> Result<(), BackingError> {
         let batch = self.connection.batch_pages_max(self.page_size);
         for (pages, buffers) in pages.chunks(batch).zip(buffers.chunks_mut(batch)) {
-            let reply = self
-                .connection
-                .call(|out, id| encode_read_pages(out, id, 0, self.region, pages))?;
-            let data = reply.pages_data()?;
-            if data.len() != pages.len() * self.page_size {
-                return Err(Box::new(ClientError::Protocol(format!(
-                    "asked for {} pages, got {} bytes",
-                    pages.len(),
-                    data.len()
-                ))));
-            }
-            for (buffer, page) in buffers.iter_mut().zip(data.chunks_exact(self.page_size)) {
-                buffer.copy_from_slice(page);
-            }
+            fetch(&self.connection, self.region, pages, buffers)?;
         }
         Ok(())
     }

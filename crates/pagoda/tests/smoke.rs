@@ -41,3 +41,28 @@ fn write_flush_and_read_back_from_a_second_client() {
         Some(ErrorCode::RegionNotFound)
     );
 }
+
+// Guards the direct-to-buffer read path: page data lands in the caller's
+// buffer, and an error reply to such a read comes back as the node's error,
+// leaving the buffer untouched.
+#[test]
+fn raw_page_reads_deliver_data_or_the_nodes_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), 64 << 20, None);
+    let client = common::client(&node);
+    let info = client.create_region("raw", 1 << 20, 4096).unwrap();
+    let data: Vec<u8> = (0..2 * 4096).map(|i| (i % 199) as u8).collect();
+    client.write_pages(&info, &[3, 7], &data).unwrap();
+    let mut out = vec![0u8; 2 * 4096];
+    client.read_pages(&info, &[3, 7], &mut out).unwrap();
+    assert_eq!(out, data);
+    let mut untouched = vec![0xeeu8; 4096];
+    let error = client
+        .read_pages(&info, &[256], &mut untouched)
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::OutOfRange), "{error}");
+    assert!(untouched.iter().all(|&b| b == 0xee));
+    // The connection is still good.
+    client.read_pages(&info, &[7], &mut out[..4096]).unwrap();
+    assert_eq!(out[..4096], data[4096..]);
+}
