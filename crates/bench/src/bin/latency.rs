@@ -1,0 +1,210 @@
+//! Queue-depth-one remote read latency beside the raw loopback round trip.
+//!
+//! In one run, interleaved in rounds so that every path sees the same noise:
+//! a raw TCP ping-pong with the byte sizes of a 4 KiB page read (64 B request,
+//! 4 KiB + 32 B reply), blocking and busy-polling; `Client::read_pages` of one
+//! random page; `Region::read_at` of a random page through a one-page cache
+//! (every read a miss: the product's path); and `Client::ping(4096)`.
+
+use std::time::{Duration, Instant};
+
+use pagoda::RegionOptions;
+use pagoda_bench::fixture::{LocalNode, create_written_region};
+use pagoda_bench::raw::{RawPair, Wait};
+use pagoda_bench::report::{Flags, Percentiles, Table, emit, micros, progress};
+use pagoda_bench::{FastRng, PAGE_BYTES};
+
+const USAGE: &str = "\
+latency: QD1 remote 4 KiB read latency beside raw loopback round trips
+
+  --samples N           samples per path after warm-up (default 20000)
+  --warmup N            warm-up operations per path (default 2000)
+  --round N             samples per path per round (default 500)
+  --region-mib N        region size in MiB (default 256)
+  --client-spin-us N    client spin budget (default: the product's, 50)
+  --node-spin-us N      node connection spin budget (default: the product's, 50)
+  --raw-spin-us N       raw polling ends spin this long before blocking (default 2000)
+  --seconds-max N       stop taking rounds after this long (default 50)
+  --json                print JSON instead of the markdown table";
+
+/// The paths measured, in table order.
+const PATHS: [&str; 5] = [
+    "raw TCP, blocking reads",
+    "raw TCP, busy-polling reads",
+    "Client::read_pages, 1 random page",
+    "Region::read_at, 4 KiB miss (1-page cache)",
+    "Client::ping(4096)",
+];
+const RAW_BLOCK: usize = 0;
+const RAW_POLL: usize = 1;
+const READ_PAGES: usize = 2;
+const REGION_MISS: usize = 3;
+
+/// Request and reply sizes of the raw ping-pong: a ReadPages request is a
+/// 32-byte header plus region id, count and one page number (52 bytes), and
+/// its reply a header plus one page.
+const RAW_REQUEST_BYTES: usize = 64;
+const RAW_REPLY_BYTES: usize = PAGE_BYTES + 32;
+
+fn main() {
+    let flags = Flags::parse(
+        &["json"],
+        &[
+            "samples",
+            "warmup",
+            "round",
+            "region-mib",
+            "client-spin-us",
+            "node-spin-us",
+            "raw-spin-us",
+            "seconds-max",
+        ],
+        USAGE,
+    );
+    let json = flags.switch("json");
+    let samples: usize = flags.number("samples", 20_000);
+    let warmup: usize = flags.number("warmup", 2_000);
+    let round: usize = flags.number::<usize>("round", 500).max(1);
+    let region_bytes = flags.number::<u64>("region-mib", 256).max(1) << 20;
+    let client_spin =
+        Duration::from_micros(flags.number("client-spin-us", pagoda::SPIN_US_DEFAULT));
+    let node_spin =
+        Duration::from_micros(flags.number("node-spin-us", pagoda_node::server::SPIN_US_DEFAULT));
+    let raw_spin = Duration::from_micros(flags.number("raw-spin-us", 2_000));
+    let seconds_max = Duration::from_secs(flags.number("seconds-max", 50));
+
+    let node = LocalNode::start(region_bytes * 2, node_spin);
+    let client = node.client(client_spin);
+    let info = create_written_region(&client, "latency", region_bytes);
+    let region = client
+        .open_region(
+            "latency",
+            RegionOptions::with_cache_bytes(PAGE_BYTES as u64),
+        )
+        .expect("opening the region");
+    let pages = region_bytes / PAGE_BYTES as u64;
+    let mut raw_block = RawPair::new(RAW_REQUEST_BYTES, RAW_REPLY_BYTES, Wait::Block);
+    let mut raw_poll = RawPair::new(RAW_REQUEST_BYTES, RAW_REPLY_BYTES, Wait::Poll(raw_spin));
+
+    let mut rng = FastRng::new(0x1a7e_2c41);
+    let mut page_buf = vec![0u8; PAGE_BYTES];
+    // One operation of path `path`; returns its latency in nanoseconds.
+    let mut operation = |path: usize| -> u64 {
+        let page = rng.below(pages);
+        let began = Instant::now();
+        match path {
+            RAW_BLOCK => raw_block.round_trip(),
+            RAW_POLL => raw_poll.round_trip(),
+            READ_PAGES => client
+                .read_pages(&info, &[page], &mut page_buf)
+                .expect("reading a page"),
+            REGION_MISS => region
+                .read_at(page * PAGE_BYTES as u64, &mut page_buf)
+                .expect("reading through the region"),
+            _ => client.ping(PAGE_BYTES as u32).expect("a ping"),
+        }
+        let elapsed = began.elapsed().as_nanos() as u64;
+        if path == READ_PAGES || path == REGION_MISS {
+            // Cheap check, outside the timed span, that the right page came.
+            assert!(
+                page_buf[0] == page as u8 && page_buf[PAGE_BYTES - 1] == page as u8,
+                "page {page} came back with the wrong contents"
+            );
+        }
+        elapsed
+    };
+
+    progress(&format!("warming up: {warmup} operations per path"));
+    for path in 0..PATHS.len() {
+        for _ in 0..warmup {
+            operation(path);
+        }
+    }
+    let misses_before = region.cache_stats().misses;
+    let mut results: Vec<Vec<u64>> = PATHS.iter().map(|_| Vec::with_capacity(samples)).collect();
+    let began = Instant::now();
+    let mut round_index = 0;
+    progress(&format!(
+        "measuring: {samples} samples per path in rounds of {round}"
+    ));
+    while results[0].len() < samples && began.elapsed() < seconds_max {
+        let take = round.min(samples - results[0].len());
+        // Rotate the order each round so that no path always follows another.
+        for step in 0..PATHS.len() {
+            let path = (round_index + step) % PATHS.len();
+            for _ in 0..take {
+                let latency = operation(path);
+                results[path].push(latency);
+            }
+        }
+        round_index += 1;
+    }
+    let region_misses = region.cache_stats().misses - misses_before;
+    let measured = results[REGION_MISS].len() as u64;
+    let seconds = began.elapsed().as_secs_f64();
+    drop(region);
+
+    let summaries: Vec<Percentiles> = results.iter_mut().map(|s| Percentiles::of(s)).collect();
+    let poll_p50 = summaries[RAW_POLL].p50_ns.max(1) as f64;
+    let mut table = Table::new(&[
+        "path",
+        "samples",
+        "p50 µs",
+        "p99 µs",
+        "p999 µs",
+        "mean µs",
+        "p50 / raw polling p50",
+    ]);
+    for (name, summary) in PATHS.iter().zip(&summaries) {
+        table.row(vec![
+            name.to_string(),
+            summary.samples.to_string(),
+            micros(summary.p50_ns),
+            micros(summary.p99_ns),
+            micros(summary.p999_ns),
+            micros(summary.mean_ns),
+            format!("{:.2}×", summary.p50_ns as f64 / poll_p50),
+        ]);
+    }
+    let ratio_read_pages = summaries[READ_PAGES].p50_ns as f64 / poll_p50;
+    let ratio_region = summaries[REGION_MISS].p50_ns as f64 / poll_p50;
+    let verdict = |ratio: f64| if ratio <= 1.5 { "met" } else { "missed" };
+    let markdown = format!(
+        "{}\n\
+         Goal: QD1 4 KiB read p50 ≤ 1.5× raw polling p50. read_pages: {:.2}× ({}); Region::read_at miss: {:.2}× ({}).\n\
+         Region::read_at misses counted by the cache: {} of {} measured reads.\n\
+         Settings: client spin {} µs, node spin {} µs, raw polling spin {} µs, {} rounds of {} per path, {:.1} s measured, region {} MiB.\n",
+        table.markdown(),
+        ratio_read_pages,
+        verdict(ratio_read_pages),
+        ratio_region,
+        verdict(ratio_region),
+        region_misses,
+        measured,
+        client_spin.as_micros(),
+        node_spin.as_micros(),
+        raw_spin.as_micros(),
+        round_index,
+        round,
+        seconds,
+        region_bytes >> 20,
+    );
+    let document = serde_json::json!({
+        "benchmark": "latency",
+        "settings": {
+            "samples": samples, "warmup": warmup, "round": round,
+            "client_spin_us": client_spin.as_micros() as u64,
+            "node_spin_us": node_spin.as_micros() as u64,
+            "raw_spin_us": raw_spin.as_micros() as u64,
+            "region_bytes": region_bytes,
+        },
+        "paths": PATHS.iter().zip(&summaries).map(|(name, summary)| serde_json::json!({
+            "path": name, "latency": summary,
+            "p50_over_raw_polling_p50": summary.p50_ns as f64 / poll_p50,
+        })).collect::<Vec<_>>(),
+        "region_misses": region_misses,
+        "region_reads": measured,
+        "seconds": seconds,
+    });
+    emit(json, &document, &markdown);
+}
