@@ -59,9 +59,13 @@ pub struct BenchArgs {
     /// Threads issuing operations.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// How long to run, in seconds.
+    /// How long to run, in seconds (after the warm-up).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// How long to run the workload unmeasured first, so that the cache is
+    /// warm when measuring starts, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
     /// Most operations per thread (a bound in case the duration is huge).
     #[arg(long, default_value_t = 100_000_000)]
     ops_max: u64,
@@ -168,6 +172,9 @@ fn check(args: &BenchArgs) -> Result<(), String> {
     }
     if !(args.duration > 0.0 && args.duration <= 86_400.0) {
         return Err("--duration must be more than 0 and at most a day".into());
+    }
+    if !(args.warmup >= 0.0 && args.warmup <= 86_400.0) {
+        return Err("--warmup must be from 0 to a day".into());
     }
     if args.workload == Workload::Zipf && !(args.zipf_theta > 0.0 && args.zipf_theta.is_finite()) {
         return Err("--zipf-theta must be positive".into());
@@ -277,47 +284,71 @@ pub fn prefill(client: &Client, info: &pagoda::RegionInfo, show: bool) -> Result
 fn measure(args: &BenchArgs, region: Arc<Region>) -> Result<BenchReport, String> {
     let pages = region.len() / region.page_size() as u64;
     let duration = Duration::from_secs_f64(args.duration);
-    let before = region.cache_stats();
-    let started = Instant::now();
+    let warmup = Duration::from_secs_f64(args.warmup);
+    // Threads warm up, meet here, wait while the counters are read, then
+    // measure together.
+    let warmed = Arc::new(std::sync::Barrier::new(args.threads + 1));
+    let start = Arc::new(std::sync::Barrier::new(args.threads + 1));
     let handles: Vec<_> = (0..args.threads)
         .map(|thread| {
             let region = region.clone();
             let args = args.clone();
+            let (warmed, start) = (warmed.clone(), start.clone());
             std::thread::spawn(move || -> Result<(Histogram<u64>, u64, u64), String> {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed * 1_000 + thread as u64);
-                let mut picker =
-                    PagePicker::new(args.workload, pages, args.zipf_theta, thread, args.threads)?;
+                let picker =
+                    PagePicker::new(args.workload, pages, args.zipf_theta, thread, args.threads);
                 let mut histogram =
                     Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
                 let page_size = region.page_size();
                 let mut buffer = vec![0u8; page_size];
                 let (mut reads, mut writes) = (0u64, 0u64);
-                let deadline = Instant::now() + duration;
-                for op in 0..args.ops_max {
-                    if op.is_multiple_of(64) && Instant::now() >= deadline {
-                        break;
+                let mut run = |picker: &mut PagePicker,
+                               phase: Duration,
+                               record: bool|
+                 -> Result<(), String> {
+                    let deadline = Instant::now() + phase;
+                    for op in 0..args.ops_max {
+                        if op.is_multiple_of(64) && Instant::now() >= deadline {
+                            break;
+                        }
+                        let page = picker.next(&mut rng);
+                        let offset = page * page_size as u64;
+                        let began = Instant::now();
+                        if rng.r#gen::<f64>() < args.read_ratio {
+                            region
+                                .read_at(offset, &mut buffer)
+                                .map_err(|e| e.to_string())?;
+                            reads += u64::from(record);
+                        } else {
+                            buffer[0] = buffer[0].wrapping_add(1);
+                            region
+                                .write_at(offset, &buffer)
+                                .map_err(|e| e.to_string())?;
+                            writes += u64::from(record);
+                        }
+                        if record {
+                            let _ = histogram.record(began.elapsed().as_nanos().max(1) as u64);
+                        }
                     }
-                    let page = picker.next(&mut rng);
-                    let offset = page * page_size as u64;
-                    let began = Instant::now();
-                    if rng.r#gen::<f64>() < args.read_ratio {
-                        region
-                            .read_at(offset, &mut buffer)
-                            .map_err(|e| e.to_string())?;
-                        reads += 1;
-                    } else {
-                        buffer[0] = buffer[0].wrapping_add(1);
-                        region
-                            .write_at(offset, &buffer)
-                            .map_err(|e| e.to_string())?;
-                        writes += 1;
-                    }
-                    let _ = histogram.record(began.elapsed().as_nanos().max(1) as u64);
-                }
+                    Ok(())
+                };
+                // Errors are reported only after the barriers, so that the
+                // other threads are never left waiting.
+                let warm_result =
+                    picker.and_then(|mut picker| run(&mut picker, warmup, false).map(|_| picker));
+                warmed.wait();
+                start.wait();
+                let mut picker = warm_result?;
+                run(&mut picker, duration, true)?;
                 Ok((histogram, reads, writes))
             })
         })
         .collect();
+    warmed.wait();
+    let before = region.cache_stats();
+    let started = Instant::now();
+    start.wait();
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
     let (mut reads, mut writes) = (0, 0);
     for handle in handles {
