@@ -300,6 +300,8 @@ fn bench_json_reports_documented_fields() {
             "2",
             "--duration",
             "0.5",
+            "--warmup",
+            "0.2",
             "--json",
         ])
         .output()
