@@ -33,7 +33,9 @@
 //! - a hit in a second, equally bounded ghost of *hot reclaims* (keys of pages
 //!   that CLOCK evicted from hot) says "hot was too small": the target shrinks.
 //!   The page itself re-enters cold, not hot, so that pages reclaimed from hot
-//!   cannot cycle straight back into it.
+//!   cannot cycle straight back into it; it enters with its access bit set,
+//!   so it is promoted when it reaches the head of cold without needing a new
+//!   hit inside cold's short window.
 //!
 //! Each step is weighted by the ratio of the two ghosts' sizes, so the rarer
 //! signal moves the target as much as the frequent one (ARC's rule). Both
@@ -74,10 +76,11 @@ const SHARD_FRAMES_MIN: usize = 4096;
 const SHARDS_MAX: usize = 16;
 
 /// Most sweeps a hot page can ride out with its access bit clear, having
-/// earned one per sweep that found the bit set. Three (two bits' worth, as
-/// S3-FIFO's frequency counter) lets frequently used pages outlast bursts of
-/// newly promoted ones, without letting a once-popular page squat for long.
-const HOT_CREDITS_MAX: u8 = 3;
+/// earned one per sweep that found the bit set. Two lets frequently used
+/// pages outlast bursts of newly promoted ones; three (S3-FIFO's two-bit
+/// counter) kept pages whose popularity had passed too long on drifting
+/// working sets and LRU-friendly (short stack distance) workloads.
+const HOT_CREDITS_MAX: u8 = 2;
 
 /// Marks the end of an intrusive list.
 const NIL: u32 = u32::MAX;
@@ -582,11 +585,21 @@ impl EvictionPolicy for TwoPhase {
                 Queue::Hot
             }
             Some((GhostHit::Hot, step)) => {
-                // Only the adaptation learns from a hot-ghost hit. Sending the
-                // page back to hot would let pages reclaimed from hot cycle
-                // straight back into it: with loops larger than hot, hot would
-                // then churn like LRU instead of holding a stable set.
+                // The page re-enters cold, not hot: sending it straight back
+                // to hot would let pages reclaimed from hot cycle back into
+                // it, and with loops larger than hot, hot would churn like
+                // LRU instead of holding a stable set. But it enters with its
+                // access bit already set: it has proved itself once, so when
+                // it reaches the head of cold it is promoted rather than
+                // evicted, unless hot has reclaimed room for nothing else by
+                // then. Cold thus delays its return to hot by one pass
+                // through cold (which breaks the cycle on loops) instead of
+                // demanding a fresh hit within cold's short window (which
+                // lost pages of a frequently used set that hot had just
+                // reclaimed: zipf with a shifting hot set, a hot set under a
+                // zigzag sweep).
                 shard.adapt(step);
+                self.accessed[frame as usize].store(true, Ordering::Relaxed);
                 Queue::Cold
             }
             None => Queue::Cold,
@@ -704,11 +717,14 @@ mod tests {
         assert_eq!(policy.victim(&mut |_| true), Some(0));
         assert_eq!(policy.victim(&mut |_| true), Some(2));
         // Key 1 was reclaimed from hot; its return shrinks the cold target
-        // and enters cold, behind key 3.
+        // and enters cold, behind key 3, with its access bit set: key 3
+        // leaves first, then key 1 is promoted to hot instead of being
+        // evicted from cold, and is reclaimed from there.
         policy.admit(1, 1);
         assert_eq!(policy.cold_target(), 1);
         assert_eq!(policy.victim(&mut |_| true), Some(3));
         assert_eq!(policy.victim(&mut |_| true), Some(1));
+        assert_eq!(policy.resident(), 0);
     }
 
     // Guards that pinned frames are skipped, stay resident, and are evicted

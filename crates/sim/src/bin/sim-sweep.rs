@@ -1,4 +1,5 @@
-//! Runs every trace in a directory at several cache sizes under every policy,
+//! Runs every trace in one or more directories (or single trace files) at
+//! several cache sizes under every policy,
 //! prints a markdown table of miss ratios and a check of the two-phase
 //! policy's goals, and writes one SVG chart per trace.
 //!
@@ -14,8 +15,10 @@ use pagoda_sim::{PolicyName, SimError, TraceFormat, pages_for_ratio, simulate, t
 /// Sweep cache sizes and policies over a directory of traces.
 #[derive(Parser)]
 struct Arguments {
-    /// Directory of traces (every regular file in it is read).
-    traces: PathBuf,
+    /// Directories of traces (every regular file in each is read) or single
+    /// trace files, in any mix.
+    #[arg(required = true)]
+    traces: Vec<PathBuf>,
     /// The traces' format.
     #[arg(long, value_enum, default_value_t = TraceFormat::Lirs)]
     format: TraceFormat,
@@ -86,18 +89,28 @@ fn percent(ratio: f64) -> String {
 
 fn main() -> ExitCode {
     let arguments = Arguments::parse();
-    let mut paths: Vec<PathBuf> = match std::fs::read_dir(&arguments.traces) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
-            .filter(|path| path.is_file())
-            .collect(),
-        Err(error) => {
-            eprintln!("cannot list {}: {error}", arguments.traces.display());
-            return ExitCode::FAILURE;
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for input in &arguments.traces {
+        if input.is_file() {
+            paths.push(input.clone());
+            continue;
         }
-    };
-    paths.sort();
+        match std::fs::read_dir(input) {
+            Ok(entries) => {
+                let mut found: Vec<PathBuf> = entries
+                    .filter_map(Result::ok)
+                    .map(|entry| entry.path())
+                    .filter(|path| path.is_file())
+                    .collect();
+                found.sort();
+                paths.extend(found);
+            }
+            Err(error) => {
+                eprintln!("cannot list {}: {error}", input.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let mut results = Vec::new();
     for path in &paths {
         match sweep(path, &arguments) {
