@@ -177,15 +177,26 @@ impl<B: Backing> PageCache<B> {
         }
     }
 
-    /// Reads `buf.len()` bytes at `offset`.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), CacheError> {
-        self.check_range(offset, buf.len())?;
-        if buf.is_empty() {
-            return Ok(());
+    /// The first and last pages of a byte range inside the region; `None` for
+    /// an empty range.
+    fn page_span(&self, offset: u64, len: usize) -> Result<Option<(u64, u64)>, CacheError> {
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(None);
         }
         let page_size = self.page_size as u64;
-        let first = offset / page_size;
-        let last = (offset + buf.len() as u64 - 1) / page_size;
+        Ok(Some((
+            offset / page_size,
+            (offset + len as u64 - 1) / page_size,
+        )))
+    }
+
+    /// Reads `buf.len()` bytes at `offset`.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), CacheError> {
+        let Some((first, last)) = self.page_span(offset, buf.len())? else {
+            return Ok(());
+        };
+        let page_size = self.page_size as u64;
         if first == last {
             // The hit path: one lookup, one pin, one copy, no lock.
             if let Some(frame) = self.table.get(first) {
@@ -216,13 +227,10 @@ impl<B: Backing> PageCache<B> {
     /// Writes `buf` at `offset`. The pages stay dirty in the cache until they
     /// are evicted or flushed.
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), CacheError> {
-        self.check_range(offset, buf.len())?;
-        if buf.is_empty() {
+        let Some((first, last)) = self.page_span(offset, buf.len())? else {
             return Ok(());
-        }
+        };
         let page_size = self.page_size as u64;
-        let first = offset / page_size;
-        let last = (offset + buf.len() as u64 - 1) / page_size;
         let frames = &self.frames;
         let mut copy = |page: u64, frame: FrameId| {
             let (range, in_page) = overlap(offset, buf.len(), page, page_size);
