@@ -326,3 +326,65 @@ fn bench_json_reports_documented_fields() {
     let hit_ratio = report["hit_ratio"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&hit_ratio));
 }
+
+// Guards `pagoda sim` as a user runs it: a gzip LIRS trace (with a `*` marker
+// line to skip), each policy by name, JSON with exactly the documented fields,
+// and a miss count computed by hand. The trace 1 2 3 1 2 3 loops over three
+// blocks; with two pages LRU misses every request.
+#[test]
+fn sim_reports_hand_computed_misses_as_json() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("loop.trace.gz");
+    let mut encoder = flate2::write::GzEncoder::new(
+        std::fs::File::create(&path).unwrap(),
+        flate2::Compression::default(),
+    );
+    encoder.write_all(b"1\n2\n3\n*\n1\n2\n3\n").unwrap();
+    encoder.finish().unwrap();
+    let output = pagoda()
+        .args(["sim", "--trace"])
+        .arg(&path)
+        .args(["--cache-pages", "2", "--policy", "lru", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut fields: Vec<_> = report.as_object().unwrap().keys().cloned().collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "cache_pages",
+            "distinct",
+            "miss_ratio",
+            "misses",
+            "policy",
+            "requests",
+            "trace"
+        ]
+    );
+    assert_eq!(report["requests"], 6);
+    assert_eq!(report["distinct"], 3);
+    assert_eq!(report["misses"], 6);
+    for policy in ["two-phase", "clock", "arc", "s3fifo"] {
+        let output = pagoda()
+            .args(["sim", "--trace"])
+            .arg(&path)
+            .args(["--cache-ratio", "1.0", "--policy", policy, "--json"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{policy}: {}", text(&output));
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        // With room for every block only the three cold misses remain.
+        assert_eq!(report["misses"], 3, "{policy}");
+    }
+    let output = pagoda()
+        .args(["sim", "--trace"])
+        .arg(dir.path().join("missing.trace"))
+        .args(["--cache-pages", "2"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(text(&output).contains("missing.trace"), "{}", text(&output));
+}
