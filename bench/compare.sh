@@ -34,7 +34,7 @@ PLOTS="$ROOT/docs/plots"
 BUILD=1
 QUICK=0
 # Fixed memory the cgroup allows on top of fraction x dataset, in MiB.
-ALLOWANCE_MIB=${ALLOWANCE_MIB:-32}
+ALLOWANCE_MIB=${ALLOWANCE_MIB:-64}
 SWAPPINESS=${SWAPPINESS:-60}
 SWAPFILE=${SWAPFILE:-/var/tmp/pagoda-compare.swap}
 PORT=${PORT:-17170}
