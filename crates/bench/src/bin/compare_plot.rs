@@ -251,12 +251,11 @@ fn render_table(rows: &[Row], meta: Option<&Value>) -> String {
         let _ = writeln!(
             out,
             "Dataset {} of 4 KiB records, {} s measured per cell after a warm-up of up to {} s; \
-             {} cgroup v{} (limit = fraction × dataset + {} MiB), swappiness {}, zswap {}; \
+             memory cgroup v{} (limit = fraction × dataset + {} MiB), swappiness {}, zswap {}; \
              kernel {}, {} CPUs ({}), {} GiB RAM, THP {}.\n\nCommand: `{}` ({}).\n",
             get("dataset"),
             get("duration_s"),
             get("warmup_s"),
-            "memory",
             get("cgroup_version"),
             get("allowance_mib"),
             get("swappiness"),

@@ -258,7 +258,7 @@ impl Args {
         if !(fraction > 0.0 && fraction <= 1.0) {
             return Err("--fraction must be in (0, 1]".into());
         }
-        if !(duration > 0.0 && duration <= 3600.0) || !(0.0..=3600.0).contains(&warmup) {
+        if !(duration > 0.0 && duration <= 3600.0 && (0.0..=3600.0).contains(&warmup)) {
             return Err("--duration and --warmup must be from 0 to 3600 s".into());
         }
         if workloads.is_empty() {
