@@ -87,6 +87,10 @@ pub struct PageCache<B> {
     table: PageTable,
     policy: Box<dyn EvictionPolicy>,
     free: Mutex<Vec<FrameId>>,
+    /// Serializes flushes: a flush skips a frame whose DIRTY bit another
+    /// flush has cleared, so it must not return before that flush's batch is
+    /// acknowledged (or has failed and marked the frame dirty again).
+    flush_lock: Mutex<()>,
     backing: B,
     page_size: usize,
     region_bytes: u64,
@@ -120,6 +124,7 @@ impl<B: Backing> PageCache<B> {
             table: PageTable::new(pages),
             policy: config.policy.build(frame_count),
             free: Mutex::new((0..frame_count as FrameId).rev().collect()),
+            flush_lock: Mutex::new(()),
             backing,
             page_size,
             region_bytes: config.region_bytes,
@@ -558,6 +563,7 @@ impl<B: Backing> PageCache<B> {
     /// acknowledged them all. Writes that complete before the call are
     /// covered; writes concurrent with it may or may not be.
     pub fn flush(&self) -> Result<(), CacheError> {
+        let _serialized = self.flush_lock.lock();
         let mut batch: Vec<(FrameId, u64)> = Vec::with_capacity(self.batch_pages_max);
         for frame in 0..self.frames.meta.len() as FrameId {
             let meta = &self.frames.meta[frame as usize];

@@ -23,7 +23,10 @@ use std::time::Duration;
 
 use pagoda_wire::frame::FrameBuilder;
 use pagoda_wire::io::FrameReader;
-use pagoda_wire::limits::{BATCH_BYTES_MAX, BATCH_PAGES_MAX, PING_REPLY_BYTES_MAX, SEGMENT_BYTES};
+use pagoda_wire::limits::{
+    BATCH_BYTES_MAX, BATCH_PAGES_MAX, FRAME_PAYLOAD_BYTES_MAX, HELLO_PAYLOAD_BYTES_MAX,
+    PING_REPLY_BYTES_MAX, SEGMENT_BYTES,
+};
 use pagoda_wire::message::NodeStat;
 use pagoda_wire::{ErrorCode, Opcode, RegionStat, Request, Response, VERSION, WireError};
 use parking_lot::Mutex;
@@ -49,6 +52,9 @@ pub struct NodeConfig {
     pub spin: Duration,
     /// Most connections served at once; further ones are refused.
     pub connections_max: usize,
+    /// How long a new connection has to send its `Hello` before it is
+    /// closed.
+    pub handshake_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -61,6 +67,7 @@ impl NodeConfig {
             token: None,
             spin: Duration::from_micros(SPIN_US_DEFAULT),
             connections_max: CONNECTIONS_MAX_DEFAULT,
+            handshake_timeout: Duration::from_millis(HANDSHAKE_TIMEOUT_MS_DEFAULT),
         }
     }
 }
@@ -72,6 +79,8 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 512;
 /// Replies are written once this many bytes are pending, even if more
 /// requests are buffered.
 const REPLY_FLUSH_BYTES: usize = 1024 * 1024;
+/// Default time a new connection has to authenticate before it is closed.
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// How often the acceptor checks for shutdown while idle.
 const ACCEPT_POLL_MS: i32 = 100;
 /// How long shutdown lets connections finish the request in hand before it
@@ -119,6 +128,11 @@ impl Node {
                 "the token must be 1 to {} bytes",
                 pagoda_wire::limits::TOKEN_BYTES_MAX
             )));
+        }
+        if config.handshake_timeout.is_zero() {
+            return Err(NodeError::Config(
+                "the handshake timeout must be positive".into(),
+            ));
         }
         if config.connections_max == 0 {
             return Err(NodeError::Config(
@@ -328,7 +342,12 @@ enum After {
 
 fn serve(shared: &Shared, stream: TcpStream) -> Result<(), WireError> {
     let mut writer = stream.try_clone()?;
+    // Until the peer authenticates it may only send a small Hello, and must
+    // do so promptly: an unauthenticated peer can hold neither much memory
+    // nor a connection slot for long.
+    stream.set_read_timeout(Some(shared.config.handshake_timeout))?;
     let mut reader = FrameReader::new(stream, shared.config.spin);
+    reader.set_payload_limit(HELLO_PAYLOAD_BYTES_MAX);
     let mut out = Vec::with_capacity(256 * 1024);
     let mut authenticated = false;
     loop {
@@ -351,6 +370,7 @@ fn serve(shared: &Shared, stream: TcpStream) -> Result<(), WireError> {
         };
         shared.requests.fetch_add(1, Ordering::Relaxed);
         let request_id = frame.header.request_id;
+        let was_authenticated = authenticated;
         let after = handle(
             shared,
             frame.header.opcode,
@@ -365,6 +385,10 @@ fn serve(shared: &Shared, stream: TcpStream) -> Result<(), WireError> {
         }
         if after == After::Close {
             return Ok(());
+        }
+        if authenticated && !was_authenticated {
+            reader.get_ref().set_read_timeout(None)?;
+            reader.set_payload_limit(FRAME_PAYLOAD_BYTES_MAX);
         }
     }
 }

@@ -270,15 +270,15 @@ impl Connection {
             if self.pending.lock().remove(&id).is_none() {
                 // A reader took the slot and may be writing into the sink:
                 // wait for it to finish before the buffers go away.
-                let _ = self.wait(&slot, id);
+                let _ = self.wait(&slot);
             }
             self.fail(reason.clone());
             return Err(ClientError::Disconnected(reason));
         }
-        self.wait(&slot, id)
+        self.wait(&slot)
     }
 
-    fn wait(&self, slot: &Arc<Slot>, id: u64) -> Result<Reply, ClientError> {
+    fn wait(&self, slot: &Arc<Slot>) -> Result<Reply, ClientError> {
         let began = Instant::now();
         let mut spinner = false;
         let result = loop {
@@ -303,28 +303,32 @@ impl Connection {
                             frame.payload,
                         ),
                         Err(error) => {
-                            drop(reader);
+                            // Fail the connection while still holding the
+                            // reader role: no other thread may take a slot
+                            // (and write into its buffers) between the error
+                            // and the draining of the pending map.
+                            let timed_out = matches!(
+                                &error,
+                                WireError::Io(io) if matches!(
+                                    io.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                )
+                            );
                             let reason = match error {
-                                WireError::Io(ref io)
-                                    if matches!(
-                                        io.kind(),
-                                        std::io::ErrorKind::WouldBlock
-                                            | std::io::ErrorKind::TimedOut
-                                    ) =>
-                                {
-                                    self.fail(format!("no reply within {:?}", self.timeout));
-                                    self.pending.lock().remove(&id);
-                                    return Err(ClientError::Timeout(self.timeout));
-                                }
+                                _ if timed_out => format!("no reply within {:?}", self.timeout),
                                 WireError::Closed => "the node closed the connection".to_owned(),
                                 other => other.to_string(),
                             };
                             self.fail(reason);
+                            if timed_out {
+                                return Err(ClientError::Timeout(self.timeout));
+                            }
                             break;
                         }
                     }
                 }
                 // Pass the reader role on to someone still waiting.
+                drop(reader);
                 if let Some(next) = self.pending.lock().values().next() {
                     next.thread.unpark();
                 }

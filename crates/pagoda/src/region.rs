@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use pagoda_cache::policy::PolicyKind;
 use pagoda_cache::{Backing, BackingError, CacheConfig, CacheStats, PageCache};
+use pagoda_wire::limits::{PAGE_BYTES_MAX, PAGE_BYTES_MIN, REGION_BYTES_MAX};
 use pagoda_wire::message::{encode_read_pages, encode_write_pages};
 use pagoda_wire::{RegionInfo, Response};
 
@@ -171,11 +172,18 @@ impl Region {
         info: RegionInfo,
         options: RegionOptions,
     ) -> Result<Region, ClientError> {
+        // The node is a peer: check the shape it reports against the same
+        // limits it enforces, before sizing the cache and page table by it.
         let page_size = info.page_size as usize;
-        if !page_size.is_power_of_two() || !info.size.is_multiple_of(page_size as u64) {
+        let shape_valid = info.page_size.is_power_of_two()
+            && (PAGE_BYTES_MIN..=PAGE_BYTES_MAX).contains(&info.page_size)
+            && info.size > 0
+            && info.size <= REGION_BYTES_MAX
+            && info.size.is_multiple_of(page_size as u64);
+        if !shape_valid {
             return Err(ClientError::Protocol(format!(
-                "the node described region {:?} with an invalid shape",
-                info.name
+                "the node described region {:?} with an invalid shape ({} bytes in pages of {})",
+                info.name, info.size, info.page_size
             )));
         }
         let config = CacheConfig {

@@ -66,3 +66,17 @@ fn raw_page_reads_deliver_data_or_the_nodes_error() {
     client.read_pages(&info, &[7], &mut out[..4096]).unwrap();
     assert_eq!(out[..4096], data[4096..]);
 }
+
+// Guards the client's own limits: a token longer than the protocol allows is
+// refused with a clear error before anything is sent.
+#[test]
+fn overlong_token_is_refused_by_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), 8 << 20, None);
+    let options = pagoda::ClientOptions::with_token(vec![b'x'; 70_000]);
+    let error = pagoda::Client::connect(node.local_addr(), options).unwrap_err();
+    assert!(
+        matches!(error, pagoda::ClientError::InvalidArgument(_)),
+        "{error}"
+    );
+}

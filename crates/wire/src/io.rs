@@ -87,6 +87,7 @@ pub struct FrameReader<R> {
     end: usize,
     consumed_on_next: usize,
     spin: Duration,
+    payload_limit: usize,
 }
 
 impl<R: SpinRead> FrameReader<R> {
@@ -99,7 +100,15 @@ impl<R: SpinRead> FrameReader<R> {
             end: 0,
             consumed_on_next: 0,
             spin,
+            payload_limit: FRAME_PAYLOAD_BYTES_MAX,
         }
+    }
+
+    /// Caps the payload of frames read from now on (at most the protocol's
+    /// limit). A server sets a small cap until the peer has authenticated, so
+    /// that an unauthenticated peer cannot make it buffer a large frame.
+    pub fn set_payload_limit(&mut self, limit: usize) {
+        self.payload_limit = limit.min(FRAME_PAYLOAD_BYTES_MAX);
     }
 
     /// The underlying stream.
@@ -127,6 +136,12 @@ impl<R: SpinRead> FrameReader<R> {
             .try_into()
             .unwrap();
         let header = FrameHeader::parse(&header_bytes)?;
+        if header.payload_len as usize > self.payload_limit {
+            return Err(WireError::FrameTooLarge {
+                length: header.payload_len as usize,
+                limit: self.payload_limit,
+            });
+        }
         let total = HEADER_BYTES + header.payload_len as usize;
         debug_assert!(total <= HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX);
         self.fill_to(total)?;
