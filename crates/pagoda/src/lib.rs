@@ -103,7 +103,11 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
         let token_bytes_max = pagoda_wire::limits::TOKEN_BYTES_MAX;
-        if options.token.as_ref().is_some_and(|t| t.len() > token_bytes_max) {
+        if options
+            .token
+            .as_ref()
+            .is_some_and(|t| t.len() > token_bytes_max)
+        {
             return Err(ClientError::InvalidArgument(format!(
                 "the token is longer than {token_bytes_max} bytes"
             )));
