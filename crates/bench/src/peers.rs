@@ -135,11 +135,17 @@ impl ReadCache for QuickCache {
             buf.copy_from_slice(&value);
             return true;
         }
-        let value = Bytes::copy_from_slice(self.source.page(key));
-        buf.copy_from_slice(&value);
-        self.cache.insert(key, value);
+        self.cache.insert(key, load(&self.source, key, buf));
         false
     }
+}
+
+/// The peers' miss path: copies the page from the source into the caller's
+/// buffer and returns it as the value to insert.
+fn load(source: &Source, key: u64, buf: &mut [u8]) -> Bytes {
+    let value = Bytes::copy_from_slice(source.page(key));
+    buf.copy_from_slice(&value);
+    value
 }
 
 /// moka's sync cache.
@@ -175,9 +181,7 @@ impl ReadCache for Moka {
             buf.copy_from_slice(&value);
             return true;
         }
-        let value = Bytes::copy_from_slice(self.source.page(key));
-        buf.copy_from_slice(&value);
-        self.cache.insert(key, value);
+        self.cache.insert(key, load(&self.source, key, buf));
         false
     }
 }
@@ -209,9 +213,7 @@ impl ReadCache for Foyer {
             buf.copy_from_slice(entry.value());
             return true;
         }
-        let value = Bytes::copy_from_slice(self.source.page(key));
-        buf.copy_from_slice(&value);
-        self.cache.insert(key, value);
+        self.cache.insert(key, load(&self.source, key, buf));
         false
     }
 }

@@ -198,6 +198,38 @@ fn find<'a>(rows: &'a [Row], backend: &str, workload: &str, fraction: f64) -> Op
     })
 }
 
+/// One row of the result tables: a workload at a local fraction, with each
+/// backend's run (local runs once, at 100 %).
+struct Cell<'a> {
+    workload: &'static str,
+    fraction: f64,
+    local: Option<&'a Row>,
+    swap: Option<&'a Row>,
+    zswap: Option<&'a Row>,
+    pagoda: Option<&'a Row>,
+}
+
+/// The table rows in order, skipping fractions at which only local ran.
+fn cells<'a>(rows: &'a [Row], fractions: &[f64]) -> Vec<Cell<'a>> {
+    let mut cells = Vec::new();
+    for workload in WORKLOADS {
+        for &fraction in fractions {
+            let cell = Cell {
+                workload,
+                fraction,
+                local: find(rows, "local", workload, fraction),
+                swap: find(rows, "swap", workload, fraction),
+                zswap: find(rows, "zswap", workload, fraction),
+                pagoda: find(rows, "pagoda", workload, fraction),
+            };
+            if cell.swap.is_some() || cell.zswap.is_some() || cell.pagoda.is_some() {
+                cells.push(cell);
+            }
+        }
+    }
+    cells
+}
+
 fn percent(fraction: f64) -> String {
     let value = fraction * 100.0;
     if (value - value.round()).abs() < 1e-9 {
@@ -278,31 +310,30 @@ fn render_table(rows: &[Row], meta: Option<&Value>) -> String {
         "| workload | local memory | local | swap | zswap | pagoda | pagoda/swap | pagoda/zswap | pagoda/local | pagoda hit ratio |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for workload in WORKLOADS {
-        for &fraction in &fractions {
-            let local = find(rows, "local", workload, fraction);
-            let swap = find(rows, "swap", workload, fraction);
-            let zswap = find(rows, "zswap", workload, fraction);
-            let pagoda = find(rows, "pagoda", workload, fraction);
-            if swap.is_none() && zswap.is_none() && pagoda.is_none() {
-                continue;
-            }
-            let _ = writeln!(
-                out,
-                "| {workload} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                percent(fraction),
-                ops(local),
-                ops(swap),
-                ops(zswap),
-                ops(pagoda),
-                ratio_text(ratio(pagoda, swap)),
-                ratio_text(ratio(pagoda, zswap)),
-                ratio_text(ratio(pagoda, local)),
-                pagoda
-                    .and_then(|p| p.hit_ratio)
-                    .map_or("–".into(), |h| format!("{:.3}", h)),
-            );
-        }
+    for Cell {
+        workload,
+        fraction,
+        local,
+        swap,
+        zswap,
+        pagoda,
+    } in cells(rows, &fractions)
+    {
+        let _ = writeln!(
+            out,
+            "| {workload} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            percent(fraction),
+            ops(local),
+            ops(swap),
+            ops(zswap),
+            ops(pagoda),
+            ratio_text(ratio(pagoda, swap)),
+            ratio_text(ratio(pagoda, zswap)),
+            ratio_text(ratio(pagoda, local)),
+            pagoda
+                .and_then(|p| p.hit_ratio)
+                .map_or("–".into(), |h| format!("{:.3}", h)),
+        );
     }
     let _ = writeln!(out, "\nOperation latency, p50 / p99 in µs:\n");
     let _ = writeln!(
@@ -310,24 +341,24 @@ fn render_table(rows: &[Row], meta: Option<&Value>) -> String {
         "| workload | local memory | local | swap | zswap | pagoda |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
-    for workload in WORKLOADS {
-        for &fraction in &fractions {
-            let swap = find(rows, "swap", workload, fraction);
-            let zswap = find(rows, "zswap", workload, fraction);
-            let pagoda = find(rows, "pagoda", workload, fraction);
-            if swap.is_none() && zswap.is_none() && pagoda.is_none() {
-                continue;
-            }
-            let _ = writeln!(
-                out,
-                "| {workload} | {} | {} | {} | {} | {} |",
-                percent(fraction),
-                latency(find(rows, "local", workload, fraction)),
-                latency(swap),
-                latency(zswap),
-                latency(pagoda),
-            );
-        }
+    for Cell {
+        workload,
+        fraction,
+        local,
+        swap,
+        zswap,
+        pagoda,
+    } in cells(rows, &fractions)
+    {
+        let _ = writeln!(
+            out,
+            "| {workload} | {} | {} | {} | {} | {} |",
+            percent(fraction),
+            latency(local),
+            latency(swap),
+            latency(zswap),
+            latency(pagoda),
+        );
     }
     let swapped: Vec<String> = rows
         .iter()
