@@ -280,21 +280,20 @@ impl Connection {
 
     fn wait(&self, slot: &Arc<Slot>) -> Result<Reply, ClientError> {
         let began = Instant::now();
-        let mut spinner = false;
-        let result = loop {
+        // Held while this waiter is the one allowed to spin; dropping it
+        // (also on return) gives the permission back.
+        let mut permit: Option<SpinPermit<'_>> = None;
+        loop {
             if slot.done.load(Ordering::Acquire) {
-                break slot
+                return slot
                     .reply
                     .lock()
                     .take()
                     .expect("a completed slot holds its reply");
             }
             if let Some(mut reader) = self.reader.try_lock() {
-                if spinner {
-                    // The reader spins in its own reads.
-                    self.spinners.fetch_sub(1, Ordering::Relaxed);
-                    spinner = false;
-                }
+                // The reader spins in its own reads.
+                permit = None;
                 while !slot.done.load(Ordering::Acquire) {
                     match reader.read_frame() {
                         Ok(frame) => self.dispatch(
@@ -334,26 +333,16 @@ impl Connection {
                 }
                 continue;
             }
-            if !spinner && began.elapsed() < self.spin {
-                spinner = self.spinners.fetch_add(1, Ordering::Relaxed) == 0;
-                if !spinner {
-                    self.spinners.fetch_sub(1, Ordering::Relaxed);
-                }
+            if began.elapsed() < self.spin && permit.is_none() {
+                permit = SpinPermit::try_take(&self.spinners);
             }
-            if spinner && began.elapsed() < self.spin {
+            if began.elapsed() < self.spin && permit.is_some() {
                 std::hint::spin_loop();
             } else {
-                if spinner {
-                    self.spinners.fetch_sub(1, Ordering::Relaxed);
-                    spinner = false;
-                }
+                permit = None;
                 std::thread::park_timeout(Duration::from_millis(1));
             }
-        };
-        if spinner {
-            self.spinners.fetch_sub(1, Ordering::Relaxed);
         }
-        result
     }
 
     fn dispatch(&self, id: u64, opcode: u8, payload: &[u8]) {
@@ -406,6 +395,29 @@ impl Connection {
                 delivered: false,
             }),
         );
+    }
+}
+
+/// Permission for one waiter (other than the reader) to spin; see
+/// `Connection::spinners`.
+struct SpinPermit<'a> {
+    spinners: &'a AtomicUsize,
+}
+
+impl<'a> SpinPermit<'a> {
+    fn try_take(spinners: &'a AtomicUsize) -> Option<SpinPermit<'a>> {
+        if spinners.fetch_add(1, Ordering::Relaxed) == 0 {
+            Some(SpinPermit { spinners })
+        } else {
+            spinners.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+impl Drop for SpinPermit<'_> {
+    fn drop(&mut self) {
+        self.spinners.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
