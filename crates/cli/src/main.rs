@@ -24,7 +24,7 @@ struct Cli {
 enum Command {
     /// Run a memory node.
     Node(node::NodeArgs),
-    /// Create, list, inspect and delete regions on a node.
+    /// Create, list, inspect, delete, checkpoint and recover regions.
     Region(region::RegionArgs),
     /// Measure a workload against a node (or an embedded one).
     Bench(bench::BenchArgs),
@@ -53,7 +53,18 @@ pub struct NodeAddress {
 impl NodeAddress {
     /// Connects with the default client options and the token, if any.
     pub fn connect(&self) -> Result<pagoda::Client, String> {
-        let mut options = pagoda::ClientOptions::default();
+        self.connect_with_timeout(std::time::Duration::from_secs(pagoda::TIMEOUT_S_DEFAULT))
+    }
+
+    /// Connects, waiting up to `timeout` for each reply.
+    pub fn connect_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<pagoda::Client, String> {
+        let mut options = pagoda::ClientOptions {
+            timeout,
+            ..pagoda::ClientOptions::default()
+        };
         if let Some(path) = &self.token_file {
             options.token = Some(read_token(path)?);
         }

@@ -41,10 +41,44 @@ enum RegionCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a region and free its RAM.
+    /// Delete a region, free its RAM and remove its checkpoints.
     Rm {
         /// The region's name.
         name: String,
+    },
+    /// Take a checkpoint of a region to the node's storage backend.
+    Checkpoint {
+        /// The region's name.
+        name: String,
+        /// Write every page, not only those dirty since the last checkpoint.
+        #[arg(long)]
+        full: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a region on node --to from its latest baseline plus the pages
+    /// dirty on node --from since (moving it: the copy on --from becomes
+    /// read-only).
+    Recover {
+        /// The region's name.
+        name: String,
+        /// The node holding the region now.
+        #[arg(long, value_name = "ADDR", required_unless_present = "baseline_only")]
+        from: Option<String>,
+        /// The node to rebuild it on (default: --node).
+        #[arg(long, value_name = "ADDR")]
+        to: Option<String>,
+        /// A file holding the --from node's token (default: --token-file).
+        #[arg(long, value_name = "FILE")]
+        from_token_file: Option<std::path::PathBuf>,
+        /// Recover from the baseline alone when --from is lost: every write
+        /// since the last checkpoint is lost.
+        #[arg(long, conflicts_with = "from")]
+        baseline_only: bool,
+        /// Print the result as JSON (no progress bars).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -58,11 +92,47 @@ fn stat_json(stat: &RegionStat) -> serde_json::Value {
         "resident_bytes": stat.resident_bytes,
         "pages_read": stat.pages_read,
         "pages_written": stat.pages_written,
+        "state": stat.state.name(),
+        "checkpoint_epoch": stat.checkpoint_epoch,
+        "checkpoint_age_ms": (stat.checkpoint_age_ms != u64::MAX).then_some(stat.checkpoint_age_ms),
+        "dirty_pages": stat.dirty_pages,
     })
 }
 
 pub fn run(args: RegionArgs) -> Result<(), String> {
-    let client = args.node.connect()?;
+    if let RegionCommand::Recover {
+        name,
+        from,
+        to,
+        from_token_file,
+        baseline_only,
+        json,
+    } = args.command
+    {
+        let mut target = args.node.clone();
+        if let Some(to) = to {
+            target.node = to;
+        }
+        let source_token = match from_token_file.as_ref().or(args.node.token_file.as_ref()) {
+            Some(path) => Some(crate::read_token(path)?),
+            None => None,
+        };
+        return recover(
+            &target,
+            &name,
+            from.as_deref(),
+            source_token.as_deref(),
+            baseline_only,
+            json,
+        );
+    }
+    let client = match args.command {
+        // A checkpoint's reply waits for the whole checkpoint.
+        RegionCommand::Checkpoint { .. } => args
+            .node
+            .connect_with_timeout(std::time::Duration::from_secs(CHECKPOINT_TIMEOUT_S))?,
+        _ => args.node.connect()?,
+    };
     match args.command {
         RegionCommand::Create {
             name,
@@ -123,11 +193,141 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
                 );
                 println!("pages read      {}", stat.pages_read);
                 println!("pages written   {}", stat.pages_written);
+                println!("state           {}", stat.state.name());
+                if stat.checkpoint_epoch == 0 {
+                    println!("checkpoint      none");
+                } else {
+                    println!(
+                        "checkpoint      epoch {}, taken {:.1} s ago",
+                        stat.checkpoint_epoch,
+                        stat.checkpoint_age_ms as f64 / 1000.0
+                    );
+                }
+                println!("dirty pages     {} since the checkpoint", stat.dirty_pages);
             }
         }
         RegionCommand::Rm { name } => {
             client.delete_region(&name).map_err(|e| e.to_string())?;
             println!("deleted region {name:?}");
+        }
+        RegionCommand::Checkpoint { name, full, json } => {
+            let spinner = (!json).then(|| {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.set_message(format!("checkpointing {name:?}"));
+                bar.enable_steady_tick(std::time::Duration::from_millis(100));
+                bar
+            });
+            let result = client.checkpoint(&name, full);
+            if let Some(bar) = spinner {
+                bar.finish_and_clear();
+            }
+            let info = result.map_err(|e| e.to_string())?;
+            let seconds = info.micros as f64 / 1e6;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "name": name,
+                        "epoch": info.epoch,
+                        "full": info.full,
+                        "pages": info.pages,
+                        "bytes": info.bytes,
+                        "objects": info.objects,
+                        "baseline_pages": info.baseline_pages,
+                        "seconds": seconds,
+                    })
+                );
+            } else {
+                println!(
+                    "checkpoint {} of {name:?} ({}): {} pages, {} in {} objects, {:.3} s ({}/s); the baseline holds {} pages",
+                    info.epoch,
+                    if info.full { "full" } else { "incremental" },
+                    info.pages,
+                    format_bytes(info.bytes),
+                    info.objects,
+                    seconds,
+                    format_bytes((info.bytes as f64 / seconds.max(1e-9)) as u64),
+                    info.baseline_pages
+                );
+            }
+        }
+        RegionCommand::Recover { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// How long `region checkpoint` waits for the node's reply.
+const CHECKPOINT_TIMEOUT_S: u64 = 6 * 3600;
+
+fn recover(
+    target: &NodeAddress,
+    name: &str,
+    from: Option<&str>,
+    source_token: Option<&[u8]>,
+    baseline_only: bool,
+    json: bool,
+) -> Result<(), String> {
+    let client = target.connect()?;
+    let bars = (!json).then(|| {
+        let multi = indicatif::MultiProgress::new();
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix:>9} [{bar:40}] {pos}/{len} pages {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> ");
+        let baseline = multi.add(indicatif::ProgressBar::new(0).with_style(style.clone()));
+        baseline.set_prefix("baseline");
+        let source = multi.add(indicatif::ProgressBar::new(0).with_style(style));
+        source.set_prefix("source");
+        (multi, baseline, source)
+    });
+    let result = client.recover(
+        name,
+        from,
+        source_token,
+        baseline_only,
+        std::time::Duration::from_millis(100),
+        |progress| {
+            if let Some((_, baseline, source)) = &bars {
+                baseline.set_length(progress.baseline_pages);
+                baseline.set_position(progress.baseline_pages_done);
+                baseline.set_message(format!("({} read)", format_bytes(progress.storage_bytes)));
+                source.set_length(progress.source_pages);
+                source.set_position(progress.source_pages_done);
+                source.set_message(format!("({} copied)", format_bytes(progress.source_bytes)));
+            }
+        },
+    );
+    if let Some((_, baseline, source)) = &bars {
+        baseline.finish();
+        source.finish();
+    }
+    let progress = result.map_err(|e| e.to_string())?;
+    let seconds = progress.elapsed_ms as f64 / 1000.0;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "name": name,
+                "seconds": seconds,
+                "baseline_epoch": progress.baseline_epoch,
+                "baseline_age_ms": progress.baseline_age_ms,
+                "baseline_pages": progress.baseline_pages,
+                "storage_bytes": progress.storage_bytes,
+                "source_pages": progress.source_pages_done,
+                "source_bytes": progress.source_bytes,
+                "message": progress.message,
+            })
+        );
+    } else {
+        println!(
+            "recovered {name:?} in {seconds:.2} s: {} read from storage (baseline epoch {}), {} copied from the source",
+            format_bytes(progress.storage_bytes),
+            progress.baseline_epoch,
+            format_bytes(progress.source_bytes)
+        );
+        if !progress.message.is_empty() {
+            println!("{}", progress.message);
         }
     }
     Ok(())

@@ -23,8 +23,8 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use pagoda_wire::RegionInfo;
 use pagoda_wire::limits::{REGION_NAME_BYTES_MAX, REGIONS_MAX};
+use pagoda_wire::{RegionInfo, RegionState};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +51,20 @@ struct PersistedRegion {
     name: String,
     size: u64,
     page_size: u32,
+    /// Unique across nodes and re-creations; names its checkpoints. Catalogs
+    /// written before uids existed get one at load.
+    #[serde(default)]
+    uid: u64,
+    /// Set while the region is being recovered onto this node.
+    #[serde(default, skip_serializing_if = "is_false")]
+    recovering: bool,
+    /// Set once the region has moved to another node.
+    #[serde(default, skip_serializing_if = "is_false")]
+    moved: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 struct State {
@@ -130,8 +144,21 @@ impl Catalog {
                 page_size: entry.page_size,
                 name: entry.name,
             };
+            let uid = if entry.uid == 0 { new_uid() } else { entry.uid };
             let region =
-                Arc::new(Region::new(info, arena.clone()).map_err(|e| corrupt(e.to_string()))?);
+                Region::new(info, uid, arena.clone()).map_err(|e| corrupt(e.to_string()))?;
+            if entry.recovering {
+                region.set_state(
+                    RegionState::Damaged,
+                    "its recovery was interrupted by a restart; delete it and recover it again",
+                );
+            } else if entry.moved {
+                region.set_state(
+                    RegionState::Damaged,
+                    "it moved to another node before this node restarted; delete it here",
+                );
+            }
+            let region = Arc::new(region);
             if state
                 .by_name
                 .insert(region.info().name.clone(), region.clone())
@@ -154,6 +181,19 @@ impl Catalog {
 
     /// Creates a region and persists the catalog.
     pub fn create(&self, name: &str, size: u64, page_size: u32) -> Result<RegionInfo, NodeError> {
+        self.create_region(name, size, page_size, new_uid(), RegionState::Active)
+            .map(|region| region.info().clone())
+    }
+
+    /// Creates a region with a given uid and state and persists the catalog.
+    pub fn create_region(
+        &self,
+        name: &str,
+        size: u64,
+        page_size: u32,
+        uid: u64,
+        initial: RegionState,
+    ) -> Result<Arc<Region>, NodeError> {
         validate_name(name)?;
         validate_shape(size, page_size)?;
         let mut state = self.state.write();
@@ -172,10 +212,14 @@ impl Catalog {
             page_size,
             name: name.to_owned(),
         };
-        let region = Arc::new(Region::new(info.clone(), self.arena.clone())?);
+        let region = Region::new(info.clone(), uid, self.arena.clone())?;
+        if initial != RegionState::Active {
+            region.set_state(initial, "");
+        }
+        let region = Arc::new(region);
         state.next_id += 1;
         state.by_name.insert(name.to_owned(), region.clone());
-        state.by_id.insert(info.id, region);
+        state.by_id.insert(info.id, region.clone());
         if let Err(error) = self.persist(&state) {
             // Undo in memory too: the caller is told the region does not exist.
             state.by_name.remove(name);
@@ -183,7 +227,29 @@ impl Catalog {
             state.failed = Some(error.to_string());
             return Err(NodeError::MetadataFailed(error.to_string()));
         }
-        Ok(info)
+        Ok(region)
+    }
+
+    /// Persists the catalog again after a region's state changed (recovered,
+    /// moved), so a restart finds it in the right state.
+    pub fn save_states(&self) -> Result<(), NodeError> {
+        let mut state = self.state.write();
+        if let Some(reason) = &state.failed {
+            return Err(NodeError::MetadataFailed(reason.clone()));
+        }
+        if let Err(error) = self.persist(&state) {
+            state.failed = Some(error.to_string());
+            return Err(NodeError::MetadataFailed(error.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Every region, ordered by name.
+    pub fn regions(&self) -> Vec<Arc<Region>> {
+        let state = self.state.read();
+        let mut list: Vec<_> = state.by_name.values().cloned().collect();
+        list.sort_by(|a, b| a.info().name.cmp(&b.info().name));
+        list
     }
 
     /// Deletes a region and persists the catalog. Its RAM is freed once the
@@ -255,6 +321,9 @@ impl Catalog {
                     name: info.name.clone(),
                     size: info.size,
                     page_size: info.page_size,
+                    uid: region.uid(),
+                    recovering: region.state() == RegionState::Recovering,
+                    moved: region.state() == RegionState::ReadOnly,
                 }
             })
             .collect();
@@ -287,6 +356,11 @@ impl Catalog {
             .map_err(|e| NodeError::io(format!("syncing dir {}", self.dir.display()), e))?;
         Ok(())
     }
+}
+
+/// A fresh region uid: random, never 0.
+pub fn new_uid() -> u64 {
+    rand::random::<u64>() | 1
 }
 
 fn read_catalog(path: &Path, file: File) -> Result<Persisted, NodeError> {

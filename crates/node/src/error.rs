@@ -55,6 +55,38 @@ pub enum NodeError {
     /// Configuration is invalid.
     #[error("configuration: {0}")]
     Config(String),
+    /// The region cannot serve now (recovering, or its baseline failed to
+    /// load).
+    #[error("region {name:?} is unavailable: {reason}")]
+    RegionUnavailable {
+        /// The region.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The region moved to another node and takes no writes here.
+    #[error("region {0:?} is read-only: it has moved to another node")]
+    ReadOnly(String),
+    /// The storage backend failed.
+    #[error("storage failed: {0}")]
+    Storage(String),
+    /// An object in the storage backend failed verification.
+    #[error("corrupt object {key}: {detail}")]
+    CorruptObject {
+        /// The object's key.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Another node (a recovery's source) failed or refused.
+    #[error("source node: {0}")]
+    Peer(String),
+    /// The node has no storage backend.
+    #[error("this node has no storage backend (start it with --storage)")]
+    NoStorage,
+    /// A checkpoint epoch the node no longer tracks.
+    #[error("{0}")]
+    StaleEpoch(String),
     /// An I/O error.
     #[error("{context}: {source}")]
     Io {
@@ -77,7 +109,14 @@ impl NodeError {
             NodeError::OutOfMemory { .. } => ErrorCode::OutOfMemory,
             NodeError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             NodeError::TooManyRegions(_) => ErrorCode::TooManyRegions,
+            NodeError::RegionUnavailable { .. } => ErrorCode::RegionUnavailable,
+            NodeError::ReadOnly(_) => ErrorCode::ReadOnly,
+            NodeError::Storage(_) => ErrorCode::StorageFailed,
+            NodeError::CorruptObject { .. } => ErrorCode::Corrupt,
+            NodeError::NoStorage => ErrorCode::NoStorage,
+            NodeError::StaleEpoch(_) => ErrorCode::StaleEpoch,
             NodeError::MetadataFailed(_)
+            | NodeError::Peer(_)
             | NodeError::Corrupt { .. }
             | NodeError::Config(_)
             | NodeError::Io { .. } => ErrorCode::Internal,

@@ -7,14 +7,21 @@
 //! [`catalog::Catalog`], persisted in the data dir. The [`server`] accepts
 //! connections and serves the wire protocol, one thread per connection.
 //!
-//! The node knows nothing of the command line, of clients' caches or of
-//! storage backends.
+//! With a [`storage`] backend configured, the node takes [`checkpoint`]s of
+//! its regions (incremental, copy-on-write), reloads them after a restart,
+//! and can rebuild a region from its baseline plus the pages dirty on another
+//! node ([`recovery`]). The node knows nothing of the command line or of
+//! clients' caches.
 
 pub mod arena;
 pub mod catalog;
+pub mod checkpoint;
 pub mod error;
+pub mod recovery;
 pub mod region;
 pub mod server;
+pub mod storage;
 
 pub use error::NodeError;
 pub use server::{Node, NodeConfig};
+pub use storage::StorageConfig;

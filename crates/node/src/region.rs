@@ -1,17 +1,34 @@
-//! A region's pages on the node: a segment table over the arena.
+//! A region's pages on the node: a segment table over the arena, with the
+//! write tracking that checkpoints and recovery rely on.
 //!
-//! Each table entry is a lock guarding the segment slot it holds (or none).
+//! Each table entry is a lock guarding the segment it holds (or none).
 //! Holding an entry's lock is what gives the right to touch that segment's
 //! bytes: readers share it, writers hold it exclusively. A request never holds
 //! two entries' locks at once, so there is no lock order to get wrong.
+//!
+//! **Write sequence numbers.** Every write batch takes the next number of the
+//! region's sequence, and each page remembers the number of its last write
+//! (0: not written since the region was created or loaded). "Pages dirty since
+//! checkpoint E" are the pages whose number is above the sequence value at
+//! E's start; "dirty since mark M" likewise. A writer holds the region's
+//! *gate* shared for its whole batch; taking a mark or starting a snapshot
+//! holds it exclusively for a moment, so no batch straddles a mark.
+//!
+//! **Copy-on-write snapshots.** A checkpoint covers the pages whose numbers
+//! lie in `(from, to]`, `to` being the sequence value at its start. It visits
+//! the segments one by one and copies those pages out under the segment's
+//! lock. A writer about to overwrite such a page in a segment the checkpoint
+//! has not visited yet first saves the old bytes beside the segment; the
+//! checkpoint takes the saved copy instead. Either way it sees every page as
+//! it was at its start, while writers go on.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-use pagoda_wire::RegionInfo;
 use pagoda_wire::limits::{BATCH_BYTES_MAX, PAGE_BYTES_MAX, PAGE_BYTES_MIN, REGION_BYTES_MAX};
 use pagoda_wire::message::PageList;
-use parking_lot::RwLock;
+use pagoda_wire::{PageRange, RegionInfo, RegionState};
+use parking_lot::{Mutex, RwLock};
 
 use crate::arena::{Arena, SegmentSlot};
 use crate::error::NodeError;
@@ -39,20 +56,74 @@ pub fn validate_shape(size: u64, page_size: u32) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// A segment table entry.
+struct Segment {
+    slot: SegmentSlot,
+    /// Per page, the sequence number of its last write; empty while no slot
+    /// is allocated.
+    seqs: Box<[u64]>,
+    /// The highest number in `seqs`.
+    max_seq: u64,
+    /// Pages (index in the segment, old bytes) saved for the running
+    /// snapshot before they were overwritten.
+    saved: Vec<(u32, Box<[u8]>)>,
+    /// The snapshot epoch that has visited this segment.
+    visited: u64,
+}
+
+impl Segment {
+    fn empty() -> Segment {
+        Segment {
+            slot: NO_SEGMENT,
+            seqs: Box::new([]),
+            max_seq: 0,
+            saved: Vec::new(),
+            visited: 0,
+        }
+    }
+}
+
+/// A completed checkpoint, as the region remembers it.
+#[derive(Clone, Debug)]
+pub struct CheckpointMark {
+    /// Its epoch.
+    pub epoch: u64,
+    /// The sequence value at its start: pages above it are dirty since.
+    pub start_seq: u64,
+    /// When it started.
+    pub started: std::time::SystemTime,
+}
+
+/// How many completed checkpoints a region remembers for `DirtyPages`.
+const CHECKPOINT_HISTORY: usize = 16;
+
 /// A region held by the node.
 pub struct Region {
     info: RegionInfo,
+    uid: u64,
     arena: Arc<Arena>,
-    segments: Box<[RwLock<SegmentSlot>]>,
+    segments: Box<[RwLock<Segment>]>,
     pages_per_segment: u64,
     segments_allocated: AtomicU64,
     pages_read: AtomicU64,
     pages_written: AtomicU64,
+    /// The last sequence number handed out.
+    seq: AtomicU64,
+    /// Writers hold it shared for a batch; marks and snapshots exclusively.
+    gate: RwLock<()>,
+    /// The running snapshot: epoch (0: none), and its `(from, to]` range.
+    /// Changed only under the gate held exclusively.
+    snapshot: RwLock<(u64, u64, u64)>,
+    state: AtomicU8,
+    state_reason: Mutex<String>,
+    checkpoints: Mutex<Vec<CheckpointMark>>,
+    /// Held for the whole of a checkpoint: one at a time per region.
+    pub(crate) checkpoint_lock: Mutex<()>,
 }
 
 impl Region {
     /// A region with no segments allocated: every page reads as zeros.
-    pub fn new(info: RegionInfo, arena: Arc<Arena>) -> Result<Region, NodeError> {
+    pub fn new(info: RegionInfo, uid: u64, arena: Arc<Arena>) -> Result<Region, NodeError> {
         validate_shape(info.size, info.page_size)?;
         let segment_bytes = arena.segment_bytes() as u64;
         assert!(segment_bytes >= info.page_size as u64);
@@ -60,13 +131,21 @@ impl Region {
         Ok(Region {
             pages_per_segment: segment_bytes / info.page_size as u64,
             segments: (0..segment_count)
-                .map(|_| RwLock::new(NO_SEGMENT))
+                .map(|_| RwLock::new(Segment::empty()))
                 .collect(),
             info,
+            uid,
             arena,
             segments_allocated: AtomicU64::new(0),
             pages_read: AtomicU64::new(0),
             pages_written: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            gate: RwLock::new(()),
+            snapshot: RwLock::new((0, 0, 0)),
+            state: AtomicU8::new(RegionState::Active as u8),
+            state_reason: Mutex::new(String::new()),
+            checkpoints: Mutex::new(Vec::new()),
+            checkpoint_lock: Mutex::new(()),
         })
     }
 
@@ -75,9 +154,25 @@ impl Region {
         &self.info
     }
 
+    /// The region's unique id, kept in its checkpoints (names are reused;
+    /// uids are not).
+    pub fn uid(&self) -> u64 {
+        self.uid
+    }
+
     /// Number of pages.
     pub fn page_count(&self) -> u64 {
         self.info.size / self.info.page_size as u64
+    }
+
+    /// Number of segments in the table.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Pages per segment.
+    pub fn pages_per_segment(&self) -> u64 {
+        self.pages_per_segment
     }
 
     /// Segments currently holding RAM.
@@ -95,107 +190,382 @@ impl Region {
         self.pages_written.load(Ordering::Relaxed)
     }
 
-    fn check_pages(&self, pages: PageList<'_>) -> Result<(), NodeError> {
-        let count = self.page_count();
-        match pages.iter().find(|&page| page >= count) {
-            Some(page) => Err(NodeError::OutOfRange { page, pages: count }),
-            None => Ok(()),
+    /// The region's state.
+    pub fn state(&self) -> RegionState {
+        RegionState::from_u8(self.state.load(Ordering::Acquire)).expect("valid state")
+    }
+
+    /// Why the region is in its state (empty when active).
+    pub fn state_reason(&self) -> String {
+        self.state_reason.lock().clone()
+    }
+
+    /// Changes the region's state. Taking the gate makes the change wait for
+    /// writes in progress, so none completes after it.
+    pub fn set_state(&self, state: RegionState, reason: impl Into<String>) {
+        let _gate = self.gate.write();
+        *self.state_reason.lock() = reason.into();
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    fn unavailable(&self) -> NodeError {
+        NodeError::RegionUnavailable {
+            name: self.info.name.clone(),
+            reason: self.state_reason(),
+        }
+    }
+
+    /// Refuses service unless the region is active or read-only.
+    pub fn check_readable(&self) -> Result<(), NodeError> {
+        match self.state() {
+            RegionState::Active | RegionState::ReadOnly => Ok(()),
+            RegionState::Recovering | RegionState::Damaged => Err(self.unavailable()),
         }
     }
 
     fn locate(&self, page: u64) -> (usize, usize) {
         let segment = (page / self.pages_per_segment) as usize;
-        let offset = (page % self.pages_per_segment) as usize * self.info.page_size as usize;
-        (segment, offset)
+        let index = (page % self.pages_per_segment) as usize;
+        (segment, index)
     }
 
     /// Appends the named pages to `out`, in order. Checks every page first, so
     /// a request with a bad page appends nothing.
     pub fn read_pages(&self, pages: PageList<'_>, out: &mut Vec<u8>) -> Result<(), NodeError> {
-        self.check_pages(pages)?;
+        self.check_readable()?;
+        self.read_pages_unchecked(pages.iter(), pages.len(), out)
+    }
+
+    fn read_pages_unchecked(
+        &self,
+        pages: impl Iterator<Item = u64> + Clone,
+        count: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), NodeError> {
+        let page_count = self.page_count();
+        if let Some(page) = pages.clone().find(|&page| page >= page_count) {
+            return Err(NodeError::OutOfRange {
+                page,
+                pages: page_count,
+            });
+        }
         let page_size = self.info.page_size as usize;
         // The page count is bounded by the wire format, but not the bytes it
         // asks for: refuse before reserving anything.
-        let reply_bytes = pages.len() * page_size;
+        let reply_bytes = count * page_size;
         if reply_bytes > BATCH_BYTES_MAX {
             return Err(NodeError::InvalidArgument(format!(
-                "read of {} pages of {page_size} bytes exceeds the batch limit of {BATCH_BYTES_MAX} bytes",
-                pages.len()
+                "read of {count} pages of {page_size} bytes exceeds the batch limit of {BATCH_BYTES_MAX} bytes"
             )));
         }
         out.reserve(reply_bytes);
-        for page in pages.iter() {
-            let (segment, offset) = self.locate(page);
-            let slot = self.segments[segment].read();
-            if *slot == NO_SEGMENT {
+        for page in pages {
+            let (segment, index) = self.locate(page);
+            let segment = self.segments[segment].read();
+            if segment.slot == NO_SEGMENT {
                 out.resize(out.len() + page_size, 0);
             } else {
-                // SAFETY: the slot is allocated to this region and the read
-                // lock excludes writers; offset + page_size <= segment_bytes
-                // because pages never straddle segments.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(
-                        self.arena.segment_pointer(*slot).add(offset),
-                        page_size,
-                    )
-                };
-                out.extend_from_slice(bytes);
+                out.extend_from_slice(self.page_bytes(&segment, index));
             }
         }
-        self.pages_read
-            .fetch_add(pages.len() as u64, Ordering::Relaxed);
+        self.pages_read.fetch_add(count as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The bytes of page `index` of an allocated segment, borrowed for as
+    /// long as the caller holds the segment's lock.
+    fn page_bytes<'a>(&self, segment: &'a Segment, index: usize) -> &'a [u8] {
+        debug_assert_ne!(segment.slot, NO_SEGMENT);
+        let page_size = self.info.page_size as usize;
+        // SAFETY: the slot is allocated to this region, the caller holds the
+        // entry's lock (excluding writers), and the page lies inside the
+        // segment because pages never straddle segments.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.arena
+                    .segment_pointer(segment.slot)
+                    .add(index * page_size),
+                page_size,
+            )
+        }
     }
 
     /// Writes the named pages from `data`. Checks every page and allocates
     /// every segment the batch needs before copying anything, so a batch that
     /// fails (out of range, out of memory) changes no page's contents.
     pub fn write_pages(&self, pages: PageList<'_>, data: &[u8]) -> Result<(), NodeError> {
-        self.check_pages(pages)?;
+        self.write(pages.iter(), pages.len(), data, Track::Write)
+    }
+
+    /// Writes pages while the region is being recovered: `track` says whether
+    /// they count as written since the baseline (copied from a source) or
+    /// not (loaded from the baseline itself).
+    pub fn restore_pages(
+        &self,
+        pages: &[u64],
+        data: &[u8],
+        from_baseline: bool,
+    ) -> Result<(), NodeError> {
+        let track = if from_baseline {
+            Track::Baseline
+        } else {
+            Track::Restore
+        };
+        self.write(pages.iter().copied(), pages.len(), data, track)
+    }
+
+    fn write(
+        &self,
+        pages: impl Iterator<Item = u64> + Clone,
+        count: usize,
+        data: &[u8],
+        track: Track,
+    ) -> Result<(), NodeError> {
+        let page_count = self.page_count();
+        if let Some(page) = pages.clone().find(|&page| page >= page_count) {
+            return Err(NodeError::OutOfRange {
+                page,
+                pages: page_count,
+            });
+        }
         let page_size = self.info.page_size as usize;
-        if data.len() != pages.len() * page_size {
+        if data.len() != count * page_size {
             return Err(NodeError::InvalidArgument(format!(
-                "write of {} pages carries {} bytes, expected {}",
-                pages.len(),
+                "write of {count} pages carries {} bytes, expected {}",
                 data.len(),
-                pages.len() * page_size
+                count * page_size
             )));
         }
-        for page in pages.iter() {
+        let _gate = self.gate.read();
+        match (self.state(), track) {
+            (RegionState::Active, _) => {}
+            (RegionState::ReadOnly, _) => return Err(NodeError::ReadOnly(self.info.name.clone())),
+            (RegionState::Recovering, Track::Baseline | Track::Restore) => {}
+            (RegionState::Recovering | RegionState::Damaged, Track::Write) => {
+                return Err(self.unavailable());
+            }
+            (RegionState::Damaged, _) => return Err(self.unavailable()),
+        }
+        for page in pages.clone() {
             let (segment, _) = self.locate(page);
-            if *self.segments[segment].read() != NO_SEGMENT {
+            if self.segments[segment].read().slot != NO_SEGMENT {
                 continue;
             }
-            let mut slot = self.segments[segment].write();
-            if *slot == NO_SEGMENT {
-                *slot = self.arena.allocate()?;
+            let mut segment = self.segments[segment].write();
+            if segment.slot == NO_SEGMENT {
+                segment.slot = self.arena.allocate()?;
+                segment.seqs = vec![0; self.pages_per_segment as usize].into_boxed_slice();
                 self.segments_allocated.fetch_add(1, Ordering::Relaxed);
             }
         }
-        for (page, bytes) in pages.iter().zip(data.chunks_exact(page_size)) {
-            let (segment, offset) = self.locate(page);
-            let slot = self.segments[segment].write();
-            assert_ne!(*slot, NO_SEGMENT, "segment allocated above was released");
+        let seq = match track {
+            Track::Baseline => 0,
+            Track::Write | Track::Restore => self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+        };
+        let (snapshot_epoch, from, to) = *self.snapshot.read();
+        for (page, bytes) in pages.zip(data.chunks_exact(page_size)) {
+            let (segment, index) = self.locate(page);
+            let mut segment = self.segments[segment].write();
+            assert_ne!(
+                segment.slot, NO_SEGMENT,
+                "segment allocated above was released"
+            );
+            let old = segment.seqs[index];
+            if snapshot_epoch != 0 && segment.visited != snapshot_epoch && old > from && old <= to {
+                // The running snapshot still needs this page as it was.
+                let saved = self.page_bytes(&segment, index).into();
+                segment.saved.push((index as u32, saved));
+            }
             // SAFETY: the slot is allocated to this region, the write lock
             // makes this the only access, and the page lies inside it.
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     bytes.as_ptr(),
-                    self.arena.segment_pointer(*slot).add(offset),
+                    self.arena
+                        .segment_pointer(segment.slot)
+                        .add(index * page_size),
                     page_size,
                 );
             }
+            if seq != 0 {
+                segment.seqs[index] = seq;
+                segment.max_seq = segment.max_seq.max(seq);
+            }
         }
         self.pages_written
-            .fetch_add(pages.len() as u64, Ordering::Relaxed);
+            .fetch_add(count as u64, Ordering::Relaxed);
         Ok(())
     }
+
+    /// The current mark: every write that completed before the call is at or
+    /// below it, every write that starts after is above it.
+    pub fn mark(&self) -> u64 {
+        let _gate = self.gate.write();
+        self.seq.load(Ordering::Relaxed)
+    }
+
+    /// Makes the region read-only (it moved) and returns the mark after its
+    /// last write.
+    pub fn freeze(&self) -> Result<u64, NodeError> {
+        let _gate = self.gate.write();
+        match self.state() {
+            RegionState::Active | RegionState::ReadOnly => {}
+            _ => return Err(self.unavailable()),
+        }
+        *self.state_reason.lock() = "moved to another node".into();
+        self.state
+            .store(RegionState::ReadOnly as u8, Ordering::Release);
+        Ok(self.seq.load(Ordering::Relaxed))
+    }
+
+    /// Ranges of pages written after `since` (a sequence value), starting at
+    /// `start_page`, at most `max_ranges`; also returns where to continue
+    /// (`u64::MAX` when done).
+    pub fn dirty_ranges(
+        &self,
+        since: u64,
+        start_page: u64,
+        max_ranges: usize,
+    ) -> (Vec<PageRange>, u64) {
+        let mut ranges: Vec<PageRange> = Vec::new();
+        let first_segment = (start_page / self.pages_per_segment) as usize;
+        for (number, entry) in self.segments.iter().enumerate().skip(first_segment) {
+            let segment = entry.read();
+            if segment.max_seq <= since {
+                continue;
+            }
+            let base = number as u64 * self.pages_per_segment;
+            for (index, &seq) in segment.seqs.iter().enumerate() {
+                let page = base + index as u64;
+                if seq <= since || page < start_page {
+                    continue;
+                }
+                match ranges.last_mut() {
+                    Some(last)
+                        if last.start + last.count as u64 == page && last.count < u32::MAX =>
+                    {
+                        last.count += 1
+                    }
+                    _ => {
+                        if ranges.len() == max_ranges {
+                            return (ranges, page);
+                        }
+                        ranges.push(PageRange {
+                            start: page,
+                            count: 1,
+                        });
+                    }
+                }
+            }
+        }
+        (ranges, u64::MAX)
+    }
+
+    /// Pages written after `since`.
+    pub fn dirty_count(&self, since: u64) -> u64 {
+        self.segments
+            .iter()
+            .map(|entry| {
+                let segment = entry.read();
+                if segment.max_seq <= since {
+                    0
+                } else {
+                    segment.seqs.iter().filter(|&&seq| seq > since).count() as u64
+                }
+            })
+            .sum()
+    }
+
+    /// Starts a snapshot of the pages written after `from` for checkpoint
+    /// `epoch`; returns `to`, the sequence value it is taken at.
+    pub fn begin_snapshot(&self, epoch: u64, from: u64) -> u64 {
+        assert_ne!(epoch, 0);
+        let _gate = self.gate.write();
+        let to = self.seq.load(Ordering::Relaxed);
+        *self.snapshot.write() = (epoch, from, to);
+        to
+    }
+
+    /// Appends to `pages` and `data` the snapshot's pages of segment
+    /// `number`, as they were at the snapshot's start, in page order.
+    pub fn snapshot_segment(&self, number: usize, pages: &mut Vec<u64>, data: &mut Vec<u8>) {
+        let (epoch, from, to) = *self.snapshot.read();
+        assert_ne!(epoch, 0, "no snapshot is running");
+        let mut segment = self.segments[number].write();
+        segment.visited = epoch;
+        let saved = std::mem::take(&mut segment.saved);
+        if segment.slot == NO_SEGMENT || (segment.max_seq <= from && saved.is_empty()) {
+            return;
+        }
+        let base = number as u64 * self.pages_per_segment;
+        for index in 0..segment.seqs.len() {
+            let seq = segment.seqs[index];
+            if let Some((_, bytes)) = saved.iter().find(|(i, _)| *i as usize == index) {
+                pages.push(base + index as u64);
+                data.extend_from_slice(bytes);
+            } else if seq > from && seq <= to {
+                pages.push(base + index as u64);
+                data.extend_from_slice(self.page_bytes(&segment, index));
+            }
+        }
+    }
+
+    /// Ends the running snapshot, dropping any saved pages.
+    pub fn end_snapshot(&self) {
+        let _gate = self.gate.write();
+        *self.snapshot.write() = (0, 0, 0);
+        for entry in self.segments.iter() {
+            let mut segment = entry.write();
+            if !segment.saved.is_empty() {
+                segment.saved = Vec::new();
+            }
+        }
+    }
+
+    /// Records a completed checkpoint.
+    pub fn checkpoint_completed(&self, mark: CheckpointMark) {
+        let mut checkpoints = self.checkpoints.lock();
+        checkpoints.push(mark);
+        if checkpoints.len() > CHECKPOINT_HISTORY {
+            checkpoints.remove(0);
+        }
+    }
+
+    /// The latest completed checkpoint.
+    pub fn last_checkpoint(&self) -> Option<CheckpointMark> {
+        self.checkpoints.lock().last().cloned()
+    }
+
+    /// The sequence value at the start of checkpoint `epoch`, if the region
+    /// still remembers it (epoch 0: the region's creation or load).
+    pub fn checkpoint_start(&self, epoch: u64) -> Option<u64> {
+        if epoch == 0 {
+            return Some(0);
+        }
+        self.checkpoints
+            .lock()
+            .iter()
+            .find(|mark| mark.epoch == epoch)
+            .map(|mark| mark.start_seq)
+    }
+}
+
+/// What a write does to the pages' sequence numbers.
+#[derive(Clone, Copy)]
+enum Track {
+    /// A client's write: numbered; refused unless active.
+    Write,
+    /// A page copied from a recovery's source: numbered (dirty since the
+    /// baseline); allowed while recovering.
+    Restore,
+    /// A page loaded from the baseline: not numbered (clean).
+    Baseline,
 }
 
 impl Drop for Region {
     fn drop(&mut self) {
         for segment in self.segments.iter_mut() {
-            let slot = *segment.get_mut();
+            let slot = segment.get_mut().slot;
             if slot != NO_SEGMENT {
                 self.arena.release(slot);
             }
@@ -219,7 +589,7 @@ mod tests {
             page_size: 4096,
             name: "r".into(),
         };
-        (arena.clone(), Region::new(info, arena).unwrap())
+        (arena.clone(), Region::new(info, 1, arena).unwrap())
     }
 
     fn list(bytes: &[u8]) -> PageList<'_> {

@@ -27,13 +27,19 @@ use pagoda_wire::limits::{
     BATCH_BYTES_MAX, BATCH_PAGES_MAX, FRAME_PAYLOAD_BYTES_MAX, HELLO_PAYLOAD_BYTES_MAX,
     PING_REPLY_BYTES_MAX, SEGMENT_BYTES,
 };
-use pagoda_wire::message::NodeStat;
-use pagoda_wire::{ErrorCode, Opcode, RegionStat, Request, Response, VERSION, WireError};
+use pagoda_wire::message::{DIRTY_RANGES_MAX, NodeStat};
+use pagoda_wire::{
+    ErrorCode, Opcode, RegionStat, RegionState, Request, Response, Since, VERSION, WireError,
+};
 use parking_lot::Mutex;
 
 use crate::arena::Arena;
 use crate::catalog::Catalog;
+use crate::checkpoint::{self, CheckpointSettings, Manifest};
 use crate::error::NodeError;
+use crate::recovery::{self, RecoveryJob, RecoveryRequest};
+use crate::region::{CheckpointMark, Region};
+use crate::storage::{Storage, StorageConfig};
 
 /// How a node runs.
 #[derive(Clone, Debug)]
@@ -55,6 +61,15 @@ pub struct NodeConfig {
     /// How long a new connection has to send its `Hello` before it is
     /// closed.
     pub handshake_timeout: Duration,
+    /// Where checkpoints go; `None` disables checkpoints and recovery.
+    pub storage: Option<StorageConfig>,
+    /// Checkpoint every region with dirty pages this often; `None`: only
+    /// when asked.
+    pub checkpoint_interval: Option<Duration>,
+    /// Checkpoints (manifests) kept per region.
+    pub checkpoint_retain: usize,
+    /// Target size of a checkpoint's data objects.
+    pub checkpoint_object_bytes: usize,
 }
 
 impl NodeConfig {
@@ -68,12 +83,18 @@ impl NodeConfig {
             spin: Duration::from_micros(SPIN_US_DEFAULT),
             connections_max: CONNECTIONS_MAX_DEFAULT,
             handshake_timeout: Duration::from_millis(HANDSHAKE_TIMEOUT_MS_DEFAULT),
+            storage: None,
+            checkpoint_interval: None,
+            checkpoint_retain: CHECKPOINT_RETAIN_DEFAULT,
+            checkpoint_object_bytes: checkpoint::OBJECT_BYTES_DEFAULT,
         }
     }
 }
 
 /// Default spin budget before a blocking read, in microseconds.
 pub const SPIN_US_DEFAULT: u64 = 50;
+/// Default number of checkpoints kept per region.
+pub const CHECKPOINT_RETAIN_DEFAULT: usize = 2;
 /// Default connection limit.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 512;
 /// Replies are written once this many bytes are pending, even if more
@@ -95,10 +116,15 @@ struct ConnectionEntry {
     thread: Option<JoinHandle<()>>,
 }
 
-struct Shared {
-    config: NodeConfig,
-    catalog: Catalog,
+pub(crate) struct Shared {
+    pub(crate) config: NodeConfig,
+    pub(crate) catalog: Catalog,
     arena: Arc<Arena>,
+    pub(crate) storage: Option<Storage>,
+    /// Each region's latest baseline, by region id.
+    pub(crate) baselines: Mutex<HashMap<u64, Arc<Manifest>>>,
+    /// Recoveries run on this node, by region name.
+    recoveries: Mutex<HashMap<String, Arc<RecoveryJob>>>,
     shutting_down: AtomicBool,
     connections: Mutex<HashMap<u64, ConnectionEntry>>,
     connection_count: AtomicU32,
@@ -110,6 +136,7 @@ pub struct Node {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     acceptor: Option<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
 }
 
 impl Node {
@@ -139,8 +166,23 @@ impl Node {
                 "connections_max must be at least 1".into(),
             ));
         }
+        if config.checkpoint_retain == 0 {
+            return Err(NodeError::Config(
+                "checkpoint_retain must be at least 1".into(),
+            ));
+        }
+        if config.checkpoint_interval.is_some_and(|i| i.is_zero()) {
+            return Err(NodeError::Config(
+                "the checkpoint interval must be positive".into(),
+            ));
+        }
         let arena = Arc::new(Arena::new(config.capacity_bytes, SEGMENT_BYTES)?);
         let catalog = Catalog::open(&config.data_dir, arena.clone())?;
+        let storage = config.storage.as_ref().map(Storage::open).transpose()?;
+        let baselines = match &storage {
+            Some(storage) => reload(storage, &catalog),
+            None => HashMap::new(),
+        };
         let listener = TcpListener::bind(config.listen)
             .map_err(|e| NodeError::io(format!("binding {}", config.listen), e))?;
         let local_addr = listener
@@ -154,12 +196,16 @@ impl Node {
             capacity_bytes = config.capacity_bytes,
             regions = catalog.len(),
             data_dir = %config.data_dir.display(),
+            storage = storage.as_ref().map_or("none", |s| s.description()),
             "node started"
         );
         let shared = Arc::new(Shared {
             config,
             catalog,
             arena,
+            storage,
+            baselines: Mutex::new(baselines),
+            recoveries: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
             connections: Mutex::new(HashMap::new()),
             connection_count: AtomicU32::new(0),
@@ -170,10 +216,23 @@ impl Node {
             .name("pagoda-accept".into())
             .spawn(move || accept_loop(acceptor_shared, listener))
             .map_err(|e| NodeError::io("spawning the acceptor", e))?;
+        let checkpointer = match shared.config.checkpoint_interval {
+            Some(interval) if shared.storage.is_some() => {
+                let checkpointer_shared = shared.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("pagoda-checkpoint".into())
+                        .spawn(move || checkpoint_loop(checkpointer_shared, interval))
+                        .map_err(|e| NodeError::io("spawning the checkpointer", e))?,
+                )
+            }
+            _ => None,
+        };
         Ok(Node {
             shared,
             local_addr,
             acceptor: Some(acceptor),
+            checkpointer,
         })
     }
 
@@ -199,6 +258,9 @@ impl Node {
         };
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         let _ = acceptor.join();
+        if let Some(checkpointer) = self.checkpointer.take() {
+            let _ = checkpointer.join();
+        }
         let connections: Vec<_> = self.shared.connections.lock().drain().collect();
         for (_, entry) in &connections {
             let _ = entry.stream.shutdown(Shutdown::Read);
@@ -340,7 +402,7 @@ enum After {
     Close,
 }
 
-fn serve(shared: &Shared, stream: TcpStream) -> Result<(), WireError> {
+fn serve(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), WireError> {
     let mut writer = stream.try_clone()?;
     // Until the peer authenticates it may only send a small Hello, and must
     // do so promptly: an unauthenticated peer can hold neither much memory
@@ -410,7 +472,7 @@ fn tokens_equal(expected: &[u8], given: &[u8]) -> bool {
 }
 
 fn handle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     opcode: u8,
     payload: &[u8],
     request_id: u64,
@@ -468,7 +530,7 @@ fn handle(
 }
 
 fn serve_request(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     request: Request<'_>,
     request_id: u64,
     out: &mut Vec<u8>,
@@ -503,23 +565,117 @@ fn serve_request(
         Request::StatRegion { name } => {
             let region = catalog.by_name(name)?;
             let segments = region.segments_allocated();
+            let last = region.last_checkpoint();
             Response::RegionStat(RegionStat {
                 info: region.info().clone(),
                 segments_allocated: segments,
                 resident_bytes: segments * shared.arena.segment_bytes() as u64,
                 pages_read: region.pages_read(),
                 pages_written: region.pages_written(),
+                state: region.state(),
+                checkpoint_epoch: last.as_ref().map_or(0, |mark| mark.epoch),
+                checkpoint_age_ms: last.as_ref().map_or(u64::MAX, |mark| {
+                    mark.started
+                        .elapsed()
+                        .map_or(0, |age| age.as_millis() as u64)
+                }),
+                dirty_pages: region.dirty_count(last.as_ref().map_or(0, |mark| mark.start_seq)),
             })
             .encode(out, request_id, 0);
         }
         Request::ListRegions => Response::RegionList(catalog.list()).encode(out, request_id, 0),
         Request::DeleteRegion { name } => {
+            let region = catalog.by_name(name)?;
+            if region.state() == RegionState::Recovering {
+                return Err(NodeError::RegionUnavailable {
+                    name: name.to_owned(),
+                    reason: "it is being recovered; wait for the recovery to end".into(),
+                });
+            }
+            // One checkpoint at a time: none may be writing while its
+            // objects are purged.
+            let _checkpoint = region.checkpoint_lock.lock();
             catalog.delete(name)?;
+            shared.baselines.lock().remove(&region.info().id);
             tracing::info!(name, "region deleted");
+            // A moved or damaged region's checkpoints may belong to the node
+            // it moved to: only an active region's are purged.
+            if let Some(storage) = &shared.storage
+                && region.state() == RegionState::Active
+                && let Err(error) = checkpoint::purge(storage, name)
+            {
+                tracing::warn!(name, %error, "could not purge the region's checkpoints");
+                return Err(NodeError::Storage(format!(
+                    "region {name:?} is deleted but its checkpoints were not all removed: {error}"
+                )));
+            }
             Response::Done.encode(out, request_id, 0);
+        }
+        Request::Checkpoint { name, full } => {
+            let region = catalog.by_name(name)?;
+            let info = take_checkpoint(shared, &region, full)?;
+            Response::CheckpointDone(info).encode(out, request_id, 0);
+        }
+        Request::RecoverRegion {
+            name,
+            source,
+            source_token,
+            baseline_only,
+        } => {
+            let request = RecoveryRequest {
+                name: name.to_owned(),
+                source: (!source.is_empty()).then(|| source.to_owned()),
+                source_token: (!source_token.is_empty()).then(|| source_token.to_vec()),
+                baseline_only,
+            };
+            let job = start_recovery(shared, request)?;
+            Response::Recovery(job.progress()).encode(out, request_id, 0);
+        }
+        Request::RecoveryStatus { name } => {
+            let job = shared.recoveries.lock().get(name).cloned();
+            let job = job.ok_or_else(|| {
+                NodeError::RegionNotFound(format!("{name} (no recovery of it on this node)"))
+            })?;
+            Response::Recovery(job.progress()).encode(out, request_id, 0);
+        }
+        Request::DirtyPages {
+            region,
+            since,
+            start_page,
+        } => {
+            let region = catalog.by_id(region)?;
+            region.check_readable()?;
+            let since = match since {
+                Since::Mark(mark) => mark,
+                Since::Checkpoint(epoch) => region.checkpoint_start(epoch).ok_or_else(|| {
+                    NodeError::StaleEpoch(format!(
+                        "region {:?} does not remember checkpoint {epoch} (its latest is {})",
+                        region.info().name,
+                        region.last_checkpoint().map_or(0, |mark| mark.epoch)
+                    ))
+                })?,
+            };
+            let mark = region.mark();
+            let (ranges, next_page) = region.dirty_ranges(since, start_page, DIRTY_RANGES_MAX);
+            Response::DirtyPageList {
+                mark,
+                next_page,
+                ranges,
+            }
+            .encode(out, request_id, 0);
+        }
+        Request::FreezeRegion { region } => {
+            let region = catalog.by_id(region)?;
+            // Wait for a running checkpoint: a moved region takes no more.
+            let _checkpoint = region.checkpoint_lock.lock();
+            let mark = region.freeze()?;
+            catalog.save_states()?;
+            tracing::info!(name = %region.info().name, mark, "region frozen (moved)");
+            Response::Mark { mark }.encode(out, request_id, 0);
         }
         Request::ReadPages { region, pages } => {
             let region = catalog.by_id(region)?;
+            region.check_readable()?;
             let mut frame = FrameBuilder::begin(out, Opcode::PagesData, request_id, 0);
             region.read_pages(pages, frame.payload())?;
             frame.finish();
@@ -544,4 +700,173 @@ fn serve_request(
         .encode(out, request_id, 0),
     }
     Ok(())
+}
+
+/// Takes a checkpoint of `region` (one at a time per region), records it and
+/// collects garbage.
+fn take_checkpoint(
+    shared: &Shared,
+    region: &Region,
+    full: bool,
+) -> Result<pagoda_wire::CheckpointInfo, NodeError> {
+    let storage = shared.storage.as_ref().ok_or(NodeError::NoStorage)?;
+    let _one = region.checkpoint_lock.lock();
+    match region.state() {
+        RegionState::Active => {}
+        RegionState::ReadOnly => return Err(NodeError::ReadOnly(region.info().name.clone())),
+        RegionState::Recovering | RegionState::Damaged => {
+            return Err(NodeError::RegionUnavailable {
+                name: region.info().name.clone(),
+                reason: region.state_reason(),
+            });
+        }
+    }
+    let previous = shared.baselines.lock().get(&region.info().id).cloned();
+    let settings = CheckpointSettings {
+        object_bytes: shared.config.checkpoint_object_bytes,
+        retain: shared.config.checkpoint_retain,
+    };
+    let name = region.info().name.clone();
+    let (info, manifest) = match checkpoint::checkpoint(
+        storage,
+        region,
+        full,
+        settings,
+        previous.as_deref(),
+    ) {
+        Ok(done) => done,
+        Err(error) => {
+            tracing::warn!(name, %error, "checkpoint failed; the previous one stays the baseline");
+            return Err(error);
+        }
+    };
+    tracing::info!(
+        name,
+        epoch = info.epoch,
+        pages = info.pages,
+        bytes = info.bytes,
+        micros = info.micros,
+        "checkpoint complete"
+    );
+    match checkpoint::collect_garbage(storage, &name, settings.retain, &manifest) {
+        Ok(report) if report.objects + report.manifests > 0 => tracing::info!(
+            name,
+            manifests = report.manifests,
+            objects = report.objects,
+            bytes = report.bytes,
+            "old checkpoints collected"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(name, %error, "garbage collection failed; will retry"),
+    }
+    shared
+        .baselines
+        .lock()
+        .insert(region.info().id, Arc::new(manifest));
+    Ok(info)
+}
+
+/// Checkpoints every region with dirty pages, every `interval`, until
+/// shutdown.
+fn checkpoint_loop(shared: Arc<Shared>, interval: Duration) {
+    let mut next = std::time::Instant::now() + interval;
+    while !shared.shutting_down.load(Ordering::SeqCst) {
+        if std::time::Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(ACCEPT_POLL_MS as u64));
+            continue;
+        }
+        for region in shared.catalog.regions() {
+            if shared.shutting_down.load(Ordering::SeqCst) {
+                return;
+            }
+            if region.state() != RegionState::Active {
+                continue;
+            }
+            let since = region.last_checkpoint().map_or(0, |mark| mark.start_seq);
+            if region.dirty_count(since) == 0 {
+                continue;
+            }
+            // Failures are logged by take_checkpoint; the next round retries.
+            let _ = take_checkpoint(&shared, &region, false);
+        }
+        next = std::time::Instant::now() + interval;
+    }
+}
+
+/// Starts a recovery job on its own thread.
+fn start_recovery(
+    shared: &Arc<Shared>,
+    request: RecoveryRequest,
+) -> Result<Arc<RecoveryJob>, NodeError> {
+    let mut recoveries = shared.recoveries.lock();
+    if recoveries
+        .get(&request.name)
+        .is_some_and(|job| !job.finished())
+    {
+        return Err(NodeError::InvalidArgument(format!(
+            "region {:?} is being recovered already",
+            request.name
+        )));
+    }
+    recovery::validate(shared, &request)?;
+    let job = Arc::new(RecoveryJob::new());
+    recoveries.insert(request.name.clone(), job.clone());
+    drop(recoveries);
+    let thread_job = job.clone();
+    let thread_shared = shared.clone();
+    std::thread::Builder::new()
+        .name(format!("pagoda-recover-{}", request.name))
+        .spawn(move || recovery::run(&thread_shared, &request, &thread_job))
+        .map_err(|e| NodeError::io("spawning a recovery", e))?;
+    Ok(job)
+}
+
+/// Loads each active region's latest baseline (with its uid) at startup.
+/// A region whose baseline fails to load is marked damaged with the reason;
+/// the others serve.
+fn reload(storage: &Storage, catalog: &Catalog) -> HashMap<u64, Arc<Manifest>> {
+    let mut baselines = HashMap::new();
+    for region in catalog.regions() {
+        if region.state() != RegionState::Active {
+            continue;
+        }
+        let name = region.info().name.clone();
+        let began = std::time::Instant::now();
+        let loaded =
+            checkpoint::latest_manifest(storage, &name, Some(region.uid())).and_then(|manifest| {
+                match manifest {
+                    Some(manifest) => {
+                        checkpoint::load_baseline(storage, &region, &manifest, &())?;
+                        Ok(Some(manifest))
+                    }
+                    None => Ok(None),
+                }
+            });
+        match loaded {
+            Ok(Some(manifest)) => {
+                tracing::info!(
+                    name,
+                    epoch = manifest.epoch,
+                    pages = manifest.pages,
+                    millis = began.elapsed().as_millis() as u64,
+                    "region reloaded from its baseline"
+                );
+                region.checkpoint_completed(CheckpointMark {
+                    epoch: manifest.epoch,
+                    start_seq: 0,
+                    started: manifest.started(),
+                });
+                baselines.insert(region.info().id, Arc::new(manifest));
+            }
+            Ok(None) => tracing::info!(name, "region has no checkpoint; it starts empty"),
+            Err(error) => {
+                tracing::error!(name, %error, "region's baseline failed to load");
+                region.set_state(
+                    RegionState::Damaged,
+                    format!("its baseline failed to load: {error}"),
+                );
+            }
+        }
+    }
+    baselines
 }

@@ -31,7 +31,10 @@ pub use pagoda_cache::CacheStats;
 pub use pagoda_cache::policy::PolicyKind;
 pub use pagoda_wire::ErrorCode;
 pub use pagoda_wire::message::NodeStat;
-pub use pagoda_wire::{RegionInfo, RegionStat};
+pub use pagoda_wire::{
+    CheckpointInfo, PageRange, RecoveryPhase, RecoveryProgress, RegionInfo, RegionStat,
+    RegionState, Since,
+};
 pub use region::{Region, RegionOptions};
 
 use connection::{Connection, Reply};
@@ -236,6 +239,130 @@ impl Client {
         let page_size = region.page_size as usize;
         let buffers: Vec<&[u8]> = data.chunks_exact(page_size).collect();
         region::write_pages(&self.connection, region.id, page_size, pages, &buffers)
+    }
+
+    /// Takes a checkpoint of a region to the node's storage backend and
+    /// returns when it is complete. `full` writes every page rather than
+    /// only those dirty since the last checkpoint. The reply waits for the
+    /// whole checkpoint: give the client a `timeout` to match.
+    pub fn checkpoint(&self, name: &str, full: bool) -> Result<CheckpointInfo, ClientError> {
+        match self.call(&Request::Checkpoint { name, full })?.decode()? {
+            Response::CheckpointDone(info) => Ok(info),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Starts rebuilding region `name` on this client's node from its latest
+    /// baseline plus the pages dirty on `source` (a node address) since;
+    /// with `source` `None`, from the baseline alone, which needs
+    /// `baseline_only`. Follow it with [`Client::recovery_status`], or use
+    /// [`Client::recover`].
+    pub fn start_recovery(
+        &self,
+        name: &str,
+        source: Option<&str>,
+        source_token: Option<&[u8]>,
+        baseline_only: bool,
+    ) -> Result<RecoveryProgress, ClientError> {
+        let request = Request::RecoverRegion {
+            name,
+            source: source.unwrap_or(""),
+            source_token: source_token.unwrap_or(&[]),
+            baseline_only,
+        };
+        match self.call(&request)?.decode()? {
+            Response::Recovery(progress) => Ok(progress),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The progress of the recovery of `name` on this node.
+    pub fn recovery_status(&self, name: &str) -> Result<RecoveryProgress, ClientError> {
+        match self.call(&Request::RecoveryStatus { name })?.decode()? {
+            Response::Recovery(progress) => Ok(progress),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Recovers region `name` onto this client's node (see
+    /// [`Client::start_recovery`]) and waits for the end, calling `progress`
+    /// about every `poll`. Returns the final progress, or the node's reason
+    /// if recovery failed.
+    pub fn recover(
+        &self,
+        name: &str,
+        source: Option<&str>,
+        source_token: Option<&[u8]>,
+        baseline_only: bool,
+        poll: Duration,
+        mut progress: impl FnMut(&RecoveryProgress),
+    ) -> Result<RecoveryProgress, ClientError> {
+        let mut status = self.start_recovery(name, source, source_token, baseline_only)?;
+        loop {
+            progress(&status);
+            match status.phase {
+                RecoveryPhase::Done => return Ok(status),
+                RecoveryPhase::Failed => {
+                    return Err(ClientError::Remote {
+                        code: ErrorCode::Internal,
+                        message: format!("recovery of {name:?} failed: {}", status.message),
+                    });
+                }
+                RecoveryPhase::Baseline | RecoveryPhase::Source => {}
+            }
+            std::thread::sleep(poll);
+            status = self.recovery_status(name)?;
+        }
+    }
+
+    /// Lists pages of a region written since `since`, as ascending ranges.
+    /// Long lists come in parts; returns every part and the first part's
+    /// mark (pages written after it may be missing: ask again with
+    /// `Since::Mark(mark)`).
+    pub fn dirty_pages(
+        &self,
+        region: u64,
+        since: Since,
+    ) -> Result<(Vec<PageRange>, u64), ClientError> {
+        let mut all = Vec::new();
+        let mut first_mark = None;
+        let mut start_page = 0;
+        loop {
+            let request = Request::DirtyPages {
+                region,
+                since,
+                start_page,
+            };
+            match self.call(&request)?.decode()? {
+                Response::DirtyPageList {
+                    mark,
+                    next_page,
+                    ranges,
+                } => {
+                    first_mark.get_or_insert(mark);
+                    all.extend(ranges);
+                    if next_page == u64::MAX {
+                        return Ok((all, first_mark.expect("set above")));
+                    }
+                    if next_page <= start_page {
+                        return Err(ClientError::Protocol(format!(
+                            "dirty page list does not advance (next page {next_page})"
+                        )));
+                    }
+                    start_page = next_page;
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    /// Makes a region read-only (it moved) and returns the mark after its
+    /// last write.
+    pub fn freeze_region(&self, region: u64) -> Result<u64, ClientError> {
+        match self.call(&Request::FreezeRegion { region })?.decode()? {
+            Response::Mark { mark } => Ok(mark),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// The largest batch of pages of `page_size` one request may carry.

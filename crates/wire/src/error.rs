@@ -43,6 +43,17 @@ pub enum ErrorCode {
     TooManyRegions = 17,
     /// The frame did not start with the protocol's magic number.
     BadMagic = 18,
+    /// The region cannot serve now: it is being recovered, or its baseline
+    /// failed to load.
+    RegionUnavailable = 19,
+    /// The region is read-only: it has moved to another node.
+    ReadOnly = 20,
+    /// The storage backend failed (an I/O error, a full disk, ...).
+    StorageFailed = 21,
+    /// An object in the storage backend failed verification.
+    Corrupt = 22,
+    /// No storage backend is configured on the node.
+    NoStorage = 23,
     /// A code this peer does not know.
     Unknown = 0xffff,
 }
@@ -70,6 +81,11 @@ impl ErrorCode {
             16 => StaleEpoch,
             17 => TooManyRegions,
             18 => BadMagic,
+            19 => RegionUnavailable,
+            20 => ReadOnly,
+            21 => StorageFailed,
+            22 => Corrupt,
+            23 => NoStorage,
             _ => Unknown,
         }
     }
@@ -96,6 +112,11 @@ impl ErrorCode {
             StaleEpoch => "stale epoch",
             TooManyRegions => "too many regions",
             BadMagic => "bad magic",
+            RegionUnavailable => "region unavailable",
+            ReadOnly => "read-only",
+            StorageFailed => "storage failed",
+            Corrupt => "corrupt object",
+            NoStorage => "no storage backend",
             Unknown => "unknown error",
         }
     }

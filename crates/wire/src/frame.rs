@@ -44,10 +44,20 @@ pub enum Opcode {
     ListRegions = 0x13,
     /// Deletes a region and frees its RAM.
     DeleteRegion = 0x14,
+    /// Takes a checkpoint of a region to the storage backend.
+    Checkpoint = 0x15,
+    /// Starts rebuilding a region on this node from its baseline and a source.
+    RecoverRegion = 0x16,
+    /// Returns the progress of a region's recovery.
+    RecoveryStatus = 0x17,
     /// Reads a batch of pages.
     ReadPages = 0x20,
     /// Writes a batch of pages.
     WritePages = 0x21,
+    /// Lists the pages written since a checkpoint or a mark.
+    DirtyPages = 0x22,
+    /// Makes a region read-only (it has moved to another node).
+    FreezeRegion = 0x23,
     /// Returns the node's statistics.
     NodeStat = 0x30,
     /// Reply to `Hello`.
@@ -62,8 +72,16 @@ pub enum Opcode {
     RegionList = 0x93,
     /// Reply to a request that succeeded with nothing to return.
     Done = 0x94,
+    /// Reply to `Checkpoint`.
+    CheckpointDone = 0x95,
+    /// Reply carrying a recovery's progress.
+    Recovery = 0x96,
     /// Reply carrying page contents.
     PagesData = 0xa0,
+    /// Reply carrying a list of dirty page ranges.
+    DirtyPageList = 0xa1,
+    /// Reply carrying a write mark.
+    Mark = 0xa2,
     /// Reply carrying node statistics.
     NodeStatReply = 0xb0,
     /// Reply to a request that failed.
@@ -82,8 +100,13 @@ impl Opcode {
             0x12 => StatRegion,
             0x13 => ListRegions,
             0x14 => DeleteRegion,
+            0x15 => Checkpoint,
+            0x16 => RecoverRegion,
+            0x17 => RecoveryStatus,
             0x20 => ReadPages,
             0x21 => WritePages,
+            0x22 => DirtyPages,
+            0x23 => FreezeRegion,
             0x30 => NodeStat,
             0x81 => HelloOk,
             0x82 => Pong,
@@ -91,7 +114,11 @@ impl Opcode {
             0x92 => RegionStat,
             0x93 => RegionList,
             0x94 => Done,
+            0x95 => CheckpointDone,
+            0x96 => Recovery,
             0xa0 => PagesData,
+            0xa1 => DirtyPageList,
+            0xa2 => Mark,
             0xb0 => NodeStatReply,
             0xff => Error,
             _ => return None,

@@ -16,4 +16,7 @@ pub mod message;
 
 pub use error::{ErrorCode, WireError};
 pub use frame::{FrameHeader, HEADER_BYTES, MAGIC, Opcode, VERSION};
-pub use message::{RegionInfo, RegionStat, Request, Response};
+pub use message::{
+    CheckpointInfo, PageRange, RecoveryPhase, RecoveryProgress, RegionInfo, RegionStat,
+    RegionState, Request, Response, Since,
+};

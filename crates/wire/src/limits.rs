@@ -21,6 +21,8 @@ pub const REGIONS_MAX: usize = 4096;
 pub const TOKEN_BYTES_MAX: usize = 1024;
 /// Largest client name sent in `Hello`.
 pub const CLIENT_NAME_BYTES_MAX: usize = 255;
+/// Longest node address (`host:port`) in a request.
+pub const ADDRESS_BYTES_MAX: usize = 255;
 /// Most page bytes a single read or write request moves.
 pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Most pages a single read or write request names.

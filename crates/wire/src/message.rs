@@ -27,7 +27,7 @@ impl<'a> PageList<'a> {
     }
 
     /// The page numbers in order.
-    pub fn iter(&self) -> impl Iterator<Item = u64> + 'a {
+    pub fn iter(&self) -> impl Iterator<Item = u64> + Clone + 'a {
         self.bytes
             .chunks_exact(8)
             .map(|chunk| u64::from_le_bytes(chunk.try_into().unwrap()))
@@ -94,6 +94,166 @@ pub enum Request<'a> {
     },
     /// Returns the node's statistics.
     NodeStat,
+    /// Takes a checkpoint of a region; the reply comes when it is complete.
+    Checkpoint {
+        /// The region's name.
+        name: &'a str,
+        /// Write every page, not only those dirty since the last checkpoint
+        /// (the new baseline then names no older object).
+        full: bool,
+    },
+    /// Starts rebuilding a region on this node: from its latest baseline in
+    /// the storage backend plus the pages dirty on `source` since then.
+    RecoverRegion {
+        /// The region's name.
+        name: &'a str,
+        /// The node holding the region now (`host:port`); empty for none.
+        source: &'a str,
+        /// The token for `source`; empty for none.
+        source_token: &'a [u8],
+        /// Allow recovery from the baseline alone when `source` is empty.
+        baseline_only: bool,
+    },
+    /// Returns the progress of the recovery of a region on this node.
+    RecoveryStatus {
+        /// The region's name.
+        name: &'a str,
+    },
+    /// Lists the pages of a region written since a checkpoint or a mark, as
+    /// ranges in ascending order, starting at `start_page`.
+    DirtyPages {
+        /// The region's id.
+        region: u64,
+        /// What `since` is.
+        since: Since,
+        /// The first page to consider (for continuing a long list).
+        start_page: u64,
+    },
+    /// Makes a region read-only and returns the mark after its last write.
+    FreezeRegion {
+        /// The region's id.
+        region: u64,
+    },
+}
+
+/// The point a dirty page list starts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Since {
+    /// Pages written since checkpoint `epoch` began (0: since the region was
+    /// created or loaded).
+    Checkpoint(u64),
+    /// Pages written after a mark returned by an earlier `DirtyPages` or
+    /// `FreezeRegion`.
+    Mark(u64),
+}
+
+/// Most ranges in one `DirtyPageList` reply.
+pub const DIRTY_RANGES_MAX: usize = 256 * 1024;
+
+/// A run of consecutive pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRange {
+    /// The first page.
+    pub start: u64,
+    /// How many pages.
+    pub count: u32,
+}
+
+/// A region's state on the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RegionState {
+    /// Serving reads and writes.
+    Active = 0,
+    /// Being rebuilt on this node; not serving yet.
+    Recovering = 1,
+    /// Moved to another node: reads only.
+    ReadOnly = 2,
+    /// Its baseline failed to load; not serving.
+    Damaged = 3,
+}
+
+impl RegionState {
+    /// Maps a byte from the wire.
+    pub fn from_u8(value: u8) -> Option<RegionState> {
+        Some(match value {
+            0 => RegionState::Active,
+            1 => RegionState::Recovering,
+            2 => RegionState::ReadOnly,
+            3 => RegionState::Damaged,
+            _ => return None,
+        })
+    }
+
+    /// A short human name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RegionState::Active => "active",
+            RegionState::Recovering => "recovering",
+            RegionState::ReadOnly => "read-only",
+            RegionState::Damaged => "damaged",
+        }
+    }
+}
+
+/// What a completed checkpoint wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    /// The checkpoint's epoch (ascending per region).
+    pub epoch: u64,
+    /// Pages written to the storage backend.
+    pub pages: u64,
+    /// Bytes written, data objects and manifest.
+    pub bytes: u64,
+    /// Data objects written.
+    pub objects: u32,
+    /// Whether every page was written.
+    pub full: bool,
+    /// Pages the new baseline holds in all.
+    pub baseline_pages: u64,
+    /// Wall time, in microseconds.
+    pub micros: u64,
+}
+
+/// Where a recovery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecoveryPhase {
+    /// Reading the baseline from storage.
+    Baseline = 1,
+    /// Copying dirty pages from the source.
+    Source = 2,
+    /// Finished; the region serves.
+    Done = 3,
+    /// Failed; `message` says why.
+    Failed = 4,
+}
+
+/// A recovery's progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveryProgress {
+    /// Where it stands.
+    pub phase: RecoveryPhase,
+    /// The baseline's checkpoint epoch (0: none).
+    pub baseline_epoch: u64,
+    /// The baseline's age when recovery began, in milliseconds.
+    pub baseline_age_ms: u64,
+    /// Pages the baseline holds.
+    pub baseline_pages: u64,
+    /// Pages loaded from the baseline so far.
+    pub baseline_pages_done: u64,
+    /// Pages the source has listed as dirty so far.
+    pub source_pages: u64,
+    /// Pages copied from the source so far.
+    pub source_pages_done: u64,
+    /// Bytes read from the storage backend.
+    pub storage_bytes: u64,
+    /// Bytes copied from the source.
+    pub source_bytes: u64,
+    /// Time since recovery began, in milliseconds.
+    pub elapsed_ms: u64,
+    /// Why it failed, or a note (empty when there is none).
+    pub message: String,
 }
 
 /// A region's identity and shape.
@@ -122,6 +282,14 @@ pub struct RegionStat {
     pub pages_read: u64,
     /// Pages written since the node started.
     pub pages_written: u64,
+    /// The region's state.
+    pub state: RegionState,
+    /// The latest completed checkpoint's epoch (0: none).
+    pub checkpoint_epoch: u64,
+    /// Milliseconds since that checkpoint began (`u64::MAX`: none).
+    pub checkpoint_age_ms: u64,
+    /// Pages written since that checkpoint began.
+    pub dirty_pages: u64,
 }
 
 /// The node's statistics.
@@ -173,6 +341,25 @@ pub enum Response<'a> {
     },
     /// The node's statistics.
     NodeStat(NodeStat),
+    /// A checkpoint completed.
+    CheckpointDone(CheckpointInfo),
+    /// A recovery's progress.
+    Recovery(RecoveryProgress),
+    /// Dirty page ranges.
+    DirtyPageList {
+        /// Pages written after this mark are not (all) in the list; ask
+        /// again with `Since::Mark(mark)` for them.
+        mark: u64,
+        /// Where to continue the list (`u64::MAX`: it is complete).
+        next_page: u64,
+        /// The ranges, ascending.
+        ranges: Vec<PageRange>,
+    },
+    /// A write mark.
+    Mark {
+        /// Every write before the reply is at or below it.
+        mark: u64,
+    },
     /// The request failed.
     Error {
         /// What went wrong.
@@ -206,6 +393,17 @@ impl<'a> Reader<'a> {
 
     fn u8(&mut self) -> Result<u8, WireError> {
         Ok(self.take(1)?[0])
+    }
+
+    fn bool(&mut self) -> Result<bool, WireError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(WireError::malformed(
+                self.what,
+                format!("flag byte {other} is neither 0 nor 1"),
+            )),
+        }
     }
 
     fn u16(&mut self) -> Result<u16, WireError> {
@@ -312,6 +510,11 @@ impl<'a> Request<'a> {
             Request::ReadPages { .. } => Opcode::ReadPages,
             Request::WritePages { .. } => Opcode::WritePages,
             Request::NodeStat => Opcode::NodeStat,
+            Request::Checkpoint { .. } => Opcode::Checkpoint,
+            Request::RecoverRegion { .. } => Opcode::RecoverRegion,
+            Request::RecoveryStatus { .. } => Opcode::RecoveryStatus,
+            Request::DirtyPages { .. } => Opcode::DirtyPages,
+            Request::FreezeRegion { .. } => Opcode::FreezeRegion,
         }
     }
 
@@ -338,7 +541,38 @@ impl<'a> Request<'a> {
             }
             Request::OpenRegion { name }
             | Request::StatRegion { name }
-            | Request::DeleteRegion { name } => put_bytes(payload, name.as_bytes()),
+            | Request::DeleteRegion { name }
+            | Request::RecoveryStatus { name } => put_bytes(payload, name.as_bytes()),
+            Request::Checkpoint { name, full } => {
+                put_bytes(payload, name.as_bytes());
+                payload.push(*full as u8);
+            }
+            Request::RecoverRegion {
+                name,
+                source,
+                source_token,
+                baseline_only,
+            } => {
+                put_bytes(payload, name.as_bytes());
+                put_bytes(payload, source.as_bytes());
+                put_bytes(payload, source_token);
+                payload.push(*baseline_only as u8);
+            }
+            Request::DirtyPages {
+                region,
+                since,
+                start_page,
+            } => {
+                payload.extend_from_slice(&region.to_le_bytes());
+                let (kind, value) = match since {
+                    Since::Checkpoint(epoch) => (0u8, epoch),
+                    Since::Mark(mark) => (1u8, mark),
+                };
+                payload.push(kind);
+                payload.extend_from_slice(&value.to_le_bytes());
+                payload.extend_from_slice(&start_page.to_le_bytes());
+            }
+            Request::FreezeRegion { region } => payload.extend_from_slice(&region.to_le_bytes()),
             Request::ListRegions | Request::NodeStat => {}
             Request::ReadPages { region, pages } => {
                 payload.extend_from_slice(&region.to_le_bytes());
@@ -402,6 +636,36 @@ impl<'a> Request<'a> {
                 data: reader.rest(),
             },
             Opcode::NodeStat => Request::NodeStat,
+            Opcode::Checkpoint => Request::Checkpoint {
+                name: reader.str(REGION_NAME_BYTES_MAX)?,
+                full: reader.bool()?,
+            },
+            Opcode::RecoverRegion => Request::RecoverRegion {
+                name: reader.str(REGION_NAME_BYTES_MAX)?,
+                source: reader.str(ADDRESS_BYTES_MAX)?,
+                source_token: reader.bytes(TOKEN_BYTES_MAX)?,
+                baseline_only: reader.bool()?,
+            },
+            Opcode::RecoveryStatus => Request::RecoveryStatus {
+                name: reader.str(REGION_NAME_BYTES_MAX)?,
+            },
+            Opcode::DirtyPages => Request::DirtyPages {
+                region: reader.u64()?,
+                since: match reader.u8()? {
+                    0 => Since::Checkpoint(reader.u64()?),
+                    1 => Since::Mark(reader.u64()?),
+                    other => {
+                        return Err(WireError::malformed(
+                            what,
+                            format!("unknown dirty-page origin {other}"),
+                        ));
+                    }
+                },
+                start_page: reader.u64()?,
+            },
+            Opcode::FreezeRegion => Request::FreezeRegion {
+                region: reader.u64()?,
+            },
             _ => return Err(WireError::UnknownOpcode(opcode)),
         };
         reader.end()?;
@@ -463,6 +727,10 @@ impl<'a> Response<'a> {
             Response::Done => Opcode::Done,
             Response::PagesData { .. } => Opcode::PagesData,
             Response::NodeStat(_) => Opcode::NodeStatReply,
+            Response::CheckpointDone(_) => Opcode::CheckpointDone,
+            Response::Recovery(_) => Opcode::Recovery,
+            Response::DirtyPageList { .. } => Opcode::DirtyPageList,
+            Response::Mark { .. } => Opcode::Mark,
             Response::Error { .. } => Opcode::Error,
         }
     }
@@ -493,7 +761,60 @@ impl<'a> Response<'a> {
                 ] {
                     payload.extend_from_slice(&value.to_le_bytes());
                 }
+                payload.push(stat.state as u8);
+                for value in [
+                    stat.checkpoint_epoch,
+                    stat.checkpoint_age_ms,
+                    stat.dirty_pages,
+                ] {
+                    payload.extend_from_slice(&value.to_le_bytes());
+                }
             }
+            Response::CheckpointDone(info) => {
+                for value in [info.epoch, info.pages, info.bytes] {
+                    payload.extend_from_slice(&value.to_le_bytes());
+                }
+                payload.extend_from_slice(&info.objects.to_le_bytes());
+                payload.push(info.full as u8);
+                payload.extend_from_slice(&info.baseline_pages.to_le_bytes());
+                payload.extend_from_slice(&info.micros.to_le_bytes());
+            }
+            Response::Recovery(progress) => {
+                payload.push(progress.phase as u8);
+                for value in [
+                    progress.baseline_epoch,
+                    progress.baseline_age_ms,
+                    progress.baseline_pages,
+                    progress.baseline_pages_done,
+                    progress.source_pages,
+                    progress.source_pages_done,
+                    progress.storage_bytes,
+                    progress.source_bytes,
+                    progress.elapsed_ms,
+                ] {
+                    payload.extend_from_slice(&value.to_le_bytes());
+                }
+                let mut end = progress.message.len().min(ERROR_MESSAGE_BYTES_MAX);
+                while !progress.message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                put_bytes(payload, &progress.message.as_bytes()[..end]);
+            }
+            Response::DirtyPageList {
+                mark,
+                next_page,
+                ranges,
+            } => {
+                assert!(ranges.len() <= DIRTY_RANGES_MAX, "too many ranges");
+                payload.extend_from_slice(&mark.to_le_bytes());
+                payload.extend_from_slice(&next_page.to_le_bytes());
+                payload.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+                for range in ranges {
+                    payload.extend_from_slice(&range.start.to_le_bytes());
+                    payload.extend_from_slice(&range.count.to_le_bytes());
+                }
+            }
+            Response::Mark { mark } => payload.extend_from_slice(&mark.to_le_bytes()),
             Response::RegionList(list) => {
                 assert!(list.len() <= REGIONS_MAX, "region list exceeds the limit");
                 payload.extend_from_slice(&(list.len() as u32).to_le_bytes());
@@ -546,7 +867,76 @@ impl<'a> Response<'a> {
                 resident_bytes: reader.u64()?,
                 pages_read: reader.u64()?,
                 pages_written: reader.u64()?,
+                state: {
+                    let byte = reader.u8()?;
+                    RegionState::from_u8(byte).ok_or_else(|| {
+                        WireError::malformed(what, format!("unknown region state {byte}"))
+                    })?
+                },
+                checkpoint_epoch: reader.u64()?,
+                checkpoint_age_ms: reader.u64()?,
+                dirty_pages: reader.u64()?,
             }),
+            Opcode::CheckpointDone => Response::CheckpointDone(CheckpointInfo {
+                epoch: reader.u64()?,
+                pages: reader.u64()?,
+                bytes: reader.u64()?,
+                objects: reader.u32()?,
+                full: reader.bool()?,
+                baseline_pages: reader.u64()?,
+                micros: reader.u64()?,
+            }),
+            Opcode::Recovery => Response::Recovery(RecoveryProgress {
+                phase: match reader.u8()? {
+                    1 => RecoveryPhase::Baseline,
+                    2 => RecoveryPhase::Source,
+                    3 => RecoveryPhase::Done,
+                    4 => RecoveryPhase::Failed,
+                    other => {
+                        return Err(WireError::malformed(
+                            what,
+                            format!("unknown recovery phase {other}"),
+                        ));
+                    }
+                },
+                baseline_epoch: reader.u64()?,
+                baseline_age_ms: reader.u64()?,
+                baseline_pages: reader.u64()?,
+                baseline_pages_done: reader.u64()?,
+                source_pages: reader.u64()?,
+                source_pages_done: reader.u64()?,
+                storage_bytes: reader.u64()?,
+                source_bytes: reader.u64()?,
+                elapsed_ms: reader.u64()?,
+                message: reader.str(ERROR_MESSAGE_BYTES_MAX)?.to_owned(),
+            }),
+            Opcode::DirtyPageList => {
+                let mark = reader.u64()?;
+                let next_page = reader.u64()?;
+                let count = reader.u32()? as usize;
+                if count > DIRTY_RANGES_MAX {
+                    return Err(WireError::malformed(
+                        what,
+                        format!("{count} ranges exceed the limit of {DIRTY_RANGES_MAX}"),
+                    ));
+                }
+                let bytes = reader.take(count * 12)?;
+                let ranges = bytes
+                    .chunks_exact(12)
+                    .map(|chunk| PageRange {
+                        start: u64::from_le_bytes(chunk[..8].try_into().unwrap()),
+                        count: u32::from_le_bytes(chunk[8..].try_into().unwrap()),
+                    })
+                    .collect();
+                Response::DirtyPageList {
+                    mark,
+                    next_page,
+                    ranges,
+                }
+            }
+            Opcode::Mark => Response::Mark {
+                mark: reader.u64()?,
+            },
             Opcode::RegionList => {
                 let count = reader.u32()? as usize;
                 if count > REGIONS_MAX {
