@@ -132,6 +132,11 @@ impl Flags {
         }
     }
 
+    /// A flag's text, if given.
+    pub fn values_get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
     /// Whether a switch was given.
     pub fn switch(&self, name: &str) -> bool {
         self.switches.iter().any(|s| s == name)

@@ -2,14 +2,16 @@
 //! temporary data dir, creates a region four times larger than the local
 //! cache, runs a short mixed workload from two threads with a progress bar,
 //! checks every read and finally every byte of the region (through a second
-//! client with a cold cache) against an in-memory model, and prints what it
-//! measured. Exits non-zero if any check failed.
+//! client with a cold cache) against an in-memory model, takes a checkpoint to
+//! a directory, restarts the node and checks the region it reloaded from that
+//! checkpoint against the model too, and prints what it measured. Exits
+//! non-zero if any check failed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pagoda::{Client, ClientOptions, RegionOptions};
-use pagoda_node::{Node, NodeConfig};
+use pagoda_node::{Node, NodeConfig, StorageConfig};
 use rand::{Rng, SeedableRng};
 
 use crate::size::{format_bytes, parse_size};
@@ -40,16 +42,19 @@ pub fn run(args: QuickstartArgs) -> Result<(), String> {
     let cache = (args.cache / page).max(4) * page;
     let region_bytes = cache * 4;
     let dir = tempfile::tempdir().map_err(|e| format!("creating a temporary data dir: {e}"))?;
-    let config = NodeConfig::new(
+    let mut config = NodeConfig::new(
         ([127, 0, 0, 1], 0).into(),
         region_bytes + (8 << 20),
         dir.path().to_path_buf(),
     );
-    let node = Node::start(config).map_err(|e| e.to_string())?;
+    let storage_dir = dir.path().join("checkpoints");
+    config.storage = Some(StorageConfig::Dir(storage_dir.clone()));
+    let node = Node::start(config.clone()).map_err(|e| e.to_string())?;
     println!(
-        "1. started a memory node on {} (data dir {})",
+        "1. started a memory node on {} (data dir {}, checkpoints in {})",
         node.local_addr(),
-        dir.path().display()
+        dir.path().display(),
+        storage_dir.display()
     );
 
     let client =
@@ -153,26 +158,40 @@ pub fn run(args: QuickstartArgs) -> Result<(), String> {
     let fresh = checker
         .open_region("quickstart", RegionOptions::with_cache_bytes(1 << 20))
         .map_err(|e| e.to_string())?;
-    let mut whole = vec![0u8; region_bytes as usize];
-    let verify_bar = indicatif::ProgressBar::new(region_bytes);
-    verify_bar.set_style(
-        indicatif::ProgressStyle::with_template("   verify {bar:40} {bytes}/{total_bytes}")
-            .expect("template"),
-    );
-    let chunk = 1 << 20;
-    for (index, part) in whole.chunks_mut(chunk).enumerate() {
-        fresh
-            .read_at((index * chunk) as u64, part)
-            .map_err(|e| e.to_string())?;
-        verify_bar.inc(part.len() as u64);
-    }
-    verify_bar.finish_and_clear();
-    let differing = whole
-        .chunks(4096)
-        .zip(model.chunks(4096))
-        .filter(|(a, b)| a != b)
-        .count();
+    let differing = count_differing(&fresh, &model)?;
     let node_stat = checker.node_stat().map_err(|e| e.to_string())?;
+    drop(fresh);
+    drop(region);
+
+    println!(
+        "5. taking a checkpoint of the region to {}",
+        storage_dir.display()
+    );
+    let checkpoint = checker
+        .checkpoint("quickstart", false)
+        .map_err(|e| e.to_string())?;
+    drop(checker);
+    drop(client);
+    println!(
+        "   checkpoint {}: {} pages, {} in {:.1} ms",
+        checkpoint.epoch,
+        checkpoint.pages,
+        format_bytes(checkpoint.bytes),
+        checkpoint.micros as f64 / 1000.0
+    );
+    println!(
+        "6. restarting the node on the same data dir: it reloads the region from the checkpoint"
+    );
+    node.shutdown();
+    let restart_began = Instant::now();
+    let node = Node::start(config).map_err(|e| e.to_string())?;
+    let restart_ms = restart_began.elapsed().as_secs_f64() * 1000.0;
+    let after_restart =
+        Client::connect(node.local_addr(), ClientOptions::default()).map_err(|e| e.to_string())?;
+    let reloaded = after_restart
+        .open_region("quickstart", RegionOptions::with_cache_bytes(1 << 20))
+        .map_err(|e| e.to_string())?;
+    let differing_after_restart = count_differing(&reloaded, &model)?;
 
     println!();
     println!(
@@ -202,10 +221,13 @@ pub fn run(args: QuickstartArgs) -> Result<(), String> {
     );
     println!("   reads that differed from the model during the run: {mismatches}");
     println!("   pages that differ from the model after flush:      {differing}");
-    drop(fresh);
-    drop(region);
+    println!(
+        "   restart with reload {restart_ms:.1} ms; pages that differ after it: {differing_after_restart}"
+    );
+    drop(reloaded);
+    drop(after_restart);
     node.shutdown();
-    if mismatches > 0 || differing > 0 {
+    if mismatches > 0 || differing > 0 || differing_after_restart > 0 {
         return Err("verification FAILED: the region does not match the model".into());
     }
     println!();
@@ -214,9 +236,34 @@ pub fn run(args: QuickstartArgs) -> Result<(), String> {
     println!("next:");
     println!("   pagoda node --listen 127.0.0.1:7070 --capacity 4GiB --data-dir /var/lib/pagoda");
     println!("   pagoda region create demo --size 1GiB --node 127.0.0.1:7070");
+    println!("   pagoda region checkpoint demo --node 127.0.0.1:7070");
     println!(
         "   pagoda bench --node 127.0.0.1:7070 --region-size 1GiB --cache 256MiB --workload zipf"
     );
     println!("   use the `pagoda` crate from Rust: see README.md");
     Ok(())
+}
+
+/// Reads the whole region through `region` (with a progress bar) and counts
+/// the pages that differ from `model`.
+fn count_differing(region: &pagoda::Region, model: &[u8]) -> Result<usize, String> {
+    let mut whole = vec![0u8; model.len()];
+    let verify_bar = indicatif::ProgressBar::new(model.len() as u64);
+    verify_bar.set_style(
+        indicatif::ProgressStyle::with_template("   verify {bar:40} {bytes}/{total_bytes}")
+            .expect("template"),
+    );
+    let chunk = 1 << 20;
+    for (index, part) in whole.chunks_mut(chunk).enumerate() {
+        region
+            .read_at((index * chunk) as u64, part)
+            .map_err(|e| e.to_string())?;
+        verify_bar.inc(part.len() as u64);
+    }
+    verify_bar.finish_and_clear();
+    Ok(whole
+        .chunks(4096)
+        .zip(model.chunks(4096))
+        .filter(|(a, b)| a != b)
+        .count())
 }

@@ -1,0 +1,394 @@
+//! Recovery of a region from its baseline plus the dirty pages, beside a full
+//! copy of the region from the source node and beside a plain read of the
+//! baseline's objects; full and incremental checkpoint throughput to a local
+//! directory.
+//!
+//! For each dirty fraction, in one run: a source node gets a region with
+//! every page written, takes a full checkpoint to a storage directory on
+//! disk, and then has that fraction of its pages (distinct, random)
+//! rewritten. Then, in turn:
+//!
+//! - *full copy*: every page read from the source and written to a region on
+//!   the target, four requests of 256 pages in flight (what moving the
+//!   region without a baseline costs);
+//! - *baseline read*: every data object the manifest names read from storage
+//!   with four reads in flight, and nothing else done with the bytes (the
+//!   floor for any recovery that reads the baseline);
+//! - *recovery*: `recover --from source --to target`, baseline plus delta;
+//! - *incremental checkpoint* of the recovered region on the target, whose
+//!   dirty pages are exactly those copied from the source.
+//!
+//! The page cache is dropped (`/proc/sys/vm/drop_caches`, needs root) before
+//! the baseline read and the recovery, so both read the disk.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use pagoda::{Client, ClientOptions, RegionInfo};
+use pagoda_bench::report::{Flags, Table, emit, progress};
+use pagoda_bench::{FastRng, PAGE_BYTES};
+use pagoda_node::storage::Storage;
+use pagoda_node::{Node, NodeConfig, StorageConfig};
+
+const USAGE: &str = "\
+recovery: recovery from baseline plus dirty pages, beside a full copy and a baseline read;
+checkpoint throughput
+
+  --region-mib N     region size in MiB (default 4096)
+  --dirty LIST       dirty percentages (default 1,10,50)
+  --dir PATH         where storage and data dirs go (default: a temporary dir under /work)
+  --no-drop-caches   do not drop the page cache before reads from storage
+  --json             print JSON instead of the markdown table";
+
+/// Pages per request when filling or copying a region.
+const BATCH_PAGES: usize = 256;
+/// Requests in flight when copying.
+const COPY_THREADS: usize = 4;
+
+struct Row {
+    dirty_percent: u64,
+    dirty_pages: u64,
+    full_checkpoint_s: f64,
+    full_checkpoint_bytes: u64,
+    full_copy_s: f64,
+    baseline_read_s: f64,
+    baseline_read_bytes: u64,
+    recovery_s: f64,
+    recovery_storage_bytes: u64,
+    recovery_source_bytes: u64,
+    incremental_s: f64,
+    incremental_pages: u64,
+    incremental_bytes: u64,
+}
+
+fn start_node(dir: &std::path::Path, name: &str, storage: &std::path::Path, capacity: u64) -> Node {
+    let mut config = NodeConfig::new(
+        "127.0.0.1:0".parse().expect("an address"),
+        capacity,
+        dir.join(name),
+    );
+    config.storage = Some(StorageConfig::Dir(storage.to_path_buf()));
+    Node::start(config).expect("the node starts")
+}
+
+fn client(node: &Node) -> Client {
+    let options = ClientOptions {
+        timeout: Duration::from_secs(3600),
+        client_name: "pagoda-bench recovery".into(),
+        ..ClientOptions::default()
+    };
+    Client::connect(node.local_addr(), options).expect("the client connects")
+}
+
+fn fill_page(page: &mut [u8], number: u64, version: u64) {
+    let word = number.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ version;
+    for chunk in page.chunks_exact_mut(8) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+}
+
+fn write_pages(client: &Client, info: &RegionInfo, pages: &[u64], version: u64) {
+    let mut data = vec![0u8; BATCH_PAGES * PAGE_BYTES];
+    for batch in pages.chunks(BATCH_PAGES) {
+        for (page, buffer) in batch.iter().zip(data.chunks_exact_mut(PAGE_BYTES)) {
+            fill_page(buffer, *page, version);
+        }
+        client
+            .write_pages(info, batch, &data[..batch.len() * PAGE_BYTES])
+            .expect("writing pages");
+    }
+}
+
+fn drop_caches(enabled: bool) {
+    if !enabled {
+        return;
+    }
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    if let Err(error) = std::fs::write("/proc/sys/vm/drop_caches", "3") {
+        eprintln!("error: dropping the page cache: {error} (run as root or pass --no-drop-caches)");
+        std::process::exit(1);
+    }
+}
+
+/// Copies every page of `name` from `source` into a new region on `target`,
+/// several requests in flight, and returns the seconds it took.
+fn full_copy(source: &Node, target: &Node, name: &str, pages: u64) -> f64 {
+    let from = client(source);
+    let to = client(target);
+    let info = from.stat_region(name).expect("the source region").info;
+    let copy = to
+        .create_region("full-copy", info.size, info.page_size)
+        .expect("the copy region");
+    let next = AtomicUsize::new(0);
+    let batches = pages.div_ceil(BATCH_PAGES as u64) as usize;
+    let began = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..COPY_THREADS {
+            scope.spawn(|| {
+                let mut buffer = vec![0u8; BATCH_PAGES * PAGE_BYTES];
+                loop {
+                    let batch = next.fetch_add(1, Ordering::Relaxed);
+                    if batch >= batches {
+                        return;
+                    }
+                    let first = batch as u64 * BATCH_PAGES as u64;
+                    let list: Vec<u64> = (first..(first + BATCH_PAGES as u64).min(pages)).collect();
+                    let bytes = list.len() * PAGE_BYTES;
+                    from.read_pages(&info, &list, &mut buffer[..bytes])
+                        .expect("reading from the source");
+                    to.write_pages(&copy, &list, &buffer[..bytes])
+                        .expect("writing to the target");
+                }
+            });
+        }
+    });
+    let seconds = began.elapsed().as_secs_f64();
+    to.delete_region("full-copy").expect("deleting the copy");
+    seconds
+}
+
+/// Reads every object the region's latest manifest names, four at a time,
+/// and returns (seconds, bytes).
+fn baseline_read(storage_dir: &std::path::Path, name: &str) -> (f64, u64) {
+    let storage =
+        Storage::open(&StorageConfig::Dir(storage_dir.to_path_buf())).expect("the storage opens");
+    let began = Instant::now();
+    let manifest = pagoda_node::checkpoint::latest_manifest(&storage, name, None)
+        .expect("the manifest reads")
+        .expect("a manifest exists");
+    let next = AtomicUsize::new(0);
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..pagoda_node::storage::STORAGE_PARALLELISM {
+            scope.spawn(|| {
+                loop {
+                    let Some(object) = manifest.objects.get(next.fetch_add(1, Ordering::Relaxed))
+                    else {
+                        return;
+                    };
+                    let key = object_store::path::Path::from(object.key.as_str());
+                    let data = storage
+                        .block_on(storage.get(&key))
+                        .expect("the object reads");
+                    bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (began.elapsed().as_secs_f64(), bytes.into_inner())
+}
+
+fn measure(
+    dir: &std::path::Path,
+    storage_dir: &std::path::Path,
+    region_bytes: u64,
+    percent: u64,
+    drop: bool,
+) -> Row {
+    let pages = region_bytes / PAGE_BYTES as u64;
+    let capacity = region_bytes + (64 << 20);
+    let source = start_node(dir, &format!("source-{percent}"), storage_dir, capacity);
+    let target = start_node(dir, &format!("target-{percent}"), storage_dir, capacity);
+    let name = format!("recovery-{percent}");
+    let source_client = client(&source);
+    let info = source_client
+        .create_region(&name, region_bytes, PAGE_BYTES as u32)
+        .expect("the region is created");
+    let all: Vec<u64> = (0..pages).collect();
+    let began = Instant::now();
+    write_pages(&source_client, &info, &all, 1);
+    progress(&format!(
+        "{percent}%: wrote {} MiB in {:.2} s",
+        region_bytes >> 20,
+        began.elapsed().as_secs_f64()
+    ));
+    let full = source_client
+        .checkpoint(&name, true)
+        .expect("full checkpoint");
+    progress(&format!(
+        "{percent}%: full checkpoint {} MiB in {:.2} s",
+        full.bytes >> 20,
+        full.micros as f64 / 1e6
+    ));
+    // Distinct random pages: a partial Fisher-Yates shuffle.
+    let dirty_pages = pages * percent / 100;
+    let mut order = all;
+    let mut rng = FastRng::new(percent + 1);
+    for index in 0..dirty_pages as usize {
+        let pick = index + (rng.next_u64() % (pages - index as u64)) as usize;
+        order.swap(index, pick);
+    }
+    let mut dirty: Vec<u64> = order[..dirty_pages as usize].to_vec();
+    dirty.sort_unstable();
+    write_pages(&source_client, &info, &dirty, 2);
+
+    let full_copy_s = full_copy(&source, &target, &name, pages);
+    progress(&format!("{percent}%: full copy in {full_copy_s:.2} s"));
+    drop_caches(drop);
+    let (baseline_read_s, baseline_read_bytes) = baseline_read(storage_dir, &name);
+    progress(&format!(
+        "{percent}%: baseline read {} MiB in {baseline_read_s:.2} s",
+        baseline_read_bytes >> 20
+    ));
+    drop_caches(drop);
+    let target_client = client(&target);
+    let done = target_client
+        .recover(
+            &name,
+            Some(&source.local_addr().to_string()),
+            None,
+            false,
+            Duration::from_millis(20),
+            |_| {},
+        )
+        .expect("recovery");
+    let recovery_s = done.elapsed_ms as f64 / 1000.0;
+    progress(&format!(
+        "{percent}%: recovery in {recovery_s:.2} s ({} MiB from storage, {} MiB from the source)",
+        done.storage_bytes >> 20,
+        done.source_bytes >> 20
+    ));
+    // Spot-check the recovered contents against what was written.
+    let mut expected = vec![0u8; PAGE_BYTES];
+    let mut got = vec![0u8; PAGE_BYTES];
+    let recovered = target_client.stat_region(&name).expect("stat").info;
+    for &page in [0, pages / 2, pages - 1]
+        .iter()
+        .chain(dirty.iter().take(16))
+    {
+        let version = if dirty.binary_search(&page).is_ok() {
+            2
+        } else {
+            1
+        };
+        fill_page(&mut expected, page, version);
+        target_client
+            .read_pages(&recovered, &[page], &mut got)
+            .expect("reading the recovered region");
+        assert!(got == expected, "recovered page {page} differs");
+    }
+    let incremental = target_client
+        .checkpoint(&name, false)
+        .expect("incremental checkpoint");
+    progress(&format!(
+        "{percent}%: incremental checkpoint of {} pages in {:.2} s",
+        incremental.pages,
+        incremental.micros as f64 / 1e6
+    ));
+    target_client
+        .delete_region(&name)
+        .expect("delete on the target");
+    source_client
+        .delete_region(&name)
+        .expect("delete on the source");
+    Row {
+        dirty_percent: percent,
+        dirty_pages,
+        full_checkpoint_s: full.micros as f64 / 1e6,
+        full_checkpoint_bytes: full.bytes,
+        full_copy_s,
+        baseline_read_s,
+        baseline_read_bytes,
+        recovery_s,
+        recovery_storage_bytes: done.storage_bytes,
+        recovery_source_bytes: done.source_bytes,
+        incremental_s: incremental.micros as f64 / 1e6,
+        incremental_pages: incremental.pages,
+        incremental_bytes: incremental.bytes,
+    }
+}
+
+fn gbps(bytes: u64, seconds: f64) -> String {
+    format!("{:.2}", bytes as f64 / seconds / 1e9)
+}
+
+fn main() {
+    let flags = Flags::parse(
+        &["json", "no-drop-caches"],
+        &["region-mib", "dirty", "dir"],
+        USAGE,
+    );
+    let region_bytes = flags.number::<u64>("region-mib", 4096) << 20;
+    let percents = flags.numbers::<u64>("dirty", &[1, 10, 50]);
+    if percents.iter().any(|&p| p == 0 || p > 100) {
+        eprintln!("error: --dirty percentages must be 1 to 100");
+        std::process::exit(2);
+    }
+    let drop = !flags.switch("no-drop-caches");
+    let temporary = match flags.values_get("dir") {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir_in("/work"),
+    }
+    .expect("a working directory");
+    let storage_dir = temporary.path().join("storage");
+    let rows: Vec<Row> = percents
+        .iter()
+        .map(|&percent| measure(temporary.path(), &storage_dir, region_bytes, percent, drop))
+        .collect();
+
+    let mut table = Table::new(&[
+        "dirty",
+        "full copy s",
+        "baseline read s",
+        "recovery s",
+        "recovery / baseline read",
+        "recovery / full copy",
+        "from source MiB",
+        "source / region",
+        "incremental ckpt s",
+        "incremental GB/s",
+    ]);
+    for row in &rows {
+        table.row(vec![
+            format!("{}%", row.dirty_percent),
+            format!("{:.2}", row.full_copy_s),
+            format!("{:.2}", row.baseline_read_s),
+            format!("{:.2}", row.recovery_s),
+            format!("{:.2}", row.recovery_s / row.baseline_read_s),
+            format!("{:.2}", row.recovery_s / row.full_copy_s),
+            format!("{}", row.recovery_source_bytes >> 20),
+            format!(
+                "{:.3}",
+                row.recovery_source_bytes as f64 / region_bytes as f64
+            ),
+            format!("{:.3}", row.incremental_s),
+            gbps(row.incremental_bytes, row.incremental_s),
+        ]);
+    }
+    let mut checkpoints = Table::new(&["run", "full checkpoint s", "bytes", "GB/s"]);
+    for row in &rows {
+        checkpoints.row(vec![
+            format!("before {}%", row.dirty_percent),
+            format!("{:.2}", row.full_checkpoint_s),
+            format!("{}", row.full_checkpoint_bytes),
+            gbps(row.full_checkpoint_bytes, row.full_checkpoint_s),
+        ]);
+    }
+    let markdown = format!(
+        "Region {} MiB, 4 KiB pages; page cache dropped before reads from storage: {drop}.\n\n{}\n{}",
+        region_bytes >> 20,
+        table.markdown(),
+        checkpoints.markdown()
+    );
+    let document = serde_json::json!({
+        "region_bytes": region_bytes,
+        "drop_caches": drop,
+        "rows": rows.iter().map(|row| serde_json::json!({
+            "dirty_percent": row.dirty_percent,
+            "dirty_pages": row.dirty_pages,
+            "full_checkpoint_s": row.full_checkpoint_s,
+            "full_checkpoint_bytes": row.full_checkpoint_bytes,
+            "full_copy_s": row.full_copy_s,
+            "baseline_read_s": row.baseline_read_s,
+            "baseline_read_bytes": row.baseline_read_bytes,
+            "recovery_s": row.recovery_s,
+            "recovery_storage_bytes": row.recovery_storage_bytes,
+            "recovery_source_bytes": row.recovery_source_bytes,
+            "incremental_checkpoint_s": row.incremental_s,
+            "incremental_checkpoint_pages": row.incremental_pages,
+            "incremental_checkpoint_bytes": row.incremental_bytes,
+        })).collect::<Vec<_>>(),
+    });
+    emit(flags.switch("json"), &document, &markdown);
+}
