@@ -246,6 +246,37 @@ impl<B: Backing> PageCache<B> {
         self.access(offset, buf.len(), first, last, Mode::Write, &mut copy)
     }
 
+    /// Copies `buf` at `offset` into those of its pages that are resident,
+    /// without marking them dirty; pages not resident are skipped. For bytes
+    /// the backing already holds (a transaction's writes, shipped to the node
+    /// before they are applied here), so that the cache agrees with it. A page
+    /// being loaded is waited for, then updated.
+    pub fn update_resident(&self, offset: u64, buf: &[u8]) -> Result<(), CacheError> {
+        let Some((first, last)) = self.page_span(offset, buf.len())? else {
+            return Ok(());
+        };
+        let page_size = self.page_size as u64;
+        for page in first..=last {
+            let mut spins = 0;
+            // One page at a time, holding nothing else: waiting is safe.
+            while let Some(frame) = self.table.get(page) {
+                let meta = &self.frames.meta[frame as usize];
+                match meta.lock_exclusive(page) {
+                    Attempt::Acquired => {
+                        let (range, in_page) = overlap(offset, buf.len(), page, page_size);
+                        // SAFETY: the frame is held exclusively by us.
+                        let bytes = unsafe { self.frames.bytes_mut(frame) };
+                        bytes[in_page].copy_from_slice(&buf[range]);
+                        self.release(&[frame], Mode::Write, false);
+                        break;
+                    }
+                    Attempt::Busy | Attempt::Stale => backoff(&mut spins),
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn access(
         &self,
         offset: u64,

@@ -345,7 +345,7 @@ pub fn checkpoint(
         (Some(mark), Some(_)) => mark.start_seq,
         _ => 0,
     };
-    let to = region.begin_snapshot(epoch, from);
+    let (to, journal_through) = region.begin_snapshot(epoch, from);
     let started = SystemTime::now();
     struct EndSnapshot<'a>(&'a Region);
     impl Drop for EndSnapshot<'_> {
@@ -480,6 +480,7 @@ pub fn checkpoint(
         epoch,
         start_seq: to,
         started,
+        journal_through,
     });
     let info = CheckpointInfo {
         epoch,

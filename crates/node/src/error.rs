@@ -81,6 +81,10 @@ pub enum NodeError {
     /// Another node (a recovery's source) failed or refused.
     #[error("source node: {0}")]
     Peer(String),
+    /// The node's journal of a region failed; it refuses records until the
+    /// node restarts.
+    #[error("journal failed: {0}")]
+    Journal(String),
     /// The node has no storage backend.
     #[error("this node has no storage backend (start it with --storage)")]
     NoStorage,
@@ -116,6 +120,7 @@ impl NodeError {
             NodeError::NoStorage => ErrorCode::NoStorage,
             NodeError::StaleEpoch(_) => ErrorCode::StaleEpoch,
             NodeError::MetadataFailed(_)
+            | NodeError::Journal(_)
             | NodeError::Peer(_)
             | NodeError::Corrupt { .. }
             | NodeError::Config(_)

@@ -254,6 +254,7 @@ fn recover(
                     epoch: manifest.epoch,
                     start_seq: 0,
                     started: manifest.started(),
+                    journal_through: 0,
                 });
                 shared
                     .baselines

@@ -92,6 +92,8 @@ pub struct CheckpointMark {
     pub start_seq: u64,
     /// When it started.
     pub started: std::time::SystemTime,
+    /// The highest node-journal id the checkpoint covers.
+    pub journal_through: u64,
 }
 
 /// How many completed checkpoints a region remembers for `DirtyPages`.
@@ -119,6 +121,10 @@ pub struct Region {
     checkpoints: Mutex<Vec<CheckpointMark>>,
     /// Held for the whole of a checkpoint: one at a time per region.
     pub(crate) checkpoint_lock: Mutex<()>,
+    /// Held while a journal record is persisted and applied, so records are
+    /// applied in the order the node's journal holds them.
+    pub(crate) journal_lock: Mutex<()>,
+    journal_applied: AtomicU64,
 }
 
 impl Region {
@@ -146,6 +152,8 @@ impl Region {
             state_reason: Mutex::new(String::new()),
             checkpoints: Mutex::new(Vec::new()),
             checkpoint_lock: Mutex::new(()),
+            journal_lock: Mutex::new(()),
+            journal_applied: AtomicU64::new(0),
         })
     }
 
@@ -337,16 +345,33 @@ impl Region {
             )));
         }
         let _gate = self.gate.read();
-        match (self.state(), track) {
-            (RegionState::Active, _) => {}
-            (RegionState::ReadOnly, _) => return Err(NodeError::ReadOnly(self.info.name.clone())),
-            (RegionState::Recovering, Track::Baseline | Track::Restore) => {}
-            (RegionState::Recovering | RegionState::Damaged, Track::Write) => {
-                return Err(self.unavailable());
-            }
-            (RegionState::Damaged, _) => return Err(self.unavailable()),
+        self.check_writable(track)?;
+        self.allocate(pages.clone())?;
+        let seq = match track {
+            Track::Baseline => 0,
+            Track::Write | Track::Restore => self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+        };
+        let snapshot = *self.snapshot.read();
+        for (page, bytes) in pages.zip(data.chunks_exact(page_size)) {
+            self.write_piece(page, 0, bytes, seq, snapshot);
         }
-        for page in pages.clone() {
+        self.pages_written
+            .fetch_add(count as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn check_writable(&self, track: Track) -> Result<(), NodeError> {
+        match (self.state(), track) {
+            (RegionState::Active, _) => Ok(()),
+            (RegionState::ReadOnly, _) => Err(NodeError::ReadOnly(self.info.name.clone())),
+            (RegionState::Recovering, Track::Baseline | Track::Restore) => Ok(()),
+            (RegionState::Recovering | RegionState::Damaged, _) => Err(self.unavailable()),
+        }
+    }
+
+    /// Allocates every segment the pages lie in, before anything is written.
+    fn allocate(&self, pages: impl Iterator<Item = u64>) -> Result<(), NodeError> {
+        for page in pages {
             let (segment, _) = self.locate(page);
             if self.segments[segment].read().slot != NO_SEGMENT {
                 continue;
@@ -358,43 +383,111 @@ impl Region {
                 self.segments_allocated.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let seq = match track {
-            Track::Baseline => 0,
-            Track::Write | Track::Restore => self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-        };
-        let (snapshot_epoch, from, to) = *self.snapshot.read();
-        for (page, bytes) in pages.zip(data.chunks_exact(page_size)) {
-            let (segment, index) = self.locate(page);
-            let mut segment = self.segments[segment].write();
-            assert_ne!(
-                segment.slot, NO_SEGMENT,
-                "segment allocated above was released"
+        Ok(())
+    }
+
+    /// Writes `bytes` at `offset` within `page` (whose segment is allocated),
+    /// saving the page first if the running snapshot still needs it.
+    fn write_piece(
+        &self,
+        page: u64,
+        offset: usize,
+        bytes: &[u8],
+        seq: u64,
+        snapshot: (u64, u64, u64),
+    ) {
+        let (snapshot_epoch, from, to) = snapshot;
+        let page_size = self.info.page_size as usize;
+        debug_assert!(offset + bytes.len() <= page_size);
+        let (segment, index) = self.locate(page);
+        let mut segment = self.segments[segment].write();
+        assert_ne!(
+            segment.slot, NO_SEGMENT,
+            "segment allocated above was released"
+        );
+        let old = segment.seqs[index];
+        if snapshot_epoch != 0 && segment.visited != snapshot_epoch && old > from && old <= to {
+            // The running snapshot still needs this page as it was.
+            let saved = self.page_bytes(&segment, index).into();
+            segment.saved.push((index as u32, saved));
+        }
+        // SAFETY: the slot is allocated to this region, the write lock makes
+        // this the only access, and the bytes lie inside the page.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.arena
+                    .segment_pointer(segment.slot)
+                    .add(index * page_size + offset),
+                bytes.len(),
             );
-            let old = segment.seqs[index];
-            if snapshot_epoch != 0 && segment.visited != snapshot_epoch && old > from && old <= to {
-                // The running snapshot still needs this page as it was.
-                let saved = self.page_bytes(&segment, index).into();
-                segment.saved.push((index as u32, saved));
-            }
-            // SAFETY: the slot is allocated to this region, the write lock
-            // makes this the only access, and the page lies inside it.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    bytes.as_ptr(),
-                    self.arena
-                        .segment_pointer(segment.slot)
-                        .add(index * page_size),
-                    page_size,
-                );
-            }
-            if seq != 0 {
-                segment.seqs[index] = seq;
-                segment.max_seq = segment.max_seq.max(seq);
+        }
+        if seq != 0 {
+            segment.seqs[index] = seq;
+            segment.max_seq = segment.max_seq.max(seq);
+        }
+    }
+
+    /// Checks byte-range writes (a journal record's) and allocates the
+    /// segments they need, so that [`Region::write_bytes`] cannot fail after
+    /// the record is persisted.
+    pub fn prepare_bytes(&self, entries: &[(u64, &[u8])]) -> Result<(), NodeError> {
+        for &(offset, bytes) in entries {
+            let end = offset.checked_add(bytes.len() as u64);
+            if end.is_none_or(|end| end > self.info.size) {
+                return Err(NodeError::InvalidArgument(format!(
+                    "write of {} bytes at offset {offset} lies outside the region of {} bytes",
+                    bytes.len(),
+                    self.info.size
+                )));
             }
         }
-        self.pages_written
-            .fetch_add(count as u64, Ordering::Relaxed);
+        let _gate = self.gate.read();
+        self.check_writable(Track::Write)?;
+        let page_size = self.info.page_size as u64;
+        self.allocate(
+            entries
+                .iter()
+                .filter(|(_, bytes)| !bytes.is_empty())
+                .flat_map(|&(offset, bytes)| {
+                    offset / page_size..=(offset + bytes.len() as u64 - 1) / page_size
+                }),
+        )
+    }
+
+    /// Applies byte-range writes (a journal record's, `journal_id` in the
+    /// node's journal of this region) as one batch. Call
+    /// [`Region::prepare_bytes`] first.
+    pub fn write_bytes(&self, entries: &[(u64, &[u8])], journal_id: u64) -> Result<(), NodeError> {
+        let _gate = self.gate.read();
+        self.check_writable(Track::Write)?;
+        let page_size = self.info.page_size as u64;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let snapshot = *self.snapshot.read();
+        let mut pieces = 0u64;
+        for &(offset, bytes) in entries {
+            let mut at = offset;
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                let page = at / page_size;
+                let within = (at % page_size) as usize;
+                let take = rest.len().min(page_size as usize - within);
+                let (head, tail) = rest.split_at(take);
+                self.write_piece(page, within, head, seq, snapshot);
+                pieces += 1;
+                at += take as u64;
+                rest = tail;
+            }
+        }
+        self.pages_written.fetch_add(pieces, Ordering::Relaxed);
+        self.journal_applied
+            .fetch_max(journal_id, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The highest node-journal id applied to the region.
+    pub fn journal_applied(&self) -> u64 {
+        self.journal_applied.load(Ordering::Relaxed)
     }
 
     /// The current mark: every write that completed before the call is at or
@@ -477,13 +570,14 @@ impl Region {
     }
 
     /// Starts a snapshot of the pages written after `from` for checkpoint
-    /// `epoch`; returns `to`, the sequence value it is taken at.
-    pub fn begin_snapshot(&self, epoch: u64, from: u64) -> u64 {
+    /// `epoch`; returns `to`, the sequence value it is taken at, and the
+    /// highest journal id applied before it (the snapshot covers it).
+    pub fn begin_snapshot(&self, epoch: u64, from: u64) -> (u64, u64) {
         assert_ne!(epoch, 0);
         let _gate = self.gate.write();
         let to = self.seq.load(Ordering::Relaxed);
         *self.snapshot.write() = (epoch, from, to);
-        to
+        (to, self.journal_applied.load(Ordering::Relaxed))
     }
 
     /// Appends to `pages` and `data` the snapshot's pages of segment

@@ -40,6 +40,7 @@ use crate::error::NodeError;
 use crate::recovery::{self, RecoveryJob, RecoveryRequest};
 use crate::region::{CheckpointMark, Region};
 use crate::storage::{Storage, StorageConfig};
+use pagoda_journal::{Journal, JournalOptions};
 
 /// How a node runs.
 #[derive(Clone, Debug)]
@@ -125,6 +126,8 @@ pub(crate) struct Shared {
     pub(crate) baselines: Mutex<HashMap<u64, Arc<Manifest>>>,
     /// Recoveries run on this node, by region name.
     recoveries: Mutex<HashMap<String, Arc<RecoveryJob>>>,
+    /// Each region's journal of shipped transaction records, by region id.
+    journals: Mutex<HashMap<u64, Arc<Journal>>>,
     shutting_down: AtomicBool,
     connections: Mutex<HashMap<u64, ConnectionEntry>>,
     connection_count: AtomicU32,
@@ -183,6 +186,7 @@ impl Node {
             Some(storage) => reload(storage, &catalog),
             None => HashMap::new(),
         };
+        let journals = replay_journals(&config.data_dir, &catalog);
         let listener = TcpListener::bind(config.listen)
             .map_err(|e| NodeError::io(format!("binding {}", config.listen), e))?;
         let local_addr = listener
@@ -206,6 +210,7 @@ impl Node {
             storage,
             baselines: Mutex::new(baselines),
             recoveries: Mutex::new(HashMap::new()),
+            journals: Mutex::new(journals),
             shutting_down: AtomicBool::new(false),
             connections: Mutex::new(HashMap::new()),
             connection_count: AtomicU32::new(0),
@@ -602,6 +607,14 @@ fn serve_request(
             let _checkpoint = region.checkpoint_lock.lock();
             catalog.delete(name)?;
             shared.baselines.lock().remove(&region.info().id);
+            if shared.journals.lock().remove(&region.info().id).is_some()
+                || journal_dir(&shared.config.data_dir, region.uid()).exists()
+            {
+                let dir = journal_dir(&shared.config.data_dir, region.uid());
+                if let Err(error) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(name, %error, "could not remove the region's journal");
+                }
+            }
             tracing::info!(name, "region deleted");
             // A moved or damaged region's checkpoints may belong to the node
             // it moved to: only an active region's are purged.
@@ -668,6 +681,15 @@ fn serve_request(
                 ranges,
             }
             .encode(out, request_id, 0);
+        }
+        Request::ApplyJournal {
+            region,
+            commit_id,
+            entries,
+        } => {
+            let region = catalog.by_id(region)?;
+            apply_journal(shared, &region, commit_id, &entries)?;
+            Response::Done.encode(out, request_id, 0);
         }
         Request::FreezeRegion { region } => {
             let region = catalog.by_id(region)?;
@@ -768,7 +790,109 @@ fn take_checkpoint(
         .baselines
         .lock()
         .insert(region.info().id, Arc::new(manifest));
+    // The checkpoint covers every journal record applied before it began.
+    let through = region
+        .last_checkpoint()
+        .map_or(0, |mark| mark.journal_through);
+    let journal = shared.journals.lock().get(&region.info().id).cloned();
+    if let Some(journal) = journal
+        && through > journal.released_id()
+        && let Err(error) = journal.release_through(through)
+    {
+        tracing::warn!(name, %error, "could not release journal records the checkpoint covers");
+    }
     Ok(info)
+}
+
+/// Where a region's journal lives.
+fn journal_dir(data_dir: &std::path::Path, uid: u64) -> PathBuf {
+    data_dir.join("journals").join(format!("{uid:016x}"))
+}
+
+/// Persists a shipped transaction record in the region's journal and applies
+/// it. Ranges are checked and segments allocated first, so a record that is
+/// persisted is also applied.
+fn apply_journal(
+    shared: &Shared,
+    region: &Region,
+    commit_id: u64,
+    entries: &[(u64, &[u8])],
+) -> Result<(), NodeError> {
+    let _order = region.journal_lock.lock();
+    region.prepare_bytes(entries)?;
+    let journal = {
+        let mut journals = shared.journals.lock();
+        match journals.get(&region.info().id) {
+            Some(journal) => journal.clone(),
+            None => {
+                let dir = journal_dir(&shared.config.data_dir, region.uid());
+                let (journal, leftover) = Journal::open(&dir, JournalOptions::default())
+                    .map_err(|e| NodeError::Journal(format!("{}: {e}", dir.display())))?;
+                if !leftover.is_empty() {
+                    // Replayed at start; any left now were already applied.
+                    tracing::debug!(records = leftover.len(), "journal reopened");
+                }
+                let journal = Arc::new(journal);
+                journals.insert(region.info().id, journal.clone());
+                journal
+            }
+        }
+    };
+    let mut record = journal.begin();
+    for &(offset, bytes) in entries {
+        record.push(region.uid(), offset, bytes);
+    }
+    let committed = journal.commit(record).map_err(|e| {
+        NodeError::Journal(format!(
+            "persisting record {commit_id} of region {:?}: {e}",
+            region.info().name
+        ))
+    })?;
+    region.write_bytes(entries, committed.id)
+}
+
+/// Opens the journal of every region that has one and applies its records
+/// (those no checkpoint covered) over the region's reloaded baseline, in
+/// order. A journal that fails to open marks its region damaged.
+fn replay_journals(data_dir: &std::path::Path, catalog: &Catalog) -> HashMap<u64, Arc<Journal>> {
+    let mut journals = HashMap::new();
+    for region in catalog.regions() {
+        let dir = journal_dir(data_dir, region.uid());
+        if region.state() != RegionState::Active || !dir.exists() {
+            continue;
+        }
+        let name = region.info().name.clone();
+        let replayed = Journal::open(&dir, JournalOptions::default())
+            .map_err(|e| NodeError::Journal(format!("{}: {e}", dir.display())))
+            .and_then(|(journal, records)| {
+                for record in &records {
+                    let entries: Vec<(u64, &[u8])> = record
+                        .entries
+                        .iter()
+                        .map(|entry| (entry.offset, entry.data.as_slice()))
+                        .collect();
+                    region.prepare_bytes(&entries)?;
+                    region.write_bytes(&entries, record.id)?;
+                }
+                Ok((journal, records.len()))
+            });
+        match replayed {
+            Ok((journal, count)) => {
+                if count > 0 {
+                    tracing::info!(name, records = count, "journal replayed over the baseline");
+                }
+                journals.insert(region.info().id, Arc::new(journal));
+            }
+            Err(error) => {
+                tracing::error!(name, %error, "region's journal failed to replay");
+                region.set_state(
+                    RegionState::Damaged,
+                    format!("its journal failed to replay: {error}"),
+                );
+            }
+        }
+    }
+    journals
 }
 
 /// Checkpoints every region with dirty pages, every `interval`, until
@@ -866,6 +990,7 @@ fn reload(storage: &Storage, catalog: &Catalog) -> HashMap<u64, Arc<Manifest>> {
                     epoch: manifest.epoch,
                     start_seq: 0,
                     started: manifest.started(),
+                    journal_through: 0,
                 });
                 baselines.insert(region.info().id, Arc::new(manifest));
             }

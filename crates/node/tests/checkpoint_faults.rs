@@ -1026,10 +1026,10 @@ fn s3_storage(prefix: &str) -> StorageConfig {
 /// S3 objects are larger than a directory's: fewer requests to moto.
 const S3_OBJECT_BYTES: usize = 256 * 1024;
 
-// Guards checkpoints to S3: a full then an incremental checkpoint are
-// reloaded exactly by a restarted node (pages written after them are gone,
-// as documented), and a flipped bit in a data object stored in S3 is
-// detected on reload and on recovery, naming the object.
+// Guards checkpoints to S3: a full checkpoint, an incremental one and the
+// one a graceful stop takes are reloaded exactly by a restarted node, and a
+// flipped bit in a data object stored in S3 is detected on reload and on
+// recovery, naming the object.
 #[test]
 fn s3_checkpoints_reload_and_detect_corruption() {
     let config = s3_storage("reload");
@@ -1063,7 +1063,8 @@ fn s3_checkpoints_reload_and_detect_corruption() {
             "{incremental:?}"
         );
         assert!(incremental.pages <= 100, "{incremental:?}");
-        client.write_pages(&info, &[1], &page_bytes(1, 99)).unwrap();
+        // A graceful stop checkpoints what was written since (epoch 3).
+        write(&client, &info, &[1], 99, &mut model);
         node.shutdown();
     }
     {
@@ -1071,13 +1072,13 @@ fn s3_checkpoints_reload_and_detect_corruption() {
         let client = connect(node.local_addr());
         let stat = client.stat_region("s").unwrap();
         assert_eq!(stat.state, RegionState::Active);
-        assert_eq!((stat.checkpoint_epoch, stat.dirty_pages), (2, 0));
+        assert_eq!((stat.checkpoint_epoch, stat.dirty_pages), (3, 0));
         assert_model(&read_all(&client, &stat.info), &model, "reload from S3");
         node.shutdown();
     }
 
-    // Flip a bit in a page of the incremental checkpoint's object, whose
-    // pages are all live.
+    // Flip a bit in a page of the newest checkpoint's object, whose pages
+    // are all live.
     let storage = Storage::open(&config).unwrap();
     let objects = storage
         .block_on(storage.list(&ObjectPath::from("regions/s/data")))
@@ -1087,9 +1088,9 @@ fn s3_checkpoints_reload_and_detect_corruption() {
         .map(|meta| meta.location.clone())
         .find(|key| {
             key.filename()
-                .is_some_and(|file| file.starts_with("00000000000000000002-"))
+                .is_some_and(|file| file.starts_with("00000000000000000003-"))
         })
-        .unwrap_or_else(|| panic!("no object of checkpoint 2 among {objects:?}"));
+        .unwrap_or_else(|| panic!("no object of checkpoint 3 among {objects:?}"));
     let original = storage.block_on(storage.get(&victim)).unwrap();
     let count = object_pages(&original);
     let mut damaged = original.to_vec();

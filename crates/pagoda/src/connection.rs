@@ -278,6 +278,44 @@ impl Connection {
         self.wait(&slot)
     }
 
+    /// Sends one request and returns without waiting; the reply is collected
+    /// with [`Connection::wait_for`], by `waiter` (the thread woken when it
+    /// arrives). Requests sent on one connection are served in order.
+    pub fn send(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>, u64),
+        waiter: std::thread::Thread,
+    ) -> Result<PendingCall, ClientError> {
+        self.check_failed()?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot {
+            done: AtomicBool::new(false),
+            reply: Mutex::new(None),
+            thread: waiter,
+            sink: Mutex::new(None),
+        });
+        self.pending.lock().insert(id, slot.clone());
+        let sent = {
+            let mut guard = self.writer.lock();
+            let writer = &mut *guard;
+            writer.buffer.clear();
+            encode(&mut writer.buffer, id);
+            writer.stream.write_all(&writer.buffer)
+        };
+        if let Err(error) = sent {
+            let reason = format!("sending a request: {error}");
+            self.pending.lock().remove(&id);
+            self.fail(reason.clone());
+            return Err(ClientError::Disconnected(reason));
+        }
+        Ok(PendingCall { slot })
+    }
+
+    /// Waits for the reply to a request sent with [`Connection::send`].
+    pub fn wait_for(&self, call: &PendingCall) -> Result<Reply, ClientError> {
+        self.wait(&call.slot)
+    }
+
     fn wait(&self, slot: &Arc<Slot>) -> Result<Reply, ClientError> {
         let began = Instant::now();
         // Held while this waiter is the one allowed to spin; dropping it
@@ -396,6 +434,12 @@ impl Connection {
             }),
         );
     }
+}
+
+/// A request sent and not yet answered; see [`Connection::send`].
+#[derive(Clone)]
+pub struct PendingCall {
+    slot: Arc<Slot>,
 }
 
 /// Permission for one waiter (other than the reader) to spin; see

@@ -43,6 +43,13 @@ pub enum ClientError {
     /// An argument is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// Another transaction holds a page this one needs; propagate it from
+    /// the transaction's body and the transaction is run again.
+    #[error("transaction conflict: another transaction holds a page it needs")]
+    Conflict,
+    /// The region's local journal failed (an I/O error on its directory).
+    #[error("journal: {0}")]
+    Journal(String),
 }
 
 impl ClientError {

@@ -21,6 +21,7 @@
 mod connection;
 mod error;
 mod region;
+mod transaction;
 
 use std::net::ToSocketAddrs;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub use pagoda_wire::{
     RegionState, Since,
 };
 pub use region::{Region, RegionOptions};
+pub use transaction::{Durability, JournalStats, Transaction};
 
 use connection::{Connection, Reply};
 use pagoda_wire::{Request, Response};

@@ -1,6 +1,7 @@
 //! Regions: the client's view of a node's region, through a local cache.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pagoda_cache::policy::PolicyKind;
 use pagoda_cache::{Backing, BackingError, CacheConfig, CacheStats, PageCache};
@@ -10,6 +11,11 @@ use pagoda_wire::{RegionInfo, Response};
 
 use crate::connection::Connection;
 use crate::error::ClientError;
+use crate::transaction::{
+    Durability, JournalStats, LockTable, Shipping, Transaction, check_applied, conflict_backoff,
+    encode_apply,
+};
+use pagoda_wire::limits::{JOURNAL_BYTES_MAX, JOURNAL_ENTRIES_MAX};
 
 /// How a region is opened.
 #[derive(Clone, Debug)]
@@ -18,6 +24,12 @@ pub struct RegionOptions {
     pub cache_bytes: u64,
     /// The cache's eviction policy.
     pub policy: PolicyKind,
+    /// How committed transactions (and, for journaled modes, plain writes)
+    /// are made durable.
+    pub durability: Durability,
+    /// In `Local` mode, persist commits that arrive during a persist
+    /// together (on by default; off gives one persist per commit).
+    pub journal_coalesce: bool,
 }
 
 /// Default local cache size: 64 MiB.
@@ -28,6 +40,8 @@ impl Default for RegionOptions {
         RegionOptions {
             cache_bytes: CACHE_BYTES_DEFAULT,
             policy: PolicyKind::default(),
+            durability: Durability::default(),
+            journal_coalesce: true,
         }
     }
 }
@@ -124,10 +138,16 @@ struct RemotePages {
     connection: Arc<Connection>,
     region: u64,
     page_size: usize,
+    /// In `Local` mode: committed records go out before any fetch, so the
+    /// fetch sees them.
+    shipping: Option<Arc<Shipping>>,
 }
 
 impl Backing for RemotePages {
     fn read_pages(&self, pages: &[u64], buffers: &mut [&mut [u8]]) -> Result<(), BackingError> {
+        if let Some(shipping) = &self.shipping {
+            shipping.send_pending()?;
+        }
         let batch = self.connection.batch_pages_max(self.page_size);
         for (pages, buffers) in pages.chunks(batch).zip(buffers.chunks_mut(batch)) {
             fetch(&self.connection, self.region, pages, buffers)?;
@@ -158,6 +178,11 @@ impl Backing for RemotePages {
 pub struct Region {
     info: RegionInfo,
     cache: PageCache<RemotePages>,
+    durability: Durability,
+    locks: LockTable,
+    commits: AtomicU64,
+    conflicts: AtomicU64,
+    remote_commit_ids: AtomicU64,
 }
 
 impl std::fmt::Debug for Region {
@@ -193,15 +218,168 @@ impl Region {
             policy: options.policy,
             batch_pages_max: connection.batch_pages_max(page_size),
         };
+        let shipping = match &options.durability {
+            Durability::Local { journal_dir } => Some(Shipping::open(
+                journal_dir,
+                pagoda_journal::JournalOptions {
+                    coalesce: options.journal_coalesce,
+                    ..pagoda_journal::JournalOptions::default()
+                },
+                connection.clone(),
+                info.id,
+            )?),
+            Durability::WriteBack | Durability::Remote => None,
+        };
         let backing = RemotePages {
             connection,
             region: info.id,
             page_size,
+            shipping,
         };
         Ok(Region {
             cache: PageCache::new(config, backing),
             info,
+            durability: options.durability,
+            locks: LockTable::default(),
+            commits: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
+            remote_commit_ids: AtomicU64::new(0),
         })
+    }
+
+    pub(crate) fn locks(&self) -> &LockTable {
+        &self.locks
+    }
+
+    /// Runs `body` as a transaction and commits its writes; see the
+    /// `transaction` module documentation for isolation and durability.
+    /// When it returns `Ok`, the writes are durable under the region's
+    /// durability mode, and after any crash either all of them are present
+    /// or none. If `body` returns an error the transaction is abandoned and
+    /// nothing is written. `body` may run more than once (after a conflict
+    /// with another transaction), so it should have no other side effects.
+    ///
+    /// ```no_run
+    /// # fn f(region: &pagoda::Region) -> Result<(), pagoda::ClientError> {
+    /// let moved = region.transaction(|tx| {
+    ///     let mut balance = [0u8; 8];
+    ///     tx.read_at(0, &mut balance)?;
+    ///     let value = u64::from_le_bytes(balance) - 10;
+    ///     tx.write_at(0, &value.to_le_bytes())?;
+    ///     tx.write_at(8192, &10u64.to_le_bytes())?;
+    ///     Ok(value)
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn transaction<T>(
+        &self,
+        mut body: impl FnMut(&mut Transaction<'_>) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let mut attempt = 0u32;
+        loop {
+            let mut tx = Transaction {
+                region: self,
+                tx: self.locks.begin(),
+                held: Vec::new(),
+                writes: Vec::new(),
+                conflicted: false,
+            };
+            let result = body(&mut tx);
+            if tx.conflicted {
+                drop(tx);
+                self.conflicts.fetch_add(1, Ordering::Relaxed);
+                conflict_backoff(attempt);
+                attempt = attempt.saturating_add(1);
+                continue;
+            }
+            let value = result?;
+            self.commit(&tx)?;
+            return Ok(value);
+        }
+    }
+
+    fn commit(&self, tx: &Transaction<'_>) -> Result<(), ClientError> {
+        if tx.writes.is_empty() {
+            return Ok(());
+        }
+        let bytes: usize = tx.writes.iter().map(|(_, data)| data.len()).sum();
+        if self.durability.journaled()
+            && (bytes > JOURNAL_BYTES_MAX || tx.writes.len() > JOURNAL_ENTRIES_MAX)
+        {
+            return Err(ClientError::InvalidArgument(format!(
+                "a transaction writes at most {JOURNAL_BYTES_MAX} bytes in {JOURNAL_ENTRIES_MAX} \
+                 writes; this one writes {bytes} bytes in {}",
+                tx.writes.len()
+            )));
+        }
+        match &self.durability {
+            Durability::WriteBack => {
+                for (offset, data) in &tx.writes {
+                    self.cache.write_at(*offset, data)?;
+                }
+            }
+            Durability::Local { .. } => {
+                let shipping = self
+                    .cache
+                    .backing()
+                    .shipping
+                    .as_ref()
+                    .expect("a Local region has a journal");
+                let mut record = shipping.journal.begin();
+                for (offset, data) in &tx.writes {
+                    record.push(self.info.id, *offset, data);
+                }
+                shipping
+                    .journal
+                    .commit(record)
+                    .map_err(|e| ClientError::Journal(format!("commit failed: {e}")))?;
+                // Durable from here on. Shipping now keeps the lag short; if
+                // it fails the record stays in the journal for the next open.
+                if let Err(error) = shipping.send_pending() {
+                    tracing::warn!(%error, "shipping a committed record failed");
+                }
+                for (offset, data) in &tx.writes {
+                    self.cache.update_resident(*offset, data)?;
+                }
+            }
+            Durability::Remote => {
+                let writes: Vec<(u64, &[u8])> = tx
+                    .writes
+                    .iter()
+                    .map(|(offset, data)| (*offset, data.as_slice()))
+                    .collect();
+                let id = self.remote_commit_ids.fetch_add(1, Ordering::Relaxed) + 1;
+                let connection = &self.cache.backing().connection;
+                let reply = connection
+                    .call(|out, request| encode_apply(out, request, self.info.id, id, &writes))?;
+                check_applied(reply)?;
+                for (offset, data) in &tx.writes {
+                    self.cache.update_resident(*offset, data)?;
+                }
+            }
+        }
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The region's durability mode.
+    pub fn durability(&self) -> &Durability {
+        &self.durability
+    }
+
+    /// Commits, persists and the shipping lag (records and milliseconds not
+    /// yet acknowledged by the node, `Local` mode).
+    pub fn journal_stats(&self) -> JournalStats {
+        let commits = self.commits.load(Ordering::Relaxed);
+        let conflicts = self.conflicts.load(Ordering::Relaxed);
+        match &self.cache.backing().shipping {
+            Some(shipping) => shipping.stats(conflicts, commits),
+            None => JournalStats {
+                commits,
+                conflicts,
+                ..JournalStats::default()
+            },
+        }
     }
 
     /// The region's description.
@@ -234,14 +412,22 @@ impl Region {
         Ok(self.cache.read_at(offset, buf)?)
     }
 
-    /// Writes `buf` at `offset`; any range within the region.
+    /// Writes `buf` at `offset`; any range within the region. In a
+    /// journaled mode (`Local`, `Remote`) this is a one-write transaction.
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), ClientError> {
+        if self.durability.journaled() {
+            return self.transaction(|tx| tx.write_at(offset, buf));
+        }
         Ok(self.cache.write_at(offset, buf)?)
     }
 
-    /// Returns once every page written before the call is on the node.
+    /// Returns once everything written before the call is on the node: dirty
+    /// pages (write-back mode) or committed records (`Local` mode).
     pub fn flush(&self) -> Result<(), ClientError> {
-        Ok(self.cache.flush()?)
+        match &self.cache.backing().shipping {
+            Some(shipping) => shipping.flush(),
+            None => Ok(self.cache.flush()?),
+        }
     }
 
     /// The local cache's counters.
@@ -257,6 +443,10 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
+        if let Some(shipping) = &self.cache.backing().shipping {
+            shipping.close();
+            return;
+        }
         if let Err(error) = self.cache.flush() {
             tracing::warn!(region = %self.info.name, %error, "flush on drop failed; unflushed writes are lost");
         }

@@ -58,6 +58,8 @@ pub enum Opcode {
     DirtyPages = 0x22,
     /// Makes a region read-only (it has moved to another node).
     FreezeRegion = 0x23,
+    /// Applies a committed transaction's writes and keeps them durable.
+    ApplyJournal = 0x24,
     /// Returns the node's statistics.
     NodeStat = 0x30,
     /// Reply to `Hello`.
@@ -107,6 +109,7 @@ impl Opcode {
             0x21 => WritePages,
             0x22 => DirtyPages,
             0x23 => FreezeRegion,
+            0x24 => ApplyJournal,
             0x30 => NodeStat,
             0x81 => HelloOk,
             0x82 => Pong,

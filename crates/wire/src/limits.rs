@@ -32,6 +32,10 @@ pub const FRAME_PAYLOAD_BYTES_MAX: usize = BATCH_BYTES_MAX + 64 * 1024;
 /// Largest payload a peer accepts before the connection is authenticated:
 /// a `Hello` with the longest token and client name.
 pub const HELLO_PAYLOAD_BYTES_MAX: usize = 2 + TOKEN_BYTES_MAX + 2 + CLIENT_NAME_BYTES_MAX;
+/// Most writes one `ApplyJournal` carries.
+pub const JOURNAL_ENTRIES_MAX: usize = 65_536;
+/// Most bytes of writes one `ApplyJournal` carries.
+pub const JOURNAL_BYTES_MAX: usize = BATCH_BYTES_MAX;
 /// Largest error message carried in an error reply.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 /// Largest payload a ping may ask to be echoed back.

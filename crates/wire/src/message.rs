@@ -134,6 +134,16 @@ pub enum Request<'a> {
         /// The region's id.
         region: u64,
     },
+    /// Persists a committed transaction's writes on the node (until a
+    /// checkpoint covers them) and applies them to the region, all or none.
+    ApplyJournal {
+        /// The region's id.
+        region: u64,
+        /// The commit id the client gave it (for logs).
+        commit_id: u64,
+        /// The writes: byte offset and bytes, in order.
+        entries: Vec<(u64, &'a [u8])>,
+    },
 }
 
 /// The point a dirty page list starts from.
@@ -515,6 +525,7 @@ impl<'a> Request<'a> {
             Request::RecoveryStatus { .. } => Opcode::RecoveryStatus,
             Request::DirtyPages { .. } => Opcode::DirtyPages,
             Request::FreezeRegion { .. } => Opcode::FreezeRegion,
+            Request::ApplyJournal { .. } => Opcode::ApplyJournal,
         }
     }
 
@@ -573,6 +584,24 @@ impl<'a> Request<'a> {
                 payload.extend_from_slice(&start_page.to_le_bytes());
             }
             Request::FreezeRegion { region } => payload.extend_from_slice(&region.to_le_bytes()),
+            Request::ApplyJournal {
+                region,
+                commit_id,
+                entries,
+            } => {
+                assert!(
+                    entries.len() <= JOURNAL_ENTRIES_MAX,
+                    "too many journal entries"
+                );
+                payload.extend_from_slice(&region.to_le_bytes());
+                payload.extend_from_slice(&commit_id.to_le_bytes());
+                payload.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+                for (offset, bytes) in entries {
+                    payload.extend_from_slice(&offset.to_le_bytes());
+                    payload.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                    payload.extend_from_slice(bytes);
+                }
+            }
             Request::ListRegions | Request::NodeStat => {}
             Request::ReadPages { region, pages } => {
                 payload.extend_from_slice(&region.to_le_bytes());
@@ -666,6 +695,38 @@ impl<'a> Request<'a> {
             Opcode::FreezeRegion => Request::FreezeRegion {
                 region: reader.u64()?,
             },
+            Opcode::ApplyJournal => {
+                let region = reader.u64()?;
+                let commit_id = reader.u64()?;
+                let count = reader.u32()? as usize;
+                if count > JOURNAL_ENTRIES_MAX {
+                    return Err(WireError::malformed(
+                        what,
+                        format!(
+                            "{count} journal entries exceed the limit of {JOURNAL_ENTRIES_MAX}"
+                        ),
+                    ));
+                }
+                let mut entries = Vec::with_capacity(count);
+                let mut total = 0usize;
+                for _ in 0..count {
+                    let offset = reader.u64()?;
+                    let length = reader.u32()? as usize;
+                    total += length;
+                    if total > JOURNAL_BYTES_MAX {
+                        return Err(WireError::malformed(
+                            what,
+                            format!("journal entries exceed {JOURNAL_BYTES_MAX} bytes"),
+                        ));
+                    }
+                    entries.push((offset, reader.take(length)?));
+                }
+                Request::ApplyJournal {
+                    region,
+                    commit_id,
+                    entries,
+                }
+            }
             _ => return Err(WireError::UnknownOpcode(opcode)),
         };
         reader.end()?;
@@ -1040,6 +1101,11 @@ mod tests {
                 start_page: 0,
             },
             Request::FreezeRegion { region: 3 },
+            Request::ApplyJournal {
+                region: 3,
+                commit_id: 9,
+                entries: vec![(0, b"abc".as_slice()), (4096, b"".as_slice())],
+            },
         ];
         for request in requests {
             let mut out = Vec::new();

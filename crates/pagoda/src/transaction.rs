@@ -1,0 +1,485 @@
+//! Transactions: atomic, isolated and (by the region's durability mode)
+//! durable updates of several ranges at once.
+//!
+//! **Isolation.** A transaction locks every page it reads or writes, for its
+//! whole life (strict two-phase locking, one exclusive lock per page), so
+//! transactions touching a common page serialize and the outcome is
+//! serializable; transactions on disjoint pages run in parallel. A lock held
+//! by another transaction is never waited for: the transaction is aborted
+//! (its writes were only buffered) and re-run after a randomized backoff, so
+//! there is no deadlock. Reads inside a transaction see its own writes.
+//! Plain `read_at` outside transactions takes no lock and sees each
+//! transaction's writes all at once or (while it commits) partly.
+//!
+//! **Durability.** In `Local` mode a commit appends one record to the
+//! region's journal on this host (a micro-journal with commit coalescing:
+//! `pagoda-journal`), which is durable when the commit returns; a shipper
+//! sends committed records to the node in commit order, and the node persists
+//! and applies each (`ApplyJournal`) before acknowledging it, after which the
+//! local record is released. In `Remote` mode there is no local journal: the
+//! commit sends its record and returns once the node has persisted it.
+//!
+//! **Why the cache stays right.** In both modes a committed write reaches the
+//! node only as a journal record, and in the cache it only updates pages that
+//! are resident, leaving them clean: a durable region's cache never writes
+//! pages back. Records are sent in commit order; before any page is fetched,
+//! every committed record is sent first, and one connection is served in
+//! order, so a fetch always sees every transaction committed before it.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pagoda_journal::{CommitId, Journal, JournalOptions};
+use pagoda_wire::{Request, Response};
+use parking_lot::{Condvar, Mutex};
+
+use crate::connection::{Connection, PendingCall};
+use crate::error::ClientError;
+
+/// How a region's committed transactions are made durable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// No journal: writes stay in the local cache until evicted or flushed.
+    /// Transactions are atomic and isolated in this process, not durable.
+    #[default]
+    WriteBack,
+    /// A commit is durable in a journal on this host (fsync) when it returns
+    /// and is shipped to the node in the background.
+    Local {
+        /// The region's journal directory (one per region).
+        journal_dir: PathBuf,
+    },
+    /// A commit returns once the node has persisted it.
+    Remote,
+}
+
+impl Durability {
+    /// Whether commits (and plain writes, which become one-write
+    /// transactions) go through journal records.
+    pub fn journaled(&self) -> bool {
+        !matches!(self, Durability::WriteBack)
+    }
+}
+
+/// The shipping lag of a region in `Local` mode.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Transactions committed (all modes).
+    pub commits: u64,
+    /// Persists of the local journal (fewer than commits when coalesced).
+    pub persists: u64,
+    /// Records committed but not yet acknowledged by the node.
+    pub lag_records: u64,
+    /// Age of the oldest record not yet acknowledged, in milliseconds.
+    pub lag_ms: u64,
+    /// Records acknowledged by the node since the region was opened.
+    pub shipped: u64,
+    /// Transactions re-run after a lock conflict.
+    pub conflicts: u64,
+    /// Why shipping stopped, if it did (the records stay in the journal
+    /// and are replayed when the region is opened again).
+    pub failure: Option<String>,
+}
+
+/// Page locks of the transactions in flight on one region.
+#[derive(Default)]
+pub(crate) struct LockTable {
+    owners: Mutex<HashMap<u64, u64>>,
+    next_tx: AtomicU64,
+}
+
+impl LockTable {
+    pub(crate) fn begin(&self) -> u64 {
+        self.next_tx.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Locks pages `first..=last` for `tx`, recording new ones in `held`;
+    /// false if another transaction holds one (nothing new is kept then).
+    fn lock(&self, tx: u64, first: u64, last: u64, held: &mut Vec<u64>) -> bool {
+        let mut owners = self.owners.lock();
+        let before = held.len();
+        for page in first..=last {
+            match owners.get(&page) {
+                Some(&owner) if owner == tx => {}
+                Some(_) => {
+                    for page in held.drain(before..) {
+                        owners.remove(&page);
+                    }
+                    return false;
+                }
+                None => {
+                    owners.insert(page, tx);
+                    held.push(page);
+                }
+            }
+        }
+        true
+    }
+
+    fn unlock(&self, held: &mut Vec<u64>) {
+        let mut owners = self.owners.lock();
+        for page in held.drain(..) {
+            owners.remove(&page);
+        }
+    }
+}
+
+/// A transaction in progress; see the module documentation.
+pub struct Transaction<'a> {
+    pub(crate) region: &'a crate::Region,
+    pub(crate) tx: u64,
+    pub(crate) held: Vec<u64>,
+    pub(crate) writes: Vec<(u64, Vec<u8>)>,
+    pub(crate) conflicted: bool,
+}
+
+impl Transaction<'_> {
+    fn lock_range(&mut self, offset: u64, len: usize) -> Result<(), ClientError> {
+        if self.conflicted {
+            return Err(ClientError::Conflict);
+        }
+        let size = self.region.len();
+        let end = offset.checked_add(len as u64);
+        if end.is_none_or(|end| end > size) {
+            return Err(ClientError::OutOfRange {
+                offset,
+                len: len as u64,
+                size,
+            });
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let page_size = self.region.page_size() as u64;
+        let (first, last) = (offset / page_size, (offset + len as u64 - 1) / page_size);
+        if self
+            .region
+            .locks()
+            .lock(self.tx, first, last, &mut self.held)
+        {
+            Ok(())
+        } else {
+            self.conflicted = true;
+            Err(ClientError::Conflict)
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset`, including this transaction's own
+    /// writes. Returns `ClientError::Conflict` if another transaction holds
+    /// one of the pages: propagate it (with `?`) and the transaction re-runs.
+    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), ClientError> {
+        self.lock_range(offset, buf.len())?;
+        self.region.read_at(offset, buf)?;
+        let end = offset + buf.len() as u64;
+        for (at, data) in &self.writes {
+            let (start, stop) = ((*at).max(offset), (at + data.len() as u64).min(end));
+            if start < stop {
+                buf[(start - offset) as usize..(stop - offset) as usize]
+                    .copy_from_slice(&data[(start - at) as usize..(stop - at) as usize]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` when the transaction commits.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+        self.lock_range(offset, data.len())?;
+        if !data.is_empty() {
+            self.writes.push((offset, data.to_vec()));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        self.region.locks().unlock(&mut self.held);
+    }
+}
+
+/// Sleeps a little longer after each conflict, with jitter.
+pub(crate) fn conflict_backoff(attempt: u32) {
+    let ceiling = 1u64 << attempt.min(10); // up to ~1 ms
+    let micros = rand_below(ceiling) + 1;
+    if micros < 4 {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(Duration::from_micros(micros));
+    }
+}
+
+fn rand_below(bound: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // Each RandomState is freshly keyed: enough randomness for a backoff.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(bound);
+    hasher.finish() % bound.max(1)
+}
+
+/// Encodes a record's writes as an `ApplyJournal` request.
+pub(crate) fn encode_apply(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    region: u64,
+    commit_id: u64,
+    writes: &[(u64, &[u8])],
+) {
+    Request::ApplyJournal {
+        region,
+        commit_id,
+        entries: writes.to_vec(),
+    }
+    .encode(out, request_id, 0);
+}
+
+/// Checks an `ApplyJournal` reply.
+pub(crate) fn check_applied(reply: crate::connection::Reply) -> Result<(), ClientError> {
+    match reply.decode()? {
+        Response::Done => Ok(()),
+        other => Err(ClientError::Protocol(format!(
+            "expected Done, got {:?}",
+            other.opcode()
+        ))),
+    }
+}
+
+/// A record sent and not yet acknowledged.
+struct Shipment {
+    id: CommitId,
+    sent: Instant,
+    call: PendingCall,
+}
+
+struct ShipState {
+    /// The highest id sent.
+    last_sent: CommitId,
+    /// Sent, awaiting the node's reply, in id order.
+    pending: VecDeque<Shipment>,
+    failure: Option<String>,
+    stop: bool,
+}
+
+/// The local journal of a `Local` region and its shipper.
+pub(crate) struct Shipping {
+    pub(crate) journal: Arc<Journal>,
+    connection: Arc<Connection>,
+    region: u64,
+    state: Mutex<ShipState>,
+    changed: Condvar,
+    /// The highest id the node has acknowledged (all below it too).
+    acked: AtomicU64,
+    shipped: AtomicU64,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stopped: AtomicBool,
+}
+
+/// Records the shipper releases at once, at most.
+const RELEASE_BATCH: u64 = 256;
+/// Records sent per `send_pending` call at most (the rest on the next).
+const SEND_BATCH: usize = 4096;
+
+impl Shipping {
+    /// Opens the journal in `dir` and starts the shipper; records left from
+    /// before (committed, never acknowledged) are sent at once, and the call
+    /// returns when the node has acknowledged them all.
+    pub(crate) fn open(
+        dir: &std::path::Path,
+        options: JournalOptions,
+        connection: Arc<Connection>,
+        region: u64,
+    ) -> Result<Arc<Shipping>, ClientError> {
+        let (journal, replay) = Journal::open(dir, options).map_err(|e| {
+            ClientError::Journal(format!("opening the journal in {}: {e}", dir.display()))
+        })?;
+        let released = journal.released_id();
+        let shipping = Arc::new(Shipping {
+            journal: Arc::new(journal),
+            connection,
+            region,
+            state: Mutex::new(ShipState {
+                last_sent: released,
+                pending: VecDeque::new(),
+                failure: None,
+                stop: false,
+            }),
+            changed: Condvar::new(),
+            acked: AtomicU64::new(released),
+            shipped: AtomicU64::new(0),
+            thread: Mutex::new(None),
+            stopped: AtomicBool::new(false),
+        });
+        let thread_shipping = shipping.clone();
+        let handle = std::thread::Builder::new()
+            .name("pagoda-shipper".into())
+            .spawn(move || thread_shipping.run())
+            .map_err(|e| ClientError::Journal(format!("starting the shipper: {e}")))?;
+        *shipping.thread.lock() = Some(handle);
+        if !replay.is_empty() {
+            tracing::info!(
+                records = replay.len(),
+                "replaying journal records the node has not acknowledged"
+            );
+            shipping.send_pending()?;
+            shipping.wait_shipped(replay.last().map_or(0, |r| r.id))?;
+        }
+        Ok(shipping)
+    }
+
+    /// Sends every committed record not sent yet, in id order.
+    pub(crate) fn send_pending(&self) -> Result<(), ClientError> {
+        let mut state = self.state.lock();
+        if let Some(failure) = &state.failure {
+            return Err(ClientError::Journal(format!("shipping failed: {failure}")));
+        }
+        let waiter = self
+            .thread
+            .lock()
+            .as_ref()
+            .map(|handle| handle.thread().clone());
+        let waiter = waiter.unwrap_or_else(std::thread::current);
+        loop {
+            let records = self.journal.unreleased(state.last_sent, SEND_BATCH);
+            if records.is_empty() {
+                break;
+            }
+            for record in records {
+                let writes: Vec<(u64, &[u8])> = record
+                    .entries
+                    .iter()
+                    .map(|entry| (entry.offset, entry.data.as_slice()))
+                    .collect();
+                let call = self.connection.send(
+                    |out, id| encode_apply(out, id, self.region, record.id, &writes),
+                    waiter.clone(),
+                )?;
+                state.last_sent = record.id;
+                state.pending.push_back(Shipment {
+                    id: record.id,
+                    sent: Instant::now(),
+                    call,
+                });
+            }
+        }
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    fn run(self: Arc<Shipping>) {
+        let mut unreleased = 0u64;
+        loop {
+            let front = {
+                let mut state = self.state.lock();
+                loop {
+                    if let Some(front) = state.pending.front() {
+                        break Some((front.id, front.call.clone()));
+                    }
+                    if state.stop {
+                        break None;
+                    }
+                    if unreleased > 0 {
+                        break None;
+                    }
+                    self.changed.wait(&mut state);
+                }
+            };
+            let Some((id, call)) = front else {
+                if unreleased > 0 {
+                    self.release(&mut unreleased);
+                    continue;
+                }
+                return;
+            };
+            let outcome = self.connection.wait_for(&call).and_then(check_applied);
+            let mut state = self.state.lock();
+            state.pending.pop_front();
+            match outcome {
+                Ok(()) => {
+                    self.acked.store(id, Ordering::Release);
+                    self.shipped.fetch_add(1, Ordering::Relaxed);
+                    unreleased += 1;
+                    let idle = state.pending.is_empty();
+                    drop(state);
+                    self.changed.notify_all();
+                    if idle || unreleased >= RELEASE_BATCH {
+                        self.release(&mut unreleased);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "shipping journal records failed; they stay in the journal");
+                    state.failure = Some(error.to_string());
+                    state.pending.clear();
+                    drop(state);
+                    self.changed.notify_all();
+                    self.stopped.store(true, Ordering::Release);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn release(&self, unreleased: &mut u64) {
+        let acked = self.acked.load(Ordering::Acquire);
+        if let Err(error) = self.journal.release_through(acked) {
+            tracing::warn!(%error, "releasing shipped journal records failed");
+        }
+        *unreleased = 0;
+    }
+
+    /// Waits until the node has acknowledged every record through `id`.
+    pub(crate) fn wait_shipped(&self, id: CommitId) -> Result<(), ClientError> {
+        let mut state = self.state.lock();
+        loop {
+            if self.acked.load(Ordering::Acquire) >= id {
+                return Ok(());
+            }
+            if let Some(failure) = &state.failure {
+                return Err(ClientError::Journal(format!("shipping failed: {failure}")));
+            }
+            self.changed.wait_for(&mut state, Duration::from_millis(10));
+        }
+    }
+
+    /// Ships everything committed so far and waits for the node to have it.
+    pub(crate) fn flush(&self) -> Result<(), ClientError> {
+        let durable = self.journal.durable_id();
+        self.send_pending()?;
+        self.wait_shipped(durable)
+    }
+
+    pub(crate) fn stats(&self, conflicts: u64, commits: u64) -> JournalStats {
+        let state = self.state.lock();
+        let journal = self.journal.stats();
+        JournalStats {
+            commits,
+            persists: journal.persists,
+            lag_records: self
+                .journal
+                .durable_id()
+                .saturating_sub(self.acked.load(Ordering::Acquire)),
+            lag_ms: state
+                .pending
+                .front()
+                .map_or(0, |front| front.sent.elapsed().as_millis() as u64),
+            shipped: self.shipped.load(Ordering::Relaxed),
+            conflicts,
+            failure: state.failure.clone(),
+        }
+    }
+
+    /// Ships what is left (best effort), then stops the shipper.
+    pub(crate) fn close(&self) {
+        if !self.stopped.load(Ordering::Acquire)
+            && let Err(error) = self.flush()
+        {
+            tracing::warn!(%error, "records left unshipped at close; they are replayed at the next open");
+        }
+        self.state.lock().stop = true;
+        self.changed.notify_all();
+        if let Some(handle) = self.thread.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
