@@ -38,6 +38,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::connection::{Connection, PendingCall};
 use crate::error::ClientError;
+use pagoda_wire::limits::{JOURNAL_BYTES_MAX, JOURNAL_ENTRIES_MAX};
 
 /// How a region's committed transactions are made durable.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -276,8 +277,10 @@ pub(crate) struct Shipping {
     stopped: AtomicBool,
 }
 
-/// Records the shipper releases at once, at most.
+/// Acknowledged shipments after which the shipper releases them.
 const RELEASE_BATCH: u64 = 256;
+/// Idle time after which the shipper releases what was acknowledged.
+const RELEASE_IDLE: Duration = Duration::from_millis(50);
 /// Records sent per `send_pending` call at most (the rest on the next).
 const SEND_BATCH: usize = 4096;
 
@@ -345,22 +348,42 @@ impl Shipping {
             if records.is_empty() {
                 break;
             }
-            for record in records {
-                let writes: Vec<(u64, &[u8])> = record
-                    .entries
+            // Consecutive records travel together in one request, which the
+            // node persists with one sync: under load, shipping keeps up
+            // with coalesced commits instead of paying a sync per record.
+            let mut start = 0;
+            while start < records.len() {
+                let (mut end, mut bytes, mut entries) = (start, 0usize, 0usize);
+                while end < records.len() {
+                    let record = &records[end];
+                    let record_bytes: usize = record.entries.iter().map(|e| e.data.len()).sum();
+                    let fits = bytes + record_bytes <= JOURNAL_BYTES_MAX
+                        && entries + record.entries.len() <= JOURNAL_ENTRIES_MAX;
+                    if end > start && !fits {
+                        break;
+                    }
+                    bytes += record_bytes;
+                    entries += record.entries.len();
+                    end += 1;
+                }
+                let batch = &records[start..end];
+                let writes: Vec<(u64, &[u8])> = batch
                     .iter()
+                    .flat_map(|record| record.entries.iter())
                     .map(|entry| (entry.offset, entry.data.as_slice()))
                     .collect();
+                let last = batch.last().expect("a batch has a record").id;
                 let call = self.connection.send(
-                    |out, id| encode_apply(out, id, self.region, record.id, &writes),
+                    |out, id| encode_apply(out, id, self.region, last, &writes),
                     waiter.clone(),
                 )?;
-                state.last_sent = record.id;
+                state.last_sent = last;
                 state.pending.push_back(Shipment {
-                    id: record.id,
+                    id: last,
                     sent: Instant::now(),
                     call,
                 });
+                start = end;
             }
         }
         self.changed.notify_all();
@@ -380,7 +403,14 @@ impl Shipping {
                         break None;
                     }
                     if unreleased > 0 {
-                        break None;
+                        // Idle with acknowledged records: release them once
+                        // no more arrive for a while. A release costs a
+                        // persist, which must not land on every commit.
+                        let timed_out = self.changed.wait_for(&mut state, RELEASE_IDLE).timed_out();
+                        if timed_out && state.pending.is_empty() {
+                            break None;
+                        }
+                        continue;
                     }
                     self.changed.wait(&mut state);
                 }
@@ -400,10 +430,9 @@ impl Shipping {
                     self.acked.store(id, Ordering::Release);
                     self.shipped.fetch_add(1, Ordering::Relaxed);
                     unreleased += 1;
-                    let idle = state.pending.is_empty();
                     drop(state);
                     self.changed.notify_all();
-                    if idle || unreleased >= RELEASE_BATCH {
+                    if unreleased >= RELEASE_BATCH {
                         self.release(&mut unreleased);
                     }
                 }
