@@ -1,0 +1,846 @@
+//! The journal: micro-journals, commit with coalesced persists, release and reclamation.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::mem;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::device::{Device, FileStorage, Storage};
+use crate::format::{self, SegmentHeader};
+use crate::recovery::{self, RecoveryReport};
+use crate::{CommitId, Entry, JournalError, Record};
+
+/// Micro-journals kept on the free list; more are dropped when they come back.
+const FREE_MICRO_JOURNALS_MAX: usize = 256;
+/// A micro-journal whose buffers hold more than this goes back to the allocator rather
+/// than the free list, so one huge transaction does not pin its memory for good.
+const RECYCLED_MICRO_JOURNAL_BYTES_MAX: usize = 4 << 20;
+/// Spare data buffers one micro-journal keeps for reuse by `push`.
+const SPARE_BUFFERS_MAX: usize = 1024;
+/// The smallest segment size accepted (a header and a few small records).
+pub const SEGMENT_BYTES_MIN: u64 = 1024;
+
+/// What recovery does when it finds damage that acknowledged commits lie beyond.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnCorruption {
+    /// Refuse to open: return `JournalError::Corrupt` and change nothing.
+    #[default]
+    Fail,
+    /// Salvage: keep the valid prefix, truncate the log at the damage, and discard every
+    /// record after it (acknowledged or not). For an operator who has decided to accept
+    /// the loss.
+    Truncate,
+}
+
+/// How a journal behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalOptions {
+    /// Persist commits that arrive during a persist together, with the next one.
+    pub coalesce: bool,
+    /// A segment file is closed and a new one started when a record would take it past
+    /// this size. A record larger than this gets a segment of its own.
+    pub segment_bytes: u64,
+    /// The largest record (header and entries) a commit may write, and recovery read.
+    pub record_bytes_max: u64,
+    /// What recovery does about damage that acknowledged commits lie beyond.
+    pub on_corruption: OnCorruption,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        Self {
+            coalesce: true,
+            segment_bytes: 64 << 20,
+            record_bytes_max: 64 << 20,
+            on_corruption: OnCorruption::Fail,
+        }
+    }
+}
+
+impl JournalOptions {
+    fn validate(&self) -> Result<(), JournalError> {
+        let header = format::RECORD_HEADER_BYTES as u64;
+        if self.record_bytes_max < header || self.record_bytes_max > format::RECORD_BYTES_LIMIT {
+            return Err(JournalError::InvalidOptions(format!(
+                "record_bytes_max is {}; it must be between {header} and {}",
+                self.record_bytes_max,
+                format::RECORD_BYTES_LIMIT
+            )));
+        }
+        if self.segment_bytes < SEGMENT_BYTES_MIN {
+            return Err(JournalError::InvalidOptions(format!(
+                "segment_bytes is {}; it must be at least {SEGMENT_BYTES_MIN}",
+                self.segment_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Counters since the journal was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Commits reported durable.
+    pub commits: u64,
+    /// Persists completed: each makes durable every record written before it began, and
+    /// may cover many commits.
+    pub persists: u64,
+    /// `Device::sync` calls made by persists (a persist after a rotation syncs the
+    /// closed segment too).
+    pub syncs: u64,
+    /// Bytes appended to the log (records, including release markers).
+    pub bytes_appended: u64,
+    /// `release_through` calls that released something.
+    pub releases: u64,
+    /// Segments created by rotation.
+    pub segments_created: u64,
+    /// Segments removed because all their records were released.
+    pub segments_removed: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    persists: AtomicU64,
+    syncs: AtomicU64,
+    bytes_appended: AtomicU64,
+    releases: AtomicU64,
+    segments_created: AtomicU64,
+    segments_removed: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, amount: u64) {
+        counter.fetch_add(amount, Ordering::Relaxed);
+    }
+}
+
+/// A segment before the active one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SegmentSpan {
+    pub sequence: u64,
+    /// The highest commit id in the segment (or below its first id, if it holds none).
+    pub last_id: CommitId,
+}
+
+/// The segment appends go to.
+pub(crate) struct ActiveSegment {
+    pub sequence: u64,
+    pub device: Arc<dyn Device>,
+    /// Where the next record goes.
+    pub offset: u64,
+}
+
+/// What the commit lock guards: the id and the log's tail.
+struct LogState {
+    next_id: CommitId,
+    /// Records (commits and release markers) appended since open; each record's
+    /// position in this count is its *ticket*, which orders it for the persist logic.
+    tickets: u64,
+    active: ActiveSegment,
+    sealed: VecDeque<SegmentSpan>,
+}
+
+/// What the persist logic guards.
+struct SyncState {
+    /// The highest ticket whose bytes are fully written, the highest commit id written
+    /// by then, and the device it went to.
+    written_ticket: u64,
+    written_id: CommitId,
+    written_device: Option<Arc<dyn Device>>,
+    /// Segments closed by rotation whose bytes no persist has covered yet.
+    sealed: Vec<Arc<dyn Device>>,
+    /// Whether a segment was created since the last persist (its directory entry must be
+    /// persisted before records in it count as durable).
+    directory_dirty: bool,
+    /// Every ticket up to this one is durable.
+    durable_ticket: u64,
+    /// A leader is persisting.
+    syncing: bool,
+}
+
+/// A reusable transaction buffer. Take one with [`Journal::begin`], add writes with
+/// [`MicroJournal::push`], and hand it to [`Journal::commit`]. Entries are encoded into
+/// the log format as they are pushed, so committing only stamps the id and writes.
+pub struct MicroJournal {
+    /// The record being built; never shared until commit.
+    record: Arc<Record>,
+    /// The encoded record: a header placeholder, then the encoded entries.
+    frame: Vec<u8>,
+    /// CRC-32C of the encoded entries.
+    body_crc: u32,
+    /// Data buffers from recycled records, reused by `push`.
+    spare: Vec<Vec<u8>>,
+}
+
+impl MicroJournal {
+    fn from_parts(shell: Shell, mut record: Arc<Record>) -> Self {
+        let Shell {
+            mut frame,
+            mut spare,
+        } = shell;
+        let owned = Arc::get_mut(&mut record).expect("free-list records are unshared");
+        owned.id = 0;
+        for entry in owned.entries.drain(..) {
+            if spare.len() < SPARE_BUFFERS_MAX {
+                spare.push(entry.data);
+            }
+        }
+        format::start_frame(&mut frame);
+        Self {
+            record,
+            frame,
+            body_crc: 0,
+            spare,
+        }
+    }
+
+    /// Adds one write: `data` at byte `offset` of `region`.
+    pub fn push(&mut self, region: u64, offset: u64, data: &[u8]) {
+        let record = Arc::get_mut(&mut self.record).expect("a micro-journal owns its record");
+        let mut buffer = self.spare.pop().unwrap_or_default();
+        buffer.clear();
+        buffer.extend_from_slice(data);
+        record.entries.push(Entry {
+            region,
+            offset,
+            data: buffer,
+        });
+        self.body_crc = format::append_entry(&mut self.frame, self.body_crc, region, offset, data);
+    }
+
+    /// Whether no write was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.record.entries.is_empty()
+    }
+
+    /// The writes pushed so far.
+    pub fn entries(&self) -> &[Entry] {
+        &self.record.entries
+    }
+
+    /// Bytes the record will occupy in the log (checked against `record_bytes_max`).
+    pub fn record_bytes(&self) -> u64 {
+        self.frame.len() as u64
+    }
+
+    /// Drops every write pushed so far, keeping the buffers.
+    pub fn clear(&mut self) {
+        let record = Arc::get_mut(&mut self.record).expect("a micro-journal owns its record");
+        for entry in record.entries.drain(..) {
+            if self.spare.len() < SPARE_BUFFERS_MAX {
+                self.spare.push(entry.data);
+            }
+        }
+        format::start_frame(&mut self.frame);
+        self.body_crc = 0;
+    }
+}
+
+impl fmt::Debug for MicroJournal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MicroJournal")
+            .field("entries", &self.record.entries.len())
+            .field("record_bytes", &self.frame.len())
+            .finish()
+    }
+}
+
+/// A micro-journal's buffers without its record (which travels to the in-flight list
+/// at commit and comes back at release).
+#[derive(Default)]
+struct Shell {
+    frame: Vec<u8>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl Shell {
+    fn bytes(&self) -> usize {
+        self.frame.capacity() + self.spare.iter().map(Vec::capacity).sum::<usize>()
+    }
+}
+
+#[derive(Default)]
+struct FreeList {
+    shells: Vec<Shell>,
+    records: Vec<Arc<Record>>,
+}
+
+/// A durable log of transactions on the application's host (capability C8).
+///
+/// Each transaction is built in a [`MicroJournal`] taken from a free list. [`commit`]
+/// takes the commit lock, stamps the next commit id into the record's header, appends
+/// the record to the log, bumps the id and lets go of the lock; it returns once a
+/// persist has made the record durable. Persists are coalesced: commits that arrive
+/// while one persist runs share the next. Committed records stay on an in-flight list,
+/// for a shipper to send on, until [`release_through`] says they are safe elsewhere;
+/// then their log segments are reclaimed. [`Journal::open`] recovers a crashed log.
+///
+/// [`commit`]: Journal::commit
+/// [`release_through`]: Journal::release_through
+pub struct Journal {
+    storage: Arc<dyn Storage>,
+    options: JournalOptions,
+    /// The commit lock.
+    log: Mutex<LogState>,
+    sync: Mutex<SyncState>,
+    /// Signalled when a persist ends.
+    persisted: Condvar,
+    /// Held around every `sync` and `sync_directory` call, so no two run at once: with
+    /// concurrent fsyncs on one file, Linux reports a writeback error to only one of them.
+    persist_lock: Mutex<()>,
+    /// Serialises segment reclamation, so segments are removed strictly oldest first.
+    reclaim_lock: Mutex<()>,
+    /// Committed records not yet released, in id order.
+    inflight: Mutex<VecDeque<Arc<Record>>>,
+    free: Mutex<FreeList>,
+    /// Every commit id up to this one is durable. Only grows, and only after a persist.
+    durable_id: AtomicU64,
+    released_id: AtomicU64,
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+    counters: Counters,
+    recovery: RecoveryReport,
+}
+
+impl fmt::Debug for Journal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Journal")
+            .field("storage", &self.storage)
+            .field("durable_id", &self.durable_id())
+            .field("released_id", &self.released_id())
+            .field("failed", &self.failed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `dir`, runs recovery, and returns the
+    /// journal with the committed, unreleased records in commit-id order, for the caller
+    /// to replay. The same records are on the in-flight list ([`Journal::unreleased`]).
+    pub fn open(
+        dir: &Path,
+        options: JournalOptions,
+    ) -> Result<(Journal, Vec<Arc<Record>>), JournalError> {
+        let storage = FileStorage::open(dir)?;
+        Self::open_with(Arc::new(storage), options)
+    }
+
+    /// [`Journal::open`] over any storage (a fault-injecting one, in tests).
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        options: JournalOptions,
+    ) -> Result<(Journal, Vec<Arc<Record>>), JournalError> {
+        options.validate()?;
+        let recovered = recovery::recover(&*storage, &options)?;
+        let records: Vec<Arc<Record>> = recovered.records.into_iter().map(Arc::new).collect();
+        let durable_id = recovered.next_id - 1;
+        let journal = Journal {
+            storage,
+            options,
+            log: Mutex::new(LogState {
+                next_id: recovered.next_id,
+                tickets: 0,
+                active: recovered.active,
+                sealed: recovered.sealed,
+            }),
+            sync: Mutex::new(SyncState {
+                written_ticket: 0,
+                written_id: durable_id,
+                written_device: None,
+                sealed: Vec::new(),
+                directory_dirty: false,
+                durable_ticket: 0,
+                syncing: false,
+            }),
+            persisted: Condvar::new(),
+            persist_lock: Mutex::new(()),
+            reclaim_lock: Mutex::new(()),
+            inflight: Mutex::new(records.iter().cloned().collect()),
+            free: Mutex::new(FreeList::default()),
+            durable_id: AtomicU64::new(durable_id),
+            released_id: AtomicU64::new(recovered.released_id),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            counters: Counters::default(),
+            recovery: recovered.report,
+        };
+        Ok((journal, records))
+    }
+
+    /// Takes a micro-journal from the free list (or makes one if the list is empty).
+    pub fn begin(&self) -> MicroJournal {
+        let (shell, record) = {
+            let mut free = self.free.lock();
+            (free.shells.pop(), free.records.pop())
+        };
+        MicroJournal::from_parts(
+            shell.unwrap_or_default(),
+            record.unwrap_or_else(|| Arc::new(Record::default())),
+        )
+    }
+
+    /// Returns a micro-journal to the free list without committing it.
+    pub fn discard(&self, micro_journal: MicroJournal) {
+        let MicroJournal {
+            record,
+            frame,
+            spare,
+            ..
+        } = micro_journal;
+        self.recycle_shell(Shell { frame, spare });
+        self.recycle_record(record);
+    }
+
+    /// Commits a transaction and returns its record once it is durable.
+    ///
+    /// Under the commit lock: stamps the next commit id (and the highest id already
+    /// durable) into the record's header, writes the record to the log, bumps the id,
+    /// and lets go. Then waits for a persist that began after the write (see
+    /// `wait_durable`). With `coalesce` off, the persist runs under the commit lock, one
+    /// per commit. On an error nothing is reported durable; a failed write or persist
+    /// latches the journal, so this and every later commit fails.
+    pub fn commit(&self, micro_journal: MicroJournal) -> Result<Arc<Record>, JournalError> {
+        let MicroJournal {
+            mut record,
+            mut frame,
+            body_crc,
+            spare,
+        } = micro_journal;
+        let result = self.commit_frame(&mut record, &mut frame, body_crc);
+        self.recycle_shell(Shell { frame, spare });
+        match result {
+            Ok(()) => Ok(record),
+            Err(error) => {
+                self.recycle_record(record);
+                Err(error)
+            }
+        }
+    }
+
+    fn commit_frame(
+        &self,
+        record: &mut Arc<Record>,
+        frame: &mut [u8],
+        body_crc: u32,
+    ) -> Result<(), JournalError> {
+        self.check_failed()?;
+        let record_bytes = frame.len() as u64;
+        if record_bytes > self.options.record_bytes_max {
+            return Err(JournalError::RecordTooLarge {
+                bytes: record_bytes,
+                max: self.options.record_bytes_max,
+            });
+        }
+        let entry_count = u32::try_from(record.entries.len())
+            .expect("each entry takes 24 bytes, so record_bytes_max bounds the count");
+
+        let mut log = self.log.lock();
+        self.check_failed()?;
+        let id = log.next_id;
+        let durable = self.durable_id.load(Ordering::Acquire);
+        format::seal_commit(frame, id, durable, entry_count, body_crc);
+        let device = self.append(&mut log, frame)?;
+        log.next_id = id + 1;
+        let ticket = log.tickets;
+        Arc::get_mut(record)
+            .expect("a micro-journal owns its record")
+            .id = id;
+        // Pushed in id order under the commit lock; `unreleased` hands out only durable ones.
+        self.inflight.lock().push_back(Arc::clone(record));
+        if self.options.coalesce {
+            drop(log);
+        }
+        // Without coalescing this runs with the commit lock held, so this committer is
+        // always the leader and persists its own record alone.
+        self.wait_durable(ticket, id, device)?;
+        Counters::add(&self.counters.commits, 1);
+        Ok(())
+    }
+
+    /// Appends one encoded record at the log's tail, rotating first if it would overfill
+    /// the active segment. A failed write latches the journal.
+    fn append(
+        &self,
+        log: &mut MutexGuard<'_, LogState>,
+        frame: &[u8],
+    ) -> Result<Arc<dyn Device>, JournalError> {
+        let length = frame.len() as u64;
+        let fresh = log.active.offset == format::SEGMENT_HEADER_BYTES as u64;
+        if !fresh && log.active.offset + length > self.options.segment_bytes {
+            self.rotate(log)?;
+        }
+        let device = Arc::clone(&log.active.device);
+        if let Err(error) = device.write_at(log.active.offset, frame) {
+            return Err(self.latch(JournalError::io(
+                format!(
+                    "writing {length} bytes at byte {} of journal segment {}",
+                    log.active.offset, log.active.sequence
+                ),
+                error,
+            )));
+        }
+        log.active.offset += length;
+        log.tickets += 1;
+        Counters::add(&self.counters.bytes_appended, length);
+        Ok(device)
+    }
+
+    /// Closes the active segment and starts the next. The new segment's header and
+    /// directory entry, and the rest of the closed segment, become durable with the next
+    /// persist, which covers every record after them.
+    fn rotate(&self, log: &mut MutexGuard<'_, LogState>) -> Result<(), JournalError> {
+        let Some(sequence) = log.active.sequence.checked_add(1) else {
+            return Err(self.latch(JournalError::io(
+                "rotating the journal",
+                std::io::Error::other("segment sequence numbers are exhausted"),
+            )));
+        };
+        let device = self.storage.create(sequence).map_err(|error| {
+            self.latch(JournalError::io(
+                format!("creating journal segment {sequence}"),
+                error,
+            ))
+        })?;
+        let header = SegmentHeader {
+            sequence,
+            first_id: log.next_id,
+        };
+        device.write_at(0, &header.encode()).map_err(|error| {
+            self.latch(JournalError::io(
+                format!("writing the header of journal segment {sequence}"),
+                error,
+            ))
+        })?;
+        let closed = mem::replace(
+            &mut log.active,
+            ActiveSegment {
+                sequence,
+                device,
+                offset: format::SEGMENT_HEADER_BYTES as u64,
+            },
+        );
+        let last_id = log.next_id - 1;
+        log.sealed.push_back(SegmentSpan {
+            sequence: closed.sequence,
+            last_id,
+        });
+        {
+            // Registered before any record goes to the new segment, so any leader whose
+            // target lies in the new segment also persists the closed one.
+            let mut sync = self.sync.lock();
+            sync.sealed.push(closed.device);
+            sync.directory_dirty = true;
+        }
+        Counters::add(&self.counters.segments_created, 1);
+        Ok(())
+    }
+
+    /// Returns once every record up to `ticket` is durable, persisting as the leader if
+    /// no persist is under way.
+    ///
+    /// # Why a commit never returns before its record is durable
+    ///
+    /// Records are written one at a time, in ticket order, under the commit lock; a
+    /// committer publishes `(ticket, id, device)` into `written_*` only after its write
+    /// returned. So when a leader reads `written_ticket = T`, every record with ticket
+    /// at most `T` has been completely written. The leader then, with no lock held,
+    /// syncs the closed segments registered by rotations (every closed segment that holds
+    /// a record up to `T` was registered before that record's successor in the next
+    /// segment was written, hence before `T` was published; or an earlier persist took and
+    /// synced it), the directory if a segment was created, and the device of ticket `T`.
+    /// Each sync covers every byte written before it began, so when all succeed, every
+    /// record up to `T` is durable, and only then does the leader set
+    /// `durable_ticket = T`. A committer returns only when `durable_ticket` reaches its own
+    /// ticket, that is, after a persist that began after its write completed.
+    ///
+    /// Coalescing: at most one leader persists at a time (`syncing`). Committers that
+    /// publish while it runs wait; when it ends, one of them leads the next persist, which
+    /// covers all of them, at once and without any added delay. A lone committer finds
+    /// no persist running and leads exactly one.
+    ///
+    /// Failure: if a persist fails, or any write failed meanwhile, the leader does not
+    /// advance `durable_ticket` and the journal is latched; every waiter then sees the
+    /// latch and returns an error, and no later persist can mark anything durable,
+    /// because the latch is checked before `durable_ticket` moves.
+    fn wait_durable(
+        &self,
+        ticket: u64,
+        id: CommitId,
+        device: Arc<dyn Device>,
+    ) -> Result<(), JournalError> {
+        let mut sync = self.sync.lock();
+        if ticket > sync.written_ticket {
+            sync.written_ticket = ticket;
+            sync.written_id = id;
+            sync.written_device = Some(device);
+        }
+        loop {
+            if sync.durable_ticket >= ticket {
+                return Ok(());
+            }
+            if self.failed.load(Ordering::Acquire) {
+                return Err(self.failed_error());
+            }
+            if sync.syncing {
+                self.persisted.wait(&mut sync);
+                continue;
+            }
+            sync.syncing = true;
+            let target_ticket = sync.written_ticket;
+            let target_id = sync.written_id;
+            let target_device = sync
+                .written_device
+                .clone()
+                .expect("a published ticket names its device");
+            let sealed = mem::take(&mut sync.sealed);
+            let directory = mem::replace(&mut sync.directory_dirty, false);
+            let result = MutexGuard::unlocked(&mut sync, || {
+                self.persist(&sealed, directory, &*target_device)
+            });
+            sync.syncing = false;
+            let outcome = match result {
+                Ok(()) if !self.failed.load(Ordering::Acquire) => {
+                    sync.durable_ticket = target_ticket;
+                    self.durable_id.fetch_max(target_id, Ordering::AcqRel);
+                    Counters::add(&self.counters.persists, 1);
+                    Ok(())
+                }
+                Ok(()) => Err(self.failed_error()),
+                Err(error) => Err(self.latch(error)),
+            };
+            self.persisted.notify_all();
+            outcome?;
+            debug_assert!(sync.durable_ticket >= ticket, "the leader covered itself");
+        }
+    }
+
+    /// Makes the closed segments, the directory (if asked) and `device` durable.
+    fn persist(
+        &self,
+        sealed: &[Arc<dyn Device>],
+        directory: bool,
+        device: &dyn Device,
+    ) -> Result<(), JournalError> {
+        let _persisting = self.persist_lock.lock();
+        for closed in sealed {
+            closed
+                .sync()
+                .map_err(|error| JournalError::io("persisting a closed journal segment", error))?;
+            Counters::add(&self.counters.syncs, 1);
+        }
+        if directory {
+            self.storage
+                .sync_directory()
+                .map_err(|error| JournalError::io("persisting the journal directory", error))?;
+        }
+        device
+            .sync()
+            .map_err(|error| JournalError::io("persisting the journal", error))?;
+        Counters::add(&self.counters.syncs, 1);
+        Ok(())
+    }
+
+    /// Says that every commit through `id` is safe elsewhere (applied and persisted by
+    /// the memory node, or covered by a checkpoint). Appends a release marker and waits
+    /// for it to be durable, so reopening never returns those records again; drops them
+    /// from the in-flight list; and removes log segments whose records are all released.
+    /// Releasing an id at or below the current release point does nothing.
+    pub fn release_through(&self, id: CommitId) -> Result<(), JournalError> {
+        self.check_failed()?;
+        if id <= self.released_id() {
+            return Ok(());
+        }
+        let durable = self.durable_id();
+        if id > durable {
+            return Err(JournalError::ReleaseBeyondDurable { id, durable });
+        }
+        {
+            let mut log = self.log.lock();
+            self.check_failed()?;
+            let marker = format::release_marker(id, self.durable_id.load(Ordering::Acquire));
+            let device = self.append(&mut log, &marker)?;
+            let ticket = log.tickets;
+            let written_id = log.next_id - 1;
+            if self.options.coalesce {
+                drop(log);
+            }
+            self.wait_durable(ticket, written_id, device)?;
+        }
+        self.released_id.fetch_max(id, Ordering::AcqRel);
+        Counters::add(&self.counters.releases, 1);
+
+        let released = self.released_id();
+        {
+            let mut inflight = self.inflight.lock();
+            while inflight.front().is_some_and(|record| record.id <= released) {
+                if let Some(record) = inflight.pop_front() {
+                    self.recycle_record(record);
+                }
+            }
+        }
+        self.reclaim(released)
+    }
+
+    /// Removes closed segments whose records are all released, oldest first, persisting
+    /// the directory after each removal so the files left never have a gap.
+    fn reclaim(&self, released: CommitId) -> Result<(), JournalError> {
+        let _reclaiming = self.reclaim_lock.lock();
+        let mut doomed = Vec::new();
+        {
+            let mut log = self.log.lock();
+            while log
+                .sealed
+                .front()
+                .is_some_and(|span| span.last_id <= released)
+            {
+                doomed.extend(log.sealed.pop_front());
+            }
+        }
+        for (index, span) in doomed.iter().enumerate() {
+            let removed = {
+                let _persisting = self.persist_lock.lock();
+                self.storage.remove(span.sequence).map(|()| {
+                    self.storage.sync_directory().map_err(|error| {
+                        self.latch(JournalError::io("persisting the journal directory", error))
+                    })
+                })
+            };
+            match removed {
+                Ok(synced) => synced?,
+                Err(error) => {
+                    // Keep the segments for a later release (or the next recovery).
+                    let mut log = self.log.lock();
+                    for span in doomed[index..].iter().rev() {
+                        log.sealed.push_front(*span);
+                    }
+                    return Err(JournalError::io(
+                        format!("removing released journal segment {}", span.sequence),
+                        error,
+                    ));
+                }
+            }
+            Counters::add(&self.counters.segments_removed, 1);
+        }
+        Ok(())
+    }
+
+    /// Committed, durable records with id above `after`, at most `max` of them, in id
+    /// order: what a shipper sends next.
+    pub fn unreleased(&self, after: CommitId, max: usize) -> Vec<Arc<Record>> {
+        let durable = self.durable_id();
+        let inflight = self.inflight.lock();
+        let start = inflight.partition_point(|record| record.id <= after);
+        inflight
+            .range(start..)
+            .take_while(|record| record.id <= durable)
+            .take(max)
+            .cloned()
+            .collect()
+    }
+
+    /// The highest commit id that is durable (every id up to it is).
+    pub fn durable_id(&self) -> CommitId {
+        self.durable_id.load(Ordering::Acquire)
+    }
+
+    /// The highest released commit id.
+    pub fn released_id(&self) -> CommitId {
+        self.released_id.load(Ordering::Acquire)
+    }
+
+    /// The id the next commit will get.
+    pub fn next_id(&self) -> CommitId {
+        self.log.lock().next_id
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> JournalStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        JournalStats {
+            commits: load(&self.counters.commits),
+            persists: load(&self.counters.persists),
+            syncs: load(&self.counters.syncs),
+            bytes_appended: load(&self.counters.bytes_appended),
+            releases: load(&self.counters.releases),
+            segments_created: load(&self.counters.segments_created),
+            segments_removed: load(&self.counters.segments_removed),
+        }
+    }
+
+    /// What recovery found and did when the journal was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The options the journal runs with.
+    pub fn options(&self) -> &JournalOptions {
+        &self.options
+    }
+
+    /// The first failure, if the journal is latched failed.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().clone()
+    }
+
+    /// Latches the journal failed (first cause wins) and passes the error on.
+    fn latch(&self, error: JournalError) -> JournalError {
+        let mut failure = self.failure.lock();
+        if failure.is_none() {
+            tracing::error!(%error, "journal failed; refusing further commits");
+            *failure = Some(error.to_string());
+        }
+        self.failed.store(true, Ordering::Release);
+        error
+    }
+
+    fn check_failed(&self) -> Result<(), JournalError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(self.failed_error());
+        }
+        Ok(())
+    }
+
+    fn failed_error(&self) -> JournalError {
+        JournalError::Failed {
+            cause: self
+                .failure
+                .lock()
+                .clone()
+                .unwrap_or_else(|| "unknown".into()),
+        }
+    }
+
+    fn recycle_shell(&self, shell: Shell) {
+        if shell.bytes() > RECYCLED_MICRO_JOURNAL_BYTES_MAX {
+            return;
+        }
+        let mut free = self.free.lock();
+        if free.shells.len() < FREE_MICRO_JOURNALS_MAX {
+            free.shells.push(shell);
+        }
+    }
+
+    /// Puts a record back on the free list if nobody else holds it (a shipper may).
+    fn recycle_record(&self, mut record: Arc<Record>) {
+        let Some(owned) = Arc::get_mut(&mut record) else {
+            return;
+        };
+        let bytes: usize = owned
+            .entries
+            .iter()
+            .map(|entry| entry.data.capacity())
+            .sum();
+        if bytes > RECYCLED_MICRO_JOURNAL_BYTES_MAX {
+            return;
+        }
+        let mut free = self.free.lock();
+        if free.records.len() < FREE_MICRO_JOURNALS_MAX {
+            free.records.push(record);
+        }
+    }
+}
