@@ -435,7 +435,6 @@ pub fn checkpoint(
     if result.is_ok() {
         result = upload(&mut pages, &mut data);
     }
-    drop(upload);
     // Wait for every upload, even after a failure, so none outlives the
     // checkpoint.
     for handle in uploads {
@@ -447,7 +446,11 @@ pub fn checkpoint(
             result = outcome;
         }
     }
-    result?;
+    if let Err(error) = result {
+        remove_objects(storage, written.iter().map(|object| object.key.as_str()));
+        return Err(error);
+    }
+    let written_keys: Vec<String> = written.iter().map(|object| object.key.clone()).collect();
 
     let mut objects = match previous {
         Some(previous) => supersede(&previous.objects, &new_pages),
@@ -475,7 +478,15 @@ pub fn checkpoint(
     };
     let encoded = manifest.encode();
     bytes_written += encoded.len() as u64;
-    storage.block_on(storage.put(&manifest_key(&info.name, epoch), encoded))?;
+    let key = manifest_key(&info.name, epoch);
+    if let Err(error) = storage.block_on(storage.put(&key, encoded)) {
+        // The put may have stored the manifest after all (a lost reply):
+        // its objects may go only once it is surely gone.
+        if storage.block_on(storage.delete(&key)).is_ok() {
+            remove_objects(storage, written_keys.iter().map(String::as_str));
+        }
+        return Err(error);
+    }
     region.checkpoint_completed(CheckpointMark {
         epoch,
         start_seq: to,
@@ -492,6 +503,17 @@ pub fn checkpoint(
         micros: began.elapsed().as_micros() as u64,
     };
     Ok((info, manifest))
+}
+
+/// Deletes the objects of a failed attempt, so that a full disk is not left
+/// full of objects no manifest names. Best effort: what is left is collected
+/// after a later checkpoint.
+fn remove_objects<'a>(storage: &Storage, keys: impl Iterator<Item = &'a str>) {
+    for key in keys {
+        if let Err(error) = storage.block_on(storage.delete(&Path::from(key))) {
+            tracing::warn!(key, %error, "could not remove an object of a failed checkpoint");
+        }
+    }
 }
 
 /// Encodes a data object: header and index, then the pages.
@@ -637,7 +659,8 @@ fn load_object(
     let head_bytes = OBJECT_HEADER_BYTES + object.pages as usize * INDEX_ENTRY_BYTES;
     let data_start = head_bytes as u64;
     // The header and index, then every live run, in one ranged read.
-    let mut ranges = vec![0..head_bytes as u64];
+    let mut ranges = Vec::with_capacity(object.runs.len() + 1);
+    ranges.push(0..head_bytes as u64);
     for &[_, index, count] in &object.runs {
         let start = data_start + index * page_size as u64;
         ranges.push(start..start + count * page_size as u64);
@@ -817,7 +840,7 @@ mod tests {
             bytes: 0,
             runs: vec![[0, 0, 10]],
         };
-        let out = supersede(&[object.clone()], &[0, 3, 4, 9, 20]);
+        let out = supersede(std::slice::from_ref(&object), &[0, 3, 4, 9, 20]);
         assert_eq!(out[0].runs, vec![[1, 1, 2], [5, 5, 4]]);
         assert!(supersede(&[object], &(0..10).collect::<Vec<_>>()).is_empty());
     }

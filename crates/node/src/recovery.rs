@@ -252,7 +252,7 @@ fn recover(
             if let Some(manifest) = &manifest {
                 region.checkpoint_completed(CheckpointMark {
                     epoch: manifest.epoch,
-                    start_seq: 0,
+                    start_seq: crate::region::BASELINE_SEQ,
                     started: manifest.started(),
                     journal_through: 0,
                 });

@@ -67,7 +67,7 @@ struct Segment {
     /// Pages (index in the segment, old bytes) saved for the running
     /// snapshot before they were overwritten.
     saved: Vec<(u32, Box<[u8]>)>,
-    /// The snapshot epoch that has visited this segment.
+    /// The id of the last snapshot that visited this segment.
     visited: u64,
 }
 
@@ -96,6 +96,12 @@ pub struct CheckpointMark {
     pub journal_through: u64,
 }
 
+/// The number pages loaded from a baseline carry: above "never written"
+/// (0), so a full checkpoint includes them, and at or below the start mark of
+/// the baseline they came from, so they are not dirty since it. Writes are
+/// numbered from `BASELINE_SEQ + 1`.
+pub const BASELINE_SEQ: u64 = 1;
+
 /// How many completed checkpoints a region remembers for `DirtyPages`.
 const CHECKPOINT_HISTORY: usize = 16;
 
@@ -113,9 +119,12 @@ pub struct Region {
     seq: AtomicU64,
     /// Writers hold it shared for a batch; marks and snapshots exclusively.
     gate: RwLock<()>,
-    /// The running snapshot: epoch (0: none), and its `(from, to]` range.
-    /// Changed only under the gate held exclusively.
+    /// The running snapshot: its id (0: none; unique per attempt, so a
+    /// retried checkpoint never mistakes a segment visited by a failed one
+    /// for visited), and its `(from, to]` range. Changed only under the gate
+    /// held exclusively.
     snapshot: RwLock<(u64, u64, u64)>,
+    snapshots_begun: AtomicU64,
     state: AtomicU8,
     state_reason: Mutex<String>,
     checkpoints: Mutex<Vec<CheckpointMark>>,
@@ -145,9 +154,10 @@ impl Region {
             segments_allocated: AtomicU64::new(0),
             pages_read: AtomicU64::new(0),
             pages_written: AtomicU64::new(0),
-            seq: AtomicU64::new(0),
+            seq: AtomicU64::new(BASELINE_SEQ),
             gate: RwLock::new(()),
             snapshot: RwLock::new((0, 0, 0)),
+            snapshots_begun: AtomicU64::new(0),
             state: AtomicU8::new(RegionState::Active as u8),
             state_reason: Mutex::new(String::new()),
             checkpoints: Mutex::new(Vec::new()),
@@ -348,7 +358,7 @@ impl Region {
         self.check_writable(track)?;
         self.allocate(pages.clone())?;
         let seq = match track {
-            Track::Baseline => 0,
+            Track::Baseline => BASELINE_SEQ,
             Track::Write | Track::Restore => self.seq.fetch_add(1, Ordering::Relaxed) + 1,
         };
         let snapshot = *self.snapshot.read();
@@ -396,7 +406,7 @@ impl Region {
         seq: u64,
         snapshot: (u64, u64, u64),
     ) {
-        let (snapshot_epoch, from, to) = snapshot;
+        let (snapshot_id, from, to) = snapshot;
         let page_size = self.info.page_size as usize;
         debug_assert!(offset + bytes.len() <= page_size);
         let (segment, index) = self.locate(page);
@@ -406,7 +416,7 @@ impl Region {
             "segment allocated above was released"
         );
         let old = segment.seqs[index];
-        if snapshot_epoch != 0 && segment.visited != snapshot_epoch && old > from && old <= to {
+        if snapshot_id != 0 && segment.visited != snapshot_id && old > from && old <= to {
             // The running snapshot still needs this page as it was.
             let saved = self.page_bytes(&segment, index).into();
             segment.saved.push((index as u32, saved));
@@ -576,17 +586,18 @@ impl Region {
         assert_ne!(epoch, 0);
         let _gate = self.gate.write();
         let to = self.seq.load(Ordering::Relaxed);
-        *self.snapshot.write() = (epoch, from, to);
+        let id = self.snapshots_begun.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.snapshot.write() = (id, from, to);
         (to, self.journal_applied.load(Ordering::Relaxed))
     }
 
     /// Appends to `pages` and `data` the snapshot's pages of segment
     /// `number`, as they were at the snapshot's start, in page order.
     pub fn snapshot_segment(&self, number: usize, pages: &mut Vec<u64>, data: &mut Vec<u8>) {
-        let (epoch, from, to) = *self.snapshot.read();
-        assert_ne!(epoch, 0, "no snapshot is running");
+        let (id, from, to) = *self.snapshot.read();
+        assert_ne!(id, 0, "no snapshot is running");
         let mut segment = self.segments[number].write();
-        segment.visited = epoch;
+        segment.visited = id;
         let saved = std::mem::take(&mut segment.saved);
         if segment.slot == NO_SEGMENT || (segment.max_seq <= from && saved.is_empty()) {
             return;

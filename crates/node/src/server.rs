@@ -988,7 +988,7 @@ fn reload(storage: &Storage, catalog: &Catalog) -> HashMap<u64, Arc<Manifest>> {
                 );
                 region.checkpoint_completed(CheckpointMark {
                     epoch: manifest.epoch,
-                    start_seq: 0,
+                    start_seq: crate::region::BASELINE_SEQ,
                     started: manifest.started(),
                     journal_through: 0,
                 });

@@ -468,7 +468,8 @@ fn unknown_opcode_is_answered_and_the_connection_goes_on() {
     for opcode in [
         0x00,
         0x03,
-        0x15,
+        0x18,
+        0x25,
         0x77,
         Opcode::Pong as u8,
         Opcode::Error as u8,

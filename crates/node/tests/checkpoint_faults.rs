@@ -997,6 +997,8 @@ fn s3() -> &'static S3Server {
             log_path.display(),
             std::fs::read_to_string(&log_path).unwrap_or_default()
         );
+        // Its request log is only needed if it fails to start.
+        let _ = std::fs::remove_file(&log_path);
         // SAFETY: this runs once, before any S3 node opens its storage; the
         // only readers of these variables are `object_store` and the other
         // Rust code of this process, which read the environment through
