@@ -407,8 +407,8 @@ pub fn checkpoint(
         let before = pages.len();
         region.snapshot_segment(number, &mut pages, &mut data);
         debug_assert!(pages[before..].is_sorted());
-        if pages.len() >= object_pages {
-            // Split at the object size so objects stay near their target.
+        // Split at the object size so objects stay near their target.
+        while pages.len() >= object_pages {
             let mut rest_pages = pages.split_off(object_pages);
             let mut rest_data = data.split_off(object_pages * page_size);
             if let Err(error) = upload(&mut pages, &mut data) {
@@ -417,19 +417,9 @@ pub fn checkpoint(
             }
             pages.append(&mut rest_pages);
             data.append(&mut rest_data);
-            while pages.len() >= object_pages {
-                let mut rest_pages = pages.split_off(object_pages);
-                let mut rest_data = data.split_off(object_pages * page_size);
-                if let Err(error) = upload(&mut pages, &mut data) {
-                    result = Err(error);
-                    break;
-                }
-                pages.append(&mut rest_pages);
-                data.append(&mut rest_data);
-            }
-            if result.is_err() {
-                break;
-            }
+        }
+        if result.is_err() {
+            break;
         }
     }
     if result.is_ok() {

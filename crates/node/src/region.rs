@@ -241,6 +241,17 @@ impl Region {
         }
     }
 
+    fn check_in_range(&self, mut pages: impl Iterator<Item = u64>) -> Result<(), NodeError> {
+        let page_count = self.page_count();
+        match pages.find(|&page| page >= page_count) {
+            Some(page) => Err(NodeError::OutOfRange {
+                page,
+                pages: page_count,
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn locate(&self, page: u64) -> (usize, usize) {
         let segment = (page / self.pages_per_segment) as usize;
         let index = (page % self.pages_per_segment) as usize;
@@ -260,13 +271,7 @@ impl Region {
         count: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), NodeError> {
-        let page_count = self.page_count();
-        if let Some(page) = pages.clone().find(|&page| page >= page_count) {
-            return Err(NodeError::OutOfRange {
-                page,
-                pages: page_count,
-            });
-        }
+        self.check_in_range(pages.clone())?;
         let page_size = self.info.page_size as usize;
         // The page count is bounded by the wire format, but not the bytes it
         // asks for: refuse before reserving anything.
@@ -339,13 +344,7 @@ impl Region {
         data: &[u8],
         track: Track,
     ) -> Result<(), NodeError> {
-        let page_count = self.page_count();
-        if let Some(page) = pages.clone().find(|&page| page >= page_count) {
-            return Err(NodeError::OutOfRange {
-                page,
-                pages: page_count,
-            });
-        }
+        self.check_in_range(pages.clone())?;
         let page_size = self.info.page_size as usize;
         if data.len() != count * page_size {
             return Err(NodeError::InvalidArgument(format!(

@@ -253,19 +253,7 @@ impl Connection {
             sink: Mutex::new(sink),
         });
         self.pending.lock().insert(id, slot.clone());
-        let sent = {
-            let mut guard = self.writer.lock();
-            let writer = &mut *guard;
-            writer.buffer.clear();
-            encode(&mut writer.buffer, id);
-            let sent = writer.stream.write_all(&writer.buffer);
-            // Keep large request buffers from pinning memory forever.
-            if writer.buffer.capacity() > 4 * 1024 * 1024 {
-                writer.buffer = Vec::with_capacity(64 * 1024);
-            }
-            sent
-        };
-        if let Err(error) = sent {
+        if let Err(error) = self.write_request(encode, id) {
             let reason = format!("sending a request: {error}");
             if self.pending.lock().remove(&id).is_none() {
                 // A reader took the slot and may be writing into the sink:
@@ -276,6 +264,25 @@ impl Connection {
             return Err(ClientError::Disconnected(reason));
         }
         self.wait(&slot)
+    }
+
+    /// Encodes a request and writes it, whole, under the writer lock: what
+    /// is encoded and when it is sent are one step, in the connection's order.
+    fn write_request(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>, u64),
+        id: u64,
+    ) -> std::io::Result<()> {
+        let mut guard = self.writer.lock();
+        let writer = &mut *guard;
+        writer.buffer.clear();
+        encode(&mut writer.buffer, id);
+        let sent = writer.stream.write_all(&writer.buffer);
+        // Keep large request buffers from pinning memory forever.
+        if writer.buffer.capacity() > 4 * 1024 * 1024 {
+            writer.buffer = Vec::with_capacity(64 * 1024);
+        }
+        sent
     }
 
     /// Sends one request and returns without waiting; the reply is collected
@@ -295,14 +302,7 @@ impl Connection {
             sink: Mutex::new(None),
         });
         self.pending.lock().insert(id, slot.clone());
-        let sent = {
-            let mut guard = self.writer.lock();
-            let writer = &mut *guard;
-            writer.buffer.clear();
-            encode(&mut writer.buffer, id);
-            writer.stream.write_all(&writer.buffer)
-        };
-        if let Err(error) = sent {
+        if let Err(error) = self.write_request(encode, id) {
             let reason = format!("sending a request: {error}");
             self.pending.lock().remove(&id);
             self.fail(reason.clone());
