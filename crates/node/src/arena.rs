@@ -4,6 +4,10 @@
 //! The mapping is reserved at start but the kernel backs it with memory only
 //! when a segment is first written, and a freed segment is handed back to the
 //! kernel (`MADV_DONTNEED`), which also makes it read as zeros when reused.
+//! A segment is backed with memory in one call when it is allocated
+//! (`MADV_POPULATE_WRITE`) rather than by a page fault per 4 KiB page as it
+//! is first touched: loading a baseline into fresh segments spent most of its
+//! extra time in those faults. Segments are aligned to their size.
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,13 +16,21 @@ use parking_lot::Mutex;
 
 use crate::error::NodeError;
 
+/// `madvise` advice that backs a range with memory at once (Linux 5.14).
+const MADV_POPULATE_WRITE: libc::c_int = 23;
+
 /// Index of a segment in the arena.
 pub type SegmentSlot = u32;
 
 /// The node's page RAM; see the module documentation.
 pub struct Arena {
+    /// The first segment, aligned to the segment size.
     base: NonNull<u8>,
+    /// The whole mapping, as mmap returned it (for munmap).
+    mapping: NonNull<u8>,
     mapping_bytes: usize,
+    /// Bytes of segments.
+    capacity_bytes: usize,
     segment_bytes: usize,
     segments: u32,
     free: Mutex<Vec<SegmentSlot>>,
@@ -48,7 +60,9 @@ impl Arena {
                 "capacity {capacity_bytes} bytes is too large"
             )));
         }
-        let mapping_bytes = (segments * segment_bytes) as usize;
+        let capacity_bytes = (segments * segment_bytes) as usize;
+        // One segment more than needed, so the segments can start aligned.
+        let mapping_bytes = capacity_bytes + segment_bytes as usize;
         // SAFETY: an anonymous private mapping with no address hint; the
         // result is checked before use.
         let pointer = unsafe {
@@ -67,12 +81,23 @@ impl Arena {
                 std::io::Error::last_os_error(),
             ));
         }
-        let base = NonNull::new(pointer.cast::<u8>()).expect("mmap returned null");
+        let mapping = NonNull::new(pointer.cast::<u8>()).expect("mmap returned null");
+        let misalignment = (pointer as usize) % segment_bytes as usize;
+        let skip = if misalignment == 0 {
+            0
+        } else {
+            segment_bytes as usize - misalignment
+        };
+        // SAFETY: skip < segment_bytes, inside the mapping.
+        let base = unsafe { NonNull::new_unchecked(mapping.as_ptr().add(skip)) };
+
         // Hand out low slots first, so a lightly used node touches little.
         let free = (0..segments as u32).rev().collect();
         Ok(Arena {
             base,
+            mapping,
             mapping_bytes,
+            capacity_bytes,
             segment_bytes: segment_bytes as usize,
             segments: segments as u32,
             free: Mutex::new(free),
@@ -87,7 +112,7 @@ impl Arena {
 
     /// Total capacity in bytes.
     pub fn capacity_bytes(&self) -> u64 {
-        self.mapping_bytes as u64
+        self.capacity_bytes as u64
     }
 
     /// Bytes in allocated segments.
@@ -103,6 +128,17 @@ impl Arena {
             segment_bytes: self.segment_bytes as u64,
         })?;
         self.used.fetch_add(1, Ordering::Relaxed);
+        // Back the whole segment now, in one call, rather than with a fault
+        // per page on first touch. Advice only: where the kernel lacks it
+        // (before Linux 5.14) pages are faulted in as they are touched.
+        // SAFETY: the range is the segment, inside the mapping.
+        unsafe {
+            libc::madvise(
+                self.segment_pointer(slot).cast(),
+                self.segment_bytes,
+                MADV_POPULATE_WRITE,
+            )
+        };
         Ok(slot)
     }
 
@@ -145,7 +181,7 @@ impl Drop for Arena {
     fn drop(&mut self) {
         // SAFETY: the mapping was created in `new` with this length and is
         // unmapped once, here.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapping_bytes) };
+        unsafe { libc::munmap(self.mapping.as_ptr().cast(), self.mapping_bytes) };
     }
 }
 
