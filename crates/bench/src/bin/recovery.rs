@@ -50,10 +50,12 @@ struct Row {
     dirty_pages: u64,
     full_checkpoint_s: f64,
     full_checkpoint_bytes: u64,
+    raw_writes_s: f64,
     full_copy_s: f64,
     baseline_read_s: f64,
     baseline_read_bytes: u64,
     recovery_s: f64,
+    recovery_baseline_s: f64,
     recovery_storage_bytes: u64,
     recovery_source_bytes: u64,
     incremental_s: f64,
@@ -179,6 +181,39 @@ fn baseline_read(storage_dir: &std::path::Path, name: &str) -> (f64, u64) {
     (began.elapsed().as_secs_f64(), bytes.into_inner())
 }
 
+/// Writes `bytes` as 16 MiB files, each fsynced, four at a time (the
+/// pattern a checkpoint's uploads follow), and returns the seconds: the
+/// disk's floor for a checkpoint, measured in the same run.
+fn raw_file_writes(dir: &std::path::Path, bytes: u64) -> f64 {
+    const FILE_BYTES: usize = 16 << 20;
+    let files = bytes.div_ceil(FILE_BYTES as u64) as usize;
+    let next = AtomicUsize::new(0);
+    let raw = dir.join("raw-writes");
+    std::fs::create_dir_all(&raw).expect("a directory for raw writes");
+    let began = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..pagoda_node::storage::STORAGE_PARALLELISM {
+            scope.spawn(|| {
+                use std::io::Write;
+                let data = vec![0x5au8; FILE_BYTES];
+                loop {
+                    let number = next.fetch_add(1, Ordering::Relaxed);
+                    if number >= files {
+                        return;
+                    }
+                    let path = raw.join(format!("{number}"));
+                    let mut file = std::fs::File::create(&path).expect("a raw file");
+                    file.write_all(&data).expect("raw write");
+                    file.sync_all().expect("raw fsync");
+                }
+            });
+        }
+    });
+    let seconds = began.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&raw).expect("removing raw writes");
+    seconds
+}
+
 fn measure(
     dir: &std::path::Path,
     storage_dir: &std::path::Path,
@@ -203,6 +238,9 @@ fn measure(
         region_bytes >> 20,
         began.elapsed().as_secs_f64()
     ));
+    drop_caches(drop);
+    let raw_s = raw_file_writes(dir, region_bytes);
+    drop_caches(drop);
     let full = source_client
         .checkpoint(&name, true)
         .expect("full checkpoint");
@@ -233,14 +271,20 @@ fn measure(
     ));
     drop_caches(drop);
     let target_client = client(&target);
+    let recover_began = Instant::now();
+    let mut baseline_loaded_s = None;
     let done = target_client
         .recover(
             &name,
             Some(&source.local_addr().to_string()),
             None,
             false,
-            Duration::from_millis(20),
-            |_| {},
+            Duration::from_millis(10),
+            |progress| {
+                if progress.phase != pagoda::RecoveryPhase::Baseline && baseline_loaded_s.is_none() {
+                    baseline_loaded_s = Some(recover_began.elapsed().as_secs_f64());
+                }
+            },
         )
         .expect("recovery");
     let recovery_s = done.elapsed_ms as f64 / 1000.0;
@@ -287,10 +331,12 @@ fn measure(
         dirty_pages,
         full_checkpoint_s: full.micros as f64 / 1e6,
         full_checkpoint_bytes: full.bytes,
+        raw_writes_s: raw_s,
         full_copy_s,
         baseline_read_s,
         baseline_read_bytes,
         recovery_s,
+        recovery_baseline_s: baseline_loaded_s.unwrap_or(recovery_s),
         recovery_storage_bytes: done.storage_bytes,
         recovery_source_bytes: done.source_bytes,
         incremental_s: incremental.micros as f64 / 1e6,
@@ -332,6 +378,7 @@ fn main() {
         "full copy s",
         "baseline read s",
         "recovery s",
+        "of which baseline s",
         "recovery / baseline read",
         "recovery / full copy",
         "from source MiB",
@@ -345,6 +392,7 @@ fn main() {
             format!("{:.2}", row.full_copy_s),
             format!("{:.2}", row.baseline_read_s),
             format!("{:.2}", row.recovery_s),
+            format!("{:.2}", row.recovery_baseline_s),
             format!("{:.2}", row.recovery_s / row.baseline_read_s),
             format!("{:.2}", row.recovery_s / row.full_copy_s),
             format!("{}", row.recovery_source_bytes >> 20),
@@ -356,13 +404,26 @@ fn main() {
             gbps(row.incremental_bytes, row.incremental_s),
         ]);
     }
-    let mut checkpoints = Table::new(&["run", "full checkpoint s", "bytes", "GB/s"]);
+    let mut checkpoints = Table::new(&[
+        "run",
+        "full checkpoint s",
+        "GB/s",
+        "raw 16 MiB fsynced writes s",
+        "raw GB/s",
+        "checkpoint / raw throughput",
+    ]);
     for row in &rows {
         checkpoints.row(vec![
             format!("before {}%", row.dirty_percent),
             format!("{:.2}", row.full_checkpoint_s),
-            format!("{}", row.full_checkpoint_bytes),
             gbps(row.full_checkpoint_bytes, row.full_checkpoint_s),
+            format!("{:.2}", row.raw_writes_s),
+            gbps(region_bytes, row.raw_writes_s),
+            format!(
+                "{:.2}",
+                (row.full_checkpoint_bytes as f64 / row.full_checkpoint_s)
+                    / (region_bytes as f64 / row.raw_writes_s)
+            ),
         ]);
     }
     let markdown = format!(
@@ -379,10 +440,12 @@ fn main() {
             "dirty_pages": row.dirty_pages,
             "full_checkpoint_s": row.full_checkpoint_s,
             "full_checkpoint_bytes": row.full_checkpoint_bytes,
+            "raw_file_writes_s": row.raw_writes_s,
             "full_copy_s": row.full_copy_s,
             "baseline_read_s": row.baseline_read_s,
             "baseline_read_bytes": row.baseline_read_bytes,
             "recovery_s": row.recovery_s,
+            "recovery_baseline_phase_s": row.recovery_baseline_s,
             "recovery_storage_bytes": row.recovery_storage_bytes,
             "recovery_source_bytes": row.recovery_source_bytes,
             "incremental_checkpoint_s": row.incremental_s,
