@@ -481,7 +481,6 @@ fn unacknowledged_records(journal_dir: &Path) -> usize {
 
 /// Runs one child, kills it after `kill_delay`, recovers and checks the
 /// region; returns a description of the first failure.
-#[allow(clippy::too_many_arguments)]
 fn kill_once(
     mode: Mode,
     node: &Node,
