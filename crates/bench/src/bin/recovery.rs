@@ -281,7 +281,8 @@ fn measure(
             false,
             Duration::from_millis(10),
             |progress| {
-                if progress.phase != pagoda::RecoveryPhase::Baseline && baseline_loaded_s.is_none() {
+                if progress.phase != pagoda::RecoveryPhase::Baseline && baseline_loaded_s.is_none()
+                {
                     baseline_loaded_s = Some(recover_began.elapsed().as_secs_f64());
                 }
             },
