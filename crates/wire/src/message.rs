@@ -479,6 +479,15 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// A message for a human, cut at a character boundary to the limit.
+fn put_message(out: &mut Vec<u8>, message: &str) {
+    let mut end = message.len().min(ERROR_MESSAGE_BYTES_MAX);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    put_bytes(out, &message.as_bytes()[..end]);
+}
+
 fn put_pages(out: &mut Vec<u8>, pages: &[u64]) {
     assert!(
         pages.len() <= BATCH_PAGES_MAX,
@@ -855,11 +864,7 @@ impl<'a> Response<'a> {
                 ] {
                     payload.extend_from_slice(&value.to_le_bytes());
                 }
-                let mut end = progress.message.len().min(ERROR_MESSAGE_BYTES_MAX);
-                while !progress.message.is_char_boundary(end) {
-                    end -= 1;
-                }
-                put_bytes(payload, &progress.message.as_bytes()[..end]);
+                put_message(payload, &progress.message);
             }
             Response::DirtyPageList {
                 mark,
@@ -895,11 +900,7 @@ impl<'a> Response<'a> {
             }
             Response::Error { code, message } => {
                 payload.extend_from_slice(&(*code as u16).to_le_bytes());
-                let mut end = message.len().min(ERROR_MESSAGE_BYTES_MAX);
-                while !message.is_char_boundary(end) {
-                    end -= 1;
-                }
-                put_bytes(payload, &message.as_bytes()[..end]);
+                put_message(payload, message);
             }
         }
         frame.finish();
