@@ -6,11 +6,12 @@
 //! Page contents are generated from (page number, version), so a model of a
 //! region is just a version per page (0: never written, reads as zeros).
 
+mod common;
+use common::{free_port, pagoda, text};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,31 +26,6 @@ const BATCH_PAGES: usize = 256;
 /// How long a node may take to start (reloading baselines included) or stop.
 const NODE_START_S: u64 = 30;
 const NODE_STOP_S: u64 = 10;
-
-fn pagoda() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pagoda"));
-    command
-        .env_remove("PAGODA_NODE")
-        .env_remove("PAGODA_TOKEN_FILE")
-        .env_remove("PAGODA_LOG");
-    command
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Runs a client command of the `pagoda` binary against `node`.
 fn run(args: &[&str], node: &str) -> Output {

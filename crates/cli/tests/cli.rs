@@ -1,33 +1,10 @@
 //! Tests of the `pagoda` binary as a user runs it.
 
+mod common;
+use common::{free_port, pagoda, text};
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn pagoda() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pagoda"));
-    command
-        .env_remove("PAGODA_NODE")
-        .env_remove("PAGODA_TOKEN_FILE");
-    command
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A `pagoda node` process, killed on drop.
 struct NodeProcess {

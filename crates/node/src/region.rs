@@ -262,16 +262,8 @@ impl Region {
     /// a request with a bad page appends nothing.
     pub fn read_pages(&self, pages: PageList<'_>, out: &mut Vec<u8>) -> Result<(), NodeError> {
         self.check_readable()?;
-        self.read_pages_unchecked(pages.iter(), pages.len(), out)
-    }
-
-    fn read_pages_unchecked(
-        &self,
-        pages: impl Iterator<Item = u64> + Clone,
-        count: usize,
-        out: &mut Vec<u8>,
-    ) -> Result<(), NodeError> {
-        self.check_in_range(pages.clone())?;
+        self.check_in_range(pages.iter())?;
+        let count = pages.len();
         let page_size = self.info.page_size as usize;
         // The page count is bounded by the wire format, but not the bytes it
         // asks for: refuse before reserving anything.
@@ -282,7 +274,7 @@ impl Region {
             )));
         }
         out.reserve(reply_bytes);
-        for page in pages {
+        for page in pages.iter() {
             let (segment, index) = self.locate(page);
             let segment = self.segments[segment].read();
             if segment.slot == NO_SEGMENT {

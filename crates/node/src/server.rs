@@ -607,13 +607,12 @@ fn serve_request(
             let _checkpoint = region.checkpoint_lock.lock();
             catalog.delete(name)?;
             shared.baselines.lock().remove(&region.info().id);
-            if shared.journals.lock().remove(&region.info().id).is_some()
-                || journal_dir(&shared.config.data_dir, region.uid()).exists()
+            shared.journals.lock().remove(&region.info().id);
+            let journal = journal_dir(&shared.config.data_dir, region.uid());
+            if journal.exists()
+                && let Err(error) = std::fs::remove_dir_all(&journal)
             {
-                let dir = journal_dir(&shared.config.data_dir, region.uid());
-                if let Err(error) = std::fs::remove_dir_all(&dir) {
-                    tracing::warn!(name, %error, "could not remove the region's journal");
-                }
+                tracing::warn!(name, %error, "could not remove the region's journal");
             }
             tracing::info!(name, "region deleted");
             // A moved or damaged region's checkpoints may belong to the node

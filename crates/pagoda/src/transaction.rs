@@ -29,7 +29,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pagoda_journal::{CommitId, Journal, JournalOptions};
@@ -274,7 +274,6 @@ pub(crate) struct Shipping {
     acked: AtomicU64,
     shipped: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    stopped: AtomicBool,
 }
 
 /// Acknowledged shipments after which the shipper releases them.
@@ -312,7 +311,6 @@ impl Shipping {
             acked: AtomicU64::new(released),
             shipped: AtomicU64::new(0),
             thread: Mutex::new(None),
-            stopped: AtomicBool::new(false),
         });
         let thread_shipping = shipping.clone();
         let handle = std::thread::Builder::new()
@@ -442,7 +440,6 @@ impl Shipping {
                     state.pending.clear();
                     drop(state);
                     self.changed.notify_all();
-                    self.stopped.store(true, Ordering::Release);
                     return;
                 }
             }
@@ -500,9 +497,8 @@ impl Shipping {
 
     /// Ships what is left (best effort), then stops the shipper.
     pub(crate) fn close(&self) {
-        if !self.stopped.load(Ordering::Acquire)
-            && let Err(error) = self.flush()
-        {
+        // After a shipping failure this fails at once; the records stay.
+        if let Err(error) = self.flush() {
             tracing::warn!(%error, "records left unshipped at close; they are replayed at the next open");
         }
         self.state.lock().stop = true;
