@@ -16,6 +16,7 @@
 pub mod arena;
 pub mod catalog;
 pub mod checkpoint;
+mod connection;
 pub mod error;
 pub mod recovery;
 pub mod region;

@@ -1,20 +1,9 @@
-//! The node's network server: an acceptor thread and one thread per
-//! connection.
-//!
-//! A connection must start with `Hello`. After that it may pipeline any number
-//! of requests; they are served in order and each reply carries its request's
-//! id. Replies to requests that arrived together are written together. A
-//! framing error (bad magic, version, length or checksum, or a stream closed
-//! mid-frame) is answered with an error reply carrying request id 0 where the
-//! stream is still writable, and the connection is closed; a well-framed
-//! request that fails (unknown opcode, malformed payload, out-of-range page,
-//! out of memory, ...) gets an error reply and the connection goes on. Nothing
-//! one connection sends affects another.
+//! The node: its configuration, start and stop, and what each request does
+//! (`serve_request`). Accepting and reading connections is `connection`'s
+//! job; periodic checkpoints run on a thread of their own.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -22,15 +11,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pagoda_wire::frame::FrameBuilder;
-use pagoda_wire::io::FrameReader;
-use pagoda_wire::limits::{
-    BATCH_BYTES_MAX, BATCH_PAGES_MAX, FRAME_PAYLOAD_BYTES_MAX, HELLO_PAYLOAD_BYTES_MAX,
-    PING_REPLY_BYTES_MAX, SEGMENT_BYTES,
-};
+use pagoda_wire::limits::{PING_REPLY_BYTES_MAX, SEGMENT_BYTES};
 use pagoda_wire::message::{DIRTY_RANGES_MAX, NodeStat};
-use pagoda_wire::{
-    ErrorCode, Opcode, RegionStat, RegionState, Request, Response, Since, VERSION, WireError,
-};
+use pagoda_wire::{Opcode, RegionStat, RegionState, Request, Response, Since};
 use parking_lot::Mutex;
 
 use crate::arena::Arena;
@@ -98,13 +81,10 @@ pub const SPIN_US_DEFAULT: u64 = 50;
 pub const CHECKPOINT_RETAIN_DEFAULT: usize = 2;
 /// Default connection limit.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 512;
-/// Replies are written once this many bytes are pending, even if more
-/// requests are buffered.
-const REPLY_FLUSH_BYTES: usize = 1024 * 1024;
 /// Default time a new connection has to authenticate before it is closed.
 pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// How often the acceptor checks for shutdown while idle.
-const ACCEPT_POLL_MS: i32 = 100;
+pub(crate) const ACCEPT_POLL_MS: i32 = 100;
 /// How long shutdown lets connections finish the request in hand before it
 /// closes their sockets outright (which also wakes a thread blocked writing to
 /// a client that stopped reading).
@@ -112,9 +92,9 @@ const SHUTDOWN_GRACE_MS: u64 = 1000;
 
 /// A served connection: a handle on its socket (to close it at shutdown) and
 /// its thread.
-struct ConnectionEntry {
-    stream: TcpStream,
-    thread: Option<JoinHandle<()>>,
+pub(crate) struct ConnectionEntry {
+    pub(crate) stream: TcpStream,
+    pub(crate) thread: Option<JoinHandle<()>>,
 }
 
 pub(crate) struct Shared {
@@ -128,10 +108,10 @@ pub(crate) struct Shared {
     recoveries: Mutex<HashMap<String, Arc<RecoveryJob>>>,
     /// Each region's journal of shipped transaction records, by region id.
     journals: Mutex<HashMap<u64, Arc<Journal>>>,
-    shutting_down: AtomicBool,
-    connections: Mutex<HashMap<u64, ConnectionEntry>>,
-    connection_count: AtomicU32,
-    requests: AtomicU64,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) connections: Mutex<HashMap<u64, ConnectionEntry>>,
+    pub(crate) connection_count: AtomicU32,
+    pub(crate) requests: AtomicU64,
 }
 
 /// A running node. Dropping it shuts it down.
@@ -219,7 +199,7 @@ impl Node {
         let acceptor_shared = shared.clone();
         let acceptor = std::thread::Builder::new()
             .name("pagoda-accept".into())
-            .spawn(move || accept_loop(acceptor_shared, listener))
+            .spawn(move || crate::connection::accept_loop(acceptor_shared, listener))
             .map_err(|e| NodeError::io("spawning the acceptor", e))?;
         let checkpointer = match shared.config.checkpoint_interval {
             Some(interval) if shared.storage.is_some() => {
@@ -301,245 +281,7 @@ impl Drop for Node {
     }
 }
 
-fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    let mut next_id = 0u64;
-    while !shared.shutting_down.load(Ordering::SeqCst) {
-        let (stream, peer) = match listener.accept() {
-            Ok(accepted) => accepted,
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                let mut poll = libc::pollfd {
-                    fd: listener.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd for the duration of the call.
-                unsafe { libc::poll(&mut poll, 1, ACCEPT_POLL_MS) };
-                continue;
-            }
-            Err(error) => {
-                // Typically EMFILE: back off rather than spin.
-                tracing::warn!(%error, "accept failed");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        next_id += 1;
-        if let Err(error) = admit(&shared, stream, peer, next_id) {
-            tracing::warn!(%peer, %error, "could not serve connection");
-        }
-    }
-}
-
-fn admit(
-    shared: &Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    id: u64,
-) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_nodelay(true)?;
-    let count = shared.connection_count.fetch_add(1, Ordering::SeqCst) as usize;
-    if count >= shared.config.connections_max {
-        shared.connection_count.fetch_sub(1, Ordering::SeqCst);
-        let mut out = Vec::new();
-        let message = format!("the node serves its maximum of {} connections", count);
-        Response::Error {
-            code: ErrorCode::TooManyConnections,
-            message: &message,
-        }
-        .encode(&mut out, 0, 0);
-        let mut stream = stream;
-        let _ = stream.write_all(&out);
-        return Ok(());
-    }
-    let registered = stream.try_clone()?;
-    shared.connections.lock().insert(
-        id,
-        ConnectionEntry {
-            stream: registered,
-            thread: None,
-        },
-    );
-    let thread_shared = shared.clone();
-    let spawned = std::thread::Builder::new()
-        .name(format!("pagoda-conn-{id}"))
-        .spawn(move || {
-            // Unregisters the connection however the thread ends, a panic
-            // included, so its socket is closed and its slot freed.
-            let _registration = Registration {
-                shared: &thread_shared,
-                id,
-            };
-            tracing::debug!(%peer, "connection opened");
-            if let Err(error) = serve(&thread_shared, stream) {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-            tracing::debug!(%peer, "connection closed");
-        });
-    match spawned {
-        Ok(handle) => {
-            if let Some(entry) = shared.connections.lock().get_mut(&id) {
-                entry.thread = Some(handle);
-            }
-            Ok(())
-        }
-        Err(error) => {
-            shared.connections.lock().remove(&id);
-            shared.connection_count.fetch_sub(1, Ordering::SeqCst);
-            Err(error)
-        }
-    }
-}
-
-struct Registration<'a> {
-    shared: &'a Shared,
-    id: u64,
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        if let Some(entry) = self.shared.connections.lock().remove(&self.id) {
-            let _ = entry.stream.shutdown(Shutdown::Both);
-        }
-        self.shared.connection_count.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// What to do with the connection after a request.
-#[derive(PartialEq, Eq)]
-enum After {
-    Continue,
-    Close,
-}
-
-fn serve(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), WireError> {
-    let mut writer = stream.try_clone()?;
-    // Until the peer authenticates it may only send a small Hello, and must
-    // do so promptly: an unauthenticated peer can hold neither much memory
-    // nor a connection slot for long.
-    stream.set_read_timeout(Some(shared.config.handshake_timeout))?;
-    let mut reader = FrameReader::new(stream, shared.config.spin);
-    reader.set_payload_limit(HELLO_PAYLOAD_BYTES_MAX);
-    let mut out = Vec::with_capacity(256 * 1024);
-    let mut authenticated = false;
-    loop {
-        let frame = match reader.read_frame() {
-            Ok(frame) => frame,
-            Err(WireError::Closed) => return Ok(()),
-            Err(error) => {
-                if !matches!(error, WireError::Io(_) | WireError::Truncated { .. }) {
-                    out.clear();
-                    let message = error.to_string();
-                    Response::Error {
-                        code: error.code(),
-                        message: &message,
-                    }
-                    .encode(&mut out, 0, 0);
-                    let _ = writer.write_all(&out);
-                }
-                return Err(error);
-            }
-        };
-        shared.requests.fetch_add(1, Ordering::Relaxed);
-        let request_id = frame.header.request_id;
-        let was_authenticated = authenticated;
-        let after = handle(
-            shared,
-            frame.header.opcode,
-            frame.payload,
-            request_id,
-            &mut authenticated,
-            &mut out,
-        );
-        if after == After::Close || reader.buffered() == 0 || out.len() >= REPLY_FLUSH_BYTES {
-            writer.write_all(&out)?;
-            out.clear();
-        }
-        if after == After::Close {
-            return Ok(());
-        }
-        if authenticated && !was_authenticated {
-            reader.get_ref().set_read_timeout(None)?;
-            reader.set_payload_limit(FRAME_PAYLOAD_BYTES_MAX);
-        }
-    }
-}
-
-fn error_reply(out: &mut Vec<u8>, request_id: u64, code: ErrorCode, message: &str) {
-    Response::Error { code, message }.encode(out, request_id, 0);
-}
-
-/// Compares tokens in time independent of where they differ.
-fn tokens_equal(expected: &[u8], given: &[u8]) -> bool {
-    if expected.len() != given.len() {
-        return false;
-    }
-    expected
-        .iter()
-        .zip(given)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
-}
-
-fn handle(
-    shared: &Arc<Shared>,
-    opcode: u8,
-    payload: &[u8],
-    request_id: u64,
-    authenticated: &mut bool,
-    out: &mut Vec<u8>,
-) -> After {
-    let request = match Request::decode(opcode, payload) {
-        Ok(request) => request,
-        Err(error) => {
-            error_reply(out, request_id, error.code(), &error.to_string());
-            return if *authenticated {
-                After::Continue
-            } else {
-                After::Close
-            };
-        }
-    };
-    if let Request::Hello { token, client_name } = request {
-        if let Some(expected) = &shared.config.token
-            && !tokens_equal(expected, token)
-        {
-            let message = if token.is_empty() {
-                "this node requires a token and none was given"
-            } else {
-                "wrong token"
-            };
-            tracing::warn!(client_name, "authentication failed: {message}");
-            error_reply(out, request_id, ErrorCode::Unauthorized, message);
-            return After::Close;
-        }
-        *authenticated = true;
-        Response::HelloOk {
-            version: VERSION,
-            batch_bytes_max: BATCH_BYTES_MAX as u32,
-            batch_pages_max: BATCH_PAGES_MAX as u32,
-        }
-        .encode(out, request_id, 0);
-        return After::Continue;
-    }
-    if !*authenticated {
-        error_reply(
-            out,
-            request_id,
-            ErrorCode::NotAuthenticated,
-            "the first request on a connection must be Hello",
-        );
-        return After::Close;
-    }
-    let start = out.len();
-    if let Err(error) = serve_request(shared, request, request_id, out) {
-        out.truncate(start);
-        error_reply(out, request_id, error.code(), &error.to_string());
-    }
-    After::Continue
-}
-
-fn serve_request(
+pub(crate) fn serve_request(
     shared: &Arc<Shared>,
     request: Request<'_>,
     request_id: u64,
