@@ -1,4 +1,11 @@
 //! `pagoda node`: run a memory node until SIGINT or SIGTERM.
+//!
+//! A graceful stop loses nothing acknowledged: the node checkpoints every
+//! region with dirty pages before it exits. If that fails (a full disk, an
+//! unreachable store) even after retries, the node refuses to stop: it logs
+//! which regions would lose what, and serves again. Signal it again once the
+//! storage is mended; SIGQUIT stops it anyway, abandoning those changes, and
+//! exits with a failure status.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +41,20 @@ pub struct NodeArgs {
     /// Most connections served at once.
     #[arg(long, default_value_t = pagoda_node::server::CONNECTIONS_MAX_DEFAULT)]
     connections_max: usize,
+    /// Most connections that may be authenticating at once; a new one beyond
+    /// that closes the one that has been authenticating longest.
+    #[arg(long, default_value_t = pagoda_node::server::HANDSHAKES_MAX_DEFAULT)]
+    handshakes_max: usize,
+    /// Node-wide memory for connection buffers beyond each connection's
+    /// baseline (large frames and replies), like 256MiB. A request that
+    /// cannot get its buffers within a second is answered "busy".
+    #[arg(long, value_parser = parse_size, value_name = "SIZE", default_value = "256MiB")]
+    connection_memory: u64,
+    /// How long a frame that has begun to arrive, or a reply that has begun
+    /// to be written, may take before the connection is closed, in
+    /// milliseconds.
+    #[arg(long, default_value_t = pagoda_node::server::FRAME_TIMEOUT_MS_DEFAULT, value_name = "MS")]
+    frame_timeout_ms: u64,
     /// Where checkpoints go: a directory, file:///path, or s3://bucket/prefix
     /// (endpoint and credentials from AWS_ENDPOINT_URL, AWS_REGION,
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP). Default:
@@ -45,6 +66,16 @@ pub struct NodeArgs {
     /// (0: only on request).
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     checkpoint_interval: u64,
+    /// How long a graceful stop retries failed checkpoints before it gives up
+    /// and goes on serving, in seconds.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    stop_retry: u64,
+    /// Start even if the catalog and storage disagree: with `regions.meta`
+    /// missing from a data dir a node has used, start with no regions; with a
+    /// region's newest checkpoint gone from storage, roll it back to the
+    /// newest one left. Without it the node refuses to start and says why.
+    #[arg(long)]
+    accept_storage_mismatch: bool,
     /// Checkpoints kept per region; older ones are garbage-collected.
     #[arg(long, default_value_t = pagoda_node::server::CHECKPOINT_RETAIN_DEFAULT)]
     checkpoint_retain: usize,
@@ -54,6 +85,10 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
     let mut config = NodeConfig::new(args.listen, args.capacity, args.data_dir);
     config.spin = Duration::from_micros(args.spin_us);
     config.connections_max = args.connections_max;
+    config.handshakes_max = args.handshakes_max;
+    config.connection_memory_bytes = usize::try_from(args.connection_memory)
+        .map_err(|_| "--connection-memory is too large".to_string())?;
+    config.frame_timeout = Duration::from_millis(args.frame_timeout_ms);
     config.storage = match args.storage.as_deref() {
         Some("none") => None,
         Some(url) => Some(StorageConfig::parse(url).map_err(|e| e.to_string())?),
@@ -62,14 +97,18 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
     config.checkpoint_interval =
         (args.checkpoint_interval > 0).then(|| Duration::from_secs(args.checkpoint_interval));
     config.checkpoint_retain = args.checkpoint_retain;
+    config.accept_storage_mismatch = args.accept_storage_mismatch;
     if let Some(path) = &args.token_file {
         config.token = Some(crate::read_token(path)?);
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let abandon = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
             .map_err(|e| format!("installing a signal handler: {e}"))?;
     }
+    signal_hook::flag::register(signal_hook::consts::SIGQUIT, abandon.clone())
+        .map_err(|e| format!("installing a signal handler: {e}"))?;
     let node = Node::start(config).map_err(|e| e.to_string())?;
     eprintln!(
         "pagoda node listening on {} with {} for pages, checkpoints in {}; stop with Ctrl-C",
@@ -77,10 +116,26 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
         format_bytes(args.capacity),
         args.storage.as_deref().unwrap_or("<data dir>/checkpoints")
     );
-    while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(50));
+    let mut node = node;
+    loop {
+        while !stop.load(Ordering::SeqCst) && !abandon.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if abandon.load(Ordering::SeqCst) {
+            eprintln!("SIGQUIT: stopping, abandoning whatever the last checkpoints cannot save");
+            return match node.try_stop(Duration::ZERO) {
+                Ok(()) => Ok(()),
+                Err(unsaved) => Err(format!("stopped on SIGQUIT, losing changes: {unsaved}")),
+            };
+        }
+        stop.store(false, Ordering::SeqCst);
+        eprintln!("shutting down: finishing requests in flight, then checkpointing");
+        match node.try_stop(Duration::from_secs(args.stop_retry)) {
+            Ok(()) => return Ok(()),
+            Err(unsaved) => eprintln!(
+                "ERROR: refusing to stop: {unsaved} The node serves again. Mend the storage \
+                 and signal it again (SIGTERM), or send SIGQUIT to stop anyway and lose them."
+            ),
+        }
     }
-    eprintln!("shutting down: finishing requests in flight");
-    node.shutdown();
-    Ok(())
 }

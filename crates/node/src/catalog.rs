@@ -61,11 +61,33 @@ struct PersistedRegion {
     /// Set once the region has moved to another node.
     #[serde(default, skip_serializing_if = "is_false")]
     moved: bool,
+    /// The newest checkpoint known to be complete in storage (0: none). A
+    /// restart that finds an older one there refuses to roll the region back
+    /// silently.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    checkpoint_epoch: u64,
 }
 
 fn is_false(value: &bool) -> bool {
     !*value
 }
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+/// What to do when `regions.meta` is missing from a data dir a node has used
+/// before (its `node.id` is there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissingCatalog {
+    /// Refuse to start: the regions' checkpoints would be forgotten.
+    Refuse,
+    /// Start with no regions (the operator said so).
+    StartEmpty,
+}
+
+/// The file that marks a data dir as used by a node, holding its id.
+const NODE_ID_FILE_NAME: &str = "node.id";
 
 struct State {
     next_id: u64,
@@ -99,17 +121,52 @@ fn validate_name(name: &str) -> Result<(), NodeError> {
 impl Catalog {
     /// Opens the catalog in `dir` (creating the dir and an empty catalog if
     /// needed) and takes the dir's lock, so two nodes never share a data dir.
+    /// A data dir a node has used before (it holds `node.id`) but whose
+    /// `regions.meta` is gone is refused.
     pub fn open(dir: &Path, arena: Arc<Arena>) -> Result<Catalog, NodeError> {
+        Catalog::open_with(dir, arena, MissingCatalog::Refuse)
+    }
+
+    /// [`Catalog::open`], saying what to do about a missing `regions.meta`.
+    pub fn open_with(
+        dir: &Path,
+        arena: Arc<Arena>,
+        missing: MissingCatalog,
+    ) -> Result<Catalog, NodeError> {
         fs::create_dir_all(dir)
             .map_err(|e| NodeError::io(format!("creating data dir {}", dir.display()), e))?;
         let lock = lock_dir(dir)?;
         let path = dir.join(FILE_NAME);
+        let used_before = dir.join(NODE_ID_FILE_NAME).exists();
+        let mut found = true;
         let persisted = match File::open(&path) {
             Ok(file) => read_catalog(&path, file)?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Persisted {
-                next_id: 1,
-                regions: Vec::new(),
-            },
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                if used_before {
+                    match missing {
+                        MissingCatalog::Refuse => {
+                            return Err(NodeError::CatalogMismatch(format!(
+                                "{} is missing, but a node has used data dir {} before (it holds \
+                                 {NODE_ID_FILE_NAME}): starting would forget every region and \
+                                 its checkpoints. Restore {FILE_NAME} from a backup, or start \
+                                 with --accept-storage-mismatch to begin with no regions",
+                                path.display(),
+                                dir.display()
+                            )));
+                        }
+                        MissingCatalog::StartEmpty => tracing::error!(
+                            path = %path.display(),
+                            "the catalog is missing; starting with no regions as told \
+                             (--accept-storage-mismatch): regions it held are forgotten"
+                        ),
+                    }
+                }
+                found = false;
+                Persisted {
+                    next_id: 1,
+                    regions: Vec::new(),
+                }
+            }
             Err(error) => {
                 return Err(NodeError::io(format!("opening {}", path.display()), error));
             }
@@ -147,6 +204,7 @@ impl Catalog {
             let uid = if entry.uid == 0 { new_uid() } else { entry.uid };
             let region =
                 Region::new(info, uid, arena.clone()).map_err(|e| corrupt(e.to_string()))?;
+            region.set_durable_epoch(entry.checkpoint_epoch);
             if entry.recovering {
                 region.set_state(
                     RegionState::Damaged,
@@ -171,12 +229,19 @@ impl Catalog {
             }
             state.by_id.insert(region.info().id, region);
         }
-        Ok(Catalog {
+        let catalog = Catalog {
             dir: dir.to_path_buf(),
             arena,
             state: RwLock::new(state),
             _lock: lock,
-        })
+        };
+        if !found || !used_before {
+            // From now on the dir is known to hold a catalog: write one even
+            // with no region in it, then mark the dir as used.
+            catalog.persist(&catalog.state.read())?;
+            write_node_id(dir)?;
+        }
+        Ok(catalog)
     }
 
     /// Creates a region and persists the catalog.
@@ -195,6 +260,7 @@ impl Catalog {
         initial: RegionState,
     ) -> Result<Arc<Region>, NodeError> {
         validate_name(name)?;
+        crate::checkpoint::check_name_storable(name)?;
         validate_shape(size, page_size)?;
         let mut state = self.state.write();
         if let Some(reason) = &state.failed {
@@ -324,6 +390,7 @@ impl Catalog {
                     uid: region.uid(),
                     recovering: region.state() == RegionState::Recovering,
                     moved: region.state() == RegionState::ReadOnly,
+                    checkpoint_epoch: region.durable_epoch(),
                 }
             })
             .collect();
@@ -391,6 +458,19 @@ fn read_catalog(path: &Path, file: File) -> Result<Persisted, NodeError> {
     serde_json::from_slice(body).map_err(|e| corrupt(&format!("invalid body: {e}")))
 }
 
+/// Marks the data dir as used by a node: writes `node.id` (a random id, for
+/// the logs and for later use), durably.
+fn write_node_id(dir: &Path) -> Result<(), NodeError> {
+    let path = dir.join(NODE_ID_FILE_NAME);
+    let temporary = dir.join(format!("{NODE_ID_FILE_NAME}.tmp"));
+    let context = |what: &str| format!("{what} {}", path.display());
+    fs::write(&temporary, format!("{:016x}\n", new_uid()))
+        .and_then(|()| File::open(&temporary)?.sync_all())
+        .and_then(|()| fs::rename(&temporary, &path))
+        .and_then(|()| File::open(dir)?.sync_all())
+        .map_err(|e| NodeError::io(context("writing"), e))
+}
+
 fn lock_dir(dir: &Path) -> Result<File, NodeError> {
     let path = dir.join(LOCK_FILE_NAME);
     let file = OpenOptions::new()
@@ -447,6 +527,34 @@ mod tests {
         let _first = Catalog::open(dir.path(), arena()).unwrap();
         let error = Catalog::open(dir.path(), arena()).err().unwrap();
         assert!(error.to_string().contains("in use"), "{error}");
+    }
+
+    // Guards the deleted-catalog finding: a data dir a node has used whose
+    // regions.meta is gone is refused (it used to start with no regions,
+    // forgetting their checkpoints), unless the operator accepts it; a fresh
+    // dir, and a used one that never had a region, start normally.
+    #[test]
+    fn a_missing_catalog_in_a_used_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Catalog::open(dir.path(), arena()).unwrap());
+        // Used, with no region ever created: still fine.
+        drop(Catalog::open(dir.path(), arena()).unwrap());
+        {
+            let catalog = Catalog::open(dir.path(), arena()).unwrap();
+            catalog.create("a", 1 << 20, 4096).unwrap();
+        }
+        fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
+        let error = Catalog::open(dir.path(), arena()).err().unwrap();
+        assert!(matches!(error, NodeError::CatalogMismatch(_)), "{error}");
+        assert!(
+            error.to_string().contains("--accept-storage-mismatch"),
+            "{error}"
+        );
+        let catalog = Catalog::open_with(dir.path(), arena(), MissingCatalog::StartEmpty).unwrap();
+        assert!(catalog.is_empty());
+        drop(catalog);
+        // Accepted once: the new, empty catalog is the record from now on.
+        assert!(Catalog::open(dir.path(), arena()).unwrap().is_empty());
     }
 
     // Guards corruption detection: a flipped byte is reported, not loaded.

@@ -7,7 +7,8 @@
 //! is stored; only a complete manifest that verifies counts, so a checkpoint
 //! cut short by a crash or an error leaves the previous one as the baseline.
 //!
-//! Keys, under the region's name (percent-encoded):
+//! Keys, under the region's name (percent-encoded, and shortened to a prefix
+//! and a hash when that is long: see [`encode_name`]):
 //!
 //! ```text
 //! regions/<name>/manifests/<epoch, 20 digits>.manifest
@@ -210,7 +211,24 @@ fn object_bytes(pages: u64, page_size: u32) -> u64 {
     OBJECT_HEADER_BYTES as u64 + pages * (INDEX_ENTRY_BYTES as u64 + page_size as u64)
 }
 
-/// Percent-encodes a region name into one key segment.
+/// The longest percent-encoding of a name that is used as it is; a longer
+/// one is shortened (see [`encode_name`]). Object stores encode `%` again
+/// (`%25`), so a kept encoding can grow to 5/3 of this in a file name: 150
+/// bytes, well inside the 255 that file systems allow in one component.
+const NAME_SEGMENT_BYTES_MAX: usize = 90;
+/// How much of a long name's encoding its shortened form keeps, to stay
+/// readable in listings.
+const NAME_SEGMENT_PREFIX_BYTES: usize = 48;
+
+/// Encodes a region name into one key segment of bounded length, made only of
+/// ASCII letters, digits, `-`, `_`, `%` and `.`.
+///
+/// A name is percent-encoded (everything but letters, digits, `-` and `_`).
+/// If that is longer than [`NAME_SEGMENT_BYTES_MAX`] bytes (52 CJK characters
+/// take 156), the segment is the first bytes of the encoding, a `.`, and 32
+/// hex digits of the SHA-256 of the whole name. A plain encoding never holds a
+/// `.`, so the two forms never collide, and names whose encoding is short keep
+/// the keys they always had.
 fn encode_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for byte in name.bytes() {
@@ -220,8 +238,41 @@ fn encode_name(name: &str) -> String {
             out.push_str(&format!("%{byte:02X}"));
         }
     }
+    if out.len() <= NAME_SEGMENT_BYTES_MAX {
+        return out;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    // Cut at an escape's boundary, so the prefix never ends in half of one.
+    let mut cut = NAME_SEGMENT_PREFIX_BYTES;
+    while out.as_bytes()[cut - 1] == b'%' || out.as_bytes()[cut - 2] == b'%' {
+        cut -= 1;
+    }
+    out.truncate(cut);
+    out.push('.');
+    for byte in &digest[..16] {
+        out.push_str(&format!("{byte:02x}"));
+    }
     out
 }
+
+/// The longest key a region's objects can have, for any valid name: checked
+/// at region creation so that a name that cannot be stored is refused there,
+/// not at its first checkpoint.
+pub fn check_name_storable(name: &str) -> Result<(), NodeError> {
+    let key = data_key(name, u64::MAX, u64::MAX, u32::MAX);
+    let segment = encode_name(name);
+    if segment.len() > NAME_SEGMENT_BYTES_MAX || key.as_ref().len() > KEY_BYTES_MAX {
+        return Err(NodeError::InvalidArgument(format!(
+            "region name {name:?} cannot be stored: its storage key would be {} bytes",
+            key.as_ref().len()
+        )));
+    }
+    Ok(())
+}
+
+/// The longest storage key Pagoda writes (S3 allows 1,024).
+pub const KEY_BYTES_MAX: usize = 256;
 
 /// The prefix of everything a region keeps in storage.
 pub fn region_prefix(name: &str) -> Path {
@@ -500,7 +551,13 @@ pub fn checkpoint(
 /// after a later checkpoint.
 fn remove_objects<'a>(storage: &Storage, keys: impl Iterator<Item = &'a str>) {
     for key in keys {
-        if let Err(error) = storage.block_on(storage.delete(&Path::from(key))) {
+        // Keys are stored encoded: parse, never re-encode (`Path::from` would
+        // turn every `%` into `%25`).
+        let Ok(path) = Path::parse(key) else {
+            tracing::warn!(key, "not a valid object key; left in place");
+            continue;
+        };
+        if let Err(error) = storage.block_on(storage.delete(&path)) {
             tracing::warn!(key, %error, "could not remove an object of a failed checkpoint");
         }
     }
@@ -637,11 +694,13 @@ fn load_object(
     object: &ObjectEntry,
     progress: &dyn LoadProgress,
 ) -> Result<(), NodeError> {
-    let key = Path::from(object.key.as_str());
     let corrupt = |detail: String| NodeError::CorruptObject {
         key: object.key.clone(),
         detail,
     };
+    // Keys are stored in their encoded form: parse them, never re-encode
+    // (`Path::from` would turn every `%` into `%25`, naming another object).
+    let key = Path::parse(&object.key).map_err(|e| corrupt(format!("invalid key: {e}")))?;
     let page_size = manifest.page_size as usize;
     if object.runs.is_empty() {
         return Ok(());
@@ -786,6 +845,11 @@ pub fn collect_garbage(
         storage.block_on(storage.delete(&manifest_key(name, epoch)))?;
         report.manifests += 1;
     }
+    // Staging files of this region's puts that a crash interrupted: none is
+    // in flight now, since the caller holds the region's checkpoint lock.
+    let staging = storage.remove_staging(&region_prefix(name), Duration::ZERO)?;
+    report.objects += staging.files;
+    report.bytes += staging.bytes;
     for meta in storage.block_on(storage.list(&data_prefix(name)))? {
         let Some(epoch) = key_epoch(&meta.location) else {
             continue;
@@ -851,6 +915,45 @@ mod tests {
         assert_eq!(encode_name("a/b c"), "a%2Fb%20c");
         assert_eq!(key_epoch(&manifest_key("x", 42)), Some(42));
         assert_eq!(key_epoch(&data_key("x", 7, 0xabc, 3)), Some(7));
+    }
+
+    // Guards against "File name too long" (a checkpoint that can never
+    // succeed): every valid name, however many bytes its encoding takes,
+    // gives bounded keys, and distinct long names give distinct keys.
+    #[test]
+    fn keys_are_bounded_for_every_name() {
+        let longest = "\u{7FFF}".repeat(85);
+        assert_eq!(longest.len(), 255);
+        let names = [
+            "plain".to_owned(),
+            "數".repeat(18),
+            "數".repeat(84) + "a",
+            longest.clone(),
+            "%".repeat(255),
+            ".".repeat(255),
+            "a".repeat(255),
+        ];
+        let mut segments = HashSet::new();
+        for name in &names {
+            check_name_storable(name).unwrap();
+            let segment = encode_name(name);
+            assert!(segment.len() <= NAME_SEGMENT_BYTES_MAX, "{segment}");
+            assert!(
+                segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_%.".contains(&b))
+            );
+            // Object stores re-encode `%`; even then one component fits 255.
+            let component = Path::from(format!("{segment}.manifest"));
+            assert!(component.as_ref().len() <= 200, "{component}");
+            assert!(segments.insert(segment));
+        }
+        // Short encodings are unchanged, so existing keys stay valid.
+        assert_eq!(encode_name("a b"), "a%20b");
+        assert_ne!(
+            encode_name(&("數".repeat(84) + "b")),
+            encode_name(&names[2])
+        );
     }
 
     // Guards manifest verification: a flipped byte, a truncation and a run

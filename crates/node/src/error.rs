@@ -35,6 +35,12 @@ pub enum NodeError {
         /// Bytes per segment.
         segment_bytes: u64,
     },
+    /// The node could not allocate memory for a region's metadata.
+    #[error("out of memory: the node could not allocate {bytes} bytes for region metadata")]
+    MetadataAllocation {
+        /// What was asked for.
+        bytes: u64,
+    },
     /// An argument is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -52,6 +58,11 @@ pub enum NodeError {
         /// What is wrong.
         detail: String,
     },
+    /// The catalog and the storage backend disagree (a missing catalog, a
+    /// region whose newest checkpoint is gone); the node refuses to start
+    /// unless told to accept it.
+    #[error("{0}")]
+    CatalogMismatch(String),
     /// Configuration is invalid.
     #[error("configuration: {0}")]
     Config(String),
@@ -110,7 +121,9 @@ impl NodeError {
             }
             NodeError::RegionExists(_) => ErrorCode::RegionExists,
             NodeError::OutOfRange { .. } => ErrorCode::OutOfRange,
-            NodeError::OutOfMemory { .. } => ErrorCode::OutOfMemory,
+            NodeError::OutOfMemory { .. } | NodeError::MetadataAllocation { .. } => {
+                ErrorCode::OutOfMemory
+            }
             NodeError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             NodeError::TooManyRegions(_) => ErrorCode::TooManyRegions,
             NodeError::RegionUnavailable { .. } => ErrorCode::RegionUnavailable,
@@ -123,6 +136,7 @@ impl NodeError {
             | NodeError::Journal(_)
             | NodeError::Peer(_)
             | NodeError::Corrupt { .. }
+            | NodeError::CatalogMismatch(_)
             | NodeError::Config(_)
             | NodeError::Io { .. } => ErrorCode::Internal,
         }

@@ -13,6 +13,7 @@
 //! node ([`recovery`]). The node knows nothing of the command line or of
 //! clients' caches.
 
+pub mod access;
 pub mod arena;
 pub mod catalog;
 pub mod checkpoint;
@@ -24,5 +25,5 @@ pub mod server;
 pub mod storage;
 
 pub use error::NodeError;
-pub use server::{Node, NodeConfig};
+pub use server::{Node, NodeConfig, Unsaved, UnsavedRegion};
 pub use storage::StorageConfig;

@@ -250,6 +250,7 @@ fn recover(
     match result {
         Ok(note) => {
             if let Some(manifest) = &manifest {
+                region.set_durable_epoch(manifest.epoch);
                 region.checkpoint_completed(CheckpointMark {
                     epoch: manifest.epoch,
                     start_seq: crate::region::BASELINE_SEQ,

@@ -22,8 +22,8 @@
 //! checkpoint takes the saved copy instead. Either way it sees every page as
 //! it was at its start, while writers go on.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use pagoda_wire::limits::{BATCH_BYTES_MAX, PAGE_BYTES_MAX, PAGE_BYTES_MIN, REGION_BYTES_MAX};
 use pagoda_wire::message::PageList;
@@ -83,6 +83,102 @@ impl Segment {
     }
 }
 
+/// Segments per chunk of the segment table (256 MiB of region with 2 MiB
+/// segments). The table's entries are allocated a chunk at a time, on the
+/// first write into the chunk, so a region's metadata grows with the
+/// segments written, not with its size.
+const CHUNK_SEGMENTS: usize = 128;
+
+/// The segment table: a fixed top level of chunk pointers (16 bytes per
+/// 256 MiB of region: 64 KiB for the largest region) and chunks of
+/// [`CHUNK_SEGMENTS`] entries allocated on first write. An entry of a chunk
+/// never allocated is an unwritten segment: its pages read as zeros.
+struct SegmentTable {
+    chunks: Box<[OnceLock<Box<[RwLock<Segment>; CHUNK_SEGMENTS]>>]>,
+    count: usize,
+}
+
+impl SegmentTable {
+    fn new(count: usize) -> Result<SegmentTable, NodeError> {
+        let chunk_count = count.div_ceil(CHUNK_SEGMENTS);
+        let mut chunks = Vec::new();
+        chunks
+            .try_reserve_exact(chunk_count)
+            .map_err(|_| metadata_allocation_failed(chunk_count * 16))?;
+        chunks.resize_with(chunk_count, OnceLock::new);
+        Ok(SegmentTable {
+            chunks: chunks.into_boxed_slice(),
+            count,
+        })
+    }
+
+    /// Segment `number`'s entry, if its chunk was ever allocated.
+    fn get(&self, number: usize) -> Option<&RwLock<Segment>> {
+        debug_assert!(number < self.count);
+        self.chunks[number / CHUNK_SEGMENTS]
+            .get()
+            .map(|chunk| &chunk[number % CHUNK_SEGMENTS])
+    }
+
+    /// Segment `number`'s entry, allocating its chunk if needed. An
+    /// allocation failure is an error, not an abort.
+    fn get_or_allocate(&self, number: usize) -> Result<&RwLock<Segment>, NodeError> {
+        let cell = &self.chunks[number / CHUNK_SEGMENTS];
+        if cell.get().is_none() {
+            let mut entries = Vec::new();
+            entries
+                .try_reserve_exact(CHUNK_SEGMENTS)
+                .map_err(|_| metadata_allocation_failed(CHUNK_BYTES))?;
+            entries.resize_with(CHUNK_SEGMENTS, || RwLock::new(Segment::empty()));
+            let chunk: Box<[RwLock<Segment>; CHUNK_SEGMENTS]> = entries
+                .into_boxed_slice()
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("the chunk has CHUNK_SEGMENTS entries"));
+            // Another writer may have set it first; then ours is dropped.
+            let _ = cell.set(chunk);
+        }
+        Ok(&cell.get().expect("set above")[number % CHUNK_SEGMENTS])
+    }
+
+    /// The entries of allocated chunks, with their segment numbers, from
+    /// segment `first` on.
+    fn allocated_from(&self, first: usize) -> impl Iterator<Item = (usize, &RwLock<Segment>)> {
+        self.chunks
+            .iter()
+            .enumerate()
+            .skip(first / CHUNK_SEGMENTS)
+            .filter_map(|(chunk_number, cell)| cell.get().map(|chunk| (chunk_number, chunk)))
+            .flat_map(move |(chunk_number, chunk)| {
+                chunk
+                    .iter()
+                    .enumerate()
+                    .map(move |(index, entry)| (chunk_number * CHUNK_SEGMENTS + index, entry))
+            })
+            .filter(move |&(number, _)| number >= first && number < self.count)
+    }
+
+    /// Bytes of metadata the table holds now.
+    fn bytes(&self) -> u64 {
+        let chunks = self
+            .chunks
+            .iter()
+            .filter(|cell| cell.get().is_some())
+            .count();
+        (self.chunks.len()
+            * std::mem::size_of::<OnceLock<Box<[RwLock<Segment>; CHUNK_SEGMENTS]>>>()
+            + chunks * CHUNK_BYTES) as u64
+    }
+}
+
+/// Bytes of one chunk of the segment table.
+const CHUNK_BYTES: usize = CHUNK_SEGMENTS * std::mem::size_of::<RwLock<Segment>>();
+
+fn metadata_allocation_failed(bytes: usize) -> NodeError {
+    NodeError::MetadataAllocation {
+        bytes: bytes as u64,
+    }
+}
+
 /// A completed checkpoint, as the region remembers it.
 #[derive(Clone, Debug)]
 pub struct CheckpointMark {
@@ -110,7 +206,7 @@ pub struct Region {
     info: RegionInfo,
     uid: u64,
     arena: Arc<Arena>,
-    segments: Box<[RwLock<Segment>]>,
+    segments: SegmentTable,
     pages_per_segment: u64,
     segments_allocated: AtomicU64,
     pages_read: AtomicU64,
@@ -134,6 +230,9 @@ pub struct Region {
     /// applied in the order the node's journal holds them.
     pub(crate) journal_lock: Mutex<()>,
     journal_applied: AtomicU64,
+    /// The newest checkpoint known to be complete in storage, as the catalog
+    /// records it.
+    durable_epoch: AtomicU64,
 }
 
 impl Region {
@@ -145,9 +244,7 @@ impl Region {
         let segment_count = info.size.div_ceil(segment_bytes);
         Ok(Region {
             pages_per_segment: segment_bytes / info.page_size as u64,
-            segments: (0..segment_count)
-                .map(|_| RwLock::new(Segment::empty()))
-                .collect(),
+            segments: SegmentTable::new(segment_count as usize)?,
             info,
             uid,
             arena,
@@ -164,7 +261,19 @@ impl Region {
             checkpoint_lock: Mutex::new(()),
             journal_lock: Mutex::new(()),
             journal_applied: AtomicU64::new(0),
+            durable_epoch: AtomicU64::new(0),
         })
+    }
+
+    /// The newest checkpoint known to be complete in storage (0: none).
+    pub fn durable_epoch(&self) -> u64 {
+        self.durable_epoch.load(Ordering::Relaxed)
+    }
+
+    /// Records the newest checkpoint complete in storage; the catalog
+    /// persists it at its next save.
+    pub fn set_durable_epoch(&self, epoch: u64) {
+        self.durable_epoch.store(epoch, Ordering::Relaxed);
     }
 
     /// The region's description.
@@ -185,7 +294,16 @@ impl Region {
 
     /// Number of segments in the table.
     pub fn segment_count(&self) -> usize {
-        self.segments.len()
+        self.segments.count
+    }
+
+    /// Bytes of the node's RAM (besides page segments) this region's
+    /// metadata takes: the segment table and each written segment's write
+    /// numbers. It grows with the segments written, not with the region's
+    /// size.
+    pub fn metadata_bytes(&self) -> u64 {
+        self.segments.bytes()
+            + self.segments_allocated() * self.pages_per_segment * std::mem::size_of::<u64>() as u64
     }
 
     /// Pages per segment.
@@ -276,11 +394,11 @@ impl Region {
         out.reserve(reply_bytes);
         for page in pages.iter() {
             let (segment, index) = self.locate(page);
-            let segment = self.segments[segment].read();
-            if segment.slot == NO_SEGMENT {
-                out.resize(out.len() + page_size, 0);
-            } else {
-                out.extend_from_slice(self.page_bytes(&segment, index));
+            match self.segments.get(segment).map(|entry| entry.read()) {
+                Some(segment) if segment.slot != NO_SEGMENT => {
+                    out.extend_from_slice(self.page_bytes(&segment, index))
+                }
+                _ => out.resize(out.len() + page_size, 0),
             }
         }
         self.pages_read.fetch_add(count as u64, Ordering::Relaxed);
@@ -374,13 +492,19 @@ impl Region {
     fn allocate(&self, pages: impl Iterator<Item = u64>) -> Result<(), NodeError> {
         for page in pages {
             let (segment, _) = self.locate(page);
-            if self.segments[segment].read().slot != NO_SEGMENT {
+            let entry = self.segments.get_or_allocate(segment)?;
+            if entry.read().slot != NO_SEGMENT {
                 continue;
             }
-            let mut segment = self.segments[segment].write();
+            let mut segment = entry.write();
             if segment.slot == NO_SEGMENT {
+                let pages = self.pages_per_segment as usize;
+                let mut seqs = Vec::new();
+                seqs.try_reserve_exact(pages)
+                    .map_err(|_| metadata_allocation_failed(pages * 8))?;
+                seqs.resize(pages, 0);
                 segment.slot = self.arena.allocate()?;
-                segment.seqs = vec![0; self.pages_per_segment as usize].into_boxed_slice();
+                segment.seqs = seqs.into_boxed_slice();
                 self.segments_allocated.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -401,7 +525,11 @@ impl Region {
         let page_size = self.info.page_size as usize;
         debug_assert!(offset + bytes.len() <= page_size);
         let (segment, index) = self.locate(page);
-        let mut segment = self.segments[segment].write();
+        let mut segment = self
+            .segments
+            .get(segment)
+            .expect("the segment was allocated before the write")
+            .write();
         assert_ne!(
             segment.slot, NO_SEGMENT,
             "segment allocated above was released"
@@ -523,7 +651,7 @@ impl Region {
     ) -> (Vec<PageRange>, u64) {
         let mut ranges: Vec<PageRange> = Vec::new();
         let first_segment = (start_page / self.pages_per_segment) as usize;
-        for (number, entry) in self.segments.iter().enumerate().skip(first_segment) {
+        for (number, entry) in self.segments.allocated_from(first_segment) {
             let segment = entry.read();
             if segment.max_seq <= since {
                 continue;
@@ -558,8 +686,8 @@ impl Region {
     /// Pages written after `since`.
     pub fn dirty_count(&self, since: u64) -> u64 {
         self.segments
-            .iter()
-            .map(|entry| {
+            .allocated_from(0)
+            .map(|(_, entry)| {
                 let segment = entry.read();
                 if segment.max_seq <= since {
                     0
@@ -587,7 +715,12 @@ impl Region {
     pub fn snapshot_segment(&self, number: usize, pages: &mut Vec<u64>, data: &mut Vec<u8>) {
         let (id, from, to) = *self.snapshot.read();
         assert_ne!(id, 0, "no snapshot is running");
-        let mut segment = self.segments[number].write();
+        // A segment whose chunk was never allocated holds no page yet, and
+        // one allocated from now on holds none the snapshot covers.
+        let Some(entry) = self.segments.get(number) else {
+            return;
+        };
+        let mut segment = entry.write();
         segment.visited = id;
         let saved = std::mem::take(&mut segment.saved);
         if segment.slot == NO_SEGMENT || (segment.max_seq <= from && saved.is_empty()) {
@@ -610,7 +743,7 @@ impl Region {
     pub fn end_snapshot(&self) {
         let _gate = self.gate.write();
         *self.snapshot.write() = (0, 0, 0);
-        for entry in self.segments.iter() {
+        for (_, entry) in self.segments.allocated_from(0) {
             let mut segment = entry.write();
             if !segment.saved.is_empty() {
                 segment.saved = Vec::new();
@@ -660,8 +793,8 @@ enum Track {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        for segment in self.segments.iter_mut() {
-            let slot = segment.get_mut().slot;
+        for (_, segment) in self.segments.allocated_from(0) {
+            let slot = segment.read().slot;
             if slot != NO_SEGMENT {
                 self.arena.release(slot);
             }

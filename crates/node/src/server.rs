@@ -17,7 +17,7 @@ use pagoda_wire::{Opcode, RegionStat, RegionState, Request, Response, Since};
 use parking_lot::Mutex;
 
 use crate::arena::Arena;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, MissingCatalog};
 use crate::checkpoint::{self, CheckpointSettings, Manifest};
 use crate::error::NodeError;
 use crate::recovery::{self, RecoveryJob, RecoveryRequest};
@@ -54,6 +54,27 @@ pub struct NodeConfig {
     pub checkpoint_retain: usize,
     /// Target size of a checkpoint's data objects.
     pub checkpoint_object_bytes: usize,
+    /// Start even if the catalog and storage disagree (a missing
+    /// `regions.meta` in a used data dir; a region whose newest checkpoint is
+    /// gone from storage, which then rolls back to the newest one left).
+    /// Off by default: the node refuses to start and says why.
+    pub accept_storage_mismatch: bool,
+    /// Most connections that may be authenticating at once. When all are
+    /// taken, a new connection takes the place of the oldest one, so a
+    /// flood of slow handshakes cannot lock clients out.
+    pub handshakes_max: usize,
+    /// How long a frame that has begun to arrive (or a reply that has begun
+    /// to be written) may take to complete before the connection is closed.
+    pub frame_timeout: Duration,
+    /// Node-wide budget for connection buffers beyond each connection's
+    /// fixed baseline (large frames and replies); see docs/design.md, Limits.
+    pub connection_memory_bytes: usize,
+    /// How long a request waits for buffer memory from the budget before it
+    /// is answered with `Busy`.
+    pub connection_memory_wait: Duration,
+    /// How long the holder of a region's writer role may stay silent (send
+    /// no request) before another connection may take the role over.
+    pub writer_lease: Duration,
 }
 
 impl NodeConfig {
@@ -71,6 +92,12 @@ impl NodeConfig {
             checkpoint_interval: None,
             checkpoint_retain: CHECKPOINT_RETAIN_DEFAULT,
             checkpoint_object_bytes: checkpoint::OBJECT_BYTES_DEFAULT,
+            accept_storage_mismatch: false,
+            handshakes_max: HANDSHAKES_MAX_DEFAULT,
+            frame_timeout: Duration::from_millis(FRAME_TIMEOUT_MS_DEFAULT),
+            connection_memory_bytes: CONNECTION_MEMORY_BYTES_DEFAULT,
+            connection_memory_wait: Duration::from_millis(CONNECTION_MEMORY_WAIT_MS_DEFAULT),
+            writer_lease: Duration::from_millis(WRITER_LEASE_MS_DEFAULT),
         }
     }
 }
@@ -83,6 +110,16 @@ pub const CHECKPOINT_RETAIN_DEFAULT: usize = 2;
 pub const CONNECTIONS_MAX_DEFAULT: usize = 512;
 /// Default time a new connection has to authenticate before it is closed.
 pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default number of connections that may be authenticating at once.
+pub const HANDSHAKES_MAX_DEFAULT: usize = 64;
+/// Default time a started frame or reply has to complete.
+pub const FRAME_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Default node-wide budget for connection buffers (256 MiB).
+pub const CONNECTION_MEMORY_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
+/// Default time a request waits for buffer memory.
+pub const CONNECTION_MEMORY_WAIT_MS_DEFAULT: u64 = 1000;
+/// Default writer lease: a writer silent this long may be replaced.
+pub const WRITER_LEASE_MS_DEFAULT: u64 = 60_000;
 /// How often the acceptor checks for shutdown while idle.
 pub(crate) const ACCEPT_POLL_MS: i32 = 100;
 /// How long shutdown lets connections finish the request in hand before it
@@ -112,22 +149,86 @@ pub(crate) struct Shared {
     pub(crate) connections: Mutex<HashMap<u64, ConnectionEntry>>,
     pub(crate) connection_count: AtomicU32,
     pub(crate) requests: AtomicU64,
+    /// Connection buffers beyond each connection's baseline.
+    pub(crate) connection_memory: crate::connection::MemoryBudget,
+    /// Connections still authenticating, oldest first.
+    pub(crate) handshakes: Mutex<std::collections::BTreeMap<u64, TcpStream>>,
+    /// Rate limit for warnings about failed handshakes.
+    pub(crate) failed_handshakes_log: crate::connection::LogLimiter,
+    /// The credentials clients authenticate with, reloaded when they change.
+    pub(crate) credentials: crate::access::CredentialStore,
+    /// Which connection holds each region's writer role.
+    pub(crate) writers: crate::access::WriterRoles,
 }
 
 /// A running node. Dropping it shuts it down.
 pub struct Node {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    /// Kept so that a stop that could not save everything can serve again.
+    listener: TcpListener,
     acceptor: Option<JoinHandle<()>>,
     checkpointer: Option<JoinHandle<()>>,
 }
 
+/// Regions whose changes a graceful stop could not save to storage: the
+/// node's RAM holds the only copy of them.
+#[derive(Clone, Debug)]
+pub struct Unsaved {
+    /// Each region: its name, the pages dirty since its last checkpoint, and
+    /// why the last attempt failed.
+    pub regions: Vec<UnsavedRegion>,
+}
+
+/// One region a graceful stop could not save.
+#[derive(Clone, Debug)]
+pub struct UnsavedRegion {
+    /// The region's name.
+    pub name: String,
+    /// Pages written since its last checkpoint.
+    pub dirty_pages: u64,
+    /// Their bytes.
+    pub dirty_bytes: u64,
+    /// Why the last checkpoint attempt failed.
+    pub error: String,
+}
+
+impl std::fmt::Display for Unsaved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} region(s) have changes that no checkpoint holds:",
+            self.regions.len()
+        )?;
+        for region in &self.regions {
+            write!(
+                f,
+                " {:?} ({} dirty pages, {} bytes: {});",
+                region.name, region.dirty_pages, region.dirty_bytes, region.error
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// How long a graceful stop waits between checkpoint attempts, at first and
+/// at most.
+const STOP_RETRY_MS_MIN: u64 = 250;
+const STOP_RETRY_MS_MAX: u64 = 5_000;
+
 impl Node {
     /// Opens the data dir, reserves the arena, binds and starts serving.
     pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        if !config.listen.ip().is_loopback() && config.token.is_none() {
+        if !config.listen.ip().is_loopback()
+            && config.token.is_none()
+            && !config
+                .data_dir
+                .join(crate::access::CREDENTIALS_FILE_NAME)
+                .exists()
+        {
             return Err(NodeError::Config(format!(
-                "refusing to listen on non-loopback address {} without a token (give --token-file)",
+                "refusing to listen on non-loopback address {} without a token or credentials \
+                 (give --token-file, or create one with `pagoda token create`)",
                 config.listen
             )));
         }
@@ -144,6 +245,7 @@ impl Node {
                 "the handshake timeout must be positive".into(),
             ));
         }
+        crate::connection::check_config(&config)?;
         if config.connections_max == 0 {
             return Err(NodeError::Config(
                 "connections_max must be at least 1".into(),
@@ -160,10 +262,22 @@ impl Node {
             ));
         }
         let arena = Arc::new(Arena::new(config.capacity_bytes, SEGMENT_BYTES)?);
-        let catalog = Catalog::open(&config.data_dir, arena.clone())?;
-        let storage = config.storage.as_ref().map(Storage::open).transpose()?;
+        let missing = if config.accept_storage_mismatch {
+            MissingCatalog::StartEmpty
+        } else {
+            MissingCatalog::Refuse
+        };
+        let catalog = Catalog::open_with(&config.data_dir, arena.clone(), missing)?;
+        let credentials =
+            crate::access::CredentialStore::open(&config.data_dir, config.token.as_deref())?;
+        let writers = crate::access::WriterRoles::new(config.writer_lease);
+        let storage = config
+            .storage
+            .as_ref()
+            .map(Storage::open_checked)
+            .transpose()?;
         let baselines = match &storage {
-            Some(storage) => reload(storage, &catalog),
+            Some(storage) => reload(storage, &catalog, config.accept_storage_mismatch)?,
             None => HashMap::new(),
         };
         let journals = replay_journals(&config.data_dir, &catalog);
@@ -183,6 +297,8 @@ impl Node {
             storage = storage.as_ref().map_or("none", |s| s.description()),
             "node started"
         );
+        let connection_memory =
+            crate::connection::MemoryBudget::new(config.connection_memory_bytes);
         let shared = Arc::new(Shared {
             config,
             catalog,
@@ -195,15 +311,40 @@ impl Node {
             connections: Mutex::new(HashMap::new()),
             connection_count: AtomicU32::new(0),
             requests: AtomicU64::new(0),
+            connection_memory,
+            handshakes: Mutex::new(std::collections::BTreeMap::new()),
+            failed_handshakes_log: crate::connection::LogLimiter::failed_handshakes(),
+            credentials,
+            writers,
         });
-        let acceptor_shared = shared.clone();
-        let acceptor = std::thread::Builder::new()
-            .name("pagoda-accept".into())
-            .spawn(move || crate::connection::accept_loop(acceptor_shared, listener))
-            .map_err(|e| NodeError::io("spawning the acceptor", e))?;
-        let checkpointer = match shared.config.checkpoint_interval {
-            Some(interval) if shared.storage.is_some() => {
-                let checkpointer_shared = shared.clone();
+        let mut node = Node {
+            shared,
+            local_addr,
+            listener,
+            acceptor: None,
+            checkpointer: None,
+        };
+        node.serve()?;
+        Ok(node)
+    }
+
+    /// Starts the acceptor and the periodic checkpointer.
+    fn serve(&mut self) -> Result<(), NodeError> {
+        let listener = self
+            .listener
+            .try_clone()
+            .map_err(|e| NodeError::io("sharing the listener", e))?;
+        self.shared.shutting_down.store(false, Ordering::SeqCst);
+        let acceptor_shared = self.shared.clone();
+        self.acceptor = Some(
+            std::thread::Builder::new()
+                .name("pagoda-accept".into())
+                .spawn(move || crate::connection::accept_loop(acceptor_shared, listener))
+                .map_err(|e| NodeError::io("spawning the acceptor", e))?,
+        );
+        self.checkpointer = match self.shared.config.checkpoint_interval {
+            Some(interval) if self.shared.storage.is_some() => {
+                let checkpointer_shared = self.shared.clone();
                 Some(
                     std::thread::Builder::new()
                         .name("pagoda-checkpoint".into())
@@ -213,12 +354,7 @@ impl Node {
             }
             _ => None,
         };
-        Ok(Node {
-            shared,
-            local_addr,
-            acceptor: Some(acceptor),
-            checkpointer,
-        })
+        Ok(())
     }
 
     /// The address the node listens on.
@@ -232,14 +368,63 @@ impl Node {
     }
 
     /// Stops accepting, closes every connection once its current request is
-    /// answered, and waits for the threads to finish.
+    /// answered, waits for the threads to finish, and takes a last checkpoint
+    /// of every region with dirty pages. Whatever it could not save is
+    /// logged as an error and lost; [`Node::try_stop`] refuses to lose it.
     pub fn shutdown(mut self) {
-        self.stop();
+        if let Err(unsaved) = self.stop(Duration::ZERO) {
+            tracing::error!(%unsaved, "node stopped, losing changes");
+        }
     }
 
-    fn stop(&mut self) {
+    /// A graceful stop that loses nothing acknowledged: stops serving and
+    /// checkpoints every region with dirty pages, retrying failed checkpoints
+    /// for up to `retry_for`. If some region's changes still are not in
+    /// storage (a full disk, an unreachable store), the node serves again,
+    /// exactly as before, and the error says which regions and why: the
+    /// operator frees space or mends the store and stops it again, or
+    /// abandons the changes explicitly (`shutdown`, or killing the process).
+    /// A node without storage has nowhere to save to and always stops.
+    pub fn try_stop(&mut self, retry_for: Duration) -> Result<(), Unsaved> {
+        let result = self.stop(retry_for);
+        if result.is_err()
+            && let Err(error) = self.serve()
+        {
+            tracing::error!(%error, "could not resume serving after a refused stop");
+        }
+        result
+    }
+
+    /// Regions with changes no checkpoint holds, and the error of each one's
+    /// last attempt.
+    fn unsaved(&self, errors: &HashMap<String, String>) -> Unsaved {
+        let mut regions = Vec::new();
+        for region in self.shared.catalog.regions() {
+            if region.state() != RegionState::Active {
+                continue;
+            }
+            let since = region.last_checkpoint().map_or(0, |mark| mark.start_seq);
+            let dirty_pages = region.dirty_count(since);
+            if dirty_pages == 0 {
+                continue;
+            }
+            let name = region.info().name.clone();
+            regions.push(UnsavedRegion {
+                dirty_bytes: dirty_pages * region.info().page_size as u64,
+                dirty_pages,
+                error: errors
+                    .get(&name)
+                    .cloned()
+                    .unwrap_or_else(|| "written after the last attempt".into()),
+                name,
+            });
+        }
+        Unsaved { regions }
+    }
+
+    fn stop(&mut self, retry_for: Duration) -> Result<(), Unsaved> {
         let Some(acceptor) = self.acceptor.take() else {
-            return;
+            return Ok(());
         };
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         let _ = acceptor.join();
@@ -266,18 +451,38 @@ impl Node {
                 let _ = thread.join();
             }
         }
-        if self.shared.storage.is_some() {
-            // No client is served any more: a last checkpoint of every region
-            // with dirty pages makes a graceful stop lose nothing.
-            checkpoint_dirty(&self.shared, None);
+        if self.shared.storage.is_none() {
+            tracing::info!(local_addr = %self.local_addr, "node stopped");
+            return Ok(());
         }
-        tracing::info!(local_addr = %self.local_addr, "node stopped");
+        // No client is served any more: a last checkpoint of every region
+        // with dirty pages makes a graceful stop lose nothing. Failures are
+        // retried with backoff until `retry_for` has passed.
+        let began = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(STOP_RETRY_MS_MIN);
+        loop {
+            let errors = checkpoint_dirty(&self.shared, None);
+            let unsaved = self.unsaved(&errors);
+            if unsaved.regions.is_empty() {
+                tracing::info!(local_addr = %self.local_addr, "node stopped");
+                return Ok(());
+            }
+            if began.elapsed() + backoff > retry_for {
+                tracing::error!(%unsaved, "the last checkpoints failed");
+                return Err(unsaved);
+            }
+            tracing::warn!(%unsaved, retry_ms = backoff.as_millis() as u64, "the last checkpoints failed; retrying");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(STOP_RETRY_MS_MAX));
+        }
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        self.stop();
+        if let Err(unsaved) = self.stop(Duration::ZERO) {
+            tracing::error!(%unsaved, "node dropped, losing changes");
+        }
     }
 }
 
@@ -289,7 +494,9 @@ pub(crate) fn serve_request(
 ) -> Result<(), NodeError> {
     let catalog = &shared.catalog;
     match request {
-        Request::Hello { .. } => unreachable!("handled by the caller"),
+        Request::Hello { .. } | Request::AuthProof { .. } | Request::CloseRegion { .. } => {
+            unreachable!("handled by access::Session")
+        }
         Request::Ping { reply_bytes } => {
             if reply_bytes > PING_REPLY_BYTES_MAX {
                 return Err(NodeError::InvalidArgument(format!(
@@ -310,7 +517,7 @@ pub(crate) fn serve_request(
             tracing::info!(name, size, page_size, id = info.id, "region created");
             Response::RegionInfo(info).encode(out, request_id, 0);
         }
-        Request::OpenRegion { name } => {
+        Request::OpenRegion { name, .. } => {
             let region = catalog.by_name(name)?;
             Response::RegionInfo(region.info().clone()).encode(out, request_id, 0);
         }
@@ -531,6 +738,13 @@ fn take_checkpoint(
         .baselines
         .lock()
         .insert(region.info().id, Arc::new(manifest));
+    // The catalog records the newest complete checkpoint, so a restart that
+    // finds an older one in storage refuses to roll back silently. Failing to
+    // record it loses nothing: the record is only ever behind storage.
+    region.set_durable_epoch(info.epoch);
+    if let Err(error) = shared.catalog.save_states() {
+        tracing::warn!(name, %error, "could not record the checkpoint in the catalog");
+    }
     // The checkpoint covers every journal record applied before it began.
     let through = region
         .last_checkpoint()
@@ -645,17 +859,19 @@ fn checkpoint_loop(shared: Arc<Shared>, interval: Duration) {
             std::thread::sleep(Duration::from_millis(ACCEPT_POLL_MS as u64));
             continue;
         }
-        checkpoint_dirty(&shared, Some(&shared.shutting_down));
+        let _ = checkpoint_dirty(&shared, Some(&shared.shutting_down));
         next = std::time::Instant::now() + interval;
     }
 }
 
 /// Checkpoints every active region with pages dirty since its last
-/// checkpoint, stopping early if `stop` is set.
-fn checkpoint_dirty(shared: &Shared, stop: Option<&AtomicBool>) {
+/// checkpoint, stopping early if `stop` is set. Returns the error of each
+/// region whose checkpoint failed, by name.
+fn checkpoint_dirty(shared: &Shared, stop: Option<&AtomicBool>) -> HashMap<String, String> {
+    let mut errors = HashMap::new();
     for region in shared.catalog.regions() {
         if stop.is_some_and(|stop| stop.load(Ordering::SeqCst)) {
-            return;
+            break;
         }
         if region.state() != RegionState::Active {
             continue;
@@ -665,8 +881,11 @@ fn checkpoint_dirty(shared: &Shared, stop: Option<&AtomicBool>) {
             continue;
         }
         // Failures are logged by take_checkpoint; the next round retries.
-        let _ = take_checkpoint(shared, &region, false);
+        if let Err(error) = take_checkpoint(shared, &region, false) {
+            errors.insert(region.info().name.clone(), error.to_string());
+        }
     }
+    errors
 }
 
 /// Starts a recovery job on its own thread.
@@ -699,25 +918,55 @@ fn start_recovery(
 
 /// Loads each active region's latest baseline (with its uid) at startup.
 /// A region whose baseline fails to load is marked damaged with the reason;
-/// the others serve.
-fn reload(storage: &Storage, catalog: &Catalog) -> HashMap<u64, Arc<Manifest>> {
+/// the others serve. A region whose newest checkpoint in storage is older
+/// than the one the catalog recorded (a manifest deleted or lost behind the
+/// node's back) fails the start, naming it, unless `accept_mismatch`: then
+/// it rolls back to the newest checkpoint left, logged as an error.
+fn reload(
+    storage: &Storage,
+    catalog: &Catalog,
+    accept_mismatch: bool,
+) -> Result<HashMap<u64, Arc<Manifest>>, NodeError> {
     let mut baselines = HashMap::new();
+    let mut mismatches = Vec::new();
     for region in catalog.regions() {
         if region.state() != RegionState::Active {
             continue;
         }
         let name = region.info().name.clone();
         let began = std::time::Instant::now();
-        let loaded =
-            checkpoint::latest_manifest(storage, &name, Some(region.uid())).and_then(|manifest| {
-                match manifest {
-                    Some(manifest) => {
-                        checkpoint::load_baseline(storage, &region, &manifest, &())?;
-                        Ok(Some(manifest))
-                    }
-                    None => Ok(None),
+        let latest = checkpoint::latest_manifest(storage, &name, Some(region.uid()));
+        let recorded = region.durable_epoch();
+        if let Ok(found) = &latest {
+            let found_epoch = found.as_ref().map_or(0, |manifest| manifest.epoch);
+            if found_epoch < recorded {
+                let newest = match found_epoch {
+                    0 => "none".to_owned(),
+                    epoch => epoch.to_string(),
+                };
+                let problem = format!(
+                    "region {name:?}: the catalog records checkpoint {recorded}, but the newest \
+                     in {} is {newest}",
+                    storage.description()
+                );
+                if !accept_mismatch {
+                    mismatches.push(problem);
+                    continue;
                 }
-            });
+                tracing::error!(
+                    "{problem}: rolling back to it as told (--accept-storage-mismatch); \
+                     writes after it are lost"
+                );
+                region.set_durable_epoch(found_epoch);
+            }
+        }
+        let loaded = latest.and_then(|manifest| match manifest {
+            Some(manifest) => {
+                checkpoint::load_baseline(storage, &region, &manifest, &())?;
+                Ok(Some(manifest))
+            }
+            None => Ok(None),
+        });
         match loaded {
             Ok(Some(manifest)) => {
                 tracing::info!(
@@ -745,5 +994,16 @@ fn reload(storage: &Storage, catalog: &Catalog) -> HashMap<u64, Arc<Manifest>> {
             }
         }
     }
-    baselines
+    if !mismatches.is_empty() {
+        return Err(NodeError::CatalogMismatch(format!(
+            "the catalog and storage disagree; starting would roll regions back silently: {}. \
+             Restore the missing checkpoints, or start with --accept-storage-mismatch to roll \
+             back to the newest checkpoints left",
+            mismatches.join("; ")
+        )));
+    }
+    if accept_mismatch {
+        catalog.save_states()?;
+    }
+    Ok(baselines)
 }

@@ -17,6 +17,7 @@ use std::io::Write;
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -105,6 +106,32 @@ pub struct Storage {
     store: Arc<dyn ObjectStore>,
     runtime: tokio::runtime::Runtime,
     description: String,
+    /// The store of a [`StorageConfig::Dir`], where staging files of
+    /// interrupted puts can be left behind.
+    dir: Option<Arc<DurableDir>>,
+}
+
+/// Staging files at least this old are removed when a node opens its
+/// storage: a put takes seconds, so an older one was left by a crash (another
+/// node sharing the directory may have a younger one in flight).
+pub const STAGING_AGE_MIN: Duration = Duration::from_secs(600);
+/// How long the start-up probe of the storage may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What removing leftover staging files found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StagingReport {
+    /// Files removed.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Whether a file name is a staging file's: `<key>#<digits>`.
+fn is_staging(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(key, digits)| {
+        !key.is_empty() && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 /// Storage operations in flight at once (uploads of one checkpoint, reads of
@@ -115,12 +142,15 @@ impl Storage {
     /// Opens the backend `config` names; a directory is created if missing.
     pub fn open(config: &StorageConfig) -> Result<Storage, NodeError> {
         let description = config.describe();
+        let mut dir = None;
         let store: Arc<dyn ObjectStore> = match config {
             StorageConfig::Dir(path) => {
                 std::fs::create_dir_all(path).map_err(|e| {
                     NodeError::io(format!("creating storage dir {}", path.display()), e)
                 })?;
-                Arc::new(DurableDir::new(path)?)
+                let durable = Arc::new(DurableDir::new(path)?);
+                dir = Some(durable.clone());
+                durable
             }
             StorageConfig::S3 { bucket, prefix } => {
                 let s3 = object_store::aws::AmazonS3Builder::from_env()
@@ -145,7 +175,129 @@ impl Storage {
             store,
             runtime,
             description,
+            dir,
         })
+    }
+
+    /// Opens the backend and proves it usable before the node serves: writes,
+    /// reads back and deletes a small object, so a wrong bucket, missing
+    /// credentials or a read-only directory fail the start with a clear
+    /// error rather than the first checkpoint. Leftover staging files of a
+    /// directory are removed (see [`STAGING_AGE_MIN`]).
+    pub fn open_checked(config: &StorageConfig) -> Result<Storage, NodeError> {
+        let storage = Storage::open(config)?;
+        storage.probe()?;
+        match storage.remove_staging(&Path::default(), STAGING_AGE_MIN) {
+            Ok(report) if report.files > 0 => tracing::info!(
+                storage = storage.description(),
+                files = report.files,
+                bytes = report.bytes,
+                "removed staging files left by interrupted checkpoints"
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "could not remove leftover staging files"),
+        }
+        Ok(storage)
+    }
+
+    fn probe(&self) -> Result<(), NodeError> {
+        let key = Path::from(format!("_pagoda/probe-{:016x}", rand::random::<u64>()));
+        let payload = Bytes::from_static(b"pagoda storage probe");
+        let unusable = |error: NodeError| {
+            NodeError::Config(format!(
+                "storage {} is not usable ({error}); check its address, bucket and credentials \
+                 (for S3: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
+                self.description
+            ))
+        };
+        self.block_on(async {
+            tokio::time::timeout(PROBE_TIMEOUT, async {
+                self.put(&key, payload.clone()).await?;
+                let read = self.get(&key).await?;
+                self.delete(&key).await?;
+                if read != payload {
+                    return Err(NodeError::Storage(format!(
+                        "{key} read back differs from what was written"
+                    )));
+                }
+                Ok(())
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(NodeError::Storage(format!(
+                    "no answer within {} s",
+                    PROBE_TIMEOUT.as_secs()
+                )))
+            })
+        })
+        .map_err(unusable)
+    }
+
+    /// Removes staging files (`<key>#<digits>`, left by puts a crash
+    /// interrupted) at least `min_age` old under `prefix` of a directory
+    /// store; other stores have none.
+    pub fn remove_staging(
+        &self,
+        prefix: &Path,
+        min_age: Duration,
+    ) -> Result<StagingReport, NodeError> {
+        let mut report = StagingReport::default();
+        let Some(dir) = &self.dir else {
+            return Ok(report);
+        };
+        let start = if prefix.as_ref().is_empty() {
+            dir.root.clone()
+        } else {
+            dir.inner
+                .path_to_filesystem(prefix)
+                .map_err(|e| self.failed(format!("locating {prefix}"), e))?
+        };
+        if !start.exists() {
+            return Ok(report);
+        }
+        let now = std::time::SystemTime::now();
+        let mut pending = vec![start];
+        while let Some(dir) = pending.pop() {
+            let entries = std::fs::read_dir(&dir)
+                .map_err(|e| NodeError::io(format!("listing {}", dir.display()), e))?;
+            for entry in entries {
+                let entry =
+                    entry.map_err(|e| NodeError::io(format!("listing {}", dir.display()), e))?;
+                let kind = entry.file_type().map_err(|e| {
+                    NodeError::io(format!("inspecting {}", entry.path().display()), e)
+                })?;
+                if kind.is_dir() {
+                    pending.push(entry.path());
+                    continue;
+                }
+                if !kind.is_file() || !entry.file_name().to_str().is_some_and(is_staging) {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else { continue };
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|modified| now.duration_since(modified).ok())
+                    .unwrap_or_default();
+                if age < min_age {
+                    continue;
+                }
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => {
+                        report.files += 1;
+                        report.bytes += meta.len();
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => {
+                        return Err(NodeError::io(
+                            format!("removing {}", entry.path().display()),
+                            error,
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// The store.
@@ -432,5 +584,70 @@ mod tests {
         storage.block_on(storage.delete(&key)).unwrap();
         storage.block_on(storage.delete(&key)).unwrap();
         assert!(storage.block_on(storage.get(&key)).is_err());
+    }
+
+    // Guards the staging-file leak: files a crash left behind are removed
+    // when old enough (and under a prefix at any age), objects never are.
+    #[test]
+    fn leftover_staging_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&StorageConfig::Dir(dir.path().to_path_buf())).unwrap();
+        let key = Path::from("regions/r/data/1.obj");
+        storage
+            .block_on(storage.put(&key, Bytes::from_static(b"object")))
+            .unwrap();
+        let old = dir.path().join("regions/r/data/1.obj#4242");
+        std::fs::write(&old, vec![7u8; 1000]).unwrap();
+        let ancient = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(ancient)
+            .unwrap();
+        let young = dir.path().join("regions/s/manifests/2.manifest#7");
+        std::fs::create_dir_all(young.parent().unwrap()).unwrap();
+        std::fs::write(&young, b"in flight").unwrap();
+        let not_staging = dir.path().join("regions/r/data/notes#x1");
+        std::fs::write(&not_staging, b"keep").unwrap();
+
+        let report = storage
+            .remove_staging(&Path::default(), STAGING_AGE_MIN)
+            .unwrap();
+        assert_eq!(
+            report,
+            StagingReport {
+                files: 1,
+                bytes: 1000
+            }
+        );
+        assert!(!old.exists() && young.exists() && not_staging.exists());
+        let report = storage
+            .remove_staging(&Path::from("regions/s"), Duration::ZERO)
+            .unwrap();
+        assert_eq!(report.files, 1);
+        assert!(!young.exists());
+        // Under a prefix that object_store encodes (`%` in a region's key).
+        let odd = crate::checkpoint::region_prefix("a b");
+        let object = odd.child("data").child("1.obj");
+        storage
+            .block_on(storage.put(&object, Bytes::from_static(b"x")))
+            .unwrap();
+        let on_disk = storage
+            .dir
+            .as_ref()
+            .unwrap()
+            .inner
+            .path_to_filesystem(&object)
+            .unwrap();
+        let staging = PathBuf::from(format!("{}#99", on_disk.display()));
+        std::fs::write(&staging, b"left").unwrap();
+        assert_eq!(
+            storage.remove_staging(&odd, Duration::ZERO).unwrap().files,
+            1
+        );
+        assert!(!staging.exists() && on_disk.exists());
+        assert_eq!(&storage.block_on(storage.get(&key)).unwrap()[..], b"object");
+        assert!(is_staging("a#1") && !is_staging("#1") && !is_staging("a#") && !is_staging("a"));
     }
 }
