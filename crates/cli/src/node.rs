@@ -76,6 +76,10 @@ pub struct NodeArgs {
     /// newest one left. Without it the node refuses to start and says why.
     #[arg(long)]
     accept_storage_mismatch: bool,
+    /// A node this one may connect to as a recovery's source (repeat for
+    /// several). Without any, only addresses on this host's loopback.
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    peers: Vec<String>,
     /// Checkpoints kept per region; older ones are garbage-collected.
     #[arg(long, default_value_t = pagoda_node::server::CHECKPOINT_RETAIN_DEFAULT)]
     checkpoint_retain: usize,
@@ -98,6 +102,13 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
         (args.checkpoint_interval > 0).then(|| Duration::from_secs(args.checkpoint_interval));
     config.checkpoint_retain = args.checkpoint_retain;
     config.accept_storage_mismatch = args.accept_storage_mismatch;
+    for peer in &args.peers {
+        use std::net::ToSocketAddrs;
+        let addresses = peer
+            .to_socket_addrs()
+            .map_err(|e| format!("--peer {peer}: {e}"))?;
+        config.peers.extend(addresses);
+    }
     if let Some(path) = &args.token_file {
         config.token = Some(crate::read_token(path)?);
     }

@@ -96,6 +96,8 @@ fn stat_json(stat: &RegionStat) -> serde_json::Value {
         "checkpoint_epoch": stat.checkpoint_epoch,
         "checkpoint_age_ms": (stat.checkpoint_age_ms != u64::MAX).then_some(stat.checkpoint_age_ms),
         "dirty_pages": stat.dirty_pages,
+        "uid": format!("{:016x}", stat.uid),
+        "metadata_bytes": stat.metadata_bytes,
     })
 }
 
@@ -191,6 +193,7 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
                     format_bytes(stat.resident_bytes),
                     stat.segments_allocated
                 );
+                println!("metadata        {}", format_bytes(stat.metadata_bytes));
                 println!("pages read      {}", stat.pages_read);
                 println!("pages written   {}", stat.pages_written);
                 println!("state           {}", stat.state.name());

@@ -89,6 +89,9 @@ pub enum NodeError {
         /// What is wrong.
         detail: String,
     },
+    /// A recovery named a source this node may not connect to.
+    #[error("{0}")]
+    PeerNotAllowed(String),
     /// Another node (a recovery's source) failed or refused.
     #[error("source node: {0}")]
     Peer(String),
@@ -124,7 +127,9 @@ impl NodeError {
             NodeError::OutOfMemory { .. } | NodeError::MetadataAllocation { .. } => {
                 ErrorCode::OutOfMemory
             }
-            NodeError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            NodeError::InvalidArgument(_) | NodeError::PeerNotAllowed(_) => {
+                ErrorCode::InvalidArgument
+            }
             NodeError::TooManyRegions(_) => ErrorCode::TooManyRegions,
             NodeError::RegionUnavailable { .. } => ErrorCode::RegionUnavailable,
             NodeError::ReadOnly(_) => ErrorCode::ReadOnly,

@@ -15,6 +15,7 @@
 //! the baseline alone is allowed when asked for explicitly; the progress
 //! states the baseline's age, which is what was lost.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -142,7 +143,51 @@ pub(crate) fn validate(shared: &Shared, request: &RecoveryRequest) -> Result<(),
     if shared.catalog.by_name(&request.name).is_ok() {
         return Err(NodeError::RegionExists(request.name.clone()));
     }
+    if let Some(source) = &request.source {
+        check_peer(&shared.config.peers, source)?;
+    }
     Ok(())
+}
+
+/// Refuses to dial `source` unless every address it resolves to is an
+/// allowed peer: one of `peers`, or, when `peers` is empty, an address on
+/// this host's loopback. A node never connects, with its credentials, to
+/// wherever a client names.
+pub(crate) fn check_peer(peers: &[SocketAddr], source: &str) -> Result<(), NodeError> {
+    let addresses: Vec<SocketAddr> = source
+        .to_socket_addrs()
+        .map_err(|e| NodeError::InvalidArgument(format!("source {source:?}: {e}")))?
+        .collect();
+    if addresses.is_empty() {
+        return Err(NodeError::InvalidArgument(format!(
+            "source {source:?} resolves to no address"
+        )));
+    }
+    let allowed = |address: &SocketAddr| {
+        if peers.is_empty() {
+            address.ip().is_loopback()
+        } else {
+            peers.contains(address)
+        }
+    };
+    match addresses.iter().find(|address| !allowed(address)) {
+        None => Ok(()),
+        Some(address) => Err(NodeError::PeerNotAllowed(format!(
+            "source {source:?} ({address}) is not an allowed peer of this node: {}",
+            if peers.is_empty() {
+                "without --peer, only addresses on this host's loopback are".to_owned()
+            } else {
+                format!(
+                    "the allowed peers are {}",
+                    peers
+                        .iter()
+                        .map(|peer| peer.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        ))),
+    }
 }
 
 /// Runs a recovery to the end, recording progress and the outcome in `job`.
@@ -163,6 +208,11 @@ pub(crate) fn run(shared: &Shared, request: &RecoveryRequest, job: &RecoveryJob)
 struct Source {
     client: Client,
     region: pagoda::RegionInfo,
+    /// The region's uid there: only a baseline with this uid is the
+    /// source's own, so only its dirty pages complete it.
+    uid: u64,
+    /// The newest checkpoint the source has taken of the region (0: none).
+    checkpoint_epoch: u64,
 }
 
 fn remote(context: &str, error: pagoda::ClientError) -> NodeError {
@@ -189,11 +239,15 @@ fn recover(
             };
             let client = Client::connect(address.as_str(), options)
                 .map_err(|e| remote(&format!("connecting to source {address}"), e))?;
-            let region = client
+            let stat = client
                 .stat_region(name)
-                .map(|stat| stat.info)
                 .map_err(|e| remote(&format!("opening {name:?} on source {address}"), e))?;
-            Some(Source { client, region })
+            Some(Source {
+                client,
+                region: stat.info,
+                uid: stat.uid,
+                checkpoint_epoch: stat.checkpoint_epoch,
+            })
         }
         None => None,
     };
@@ -204,7 +258,10 @@ fn recover(
     let mut attempt = 0;
     let (manifest, first_list) = loop {
         attempt += 1;
-        let manifest = checkpoint::latest_manifest(storage, name, None)?;
+        // With a source, only its own baseline (same uid) can be completed
+        // by its dirty pages; another region's of the same name cannot.
+        let uid = source.as_ref().map(|source| source.uid);
+        let manifest = checkpoint::latest_manifest(storage, name, uid)?;
         let Some(source) = &source else {
             break (manifest, None);
         };
@@ -226,11 +283,7 @@ fn recover(
     }
     let (size, page_size, uid) = match (&manifest, &source) {
         (Some(manifest), _) => (manifest.size, manifest.page_size, manifest.uid),
-        (None, Some(source)) => (
-            source.region.size,
-            source.region.page_size,
-            crate::catalog::new_uid(),
-        ),
+        (None, Some(source)) => (source.region.size, source.region.page_size, source.uid),
         (None, None) => unreachable!("checked above"),
     };
     if let Some(source) = &source
@@ -242,11 +295,47 @@ fn recover(
         )));
     }
 
+    // Say which path this recovery takes and why: a full copy from the
+    // source when the source has a checkpoint this node cannot see means the
+    // nodes do not share storage, which costs the whole region over the
+    // network instead of only the pages written since the checkpoint.
+    let path = match (&manifest, &source) {
+        (Some(manifest), Some(_)) => format!(
+            "baseline: checkpoint {} from {}, then the pages written since from the source",
+            manifest.epoch,
+            storage.description()
+        ),
+        (Some(manifest), None) => format!(
+            "baseline alone: checkpoint {} from {}",
+            manifest.epoch,
+            storage.description()
+        ),
+        (None, Some(source)) if source.checkpoint_epoch > 0 => {
+            let warning = format!(
+                "full copy from the source: it has checkpoint {} of {name:?}, but {} holds no \
+                 checkpoint of that region (uid {:016x}): the two nodes do not share storage, \
+                 so every page is copied over the network",
+                source.checkpoint_epoch,
+                storage.description(),
+                source.uid
+            );
+            tracing::warn!(name, "{warning}");
+            warning
+        }
+        (None, Some(_)) => format!(
+            "full copy from the source: the region has never been checkpointed (nothing in {})",
+            storage.description()
+        ),
+        (None, None) => unreachable!("checked above"),
+    };
+    tracing::info!(name, path, "recovery started");
+    job.set_phase(RecoveryPhase::Baseline, path.clone());
     let region =
         shared
             .catalog
             .create_region(name, size, page_size, uid, RegionState::Recovering)?;
-    let result = fill(shared, &region, manifest.as_ref(), source, first_list, job);
+    let result = fill(shared, &region, manifest.as_ref(), source, first_list, job)
+        .map(|note| format!("{path}. {note}"));
     match result {
         Ok(note) => {
             if let Some(manifest) = &manifest {
@@ -301,7 +390,8 @@ fn fill(
             job.baseline_age_ms.load(Ordering::Relaxed) as f64 / 1000.0
         ));
     };
-    job.set_phase(RecoveryPhase::Source, "");
+    let path = job.phase.lock().1.clone();
+    job.set_phase(RecoveryPhase::Source, path);
     let (mut ranges, mut mark) = first_list.expect("listed with the source");
     let mut rounds = 0;
     loop {
@@ -401,5 +491,26 @@ fn copy_ranges(
     match failure.into_inner() {
         Some(error) => Err(error),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Guards the "credentials in transit" finding: a recovery's source must
+    // be an allowed peer, loopback only by default.
+    #[test]
+    fn only_allowed_peers_are_dialled() {
+        check_peer(&[], "127.0.0.1:7070").unwrap();
+        check_peer(&[], "[::1]:7070").unwrap();
+        let error = check_peer(&[], "192.0.2.1:7070").unwrap_err();
+        assert!(matches!(error, NodeError::PeerNotAllowed(_)), "{error}");
+        assert!(error.to_string().contains("--peer"), "{error}");
+        let peers: Vec<SocketAddr> = vec!["192.0.2.1:7070".parse().unwrap()];
+        check_peer(&peers, "192.0.2.1:7070").unwrap();
+        assert!(check_peer(&peers, "192.0.2.1:7071").is_err());
+        assert!(check_peer(&peers, "127.0.0.1:7070").is_err());
+        assert!(check_peer(&peers, "no port").is_err());
     }
 }

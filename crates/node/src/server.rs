@@ -59,6 +59,9 @@ pub struct NodeConfig {
     /// gone from storage, which then rolls back to the newest one left).
     /// Off by default: the node refuses to start and says why.
     pub accept_storage_mismatch: bool,
+    /// The nodes this node may connect to as a recovery's source. Empty:
+    /// only addresses on this host's loopback.
+    pub peers: Vec<SocketAddr>,
     /// Most connections that may be authenticating at once. When all are
     /// taken, a new connection takes the place of the oldest one, so a
     /// flood of slow handshakes cannot lock clients out.
@@ -93,6 +96,7 @@ impl NodeConfig {
             checkpoint_retain: CHECKPOINT_RETAIN_DEFAULT,
             checkpoint_object_bytes: checkpoint::OBJECT_BYTES_DEFAULT,
             accept_storage_mismatch: false,
+            peers: Vec::new(),
             handshakes_max: HANDSHAKES_MAX_DEFAULT,
             frame_timeout: Duration::from_millis(FRAME_TIMEOUT_MS_DEFAULT),
             connection_memory_bytes: CONNECTION_MEMORY_BYTES_DEFAULT,
@@ -539,6 +543,8 @@ pub(crate) fn serve_request(
                         .map_or(0, |age| age.as_millis() as u64)
                 }),
                 dirty_pages: region.dirty_count(last.as_ref().map_or(0, |mark| mark.start_seq)),
+                uid: region.uid(),
+                metadata_bytes: region.metadata_bytes(),
             })
             .encode(out, request_id, 0);
         }

@@ -5,6 +5,7 @@
 //! borrow from the payload, check every length against the bytes present and
 //! against [`crate::limits`], and never allocate more than the limits allow.
 
+use crate::auth::{KEY_BYTES, Key, NONCE_BYTES, Nonce};
 use crate::error::{ErrorCode, WireError};
 use crate::frame::{FrameBuilder, Opcode};
 use crate::limits::*;
@@ -37,12 +38,20 @@ impl<'a> PageList<'a> {
 /// A request, decoded from a frame whose opcode is a request opcode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request<'a> {
-    /// Authenticates the connection.
+    /// Starts the handshake (see [`crate::auth`]). The node answers
+    /// `AuthChallenge`, or `HelloOk` at once if it has no credentials.
     Hello {
-        /// The shared token; empty when the client has none.
-        token: &'a [u8],
         /// A name for the client, for the node's logs.
         client_name: &'a str,
+        /// The credential the client authenticates as; empty for none.
+        credential: &'a str,
+        /// The client's fresh random nonce.
+        client_nonce: Nonce,
+    },
+    /// Answers the node's challenge with a proof of the credential's token.
+    AuthProof {
+        /// Client key XOR client signature.
+        proof: Key,
     },
     /// Asks for a reply of `reply_bytes` bytes. Any payload after the field is
     /// padding, so the request size can be chosen too.
@@ -59,10 +68,19 @@ pub enum Request<'a> {
         /// Its page size; a power of two from 4 KiB to 2 MiB.
         page_size: u32,
     },
-    /// Looks a region up by name.
+    /// Looks a region up by name, for reading or for writing. Opening for
+    /// writing takes the region's writer role for this connection.
     OpenRegion {
         /// The region's name.
         name: &'a str,
+        /// Read-only or read-write.
+        mode: OpenMode,
+    },
+    /// Gives back one write open of a region: the connection's writer role
+    /// is released when its last write open is closed.
+    CloseRegion {
+        /// The region's id.
+        region: u64,
     },
     /// Returns a region's statistics.
     StatRegion {
@@ -144,6 +162,28 @@ pub enum Request<'a> {
         /// The writes: byte offset and bytes, in order.
         entries: Vec<(u64, &'a [u8])>,
     },
+}
+
+/// How a region is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum OpenMode {
+    /// Reads only; any number of connections may.
+    Read = 0,
+    /// Reads and writes; takes the region's writer role, which one
+    /// connection holds at a time.
+    Write = 1,
+}
+
+impl OpenMode {
+    /// Maps a byte from the wire.
+    pub fn from_u8(value: u8) -> Option<OpenMode> {
+        match value {
+            0 => Some(OpenMode::Read),
+            1 => Some(OpenMode::Write),
+            _ => None,
+        }
+    }
 }
 
 /// The point a dirty page list starts from.
@@ -300,6 +340,12 @@ pub struct RegionStat {
     pub checkpoint_age_ms: u64,
     /// Pages written since that checkpoint began.
     pub dirty_pages: u64,
+    /// The region's unique id (names are reused, uids never): what its
+    /// checkpoints carry, so a recovery can tell whose baseline it found.
+    pub uid: u64,
+    /// Bytes of node RAM the region's metadata takes besides its pages (it
+    /// grows with the segments written, not with the region's size).
+    pub metadata_bytes: u64,
 }
 
 /// The node's statistics.
@@ -322,6 +368,14 @@ pub struct NodeStat {
 /// A reply, decoded from a frame whose opcode is a reply opcode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Response<'a> {
+    /// The node's challenge in answer to `Hello`: the credential's salt and
+    /// the node's fresh nonce.
+    AuthChallenge {
+        /// The credential's salt.
+        salt: &'a [u8],
+        /// The node's nonce for this connection.
+        node_nonce: Nonce,
+    },
     /// `Hello` succeeded; the node's limits follow.
     HelloOk {
         /// The protocol version the node speaks.
@@ -414,6 +468,10 @@ impl<'a> Reader<'a> {
                 format!("flag byte {other} is neither 0 nor 1"),
             )),
         }
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        Ok(self.take(N)?.try_into().unwrap())
     }
 
     fn u16(&mut self) -> Result<u16, WireError> {
@@ -520,6 +578,8 @@ impl<'a> Request<'a> {
     pub fn opcode(&self) -> Opcode {
         match self {
             Request::Hello { .. } => Opcode::Hello,
+            Request::AuthProof { .. } => Opcode::AuthProof,
+            Request::CloseRegion { .. } => Opcode::CloseRegion,
             Request::Ping { .. } => Opcode::Ping,
             Request::CreateRegion { .. } => Opcode::CreateRegion,
             Request::OpenRegion { .. } => Opcode::OpenRegion,
@@ -545,10 +605,21 @@ impl<'a> Request<'a> {
         let mut frame = FrameBuilder::begin(out, self.opcode(), request_id, epoch);
         let payload = frame.payload();
         match self {
-            Request::Hello { token, client_name } => {
-                put_bytes(payload, token);
+            Request::Hello {
+                client_name,
+                credential,
+                client_nonce,
+            } => {
                 put_bytes(payload, client_name.as_bytes());
+                put_bytes(payload, credential.as_bytes());
+                payload.extend_from_slice(client_nonce);
             }
+            Request::AuthProof { proof } => payload.extend_from_slice(proof),
+            Request::OpenRegion { name, mode } => {
+                put_bytes(payload, name.as_bytes());
+                payload.push(*mode as u8);
+            }
+            Request::CloseRegion { region } => payload.extend_from_slice(&region.to_le_bytes()),
             Request::Ping { reply_bytes } => payload.extend_from_slice(&reply_bytes.to_le_bytes()),
             Request::CreateRegion {
                 name,
@@ -559,8 +630,7 @@ impl<'a> Request<'a> {
                 payload.extend_from_slice(&size.to_le_bytes());
                 payload.extend_from_slice(&page_size.to_le_bytes());
             }
-            Request::OpenRegion { name }
-            | Request::StatRegion { name }
+            Request::StatRegion { name }
             | Request::DeleteRegion { name }
             | Request::RecoveryStatus { name } => put_bytes(payload, name.as_bytes()),
             Request::Checkpoint { name, full } => {
@@ -641,8 +711,15 @@ impl<'a> Request<'a> {
         let mut reader = Reader::new(payload, what);
         let request = match op {
             Opcode::Hello => Request::Hello {
-                token: reader.bytes(TOKEN_BYTES_MAX)?,
                 client_name: reader.str(CLIENT_NAME_BYTES_MAX)?,
+                credential: reader.str(CREDENTIAL_NAME_BYTES_MAX)?,
+                client_nonce: reader.array::<NONCE_BYTES>()?,
+            },
+            Opcode::AuthProof => Request::AuthProof {
+                proof: reader.array::<KEY_BYTES>()?,
+            },
+            Opcode::CloseRegion => Request::CloseRegion {
+                region: reader.u64()?,
             },
             Opcode::Ping => {
                 let reply_bytes = reader.u32()?;
@@ -656,6 +733,12 @@ impl<'a> Request<'a> {
             },
             Opcode::OpenRegion => Request::OpenRegion {
                 name: reader.str(REGION_NAME_BYTES_MAX)?,
+                mode: {
+                    let byte = reader.u8()?;
+                    OpenMode::from_u8(byte).ok_or_else(|| {
+                        WireError::malformed(what, format!("unknown open mode {byte}"))
+                    })?
+                },
             },
             Opcode::StatRegion => Request::StatRegion {
                 name: reader.str(REGION_NAME_BYTES_MAX)?,
@@ -789,6 +872,7 @@ impl<'a> Response<'a> {
     /// The opcode this reply travels under.
     pub fn opcode(&self) -> Opcode {
         match self {
+            Response::AuthChallenge { .. } => Opcode::AuthChallenge,
             Response::HelloOk { .. } => Opcode::HelloOk,
             Response::Pong { .. } => Opcode::Pong,
             Response::RegionInfo(_) => Opcode::RegionInfo,
@@ -810,6 +894,10 @@ impl<'a> Response<'a> {
         let mut frame = FrameBuilder::begin(out, self.opcode(), request_id, epoch);
         let payload = frame.payload();
         match self {
+            Response::AuthChallenge { salt, node_nonce } => {
+                put_bytes(payload, salt);
+                payload.extend_from_slice(node_nonce);
+            }
             Response::HelloOk {
                 version,
                 batch_bytes_max,
@@ -836,6 +924,8 @@ impl<'a> Response<'a> {
                     stat.checkpoint_epoch,
                     stat.checkpoint_age_ms,
                     stat.dirty_pages,
+                    stat.uid,
+                    stat.metadata_bytes,
                 ] {
                     payload.extend_from_slice(&value.to_le_bytes());
                 }
@@ -914,6 +1004,10 @@ impl<'a> Response<'a> {
         let what = "reply";
         let mut reader = Reader::new(payload, what);
         let response = match op {
+            Opcode::AuthChallenge => Response::AuthChallenge {
+                salt: reader.bytes(SALT_BYTES_MAX)?,
+                node_nonce: reader.array::<NONCE_BYTES>()?,
+            },
             Opcode::HelloOk => Response::HelloOk {
                 version: reader.u8()?,
                 batch_bytes_max: reader.u32()?,
@@ -938,6 +1032,8 @@ impl<'a> Response<'a> {
                 checkpoint_epoch: reader.u64()?,
                 checkpoint_age_ms: reader.u64()?,
                 dirty_pages: reader.u64()?,
+                uid: reader.u64()?,
+                metadata_bytes: reader.u64()?,
             }),
             Opcode::CheckpointDone => Response::CheckpointDone(CheckpointInfo {
                 epoch: reader.u64()?,
@@ -1057,8 +1153,15 @@ mod tests {
         let data = vec![7u8; 8192];
         let requests = [
             Request::Hello {
-                token: b"secret",
                 client_name: "test",
+                credential: "default",
+                client_nonce: [3; 32],
+            },
+            Request::AuthProof { proof: [9; 32] },
+            Request::CloseRegion { region: 4 },
+            Request::OpenRegion {
+                name: "r",
+                mode: OpenMode::Write,
             },
             Request::Ping { reply_bytes: 4096 },
             Request::CreateRegion {
@@ -1066,7 +1169,10 @@ mod tests {
                 size: 1 << 30,
                 page_size: 4096,
             },
-            Request::OpenRegion { name: "r" },
+            Request::OpenRegion {
+                name: "r",
+                mode: OpenMode::Read,
+            },
             Request::StatRegion { name: "r" },
             Request::ListRegions,
             Request::DeleteRegion { name: "r" },
@@ -1126,6 +1232,10 @@ mod tests {
             name: "a".into(),
         };
         let responses = [
+            Response::AuthChallenge {
+                salt: &[5; 16],
+                node_nonce: [6; 32],
+            },
             Response::HelloOk {
                 version: 1,
                 batch_bytes_max: 1,
@@ -1143,6 +1253,8 @@ mod tests {
                 checkpoint_epoch: 5,
                 checkpoint_age_ms: 6,
                 dirty_pages: 7,
+                uid: 0x1234_5678_9abc_def1,
+                metadata_bytes: 65_536,
             }),
             Response::CheckpointDone(CheckpointInfo {
                 epoch: 1,
