@@ -315,3 +315,34 @@ fn large_regions_cost_little_until_written() {
         "unwritten pages read as zeros"
     );
 }
+
+// Guards the unusable-storage finding: storage that cannot be written (here
+// a read-only file system; for S3, a wrong bucket or missing credentials)
+// used to start fine and fail at the first checkpoint with a raw error. The
+// node must refuse to start, saying what to check.
+#[test]
+fn unusable_storage_fails_the_start() {
+    let mount = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+        .arg(mount.path())
+        .status()
+        .expect("running mount (this test needs root)");
+    assert!(status.success(), "mounting a read-only tmpfs (this test needs root)");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.path());
+    let data = tempfile::tempdir().unwrap();
+    let error = Node::start(config(data.path(), mount.path()))
+        .err()
+        .expect("a node started on read-only storage");
+    let message = error.to_string();
+    assert!(
+        message.contains("is not usable") && message.contains("credentials"),
+        "{message}"
+    );
+}
