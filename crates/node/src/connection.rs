@@ -4,36 +4,302 @@
 //! A connection must start with `Hello`. After that it may pipeline any number
 //! of requests; they are served in order and each reply carries its request's
 //! id. Replies to requests that arrived together are written together. A
-//! framing error (bad magic, version, length or checksum, or a stream closed
-//! mid-frame) is answered with an error reply carrying request id 0 where the
-//! stream is still writable, and the connection is closed; a well-framed
-//! request that fails (unknown opcode, malformed payload, out-of-range page,
-//! out of memory, ...) gets an error reply and the connection goes on. Nothing
-//! one connection sends affects another. What a request does is
-//! `server::serve_request`'s business, not this module's.
+//! framing error (bad magic, version, flags, length or checksum, or a stream
+//! closed mid-frame) is answered with an error reply carrying request id 0
+//! where the stream is still writable, and the connection is closed; a
+//! well-framed request that fails (unknown opcode, malformed payload,
+//! out-of-range page, out of memory, ...) gets an error reply and the
+//! connection goes on. Nothing one connection sends affects another. What a
+//! request does is `server::serve_request`'s business, not this module's.
+//!
+//! **Memory.** A connection's buffers have a fixed baseline: a few KiB until
+//! it has authenticated (`PREAUTH_READ_BYTES`, `PREAUTH_REPLY_BYTES`), then
+//! `READ_BYTES_BASE` and `REPLY_BYTES_BASE`. Anything beyond, for a large
+//! frame or a large reply, is borrowed from the node-wide [`MemoryBudget`]
+//! before it is allocated, and given back once the connection has been idle
+//! for `IDLE_SHRINK_MS`. A request whose buffers cannot be had within
+//! `NodeConfig::connection_memory_wait` is answered with `Busy` (its payload
+//! is read through the baseline buffer and dropped), and the connection goes
+//! on.
+//!
+//! **Time.** The whole handshake, from accept to authenticated, must finish
+//! within `NodeConfig::handshake_timeout`; a frame that has begun to arrive,
+//! and a reply that has begun to be written, within
+//! `NodeConfig::frame_timeout`. Waiting for the next request is not bounded
+//! once authenticated. At most `NodeConfig::handshakes_max` connections may
+//! be authenticating at once; a new one beyond that takes the place of the
+//! oldest, so slow handshakes cannot keep clients out.
 
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use pagoda_wire::io::FrameReader;
+use pagoda_wire::frame::HEADER_BYTES;
+use pagoda_wire::io::{FrameReader, SpinRead};
 use pagoda_wire::limits::{
-    BATCH_BYTES_MAX, BATCH_PAGES_MAX, FRAME_PAYLOAD_BYTES_MAX, HELLO_PAYLOAD_BYTES_MAX,
+    BATCH_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX, HELLO_PAYLOAD_BYTES_MAX,
+    PING_REPLY_BYTES_MAX, REGION_NAME_BYTES_MAX, REGIONS_MAX,
 };
-use pagoda_wire::{ErrorCode, Request, Response, VERSION, WireError};
+use pagoda_wire::message::DIRTY_RANGES_MAX;
+use pagoda_wire::{ErrorCode, Request, Response, WireError};
+use parking_lot::{Condvar, Mutex};
 
-use crate::server::{ACCEPT_POLL_MS, ConnectionEntry, Shared, serve_request};
+use crate::access::{Outcome, Session};
+use crate::error::NodeError;
+use crate::server::{ACCEPT_POLL_MS, ConnectionEntry, NodeConfig, Shared, serve_request};
 
 /// Replies are written once this many bytes are pending, even if more
 /// requests are buffered.
 const REPLY_FLUSH_BYTES: usize = 1024 * 1024;
+/// The read buffer of a connection that has not authenticated: one frame of
+/// the largest handshake message.
+pub(crate) const PREAUTH_READ_BYTES: usize = HEADER_BYTES + HELLO_PAYLOAD_BYTES_MAX;
+/// The reply buffer of a connection that has not authenticated: one error
+/// reply with the longest message, or the handshake's reply.
+pub(crate) const PREAUTH_REPLY_BYTES: usize = HEADER_BYTES + 2 + 2 + ERROR_MESSAGE_BYTES_MAX;
+// A connection that has not authenticated holds a few KiB of buffers,
+// whatever it announces.
+const _: () = assert!(PREAUTH_READ_BYTES + PREAUTH_REPLY_BYTES <= 4 * 1024);
+/// An authenticated connection's read buffer, always held.
+pub(crate) const READ_BYTES_BASE: usize = 64 * 1024;
+/// An authenticated connection's reply buffer, always held.
+pub(crate) const REPLY_BYTES_BASE: usize = 64 * 1024;
+/// A connection idle this long gives back what it borrowed from the budget.
+const IDLE_SHRINK_MS: u64 = 10;
+/// Room reserved for a reply whose size is not computed here: every such
+/// reply is small (a region's description or statistics, a recovery's
+/// progress, an error with its bounded message).
+const SMALL_REPLY_BYTES: usize = 4 * 1024;
+
+/// Checks the connection settings of a node's configuration.
+pub(crate) fn check_config(config: &NodeConfig) -> Result<(), NodeError> {
+    if config.handshakes_max == 0 {
+        return Err(NodeError::Config(
+            "handshakes_max must be at least 1".into(),
+        ));
+    }
+    if config.frame_timeout.is_zero() {
+        return Err(NodeError::Config(
+            "the frame timeout must be positive".into(),
+        ));
+    }
+    if config.connection_memory_bytes < 1024 * 1024 {
+        return Err(NodeError::Config(
+            "the connection memory budget must be at least 1 MiB".into(),
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The node-wide budget for connection buffers.
+
+/// Bytes of connection buffers beyond each connection's baseline, shared by
+/// all connections; the sum never exceeds the limit.
+pub(crate) struct MemoryBudget {
+    limit: usize,
+    used: AtomicUsize,
+    /// Waiters for memory sleep here; a release wakes them.
+    lock: Mutex<()>,
+    released: Condvar,
+}
+
+impl MemoryBudget {
+    pub(crate) fn new(limit: usize) -> MemoryBudget {
+        MemoryBudget {
+            limit,
+            used: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            released: Condvar::new(),
+        }
+    }
+
+    /// Bytes lent out now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The budget's size.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn try_take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Takes `bytes`, waiting up to `wait` for other connections to give
+    /// memory back; whether it got them.
+    fn take(&self, bytes: usize, wait: Duration) -> bool {
+        if self.try_take(bytes) {
+            return true;
+        }
+        if bytes > self.limit {
+            return false;
+        }
+        let deadline = Instant::now() + wait;
+        let mut guard = self.lock.lock();
+        loop {
+            if self.try_take(bytes) {
+                return true;
+            }
+            if self.released.wait_until(&mut guard, deadline).timed_out() {
+                return self.try_take(bytes);
+            }
+        }
+    }
+
+    fn give(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let before = self.used.fetch_sub(bytes, Ordering::AcqRel);
+        assert!(before >= bytes, "connection memory given back twice");
+        let _guard = self.lock.lock();
+        self.released.notify_all();
+    }
+}
+
+/// What one connection has borrowed from the budget; given back on drop.
+struct Lease<'a> {
+    budget: &'a MemoryBudget,
+    bytes: usize,
+}
+
+impl Lease<'_> {
+    fn take(&mut self, bytes: usize, wait: Duration) -> bool {
+        let taken = self.budget.take(bytes, wait);
+        if taken {
+            self.bytes += bytes;
+        }
+        taken
+    }
+
+    /// Sets the borrowed amount to `bytes`, which must not be more.
+    fn shrink_to(&mut self, bytes: usize) {
+        assert!(bytes <= self.bytes);
+        self.budget.give(self.bytes - bytes);
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rate-limited warnings.
+
+/// A token bucket for log lines that a peer can cause at will, such as
+/// failed handshakes: at most `burst` lines at once and `per_second` lines a
+/// second after that; the lines in excess are counted, and their number is
+/// logged as one line ("N more failed handshakes suppressed") once a line is
+/// allowed again.
+///
+/// Use: `if shared.failed_handshakes_log.allow() { tracing::warn!(...) }`
+/// wherever a handshake fails (the node's only instance is
+/// `Shared::failed_handshakes_log`; the acceptor calls
+/// [`LogLimiter::flush`] so that a count is reported even when the failures
+/// stop).
+pub(crate) struct LogLimiter {
+    what: &'static str,
+    per_second: f64,
+    burst: f64,
+    state: Mutex<LimiterState>,
+}
+
+struct LimiterState {
+    tokens: f64,
+    refilled: Instant,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// A limiter for lines about `what` (plural, as in the summary line).
+    pub(crate) fn new(what: &'static str, per_second: f64, burst: f64) -> LogLimiter {
+        LogLimiter {
+            what,
+            per_second,
+            burst,
+            state: Mutex::new(LimiterState {
+                tokens: burst,
+                refilled: Instant::now(),
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// The node's limiter for failed handshakes: 5 lines at once, then one a
+    /// second.
+    pub(crate) fn failed_handshakes() -> LogLimiter {
+        LogLimiter::new("failed handshakes", 1.0, 5.0)
+    }
+
+    fn refill(&self, state: &mut LimiterState) {
+        let now = Instant::now();
+        let earned = now.duration_since(state.refilled).as_secs_f64() * self.per_second;
+        state.tokens = (state.tokens + earned).min(self.burst);
+        state.refilled = now;
+    }
+
+    fn report(&self, state: &mut LimiterState) {
+        if state.suppressed > 0 {
+            tracing::warn!("{} more {} suppressed", state.suppressed, self.what);
+            state.suppressed = 0;
+        }
+    }
+
+    /// Whether one more line may be logged now; if not, it is counted.
+    pub(crate) fn allow(&self) -> bool {
+        let mut state = self.state.lock();
+        self.refill(&mut state);
+        if state.tokens >= 1.0 {
+            state.tokens -= 1.0;
+            self.report(&mut state);
+            true
+        } else {
+            state.suppressed += 1;
+            false
+        }
+    }
+
+    /// Logs the number of suppressed lines, if any, once a line is allowed
+    /// again.
+    pub(crate) fn flush(&self) {
+        let mut state = self.state.lock();
+        if state.suppressed == 0 {
+            return;
+        }
+        self.refill(&mut state);
+        if state.tokens >= 1.0 {
+            state.tokens -= 1.0;
+            self.report(&mut state);
+        }
+    }
+
+    /// Lines suppressed and not yet reported.
+    #[cfg(test)]
+    fn suppressed(&self) -> u64 {
+        self.state.lock().suppressed
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Accepting.
 
 pub(crate) fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let mut next_id = 0u64;
     while !shared.shutting_down.load(Ordering::SeqCst) {
+        shared.failed_handshakes_log.flush();
         let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
@@ -60,27 +326,62 @@ pub(crate) fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
+fn refuse(stream: TcpStream, message: &str) {
+    let mut out = Vec::new();
+    Response::Error {
+        code: ErrorCode::TooManyConnections,
+        message,
+    }
+    .encode(&mut out, 0, 0);
+    let mut stream = stream;
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = stream.write_all(&out);
+}
+
 fn admit(
     shared: &Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
 ) -> std::io::Result<()> {
+    let accepted = Instant::now();
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
-    let count = shared.connection_count.fetch_add(1, Ordering::SeqCst) as usize;
-    if count >= shared.config.connections_max {
-        shared.connection_count.fetch_sub(1, Ordering::SeqCst);
-        let mut out = Vec::new();
-        let message = format!("the node serves its maximum of {} connections", count);
-        Response::Error {
-            code: ErrorCode::TooManyConnections,
-            message: &message,
+    // A reply that has begun to be written must be taken by the peer in
+    // time; see `write_reply`.
+    stream.set_write_timeout(Some(shared.config.frame_timeout))?;
+    let handshake_slot = stream.try_clone()?;
+    {
+        // Decide under the handshakes lock, so that two admissions cannot
+        // both take the last slot.
+        let mut handshakes = shared.handshakes.lock();
+        let count = shared.connection_count.load(Ordering::SeqCst) as usize;
+        let handshakes_max = shared
+            .config
+            .handshakes_max
+            .min(shared.config.connections_max);
+        if handshakes.len() >= handshakes_max || count >= shared.config.connections_max {
+            // Make room by closing the connection that has been
+            // authenticating longest; refuse only if every slot is held by
+            // an authenticated connection.
+            match handshakes.pop_first() {
+                Some((_, oldest)) => {
+                    // Its thread wakes, sees it was evicted, and says why.
+                    let _ = oldest.shutdown(Shutdown::Read);
+                }
+                None => {
+                    drop(handshakes);
+                    let message = format!(
+                        "the node serves its maximum of {} connections",
+                        shared.config.connections_max
+                    );
+                    refuse(stream, &message);
+                    return Ok(());
+                }
+            }
         }
-        .encode(&mut out, 0, 0);
-        let mut stream = stream;
-        let _ = stream.write_all(&out);
-        return Ok(());
+        handshakes.insert(id, handshake_slot);
+        shared.connection_count.fetch_add(1, Ordering::SeqCst);
     }
     let registered = stream.try_clone()?;
     shared.connections.lock().insert(
@@ -101,7 +402,7 @@ fn admit(
                 id,
             };
             tracing::debug!(%peer, "connection opened");
-            if let Err(error) = serve(&thread_shared, stream) {
+            if let Err(error) = serve(&thread_shared, id, stream, accepted) {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
             tracing::debug!(%peer, "connection closed");
@@ -115,6 +416,7 @@ fn admit(
         }
         Err(error) => {
             shared.connections.lock().remove(&id);
+            shared.handshakes.lock().remove(&id);
             shared.connection_count.fetch_sub(1, Ordering::SeqCst);
             Err(error)
         }
@@ -128,12 +430,16 @@ struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
+        self.shared.handshakes.lock().remove(&self.id);
         if let Some(entry) = self.shared.connections.lock().remove(&self.id) {
             let _ = entry.stream.shutdown(Shutdown::Both);
         }
         self.shared.connection_count.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Serving.
 
 /// What to do with the connection after a request.
 #[derive(PartialEq, Eq)]
@@ -142,33 +448,278 @@ enum After {
     Close,
 }
 
-fn serve(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), WireError> {
+/// Where replies go: a stream written whole, with a deadline.
+pub(crate) trait ReplyWrite {
+    /// Writes all of `bytes`, failing if the peer has not taken them by
+    /// `deadline`.
+    fn write_reply(&mut self, bytes: &[u8], deadline: Instant) -> std::io::Result<()>;
+}
+
+impl ReplyWrite for TcpStream {
+    fn write_reply(&mut self, bytes: &[u8], deadline: Instant) -> std::io::Result<()> {
+        // The socket's write timeout is the frame timeout (set at accept),
+        // so a first write that does not complete at once is bounded; later
+        // ones get what is left of the deadline. A peer that stops reading
+        // therefore holds its reply's memory for at most the frame timeout.
+        let mut rest = bytes;
+        let mut first = true;
+        while !rest.is_empty() {
+            if !first {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+                self.set_write_timeout(Some(left.max(Duration::from_millis(1))))?;
+            }
+            first = false;
+            match self.write(rest) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(count) => rest = &rest[count..],
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A connection's reply buffer: replies are encoded into it (it derefs to
+/// the `Vec`), and it is written out when full, when no request is waiting,
+/// or before the connection closes.
+pub(crate) struct Out<'a, 'b> {
+    buffer: Vec<u8>,
+    /// The capacity held without borrowing from the budget.
+    base: usize,
+    /// What `buffer` borrows from the budget.
+    leased: usize,
+    writer: &'b mut dyn ReplyWrite,
+    lease: &'b mut Lease<'a>,
+    frame_timeout: Duration,
+    wait: Duration,
+    /// The error of a failed write; the connection is closed.
+    failed: Option<std::io::Error>,
+}
+
+impl std::ops::Deref for Out<'_, '_> {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.buffer
+    }
+}
+
+impl std::ops::DerefMut for Out<'_, '_> {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buffer
+    }
+}
+
+impl Out<'_, '_> {
+    /// Writes what is buffered.
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.frame_timeout;
+        let written = self.writer.write_reply(&self.buffer, deadline);
+        self.buffer.clear();
+        if let Err(error) = &written {
+            self.failed = Some(std::io::Error::new(error.kind(), error.to_string()));
+        }
+        written
+    }
+
+    /// Makes room for a reply of up to `bytes`: writes what is buffered if
+    /// it would not fit, and borrows from the budget if the reply alone is
+    /// larger than the buffer. `Err` carries the reason to reply `Busy`.
+    fn make_room(&mut self, bytes: usize) -> Result<(), String> {
+        if self.buffer.len() + bytes <= self.buffer.capacity() {
+            return Ok(());
+        }
+        if self.flush().is_err() {
+            // The connection is closing; the reply will not be sent.
+            return Ok(());
+        }
+        let capacity = self.buffer.capacity();
+        if bytes <= capacity {
+            return Ok(());
+        }
+        let more = bytes - capacity;
+        if !self.lease.take(more, self.wait) {
+            return Err(busy_message(bytes, self.lease.budget, self.wait));
+        }
+        self.leased += more;
+        self.buffer.reserve_exact(bytes);
+        self.settle();
+        Ok(())
+    }
+
+    /// Accounts for capacity the buffer has beyond what it borrowed (the
+    /// allocator may round up; a reply larger than its computed bound grows
+    /// the buffer).
+    fn settle(&mut self) {
+        let held = self.buffer.capacity().saturating_sub(self.base);
+        if held > self.leased {
+            let extra = held - self.leased;
+            if !self.lease.take(extra, Duration::ZERO) {
+                // Counted anyway: the memory is allocated.
+                self.lease.budget.used.fetch_add(extra, Ordering::AcqRel);
+                self.lease.bytes += extra;
+            }
+            self.leased = held;
+        }
+    }
+
+    /// Gives back what the buffer borrowed, once it is empty.
+    fn shrink(&mut self) {
+        if self.leased > 0 && self.buffer.is_empty() {
+            self.buffer = Vec::with_capacity(self.base);
+            let keep = self.lease.bytes - self.leased;
+            self.lease.shrink_to(keep);
+            self.leased = 0;
+        }
+    }
+
+    /// Raises the baseline once the peer has authenticated.
+    fn set_base(&mut self, base: usize) {
+        if self.buffer.capacity() < base {
+            self.buffer.reserve_exact(base - self.buffer.len());
+        }
+        self.base = base;
+    }
+}
+
+fn busy_message(bytes: usize, budget: &MemoryBudget, wait: Duration) -> String {
+    if bytes > budget.limit() {
+        format!(
+            "this request needs {bytes} bytes of buffers, more than the node's whole connection \
+             memory budget of {} bytes",
+            budget.limit()
+        )
+    } else {
+        format!(
+            "the node's connection memory budget ({} of {} bytes in use) could not spare {bytes} \
+             bytes for this request within {wait:?}; retry later",
+            budget.used(),
+            budget.limit()
+        )
+    }
+}
+
+/// The most bytes the reply to `request` can take, header included.
+fn reply_bound(shared: &Shared, request: &Request<'_>) -> usize {
+    let payload = match request {
+        Request::ReadPages { region, pages } => {
+            let page_bytes = shared
+                .catalog
+                .by_id(*region)
+                .map_or(0, |region| region.info().page_size as usize);
+            (pages.len() * page_bytes).min(BATCH_BYTES_MAX)
+        }
+        Request::Ping { reply_bytes } => (*reply_bytes).min(PING_REPLY_BYTES_MAX) as usize,
+        Request::ListRegions => {
+            4 + shared.catalog.len().min(REGIONS_MAX) * (8 + 8 + 4 + 2 + REGION_NAME_BYTES_MAX)
+        }
+        Request::DirtyPages { .. } => 8 + 8 + 4 + DIRTY_RANGES_MAX * 12,
+        _ => 0,
+    };
+    HEADER_BYTES + payload.max(SMALL_REPLY_BYTES)
+}
+
+/// Whether `error` ended the stream without a need to answer it.
+fn is_silent(error: &WireError) -> bool {
+    matches!(error, WireError::Io(_) | WireError::Truncated { .. })
+}
+
+fn serve(
+    shared: &Arc<Shared>,
+    id: u64,
+    stream: TcpStream,
+    accepted: Instant,
+) -> Result<(), WireError> {
     let mut writer = stream.try_clone()?;
-    // Until the peer authenticates it may only send a small Hello, and must
-    // do so promptly: an unauthenticated peer can hold neither much memory
-    // nor a connection slot for long.
-    stream.set_read_timeout(Some(shared.config.handshake_timeout))?;
-    let mut reader = FrameReader::new(stream, shared.config.spin);
+    serve_stream(shared, id, stream, &mut writer, accepted)
+}
+
+fn serve_stream<R: SpinRead>(
+    shared: &Arc<Shared>,
+    id: u64,
+    stream: R,
+    writer: &mut dyn ReplyWrite,
+    accepted: Instant,
+) -> Result<(), WireError> {
+    let config = &shared.config;
+    let mut lease = Lease {
+        budget: &shared.connection_memory,
+        bytes: 0,
+    };
+    // Until the peer authenticates it may only send small handshake frames,
+    // and must finish the whole handshake by the deadline: an
+    // unauthenticated peer can hold neither much memory nor a connection
+    // slot for long.
+    let mut reader = FrameReader::with_capacity(stream, config.spin, PREAUTH_READ_BYTES);
     reader.set_payload_limit(HELLO_PAYLOAD_BYTES_MAX);
-    let mut out = Vec::with_capacity(256 * 1024);
+    reader.set_deadline(
+        Some(accepted + config.handshake_timeout),
+        "the handshake",
+        config.handshake_timeout,
+    );
+    reader.set_frame_timeout(Some(config.frame_timeout));
+    let mut read_base = PREAUTH_READ_BYTES;
+    let mut out = Out {
+        buffer: Vec::with_capacity(PREAUTH_REPLY_BYTES),
+        base: PREAUTH_REPLY_BYTES,
+        leased: 0,
+        writer,
+        lease: &mut lease,
+        frame_timeout: config.frame_timeout,
+        wait: config.connection_memory_wait,
+        failed: None,
+    };
     let mut authenticated = false;
+    let mut session = Session::new(shared);
     loop {
+        if out.lease.bytes > 0 && reader.buffered() == 0 {
+            // About to wait for a request while holding borrowed memory:
+            // give it back unless the next request is already coming.
+            if !reader.wait_readable(Duration::from_millis(IDLE_SHRINK_MS))? {
+                out.shrink();
+                let capacity = reader.shrink_to(read_base);
+                let keep = out.leased + capacity.saturating_sub(read_base);
+                out.lease.shrink_to(keep.min(out.lease.bytes));
+            }
+        }
+        let header = reader.next_header().and_then(|header| {
+            let total = HEADER_BYTES + header.payload_len as usize;
+            let capacity = reader.capacity();
+            if total <= capacity {
+                return Ok(None);
+            }
+            if out
+                .lease
+                .take(total - capacity, config.connection_memory_wait)
+            {
+                reader.reserve_frame(total);
+                return Ok(None);
+            }
+            // No memory for this frame: drop it and say why.
+            let header = reader.skip_frame()?;
+            Ok(Some((header, total)))
+        });
+        match header {
+            Ok(None) => {}
+            Ok(Some((header, total))) => {
+                let message = busy_message(total, out.lease.budget, config.connection_memory_wait);
+                error_reply(&mut out, header.request_id, ErrorCode::Busy, &message);
+                if reader.buffered() == 0 {
+                    out.flush()?;
+                }
+                continue;
+            }
+            Err(error) => return fail(shared, id, authenticated, &mut out, error),
+        }
         let frame = match reader.read_frame() {
             Ok(frame) => frame,
-            Err(WireError::Closed) => return Ok(()),
-            Err(error) => {
-                if !matches!(error, WireError::Io(_) | WireError::Truncated { .. }) {
-                    out.clear();
-                    let message = error.to_string();
-                    Response::Error {
-                        code: error.code(),
-                        message: &message,
-                    }
-                    .encode(&mut out, 0, 0);
-                    let _ = writer.write_all(&out);
-                }
-                return Err(error);
-            }
+            Err(error) => return fail(shared, id, authenticated, &mut out, error),
         };
         shared.requests.fetch_add(1, Ordering::Relaxed);
         let request_id = frame.header.request_id;
@@ -178,37 +729,76 @@ fn serve(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), WireError> {
             frame.header.opcode,
             frame.payload,
             request_id,
-            &mut authenticated,
+            &mut session,
             &mut out,
         );
+        authenticated = session.is_authenticated();
+        out.settle();
+        if out.failed.is_some() {
+            return Err(out.failed.take().unwrap().into());
+        }
+        if authenticated && !was_authenticated {
+            // Give up the handshake slot before the peer learns it is in,
+            // so that the next connection it opens cannot evict this one;
+            // if the acceptor evicted it meanwhile, it is closed after all.
+            if shared.handshakes.lock().remove(&id).is_none() {
+                out.clear();
+                return fail(shared, id, false, &mut out, WireError::Closed);
+            }
+            reader.set_deadline(None, "", Duration::ZERO);
+            reader.set_payload_limit(FRAME_PAYLOAD_BYTES_MAX);
+            read_base = READ_BYTES_BASE;
+            reader.reserve_frame(read_base);
+            out.set_base(REPLY_BYTES_BASE);
+        }
         if after == After::Close || reader.buffered() == 0 || out.len() >= REPLY_FLUSH_BYTES {
-            writer.write_all(&out)?;
-            out.clear();
+            out.flush()?;
         }
         if after == After::Close {
             return Ok(());
         }
-        if authenticated && !was_authenticated {
-            reader.get_ref().set_read_timeout(None)?;
-            reader.set_payload_limit(FRAME_PAYLOAD_BYTES_MAX);
-        }
     }
+}
+
+/// Ends a connection on a read error: answers it if the stream can still
+/// carry an answer, and says why an evicted connection was closed.
+fn fail(
+    shared: &Shared,
+    id: u64,
+    authenticated: bool,
+    out: &mut Out<'_, '_>,
+    error: WireError,
+) -> Result<(), WireError> {
+    out.clear();
+    if !authenticated && !shared.handshakes.lock().contains_key(&id) {
+        // The acceptor closed our reading side to make room.
+        let message = format!(
+            "closed to make room for a new connection: {} connections were authenticating at once",
+            shared
+                .config
+                .handshakes_max
+                .min(shared.config.connections_max)
+        );
+        error_reply(out, 0, ErrorCode::TooManyConnections, &message);
+        let _ = out.flush();
+        return Ok(());
+    }
+    if matches!(error, WireError::Closed) {
+        return Ok(());
+    }
+    if !is_silent(&error) {
+        if !authenticated && shared.failed_handshakes_log.allow() {
+            tracing::warn!(%error, "handshake failed");
+        }
+        let message = error.to_string();
+        error_reply(out, 0, error.code(), &message);
+        let _ = out.flush();
+    }
+    Err(error)
 }
 
 fn error_reply(out: &mut Vec<u8>, request_id: u64, code: ErrorCode, message: &str) {
     Response::Error { code, message }.encode(out, request_id, 0);
-}
-
-/// Compares tokens in time independent of where they differ.
-fn tokens_equal(expected: &[u8], given: &[u8]) -> bool {
-    if expected.len() != given.len() {
-        return false;
-    }
-    expected
-        .iter()
-        .zip(given)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
 }
 
 fn handle(
@@ -216,55 +806,85 @@ fn handle(
     opcode: u8,
     payload: &[u8],
     request_id: u64,
-    authenticated: &mut bool,
-    out: &mut Vec<u8>,
+    session: &mut Session,
+    out: &mut Out<'_, '_>,
 ) -> After {
     let request = match Request::decode(opcode, payload) {
         Ok(request) => request,
         Err(error) => {
             error_reply(out, request_id, error.code(), &error.to_string());
-            return if *authenticated {
+            return if session.is_authenticated() {
                 After::Continue
             } else {
                 After::Close
             };
         }
     };
-    if let Request::Hello { token, client_name } = request {
-        if let Some(expected) = &shared.config.token
-            && !tokens_equal(expected, token)
-        {
-            let message = if token.is_empty() {
-                "this node requires a token and none was given"
-            } else {
-                "wrong token"
-            };
-            tracing::warn!(client_name, "authentication failed: {message}");
-            error_reply(out, request_id, ErrorCode::Unauthorized, message);
-            return After::Close;
-        }
-        *authenticated = true;
-        Response::HelloOk {
-            version: VERSION,
-            batch_bytes_max: BATCH_BYTES_MAX as u32,
-            batch_pages_max: BATCH_PAGES_MAX as u32,
-        }
-        .encode(out, request_id, 0);
+    if session.is_authenticated()
+        && let Err(message) = out.make_room(reply_bound(shared, &request))
+    {
+        error_reply(out, request_id, ErrorCode::Busy, &message);
         return After::Continue;
     }
-    if !*authenticated {
-        error_reply(
-            out,
-            request_id,
-            ErrorCode::NotAuthenticated,
-            "the first request on a connection must be Hello",
-        );
-        return After::Close;
+    // The handshake, and the rights and writer-role checks: `access`'s job.
+    match session.admit(&request, request_id, out) {
+        Outcome::Dispatch => {}
+        Outcome::Replied => return After::Continue,
+        Outcome::Close => return After::Close,
     }
     let start = out.len();
-    if let Err(error) = serve_request(shared, request, request_id, out) {
+    let served = serve_request(shared, request, request_id, out);
+    session.dispatched(served.is_ok());
+    if let Err(error) = served {
         out.truncate(start);
         error_reply(out, request_id, error.code(), &error.to_string());
     }
     After::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Guards the log against a flood of failed handshakes: a burst is
+    // logged, the rest only counted, and the count is reported (and reset)
+    // once a line is allowed again.
+    #[test]
+    fn log_limiter_allows_a_burst_then_counts() {
+        let limiter = LogLimiter::new("failed handshakes", 20.0, 3.0);
+        let allowed = (0..1000).filter(|_| limiter.allow()).count();
+        assert!((3..=4).contains(&allowed), "{allowed} lines allowed");
+        assert!(limiter.suppressed() >= 996);
+        std::thread::sleep(Duration::from_millis(120));
+        limiter.flush();
+        assert_eq!(limiter.suppressed(), 0, "the summary line was not written");
+        assert!(limiter.allow(), "a line is allowed again after the refill");
+    }
+
+    // Guards the budget's bound: takes beyond the limit fail (after the
+    // wait), and memory given back can be taken again.
+    #[test]
+    fn memory_budget_never_lends_beyond_its_limit() {
+        let budget = MemoryBudget::new(10);
+        assert!(budget.take(6, Duration::ZERO));
+        assert!(!budget.take(5, Duration::from_millis(20)));
+        assert!(
+            !budget.take(11, Duration::from_secs(10)),
+            "waited for the impossible"
+        );
+        let budget = Arc::new(budget);
+        let giver = {
+            let budget = budget.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                budget.give(6);
+            })
+        };
+        assert!(
+            budget.take(8, Duration::from_secs(5)),
+            "a release did not wake the waiter"
+        );
+        giver.join().unwrap();
+        assert_eq!(budget.used(), 8);
+    }
 }

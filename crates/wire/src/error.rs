@@ -17,7 +17,8 @@ pub enum ErrorCode {
     BadChecksum = 4,
     /// The opcode is not one this peer knows.
     UnknownOpcode = 5,
-    /// The token was missing or wrong.
+    /// Authentication failed: no credential, an unknown one, a wrong proof,
+    /// or a credential revoked since.
     Unauthorized = 6,
     /// A request arrived before a successful `Hello`.
     NotAuthenticated = 7,
@@ -54,6 +55,21 @@ pub enum ErrorCode {
     Corrupt = 22,
     /// No storage backend is configured on the node.
     NoStorage = 23,
+    /// The frame header sets flags that are reserved.
+    UnsupportedFlags = 24,
+    /// The node cannot find the memory for this request's buffers within its
+    /// connection memory budget now; the request was not served, and may be
+    /// retried.
+    Busy = 25,
+    /// A frame, a reply or the handshake did not complete in time.
+    TimedOut = 26,
+    /// The connection's credential lacks the right the request needs.
+    Forbidden = 27,
+    /// Another connection holds the region's writer role.
+    WriterBusy = 28,
+    /// A write from a connection that does not hold the region's writer
+    /// role (it did not open the region for writing, or lost the role).
+    NotWriter = 29,
     /// A code this peer does not know.
     Unknown = 0xffff,
 }
@@ -86,6 +102,12 @@ impl ErrorCode {
             21 => StorageFailed,
             22 => Corrupt,
             23 => NoStorage,
+            24 => UnsupportedFlags,
+            25 => Busy,
+            26 => TimedOut,
+            27 => Forbidden,
+            28 => WriterBusy,
+            29 => NotWriter,
             _ => Unknown,
         }
     }
@@ -117,6 +139,12 @@ impl ErrorCode {
             StorageFailed => "storage failed",
             Corrupt => "corrupt object",
             NoStorage => "no storage backend",
+            UnsupportedFlags => "unsupported header flags",
+            Busy => "busy",
+            TimedOut => "timed out",
+            Forbidden => "forbidden",
+            WriterBusy => "writer role busy",
+            NotWriter => "not the writer",
             Unknown => "unknown error",
         }
     }
@@ -175,6 +203,21 @@ pub enum WireError {
         /// The checksum computed over the received bytes.
         actual: u32,
     },
+    /// The frame header sets reserved flags.
+    #[error("reserved header flags {flags:#06x} are set; this peer supports none")]
+    ReservedFlags {
+        /// The flags found.
+        flags: u16,
+    },
+    /// A read did not complete by its deadline: the handshake's, or that of a
+    /// frame that had started to arrive.
+    #[error("{what} not complete within {after:?}")]
+    TimedOut {
+        /// What was late ("the handshake", "a frame").
+        what: &'static str,
+        /// The time it was allowed.
+        after: std::time::Duration,
+    },
     /// The opcode is not known.
     #[error("unknown opcode {0:#04x}")]
     UnknownOpcode(u8),
@@ -199,6 +242,8 @@ impl WireError {
             WireError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
             WireError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             WireError::BadChecksum { .. } => ErrorCode::BadChecksum,
+            WireError::ReservedFlags { .. } => ErrorCode::UnsupportedFlags,
+            WireError::TimedOut { .. } => ErrorCode::TimedOut,
             WireError::UnknownOpcode(_) => ErrorCode::UnknownOpcode,
             WireError::Malformed { .. } => ErrorCode::Malformed,
         }

@@ -5,7 +5,7 @@
 //!  0     4    magic        0x41444750 ("PGDA" as little-endian bytes)
 //!  4     1    version      1
 //!  5     1    opcode       see `Opcode`
-//!  6     2    flags        0; reserved
+//!  6     2    flags        0; reserved (a frame with any bit set is refused)
 //!  8     4    payload_len  bytes after the header, at most FRAME_PAYLOAD_BYTES_MAX
 //! 12     8    request_id   chosen by the client, echoed in the reply
 //! 20     8    epoch        fencing epoch of the sender's lease; 0 = none
@@ -23,7 +23,7 @@ pub const VERSION: u8 = 1;
 /// Size of the frame header.
 pub const HEADER_BYTES: usize = 32;
 
-const CHECKSUM_OFFSET: usize = 28;
+pub(crate) const CHECKSUM_OFFSET: usize = 28;
 
 /// Operation codes. Replies to a request carry the request's opcode with the
 /// high bit set; `Error` answers any request that failed.
@@ -34,6 +34,8 @@ pub enum Opcode {
     Hello = 0x01,
     /// Echoes a payload of the requested size; for liveness and measurement.
     Ping = 0x02,
+    /// Answers the node's challenge with a proof of the token.
+    AuthProof = 0x03,
     /// Creates a region.
     CreateRegion = 0x10,
     /// Looks a region up by name.
@@ -50,6 +52,9 @@ pub enum Opcode {
     RecoverRegion = 0x16,
     /// Returns the progress of a region's recovery.
     RecoveryStatus = 0x17,
+    /// Gives back a write open of a region (and with the last, the writer
+    /// role).
+    CloseRegion = 0x18,
     /// Reads a batch of pages.
     ReadPages = 0x20,
     /// Writes a batch of pages.
@@ -66,6 +71,8 @@ pub enum Opcode {
     HelloOk = 0x81,
     /// Reply to `Ping`.
     Pong = 0x82,
+    /// Reply to `Hello`: the credential's salt and the node's nonce.
+    AuthChallenge = 0x83,
     /// Reply carrying one region's description.
     RegionInfo = 0x90,
     /// Reply carrying one region's statistics.
@@ -97,6 +104,7 @@ impl Opcode {
         Some(match value {
             0x01 => Hello,
             0x02 => Ping,
+            0x03 => AuthProof,
             0x10 => CreateRegion,
             0x11 => OpenRegion,
             0x12 => StatRegion,
@@ -105,6 +113,7 @@ impl Opcode {
             0x15 => Checkpoint,
             0x16 => RecoverRegion,
             0x17 => RecoveryStatus,
+            0x18 => CloseRegion,
             0x20 => ReadPages,
             0x21 => WritePages,
             0x22 => DirtyPages,
@@ -113,6 +122,7 @@ impl Opcode {
             0x30 => NodeStat,
             0x81 => HelloOk,
             0x82 => Pong,
+            0x83 => AuthChallenge,
             0x90 => RegionInfo,
             0x92 => RegionStat,
             0x93 => RegionList,
@@ -148,7 +158,8 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
-    /// Parses and validates a header: magic, version and payload length.
+    /// Parses and validates a header: magic, version, reserved flags and
+    /// payload length.
     /// The checksum is checked by [`FrameHeader::verify`] once the payload
     /// is in.
     pub fn parse(bytes: &[u8; HEADER_BYTES]) -> Result<FrameHeader, WireError> {
@@ -169,9 +180,16 @@ impl FrameHeader {
                 limit: FRAME_PAYLOAD_BYTES_MAX,
             });
         }
+        // Reserved flags are refused rather than ignored, so that a later
+        // version can give them a meaning without an old peer misreading
+        // the frame.
+        let flags = u16::from_le_bytes(bytes[6..8].try_into().unwrap());
+        if flags != 0 {
+            return Err(WireError::ReservedFlags { flags });
+        }
         Ok(FrameHeader {
             opcode: bytes[5],
-            flags: u16::from_le_bytes(bytes[6..8].try_into().unwrap()),
+            flags,
             payload_len,
             request_id: u64::from_le_bytes(bytes[12..20].try_into().unwrap()),
             epoch: u64::from_le_bytes(bytes[20..28].try_into().unwrap()),
@@ -283,6 +301,22 @@ mod tests {
                 header.verify(&header_bytes, &copy[HEADER_BYTES..]),
                 Err(WireError::BadChecksum { .. })
             ));
+        }
+    }
+
+    // Guards the reserved flags: a header with any flag bit set is refused,
+    // so that the bits stay free for a later version to define.
+    #[test]
+    fn reserved_flags_are_refused() {
+        for flags in [1u16, 0x8000, 0xffff] {
+            let mut out = Vec::new();
+            FrameBuilder::begin(&mut out, Opcode::Ping, 1, 0).finish();
+            out[6..8].copy_from_slice(&flags.to_le_bytes());
+            let header_bytes: [u8; HEADER_BYTES] = out[..HEADER_BYTES].try_into().unwrap();
+            match FrameHeader::parse(&header_bytes) {
+                Err(WireError::ReservedFlags { flags: found }) => assert_eq!(found, flags),
+                other => panic!("flags {flags:#06x} gave {other:?}"),
+            }
         }
     }
 

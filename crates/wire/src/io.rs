@@ -13,13 +13,48 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::error::WireError;
-use crate::frame::{FrameHeader, HEADER_BYTES};
+use crate::frame::{CHECKSUM_OFFSET, FrameHeader, HEADER_BYTES};
 use crate::limits::FRAME_PAYLOAD_BYTES_MAX;
 
 /// A stream that can also be read without blocking.
 pub trait SpinRead: Read {
     /// Reads what is available now: `Ok(None)` if nothing is.
     fn read_nonblocking(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>>;
+
+    /// Bounds how long a blocking read may wait (`None`: forever). A read
+    /// that times out fails with `WouldBlock` or `TimedOut`. Streams that
+    /// cannot time out (in-memory ones in tests) ignore it.
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let _ = timeout;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for something to read; whether there is.
+    /// Streams that cannot wait say there is.
+    fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
+        let _ = timeout;
+        Ok(true)
+    }
+}
+
+/// Waits up to `timeout` for `fd` to become readable (or hung up).
+pub fn poll_readable(fd: i32, timeout: Duration) -> io::Result<bool> {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call.
+    let result = unsafe { libc::poll(&mut poll, 1, millis) };
+    if result < 0 {
+        let error = io::Error::last_os_error();
+        if error.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(error);
+    }
+    Ok(result > 0)
 }
 
 fn recv_dontwait(fd: i32, buf: &mut [u8]) -> io::Result<Option<usize>> {
@@ -41,11 +76,27 @@ impl SpinRead for TcpStream {
     fn read_nonblocking(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         recv_dontwait(self.as_raw_fd(), buf)
     }
+
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, timeout)
+    }
+
+    fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
+        poll_readable(self.as_raw_fd(), timeout)
+    }
 }
 
 impl SpinRead for std::os::unix::net::UnixStream {
     fn read_nonblocking(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         recv_dontwait(self.as_raw_fd(), buf)
+    }
+
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        std::os::unix::net::UnixStream::set_read_timeout(self, timeout)
+    }
+
+    fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
+        poll_readable(self.as_raw_fd(), timeout)
     }
 }
 
@@ -79,6 +130,14 @@ pub struct Frame<'a> {
 const BUFFER_BYTES_INITIAL: usize = 256 * 1024;
 
 /// Reads frames from a stream; see the module documentation.
+///
+/// By default the buffer grows to whatever frame the limits allow and stays
+/// that size. A server that accounts for its memory instead reads the next
+/// header with [`FrameReader::next_header`], makes room with
+/// [`FrameReader::reserve_frame`] (or drops the frame with
+/// [`FrameReader::skip_frame`]), and gives memory back with
+/// [`FrameReader::shrink_to`]. Deadlines ([`FrameReader::set_deadline`],
+/// [`FrameReader::set_frame_timeout`]) bound how long a read may wait.
 #[derive(Debug)]
 pub struct FrameReader<R> {
     stream: R,
@@ -88,20 +147,73 @@ pub struct FrameReader<R> {
     consumed_on_next: usize,
     spin: Duration,
     payload_limit: usize,
+    /// No read waits past this instant; what it bounds and its length, for
+    /// the error.
+    deadline: Option<(Instant, &'static str, Duration)>,
+    /// A frame must complete within this of when it was first seen partial.
+    frame_timeout: Option<Duration>,
+    /// When the current frame was first seen incomplete.
+    frame_began: Option<Instant>,
+    /// Whether a read timeout is set on the stream (and must be cleared
+    /// before a read that may wait forever).
+    timeout_set: bool,
 }
 
 impl<R: SpinRead> FrameReader<R> {
     /// A reader over `stream` that spins for `spin` before each blocking read.
     pub fn new(stream: R, spin: Duration) -> Self {
+        FrameReader::with_capacity(stream, spin, BUFFER_BYTES_INITIAL)
+    }
+
+    /// Like [`FrameReader::new`] with a buffer of `capacity` bytes (at least
+    /// one header).
+    pub fn with_capacity(stream: R, spin: Duration, capacity: usize) -> Self {
         FrameReader {
             stream,
-            buffer: vec![0; BUFFER_BYTES_INITIAL],
+            buffer: vec![0; capacity.max(HEADER_BYTES)],
             start: 0,
             end: 0,
             consumed_on_next: 0,
             spin,
             payload_limit: FRAME_PAYLOAD_BYTES_MAX,
+            deadline: None,
+            frame_timeout: None,
+            frame_began: None,
+            timeout_set: false,
         }
+    }
+
+    /// No read waits past `deadline` (`None`: no deadline); one that would
+    /// fails with [`WireError::TimedOut`] naming `what` and `after`, the time
+    /// it was given. A server bounds its whole handshake this way.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>, what: &'static str, after: Duration) {
+        self.deadline = deadline.map(|at| (at, what, after));
+    }
+
+    /// A frame whose first bytes have arrived must be complete within
+    /// `timeout` (`None`: no bound), or the read fails with
+    /// [`WireError::TimedOut`]. Waiting for a frame to begin is not bounded.
+    pub fn set_frame_timeout(&mut self, timeout: Option<Duration>) {
+        self.frame_timeout = timeout;
+    }
+
+    /// The buffer's size in bytes.
+    pub fn capacity(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// The underlying stream, mutably (to write to a stream that is read and
+    /// written as one).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.stream
+    }
+
+    /// Waits up to `timeout` for bytes to read, buffered or on the stream.
+    pub fn wait_readable(&mut self, timeout: Duration) -> Result<bool, WireError> {
+        if self.buffered() > 0 {
+            return Ok(true);
+        }
+        Ok(self.stream.wait_readable(timeout)?)
     }
 
     /// Caps the payload of frames read from now on (at most the protocol's
@@ -121,20 +233,21 @@ impl<R: SpinRead> FrameReader<R> {
         self.end - self.start - self.consumed_on_next
     }
 
-    /// Reads the next frame. Framing errors (bad magic, version, length,
-    /// checksum, a stream closed mid-frame) leave the stream unusable: the
-    /// caller reports them and closes the connection.
-    pub fn read_frame(&mut self) -> Result<Frame<'_>, WireError> {
-        self.start += self.consumed_on_next;
-        self.consumed_on_next = 0;
+    /// Reads the next frame's header (waiting for it as needed) and checks
+    /// it, without consuming the frame: the next [`FrameReader::read_frame`]
+    /// or [`FrameReader::skip_frame`] returns or drops this frame.
+    pub fn next_header(&mut self) -> Result<FrameHeader, WireError> {
+        if self.consumed_on_next > 0 {
+            self.start += self.consumed_on_next;
+            self.consumed_on_next = 0;
+            self.frame_began = None;
+        }
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
         }
         self.fill_to(HEADER_BYTES)?;
-        let header_bytes: [u8; HEADER_BYTES] = self.buffer[self.start..self.start + HEADER_BYTES]
-            .try_into()
-            .unwrap();
+        let header_bytes = self.header_bytes();
         let header = FrameHeader::parse(&header_bytes)?;
         if header.payload_len as usize > self.payload_limit {
             return Err(WireError::FrameTooLarge {
@@ -142,9 +255,107 @@ impl<R: SpinRead> FrameReader<R> {
                 limit: self.payload_limit,
             });
         }
+        Ok(header)
+    }
+
+    fn header_bytes(&self) -> [u8; HEADER_BYTES] {
+        self.buffer[self.start..self.start + HEADER_BYTES]
+            .try_into()
+            .unwrap()
+    }
+
+    /// Makes the buffer hold at least `total` bytes from the current frame's
+    /// start: a frame of that size (header included) is then read without
+    /// growing it. Returns the buffer's new size.
+    pub fn reserve_frame(&mut self, total: usize) -> usize {
+        if self.buffer.len() - self.start < total {
+            self.compact();
+            if self.buffer.len() < total {
+                self.buffer.resize(total, 0);
+            }
+        }
+        self.buffer.len()
+    }
+
+    /// Shrinks the buffer towards `capacity` bytes, but never below what it
+    /// holds unread. Returns the buffer's new size.
+    pub fn shrink_to(&mut self, capacity: usize) -> usize {
+        let capacity = capacity.max(HEADER_BYTES);
+        if self.buffer.len() <= capacity {
+            return self.buffer.len();
+        }
+        self.start += self.consumed_on_next;
+        self.consumed_on_next = 0;
+        self.compact();
+        let keep = capacity.max(self.end);
+        if keep < self.buffer.len() {
+            self.buffer.truncate(keep);
+            self.buffer.shrink_to_fit();
+        }
+        self.buffer.len()
+    }
+
+    /// Moves the unread bytes to the front of the buffer.
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+    }
+
+    /// Drops the frame whose header [`FrameReader::next_header`] returned,
+    /// reading its payload through the buffer as it is now (without growing
+    /// it) and checking its checksum, so that the stream stays usable and the
+    /// frame can be answered. Returns its header.
+    pub fn skip_frame(&mut self) -> Result<FrameHeader, WireError> {
+        let header_bytes = self.header_bytes();
+        let header = FrameHeader::parse(&header_bytes)?;
+        let mut crc = crc32c::crc32c(&header_bytes[..CHECKSUM_OFFSET]);
+        let mut remaining = header.payload_len as usize;
+        self.start += HEADER_BYTES;
+        loop {
+            let have = (self.end - self.start).min(remaining);
+            crc = crc32c::crc32c_append(crc, &self.buffer[self.start..self.start + have]);
+            self.start += have;
+            remaining -= have;
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            }
+            if remaining == 0 {
+                break;
+            }
+            self.begin_partial();
+            let received = self.read_some()?;
+            if received == 0 {
+                return Err(WireError::Truncated {
+                    received: HEADER_BYTES + header.payload_len as usize - remaining,
+                    expected: HEADER_BYTES + header.payload_len as usize,
+                });
+            }
+            self.end += received;
+        }
+        self.frame_began = None;
+        if crc != header.checksum {
+            return Err(WireError::BadChecksum {
+                expected: header.checksum,
+                actual: crc,
+            });
+        }
+        Ok(header)
+    }
+
+    /// Reads the next frame. Framing errors (bad magic, version, length,
+    /// checksum, a stream closed mid-frame) leave the stream unusable: the
+    /// caller reports them and closes the connection.
+    pub fn read_frame(&mut self) -> Result<Frame<'_>, WireError> {
+        let header = self.next_header()?;
+        let header_bytes = self.header_bytes();
         let total = HEADER_BYTES + header.payload_len as usize;
         debug_assert!(total <= HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX);
         self.fill_to(total)?;
+        self.frame_began = None;
         let payload = &self.buffer[self.start + HEADER_BYTES..self.start + total];
         header.verify(&header_bytes, payload)?;
         self.consumed_on_next = total;
@@ -158,13 +369,14 @@ impl<R: SpinRead> FrameReader<R> {
             if self.buffer.len() - self.start < needed {
                 // Move the partial frame to the front, and grow if the frame
                 // is larger than the buffer.
-                self.buffer.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
+                self.compact();
                 if self.buffer.len() < needed {
                     self.buffer
                         .resize(needed.next_power_of_two().max(needed), 0);
                 }
+            }
+            if self.end > self.start {
+                self.begin_partial();
             }
             let received = self.read_some()?;
             if received == 0 {
@@ -182,7 +394,27 @@ impl<R: SpinRead> FrameReader<R> {
         Ok(())
     }
 
+    /// Notes that a frame has begun to arrive and is incomplete.
+    fn begin_partial(&mut self) {
+        if self.frame_timeout.is_some() && self.frame_began.is_none() {
+            self.frame_began = Some(Instant::now());
+        }
+    }
+
+    /// The instant the next read must end by, and what it bounds.
+    fn read_deadline(&self) -> Option<(Instant, &'static str, Duration)> {
+        let frame = match (self.frame_began, self.frame_timeout) {
+            (Some(began), Some(timeout)) => Some((began + timeout, "a frame", timeout)),
+            _ => None,
+        };
+        match (self.deadline, frame) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
     fn read_some(&mut self) -> Result<usize, WireError> {
+        let deadline = self.read_deadline();
         let end = self.end;
         if !self.spin.is_zero() {
             let began = Instant::now();
@@ -197,9 +429,38 @@ impl<R: SpinRead> FrameReader<R> {
             }
         }
         loop {
+            // The common case, a reader with no deadline waiting at a frame
+            // boundary, makes no system call here.
+            match deadline {
+                Some((at, what, after)) => {
+                    let now = Instant::now();
+                    if now >= at {
+                        return Err(WireError::TimedOut { what, after });
+                    }
+                    // Whole milliseconds, at least one: a zero timeout would
+                    // mean "forever".
+                    let left = (at - now).max(Duration::from_millis(1));
+                    self.stream.set_read_timeout(Some(left))?;
+                    self.timeout_set = true;
+                }
+                None if self.timeout_set => {
+                    self.stream.set_read_timeout(None)?;
+                    self.timeout_set = false;
+                }
+                None => {}
+            }
             match self.stream.read(&mut self.buffer[end..]) {
                 Ok(count) => return Ok(count),
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error)
+                    if deadline.is_some()
+                        && matches!(
+                            error.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    continue;
+                }
                 Err(error) => return Err(error.into()),
             }
         }
