@@ -190,6 +190,34 @@ pub(crate) fn check_peer(peers: &[SocketAddr], source: &str) -> Result<(), NodeE
     }
 }
 
+/// Starts a recovery job on its own thread.
+pub(crate) fn start(
+    shared: &Arc<Shared>,
+    request: RecoveryRequest,
+) -> Result<Arc<RecoveryJob>, NodeError> {
+    let mut recoveries = shared.recoveries.lock();
+    if recoveries
+        .get(&request.name)
+        .is_some_and(|job| !job.finished())
+    {
+        return Err(NodeError::InvalidArgument(format!(
+            "region {:?} is being recovered already",
+            request.name
+        )));
+    }
+    validate(shared, &request)?;
+    let job = Arc::new(RecoveryJob::new());
+    recoveries.insert(request.name.clone(), job.clone());
+    drop(recoveries);
+    let thread_job = job.clone();
+    let thread_shared = shared.clone();
+    std::thread::Builder::new()
+        .name(format!("pagoda-recover-{}", request.name))
+        .spawn(move || run(&thread_shared, &request, &thread_job))
+        .map_err(|e| NodeError::io("spawning a recovery", e))?;
+    Ok(job)
+}
+
 /// Runs a recovery to the end, recording progress and the outcome in `job`.
 pub(crate) fn run(shared: &Shared, request: &RecoveryRequest, job: &RecoveryJob) {
     match recover(shared, request, job) {
@@ -346,10 +374,7 @@ fn recover(
                     started: manifest.started(),
                     journal_through: 0,
                 });
-                shared
-                    .baselines
-                    .lock()
-                    .insert(region.info().id, Arc::new(manifest.clone()));
+                region.set_baseline(Arc::new(manifest.clone()));
             }
             region.set_state(RegionState::Active, "");
             shared.catalog.save_states()?;

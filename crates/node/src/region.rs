@@ -1,5 +1,8 @@
-//! A region's pages on the node: a segment table over the arena, with the
-//! write tracking that checkpoints and recovery rely on.
+//! A region on the node: its pages (a segment table over the arena), the
+//! write tracking that checkpoints and recovery rely on, and everything else
+//! the node keeps per region (its state, checkpoint marks and baseline, its
+//! journal). The region is the one owner of that state: deleting it from the
+//! catalog drops all of it, with no side map to clean.
 //!
 //! Each table entry is a lock guarding the segment it holds (or none).
 //! Holding an entry's lock is what gives the right to touch that segment's
@@ -30,7 +33,10 @@ use pagoda_wire::message::PageList;
 use pagoda_wire::{PageRange, RegionInfo, RegionState};
 use parking_lot::{Mutex, RwLock};
 
+use pagoda_journal::Journal;
+
 use crate::arena::{Arena, SegmentSlot};
+use crate::checkpoint::Manifest;
 use crate::error::NodeError;
 
 const NO_SEGMENT: SegmentSlot = SegmentSlot::MAX;
@@ -233,6 +239,11 @@ pub struct Region {
     /// The newest checkpoint known to be complete in storage, as the catalog
     /// records it.
     durable_epoch: AtomicU64,
+    /// The latest baseline in storage (the manifest of the last checkpoint
+    /// completed or loaded), which the next incremental checkpoint extends.
+    baseline: Mutex<Option<Arc<Manifest>>>,
+    /// The node's journal of records shipped to this region, once opened.
+    journal: Mutex<Option<Arc<Journal>>>,
 }
 
 impl Region {
@@ -262,6 +273,8 @@ impl Region {
             journal_lock: Mutex::new(()),
             journal_applied: AtomicU64::new(0),
             durable_epoch: AtomicU64::new(0),
+            baseline: Mutex::new(None),
+            journal: Mutex::new(None),
         })
     }
 
@@ -274,6 +287,26 @@ impl Region {
     /// persists it at its next save.
     pub fn set_durable_epoch(&self, epoch: u64) {
         self.durable_epoch.store(epoch, Ordering::Relaxed);
+    }
+
+    /// The latest baseline in storage, if any.
+    pub fn baseline(&self) -> Option<Arc<Manifest>> {
+        self.baseline.lock().clone()
+    }
+
+    /// Records a newer baseline (a checkpoint completed or loaded).
+    pub fn set_baseline(&self, manifest: Arc<Manifest>) {
+        *self.baseline.lock() = Some(manifest);
+    }
+
+    /// The node's journal of this region, once opened.
+    pub fn journal(&self) -> Option<Arc<Journal>> {
+        self.journal.lock().clone()
+    }
+
+    /// Records the region's opened journal.
+    pub fn set_journal(&self, journal: Arc<Journal>) {
+        *self.journal.lock() = Some(journal);
     }
 
     /// The region's description.

@@ -18,12 +18,11 @@ use parking_lot::Mutex;
 
 use crate::arena::Arena;
 use crate::catalog::{Catalog, MissingCatalog};
-use crate::checkpoint::{self, CheckpointSettings, Manifest};
+use crate::checkpoint;
 use crate::error::NodeError;
 use crate::recovery::{self, RecoveryJob, RecoveryRequest};
-use crate::region::{CheckpointMark, Region};
 use crate::storage::{Storage, StorageConfig};
-use pagoda_journal::{Journal, JournalOptions};
+use crate::{checkpointing, node_journal};
 
 /// How a node runs.
 #[derive(Clone, Debug)]
@@ -143,12 +142,8 @@ pub(crate) struct Shared {
     pub(crate) catalog: Catalog,
     arena: Arc<Arena>,
     pub(crate) storage: Option<Storage>,
-    /// Each region's latest baseline, by region id.
-    pub(crate) baselines: Mutex<HashMap<u64, Arc<Manifest>>>,
     /// Recoveries run on this node, by region name.
-    recoveries: Mutex<HashMap<String, Arc<RecoveryJob>>>,
-    /// Each region's journal of shipped transaction records, by region id.
-    journals: Mutex<HashMap<u64, Arc<Journal>>>,
+    pub(crate) recoveries: Mutex<HashMap<String, Arc<RecoveryJob>>>,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) connections: Mutex<HashMap<u64, ConnectionEntry>>,
     pub(crate) connection_count: AtomicU32,
@@ -280,11 +275,10 @@ impl Node {
             .as_ref()
             .map(Storage::open_checked)
             .transpose()?;
-        let baselines = match &storage {
-            Some(storage) => reload(storage, &catalog, config.accept_storage_mismatch)?,
-            None => HashMap::new(),
-        };
-        let journals = replay_journals(&config.data_dir, &catalog);
+        if let Some(storage) = &storage {
+            checkpointing::reload(storage, &catalog, config.accept_storage_mismatch)?;
+        }
+        node_journal::replay(&config.data_dir, &catalog);
         let listener = TcpListener::bind(config.listen)
             .map_err(|e| NodeError::io(format!("binding {}", config.listen), e))?;
         let local_addr = listener
@@ -308,9 +302,7 @@ impl Node {
             catalog,
             arena,
             storage,
-            baselines: Mutex::new(baselines),
             recoveries: Mutex::new(HashMap::new()),
-            journals: Mutex::new(journals),
             shutting_down: AtomicBool::new(false),
             connections: Mutex::new(HashMap::new()),
             connection_count: AtomicU32::new(0),
@@ -352,7 +344,9 @@ impl Node {
                 Some(
                     std::thread::Builder::new()
                         .name("pagoda-checkpoint".into())
-                        .spawn(move || checkpoint_loop(checkpointer_shared, interval))
+                        .spawn(move || {
+                            checkpointing::run_periodically(checkpointer_shared, interval)
+                        })
                         .map_err(|e| NodeError::io("spawning the checkpointer", e))?,
                 )
             }
@@ -465,7 +459,7 @@ impl Node {
         let began = std::time::Instant::now();
         let mut backoff = Duration::from_millis(STOP_RETRY_MS_MIN);
         loop {
-            let errors = checkpoint_dirty(&self.shared, None);
+            let errors = checkpointing::checkpoint_dirty(&self.shared, None);
             let unsaved = self.unsaved(&errors);
             if unsaved.regions.is_empty() {
                 tracing::info!(local_addr = %self.local_addr, "node stopped");
@@ -561,9 +555,7 @@ pub(crate) fn serve_request(
             // objects are purged.
             let _checkpoint = region.checkpoint_lock.lock();
             catalog.delete(name)?;
-            shared.baselines.lock().remove(&region.info().id);
-            shared.journals.lock().remove(&region.info().id);
-            let journal = journal_dir(&shared.config.data_dir, region.uid());
+            let journal = node_journal::dir(&shared.config.data_dir, region.uid());
             if journal.exists()
                 && let Err(error) = std::fs::remove_dir_all(&journal)
             {
@@ -585,7 +577,7 @@ pub(crate) fn serve_request(
         }
         Request::Checkpoint { name, full } => {
             let region = catalog.by_name(name)?;
-            let info = take_checkpoint(shared, &region, full)?;
+            let info = checkpointing::take(shared, &region, full)?;
             Response::CheckpointDone(info).encode(out, request_id, 0);
         }
         Request::RecoverRegion {
@@ -600,7 +592,7 @@ pub(crate) fn serve_request(
                 source_token: (!source_token.is_empty()).then(|| source_token.to_vec()),
                 baseline_only,
             };
-            let job = start_recovery(shared, request)?;
+            let job = recovery::start(shared, request)?;
             Response::Recovery(job.progress()).encode(out, request_id, 0);
         }
         Request::RecoveryStatus { name } => {
@@ -642,7 +634,7 @@ pub(crate) fn serve_request(
             entries,
         } => {
             let region = catalog.by_id(region)?;
-            apply_journal(shared, &region, commit_id, &entries)?;
+            node_journal::apply(shared, &region, commit_id, &entries)?;
             Response::Done.encode(out, request_id, 0);
         }
         Request::FreezeRegion { region } => {
@@ -681,335 +673,4 @@ pub(crate) fn serve_request(
         .encode(out, request_id, 0),
     }
     Ok(())
-}
-
-/// Takes a checkpoint of `region` (one at a time per region), records it and
-/// collects garbage.
-fn take_checkpoint(
-    shared: &Shared,
-    region: &Region,
-    full: bool,
-) -> Result<pagoda_wire::CheckpointInfo, NodeError> {
-    let storage = shared.storage.as_ref().ok_or(NodeError::NoStorage)?;
-    let _one = region.checkpoint_lock.lock();
-    match region.state() {
-        RegionState::Active => {}
-        RegionState::ReadOnly => return Err(NodeError::ReadOnly(region.info().name.clone())),
-        RegionState::Recovering | RegionState::Damaged => {
-            return Err(NodeError::RegionUnavailable {
-                name: region.info().name.clone(),
-                reason: region.state_reason(),
-            });
-        }
-    }
-    let previous = shared.baselines.lock().get(&region.info().id).cloned();
-    let settings = CheckpointSettings {
-        object_bytes: shared.config.checkpoint_object_bytes,
-        retain: shared.config.checkpoint_retain,
-    };
-    let name = region.info().name.clone();
-    let (info, manifest) = match checkpoint::checkpoint(
-        storage,
-        region,
-        full,
-        settings,
-        previous.as_deref(),
-    ) {
-        Ok(done) => done,
-        Err(error) => {
-            tracing::warn!(name, %error, "checkpoint failed; the previous one stays the baseline");
-            return Err(error);
-        }
-    };
-    tracing::info!(
-        name,
-        epoch = info.epoch,
-        pages = info.pages,
-        bytes = info.bytes,
-        micros = info.micros,
-        "checkpoint complete"
-    );
-    match checkpoint::collect_garbage(storage, &name, settings.retain, &manifest) {
-        Ok(report) if report.objects + report.manifests > 0 => tracing::info!(
-            name,
-            manifests = report.manifests,
-            objects = report.objects,
-            bytes = report.bytes,
-            "old checkpoints collected"
-        ),
-        Ok(_) => {}
-        Err(error) => tracing::warn!(name, %error, "garbage collection failed; will retry"),
-    }
-    shared
-        .baselines
-        .lock()
-        .insert(region.info().id, Arc::new(manifest));
-    // The catalog records the newest complete checkpoint, so a restart that
-    // finds an older one in storage refuses to roll back silently. Failing to
-    // record it loses nothing: the record is only ever behind storage.
-    region.set_durable_epoch(info.epoch);
-    if let Err(error) = shared.catalog.save_states() {
-        tracing::warn!(name, %error, "could not record the checkpoint in the catalog");
-    }
-    // The checkpoint covers every journal record applied before it began.
-    let through = region
-        .last_checkpoint()
-        .map_or(0, |mark| mark.journal_through);
-    let journal = shared.journals.lock().get(&region.info().id).cloned();
-    if let Some(journal) = journal
-        && through > journal.released_id()
-        && let Err(error) = journal.release_through(through)
-    {
-        tracing::warn!(name, %error, "could not release journal records the checkpoint covers");
-    }
-    Ok(info)
-}
-
-/// Where a region's journal lives.
-fn journal_dir(data_dir: &std::path::Path, uid: u64) -> PathBuf {
-    data_dir.join("journals").join(format!("{uid:016x}"))
-}
-
-/// Persists a shipped transaction record in the region's journal and applies
-/// it. Ranges are checked and segments allocated first, so a record that is
-/// persisted is also applied.
-fn apply_journal(
-    shared: &Shared,
-    region: &Region,
-    commit_id: u64,
-    entries: &[(u64, &[u8])],
-) -> Result<(), NodeError> {
-    let _order = region.journal_lock.lock();
-    region.prepare_bytes(entries)?;
-    let journal = {
-        let mut journals = shared.journals.lock();
-        match journals.get(&region.info().id) {
-            Some(journal) => journal.clone(),
-            None => {
-                let dir = journal_dir(&shared.config.data_dir, region.uid());
-                let (journal, leftover) = Journal::open(&dir, JournalOptions::default())
-                    .map_err(|e| NodeError::Journal(format!("{}: {e}", dir.display())))?;
-                if !leftover.is_empty() {
-                    // Replayed at start; any left now were already applied.
-                    tracing::debug!(records = leftover.len(), "journal reopened");
-                }
-                let journal = Arc::new(journal);
-                journals.insert(region.info().id, journal.clone());
-                journal
-            }
-        }
-    };
-    let mut record = journal.begin();
-    for &(offset, bytes) in entries {
-        record.push(region.uid(), offset, bytes);
-    }
-    let committed = journal.commit(record).map_err(|e| {
-        NodeError::Journal(format!(
-            "persisting record {commit_id} of region {:?}: {e}",
-            region.info().name
-        ))
-    })?;
-    region.write_bytes(entries, committed.id)
-}
-
-/// Opens the journal of every region that has one and applies its records
-/// (those no checkpoint covered) over the region's reloaded baseline, in
-/// order. A journal that fails to open marks its region damaged.
-fn replay_journals(data_dir: &std::path::Path, catalog: &Catalog) -> HashMap<u64, Arc<Journal>> {
-    let mut journals = HashMap::new();
-    for region in catalog.regions() {
-        let dir = journal_dir(data_dir, region.uid());
-        if region.state() != RegionState::Active || !dir.exists() {
-            continue;
-        }
-        let name = region.info().name.clone();
-        let replayed = Journal::open(&dir, JournalOptions::default())
-            .map_err(|e| NodeError::Journal(format!("{}: {e}", dir.display())))
-            .and_then(|(journal, records)| {
-                for record in &records {
-                    let entries: Vec<(u64, &[u8])> = record
-                        .entries
-                        .iter()
-                        .map(|entry| (entry.offset, entry.data.as_slice()))
-                        .collect();
-                    region.prepare_bytes(&entries)?;
-                    region.write_bytes(&entries, record.id)?;
-                }
-                Ok((journal, records.len()))
-            });
-        match replayed {
-            Ok((journal, count)) => {
-                if count > 0 {
-                    tracing::info!(name, records = count, "journal replayed over the baseline");
-                }
-                journals.insert(region.info().id, Arc::new(journal));
-            }
-            Err(error) => {
-                tracing::error!(name, %error, "region's journal failed to replay");
-                region.set_state(
-                    RegionState::Damaged,
-                    format!("its journal failed to replay: {error}"),
-                );
-            }
-        }
-    }
-    journals
-}
-
-/// Checkpoints every region with dirty pages, every `interval`, until
-/// shutdown.
-fn checkpoint_loop(shared: Arc<Shared>, interval: Duration) {
-    let mut next = std::time::Instant::now() + interval;
-    while !shared.shutting_down.load(Ordering::SeqCst) {
-        if std::time::Instant::now() < next {
-            std::thread::sleep(Duration::from_millis(ACCEPT_POLL_MS as u64));
-            continue;
-        }
-        let _ = checkpoint_dirty(&shared, Some(&shared.shutting_down));
-        next = std::time::Instant::now() + interval;
-    }
-}
-
-/// Checkpoints every active region with pages dirty since its last
-/// checkpoint, stopping early if `stop` is set. Returns the error of each
-/// region whose checkpoint failed, by name.
-fn checkpoint_dirty(shared: &Shared, stop: Option<&AtomicBool>) -> HashMap<String, String> {
-    let mut errors = HashMap::new();
-    for region in shared.catalog.regions() {
-        if stop.is_some_and(|stop| stop.load(Ordering::SeqCst)) {
-            break;
-        }
-        if region.state() != RegionState::Active {
-            continue;
-        }
-        let since = region.last_checkpoint().map_or(0, |mark| mark.start_seq);
-        if region.dirty_count(since) == 0 {
-            continue;
-        }
-        // Failures are logged by take_checkpoint; the next round retries.
-        if let Err(error) = take_checkpoint(shared, &region, false) {
-            errors.insert(region.info().name.clone(), error.to_string());
-        }
-    }
-    errors
-}
-
-/// Starts a recovery job on its own thread.
-fn start_recovery(
-    shared: &Arc<Shared>,
-    request: RecoveryRequest,
-) -> Result<Arc<RecoveryJob>, NodeError> {
-    let mut recoveries = shared.recoveries.lock();
-    if recoveries
-        .get(&request.name)
-        .is_some_and(|job| !job.finished())
-    {
-        return Err(NodeError::InvalidArgument(format!(
-            "region {:?} is being recovered already",
-            request.name
-        )));
-    }
-    recovery::validate(shared, &request)?;
-    let job = Arc::new(RecoveryJob::new());
-    recoveries.insert(request.name.clone(), job.clone());
-    drop(recoveries);
-    let thread_job = job.clone();
-    let thread_shared = shared.clone();
-    std::thread::Builder::new()
-        .name(format!("pagoda-recover-{}", request.name))
-        .spawn(move || recovery::run(&thread_shared, &request, &thread_job))
-        .map_err(|e| NodeError::io("spawning a recovery", e))?;
-    Ok(job)
-}
-
-/// Loads each active region's latest baseline (with its uid) at startup.
-/// A region whose baseline fails to load is marked damaged with the reason;
-/// the others serve. A region whose newest checkpoint in storage is older
-/// than the one the catalog recorded (a manifest deleted or lost behind the
-/// node's back) fails the start, naming it, unless `accept_mismatch`: then
-/// it rolls back to the newest checkpoint left, logged as an error.
-fn reload(
-    storage: &Storage,
-    catalog: &Catalog,
-    accept_mismatch: bool,
-) -> Result<HashMap<u64, Arc<Manifest>>, NodeError> {
-    let mut baselines = HashMap::new();
-    let mut mismatches = Vec::new();
-    for region in catalog.regions() {
-        if region.state() != RegionState::Active {
-            continue;
-        }
-        let name = region.info().name.clone();
-        let began = std::time::Instant::now();
-        let latest = checkpoint::latest_manifest(storage, &name, Some(region.uid()));
-        let recorded = region.durable_epoch();
-        if let Ok(found) = &latest {
-            let found_epoch = found.as_ref().map_or(0, |manifest| manifest.epoch);
-            if found_epoch < recorded {
-                let newest = match found_epoch {
-                    0 => "none".to_owned(),
-                    epoch => epoch.to_string(),
-                };
-                let problem = format!(
-                    "region {name:?}: the catalog records checkpoint {recorded}, but the newest \
-                     in {} is {newest}",
-                    storage.description()
-                );
-                if !accept_mismatch {
-                    mismatches.push(problem);
-                    continue;
-                }
-                tracing::error!(
-                    "{problem}: rolling back to it as told (--accept-storage-mismatch); \
-                     writes after it are lost"
-                );
-                region.set_durable_epoch(found_epoch);
-            }
-        }
-        let loaded = latest.and_then(|manifest| match manifest {
-            Some(manifest) => {
-                checkpoint::load_baseline(storage, &region, &manifest, &())?;
-                Ok(Some(manifest))
-            }
-            None => Ok(None),
-        });
-        match loaded {
-            Ok(Some(manifest)) => {
-                tracing::info!(
-                    name,
-                    epoch = manifest.epoch,
-                    pages = manifest.pages,
-                    millis = began.elapsed().as_millis() as u64,
-                    "region reloaded from its baseline"
-                );
-                region.checkpoint_completed(CheckpointMark {
-                    epoch: manifest.epoch,
-                    start_seq: crate::region::BASELINE_SEQ,
-                    started: manifest.started(),
-                    journal_through: 0,
-                });
-                baselines.insert(region.info().id, Arc::new(manifest));
-            }
-            Ok(None) => tracing::info!(name, "region has no checkpoint; it starts empty"),
-            Err(error) => {
-                tracing::error!(name, %error, "region's baseline failed to load");
-                region.set_state(
-                    RegionState::Damaged,
-                    format!("its baseline failed to load: {error}"),
-                );
-            }
-        }
-    }
-    if !mismatches.is_empty() {
-        return Err(NodeError::CatalogMismatch(format!(
-            "the catalog and storage disagree; starting would roll regions back silently: {}. \
-             Restore the missing checkpoints, or start with --accept-storage-mismatch to roll \
-             back to the newest checkpoints left",
-            mismatches.join("; ")
-        )));
-    }
-    if accept_mismatch {
-        catalog.save_states()?;
-    }
-    Ok(baselines)
 }
