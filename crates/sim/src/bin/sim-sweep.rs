@@ -3,7 +3,7 @@
 //! prints a markdown table of miss ratios and a check of the two-phase
 //! policy's goals, and writes one SVG chart per trace.
 //!
-//! `cargo run --release -p pagoda-sim --bin sim-sweep -- /work/shared/traces/lirs --plots docs/plots`
+//! `cargo run --release -p pagoda-sim --bin sim-sweep -- ../shared/traces/lirs --plots docs/plots`
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
