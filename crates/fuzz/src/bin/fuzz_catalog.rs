@@ -1,0 +1,8 @@
+//! The AFL++ entry point of the `catalog` target; see `crates/fuzz/README.md`.
+//! Built only by `cargo afl build --features afl`.
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        pagoda_fuzz::catalog::run(data);
+    });
+}
