@@ -35,9 +35,13 @@ pub struct BenchArgs {
     /// The node's address.
     #[arg(long, env = "PAGODA_NODE")]
     node: Option<String>,
-    /// A file holding the node's shared token.
+    /// A file holding the token of the credential to authenticate as.
     #[arg(long, env = "PAGODA_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// The credential the token belongs to; `default` is the node's own
+    /// --token-file token.
+    #[arg(long, env = "PAGODA_CREDENTIAL", value_name = "NAME", default_value = pagoda::DEFAULT_CREDENTIAL)]
+    credential: String,
     /// Size of the benchmark region.
     #[arg(long, value_parser = parse_size, default_value = "256MiB")]
     region_size: u64,
@@ -220,6 +224,7 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, String> {
         NodeAddress {
             node: args.node.clone().expect("checked"),
             token_file: args.token_file.clone(),
+            credential: args.credential.clone(),
         }
         .connect()?
     };

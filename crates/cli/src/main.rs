@@ -6,6 +6,7 @@ mod node;
 mod quickstart;
 mod region;
 mod size;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,8 @@ enum Command {
     Quickstart(quickstart::QuickstartArgs),
     /// Simulate an eviction policy on a block trace.
     Sim(pagoda_sim::SimArgs),
+    /// Create, list and revoke the credentials of a node's data dir.
+    Token(token::TokenArgs),
 }
 
 /// Where to find a node and how to authenticate, for client commands.
@@ -45,9 +48,19 @@ pub struct NodeAddress {
         default_value = "127.0.0.1:7070"
     )]
     pub node: String,
-    /// A file holding the node's shared token.
+    /// A file holding the token of the credential to authenticate as.
     #[arg(long, global = true, env = "PAGODA_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// The credential the token belongs to (`pagoda token create NAME`);
+    /// `default` is the node's own --token-file token.
+    #[arg(
+        long,
+        global = true,
+        env = "PAGODA_CREDENTIAL",
+        value_name = "NAME",
+        default_value = pagoda::DEFAULT_CREDENTIAL
+    )]
+    pub credential: String,
 }
 
 impl NodeAddress {
@@ -63,6 +76,7 @@ impl NodeAddress {
     ) -> Result<pagoda::Client, String> {
         let mut options = pagoda::ClientOptions {
             timeout,
+            credential: self.credential.clone(),
             ..pagoda::ClientOptions::default()
         };
         if let Some(path) = &self.token_file {
@@ -107,6 +121,7 @@ fn main() -> ExitCode {
         Command::Region(args) => region::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Quickstart(args) => quickstart::run(args),
+        Command::Token(args) => token::run(args),
         Command::Sim(args) => match pagoda_sim::run(&args) {
             Ok(report) => {
                 if args.json {

@@ -81,13 +81,16 @@ fn checkpoints_are_points_in_time_while_a_writer_runs() {
     let info = client
         .create_region("r", PAGES * PAGE as u64, PAGE as u32)
         .unwrap();
+    // The one writer (one writer per region): its own connection, used by
+    // every round's writer thread, while `client` takes the checkpoints.
+    let writer_client = connect(node.local_addr());
     // Every page written once (version = page + 1) so the first snapshot
     // covers the whole region.
     let mut version = 0u64;
     let mut history: Vec<(u64, u64)> = Vec::new(); // (page, version) in order
     for page in 0..PAGES {
         version += 1;
-        client
+        writer_client
             .write_pages(&info, &[page], &page_bytes(page, version))
             .unwrap();
         history.push((page, version));
@@ -95,10 +98,10 @@ fn checkpoints_are_points_in_time_while_a_writer_runs() {
     for round in 0..2 {
         let stop = Arc::new(AtomicBool::new(false));
         let writer = {
-            // Its own connection: a node serves one connection's requests in
-            // order, so a shared one would queue the writes behind the
-            // checkpoint.
-            let client = connect(node.local_addr());
+            // Not `client`'s connection: a node serves one connection's
+            // requests in order, so a shared one would queue the writes
+            // behind the checkpoint.
+            let client = writer_client.clone();
             let info = info.clone();
             let stop = stop.clone();
             let mut version = version;

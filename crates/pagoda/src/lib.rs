@@ -23,9 +23,12 @@ mod error;
 mod region;
 mod transaction;
 
+use std::collections::HashSet;
 use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 pub use error::ClientError;
 pub use pagoda_cache::CacheStats;
@@ -40,13 +43,19 @@ pub use region::{Region, RegionOptions};
 pub use transaction::{Durability, JournalStats, Transaction};
 
 use connection::{Connection, Reply};
-use pagoda_wire::{Request, Response};
+use pagoda_wire::auth::ClientHandshake;
+use pagoda_wire::{OpenMode, Request, Response};
 
 /// How a client connects.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
-    /// The node's shared token, if it has one.
+    /// The token of the credential to authenticate as, if the node requires
+    /// one. It never travels: the client proves it knows it with a proof
+    /// bound to this connection (see `pagoda_wire::auth`).
     pub token: Option<Vec<u8>>,
+    /// The name of the credential `token` belongs to; `"default"` (the
+    /// node's `--token-file` token) unless told otherwise.
+    pub credential: String,
     /// How long a waiting caller spins before it sleeps. Spinning turns a
     /// loopback round trip of tens of microseconds into a few; set it to zero
     /// to save CPU where latency matters less.
@@ -61,11 +70,15 @@ pub struct ClientOptions {
 pub const SPIN_US_DEFAULT: u64 = 50;
 /// Default reply timeout, in seconds.
 pub const TIMEOUT_S_DEFAULT: u64 = 30;
+/// The credential a client authenticates as when given only a token: the
+/// node's `--token-file` token.
+pub const DEFAULT_CREDENTIAL: &str = "default";
 
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             token: None,
+            credential: DEFAULT_CREDENTIAL.into(),
             spin: Duration::from_micros(SPIN_US_DEFAULT),
             timeout: Duration::from_secs(TIMEOUT_S_DEFAULT),
             client_name: "pagoda-client".into(),
@@ -74,10 +87,22 @@ impl Default for ClientOptions {
 }
 
 impl ClientOptions {
-    /// Defaults with a token.
+    /// Defaults with a token (of the credential `default`).
     pub fn with_token(token: impl Into<Vec<u8>>) -> ClientOptions {
         ClientOptions {
             token: Some(token.into()),
+            ..ClientOptions::default()
+        }
+    }
+
+    /// Defaults with a named credential and its token.
+    pub fn with_credential(
+        credential: impl Into<String>,
+        token: impl Into<Vec<u8>>,
+    ) -> ClientOptions {
+        ClientOptions {
+            token: Some(token.into()),
+            credential: credential.into(),
             ..ClientOptions::default()
         }
     }
@@ -87,6 +112,9 @@ impl ClientOptions {
 #[derive(Clone)]
 pub struct Client {
     connection: Arc<Connection>,
+    /// Regions whose writer role this connection took for
+    /// [`Client::write_pages`]; held until the connection ends.
+    direct_writes: Arc<Mutex<HashSet<u64>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -117,15 +145,44 @@ impl Client {
                 "the token is longer than {token_bytes_max} bytes"
             )));
         }
+        let name_bytes_max = pagoda_wire::limits::CLIENT_NAME_BYTES_MAX;
+        if options.client_name.len() > name_bytes_max {
+            return Err(ClientError::InvalidArgument(format!(
+                "the client name is longer than {name_bytes_max} bytes"
+            )));
+        }
+        // Without a token the client names no credential: only a node with
+        // none configured accepts it.
+        let credential = match &options.token {
+            Some(_) => options.credential.as_str(),
+            None => "",
+        };
+        let credential_bytes_max = pagoda_wire::limits::CREDENTIAL_NAME_BYTES_MAX;
+        if credential.len() > credential_bytes_max {
+            return Err(ClientError::InvalidArgument(format!(
+                "the credential name is longer than {credential_bytes_max} bytes"
+            )));
+        }
         let connection = Connection::open(addr, &options)?;
         let client = Client {
             connection: Arc::new(connection),
+            direct_writes: Arc::new(Mutex::new(HashSet::new())),
         };
-        let token = options.token.clone().unwrap_or_default();
-        let reply = client.call(&Request::Hello {
-            token: &token,
-            client_name: &options.client_name,
-        })?;
+        let handshake = ClientHandshake::new(
+            options.client_name.as_str(),
+            credential,
+            options.token.clone().unwrap_or_default(),
+        );
+        let mut reply = client.call(&handshake.hello())?;
+        let proof = match reply.decode()? {
+            Response::AuthChallenge { salt, node_nonce } => {
+                Some(handshake.proof(salt, &node_nonce))
+            }
+            _ => None,
+        };
+        if let Some(proof) = proof {
+            reply = client.call(&proof)?;
+        }
         match reply.decode()? {
             Response::HelloOk {
                 batch_bytes_max,
@@ -167,10 +224,33 @@ impl Client {
         })
     }
 
-    /// Opens a region with a local cache.
+    /// Opens a region for reading and writing, with a local cache. This
+    /// takes the region's writer role for this client's connection: the node
+    /// refuses a second writer (`ErrorCode::WriterBusy`, naming the holder)
+    /// until every region handle opened for writing through this connection
+    /// is dropped, or the connection ends.
     pub fn open_region(&self, name: &str, options: RegionOptions) -> Result<Region, ClientError> {
-        let info = self.region_info(&Request::OpenRegion { name })?;
-        Region::new(self.connection.clone(), info, options)
+        let info = self.region_info(&Request::OpenRegion {
+            name,
+            mode: OpenMode::Write,
+        })?;
+        Region::new(self.connection.clone(), info, options, OpenMode::Write)
+    }
+
+    /// Opens a region for reading only, with a local cache; any number of
+    /// clients may, beside one writer. Its caches are not kept coherent with
+    /// the writer's: a reader sees what the writer has flushed by the time it
+    /// fetches a page.
+    pub fn open_region_read_only(
+        &self,
+        name: &str,
+        options: RegionOptions,
+    ) -> Result<Region, ClientError> {
+        let info = self.region_info(&Request::OpenRegion {
+            name,
+            mode: OpenMode::Read,
+        })?;
+        Region::new(self.connection.clone(), info, options, OpenMode::Read)
     }
 
     /// Describes a region and its use of the node's RAM.
@@ -231,13 +311,26 @@ impl Client {
     }
 
     /// Writes pages of a region straight to the node, bypassing any cache.
-    /// `data` holds `pages.len()` pages. For tools and benchmarks.
+    /// `data` holds `pages.len()` pages. For tools and benchmarks. The first
+    /// write to a region takes its writer role for this connection (as
+    /// [`Client::open_region`] does) and keeps it until the connection ends.
     pub fn write_pages(
         &self,
         region: &RegionInfo,
         pages: &[u64],
         data: &[u8],
     ) -> Result<(), ClientError> {
+        if !self.direct_writes.lock().contains(&region.id) {
+            let opened = self.region_info(&Request::OpenRegion {
+                name: &region.name,
+                mode: OpenMode::Write,
+            })?;
+            // A region recreated under the same name has a new id: the write
+            // below then fails as it should, on the old id.
+            if opened.id == region.id {
+                self.direct_writes.lock().insert(region.id);
+            }
+        }
         let page_size = region.page_size as usize;
         let buffers: Vec<&[u8]> = data.chunks_exact(page_size).collect();
         region::write_pages(&self.connection, region.id, page_size, pages, &buffers)

@@ -7,7 +7,7 @@ use pagoda_cache::policy::PolicyKind;
 use pagoda_cache::{Backing, BackingError, CacheConfig, CacheStats, PageCache};
 use pagoda_wire::limits::{PAGE_BYTES_MAX, PAGE_BYTES_MIN, REGION_BYTES_MAX};
 use pagoda_wire::message::{encode_read_pages, encode_write_pages};
-use pagoda_wire::{RegionInfo, Response};
+use pagoda_wire::{OpenMode, RegionInfo, Request, Response};
 
 use crate::connection::Connection;
 use crate::error::ClientError;
@@ -173,10 +173,13 @@ impl Backing for RemotePages {
 /// Writes land in the local cache and reach the node when their pages are
 /// evicted or when [`Region::flush`] is called; dropping a region flushes it
 /// on a best-effort basis (errors are logged), so call `flush` to know.
-/// One client at a time should write a region: caches of different clients
-/// are not kept coherent.
+/// One connection at a time may write a region (the node enforces it with
+/// the region's writer role, taken by [`crate::Client::open_region`]); any
+/// number may read it ([`crate::Client::open_region_read_only`]). Caches of
+/// different clients are not kept coherent.
 pub struct Region {
     info: RegionInfo,
+    mode: OpenMode,
     cache: PageCache<RemotePages>,
     durability: Durability,
     locks: LockTable,
@@ -196,6 +199,7 @@ impl Region {
         connection: Arc<Connection>,
         info: RegionInfo,
         options: RegionOptions,
+        mode: OpenMode,
     ) -> Result<Region, ClientError> {
         // The node is a peer: check the shape it reports against the same
         // limits it enforces, before sizing the cache and page table by it.
@@ -209,6 +213,13 @@ impl Region {
             return Err(ClientError::Protocol(format!(
                 "the node described region {:?} with an invalid shape ({} bytes in pages of {})",
                 info.name, info.size, info.page_size
+            )));
+        }
+        if mode == OpenMode::Read && options.durability.journaled() {
+            return Err(ClientError::InvalidArgument(format!(
+                "region {:?}: a read-only open takes no journaled durability mode \
+                 (its writes would have nowhere to go); open it with Durability::WriteBack",
+                info.name
             )));
         }
         let config = CacheConfig {
@@ -239,6 +250,7 @@ impl Region {
         Ok(Region {
             cache: PageCache::new(config, backing),
             info,
+            mode,
             durability: options.durability,
             locks: LockTable::default(),
             commits: AtomicU64::new(0),
@@ -302,6 +314,7 @@ impl Region {
         if tx.writes.is_empty() {
             return Ok(());
         }
+        self.check_writable()?;
         let bytes: usize = tx.writes.iter().map(|(_, data)| data.len()).sum();
         if self.durability.journaled()
             && (bytes > JOURNAL_BYTES_MAX || tx.writes.len() > JOURNAL_ENTRIES_MAX)
@@ -382,6 +395,21 @@ impl Region {
         }
     }
 
+    /// Whether the region was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.mode == OpenMode::Read
+    }
+
+    fn check_writable(&self) -> Result<(), ClientError> {
+        if self.mode == OpenMode::Read {
+            return Err(ClientError::InvalidArgument(format!(
+                "region {:?} was opened read-only; open it with Client::open_region to write",
+                self.info.name
+            )));
+        }
+        Ok(())
+    }
+
     /// The region's description.
     pub fn info(&self) -> &RegionInfo {
         &self.info
@@ -415,6 +443,7 @@ impl Region {
     /// Writes `buf` at `offset`; any range within the region. In a
     /// journaled mode (`Local`, `Remote`) this is a one-write transaction.
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), ClientError> {
+        self.check_writable()?;
         if self.durability.journaled() {
             return self.transaction(|tx| tx.write_at(offset, buf));
         }
@@ -445,10 +474,17 @@ impl Drop for Region {
     fn drop(&mut self) {
         if let Some(shipping) = &self.cache.backing().shipping {
             shipping.close();
-            return;
-        }
-        if let Err(error) = self.cache.flush() {
+        } else if let Err(error) = self.cache.flush() {
             tracing::warn!(region = %self.info.name, %error, "flush on drop failed; unflushed writes are lost");
+        }
+        if self.mode == OpenMode::Write {
+            // Give back this handle's hold on the writer role. If the
+            // connection has failed, the node has released it already.
+            let region = self.info.id;
+            let backing = self.cache.backing();
+            let _ = backing
+                .connection
+                .call(|out, id| Request::CloseRegion { region }.encode(out, id, 0));
         }
     }
 }

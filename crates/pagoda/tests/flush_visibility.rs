@@ -44,7 +44,7 @@ fn assert_node_holds(
     context: &str,
 ) {
     let info = client
-        .open_region(name, RegionOptions::default())
+        .open_region_read_only(name, RegionOptions::default())
         .unwrap()
         .info()
         .clone();
@@ -59,7 +59,7 @@ fn assert_node_holds(
         );
     }
     let reader = client
-        .open_region(name, RegionOptions::with_cache_bytes(2 * page_size as u64))
+        .open_region_read_only(name, RegionOptions::with_cache_bytes(2 * page_size as u64))
         .unwrap();
     for &(offset, len) in ranges {
         // The range with a margin on both sides, clipped to the region.

@@ -163,8 +163,9 @@ fn shutdown_returns_while_a_client_is_mid_frame() {
     let client = common::client(&node);
     let mut frame = Vec::new();
     Request::Hello {
-        token: b"",
         client_name: "mid-frame",
+        credential: "",
+        client_nonce: [0; 32],
     }
     .encode(&mut frame, 1, 0);
     let mut stream = TcpStream::connect(node.local_addr()).unwrap();
@@ -186,8 +187,9 @@ fn shutdown_returns_while_a_client_does_not_read_its_replies() {
     let client = common::client(&node);
     let mut requests = Vec::new();
     Request::Hello {
-        token: b"",
         client_name: "not-reading",
+        credential: "",
+        client_nonce: [0; 32],
     }
     .encode(&mut requests, 1, 0);
     // 64 replies of 1 MiB: far more than the sockets' buffers hold.

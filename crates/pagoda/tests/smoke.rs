@@ -20,7 +20,7 @@ fn write_flush_and_read_back_from_a_second_client() {
     region.flush().unwrap();
     let second = common::client(&node);
     let reader = second
-        .open_region("r", RegionOptions::with_cache_bytes(8 * 1024))
+        .open_region_read_only("r", RegionOptions::with_cache_bytes(8 * 1024))
         .unwrap();
     let mut back = vec![0u8; data.len()];
     reader.read_at(12_345, &mut back).unwrap();

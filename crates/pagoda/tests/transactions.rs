@@ -124,7 +124,7 @@ fn transfers_keep_the_total_and_reach_the_node() {
         drop(region);
         let reader = Client::connect(node.local_addr(), ClientOptions::default()).unwrap();
         let cold = reader
-            .open_region("bank", RegionOptions::with_cache_bytes(PAGE))
+            .open_region_read_only("bank", RegionOptions::with_cache_bytes(PAGE))
             .unwrap();
         for (account, expected) in balances.iter().enumerate() {
             let mut buf = [0u8; 8];

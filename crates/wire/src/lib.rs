@@ -3,11 +3,12 @@
 //! Every message travels in a frame: a 32-byte header (magic, version, opcode,
 //! flags, payload length, request id, fencing epoch, crc32c) followed by the
 //! payload. `docs/design.md` gives the layout byte by byte. This crate holds the
-//! frame codec ([`frame`]), the messages ([`message`]), the limits every peer
-//! enforces ([`limits`]) and a frame reader for byte streams that spins briefly
-//! before it blocks ([`io`]). It knows nothing of regions' storage, caches or the
-//! command line.
+//! frame codec ([`frame`]), the messages ([`message`]), the handshake's
+//! cryptography ([`auth`]), the limits every peer enforces ([`limits`]) and a
+//! frame reader for byte streams that spins briefly before it blocks ([`io`]).
+//! It knows nothing of regions' storage, caches or the command line.
 
+pub mod auth;
 pub mod error;
 pub mod frame;
 pub mod io;
@@ -17,6 +18,6 @@ pub mod message;
 pub use error::{ErrorCode, WireError};
 pub use frame::{FrameHeader, HEADER_BYTES, MAGIC, Opcode, VERSION};
 pub use message::{
-    CheckpointInfo, PageRange, RecoveryPhase, RecoveryProgress, RegionInfo, RegionStat,
+    CheckpointInfo, OpenMode, PageRange, RecoveryPhase, RecoveryProgress, RegionInfo, RegionStat,
     RegionState, Request, Response, Since,
 };

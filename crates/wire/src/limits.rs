@@ -29,9 +29,15 @@ pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub const BATCH_PAGES_MAX: usize = 4096;
 /// Largest payload of any frame: a full batch plus room for the page list.
 pub const FRAME_PAYLOAD_BYTES_MAX: usize = BATCH_BYTES_MAX + 64 * 1024;
+/// Longest credential name (`pagoda token create NAME`).
+pub const CREDENTIAL_NAME_BYTES_MAX: usize = 64;
+/// Largest salt a node may send in its challenge (it sends 16 bytes).
+pub const SALT_BYTES_MAX: usize = 64;
 /// Largest payload a peer accepts before the connection is authenticated:
-/// a `Hello` with the longest token and client name.
-pub const HELLO_PAYLOAD_BYTES_MAX: usize = 2 + TOKEN_BYTES_MAX + 2 + CLIENT_NAME_BYTES_MAX;
+/// a `Hello` with the longest client and credential names and its nonce (the
+/// `AuthProof` that follows is smaller).
+pub const HELLO_PAYLOAD_BYTES_MAX: usize =
+    2 + CLIENT_NAME_BYTES_MAX + 2 + CREDENTIAL_NAME_BYTES_MAX + crate::auth::NONCE_BYTES;
 /// Most writes one `ApplyJournal` carries.
 pub const JOURNAL_ENTRIES_MAX: usize = 65_536;
 /// Most bytes of writes one `ApplyJournal` carries.

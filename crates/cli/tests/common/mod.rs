@@ -10,6 +10,7 @@ pub fn pagoda() -> Command {
     command
         .env_remove("PAGODA_NODE")
         .env_remove("PAGODA_TOKEN_FILE")
+        .env_remove("PAGODA_CREDENTIAL")
         .env_remove("PAGODA_LOG");
     command
 }
