@@ -155,8 +155,9 @@ pub fn run(args: QuickstartArgs) -> Result<(), String> {
     let flush_ms = flush_started.elapsed().as_secs_f64() * 1000.0;
     let checker =
         Client::connect(node.local_addr(), ClientOptions::default()).map_err(|e| e.to_string())?;
+    // A reader beside the writer (one writer per region).
     let fresh = checker
-        .open_region("quickstart", RegionOptions::with_cache_bytes(1 << 20))
+        .open_region_read_only("quickstart", RegionOptions::with_cache_bytes(1 << 20))
         .map_err(|e| e.to_string())?;
     let differing = count_differing(&fresh, &model)?;
     let node_stat = checker.node_stat().map_err(|e| e.to_string())?;

@@ -145,12 +145,16 @@ impl Client {
                 "the token is longer than {token_bytes_max} bytes"
             )));
         }
-        let name_bytes_max = pagoda_wire::limits::CLIENT_NAME_BYTES_MAX;
-        if options.client_name.len() > name_bytes_max {
-            return Err(ClientError::InvalidArgument(format!(
-                "the client name is longer than {name_bytes_max} bytes"
-            )));
+        // The client name is for the node's logs: a long one is cut to the
+        // limit (at a character boundary) rather than refused.
+        let mut name_end = options
+            .client_name
+            .len()
+            .min(pagoda_wire::limits::CLIENT_NAME_BYTES_MAX);
+        while !options.client_name.is_char_boundary(name_end) {
+            name_end -= 1;
         }
+        let client_name = &options.client_name[..name_end];
         // Without a token the client names no credential: only a node with
         // none configured accepts it.
         let credential = match &options.token {
@@ -169,7 +173,7 @@ impl Client {
             direct_writes: Arc::new(Mutex::new(HashSet::new())),
         };
         let handshake = ClientHandshake::new(
-            options.client_name.as_str(),
+            client_name,
             credential,
             options.token.clone().unwrap_or_default(),
         );
