@@ -24,11 +24,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use pagoda_node::NodeError;
+use pagoda_node::StorageConfig;
 use pagoda_node::arena::Arena;
 use pagoda_node::checkpoint::{self, Manifest};
 use pagoda_node::region::Region;
 use pagoda_node::storage::Storage;
-use pagoda_node::StorageConfig;
 use pagoda_wire::{Opcode, RegionInfo, Request};
 
 const MANIFEST_MAGIC: &[u8; 8] = b"PGDAMAN1";
@@ -150,11 +150,15 @@ fn fixture() -> &'static Fixture {
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().unwrap()))
+    Some(u32::from_le_bytes(
+        bytes.get(at..at + 4)?.try_into().unwrap(),
+    ))
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().unwrap()))
+    Some(u64::from_le_bytes(
+        bytes.get(at..at + 8)?.try_into().unwrap(),
+    ))
 }
 
 fn object(flags: u8, bytes: &[u8]) {
@@ -189,11 +193,16 @@ fn object(flags: u8, bytes: &[u8]) {
     // Live runs from the index: consecutive pages at consecutive indexes.
     let mut runs: Vec<[u64; 3]> = Vec::new();
     for index in 0..pages {
-        let Some(page) = u64_at(&object, OBJECT_HEADER_BYTES + index as usize * INDEX_ENTRY_BYTES)
-        else {
+        let Some(page) = u64_at(
+            &object,
+            OBJECT_HEADER_BYTES + index as usize * INDEX_ENTRY_BYTES,
+        ) else {
             break;
         };
-        if page >= REGION_PAGES || runs.iter().any(|run| (run[0]..run[0] + run[2]).contains(&page))
+        if page >= REGION_PAGES
+            || runs
+                .iter()
+                .any(|run| (run[0]..run[0] + run[2]).contains(&page))
         {
             continue;
         }
@@ -269,7 +278,9 @@ fn object(flags: u8, bytes: &[u8]) {
         unreachable!("a valid ReadPages payload");
     };
     let mut contents = Vec::new();
-    region.read_pages(list, &mut contents).expect("reading the loaded region");
+    region
+        .read_pages(list, &mut contents)
+        .expect("reading the loaded region");
     let mut expected = vec![0u8; REGION_PAGES as usize * PAGE_BYTES];
     for &[first, index, count] in &runs {
         for offset in 0..count {
@@ -278,5 +289,8 @@ fn object(flags: u8, bytes: &[u8]) {
             expected[to..to + PAGE_BYTES].copy_from_slice(&object[from..from + PAGE_BYTES]);
         }
     }
-    assert!(contents == expected, "the loaded region differs from the object");
+    assert!(
+        contents == expected,
+        "the loaded region differs from the object"
+    );
 }

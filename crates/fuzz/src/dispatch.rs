@@ -120,7 +120,10 @@ fn connect(addr: SocketAddr) -> Connection {
     }
     .encode(&mut out, HARNESS_ID_BASE, 0);
     connection.writer.write_all(&out).expect("sending Hello");
-    let frame = connection.reader.read_frame().expect("the node answers Hello");
+    let frame = connection
+        .reader
+        .read_frame()
+        .expect("the node answers Hello");
     let reply = Response::decode(frame.header.opcode, frame.payload).expect("a valid reply");
     assert!(
         matches!(reply, Response::HelloOk { .. }),
@@ -177,7 +180,12 @@ fn loopback_recovery(payload: &[u8], closed_port: u16) -> Option<Vec<u8>> {
 /// Sends `out` and reads the replies to `ids`, in order; returns the
 /// decoded replies' region ids (from `RegionInfo` and `RegionStat`) and the
 /// region list, if one came.
-fn exchange(connection: &mut Connection, out: &[u8], ids: &[u64], known: &mut Vec<u64>) -> Vec<RegionInfo> {
+fn exchange(
+    connection: &mut Connection,
+    out: &[u8],
+    ids: &[u64],
+    known: &mut Vec<u64>,
+) -> Vec<RegionInfo> {
     connection
         .writer
         .write_all(out)
@@ -193,6 +201,13 @@ fn exchange(connection: &mut Connection, out: &[u8], ids: &[u64], known: &mut Ve
         );
         let reply = Response::decode(frame.header.opcode, frame.payload)
             .unwrap_or_else(|error| panic!("the node sent an invalid reply: {error}"));
+        if verbose() {
+            let text = format!("{reply:?}");
+            eprintln!(
+                "reply {expected}: {}",
+                &text[..text.floor_char_boundary(200)]
+            );
+        }
         match reply {
             Response::RegionInfo(info) => known.push(info.id),
             Response::RegionStat(stat) => known.push(stat.info.id),
@@ -205,6 +220,13 @@ fn exchange(connection: &mut Connection, out: &[u8], ids: &[u64], known: &mut Ve
         }
     }
     regions
+}
+
+/// Whether to print every reply (`PAGODA_FUZZ_VERBOSE` set): to see what a
+/// corpus input does.
+fn verbose() -> bool {
+    static VERBOSE: OnceLock<bool> = OnceLock::new();
+    *VERBOSE.get_or_init(|| std::env::var_os("PAGODA_FUZZ_VERBOSE").is_some())
 }
 
 /// Whether a request's payload starts with a region id.

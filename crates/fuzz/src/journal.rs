@@ -16,7 +16,9 @@
 
 use std::sync::Arc;
 
-use pagoda_journal::format::{RECORD_HEADER_BYTES, RECORD_MAGIC, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC};
+use pagoda_journal::format::{
+    RECORD_HEADER_BYTES, RECORD_MAGIC, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+};
 use pagoda_journal::testing::CrashStorage;
 use pagoda_journal::{Journal, JournalOptions, OnCorruption, Record, Storage};
 
@@ -69,8 +71,11 @@ fn fix_checksums(segment: &mut [u8]) {
     let crc = crc32c::crc32c(&segment[..32]);
     segment[32..36].copy_from_slice(&crc.to_le_bytes());
     let mut offset = SEGMENT_HEADER_BYTES;
-    while segment.len() - offset >= RECORD_HEADER_BYTES && segment[offset..offset + 4] == RECORD_MAGIC {
-        let body = u32::from_le_bytes(segment[offset + 12..offset + 16].try_into().unwrap()) as usize;
+    while segment.len() - offset >= RECORD_HEADER_BYTES
+        && segment[offset..offset + 4] == RECORD_MAGIC
+    {
+        let body =
+            u32::from_le_bytes(segment[offset + 12..offset + 16].try_into().unwrap()) as usize;
         let end = offset + RECORD_HEADER_BYTES + body;
         if end > segment.len() {
             return;
@@ -164,10 +169,17 @@ fn ids(records: &[Arc<Record>]) -> Vec<u64> {
 
 fn check_records(journal: &Journal, records: &[Arc<Record>]) {
     for pair in records.windows(2) {
-        assert_eq!(pair[0].id + 1, pair[1].id, "recovered ids are not consecutive");
+        assert_eq!(
+            pair[0].id + 1,
+            pair[1].id,
+            "recovered ids are not consecutive"
+        );
     }
     if let Some(first) = records.first() {
-        assert!(first.id > journal.released_id(), "a released record came back");
+        assert!(
+            first.id > journal.released_id(),
+            "a released record came back"
+        );
     }
     if let Some(last) = records.last() {
         assert_eq!(journal.next_id(), last.id + 1);

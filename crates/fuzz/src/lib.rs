@@ -23,8 +23,11 @@ pub mod dispatch;
 pub mod journal;
 pub mod wire;
 
+/// A target's harness: runs one input, panics on a finding.
+pub type Harness = fn(&[u8]);
+
 /// Every target, by name: the corpus of target `name` is `corpus/<name>`.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Harness); 5] = [
     ("wire", wire::run),
     ("dispatch", dispatch::run),
     ("journal", journal::run),

@@ -164,7 +164,10 @@ fn response_frames() -> Vec<(String, Vec<u8>)> {
                 metadata_bytes: 4096,
             }),
         ),
-        ("region-list", Response::RegionList(vec![info.clone(), info])),
+        (
+            "region-list",
+            Response::RegionList(vec![info.clone(), info]),
+        ),
         ("done", Response::Done),
         ("pages", Response::PagesData { data: &[7; 64] }),
         (
@@ -291,6 +294,12 @@ fn dispatch_seeds() -> Vec<(String, Vec<u8>)> {
     });
     let freeze = payload_of(Request::FreezeRegion { region: 0 });
     let name = payload_of(Request::StatRegion { name: "a" });
+    // Writes need the connection to hold the region's writer role.
+    let open_write = payload_of(Request::OpenRegion {
+        name: "a",
+        mode: pagoda_wire::OpenMode::Write,
+    });
+    let close = payload_of(Request::CloseRegion { region: 0 });
     let checkpoint = payload_of(Request::Checkpoint {
         name: "a",
         full: false,
@@ -322,6 +331,7 @@ fn dispatch_seeds() -> Vec<(String, Vec<u8>)> {
             "lifecycle".into(),
             sequence(&[
                 (Opcode::CreateRegion, &create),
+                (Opcode::OpenRegion, &open_write),
                 (Opcode::WritePages, &write),
                 (Opcode::ReadPages, &read),
                 (Opcode::StatRegion, &name),
@@ -335,6 +345,7 @@ fn dispatch_seeds() -> Vec<(String, Vec<u8>)> {
             "journal".into(),
             sequence(&[
                 (Opcode::CreateRegion, &create),
+                (Opcode::OpenRegion, &open_write),
                 (Opcode::ApplyJournal, &apply),
                 (Opcode::ReadPages, &read),
             ]),
@@ -343,12 +354,14 @@ fn dispatch_seeds() -> Vec<(String, Vec<u8>)> {
             "checkpoint".into(),
             sequence(&[
                 (Opcode::CreateRegion, &create),
+                (Opcode::OpenRegion, &open_write),
                 (Opcode::WritePages, &write),
                 (Opcode::Checkpoint, &checkpoint),
                 (Opcode::WritePages, &write),
                 (Opcode::DirtyPages, &dirty),
                 (Opcode::FreezeRegion, &freeze),
                 (Opcode::WritePages, &write),
+                (Opcode::CloseRegion, &close),
             ]),
         ),
         (
@@ -382,7 +395,11 @@ fn journal_seeds() -> Vec<(String, Vec<u8>)> {
     for commit in 0..12u64 {
         let mut micro = journal.begin();
         for entry in 0..=commit % 3 {
-            micro.push(commit % 2, entry * 4096, &vec![commit as u8; 40 + entry as usize * 50]);
+            micro.push(
+                commit % 2,
+                entry * 4096,
+                &vec![commit as u8; 40 + entry as usize * 50],
+            );
         }
         journal.commit(micro).unwrap();
         if commit == 4 {
@@ -414,16 +431,10 @@ fn journal_seeds() -> Vec<(String, Vec<u8>)> {
     let mut torn = segments.clone();
     let last = torn.last_mut().unwrap();
     last.truncate(last.len() - 7);
-    seeds.push((
-        "torn-tail".into(),
-        journal::encode_input(0, shift, &torn),
-    ));
+    seeds.push(("torn-tail".into(), journal::encode_input(0, shift, &torn)));
     let mut damaged = segments;
     damaged[0][100] ^= 0x40;
-    seeds.push((
-        "damaged".into(),
-        journal::encode_input(0, shift, &damaged),
-    ));
+    seeds.push(("damaged".into(), journal::encode_input(0, shift, &damaged)));
     seeds
 }
 
