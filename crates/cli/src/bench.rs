@@ -225,6 +225,7 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, String> {
             node: args.node.clone().expect("checked"),
             token_file: args.token_file.clone(),
             credential: args.credential.clone(),
+            tls: crate::TlsArgs::from_env(),
         }
         .connect()?
     };

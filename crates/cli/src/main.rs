@@ -61,6 +61,71 @@ pub struct NodeAddress {
         default_value = pagoda::DEFAULT_CREDENTIAL
     )]
     pub credential: String,
+    /// How to speak TLS to the node.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// Client-side TLS, for commands that connect to a node.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// Speak TLS to the node, trusting the certificate authorities in this
+    /// PEM file.
+    #[arg(long, global = true, env = "PAGODA_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), for a node that requires client
+    /// certificates; with --tls-key.
+    #[arg(long, global = true, env = "PAGODA_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "PAGODA_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the node's certificate must carry. Default: the host of
+    /// --node (its IP address if it is one).
+    #[arg(
+        long,
+        global = true,
+        env = "PAGODA_TLS_SERVER_NAME",
+        value_name = "NAME"
+    )]
+    pub tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The settings from the environment alone (for commands that take no
+    /// TLS flags).
+    pub fn from_env() -> TlsArgs {
+        let path = |name: &str| std::env::var_os(name).map(PathBuf::from);
+        TlsArgs {
+            tls_ca: path("PAGODA_TLS_CA"),
+            tls_cert: path("PAGODA_TLS_CERT"),
+            tls_key: path("PAGODA_TLS_KEY"),
+            tls_server_name: std::env::var("PAGODA_TLS_SERVER_NAME").ok(),
+        }
+    }
+
+    /// The client's TLS options for a node at `node` (`host:port`), or
+    /// `None` without --tls-ca.
+    pub fn options(&self, node: &str) -> Result<Option<pagoda::TlsOptions>, String> {
+        let Some(ca_file) = &self.tls_ca else {
+            if self.tls_cert.is_some() || self.tls_key.is_some() {
+                return Err("--tls-cert and --tls-key need --tls-ca".into());
+            }
+            return Ok(None);
+        };
+        // A host name is what the certificate names; an IP address is
+        // checked as one by default.
+        let host_name = match node.parse::<std::net::SocketAddr>() {
+            Ok(_) => None,
+            Err(_) => node.rsplit_once(':').map(|(host, _)| host.to_owned()),
+        };
+        Ok(Some(pagoda::TlsOptions {
+            ca_file: ca_file.clone(),
+            cert_file: self.tls_cert.clone(),
+            key_file: self.tls_key.clone(),
+            server_name: self.tls_server_name.clone().or(host_name),
+        }))
+    }
 }
 
 impl NodeAddress {
@@ -77,6 +142,7 @@ impl NodeAddress {
         let mut options = pagoda::ClientOptions {
             timeout,
             credential: self.credential.clone(),
+            tls: self.tls.options(&self.node)?,
             ..pagoda::ClientOptions::default()
         };
         if let Some(path) = &self.token_file {

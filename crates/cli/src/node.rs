@@ -20,7 +20,8 @@ use crate::size::{format_bytes, parse_size};
 /// Arguments of `pagoda node`.
 #[derive(clap::Args, Debug)]
 pub struct NodeArgs {
-    /// The address to listen on. A non-loopback address requires --token-file.
+    /// The address to listen on. A non-loopback address requires --token-file
+    /// (or credentials) and TLS (--tls-cert, --tls-key) or --insecure-no-tls.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
     /// RAM for region pages, like 4GiB. Regions may add up to more (thin
@@ -55,6 +56,27 @@ pub struct NodeArgs {
     /// milliseconds.
     #[arg(long, default_value_t = pagoda_node::server::FRAME_TIMEOUT_MS_DEFAULT, value_name = "MS")]
     frame_timeout_ms: u64,
+    /// Serve TLS with this certificate chain (PEM); with --tls-key. Required
+    /// on a non-loopback address unless --insecure-no-tls. The files are
+    /// re-read when they change, so a renewed certificate needs no restart.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by the authorities in this PEM
+    /// file.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+    /// Listen on a non-loopback address without TLS: tokens, proofs and
+    /// pages travel in clear.
+    #[arg(long, conflicts_with = "tls_cert")]
+    insecure_no_tls: bool,
+    /// Speak TLS to other nodes (a recovery's source), trusting the
+    /// authorities in this PEM file; this node's --tls-cert and --tls-key are
+    /// its client certificate where the source requires one.
+    #[arg(long, value_name = "FILE")]
+    peer_tls_ca: Option<PathBuf>,
     /// Where checkpoints go: a directory, file:///path, or s3://bucket/prefix
     /// (endpoint and credentials from AWS_ENDPOINT_URL, AWS_REGION,
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP). Default:
@@ -93,6 +115,20 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
     config.connection_memory_bytes = usize::try_from(args.connection_memory)
         .map_err(|_| "--connection-memory is too large".to_string())?;
     config.frame_timeout = Duration::from_millis(args.frame_timeout_ms);
+    if let (Some(cert_file), Some(key_file)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(pagoda_node::TlsConfig {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            client_ca_file: args.tls_ca.clone(),
+        });
+    }
+    config.insecure_no_tls = args.insecure_no_tls;
+    config.peer_tls = args.peer_tls_ca.as_ref().map(|ca_file| pagoda::TlsOptions {
+        ca_file: ca_file.clone(),
+        cert_file: args.tls_cert.clone(),
+        key_file: args.tls_key.clone(),
+        server_name: None,
+    });
     config.storage = match args.storage.as_deref() {
         Some("none") => None,
         Some(url) => Some(StorageConfig::parse(url).map_err(|e| e.to_string())?),

@@ -44,6 +44,7 @@ use pagoda_wire::limits::{
     PING_REPLY_BYTES_MAX, REGION_NAME_BYTES_MAX, REGIONS_MAX,
 };
 use pagoda_wire::message::DIRTY_RANGES_MAX;
+use pagoda_wire::tls::{TlsReader, TlsWriter};
 use pagoda_wire::{ErrorCode, Request, Response, WireError};
 use parking_lot::{Condvar, Mutex};
 
@@ -85,6 +86,14 @@ pub(crate) fn check_config(config: &NodeConfig) -> Result<(), NodeError> {
         return Err(NodeError::Config(
             "the frame timeout must be positive".into(),
         ));
+    }
+    if !config.listen.ip().is_loopback() && config.tls.is_none() && !config.insecure_no_tls {
+        return Err(NodeError::Config(format!(
+            "refusing to listen on non-loopback address {} without TLS: give --tls-cert and \
+             --tls-key (or, to accept plaintext connections from the network anyway, \
+             --insecure-no-tls)",
+            config.listen
+        )));
     }
     if config.connection_memory_bytes < 1024 * 1024 {
         return Err(NodeError::Config(
@@ -463,23 +472,34 @@ impl ReplyWrite for TcpStream {
         // therefore holds its reply's memory for at most the frame timeout.
         let mut rest = bytes;
         let mut first = true;
-        while !rest.is_empty() {
+        // The socket's timeout before this call changed it, to restore.
+        let mut preset = None;
+        let result = loop {
+            if rest.is_empty() {
+                break Ok(());
+            }
             if !first {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Err(std::io::ErrorKind::TimedOut.into());
+                    break Err(std::io::ErrorKind::TimedOut.into());
+                }
+                if preset.is_none() {
+                    preset = Some(self.write_timeout()?);
                 }
                 self.set_write_timeout(Some(left.max(Duration::from_millis(1))))?;
             }
             first = false;
             match self.write(rest) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(count) => rest = &rest[count..],
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(error),
+                Err(error) => break Err(error),
             }
+        };
+        if let Some(preset) = preset {
+            self.set_write_timeout(preset)?;
         }
-        Ok(())
+        result
     }
 }
 
@@ -636,8 +656,70 @@ fn serve(
     stream: TcpStream,
     accepted: Instant,
 ) -> Result<(), WireError> {
-    let mut writer = stream.try_clone()?;
-    serve_stream(shared, id, stream, &mut writer, accepted)
+    let Some(tls) = &shared.tls else {
+        let mut writer = stream.try_clone()?;
+        return serve_stream(shared, id, stream, &mut writer, accepted);
+    };
+    let mut socket = stream;
+    let deadline = accepted + shared.config.handshake_timeout;
+    if speaks_plain_pagoda(&socket, deadline)? {
+        // A client without TLS: tell it so in its own protocol, rather than
+        // with a TLS alert it cannot read.
+        let mut out = Vec::new();
+        error_reply(
+            &mut out,
+            0,
+            ErrorCode::NotAuthenticated,
+            "this node requires TLS; connect with TLS (pagoda: --tls-ca FILE or PAGODA_TLS_CA)",
+        );
+        let _ = socket.write_all(&out);
+        return Ok(());
+    }
+    let state = rustls::ServerConnection::new(tls.current())
+        .map_err(|e| std::io::Error::other(format!("starting TLS: {e}")))?;
+    let session = match pagoda_wire::tls::handshake(state.into(), &mut socket, deadline) {
+        Ok(session) => session,
+        Err(error) => {
+            if shared.failed_handshakes_log.allow() {
+                let peer = socket.peer_addr().map(|peer| peer.to_string());
+                tracing::warn!(peer = peer.unwrap_or_default(), %error, "TLS handshake failed");
+            }
+            return Err(error.into());
+        }
+    };
+    let reader = TlsReader::new(session.clone(), socket.try_clone()?);
+    let mut writer = TlsWriter::new(session, socket);
+    serve_stream(shared, id, reader, &mut writer, accepted)
+}
+
+/// Whether the peer's first byte is that of a plain Pagoda frame (a TLS
+/// handshake starts with 0x16), waiting for it until `deadline`.
+fn speaks_plain_pagoda(socket: &TcpStream, deadline: Instant) -> std::io::Result<bool> {
+    let mut first = [0u8; 1];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        socket.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+        match socket.peek(&mut first) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(first[0] == pagoda_wire::MAGIC.to_le_bytes()[0]),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+impl ReplyWrite for TlsWriter {
+    fn write_reply(&mut self, bytes: &[u8], deadline: Instant) -> std::io::Result<()> {
+        self.write_all_with(bytes, |socket, sealed| socket.write_reply(sealed, deadline))
+    }
 }
 
 fn serve_stream<R: SpinRead>(

@@ -25,7 +25,9 @@ pub mod recovery;
 pub mod region;
 pub mod server;
 pub mod storage;
+mod tls;
 
 pub use error::NodeError;
 pub use server::{Node, NodeConfig, Unsaved, UnsavedRegion};
 pub use storage::StorageConfig;
+pub use tls::TlsConfig;

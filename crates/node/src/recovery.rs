@@ -263,6 +263,7 @@ fn recover(
                     .or_else(|| shared.config.token.clone()),
                 timeout: Duration::from_secs(60),
                 client_name: format!("recovery of {name}"),
+                tls: shared.config.peer_tls.clone(),
                 ..ClientOptions::default()
             };
             let client = Client::connect(address.as_str(), options)

@@ -74,6 +74,15 @@ pub struct NodeConfig {
     /// How long a request waits for buffer memory from the budget before it
     /// is answered with `Busy`.
     pub connection_memory_wait: Duration,
+    /// TLS on the listener; required on a non-loopback address unless
+    /// `insecure_no_tls` is set.
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Accept plaintext connections on a non-loopback address (the operator
+    /// said so explicitly: `--insecure-no-tls`).
+    pub insecure_no_tls: bool,
+    /// How this node speaks TLS to other nodes it connects to (a recovery's
+    /// source); `None`: plain TCP.
+    pub peer_tls: Option<pagoda::TlsOptions>,
     /// How long the holder of a region's writer role may stay silent (send
     /// no request) before another connection may take the role over.
     pub writer_lease: Duration,
@@ -100,6 +109,9 @@ impl NodeConfig {
             frame_timeout: Duration::from_millis(FRAME_TIMEOUT_MS_DEFAULT),
             connection_memory_bytes: CONNECTION_MEMORY_BYTES_DEFAULT,
             connection_memory_wait: Duration::from_millis(CONNECTION_MEMORY_WAIT_MS_DEFAULT),
+            tls: None,
+            insecure_no_tls: false,
+            peer_tls: None,
             writer_lease: Duration::from_millis(WRITER_LEASE_MS_DEFAULT),
         }
     }
@@ -150,6 +162,8 @@ pub(crate) struct Shared {
     pub(crate) requests: AtomicU64,
     /// Connection buffers beyond each connection's baseline.
     pub(crate) connection_memory: crate::connection::MemoryBudget,
+    /// The listener's TLS configuration, if it speaks TLS.
+    pub(crate) tls: Option<crate::tls::TlsServer>,
     /// Connections still authenticating, oldest first.
     pub(crate) handshakes: Mutex<std::collections::BTreeMap<u64, TcpStream>>,
     /// Rate limit for warnings about failed handshakes.
@@ -297,6 +311,11 @@ impl Node {
         );
         let connection_memory =
             crate::connection::MemoryBudget::new(config.connection_memory_bytes);
+        let tls = config
+            .tls
+            .as_ref()
+            .map(crate::tls::TlsServer::load)
+            .transpose()?;
         let shared = Arc::new(Shared {
             config,
             catalog,
@@ -308,6 +327,7 @@ impl Node {
             connection_count: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             connection_memory,
+            tls,
             handshakes: Mutex::new(std::collections::BTreeMap::new()),
             failed_handshakes_log: crate::connection::LogLimiter::failed_handshakes(),
             credentials,

@@ -10,15 +10,16 @@
 //! the configured budget, then park.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use pagoda_wire::io::FrameReader;
+use pagoda_wire::io::{FrameReader, SpinRead};
 use pagoda_wire::limits::{BATCH_BYTES_MAX, BATCH_PAGES_MAX};
+use pagoda_wire::tls::{TlsFailure, TlsReader, TlsWriter};
 use pagoda_wire::{ErrorCode, Opcode, Response, WireError};
 use parking_lot::Mutex;
 
@@ -88,16 +89,57 @@ struct Sink {
 // their owner waits.
 unsafe impl Send for Sink {}
 
+/// The read half of the connection: the socket, or TLS over it.
+enum ReadHalf {
+    Plain(TcpStream),
+    Tls(TlsReader),
+}
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            ReadHalf::Plain(stream) => stream.read(buf),
+            ReadHalf::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl SpinRead for ReadHalf {
+    fn read_nonblocking(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        match self {
+            ReadHalf::Plain(stream) => stream.read_nonblocking(buf),
+            ReadHalf::Tls(stream) => stream.read_nonblocking(buf),
+        }
+    }
+}
+
+/// The write half of the connection.
+enum WriteHalf {
+    Plain(TcpStream),
+    Tls(TlsWriter),
+}
+
+impl WriteHalf {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            WriteHalf::Plain(stream) => stream.write_all(bytes),
+            WriteHalf::Tls(stream) => stream.write_all(bytes),
+        }
+    }
+}
+
 struct Writer {
-    stream: TcpStream,
+    stream: WriteHalf,
     buffer: Vec<u8>,
 }
 
 /// See the module documentation.
 pub struct Connection {
     peer: SocketAddr,
+    /// A handle on the socket, to shut it down when the connection fails.
+    socket: TcpStream,
     writer: Mutex<Writer>,
-    reader: Mutex<FrameReader<TcpStream>>,
+    reader: Mutex<FrameReader<ReadHalf>>,
     pending: Mutex<HashMap<u64, Arc<Slot>>>,
     next_id: AtomicU64,
     failed: Mutex<Option<String>>,
@@ -159,11 +201,59 @@ impl Connection {
         stream
             .set_write_timeout(Some(options.timeout))
             .map_err(io)?;
-        let read_half = stream.try_clone().map_err(io)?;
+        let socket = stream.try_clone().map_err(io)?;
+        let (read_half, write_half) = match &options.tls {
+            None => (
+                ReadHalf::Plain(stream.try_clone().map_err(io)?),
+                WriteHalf::Plain(stream),
+            ),
+            Some(tls) => {
+                let config = crate::tls::client_config(tls)?;
+                let name = crate::tls::server_name(tls, peer)?;
+                let state = rustls::ClientConnection::new(config, name).map_err(|e| {
+                    ClientError::InvalidArgument(format!("starting TLS with {peer}: {e}"))
+                })?;
+                let mut stream = stream;
+                let deadline = Instant::now() + options.timeout;
+                let session = pagoda_wire::tls::handshake(state.into(), &mut stream, deadline)
+                    .map_err(|error| {
+                        // Bytes that are not TLS at all: most likely a node
+                        // without TLS.
+                        let garbled = error
+                            .get_ref()
+                            .and_then(|inner| inner.downcast_ref::<TlsFailure>())
+                            .is_some_and(|failure| {
+                                matches!(failure.0, rustls::Error::InvalidMessage(_))
+                            });
+                        let hint = if garbled {
+                            " (the node does not seem to speak TLS)"
+                        } else {
+                            ""
+                        };
+                        ClientError::Connect {
+                            addr: peer.to_string(),
+                            source: std::io::Error::new(
+                                error.kind(),
+                                format!("TLS handshake failed: {error}{hint}"),
+                            ),
+                        }
+                    })?;
+                // The handshake cleared the read timeout; replies need it.
+                stream.set_read_timeout(Some(options.timeout)).map_err(io)?;
+                (
+                    ReadHalf::Tls(TlsReader::new(
+                        session.clone(),
+                        stream.try_clone().map_err(io)?,
+                    )),
+                    WriteHalf::Tls(TlsWriter::new(session, stream)),
+                )
+            }
+        };
         Ok(Connection {
             peer,
+            socket,
             writer: Mutex::new(Writer {
-                stream,
+                stream: write_half,
                 buffer: Vec::with_capacity(64 * 1024),
             }),
             reader: Mutex::new(FrameReader::new(read_half, options.spin)),
@@ -210,7 +300,7 @@ impl Connection {
         for (_, slot) in slots {
             complete(&slot, Err(ClientError::Disconnected(reason.clone())));
         }
-        let _ = self.writer.lock().stream.shutdown(std::net::Shutdown::Both);
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 
     fn check_failed(&self) -> Result<(), ClientError> {
@@ -354,6 +444,17 @@ impl Connection {
                             let reason = match error {
                                 _ if timed_out => format!("no reply within {:?}", self.timeout),
                                 WireError::Closed => "the node closed the connection".to_owned(),
+                                // A TLS record (an alert or a handshake)
+                                // where a frame should be.
+                                WireError::BadMagic { found }
+                                    if matches!(found & 0xff, 0x15 | 0x16)
+                                        && (found >> 8) & 0xff == 0x03 =>
+                                {
+                                    "the node speaks TLS and this client connected without it: \
+                                     give the node's CA (TlsOptions; pagoda --tls-ca or \
+                                     PAGODA_TLS_CA)"
+                                        .to_owned()
+                                }
                                 other => other.to_string(),
                             };
                             self.fail(reason);

@@ -21,6 +21,7 @@
 mod connection;
 mod error;
 mod region;
+mod tls;
 mod transaction;
 
 use std::collections::HashSet;
@@ -40,6 +41,7 @@ pub use pagoda_wire::{
     RegionState, Since,
 };
 pub use region::{Region, RegionOptions};
+pub use tls::TlsOptions;
 pub use transaction::{Durability, JournalStats, Transaction};
 
 use connection::{Connection, Reply};
@@ -64,6 +66,8 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// A name for this client in the node's logs.
     pub client_name: String,
+    /// Speak TLS to the node, with these settings; `None`: plain TCP.
+    pub tls: Option<TlsOptions>,
 }
 
 /// Default spin budget, in microseconds.
@@ -82,6 +86,7 @@ impl Default for ClientOptions {
             spin: Duration::from_micros(SPIN_US_DEFAULT),
             timeout: Duration::from_secs(TIMEOUT_S_DEFAULT),
             client_name: "pagoda-client".into(),
+            tls: None,
         }
     }
 }

@@ -57,7 +57,7 @@ pub fn poll_readable(fd: i32, timeout: Duration) -> io::Result<bool> {
     Ok(result > 0)
 }
 
-fn recv_dontwait(fd: i32, buf: &mut [u8]) -> io::Result<Option<usize>> {
+pub(crate) fn recv_dontwait(fd: i32, buf: &mut [u8]) -> io::Result<Option<usize>> {
     // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes for the
     // duration of the call, and recv writes at most that many bytes.
     let result = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };

@@ -14,6 +14,7 @@ pub mod frame;
 pub mod io;
 pub mod limits;
 pub mod message;
+pub mod tls;
 
 pub use error::{ErrorCode, WireError};
 pub use frame::{FrameHeader, HEADER_BYTES, MAGIC, Opcode, VERSION};
