@@ -32,9 +32,14 @@ pub struct NodeArgs {
     /// Where the node keeps its region metadata.
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
-    /// A file holding the shared token clients must present.
+    /// A file holding a shared token: the credential `default`, with admin
+    /// on every region. Named credentials: `pagoda token`.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// How long the holder of a region's writer role may send nothing
+    /// before another client may take the role over, in seconds.
+    #[arg(long, default_value_t = pagoda_node::server::WRITER_LEASE_MS_DEFAULT / 1000, value_name = "SECONDS")]
+    writer_lease: u64,
     /// How long a connection spins on non-blocking reads before it sleeps, in
     /// microseconds (0 to never spin).
     #[arg(long, default_value_t = pagoda_node::server::SPIN_US_DEFAULT)]
@@ -148,6 +153,10 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
     if let Some(path) = &args.token_file {
         config.token = Some(crate::read_token(path)?);
     }
+    if args.writer_lease == 0 {
+        return Err("--writer-lease must be at least 1 second".into());
+    }
+    config.writer_lease = Duration::from_secs(args.writer_lease);
     let stop = Arc::new(AtomicBool::new(false));
     let abandon = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -622,10 +622,10 @@ impl CredentialStore {
 
     /// Re-reads the file if it changed. With `force` it always checks (a
     /// handshake); otherwise at most once per `CREDENTIALS_RECHECK_MS`
-    /// across the node, so the check costs serving connections one clock
-    /// read and a comparison.
-    fn refresh(&self, force: bool) {
-        let now_ms = self.epoch.elapsed().as_millis() as u64;
+    /// across the node, so the check costs a serving connection a
+    /// comparison (`now` is the clock read it makes anyway).
+    fn refresh(&self, force: bool, now: Instant) {
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         let last = self.checked_ms.load(Ordering::Relaxed);
         if !force
             && (now_ms < last + CREDENTIALS_RECHECK_MS
@@ -720,7 +720,11 @@ impl WriterRoles {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// Takes region `id`'s writer role for `holder`, or says who has it.
@@ -958,7 +962,7 @@ impl Session {
             unreachable!("admit passes only Hello here");
         };
         let store = &self.shared.credentials;
-        store.refresh(true);
+        store.refresh(true, Instant::now());
         let snapshot = store.snapshot();
         if !snapshot.required {
             self.authenticated(Principal::Anonymous, client_name, "");
@@ -1139,11 +1143,13 @@ impl Session {
     }
 
     fn check(&mut self, request: &Request<'_>, request_id: u64, out: &mut Vec<u8>) -> Outcome {
-        let writers = &self.shared.writers;
+        // One clock read per request: it renews the writer lease and paces
+        // the check of the credentials file.
+        let now = Instant::now();
         self.holder
             .last_active_ms
-            .store(writers.now_ms(), Ordering::Relaxed);
-        self.shared.credentials.refresh(false);
+            .store(self.shared.writers.ms_at(now), Ordering::Relaxed);
+        self.shared.credentials.refresh(false, now);
         if self.shared.credentials.generation() != self.generation
             && let Err(message) = self.revalidate()
         {
