@@ -932,6 +932,9 @@ impl Session {
         }
     }
 
+    /// Refuses the handshake: `Unauthorized` with `reason`, and a
+    /// rate-limited warning that may say more (`logged`: which of an unknown
+    /// name or a wrong token, which the client is not told).
     fn refuse_handshake(
         &mut self,
         out: &mut Vec<u8>,
@@ -939,9 +942,10 @@ impl Session {
         client_name: &str,
         credential: &str,
         reason: &str,
+        logged: &str,
     ) -> Outcome {
         if self.shared.failed_handshakes_log.allow() {
-            tracing::warn!(client_name, credential, "authentication failed: {reason}");
+            tracing::warn!(client_name, credential, "authentication failed: {logged}");
         }
         let message = if credential.is_empty() {
             "this node requires a credential and none was given".to_owned()
@@ -971,7 +975,14 @@ impl Session {
         }
         if let Some(reason) = &snapshot.broken {
             let reason = format!("the node's credentials file is unreadable ({reason})");
-            return self.refuse_handshake(out, request_id, client_name, credential, &reason);
+            return self.refuse_handshake(
+                out,
+                request_id,
+                client_name,
+                credential,
+                &reason,
+                &reason,
+            );
         }
         if credential.is_empty() {
             return self.refuse_handshake(
@@ -979,6 +990,7 @@ impl Session {
                 request_id,
                 client_name,
                 credential,
+                "no credential given",
                 "no credential given",
             );
         }
@@ -1030,18 +1042,18 @@ impl Session {
                 Outcome::Replied
             }
             found => {
-                let reason = if found.is_some() {
+                let logged = if found.is_some() {
                     "wrong token"
                 } else {
                     "no such credential"
                 };
-                tracing::debug!(credential = %credential_name, reason, "proof refused");
                 self.refuse_handshake(
                     out,
                     request_id,
                     &client_name,
                     &credential_name,
                     "unknown credential or wrong token",
+                    logged,
                 )
             }
         }
