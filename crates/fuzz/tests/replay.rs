@@ -77,3 +77,27 @@ fn every_target_has_a_corpus() {
     }
     assert_eq!(pagoda_fuzz::TARGETS.len(), 5);
 }
+
+/// The inputs in `crashes/<target>/`: findings whose fix is not in yet, each
+/// named for its bug. Ignored, so CI stays green until the fix lands; run it
+/// with `cargo test -p pagoda-fuzz --test replay -- --ignored`, and once it
+/// passes, move the inputs into the corpus, where the replay above guards them.
+#[test]
+#[ignore = "known crashes whose fixes are pending; see crates/fuzz/README.md"]
+fn known_crashes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("crashes");
+    let mut failures = Vec::new();
+    for (target, run) in pagoda_fuzz::TARGETS {
+        let Ok(entries) = std::fs::read_dir(root.join(target)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            if std::panic::catch_unwind(|| run(&data)).is_err() {
+                failures.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(failures.is_empty(), "still crashing: {failures:?}");
+}
