@@ -579,12 +579,15 @@ impl CredentialStore {
             secret: auth::random_nonce(),
             epoch: Instant::now(),
         };
-        *store.snapshot.write() = Arc::new(store.snapshot_of(loaded));
+        *store.snapshot.write() = Arc::new(store.snapshot_of(loaded, false));
         Ok(store)
     }
 
-    fn snapshot_of(&self, loaded: Option<Vec<Credential>>) -> Snapshot {
-        let required = self.configured.is_some() || loaded.is_some();
+    /// A snapshot of `loaded` (`None`: no file). A node that has required
+    /// credentials goes on requiring them (`was_required`): a file deleted
+    /// while it runs leaves it accepting no credential, never open.
+    fn snapshot_of(&self, loaded: Option<Vec<Credential>>, was_required: bool) -> Snapshot {
+        let required = was_required || self.configured.is_some() || loaded.is_some();
         let mut credentials: HashMap<String, Arc<Credential>> = loaded
             .unwrap_or_default()
             .into_iter()
@@ -645,7 +648,14 @@ impl CredentialStore {
         match read_credentials(&self.data_dir) {
             Ok(loaded) => {
                 let count = loaded.as_ref().map_or(0, Vec::len);
-                *self.snapshot.write() = Arc::new(self.snapshot_of(loaded));
+                if loaded.is_none() && self.required() {
+                    tracing::warn!(
+                        "the credentials file was removed; no credential is accepted until it \
+                         is back (the node stays closed)"
+                    );
+                }
+                let was_required = self.required();
+                *self.snapshot.write() = Arc::new(self.snapshot_of(loaded, was_required));
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 tracing::info!(credentials = count, "credentials reloaded");
             }

@@ -588,7 +588,8 @@ fn a_corrupt_credentials_file_is_refused_at_start() {
 }
 
 // Guards an open node that gains credentials while it runs: its anonymous
-// connections are refused from then on.
+// connections are refused from then on, and losing the file again does not
+// open it.
 #[test]
 fn an_open_node_that_gains_credentials_closes_anonymous_connections() {
     let dir = tempfile::tempdir().unwrap();
@@ -606,6 +607,12 @@ fn an_open_node_that_gains_credentials_closes_anonymous_connections() {
     }
     assert!(Client::connect(node.local_addr(), ClientOptions::default()).is_err());
     connect(&node, "admin").ping(0).unwrap();
+    // Removing the file again does not open the node: it accepts no one.
+    std::fs::remove_file(dir.path().join(access::CREDENTIALS_FILE_NAME)).unwrap();
+    let error = Client::connect(node.local_addr(), ClientOptions::default()).unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Unauthorized), "{error}");
+    let error = Client::connect(node.local_addr(), options("admin", "admin-token")).unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Unauthorized), "{error}");
 }
 
 // ---------------------------------------------------------------------------
