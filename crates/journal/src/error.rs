@@ -44,6 +44,14 @@ pub enum JournalError {
         /// The limit.
         max: u64,
     },
+    /// Every commit id the format allows is taken (the log continues one that reached
+    /// `format::COMMIT_ID_MAX`); nothing was written, since recovery would discard a
+    /// record with a higher id.
+    #[error("no commit id is left: the next would be {id}, beyond the format's maximum")]
+    IdsExhausted {
+        /// The id the commit would have had.
+        id: CommitId,
+    },
     /// `release_through` named a commit that is not durable yet.
     #[error("cannot release through commit {id}: only commits through {durable} are durable")]
     ReleaseBeyondDurable {

@@ -442,6 +442,10 @@ impl Journal {
         let mut log = self.log.lock();
         self.check_failed()?;
         let id = log.next_id;
+        if id > format::COMMIT_ID_MAX {
+            // Recovery refuses such a record, so writing it would lose the commit.
+            return Err(JournalError::IdsExhausted { id });
+        }
         let durable = self.durable_id.load(Ordering::Acquire);
         format::seal_commit(frame, id, durable, entry_count, body_crc);
         let device = self.append(&mut log, frame)?;

@@ -178,3 +178,46 @@ fn an_oversized_record_is_refused_without_latching() {
     );
     assert!(journal.failure().is_none());
 }
+
+/// Guards against losing an acknowledged commit at the end of the id space (found by
+/// the `journal` fuzz target): a log whose last commit carries `COMMIT_ID_MAX` used to
+/// accept one more commit, whose record recovery then refused as out of range and cut
+/// off as a torn tail. The commit is refused instead, and what is in the log stays.
+#[test]
+fn no_commit_beyond_the_highest_id() {
+    use pagoda_journal::Storage;
+    use pagoda_journal::format::{self, COMMIT_ID_MAX, SegmentHeader};
+
+    let storage = CrashStorage::new(5);
+    let device = storage.create(1).unwrap();
+    let header = SegmentHeader {
+        sequence: 1,
+        first_id: COMMIT_ID_MAX,
+    };
+    let mut frame = Vec::new();
+    format::start_frame(&mut frame);
+    let body_crc = format::append_entry(&mut frame, 0, 1, 0, b"last");
+    format::seal_commit(&mut frame, COMMIT_ID_MAX, 0, 1, body_crc);
+    device.write_at(0, &header.encode()).unwrap();
+    device
+        .write_at(format::SEGMENT_HEADER_BYTES as u64, &frame)
+        .unwrap();
+    device.sync().unwrap();
+    storage.sync_directory().unwrap();
+
+    let open = || Journal::open_with(Arc::new(storage.clone()), JournalOptions::default());
+    let (journal, records) = open().unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(journal.next_id(), COMMIT_ID_MAX + 1);
+    assert!(matches!(
+        commit(&journal, 0),
+        Err(JournalError::IdsExhausted { id }) if id == COMMIT_ID_MAX + 1
+    ));
+    drop(journal);
+    let (journal, records) = open().unwrap();
+    assert_eq!(journal.recovery_report().hole, None);
+    assert_eq!(
+        records.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [COMMIT_ID_MAX]
+    );
+}
