@@ -133,3 +133,83 @@ for i in range(40000):
             recent = (recent + [(st, ln)])[-5:]
         seq += [100000 + st + k for k in range(ln)]
 w("dbmix", seq)
+
+# --- Large traces (seed 5): hundreds of thousands of distinct blocks, so
+# that the 25 % size is tens of thousands of frames, where the warm-up of a
+# large cache matters. Written to OUT_DIR/large; none was used for tuning
+# before the filler-ghost change (docs/benchmarks.md), which they motivated.
+import bisect
+import itertools
+
+random.seed(5)
+
+
+def zipf_sampler(n, a):
+    cum = list(itertools.accumulate(1 / (i + 1) ** a for i in range(n)))
+    perm = list(range(n))
+    random.shuffle(perm)
+    return lambda: perm[bisect.bisect_left(cum, random.random() * cum[-1])]
+
+
+def wl(name, seq):
+    os.makedirs(os.path.join(out, "large"), exist_ok=True)
+    with open(os.path.join(out, "large", name + ".trace"), "w") as f:
+        f.write("\n".join(map(str, seq)) + "\n")
+
+
+# Loops and Zipf: half the requests Zipf (alpha 0.8) over 150,000 blocks, the
+# rest two loops of 40,000 and 90,000 blocks (30 % and 20 % of requests).
+z = zipf_sampler(150000, 0.8)
+seq = []
+loops = [(10**7, 40000), (10**7 + 10**6, 90000)]
+pos = [0, 0]
+for i in range(1500000):
+    r = random.random()
+    if r < 0.5:
+        seq.append(z())
+    else:
+        k = 0 if r < 0.8 else 1
+        b, n = loops[k]
+        seq.append(b + pos[k])
+        pos[k] = (pos[k] + 1) % n
+wl("loopzipf", seq)
+
+# A block store: Zipf (alpha 0.9) over 40,000 extents of 64 blocks, each
+# access a sequential run of about 8 blocks within its extent.
+ze = zipf_sampler(40000, 0.9)
+seq = []
+while len(seq) < 1500000:
+    e = ze()
+    start = random.randrange(64)
+    ln = min(64 - start, 1 + int(random.expovariate(1 / 8)))
+    seq.extend(e * 64 + start + j for j in range(ln))
+wl("blockstore", seq)
+
+# Several programs in bursts of 50-500 requests: a 30,000-block loop, Zipf
+# (alpha 1) over 60,000 blocks, a scan of new blocks, and an LRU-friendly
+# program (reuse at exponential stack distances, mean 2,000).
+zp = zipf_sampler(60000, 1.0)
+seq = []
+lp = 0
+sc = 5 * 10**7
+sd = []
+while len(seq) < 1500000:
+    p = random.randrange(4)
+    for _ in range(random.randint(50, 500)):
+        if p == 0:
+            seq.append(10**8 + lp)
+            lp = (lp + 1) % 30000
+        elif p == 1:
+            seq.append(zp())
+        elif p == 2:
+            seq.append(sc)
+            sc += 1
+        else:
+            if sd and random.random() < 0.95:
+                seq.append(sd[-1 - min(len(sd) - 1, int(random.expovariate(1 / 2000)))])
+            else:
+                sd.append(2 * 10**8 + len(sd))
+                seq.append(sd[-1])
+            if len(sd) > 100000:
+                sd = sd[-50000:]
+wl("multiprog", seq)
