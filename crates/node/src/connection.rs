@@ -760,16 +760,12 @@ fn serve_stream<R: SpinRead>(
     let mut authenticated = false;
     let mut session = Session::new(shared);
     loop {
-        if out.lease.bytes > 0 && reader.buffered() == 0 {
-            // About to wait for a request while holding borrowed memory:
-            // give it back unless the next request is already coming.
-            if !reader.wait_readable(Duration::from_millis(IDLE_SHRINK_MS))? {
-                out.shrink();
-                let capacity = reader.shrink_to(read_base);
-                let keep = out.leased + capacity.saturating_sub(read_base);
-                out.lease.shrink_to(keep.min(out.lease.bytes));
-            }
-        }
+        // While the connection holds borrowed memory, a wait for the next
+        // request longer than the idle time (after the usual spin) gives it
+        // back; a busy connection keeps it and pays nothing for the check.
+        reader.set_idle_timeout(
+            (out.lease.bytes > 0).then_some(Duration::from_millis(IDLE_SHRINK_MS)),
+        );
         let header = reader.next_header().and_then(|header| {
             let total = HEADER_BYTES + header.payload_len as usize;
             let capacity = reader.capacity();
@@ -795,6 +791,13 @@ fn serve_stream<R: SpinRead>(
                 if reader.buffered() == 0 {
                     out.flush()?;
                 }
+                continue;
+            }
+            Err(WireError::Idle { .. }) => {
+                out.shrink();
+                let capacity = reader.shrink_to(read_base);
+                let keep = out.leased + capacity.saturating_sub(read_base);
+                out.lease.shrink_to(keep.min(out.lease.bytes));
                 continue;
             }
             Err(error) => return fail(shared, id, authenticated, &mut out, error),

@@ -65,7 +65,7 @@ pub(crate) fn client_config(
             ))
         })?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = pagoda_wire::tls::crypto_provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(format!("TLS: {e}")))?

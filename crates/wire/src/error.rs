@@ -218,6 +218,13 @@ pub enum WireError {
         /// The time it was allowed.
         after: std::time::Duration,
     },
+    /// No frame began within the reader's idle timeout; the stream is
+    /// still usable (see `FrameReader::set_idle_timeout`).
+    #[error("no frame began within {after:?}")]
+    Idle {
+        /// The idle timeout.
+        after: std::time::Duration,
+    },
     /// The opcode is not known.
     #[error("unknown opcode {0:#04x}")]
     UnknownOpcode(u8),
@@ -243,7 +250,7 @@ impl WireError {
             WireError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             WireError::BadChecksum { .. } => ErrorCode::BadChecksum,
             WireError::ReservedFlags { .. } => ErrorCode::UnsupportedFlags,
-            WireError::TimedOut { .. } => ErrorCode::TimedOut,
+            WireError::TimedOut { .. } | WireError::Idle { .. } => ErrorCode::TimedOut,
             WireError::UnknownOpcode(_) => ErrorCode::UnknownOpcode,
             WireError::Malformed { .. } => ErrorCode::Malformed,
         }

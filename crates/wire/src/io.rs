@@ -28,33 +28,6 @@ pub trait SpinRead: Read {
         let _ = timeout;
         Ok(())
     }
-
-    /// Waits up to `timeout` for something to read; whether there is.
-    /// Streams that cannot wait say there is.
-    fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
-        let _ = timeout;
-        Ok(true)
-    }
-}
-
-/// Waits up to `timeout` for `fd` to become readable (or hung up).
-pub fn poll_readable(fd: i32, timeout: Duration) -> io::Result<bool> {
-    let mut poll = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd for the duration of the call.
-    let result = unsafe { libc::poll(&mut poll, 1, millis) };
-    if result < 0 {
-        let error = io::Error::last_os_error();
-        if error.kind() == io::ErrorKind::Interrupted {
-            return Ok(false);
-        }
-        return Err(error);
-    }
-    Ok(result > 0)
 }
 
 pub(crate) fn recv_dontwait(fd: i32, buf: &mut [u8]) -> io::Result<Option<usize>> {
@@ -80,10 +53,6 @@ impl SpinRead for TcpStream {
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         TcpStream::set_read_timeout(self, timeout)
     }
-
-    fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
-        poll_readable(self.as_raw_fd(), timeout)
-    }
 }
 
 impl SpinRead for std::os::unix::net::UnixStream {
@@ -93,10 +62,6 @@ impl SpinRead for std::os::unix::net::UnixStream {
 
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         std::os::unix::net::UnixStream::set_read_timeout(self, timeout)
-    }
-
-    fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
-        poll_readable(self.as_raw_fd(), timeout)
     }
 }
 
@@ -157,7 +122,13 @@ pub struct FrameReader<R> {
     /// Whether a read timeout is set on the stream (and must be cleared
     /// before a read that may wait forever).
     timeout_set: bool,
+    /// Waiting for a frame to begin (after the spin) longer than this
+    /// returns [`WireError::Idle`].
+    idle_timeout: Option<Duration>,
 }
+
+/// What an idle wait is called in its deadline.
+const IDLE_WAIT: &str = "the wait for a frame";
 
 impl<R: SpinRead> FrameReader<R> {
     /// A reader over `stream` that spins for `spin` before each blocking read.
@@ -180,7 +151,17 @@ impl<R: SpinRead> FrameReader<R> {
             frame_timeout: None,
             frame_began: None,
             timeout_set: false,
+            idle_timeout: None,
         }
+    }
+
+    /// A wait for the next frame to begin that lasts longer than `timeout`
+    /// (after the spin) ends with [`WireError::Idle`], and the stream stays
+    /// usable (`None`: wait forever). A server that holds memory for a
+    /// connection gives it back when the connection goes idle this way,
+    /// without a system call on the path of a busy connection.
+    pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
+        self.idle_timeout = timeout;
     }
 
     /// No read waits past `deadline` (`None`: no deadline); one that would
@@ -206,14 +187,6 @@ impl<R: SpinRead> FrameReader<R> {
     /// written as one).
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.stream
-    }
-
-    /// Waits up to `timeout` for bytes to read, buffered or on the stream.
-    pub fn wait_readable(&mut self, timeout: Duration) -> Result<bool, WireError> {
-        if self.buffered() > 0 {
-            return Ok(true);
-        }
-        Ok(self.stream.wait_readable(timeout)?)
     }
 
     /// Caps the payload of frames read from now on (at most the protocol's
@@ -428,12 +401,26 @@ impl<R: SpinRead> FrameReader<R> {
                 std::hint::spin_loop();
             }
         }
+        // An idle bound applies only between frames.
+        let idle = match self.idle_timeout {
+            Some(timeout) if self.end == self.start && self.frame_began.is_none() => {
+                Some((Instant::now() + timeout, IDLE_WAIT, timeout))
+            }
+            _ => None,
+        };
+        let deadline = match (deadline, idle) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        };
         loop {
             // The common case, a reader with no deadline waiting at a frame
             // boundary, makes no system call here.
             match deadline {
                 Some((at, what, after)) => {
                     let now = Instant::now();
+                    if now >= at && what == IDLE_WAIT {
+                        return Err(WireError::Idle { after });
+                    }
                     if now >= at {
                         return Err(WireError::TimedOut { what, after });
                     }
@@ -497,6 +484,32 @@ mod tests {
         assert!(second.payload.iter().all(|&b| b == 5));
         assert_eq!(reader.read_frame().unwrap().header.request_id, 3);
         assert!(matches!(reader.read_frame(), Err(WireError::Closed)));
+    }
+
+    // Guards the idle timeout: a wait for a frame that does not begin ends
+    // with Idle, the stream stays usable, and a frame that has begun is not
+    // cut short by it.
+    #[test]
+    fn idle_timeout_ends_a_wait_and_keeps_the_stream() {
+        use std::io::Write;
+        let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut reader = FrameReader::new(theirs, Duration::from_micros(10));
+        reader.set_idle_timeout(Some(Duration::from_millis(20)));
+        let began = Instant::now();
+        assert!(matches!(reader.read_frame(), Err(WireError::Idle { .. })));
+        assert!(began.elapsed() >= Duration::from_millis(20));
+        let bytes = frame(4, b"after idle");
+        ours.write_all(&bytes[..10]).unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(60));
+            ours.write_all(&bytes[10..]).unwrap();
+            ours
+        });
+        let frame = reader
+            .read_frame()
+            .expect("a frame that began is waited for");
+        assert_eq!(frame.header.request_id, 4);
+        drop(writer.join().unwrap());
     }
 
     // Guards truncation: a stream that ends mid-frame is reported as such.

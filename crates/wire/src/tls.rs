@@ -20,7 +20,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::io::{SpinRead, poll_readable, recv_dontwait};
+use crate::io::{SpinRead, recv_dontwait};
 
 /// Ciphertext received per socket read at first: one full record, so that a
 /// connection that only exchanges small messages (one still authenticating)
@@ -31,6 +31,25 @@ const RECEIVE_BYTES_MIN: usize = 18 * 1024;
 const RECEIVE_BYTES_MAX: usize = 64 * 1024;
 /// Plaintext encrypted per socket write: four full records.
 const SEND_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The cryptography both ends use: rustls' `ring` provider (it builds with
+/// the stable toolchain and a C compiler alone), with AES-128-GCM preferred:
+/// as strong as the session keys it protects here, and faster than AES-256
+/// for bulk page data.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::crypto::ring::{cipher_suite, default_provider};
+    let mut provider = default_provider();
+    let preferred = [
+        cipher_suite::TLS13_AES_128_GCM_SHA256,
+        cipher_suite::TLS13_AES_256_GCM_SHA384,
+        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    provider
+        .cipher_suites
+        .retain(|suite| !preferred.contains(suite));
+    provider.cipher_suites.splice(0..0, preferred);
+    Arc::new(provider)
+}
 
 /// A TLS session shared by its two halves.
 #[derive(Debug)]
@@ -247,13 +266,6 @@ impl SpinRead for TlsReader {
 
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.socket.set_read_timeout(timeout)
-    }
-
-    fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
-        if self.start < self.end {
-            return Ok(true);
-        }
-        poll_readable(self.socket.as_raw_fd(), timeout)
     }
 }
 
