@@ -100,7 +100,7 @@ const CHUNK_SEGMENTS: usize = 128;
 /// [`CHUNK_SEGMENTS`] entries allocated on first write. An entry of a chunk
 /// never allocated is an unwritten segment: its pages read as zeros.
 struct SegmentTable {
-    chunks: Box<[OnceLock<Box<[RwLock<Segment>; CHUNK_SEGMENTS]>>]>,
+    chunks: Box<[OnceLock<Box<Chunk>>]>,
     count: usize,
 }
 
@@ -136,7 +136,7 @@ impl SegmentTable {
                 .try_reserve_exact(CHUNK_SEGMENTS)
                 .map_err(|_| metadata_allocation_failed(CHUNK_BYTES))?;
             entries.resize_with(CHUNK_SEGMENTS, || RwLock::new(Segment::empty()));
-            let chunk: Box<[RwLock<Segment>; CHUNK_SEGMENTS]> = entries
+            let chunk: Box<Chunk> = entries
                 .into_boxed_slice()
                 .try_into()
                 .unwrap_or_else(|_| unreachable!("the chunk has CHUNK_SEGMENTS entries"));
@@ -170,11 +170,13 @@ impl SegmentTable {
             .iter()
             .filter(|cell| cell.get().is_some())
             .count();
-        (self.chunks.len()
-            * std::mem::size_of::<OnceLock<Box<[RwLock<Segment>; CHUNK_SEGMENTS]>>>()
-            + chunks * CHUNK_BYTES) as u64
+        (self.chunks.len() * std::mem::size_of::<OnceLock<Box<Chunk>>>() + chunks * CHUNK_BYTES)
+            as u64
     }
 }
+
+/// The entries of one chunk of the segment table.
+type Chunk = [RwLock<Segment>; CHUNK_SEGMENTS];
 
 /// Bytes of one chunk of the segment table.
 const CHUNK_BYTES: usize = CHUNK_SEGMENTS * std::mem::size_of::<RwLock<Segment>>();

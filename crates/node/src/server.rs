@@ -25,7 +25,7 @@ use crate::storage::{Storage, StorageConfig};
 use crate::{checkpointing, node_journal};
 
 /// How a node runs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeConfig {
     /// The address to listen on. Port 0 picks a free port.
     pub listen: SocketAddr,
@@ -86,6 +86,35 @@ pub struct NodeConfig {
     /// How long the holder of a region's writer role may stay silent (send
     /// no request) before another connection may take the role over.
     pub writer_lease: Duration,
+}
+
+/// Everything but the token, which a log line must never carry.
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("listen", &self.listen)
+            .field("capacity_bytes", &self.capacity_bytes)
+            .field("data_dir", &self.data_dir)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("spin", &self.spin)
+            .field("connections_max", &self.connections_max)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("storage", &self.storage)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("checkpoint_retain", &self.checkpoint_retain)
+            .field("checkpoint_object_bytes", &self.checkpoint_object_bytes)
+            .field("accept_storage_mismatch", &self.accept_storage_mismatch)
+            .field("peers", &self.peers)
+            .field("handshakes_max", &self.handshakes_max)
+            .field("frame_timeout", &self.frame_timeout)
+            .field("connection_memory_bytes", &self.connection_memory_bytes)
+            .field("connection_memory_wait", &self.connection_memory_wait)
+            .field("tls", &self.tls)
+            .field("insecure_no_tls", &self.insecure_no_tls)
+            .field("peer_tls", &self.peer_tls)
+            .field("writer_lease", &self.writer_lease)
+            .finish()
+    }
 }
 
 impl NodeConfig {
@@ -262,6 +291,11 @@ impl Node {
         if config.connections_max == 0 {
             return Err(NodeError::Config(
                 "connections_max must be at least 1".into(),
+            ));
+        }
+        if config.writer_lease.is_zero() {
+            return Err(NodeError::Config(
+                "the writer lease must be positive".into(),
             ));
         }
         if config.checkpoint_retain == 0 {

@@ -328,7 +328,10 @@ fn unusable_storage_fails_the_start() {
         .arg(mount.path())
         .status()
         .expect("running mount (this test needs root)");
-    assert!(status.success(), "mounting a read-only tmpfs (this test needs root)");
+    assert!(
+        status.success(),
+        "mounting a read-only tmpfs (this test needs root)"
+    );
     struct Unmount<'a>(&'a Path);
     impl Drop for Unmount<'_> {
         fn drop(&mut self) {
@@ -344,5 +347,29 @@ fn unusable_storage_fails_the_start() {
     assert!(
         message.contains("is not usable") && message.contains("credentials"),
         "{message}"
+    );
+}
+
+// Guards against credentials in logs: a config printed with `{:?}` (as a
+// start-up log or a panic might) never shows the token.
+#[test]
+fn debug_output_never_shows_the_token() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap(), 64 << 20, data.path().into());
+    config.token = Some(b"very-secret-token".to_vec());
+    let printed = format!("{config:?}");
+    assert!(
+        !printed.contains("very-secret") && !printed.contains("118, 101"),
+        "{printed}"
+    );
+    assert!(printed.contains("<redacted>"), "{printed}");
+    let options = ClientOptions {
+        token: Some(b"very-secret-token".to_vec()),
+        ..ClientOptions::default()
+    };
+    let printed = format!("{options:?}");
+    assert!(
+        !printed.contains("very-secret") && !printed.contains("118, 101"),
+        "{printed}"
     );
 }

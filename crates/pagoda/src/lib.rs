@@ -49,7 +49,7 @@ use pagoda_wire::auth::ClientHandshake;
 use pagoda_wire::{OpenMode, Request, Response};
 
 /// How a client connects.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientOptions {
     /// The token of the credential to authenticate as, if the node requires
     /// one. It never travels: the client proves it knows it with a proof
@@ -68,6 +68,20 @@ pub struct ClientOptions {
     pub client_name: String,
     /// Speak TLS to the node, with these settings; `None`: plain TCP.
     pub tls: Option<TlsOptions>,
+}
+
+/// Everything but the token, which a log line must never carry.
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("credential", &self.credential)
+            .field("spin", &self.spin)
+            .field("timeout", &self.timeout)
+            .field("client_name", &self.client_name)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// Default spin budget, in microseconds.
