@@ -107,6 +107,10 @@ pub struct NodeArgs {
     /// several). Without any, only addresses on this host's loopback.
     #[arg(long = "peer", value_name = "HOST:PORT")]
     peers: Vec<String>,
+    /// The credential this node authenticates as to a recovery's source
+    /// (with the token the recovery carries, or this node's --token-file).
+    #[arg(long, default_value = pagoda::DEFAULT_CREDENTIAL, value_name = "NAME")]
+    peer_credential: String,
     /// Checkpoints kept per region; older ones are garbage-collected.
     #[arg(long, default_value_t = pagoda_node::server::CHECKPOINT_RETAIN_DEFAULT)]
     checkpoint_retain: usize,
@@ -143,6 +147,7 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
         (args.checkpoint_interval > 0).then(|| Duration::from_secs(args.checkpoint_interval));
     config.checkpoint_retain = args.checkpoint_retain;
     config.accept_storage_mismatch = args.accept_storage_mismatch;
+    config.peer_credential = args.peer_credential.clone();
     for peer in &args.peers {
         use std::net::ToSocketAddrs;
         let addresses = peer

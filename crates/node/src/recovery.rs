@@ -261,6 +261,7 @@ fn recover(
                     .source_token
                     .clone()
                     .or_else(|| shared.config.token.clone()),
+                credential: shared.config.peer_credential.clone(),
                 timeout: Duration::from_secs(60),
                 client_name: format!("recovery of {name}"),
                 tls: shared.config.peer_tls.clone(),

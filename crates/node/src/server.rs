@@ -61,6 +61,10 @@ pub struct NodeConfig {
     /// The nodes this node may connect to as a recovery's source. Empty:
     /// only addresses on this host's loopback.
     pub peers: Vec<SocketAddr>,
+    /// The credential this node authenticates as when it connects to a peer
+    /// (a recovery's source), with the token the recovery request carries or
+    /// else this node's own `token`.
+    pub peer_credential: String,
     /// Most connections that may be authenticating at once. When all are
     /// taken, a new connection takes the place of the oldest one, so a
     /// flood of slow handshakes cannot lock clients out.
@@ -105,6 +109,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("checkpoint_object_bytes", &self.checkpoint_object_bytes)
             .field("accept_storage_mismatch", &self.accept_storage_mismatch)
             .field("peers", &self.peers)
+            .field("peer_credential", &self.peer_credential)
             .field("handshakes_max", &self.handshakes_max)
             .field("frame_timeout", &self.frame_timeout)
             .field("connection_memory_bytes", &self.connection_memory_bytes)
@@ -134,6 +139,7 @@ impl NodeConfig {
             checkpoint_object_bytes: checkpoint::OBJECT_BYTES_DEFAULT,
             accept_storage_mismatch: false,
             peers: Vec::new(),
+            peer_credential: pagoda::DEFAULT_CREDENTIAL.to_owned(),
             handshakes_max: HANDSHAKES_MAX_DEFAULT,
             frame_timeout: Duration::from_millis(FRAME_TIMEOUT_MS_DEFAULT),
             connection_memory_bytes: CONNECTION_MEMORY_BYTES_DEFAULT,

@@ -793,3 +793,43 @@ fn a_recovery_target_proves_rather_than_sends_the_token() {
         "the token crossed the wire between the nodes"
     );
 }
+
+// Guards recovery between nodes that have only named credentials: the
+// target authenticates to its source as its configured peer credential (here
+// "admin", with the token the request carries), not always as "default",
+// which such a source does not have.
+#[test]
+fn a_recovery_target_authenticates_as_its_peer_credential() {
+    let storage = tempfile::tempdir().unwrap();
+    let (source_dir, target_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_credentials(source_dir.path());
+    write_credentials(target_dir.path());
+    let storage_path = storage.path().to_path_buf();
+    let source = start(source_dir.path(), |config| {
+        config.storage = Some(pagoda_node::StorageConfig::Dir(storage_path.clone()));
+    });
+    let target = start(target_dir.path(), |config| {
+        config.storage = Some(pagoda_node::StorageConfig::Dir(storage_path.clone()));
+        config.peer_credential = "admin".into();
+    });
+    let on_source = connect(&source, "admin");
+    let info = on_source.create_region("moving", MIB, PAGE as u32).unwrap();
+    on_source.write_pages(&info, &[0], &page(3)).unwrap();
+    drop(on_source);
+    let on_target = connect(&target, "admin");
+    let source_address = source.local_addr().to_string();
+    on_target
+        .recover(
+            "moving",
+            Some(source_address.as_str()),
+            Some(b"admin-token".as_slice()),
+            false,
+            Duration::from_millis(20),
+            |_| {},
+        )
+        .unwrap();
+    let moved = on_target.stat_region("moving").unwrap().info;
+    let mut back = vec![0u8; PAGE];
+    on_target.read_pages(&moved, &[0], &mut back).unwrap();
+    assert_eq!(back, page(3));
+}
