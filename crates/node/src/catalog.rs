@@ -272,6 +272,11 @@ impl Catalog {
         if state.by_name.len() >= REGIONS_MAX {
             return Err(NodeError::TooManyRegions(REGIONS_MAX));
         }
+        // Ids are never reused; a catalog whose ids are used up (only a
+        // damaged or hand-edited one can be) takes no new region.
+        let Some(next_id) = state.next_id.checked_add(1) else {
+            return Err(NodeError::RegionIdsExhausted(state.next_id));
+        };
         let info = RegionInfo {
             id: state.next_id,
             size,
@@ -283,11 +288,12 @@ impl Catalog {
             region.set_state(initial, "");
         }
         let region = Arc::new(region);
-        state.next_id += 1;
+        state.next_id = next_id;
         state.by_name.insert(name.to_owned(), region.clone());
         state.by_id.insert(info.id, region.clone());
         if let Err(error) = self.persist(&state) {
             // Undo in memory too: the caller is told the region does not exist.
+            state.next_id = info.id;
             state.by_name.remove(name);
             state.by_id.remove(&info.id);
             state.failed = Some(error.to_string());
@@ -555,6 +561,24 @@ mod tests {
         drop(catalog);
         // Accepted once: the new, empty catalog is the record from now on.
         assert!(Catalog::open(dir.path(), arena()).unwrap().is_empty());
+    }
+
+    // Guards the id overflow the fuzzer found: a catalog whose next id is
+    // u64::MAX opens, and creating a region in it is refused with an error
+    // rather than overflowing (a panic, or a wrapped id that is reused).
+    #[test]
+    fn exhausted_region_ids_refuse_a_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = br#"{"next_id":18446744073709551615,"regions":[]}"#;
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+        bytes.extend_from_slice(body);
+        fs::write(dir.path().join(FILE_NAME), bytes).unwrap();
+        let catalog = Catalog::open(dir.path(), arena()).unwrap();
+        let error = catalog.create("a", 1 << 20, 4096).unwrap_err();
+        assert!(error.to_string().contains("used up"), "{error}");
+        assert!(catalog.is_empty());
     }
 
     // Guards corruption detection: a flipped byte is reported, not loaded.

@@ -47,6 +47,10 @@ pub enum NodeError {
     /// The node holds its maximum number of regions.
     #[error("the node holds its maximum of {0} regions")]
     TooManyRegions(usize),
+    /// The catalog's region ids are used up (only a damaged or hand-edited
+    /// catalog gets there): it takes no new region.
+    #[error("the catalog's region ids are used up (next id {0}); no region can be created")]
+    RegionIdsExhausted(u64),
     /// The metadata store failed; it refuses changes until the node restarts.
     #[error("metadata store failed: {0}")]
     MetadataFailed(String),
@@ -130,7 +134,9 @@ impl NodeError {
             NodeError::InvalidArgument(_) | NodeError::PeerNotAllowed(_) => {
                 ErrorCode::InvalidArgument
             }
-            NodeError::TooManyRegions(_) => ErrorCode::TooManyRegions,
+            NodeError::TooManyRegions(_) | NodeError::RegionIdsExhausted(_) => {
+                ErrorCode::TooManyRegions
+            }
             NodeError::RegionUnavailable { .. } => ErrorCode::RegionUnavailable,
             NodeError::ReadOnly(_) => ErrorCode::ReadOnly,
             NodeError::Storage(_) => ErrorCode::StorageFailed,
