@@ -106,9 +106,19 @@ pub enum NodeError {
     /// The node has no storage backend.
     #[error("this node has no storage backend (start it with --storage)")]
     NoStorage,
-    /// A checkpoint epoch the node no longer tracks.
-    #[error("{0}")]
-    StaleEpoch(String),
+    /// `DirtyPages` named a checkpoint the region no longer remembers.
+    #[error(
+        "region {region:?} does not remember checkpoint {checkpoint} (its latest is {latest}; \
+         it keeps the last 16)"
+    )]
+    CheckpointUnknown {
+        /// The region.
+        region: String,
+        /// The checkpoint asked for.
+        checkpoint: u64,
+        /// The region's latest checkpoint (0: none).
+        latest: u64,
+    },
     /// An I/O error.
     #[error("{context}: {source}")]
     Io {
@@ -142,7 +152,7 @@ impl NodeError {
             NodeError::Storage(_) => ErrorCode::StorageFailed,
             NodeError::CorruptObject { .. } => ErrorCode::Corrupt,
             NodeError::NoStorage => ErrorCode::NoStorage,
-            NodeError::StaleEpoch(_) => ErrorCode::StaleEpoch,
+            NodeError::CheckpointUnknown { .. } => ErrorCode::CheckpointUnknown,
             NodeError::MetadataFailed(_)
             | NodeError::Journal(_)
             | NodeError::Peer(_)

@@ -299,7 +299,7 @@ fn recover(
         match source.client.dirty_pages(source.region.id, since) {
             Ok(list) => break (manifest, Some(list)),
             Err(pagoda::ClientError::Remote {
-                code: pagoda::ErrorCode::StaleEpoch,
+                code: pagoda::ErrorCode::CheckpointUnknown,
                 ..
             }) if attempt < STALE_RETRIES => continue,
             Err(error) => return Err(remote("listing dirty pages at the source", error)),

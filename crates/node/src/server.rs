@@ -669,16 +669,17 @@ pub(crate) fn serve_request(
         } => {
             let region = catalog.by_id(region)?;
             region.check_readable()?;
-            let since = match since {
-                Since::Mark(mark) => mark,
-                Since::Checkpoint(epoch) => region.checkpoint_start(epoch).ok_or_else(|| {
-                    NodeError::StaleEpoch(format!(
-                        "region {:?} does not remember checkpoint {epoch} (its latest is {})",
-                        region.info().name,
-                        region.last_checkpoint().map_or(0, |mark| mark.epoch)
-                    ))
-                })?,
-            };
+            let since =
+                match since {
+                    Since::Mark(mark) => mark,
+                    Since::Checkpoint(checkpoint) => region
+                        .checkpoint_start(checkpoint)
+                        .ok_or_else(|| NodeError::CheckpointUnknown {
+                            region: region.info().name.clone(),
+                            checkpoint,
+                            latest: region.last_checkpoint().map_or(0, |mark| mark.epoch),
+                        })?,
+                };
             let mark = region.mark();
             let (ranges, next_page) = region.dirty_ranges(since, start_page, DIRTY_RANGES_MAX);
             Response::DirtyPageList {

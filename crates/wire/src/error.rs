@@ -70,6 +70,9 @@ pub enum ErrorCode {
     /// A write from a connection that does not hold the region's writer
     /// role (it did not open the region for writing, or lost the role).
     NotWriter = 29,
+    /// `DirtyPages` named a checkpoint the node no longer remembers (it keeps
+    /// the last 16); list since a newer one.
+    CheckpointUnknown = 30,
     /// A code this peer does not know.
     Unknown = 0xffff,
 }
@@ -108,6 +111,7 @@ impl ErrorCode {
             27 => Forbidden,
             28 => WriterBusy,
             29 => NotWriter,
+            30 => CheckpointUnknown,
             _ => Unknown,
         }
     }
@@ -145,6 +149,7 @@ impl ErrorCode {
             Forbidden => "forbidden",
             WriterBusy => "writer role busy",
             NotWriter => "not the writer",
+            CheckpointUnknown => "checkpoint unknown",
             Unknown => "unknown error",
         }
     }
