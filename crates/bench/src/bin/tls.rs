@@ -25,7 +25,20 @@ tls: the cost of TLS beside plain TCP (QD1 p50 and batched throughput)
   --region-mib N        region size in MiB (default 256)
   --client-spin-us N    client spin budget (default: the product's, 50)
   --node-spin-us N      node connection spin budget (default: the product's, 50)
+  --connections N       idle connections for the memory measurement (default 200)
   --json                print JSON instead of the markdown table";
+
+/// This process's resident set, in bytes.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
@@ -64,6 +77,7 @@ fn certificates(dir: &Path) -> (TlsConfig, TlsOptions) {
 
 struct Side {
     _node: Node,
+    address: std::net::SocketAddr,
     client: Client,
     info: RegionInfo,
 }
@@ -92,6 +106,7 @@ fn side(
     let client = Client::connect(node.local_addr(), options).expect("the client connects");
     let info = create_written_region(&client, "tls-bench", region_bytes);
     Side {
+        address: node.local_addr(),
         _node: node,
         client,
         info,
@@ -177,6 +192,7 @@ fn main() {
             "region-mib",
             "client-spin-us",
             "node-spin-us",
+            "connections",
         ],
         USAGE,
     );
@@ -194,10 +210,11 @@ fn main() {
     );
     let dir = tempfile::tempdir().expect("a temporary directory");
     let plain = side("plain", dir.path(), None, region_bytes, spins);
+    let (server_tls, client_tls) = certificates(dir.path());
     let tls = side(
         "tls",
         dir.path(),
-        Some(certificates(dir.path())),
+        Some((server_tls, client_tls.clone())),
         region_bytes,
         spins,
     );
@@ -247,6 +264,46 @@ fn main() {
             "≤ 15 %".into(),
         ]);
     }
+    // Memory: connections that each made one small request, plain and TLS;
+    // both ends are in this process, so this is the client's and the node's
+    // share together. Each side opens two batches and counts the second
+    // (the first warms up allocator arenas), and every connection stays
+    // open until the end, so no side reuses memory another freed.
+    let connections: usize = flags.number("connections", 200);
+    let mut per_connection = Vec::new();
+    let mut open = Vec::new();
+    for (side, tls) in [(&plain, None), (&tls, Some(client_tls))] {
+        let mut batch = |count: usize| {
+            for _ in 0..count {
+                let client = Client::connect(
+                    side.address,
+                    ClientOptions {
+                        tls: tls.clone(),
+                        ..ClientOptions::default()
+                    },
+                )
+                .expect("a client connects");
+                client.node_stat().expect("a request");
+                open.push(client);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            rss_bytes()
+        };
+        let warmed = batch(connections);
+        let counted = batch(connections);
+        per_connection.push(counted.saturating_sub(warmed) as f64 / connections as f64);
+    }
+    drop(open);
+    table.row(vec![
+        format!("resident memory per connection, client and node ({connections} idle), KiB"),
+        format!("{:.0}", per_connection[0] / 1024.0),
+        format!("{:.0}", per_connection[1] / 1024.0),
+        format!(
+            "{:+.0} KiB",
+            (per_connection[1] - per_connection[0]) / 1024.0
+        ),
+        "".into(),
+    ]);
     let markdown = format!(
         "{}\nMedians of {runs} alternated runs ({samples} QD1 reads, {:.1} s of each batched \
          run); TLS 1.3 with the ring provider.\n",
@@ -263,6 +320,7 @@ fn main() {
             "qd1_cost_ns": qd1_cost_ns,
             "read_cost": costs[0],
             "write_cost": costs[1],
+            "rss_per_connection_bytes": { "plain": per_connection[0], "tls": per_connection[1] },
         }),
         &markdown,
     );
