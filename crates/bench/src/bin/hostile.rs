@@ -353,8 +353,18 @@ fn median(values: &mut [f64]) -> f64 {
 
 struct ProbeResult {
     name: String,
-    rounds: Vec<(u64, u64, u64, u64, u64, u64)>,
+    rounds: Vec<Round>,
     effects: Vec<String>,
+}
+
+/// One round of one probe.
+struct Round {
+    unloaded_p50_ns: u64,
+    unloaded_p99_ns: u64,
+    loaded_p50_ns: u64,
+    loaded_p99_ns: u64,
+    failures: u64,
+    rss_peak_bytes: u64,
 }
 
 struct Summary {
@@ -378,35 +388,40 @@ impl ProbeResult {
     }
 
     fn add(&mut self, mut unloaded: Sample, mut loaded: Sample, rss: u64, effect: String) {
-        self.rounds.push((
-            percentile(&mut unloaded.latencies_ns, 0.5),
-            percentile(&mut unloaded.latencies_ns, 0.99),
-            percentile(&mut loaded.latencies_ns, 0.5),
-            percentile(&mut loaded.latencies_ns, 0.99),
-            unloaded.failures + loaded.failures,
-            rss,
-        ));
+        self.rounds.push(Round {
+            unloaded_p50_ns: percentile(&mut unloaded.latencies_ns, 0.5),
+            unloaded_p99_ns: percentile(&mut unloaded.latencies_ns, 0.99),
+            loaded_p50_ns: percentile(&mut loaded.latencies_ns, 0.5),
+            loaded_p99_ns: percentile(&mut loaded.latencies_ns, 0.99),
+            failures: unloaded.failures + loaded.failures,
+            rss_peak_bytes: rss,
+        });
         self.effects.push(effect);
     }
 
     fn summary(&self) -> Summary {
-        let column = |pick: fn(&(u64, u64, u64, u64, u64, u64)) -> u64| {
+        let column = |pick: fn(&Round) -> u64| {
             let mut values: Vec<f64> = self.rounds.iter().map(|r| pick(r) as f64).collect();
             median(&mut values) as u64
         };
         let mut ratios: Vec<f64> = self
             .rounds
             .iter()
-            .map(|r| r.3 as f64 / r.1.max(1) as f64)
+            .map(|r| r.loaded_p99_ns as f64 / r.unloaded_p99_ns.max(1) as f64)
             .collect();
         Summary {
-            unloaded_p50_ns: column(|r| r.0),
-            unloaded_p99_ns: column(|r| r.1),
-            loaded_p50_ns: column(|r| r.2),
-            loaded_p99_ns: column(|r| r.3),
+            unloaded_p50_ns: column(|r| r.unloaded_p50_ns),
+            unloaded_p99_ns: column(|r| r.unloaded_p99_ns),
+            loaded_p50_ns: column(|r| r.loaded_p50_ns),
+            loaded_p99_ns: column(|r| r.loaded_p99_ns),
             p99_ratio: median(&mut ratios),
-            failures: self.rounds.iter().map(|r| r.4).sum(),
-            rss_peak_bytes: self.rounds.iter().map(|r| r.5).max().unwrap_or(0),
+            failures: self.rounds.iter().map(|r| r.failures).sum(),
+            rss_peak_bytes: self
+                .rounds
+                .iter()
+                .map(|r| r.rss_peak_bytes)
+                .max()
+                .unwrap_or(0),
             effect: self.effects.last().cloned().unwrap_or_default(),
         }
     }
