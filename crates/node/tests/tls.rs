@@ -300,3 +300,81 @@ fn a_replaced_certificate_is_used_without_a_restart() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+// Guards node-to-node TLS: a recovery's target reaches a TLS source only
+// with its peer TLS settings, and then rebuilds the region exactly; without
+// them the recovery fails saying the source requires TLS.
+#[test]
+fn recovery_between_tls_nodes_uses_the_peer_settings() {
+    let storage = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new("Pagoda test CA");
+    let ca_file = authority.write(dir.path(), "ca.pem");
+    let (cert_file, key_file) = authority.issue(dir.path(), "node");
+    let start_node = |name: &str, peer_tls: bool| {
+        let data_dir = dir.path().join(name);
+        std::fs::create_dir(&data_dir).unwrap();
+        let mut config = NodeConfig::new(([127, 0, 0, 1], 0).into(), 16 << 20, data_dir);
+        config.storage = Some(pagoda_node::StorageConfig::Dir(storage.path().into()));
+        config.tls = Some(TlsConfig {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            client_ca_file: None,
+        });
+        config.peer_tls = peer_tls.then(|| TlsOptions::with_ca(&ca_file));
+        Node::start(config).expect("a TLS node starts")
+    };
+    let source = start_node("source", false);
+    let tls = || options(Some(TlsOptions::with_ca(&ca_file)));
+    let client = Client::connect(source.local_addr(), tls()).unwrap();
+    let info = client.create_region("moving", 1 << 20, 4096).unwrap();
+    let page = |p: u64, v: u8| vec![v ^ p as u8; 4096];
+    let pages: Vec<u64> = (0..64).collect();
+    let data: Vec<u8> = pages.iter().flat_map(|&p| page(p, 1)).collect();
+    client.write_pages(&info, &pages, &data).unwrap();
+    client.checkpoint("moving", false).unwrap();
+    // Dirty after the baseline: only the source has these.
+    client
+        .write_pages(&info, &[3, 40], &[page(3, 2), page(40, 2)].concat())
+        .unwrap();
+    drop(client);
+    let source_address = source.local_addr().to_string();
+
+    let plain_target = start_node("plain-target", false);
+    let target = Client::connect(plain_target.local_addr(), tls()).unwrap();
+    let message = target
+        .recover(
+            "moving",
+            Some(&source_address),
+            None,
+            false,
+            Duration::from_millis(5),
+            |_| {},
+        )
+        .expect_err("a target without peer TLS cannot reach a TLS source")
+        .to_string();
+    assert!(message.contains("requires TLS"), "{message}");
+
+    let tls_target = start_node("tls-target", true);
+    let target = Client::connect(tls_target.local_addr(), tls()).unwrap();
+    target
+        .recover(
+            "moving",
+            Some(&source_address),
+            None,
+            false,
+            Duration::from_millis(5),
+            |_| {},
+        )
+        .expect("a target with peer TLS recovers from a TLS source");
+    let info = target.stat_region("moving").unwrap().info;
+    let mut back = vec![0u8; 64 * 4096];
+    target.read_pages(&info, &pages, &mut back).unwrap();
+    for &p in &pages {
+        let version = if p == 3 || p == 40 { 2 } else { 1 };
+        assert!(
+            back[p as usize * 4096..(p as usize + 1) * 4096] == page(p, version)[..],
+            "page {p} differs after recovery over TLS"
+        );
+    }
+}
