@@ -16,8 +16,9 @@
 //! it has authenticated (`PREAUTH_READ_BYTES`, `PREAUTH_REPLY_BYTES`), then
 //! `READ_BYTES_BASE` and `REPLY_BYTES_BASE`. Anything beyond, for a large
 //! frame or a large reply, is borrowed from the node-wide [`MemoryBudget`]
-//! before it is allocated, and given back once the connection has been idle
-//! for `IDLE_SHRINK_MS`. A request whose buffers cannot be had within
+//! before it is allocated, and given back once the connection has waited
+//! `IDLE_SHRINK_MS` for a request (after its spin, through the frame
+//! reader's idle timeout, so a busy connection pays nothing). A request whose buffers cannot be had within
 //! `NodeConfig::connection_memory_wait` is answered with `Busy` (its payload
 //! is read through the baseline buffer and dropped), and the connection goes
 //! on.
@@ -29,6 +30,11 @@
 //! once authenticated. At most `NodeConfig::handshakes_max` connections may
 //! be authenticating at once; a new one beyond that takes the place of the
 //! oldest, so slow handshakes cannot keep clients out.
+//!
+//! **TLS.** With `NodeConfig::tls`, a connection's TLS handshake runs first,
+//! within the same handshake deadline, and the frames travel through
+//! `pagoda_wire::tls`'s halves; a client that starts with a plain frame is
+//! told, in plain, that the node requires TLS. The loop itself is the same.
 
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -68,7 +74,8 @@ const _: () = assert!(PREAUTH_READ_BYTES + PREAUTH_REPLY_BYTES <= 4 * 1024);
 pub(crate) const READ_BYTES_BASE: usize = 64 * 1024;
 /// An authenticated connection's reply buffer, always held.
 pub(crate) const REPLY_BYTES_BASE: usize = 64 * 1024;
-/// A connection idle this long gives back what it borrowed from the budget.
+/// A connection that waits this long for its next request (after its spin)
+/// gives back what it borrowed from the budget.
 const IDLE_SHRINK_MS: u64 = 10;
 /// Room reserved for a reply whose size is not computed here: every such
 /// reply is small (a region's description or statistics, a recovery's
