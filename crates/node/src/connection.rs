@@ -525,6 +525,10 @@ pub(crate) struct Out<'a, 'b> {
     wait: Duration,
     /// The error of a failed write; the connection is closed.
     failed: Option<std::io::Error>,
+    /// The last region read and its page size, so that sizing a read's
+    /// reply needs no catalog lookup in the steady state (a region id is
+    /// never reused, so the pair never goes stale).
+    page_size_seen: (u64, usize),
 }
 
 impl std::ops::Deref for Out<'_, '_> {
@@ -633,14 +637,25 @@ fn busy_message(bytes: usize, budget: &MemoryBudget, wait: Duration) -> String {
 }
 
 /// The most bytes the reply to `request` can take, header included.
-fn reply_bound(shared: &Shared, request: &Request<'_>) -> usize {
+/// `seen` remembers the last region read and its page size.
+fn reply_bound(shared: &Shared, request: &Request<'_>, seen: &mut (u64, usize)) -> usize {
     let payload = match request {
         Request::ReadPages { region, pages } => {
-            let page_bytes = shared
-                .catalog
-                .by_id(*region)
-                .map_or(0, |region| region.info().page_size as usize);
-            (pages.len() * page_bytes).min(BATCH_BYTES_MAX)
+            if seen.0 != *region {
+                let page_bytes = shared
+                    .catalog
+                    .by_id(*region)
+                    .map_or(0, |region| region.info().page_size as usize);
+                // An unknown region is answered with a small error; it is
+                // not remembered, so that a region created under that id
+                // later is looked up.
+                if page_bytes > 0 {
+                    *seen = (*region, page_bytes);
+                }
+                (pages.len() * page_bytes).min(BATCH_BYTES_MAX)
+            } else {
+                (pages.len() * seen.1).min(BATCH_BYTES_MAX)
+            }
         }
         Request::Ping { reply_bytes } => (*reply_bytes).min(PING_REPLY_BYTES_MAX) as usize,
         Request::ListRegions => {
@@ -763,6 +778,7 @@ fn serve_stream<R: SpinRead>(
         frame_timeout: config.frame_timeout,
         wait: config.connection_memory_wait,
         failed: None,
+        page_size_seen: (u64::MAX, 0),
     };
     let mut authenticated = false;
     let mut session = Session::new(shared);
@@ -913,7 +929,10 @@ fn handle(
         }
     };
     if session.is_authenticated()
-        && let Err(message) = out.make_room(reply_bound(shared, &request))
+        && let Err(message) = {
+            let bound = reply_bound(shared, &request, &mut out.page_size_seen);
+            out.make_room(bound)
+        }
     {
         error_reply(out, request_id, ErrorCode::Busy, &message);
         return After::Continue;
