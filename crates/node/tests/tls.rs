@@ -61,6 +61,10 @@ struct Fixture {
 }
 
 fn start(client_ca: bool) -> Fixture {
+    start_with(client_ca, |_| {})
+}
+
+fn start_with(client_ca: bool, adjust: impl FnOnce(&mut NodeConfig)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let authority = Authority::new("Pagoda test CA");
     let ca_file = authority.write(dir.path(), "ca.pem");
@@ -73,6 +77,7 @@ fn start(client_ca: bool) -> Fixture {
         key_file,
         client_ca_file: client_ca.then(|| ca_file.clone()),
     });
+    adjust(&mut config);
     let node = Node::start(config).expect("a TLS node starts");
     Fixture {
         node,
@@ -377,4 +382,57 @@ fn recovery_between_tls_nodes_uses_the_peer_settings() {
             "page {p} differs after recovery over TLS"
         );
     }
+}
+
+// Guards slowloris over TLS: a TLS handshake trickled one byte at a time is
+// cut at the handshake deadline, counted from accept, and a client that
+// connects meanwhile is served.
+#[test]
+fn a_trickled_tls_handshake_is_cut_at_the_deadline() {
+    use std::io::{Read, Write};
+    let fixture = start_with(false, |config| {
+        config.handshake_timeout = Duration::from_millis(600);
+    });
+    let mut slow = std::net::TcpStream::connect(fixture.node.local_addr()).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    // A TLS record carrying a ClientHello, 512 bytes long, sent so slowly
+    // that it does not end within the test (a timeout per read would keep
+    // it open).
+    let mut record = vec![
+        0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    record.resize(5 + 512, 0);
+    let began = Instant::now();
+    let mut sent = 0;
+    let closed_after = loop {
+        if sent < record.len() && slow.write_all(&record[sent..sent + 1]).is_ok() {
+            sent += 1;
+        }
+        let mut byte = [0u8; 64];
+        match slow.read(&mut byte) {
+            Ok(_) => break began.elapsed(),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break began.elapsed(),
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "a trickled TLS handshake is still open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        closed_after < Duration::from_secs(2),
+        "closed only after {closed_after:?}"
+    );
+    let client = Client::connect(
+        fixture.node.local_addr(),
+        options(Some(TlsOptions::with_ca(&fixture.ca_file))),
+    )
+    .expect("a client connects");
+    client.list_regions().unwrap();
 }
