@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// --token-file token.
     #[arg(long, env = "PAGODA_CREDENTIAL", value_name = "NAME", default_value = pagoda::DEFAULT_CREDENTIAL)]
     credential: String,
+    /// How to speak TLS to --node.
+    #[command(flatten)]
+    tls: crate::TlsArgs,
     /// Size of the benchmark region.
     #[arg(long, value_parser = parse_size, default_value = "256MiB")]
     region_size: u64,
@@ -225,7 +228,7 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, String> {
             node: args.node.clone().expect("checked"),
             token_file: args.token_file.clone(),
             credential: args.credential.clone(),
-            tls: crate::TlsArgs::from_env(),
+            tls: args.tls.clone(),
         }
         .connect()?
     };

@@ -92,18 +92,6 @@ pub struct TlsArgs {
 }
 
 impl TlsArgs {
-    /// The settings from the environment alone (for commands that take no
-    /// TLS flags).
-    pub fn from_env() -> TlsArgs {
-        let path = |name: &str| std::env::var_os(name).map(PathBuf::from);
-        TlsArgs {
-            tls_ca: path("PAGODA_TLS_CA"),
-            tls_cert: path("PAGODA_TLS_CERT"),
-            tls_key: path("PAGODA_TLS_KEY"),
-            tls_server_name: std::env::var("PAGODA_TLS_SERVER_NAME").ok(),
-        }
-    }
-
     /// The client's TLS options for a node at `node` (`host:port`), or
     /// `None` without --tls-ca.
     pub fn options(&self, node: &str) -> Result<Option<pagoda::TlsOptions>, String> {
