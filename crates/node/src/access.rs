@@ -80,6 +80,8 @@ pub const GRANTS_PER_CREDENTIAL_MAX: usize = 64;
 /// The name of the credential the `--token-file` token stands for, and the
 /// name a client sends when it is given only a token.
 pub const DEFAULT_CREDENTIAL: &str = "default";
+/// How long a failed handshake waits before it is answered (and closed).
+pub const FAILED_HANDSHAKE_DELAY: Duration = Duration::from_millis(200);
 /// How often, at most, a serving connection checks whether the credentials
 /// file changed (a handshake always checks).
 const CREDENTIALS_RECHECK_MS: u64 = 1000;
@@ -957,6 +959,11 @@ impl Session {
         if self.shared.failed_handshakes_log.allow() {
             tracing::warn!(client_name, credential, "authentication failed: {logged}");
         }
+        // A refusal is answered only after a pause, on this connection's own
+        // thread: a client guessing or flooding failed handshakes gets a few
+        // a second per connection, not thousands, and the connections it may
+        // hold while authenticating are bounded (`handshakes_max`).
+        std::thread::sleep(FAILED_HANDSHAKE_DELAY);
         let message = if credential.is_empty() {
             "this node requires a credential and none was given".to_owned()
         } else {

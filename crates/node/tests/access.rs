@@ -833,3 +833,27 @@ fn a_recovery_target_authenticates_as_its_peer_credential() {
     on_target.read_pages(&moved, &[0], &mut back).unwrap();
     assert_eq!(back, page(3));
 }
+
+// Guards against a flood of failed handshakes (20,000 in 5 s from one client
+// before): each refusal is answered only after a pause, so one connection
+// can fail only a few handshakes a second, and a client that is already in
+// is served meanwhile.
+#[test]
+fn failed_handshakes_are_answered_after_a_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_credentials(dir.path());
+    let bystander = connect(&node, "admin");
+    let began = std::time::Instant::now();
+    for _ in 0..3 {
+        let mut raw = Raw::connect(node.local_addr());
+        let (opcode, payload) = raw.handshake("admin", b"wrong-token");
+        assert_eq!(error_of(opcode, &payload).0, ErrorCode::Unauthorized);
+        raw.expect_closed();
+        bystander.ping(0).unwrap();
+    }
+    assert!(
+        began.elapsed() >= access::FAILED_HANDSHAKE_DELAY * 3,
+        "three failed handshakes took {:?}",
+        began.elapsed()
+    );
+}
