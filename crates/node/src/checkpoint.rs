@@ -54,7 +54,7 @@ use pagoda_wire::CheckpointInfo;
 use pagoda_wire::limits::{PAGE_BYTES_MAX, PAGE_BYTES_MIN};
 use serde::{Deserialize, Serialize};
 
-use crate::error::NodeError;
+use crate::error::{NodeError, StorageCause};
 use crate::region::{CheckpointMark, Region};
 use crate::storage::{STORAGE_PARALLELISM, Storage};
 
@@ -327,7 +327,10 @@ pub fn read_manifest(storage: &Storage, name: &str, epoch: u64) -> Result<Manife
             .store()
             .head(&key)
             .await
-            .map_err(|e| NodeError::Storage(format!("reading {key}: {e}")))?;
+            .map_err(|e| NodeError::Storage {
+                context: format!("reading {key}"),
+                cause: StorageCause::from(&e),
+            })?;
         if meta.size > MANIFEST_BYTES_MAX {
             return Err(NodeError::CorruptObject {
                 key: key.to_string(),
@@ -439,7 +442,7 @@ pub fn checkpoint(
             let first = uploads.pop_front().expect("non-empty");
             storage
                 .block_on(first)
-                .map_err(|e| NodeError::Storage(format!("upload task failed: {e}")))??;
+                .map_err(|e| NodeError::storage("an upload task", e.to_string()))??;
         }
         let store = store.clone();
         let description = description.clone();
@@ -449,7 +452,10 @@ pub fn checkpoint(
                 .put(&key, payload)
                 .await
                 .map(|_| ())
-                .map_err(|e| NodeError::Storage(format!("writing {key} ({description}): {e}")))
+                .map_err(|e| NodeError::Storage {
+                    context: format!("writing {key} ({description})"),
+                    cause: StorageCause::from(&e),
+                })
         }));
         Ok(())
     };
@@ -481,7 +487,7 @@ pub fn checkpoint(
     for handle in uploads {
         let outcome = storage
             .block_on(handle)
-            .map_err(|e| NodeError::Storage(format!("upload task failed: {e}")))
+            .map_err(|e| NodeError::storage("an upload task", e.to_string()))
             .and_then(|inner| inner);
         if result.is_ok() {
             result = outcome;
@@ -719,7 +725,10 @@ fn load_object(
             .store()
             .head(&key)
             .await
-            .map_err(|e| NodeError::Storage(format!("reading {key}: {e}")))?;
+            .map_err(|e| NodeError::Storage {
+                context: format!("reading {key}"),
+                cause: StorageCause::from(&e),
+            })?;
         if meta.size != object.bytes {
             return Err(corrupt(format!(
                 "{} bytes, the manifest says {} (truncated?)",

@@ -83,8 +83,13 @@ pub enum NodeError {
     #[error("region {0:?} is read-only: it has moved to another node")]
     ReadOnly(String),
     /// The storage backend failed.
-    #[error("storage failed: {0}")]
-    Storage(String),
+    #[error("storage failed: {context}: {cause}")]
+    Storage {
+        /// What was being done, and with which backend.
+        context: String,
+        /// What the backend said.
+        cause: StorageCause,
+    },
     /// An object in the storage backend failed verification.
     #[error("corrupt object {key}: {detail}")]
     CorruptObject {
@@ -97,12 +102,22 @@ pub enum NodeError {
     #[error("{0}")]
     PeerNotAllowed(String),
     /// Another node (a recovery's source) failed or refused.
-    #[error("source node: {0}")]
-    Peer(String),
+    #[error("source node: {context}: {error}")]
+    Peer {
+        /// What was asked of it.
+        context: String,
+        /// What it answered (its error code, for a refusal).
+        error: pagoda::ClientError,
+    },
     /// The node's journal of a region failed; it refuses records until the
     /// node restarts.
-    #[error("journal failed: {0}")]
-    Journal(String),
+    #[error("journal failed: {context}: {error}")]
+    Journal {
+        /// Which journal, and what was being done.
+        context: String,
+        /// The journal's error.
+        error: pagoda_journal::JournalError,
+    },
     /// The node has no storage backend.
     #[error("this node has no storage backend (start it with --storage)")]
     NoStorage,
@@ -149,13 +164,13 @@ impl NodeError {
             }
             NodeError::RegionUnavailable { .. } => ErrorCode::RegionUnavailable,
             NodeError::ReadOnly(_) => ErrorCode::ReadOnly,
-            NodeError::Storage(_) => ErrorCode::StorageFailed,
+            NodeError::Storage { .. } => ErrorCode::StorageFailed,
             NodeError::CorruptObject { .. } => ErrorCode::Corrupt,
             NodeError::NoStorage => ErrorCode::NoStorage,
             NodeError::CheckpointUnknown { .. } => ErrorCode::CheckpointUnknown,
             NodeError::MetadataFailed(_)
-            | NodeError::Journal(_)
-            | NodeError::Peer(_)
+            | NodeError::Journal { .. }
+            | NodeError::Peer { .. }
             | NodeError::Corrupt { .. }
             | NodeError::CatalogMismatch(_)
             | NodeError::Config(_)
@@ -163,10 +178,52 @@ impl NodeError {
         }
     }
 
+    /// A storage failure that is not the backend's own error.
+    pub(crate) fn storage(context: impl Into<String>, detail: impl Into<String>) -> NodeError {
+        NodeError::Storage {
+            context: context.into(),
+            cause: StorageCause::Failed(detail.into()),
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> NodeError {
         NodeError::Io {
             context: context.into(),
             source,
+        }
+    }
+}
+
+/// Why a storage operation failed, as far as the caller can act on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageCause {
+    /// The object does not exist.
+    NotFound,
+    /// The backend refused: credentials or permissions.
+    Denied(String),
+    /// Anything else: an I/O error, a full disk, the network, a timeout.
+    Failed(String),
+}
+
+impl std::fmt::Display for StorageCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageCause::NotFound => f.write_str("not found"),
+            StorageCause::Denied(detail) => write!(f, "access denied: {detail}"),
+            StorageCause::Failed(detail) => f.write_str(detail),
+        }
+    }
+}
+
+impl From<&object_store::Error> for StorageCause {
+    fn from(error: &object_store::Error) -> StorageCause {
+        match error {
+            object_store::Error::NotFound { .. } => StorageCause::NotFound,
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => {
+                StorageCause::Denied(error.to_string())
+            }
+            other => StorageCause::Failed(other.to_string()),
         }
     }
 }

@@ -27,7 +27,7 @@ pub mod server;
 pub mod storage;
 mod tls;
 
-pub use error::NodeError;
+pub use error::{NodeError, StorageCause};
 pub use server::{Node, NodeConfig, Unsaved, UnsavedRegion};
 pub use storage::StorageConfig;
 pub use tls::TlsConfig;

@@ -37,8 +37,13 @@ pub(crate) fn apply(
         Some(journal) => journal,
         None => {
             let path = dir(&shared.config.data_dir, region.uid());
-            let (journal, leftover) = Journal::open(&path, JournalOptions::default())
-                .map_err(|e| NodeError::Journal(format!("{}: {e}", path.display())))?;
+            let (journal, leftover) =
+                Journal::open(&path, JournalOptions::default()).map_err(|error| {
+                    NodeError::Journal {
+                        context: format!("opening {}", path.display()),
+                        error,
+                    }
+                })?;
             if !leftover.is_empty() {
                 // Replayed at start; any left now were already applied.
                 tracing::debug!(records = leftover.len(), "journal reopened");
@@ -52,11 +57,12 @@ pub(crate) fn apply(
     for &(offset, bytes) in entries {
         record.push(region.uid(), offset, bytes);
     }
-    let committed = journal.commit(record).map_err(|e| {
-        NodeError::Journal(format!(
-            "persisting record {commit_id} of region {:?}: {e}",
+    let committed = journal.commit(record).map_err(|e| NodeError::Journal {
+        context: format!(
+            "persisting record {commit_id} of region {:?}",
             region.info().name
-        ))
+        ),
+        error: e,
     })?;
     region.write_bytes(entries, committed.id)
 }
@@ -72,7 +78,10 @@ pub(crate) fn replay(data_dir: &std::path::Path, catalog: &Catalog) {
         }
         let name = region.info().name.clone();
         let replayed = Journal::open(&path, JournalOptions::default())
-            .map_err(|e| NodeError::Journal(format!("{}: {e}", path.display())))
+            .map_err(|error| NodeError::Journal {
+                context: format!("opening {}", path.display()),
+                error,
+            })
             .and_then(|(journal, records)| {
                 for record in &records {
                     let entries: Vec<(u64, &[u8])> = record

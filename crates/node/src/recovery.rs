@@ -244,7 +244,10 @@ struct Source {
 }
 
 fn remote(context: &str, error: pagoda::ClientError) -> NodeError {
-    NodeError::Peer(format!("{context}: {error}"))
+    NodeError::Peer {
+        context: context.to_owned(),
+        error,
+    }
 }
 
 fn recover(

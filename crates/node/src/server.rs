@@ -629,9 +629,10 @@ pub(crate) fn serve_request(
                 && let Err(error) = checkpoint::purge(storage, name)
             {
                 tracing::warn!(name, %error, "could not purge the region's checkpoints");
-                return Err(NodeError::Storage(format!(
-                    "region {name:?} is deleted but its checkpoints were not all removed: {error}"
-                )));
+                return Err(NodeError::storage(
+                    format!("purging the checkpoints of deleted region {name:?}"),
+                    format!("not all were removed: {error}"),
+                ));
             }
             Response::Done.encode(out, request_id, 0);
         }

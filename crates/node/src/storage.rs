@@ -30,7 +30,7 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
-use crate::error::NodeError;
+use crate::error::{NodeError, StorageCause};
 
 /// Where a node keeps checkpoints.
 #[derive(Clone)]
@@ -216,18 +216,19 @@ impl Storage {
                 let read = self.get(&key).await?;
                 self.delete(&key).await?;
                 if read != payload {
-                    return Err(NodeError::Storage(format!(
-                        "{key} read back differs from what was written"
-                    )));
+                    return Err(NodeError::storage(
+                        format!("probing {key}"),
+                        "what was read back differs from what was written",
+                    ));
                 }
                 Ok(())
             })
             .await
             .unwrap_or_else(|_| {
-                Err(NodeError::Storage(format!(
-                    "no answer within {} s",
-                    PROBE_TIMEOUT.as_secs()
-                )))
+                Err(NodeError::storage(
+                    "probing",
+                    format!("no answer within {} s", PROBE_TIMEOUT.as_secs()),
+                ))
             })
         })
         .map_err(unusable)
@@ -378,7 +379,10 @@ impl Storage {
     }
 
     fn failed(&self, context: String, error: object_store::Error) -> NodeError {
-        NodeError::Storage(format!("{} ({}): {error}", context, self.description))
+        NodeError::Storage {
+            context: format!("{context} ({})", self.description),
+            cause: StorageCause::from(&error),
+        }
     }
 }
 
@@ -583,7 +587,14 @@ mod tests {
         assert_eq!(&ranges[1][..], b"o");
         storage.block_on(storage.delete(&key)).unwrap();
         storage.block_on(storage.delete(&key)).unwrap();
-        assert!(storage.block_on(storage.get(&key)).is_err());
+        // A caller can tell a missing object from a failure by its kind.
+        match storage.block_on(storage.get(&key)) {
+            Err(NodeError::Storage {
+                cause: StorageCause::NotFound,
+                ..
+            }) => {}
+            other => panic!("expected NotFound, got {other:?}"),
+        }
     }
 
     // Guards the staging-file leak: files a crash left behind are removed
