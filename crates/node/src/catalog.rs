@@ -104,7 +104,7 @@ pub struct Catalog {
     _lock: File,
 }
 
-fn validate_name(name: &str) -> Result<(), NodeError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), NodeError> {
     if name.is_empty() || name.len() > REGION_NAME_BYTES_MAX {
         return Err(NodeError::InvalidArgument(format!(
             "region name must be 1 to {REGION_NAME_BYTES_MAX} bytes"

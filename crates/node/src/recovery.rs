@@ -140,6 +140,9 @@ pub(crate) fn validate(shared: &Shared, request: &RecoveryRequest) -> Result<(),
                 .into(),
         ));
     }
+    // Checked before anything uses the name (a thread's name among them,
+    // which must not hold a NUL byte), not only when the region is created.
+    crate::catalog::validate_name(&request.name)?;
     if shared.catalog.by_name(&request.name).is_ok() {
         return Err(NodeError::RegionExists(request.name.clone()));
     }
@@ -212,7 +215,7 @@ pub(crate) fn start(
     let thread_job = job.clone();
     let thread_shared = shared.clone();
     std::thread::Builder::new()
-        .name(format!("pagoda-recover-{}", request.name))
+        .name("pagoda-recover".into())
         .spawn(move || run(&thread_shared, &request, &thread_job))
         .map_err(|e| NodeError::io("spawning a recovery", e))?;
     Ok(job)

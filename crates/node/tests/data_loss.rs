@@ -373,3 +373,25 @@ fn debug_output_never_shows_the_token() {
         "{printed}"
     );
 }
+
+// Guards the fuzzer's finding: a recovery of a region whose name holds a NUL
+// byte panicked the connection's thread (the name went into a thread's
+// name). It is refused like any invalid name, and the connection goes on.
+#[test]
+fn a_recovery_of_an_invalid_name_is_refused() {
+    let storage = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(config(data.path(), storage.path())).unwrap();
+    let client = connect(&node);
+    for name in ["a\0b", "", "\u{7}"] {
+        let error = client
+            .start_recovery(name, Some("127.0.0.1:9"), None, false)
+            .unwrap_err();
+        assert_eq!(
+            error.code(),
+            Some(pagoda::ErrorCode::InvalidArgument),
+            "{error}"
+        );
+    }
+    client.ping(0).unwrap();
+}
