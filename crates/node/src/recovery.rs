@@ -157,10 +157,28 @@ pub(crate) fn validate(shared: &Shared, request: &RecoveryRequest) -> Result<(),
 /// this host's loopback. A node never connects, with its credentials, to
 /// wherever a client names.
 pub(crate) fn check_peer(peers: &[SocketAddr], source: &str) -> Result<(), NodeError> {
-    let addresses: Vec<SocketAddr> = source
-        .to_socket_addrs()
-        .map_err(|e| NodeError::InvalidArgument(format!("source {source:?}: {e}")))?
-        .collect();
+    // A name the client chose is never looked up (that would send DNS
+    // queries wherever a client says): the source is an address, or
+    // `localhost`, which resolves on this host.
+    let addresses: Vec<SocketAddr> = match source.parse::<SocketAddr>() {
+        Ok(address) => vec![address],
+        Err(_)
+            if source
+                .rsplit_once(':')
+                .is_some_and(|(host, _)| host == "localhost") =>
+        {
+            source
+                .to_socket_addrs()
+                .map_err(|e| NodeError::InvalidArgument(format!("source {source:?}: {e}")))?
+                .collect()
+        }
+        Err(_) => {
+            return Err(NodeError::PeerNotAllowed(format!(
+                "source {source:?} is not an address: give it as IP:PORT (this node does not \
+                 look up names a client gives; --peer names are resolved at start)"
+            )));
+        }
+    };
     if addresses.is_empty() {
         return Err(NodeError::InvalidArgument(format!(
             "source {source:?} resolves to no address"
@@ -545,5 +563,9 @@ mod tests {
         assert!(check_peer(&peers, "192.0.2.1:7071").is_err());
         assert!(check_peer(&peers, "127.0.0.1:7070").is_err());
         assert!(check_peer(&peers, "no port").is_err());
+        // Names are not looked up, but localhost resolves on this host.
+        let error = check_peer(&[], "node.example:7070").unwrap_err();
+        assert!(error.to_string().contains("IP:PORT"), "{error}");
+        check_peer(&[], "localhost:7070").unwrap();
     }
 }
