@@ -1,9 +1,8 @@
 //! Tests of the `pagoda` binary as a user runs it.
 
 mod common;
-use common::{free_port, pagoda, text};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use common::{free_port, pagoda, spawn_node, text};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// A `pagoda node` process, killed on drop.
@@ -15,7 +14,8 @@ struct NodeProcess {
 impl NodeProcess {
     fn start(data_dir: &std::path::Path, extra: &[&str]) -> NodeProcess {
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut child = pagoda()
+        let mut command = pagoda();
+        command
             .args([
                 "node",
                 "--listen",
@@ -25,24 +25,8 @@ impl NodeProcess {
                 "--data-dir",
             ])
             .arg(data_dir)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Wait for the "listening" line, bounded.
-        let stderr = child.stderr.take().unwrap();
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
-                    let _ = sender.send(());
-                }
-            }
-        });
-        receiver
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the node announces that it listens");
+            .args(extra);
+        let child = spawn_node(command, Duration::from_secs(20));
         NodeProcess { child, addr }
     }
 }

@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::Duration;
 
-use common::{free_port, pagoda, text};
+use common::{free_port, pagoda, spawn_node, text};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 
 /// The `pagoda` binary without TLS settings from the environment.
@@ -62,33 +61,16 @@ struct NodeProcess {
 impl NodeProcess {
     fn start(data_dir: &Path, cert: &Path, key: &Path) -> NodeProcess {
         let port = free_port();
-        let mut child = command()
-            .args(["node", "--capacity", "64MiB", "--storage", "none"])
+        let mut node = command();
+        node.args(["node", "--capacity", "64MiB", "--storage", "none"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--tls-cert")
             .arg(cert)
             .arg("--tls-key")
-            .arg(key)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
-                    let _ = sender.send(());
-                }
-            }
-        });
-        if receiver.recv_timeout(Duration::from_secs(30)).is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the node did not start");
-        }
+            .arg(key);
+        let child = spawn_node(node, Duration::from_secs(30));
         NodeProcess { child, port }
     }
 }

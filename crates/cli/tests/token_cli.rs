@@ -5,13 +5,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 use std::time::Duration;
 
-use common::{free_port, pagoda, text};
+use common::{free_port, pagoda, spawn_node, text};
 
 /// A `pagoda node` process, killed on drop.
 struct NodeProcess {
@@ -22,36 +21,12 @@ struct NodeProcess {
 impl NodeProcess {
     fn start(data_dir: &Path) -> NodeProcess {
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut child = pagoda()
-            .args([
-                "node",
-                "--listen",
-                &addr,
-                "--capacity",
-                "64MiB",
-                "--storage",
-                "none",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
-                    let _ = sender.send(());
-                }
-            }
-        });
-        if receiver.recv_timeout(Duration::from_secs(30)).is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the node did not start");
-        }
+        let mut command = pagoda();
+        command
+            .args(["node", "--listen", &addr, "--capacity", "64MiB"])
+            .args(["--storage", "none", "--data-dir"])
+            .arg(data_dir);
+        let child = spawn_node(command, Duration::from_secs(30));
         NodeProcess { child, addr }
     }
 

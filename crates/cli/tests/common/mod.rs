@@ -32,3 +32,31 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Spawns `command` (a prepared `pagoda node ...`) with its stderr piped and
+/// waits, at most `limit`, for it to announce that it listens; a node that
+/// does not is killed and the test fails.
+#[allow(dead_code)] // not every test binary starts a node
+pub fn spawn_node(mut command: Command, limit: std::time::Duration) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("listening on") {
+                let _ = sender.send(());
+            }
+        }
+    });
+    if receiver.recv_timeout(limit).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the node did not announce that it listens within {limit:?}");
+    }
+    child
+}
