@@ -175,7 +175,7 @@ pub fn run(args: QuickstartArgs) -> Result<(), String> {
     drop(client);
     println!(
         "   checkpoint {}: {} pages, {} in {:.1} ms",
-        checkpoint.epoch,
+        checkpoint.number,
         checkpoint.pages,
         format_bytes(checkpoint.bytes),
         checkpoint.micros as f64 / 1000.0

@@ -93,7 +93,7 @@ fn stat_json(stat: &RegionStat) -> serde_json::Value {
         "pages_read": stat.pages_read,
         "pages_written": stat.pages_written,
         "state": stat.state.name(),
-        "checkpoint_epoch": stat.checkpoint_epoch,
+        "checkpoint": stat.checkpoint,
         "checkpoint_age_ms": (stat.checkpoint_age_ms != u64::MAX).then_some(stat.checkpoint_age_ms),
         "dirty_pages": stat.dirty_pages,
         "uid": format!("{:016x}", stat.uid),
@@ -197,12 +197,12 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
                 println!("pages read      {}", stat.pages_read);
                 println!("pages written   {}", stat.pages_written);
                 println!("state           {}", stat.state.name());
-                if stat.checkpoint_epoch == 0 {
+                if stat.checkpoint == 0 {
                     println!("checkpoint      none");
                 } else {
                     println!(
-                        "checkpoint      epoch {}, taken {:.1} s ago",
-                        stat.checkpoint_epoch,
+                        "checkpoint      {}, taken {:.1} s ago",
+                        stat.checkpoint,
                         stat.checkpoint_age_ms as f64 / 1000.0
                     );
                 }
@@ -231,7 +231,7 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
                     "{}",
                     serde_json::json!({
                         "name": name,
-                        "epoch": info.epoch,
+                        "number": info.number,
                         "full": info.full,
                         "pages": info.pages,
                         "bytes": info.bytes,
@@ -243,7 +243,7 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
             } else {
                 println!(
                     "checkpoint {} of {name:?} ({}): {} pages, {} in {} objects, {:.3} s ({}/s); the baseline holds {} pages",
-                    info.epoch,
+                    info.number,
                     if info.full { "full" } else { "incremental" },
                     info.pages,
                     format_bytes(info.bytes),
@@ -313,7 +313,7 @@ fn recover(
             serde_json::json!({
                 "name": name,
                 "seconds": seconds,
-                "baseline_epoch": progress.baseline_epoch,
+                "baseline_checkpoint": progress.baseline_checkpoint,
                 "baseline_age_ms": progress.baseline_age_ms,
                 "baseline_pages": progress.baseline_pages,
                 "storage_bytes": progress.storage_bytes,
@@ -324,9 +324,9 @@ fn recover(
         );
     } else {
         println!(
-            "recovered {name:?} in {seconds:.2} s: {} read from storage (baseline epoch {}), {} copied from the source",
+            "recovered {name:?} in {seconds:.2} s: {} read from storage (baseline checkpoint {}), {} copied from the source",
             format_bytes(progress.storage_bytes),
-            progress.baseline_epoch,
+            progress.baseline_checkpoint,
             format_bytes(progress.source_bytes)
         );
         if !progress.message.is_empty() {

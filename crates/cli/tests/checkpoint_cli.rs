@@ -307,7 +307,7 @@ fn checkpoint_and_recover_between_two_nodes() {
 
     let report = run_json(&["region", "checkpoint", "r", "--json"], &node_a.addr);
     assert_eq!(report["name"], "r", "{report}");
-    assert_eq!(report["epoch"], 1, "{report}");
+    assert_eq!(report["number"], 1, "{report}");
     assert_eq!(report["full"], true, "{report}");
     assert_eq!(report["pages"], written.len() as u64, "{report}");
     assert_eq!(report["baseline_pages"], written.len() as u64, "{report}");
@@ -335,7 +335,7 @@ fn checkpoint_and_recover_between_two_nodes() {
     write_pages(&client_a, &info, &mut model, &dirty, 2);
     let stat = run_json(&["region", "stat", "r", "--json"], &node_a.addr);
     assert_eq!(stat["state"], "active", "{stat}");
-    assert_eq!(stat["checkpoint_epoch"], 2, "{stat}");
+    assert_eq!(stat["checkpoint"], 2, "{stat}");
     assert!(stat["checkpoint_age_ms"].is_u64(), "{stat}");
     assert_eq!(stat["dirty_pages"], dirty.len() as u64, "{stat}");
 
@@ -357,7 +357,7 @@ fn checkpoint_and_recover_between_two_nodes() {
         .unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert!((0.0..60.0).contains(&seconds), "{stdout}");
     let storage_bytes = parse_printed_bytes(between(&stdout, " s: ", " read from storage"));
-    assert!(stdout.contains("(baseline epoch 2)"), "{stdout}");
+    assert!(stdout.contains("(baseline checkpoint 2)"), "{stdout}");
     let source_bytes = parse_printed_bytes(between(&stdout, "), ", " copied from the source"));
     let dirty_bytes = (dirty.len() * PAGE_BYTES) as f64;
     // The baseline's pages come from storage, the dirty ones from A: about
@@ -374,7 +374,7 @@ fn checkpoint_and_recover_between_two_nodes() {
     assert_matches_model(&client_b, "r", &model, "node B after recovery");
     let stat = run_json(&["region", "stat", "r", "--json"], &node_b.addr);
     assert_eq!(stat["state"], "active", "{stat}");
-    assert_eq!(stat["checkpoint_epoch"], 2, "{stat}");
+    assert_eq!(stat["checkpoint"], 2, "{stat}");
 
     // A's copy moved: it reads, it refuses writes.
     let stat = run_json(&["region", "stat", "r", "--json"], &node_a.addr);
@@ -415,7 +415,7 @@ fn baseline_only_recovery_is_explicit_and_says_what_is_lost() {
     write_pages(&client_a, &info, &mut model, &written, 1);
     let checkpoint_began = Instant::now();
     let report = run_json(&["region", "checkpoint", "r", "--json"], &node_a.addr);
-    assert_eq!(report["epoch"], 1, "{report}");
+    assert_eq!(report["number"], 1, "{report}");
     let checkpointed = model.clone();
     // Writes after the checkpoint, lost with node A.
     let later = distinct_pages(&mut rng, PAGE_COUNT, 200);
@@ -479,12 +479,12 @@ fn baseline_only_recovery_is_explicit_and_says_what_is_lost() {
         "{stdout}"
     );
     assert!(stdout.contains("writes after it are lost"), "{stdout}");
-    assert!(stdout.contains("(baseline epoch 1)"), "{stdout}");
+    assert!(stdout.contains("(baseline checkpoint 1)"), "{stdout}");
     assert!(stdout.contains("0 B copied from the source"), "{stdout}");
     assert_matches_model(&client_c, "r", &checkpointed, "node C after recovery");
     let stat = run_json(&["region", "stat", "r", "--json"], &node_c.addr);
     assert_eq!(stat["state"], "active", "{stat}");
-    assert_eq!(stat["checkpoint_epoch"], 1, "{stat}");
+    assert_eq!(stat["checkpoint"], 1, "{stat}");
     // The recovered region serves writes.
     let info_c = client_c.stat_region("r").unwrap().info;
     let mut recovered = checkpointed;
@@ -494,7 +494,7 @@ fn baseline_only_recovery_is_explicit_and_says_what_is_lost() {
 
 /// The storage directory's view of a region's checkpoints.
 struct StoredCheckpoints {
-    /// Epochs with a manifest.
+    /// Checkpoint numbers with a manifest.
     manifests: BTreeSet<u64>,
     /// File names of data objects, complete or still being written (those
     /// end in `#` and digits).
@@ -523,24 +523,24 @@ impl StoredCheckpoints {
         }
     }
 
-    /// Whether data objects of `epoch` appeared since `before`.
-    fn wrote_data(&self, before: &StoredCheckpoints, epoch: u64) -> bool {
-        let prefix = format!("{epoch:020}-");
+    /// Whether data objects of checkpoint `number` appeared since `before`.
+    fn wrote_data(&self, before: &StoredCheckpoints, number: u64) -> bool {
+        let prefix = format!("{number:020}-");
         self.data
             .difference(&before.data)
             .any(|file| file.starts_with(&prefix))
     }
 }
 
-/// Checks that every data object the manifest of `epoch` names is in the
-/// storage directory with the size the manifest gives, and returns how many
-/// it names.
-fn assert_manifest_objects_present(storage: &Path, name: &str, epoch: u64) -> usize {
+/// Checks that every data object the manifest of checkpoint `number` names
+/// is in the storage directory with the size the manifest gives, and returns
+/// how many it names.
+fn assert_manifest_objects_present(storage: &Path, name: &str, number: u64) -> usize {
     let path = storage
         .join("regions")
         .join(name)
         .join("manifests")
-        .join(format!("{epoch:020}.manifest"));
+        .join(format!("{number:020}.manifest"));
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(&bytes[..8], b"PGDAMAN1", "{}", path.display());
     let length = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
@@ -550,7 +550,7 @@ fn assert_manifest_objects_present(storage: &Path, name: &str, epoch: u64) -> us
     for object in objects {
         let key = object["key"].as_str().unwrap();
         let metadata = std::fs::metadata(storage.join(key))
-            .unwrap_or_else(|e| panic!("manifest {epoch} names {key}: {e}"));
+            .unwrap_or_else(|e| panic!("manifest {number} names {key}: {e}"));
         assert_eq!(metadata.len(), object["bytes"].as_u64().unwrap(), "{key}");
     }
     objects.len()
@@ -586,7 +586,7 @@ fn kill_9_during_checkpoint_keeps_a_whole_baseline() {
     let began = Instant::now();
     let report = run_json(&["region", "checkpoint", "r", "--json"], &node.addr);
     let checkpoint_ms = began.elapsed().as_millis() as u64;
-    assert_eq!(report["epoch"], 1, "{report}");
+    assert_eq!(report["number"], 1, "{report}");
     assert_eq!(report["pages"], PAGE_COUNT, "{report}");
     println!(
         "a full checkpoint of 64 MiB: {checkpoint_ms} ms from the command's start, {} s in the node",
@@ -601,7 +601,7 @@ fn kill_9_during_checkpoint_keeps_a_whole_baseline() {
         iteration += 1;
         version += 1;
         // Every page on odd iterations, a random half on even ones (so the
-        // baseline's manifest names objects of several epochs).
+        // baseline's manifest names objects of several checkpoints).
         let pages = if iteration % 2 == 1 {
             all.clone()
         } else {
@@ -611,7 +611,7 @@ fn kill_9_during_checkpoint_keeps_a_whole_baseline() {
         write_pages(&client, &info, &mut newer, &pages, version);
         drop(client);
         let before = StoredCheckpoints::read(&storage, "r");
-        let epoch = before.manifests.last().copied().unwrap_or(0) + 1;
+        let number = before.manifests.last().copied().unwrap_or(0) + 1;
 
         let mut checkpoint = pagoda()
             .args(["region", "checkpoint", "r", "--json", "--node", &node.addr])
@@ -631,16 +631,16 @@ fn kill_9_during_checkpoint_keeps_a_whole_baseline() {
         let reported_done = status.success();
         if reported_done {
             let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-            assert_eq!(report["epoch"], epoch, "{report}");
+            assert_eq!(report["number"], number, "{report}");
         }
 
         let after = StoredCheckpoints::read(&storage, "r");
-        let manifest_written = after.manifests.contains(&epoch);
-        let torn = !manifest_written && after.wrote_data(&before, epoch);
+        let manifest_written = after.manifests.contains(&number);
+        let torn = !manifest_written && after.wrote_data(&before, number);
         torn_kills += usize::from(torn);
         assert!(
             !reported_done || manifest_written,
-            "iteration {iteration}: the command reported checkpoint {epoch} done, its manifest is missing"
+            "iteration {iteration}: the command reported checkpoint {number} done, its manifest is missing"
         );
 
         node = NodeProcess::start(&data, capacity, &flags);
@@ -673,16 +673,16 @@ fn kill_9_during_checkpoint_keeps_a_whole_baseline() {
             after.manifests
         );
         assert_eq!(
-            stat.checkpoint_epoch,
-            if manifest_written { epoch } else { epoch - 1 },
+            stat.checkpoint,
+            if manifest_written { number } else { number - 1 },
             "iteration {iteration}"
         );
-        let objects = assert_manifest_objects_present(&storage, "r", stat.checkpoint_epoch);
+        let objects = assert_manifest_objects_present(&storage, "r", stat.checkpoint);
         println!(
             "iteration {iteration}: slept {sleep_ms} ms, command {}, torn {torn}, reloaded the \
-             {outcome} checkpoint (epoch {}, {objects} objects)",
+             {outcome} checkpoint (checkpoint {}, {objects} objects)",
             if reported_done { "done" } else { "cut off" },
-            stat.checkpoint_epoch
+            stat.checkpoint
         );
         outcomes.push(outcome);
         if outcome == "newer" {
@@ -698,7 +698,7 @@ fn kill_9_during_checkpoint_keeps_a_whole_baseline() {
     // The baseline the last reload left still takes a checkpoint and
     // reloads after a clean kill.
     let report = run_json(&["region", "checkpoint", "r", "--json"], &node.addr);
-    assert!(report["epoch"].as_u64().unwrap() >= 2, "{report}");
+    assert!(report["number"].as_u64().unwrap() >= 2, "{report}");
     drop(client);
     node.kill_9();
     let node = NodeProcess::start(&data, capacity, &flags);
@@ -724,7 +724,7 @@ fn sigterm_with_storage_stops_cleanly_and_restart_reloads_the_baseline() {
     let written = distinct_pages(&mut rng, PAGE_COUNT, 300);
     write_pages(&client, &info, &mut model, &written, 1);
     let report = run_json(&["region", "checkpoint", "r", "--json"], &node.addr);
-    assert_eq!(report["epoch"], 1, "{report}");
+    assert_eq!(report["number"], 1, "{report}");
     // Written after checkpoint 1: the stop must save them.
     write_pages(&client, &info, &mut model, &[0, 1, PAGE_COUNT - 1], 2);
     let checkpoints = data.join("checkpoints");
@@ -756,10 +756,10 @@ fn sigterm_with_storage_stops_cleanly_and_restart_reloads_the_baseline() {
     let client = node.client();
     let stat = client.stat_region("r").unwrap();
     assert_eq!(stat.state.name(), "active", "log:\n{}", node.log());
-    assert_eq!((stat.checkpoint_epoch, stat.dirty_pages), (2, 0));
+    assert_eq!((stat.checkpoint, stat.dirty_pages), (2, 0));
     assert_matches_model(&client, "r", &model, "after the restart");
     let report = run_json(&["region", "checkpoint", "r", "--json"], &node.addr);
-    assert_eq!(report["epoch"], 3, "{report}");
+    assert_eq!(report["number"], 3, "{report}");
     assert_eq!(report["pages"], 0, "{report}");
 }
 

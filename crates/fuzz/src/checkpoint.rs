@@ -40,8 +40,8 @@ pub const PAGE_BYTES: usize = 4096;
 pub const REGION_PAGES: u64 = 64;
 /// The region's uid, in every manifest and (for seeds) object.
 pub const UID: u64 = 0x5eed_f0f0_1234_5679;
-/// The epoch of the manifest and the object.
-pub const EPOCH: u64 = 3;
+/// The number of the checkpoint the manifest and the object belong to.
+pub const CHECKPOINT: u64 = 3;
 const NAME: &str = "fuzz";
 const KEY: &str = "regions/fuzz/data/00000000000000000003-00000000000000aa-000000.obj";
 
@@ -86,7 +86,7 @@ pub fn encode_object(pages: &[u64], fill: impl Fn(u64) -> u8) -> Vec<u8> {
     out.extend_from_slice(&1u32.to_le_bytes());
     out.extend_from_slice(&(PAGE_BYTES as u32).to_le_bytes());
     out.extend_from_slice(&UID.to_le_bytes());
-    out.extend_from_slice(&EPOCH.to_le_bytes());
+    out.extend_from_slice(&CHECKPOINT.to_le_bytes());
     out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(&index).to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
@@ -232,12 +232,12 @@ fn object(flags: u8, bytes: &[u8]) {
         "uid": UID,
         "size": REGION_PAGES * PAGE_BYTES as u64,
         "page_size": PAGE_BYTES,
-        "epoch": EPOCH,
+        "number": CHECKPOINT,
         "started_unix_ms": 1,
         "pages": live,
         "objects": [{
             "key": KEY,
-            "epoch": EPOCH,
+            "checkpoint": CHECKPOINT,
             "pages": pages,
             "bytes": expected_bytes,
             "runs": runs,

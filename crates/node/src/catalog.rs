@@ -64,8 +64,8 @@ struct PersistedRegion {
     /// The newest checkpoint known to be complete in storage (0: none). A
     /// restart that finds an older one there refuses to roll the region back
     /// silently.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    checkpoint_epoch: u64,
+    #[serde(default, skip_serializing_if = "is_zero", alias = "checkpoint_epoch")]
+    checkpoint: u64,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -204,7 +204,7 @@ impl Catalog {
             let uid = if entry.uid == 0 { new_uid() } else { entry.uid };
             let region =
                 Region::new(info, uid, arena.clone()).map_err(|e| corrupt(e.to_string()))?;
-            region.set_durable_epoch(entry.checkpoint_epoch);
+            region.set_durable_checkpoint(entry.checkpoint);
             if entry.recovering {
                 region.set_state(
                     RegionState::Damaged,
@@ -396,7 +396,7 @@ impl Catalog {
                     uid: region.uid(),
                     recovering: region.state() == RegionState::Recovering,
                     moved: region.state() == RegionState::ReadOnly,
-                    checkpoint_epoch: region.durable_epoch(),
+                    checkpoint: region.durable_checkpoint(),
                 }
             })
             .collect();
@@ -579,6 +579,28 @@ mod tests {
         let error = catalog.create("a", 1 << 20, 4096).unwrap_err();
         assert!(error.to_string().contains("used up"), "{error}");
         assert!(catalog.is_empty());
+    }
+
+    // Guards compatibility with catalogs written before the checkpoint
+    // counter was renamed: `checkpoint_epoch` still loads as the recorded
+    // checkpoint number, and the next save writes it as `checkpoint`.
+    #[test]
+    fn a_catalog_with_the_old_checkpoint_field_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = br#"{"next_id":2,"regions":[{"id":1,"name":"a","size":1048576,"page_size":4096,"uid":7,"checkpoint_epoch":3}]}"#;
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+        bytes.extend_from_slice(body);
+        fs::write(dir.path().join(FILE_NAME), bytes).unwrap();
+        let catalog = Catalog::open(dir.path(), arena()).unwrap();
+        assert_eq!(catalog.by_name("a").unwrap().durable_checkpoint(), 3);
+        catalog.save_states().unwrap();
+        drop(catalog);
+        let saved = fs::read(dir.path().join(FILE_NAME)).unwrap();
+        let saved = String::from_utf8_lossy(&saved[16..]);
+        assert!(saved.contains(r#""checkpoint":3"#), "{saved}");
+        assert!(!saved.contains("epoch"), "{saved}");
     }
 
     // Guards corruption detection: a flipped byte is reported, not loaded.

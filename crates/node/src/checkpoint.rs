@@ -1,6 +1,6 @@
 //! Checkpoints: a region's baseline in the storage backend.
 //!
-//! A checkpoint of epoch E writes the pages dirty since checkpoint E-1 (all
+//! Checkpoint number N writes the pages dirty since checkpoint N-1 (all
 //! written pages for a full one) as *data objects*, then a *manifest* naming
 //! every object that makes up the whole baseline and which of their pages are
 //! still live. The manifest is written last, after every data object it names
@@ -11,12 +11,13 @@
 //! and a hash when that is long: see [`encode_name`]):
 //!
 //! ```text
-//! regions/<name>/manifests/<epoch, 20 digits>.manifest
-//! regions/<name>/data/<epoch, 20 digits>-<nonce, 16 hex>-<n, 6 digits>.obj
+//! regions/<name>/manifests/<checkpoint number, 20 digits>.manifest
+//! regions/<name>/data/<checkpoint number, 20 digits>-<nonce, 16 hex>-<n, 6 digits>.obj
 //! ```
 //!
-//! The nonce is random per attempt, so two attempts at one epoch (a retry
-//! after a failure, or two nodes) never overwrite each other's objects.
+//! The nonce is random per attempt, so two attempts at one checkpoint number
+//! (a retry after a failure, or two nodes) never overwrite each other's
+//! objects.
 //!
 //! A data object (all integers little-endian):
 //!
@@ -26,7 +27,7 @@
 //!  8     4    version     1
 //! 12     4    page_size
 //! 16     8    region uid
-//! 24     8    epoch
+//! 24     8    checkpoint  the checkpoint number
 //! 32     4    count       pages in the object
 //! 36     4    index_crc   crc32c of the index
 //! 40     4    reserved    0
@@ -76,8 +77,9 @@ const OBJECT_PAGES_MAX: u64 = 1 << 20;
 pub struct ObjectEntry {
     /// The object's key, relative to the store's root.
     pub key: String,
-    /// The epoch that wrote it.
-    pub epoch: u64,
+    /// The number of the checkpoint that wrote it.
+    #[serde(alias = "epoch")]
+    pub checkpoint: u64,
     /// Pages the object holds.
     pub pages: u64,
     /// Its size in bytes.
@@ -99,8 +101,9 @@ pub struct Manifest {
     pub size: u64,
     /// Page size in bytes.
     pub page_size: u32,
-    /// This checkpoint's epoch.
-    pub epoch: u64,
+    /// This checkpoint's number (ascending per region).
+    #[serde(alias = "epoch")]
+    pub number: u64,
     /// When the checkpoint began (its point in time), ms since the Unix epoch.
     pub started_unix_ms: u64,
     /// Live pages in all.
@@ -287,41 +290,41 @@ fn data_prefix(name: &str) -> Path {
     Path::from(format!("regions/{}/data", encode_name(name)))
 }
 
-fn manifest_key(name: &str, epoch: u64) -> Path {
+fn manifest_key(name: &str, number: u64) -> Path {
     Path::from(format!(
-        "regions/{}/manifests/{epoch:020}.manifest",
+        "regions/{}/manifests/{number:020}.manifest",
         encode_name(name)
     ))
 }
 
-fn data_key(name: &str, epoch: u64, nonce: u64, number: u32) -> Path {
+fn data_key(name: &str, checkpoint: u64, nonce: u64, object: u32) -> Path {
     Path::from(format!(
-        "regions/{}/data/{epoch:020}-{nonce:016x}-{number:06}.obj",
+        "regions/{}/data/{checkpoint:020}-{nonce:016x}-{object:06}.obj",
         encode_name(name)
     ))
 }
 
-/// The epoch in a manifest or data key's file name.
-fn key_epoch(key: &Path) -> Option<u64> {
+/// The checkpoint number in a manifest or data key's file name.
+fn key_number(key: &Path) -> Option<u64> {
     let file = key.filename()?;
     file.get(..20)?.parse().ok()
 }
 
-/// Epochs of the region's manifests in storage, ascending.
+/// Checkpoint numbers of the region's manifests in storage, ascending.
 pub fn list_manifests(storage: &Storage, name: &str) -> Result<Vec<u64>, NodeError> {
     let listed = storage.block_on(storage.list(&manifests_prefix(name)))?;
-    let mut epochs: Vec<u64> = listed
+    let mut numbers: Vec<u64> = listed
         .iter()
         .filter(|meta| meta.location.extension() == Some("manifest"))
-        .filter_map(|meta| key_epoch(&meta.location))
+        .filter_map(|meta| key_number(&meta.location))
         .collect();
-    epochs.sort_unstable();
-    Ok(epochs)
+    numbers.sort_unstable();
+    Ok(numbers)
 }
 
-/// Reads and verifies the manifest of checkpoint `epoch`.
-pub fn read_manifest(storage: &Storage, name: &str, epoch: u64) -> Result<Manifest, NodeError> {
-    let key = manifest_key(name, epoch);
+/// Reads and verifies the manifest of checkpoint `number`.
+pub fn read_manifest(storage: &Storage, name: &str, number: u64) -> Result<Manifest, NodeError> {
+    let key = manifest_key(name, number);
     let bytes = storage.block_on(async {
         let meta = storage
             .store()
@@ -340,12 +343,12 @@ pub fn read_manifest(storage: &Storage, name: &str, epoch: u64) -> Result<Manife
         storage.get(&key).await
     })?;
     let manifest = Manifest::decode(key.as_ref(), &bytes)?;
-    if manifest.name != name || manifest.epoch != epoch {
+    if manifest.name != name || manifest.number != number {
         return Err(NodeError::CorruptObject {
             key: key.to_string(),
             detail: format!(
-                "names region {:?} epoch {}, expected {name:?} epoch {epoch}",
-                manifest.name, manifest.epoch
+                "names region {:?} checkpoint {}, expected {name:?} checkpoint {number}",
+                manifest.name, manifest.number
             ),
         });
     }
@@ -360,8 +363,8 @@ pub fn latest_manifest(
     name: &str,
     uid: Option<u64>,
 ) -> Result<Option<Manifest>, NodeError> {
-    for epoch in list_manifests(storage, name)?.into_iter().rev() {
-        let manifest = read_manifest(storage, name, epoch)?;
+    for number in list_manifests(storage, name)?.into_iter().rev() {
+        let manifest = read_manifest(storage, name, number)?;
         if uid.is_none_or(|uid| uid == manifest.uid) {
             return Ok(Some(manifest));
         }
@@ -393,13 +396,13 @@ pub fn checkpoint(
         .last()
         .copied()
         .unwrap_or(0);
-    let epoch = stored_max.max(last.as_ref().map_or(0, |mark| mark.epoch)) + 1;
+    let number = stored_max.max(last.as_ref().map_or(0, |mark| mark.number)) + 1;
     let previous = if full { None } else { previous };
     let from = match (&last, previous) {
         (Some(mark), Some(_)) => mark.start_seq,
         _ => 0,
     };
-    let (to, journal_through) = region.begin_snapshot(epoch, from);
+    let (to, journal_through) = region.begin_snapshot(number, from);
     let started = SystemTime::now();
     struct EndSnapshot<'a>(&'a Region);
     impl Drop for EndSnapshot<'_> {
@@ -424,13 +427,13 @@ pub fn checkpoint(
         if pages.is_empty() {
             return Ok(());
         }
-        let number = written.len() as u32;
-        let key = data_key(&info.name, epoch, nonce, number);
-        let (head, body) = encode_object(info.page_size, region.uid(), epoch, pages, data);
+        let object = written.len() as u32;
+        let key = data_key(&info.name, number, nonce, object);
+        let (head, body) = encode_object(info.page_size, region.uid(), number, pages, data);
         let size = (head.len() + body.len()) as u64;
         written.push(ObjectEntry {
             key: key.to_string(),
-            epoch,
+            checkpoint: number,
             pages: pages.len() as u64,
             bytes: size,
             runs: runs_of(pages, 0),
@@ -515,7 +518,7 @@ pub fn checkpoint(
         uid: region.uid(),
         size: info.size,
         page_size: info.page_size,
-        epoch,
+        number,
         started_unix_ms: started
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -525,7 +528,7 @@ pub fn checkpoint(
     };
     let encoded = manifest.encode();
     bytes_written += encoded.len() as u64;
-    let key = manifest_key(&info.name, epoch);
+    let key = manifest_key(&info.name, number);
     if let Err(error) = storage.block_on(storage.put(&key, encoded)) {
         // The put may have stored the manifest after all (a lost reply):
         // its objects may go only once it is surely gone.
@@ -535,13 +538,13 @@ pub fn checkpoint(
         return Err(error);
     }
     region.checkpoint_completed(CheckpointMark {
-        epoch,
+        number,
         start_seq: to,
         started,
         journal_through,
     });
     let info = CheckpointInfo {
-        epoch,
+        number,
         pages: new_pages.len() as u64,
         bytes: bytes_written,
         objects: objects_written,
@@ -573,7 +576,7 @@ fn remove_objects<'a>(storage: &Storage, keys: impl Iterator<Item = &'a str>) {
 fn encode_object(
     page_size: u32,
     uid: u64,
-    epoch: u64,
+    checkpoint: u64,
     pages: &[u64],
     data: &mut Vec<u8>,
 ) -> (Bytes, Bytes) {
@@ -588,7 +591,7 @@ fn encode_object(
     head.extend_from_slice(&OBJECT_VERSION.to_le_bytes());
     head.extend_from_slice(&page_size.to_le_bytes());
     head.extend_from_slice(&uid.to_le_bytes());
-    head.extend_from_slice(&epoch.to_le_bytes());
+    head.extend_from_slice(&checkpoint.to_le_bytes());
     head.extend_from_slice(&(pages.len() as u32).to_le_bytes());
     head.extend_from_slice(&crc32c::crc32c(&index).to_le_bytes());
     head.extend_from_slice(&0u32.to_le_bytes());
@@ -762,13 +765,13 @@ fn load_object(
             manifest.page_size
         )));
     }
-    if field64(16) != manifest.uid || field64(24) != object.epoch {
+    if field64(16) != manifest.uid || field64(24) != object.checkpoint {
         return Err(corrupt(format!(
-            "belongs to region uid {:#x} epoch {}, the manifest says uid {:#x} epoch {}",
+            "belongs to region uid {:#x} checkpoint {}, the manifest says uid {:#x} checkpoint {}",
             field64(16),
             field64(24),
             manifest.uid,
-            object.epoch
+            object.checkpoint
         )));
     }
     if field32(32) as u64 != object.pages {
@@ -837,21 +840,21 @@ pub fn collect_garbage(
     current: &Manifest,
 ) -> Result<GcReport, NodeError> {
     let mut report = GcReport::default();
-    let epochs = list_manifests(storage, name)?;
-    let keep_from = epochs.len().saturating_sub(retain.max(1));
+    let numbers = list_manifests(storage, name)?;
+    let keep_from = numbers.len().saturating_sub(retain.max(1));
     let mut live: HashSet<String> = HashSet::new();
-    for &epoch in &epochs[keep_from..] {
-        let manifest = if epoch == current.epoch {
+    for &number in &numbers[keep_from..] {
+        let manifest = if number == current.number {
             current.clone()
         } else {
             // A kept manifest that cannot be read stops collection: better
             // to keep garbage than to delete what it might name.
-            read_manifest(storage, name, epoch)?
+            read_manifest(storage, name, number)?
         };
         live.extend(manifest.objects.into_iter().map(|object| object.key));
     }
-    for &epoch in &epochs[..keep_from] {
-        storage.block_on(storage.delete(&manifest_key(name, epoch)))?;
+    for &number in &numbers[..keep_from] {
+        storage.block_on(storage.delete(&manifest_key(name, number)))?;
         report.manifests += 1;
     }
     // Staging files of this region's puts that a crash interrupted: none is
@@ -860,10 +863,10 @@ pub fn collect_garbage(
     report.objects += staging.files;
     report.bytes += staging.bytes;
     for meta in storage.block_on(storage.list(&data_prefix(name)))? {
-        let Some(epoch) = key_epoch(&meta.location) else {
+        let Some(number) = key_number(&meta.location) else {
             continue;
         };
-        if epoch < current.epoch && !live.contains(meta.location.as_ref()) {
+        if number < current.number && !live.contains(meta.location.as_ref()) {
             storage.block_on(storage.delete(&meta.location))?;
             report.objects += 1;
             report.bytes += meta.size;
@@ -886,8 +889,8 @@ pub struct GcReport {
 /// Deletes everything a region keeps in storage (manifests first, so no
 /// manifest ever names a missing object).
 pub fn purge(storage: &Storage, name: &str) -> Result<(), NodeError> {
-    for epoch in list_manifests(storage, name)? {
-        storage.block_on(storage.delete(&manifest_key(name, epoch)))?;
+    for number in list_manifests(storage, name)? {
+        storage.block_on(storage.delete(&manifest_key(name, number)))?;
     }
     for meta in storage.block_on(storage.list(&region_prefix(name)))? {
         storage.block_on(storage.delete(&meta.location))?;
@@ -908,7 +911,7 @@ mod tests {
         );
         let object = ObjectEntry {
             key: "k".into(),
-            epoch: 1,
+            checkpoint: 1,
             pages: 10,
             bytes: 0,
             runs: vec![[0, 0, 10]],
@@ -918,12 +921,38 @@ mod tests {
         assert!(supersede(&[object], &(0..10).collect::<Vec<_>>()).is_empty());
     }
 
+    // Guards compatibility with manifests written before the checkpoint
+    // counter was renamed: `epoch` (of the manifest and of each object) still
+    // loads as the checkpoint number, and keys keep their form.
+    #[test]
+    fn a_manifest_with_the_old_field_names_loads() {
+        let body = br#"{"format":1,"name":"r","uid":5,"size":1048576,"page_size":4096,"epoch":3,"started_unix_ms":0,"pages":2,"objects":[{"key":"k","epoch":2,"pages":2,"bytes":8272,"runs":[[10,0,2]]}]}"#;
+        let mut bytes = MANIFEST_MAGIC.to_vec();
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+        bytes.extend_from_slice(body);
+        let manifest = Manifest::decode("m", &bytes).unwrap();
+        assert_eq!((manifest.number, manifest.objects[0].checkpoint), (3, 2));
+        let encoded = manifest.encode();
+        let written = String::from_utf8_lossy(&encoded[16..]);
+        assert!(written.contains(r#""number":3"#), "{written}");
+        assert!(written.contains(r#""checkpoint":2"#), "{written}");
+        assert_eq!(
+            manifest_key("r", 3).as_ref(),
+            "regions/r/manifests/00000000000000000003.manifest"
+        );
+        assert_eq!(
+            data_key("r", 3, 0xab, 1).as_ref(),
+            "regions/r/data/00000000000000000003-00000000000000ab-000001.obj"
+        );
+    }
+
     // Guards key parsing and name encoding: odd names stay in one segment.
     #[test]
     fn keys_round_trip() {
         assert_eq!(encode_name("a/b c"), "a%2Fb%20c");
-        assert_eq!(key_epoch(&manifest_key("x", 42)), Some(42));
-        assert_eq!(key_epoch(&data_key("x", 7, 0xabc, 3)), Some(7));
+        assert_eq!(key_number(&manifest_key("x", 42)), Some(42));
+        assert_eq!(key_number(&data_key("x", 7, 0xabc, 3)), Some(7));
     }
 
     // Guards against "File name too long" (a checkpoint that can never
@@ -975,12 +1004,12 @@ mod tests {
             uid: 5,
             size: 1 << 20,
             page_size: 4096,
-            epoch: 3,
+            number: 3,
             started_unix_ms: 0,
             pages: 2,
             objects: vec![ObjectEntry {
                 key: "k".into(),
-                epoch: 3,
+                checkpoint: 3,
                 pages: 2,
                 bytes: object_bytes(2, 4096),
                 runs: vec![[10, 0, 2]],

@@ -1,8 +1,8 @@
 //! Checkpoint orchestration: when and of what the node takes checkpoints
 //! (on request, periodically, at a graceful stop), what it records when one
-//! completes (the region's baseline, the catalog's epoch, the journal records
-//! it covers), and the reload of every region's baseline at start. How a
-//! checkpoint is written and loaded is `checkpoint`'s business.
+//! completes (the region's baseline, the catalog's checkpoint number, the
+//! journal records it covers), and the reload of every region's baseline at
+//! start. How a checkpoint is written and loaded is `checkpoint`'s business.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,7 +58,7 @@ pub(crate) fn take(
     };
     tracing::info!(
         name,
-        epoch = info.epoch,
+        checkpoint = info.number,
         pages = info.pages,
         bytes = info.bytes,
         micros = info.micros,
@@ -79,7 +79,7 @@ pub(crate) fn take(
     // The catalog records the newest complete checkpoint, so a restart that
     // finds an older one in storage refuses to roll back silently. Failing to
     // record it loses nothing: the record is only ever behind storage.
-    region.set_durable_epoch(info.epoch);
+    region.set_durable_checkpoint(info.number);
     if let Err(error) = shared.catalog.save_states() {
         tracing::warn!(name, %error, "could not record the checkpoint in the catalog");
     }
@@ -157,13 +157,13 @@ pub(crate) fn reload(
         let name = region.info().name.clone();
         let began = std::time::Instant::now();
         let latest = checkpoint::latest_manifest(storage, &name, Some(region.uid()));
-        let recorded = region.durable_epoch();
+        let recorded = region.durable_checkpoint();
         if let Ok(found) = &latest {
-            let found_epoch = found.as_ref().map_or(0, |manifest| manifest.epoch);
-            if found_epoch < recorded {
-                let newest = match found_epoch {
+            let found_number = found.as_ref().map_or(0, |manifest| manifest.number);
+            if found_number < recorded {
+                let newest = match found_number {
                     0 => "none".to_owned(),
-                    epoch => epoch.to_string(),
+                    number => number.to_string(),
                 };
                 let problem = format!(
                     "region {name:?}: the catalog records checkpoint {recorded}, but the newest \
@@ -178,7 +178,7 @@ pub(crate) fn reload(
                     "{problem}: rolling back to it as told (--accept-storage-mismatch); \
                      writes after it are lost"
                 );
-                region.set_durable_epoch(found_epoch);
+                region.set_durable_checkpoint(found_number);
             }
         }
         let loaded = latest.and_then(|manifest| match manifest {
@@ -192,13 +192,13 @@ pub(crate) fn reload(
             Ok(Some(manifest)) => {
                 tracing::info!(
                     name,
-                    epoch = manifest.epoch,
+                    checkpoint = manifest.number,
                     pages = manifest.pages,
                     millis = began.elapsed().as_millis() as u64,
                     "region reloaded from its baseline"
                 );
                 region.checkpoint_completed(CheckpointMark {
-                    epoch: manifest.epoch,
+                    number: manifest.number,
                     start_seq: crate::region::BASELINE_SEQ,
                     started: manifest.started(),
                     journal_through: 0,

@@ -57,7 +57,7 @@ pub struct RecoveryRequest {
 pub struct RecoveryJob {
     started: Instant,
     phase: Mutex<(RecoveryPhase, String)>,
-    baseline_epoch: AtomicU64,
+    baseline_checkpoint: AtomicU64,
     baseline_age_ms: AtomicU64,
     baseline_pages: AtomicU64,
     baseline_pages_done: AtomicU64,
@@ -73,7 +73,7 @@ impl RecoveryJob {
         RecoveryJob {
             started: Instant::now(),
             phase: Mutex::new((RecoveryPhase::Baseline, String::new())),
-            baseline_epoch: AtomicU64::new(0),
+            baseline_checkpoint: AtomicU64::new(0),
             baseline_age_ms: AtomicU64::new(0),
             baseline_pages: AtomicU64::new(0),
             baseline_pages_done: AtomicU64::new(0),
@@ -97,7 +97,7 @@ impl RecoveryJob {
         let (phase, message) = self.phase.lock().clone();
         RecoveryProgress {
             phase,
-            baseline_epoch: self.baseline_epoch.load(Ordering::Relaxed),
+            baseline_checkpoint: self.baseline_checkpoint.load(Ordering::Relaxed),
             baseline_age_ms: self.baseline_age_ms.load(Ordering::Relaxed),
             baseline_pages: self.baseline_pages.load(Ordering::Relaxed),
             baseline_pages_done: self.baseline_pages_done.load(Ordering::Relaxed),
@@ -261,7 +261,7 @@ struct Source {
     /// source's own, so only its dirty pages complete it.
     uid: u64,
     /// The newest checkpoint the source has taken of the region (0: none).
-    checkpoint_epoch: u64,
+    checkpoint: u64,
 }
 
 fn remote(context: &str, error: pagoda::ClientError) -> NodeError {
@@ -300,7 +300,7 @@ fn recover(
                 client,
                 region: stat.info,
                 uid: stat.uid,
-                checkpoint_epoch: stat.checkpoint_epoch,
+                checkpoint: stat.checkpoint,
             })
         }
         None => None,
@@ -319,7 +319,7 @@ fn recover(
         let Some(source) = &source else {
             break (manifest, None);
         };
-        let since = Since::Checkpoint(manifest.as_ref().map_or(0, |m| m.epoch));
+        let since = Since::Checkpoint(manifest.as_ref().map_or(0, |m| m.number));
         match source.client.dirty_pages(source.region.id, since) {
             Ok(list) => break (manifest, Some(list)),
             Err(pagoda::ClientError::Remote {
@@ -356,20 +356,20 @@ fn recover(
     let path = match (&manifest, &source) {
         (Some(manifest), Some(_)) => format!(
             "baseline: checkpoint {} from {}, then the pages written since from the source",
-            manifest.epoch,
+            manifest.number,
             storage.description()
         ),
         (Some(manifest), None) => format!(
             "baseline alone: checkpoint {} from {}",
-            manifest.epoch,
+            manifest.number,
             storage.description()
         ),
-        (None, Some(source)) if source.checkpoint_epoch > 0 => {
+        (None, Some(source)) if source.checkpoint > 0 => {
             let warning = format!(
                 "full copy from the source: it has checkpoint {} of {name:?}, but {} holds no \
                  checkpoint of that region (uid {:016x}): the two nodes do not share storage, \
                  so every page is copied over the network",
-                source.checkpoint_epoch,
+                source.checkpoint,
                 storage.description(),
                 source.uid
             );
@@ -393,9 +393,9 @@ fn recover(
     match result {
         Ok(note) => {
             if let Some(manifest) = &manifest {
-                region.set_durable_epoch(manifest.epoch);
+                region.set_durable_checkpoint(manifest.number);
                 region.checkpoint_completed(CheckpointMark {
-                    epoch: manifest.epoch,
+                    number: manifest.number,
                     start_seq: crate::region::BASELINE_SEQ,
                     started: manifest.started(),
                     journal_through: 0,
@@ -426,7 +426,8 @@ fn fill(
 ) -> Result<String, NodeError> {
     let storage = shared.storage.as_ref().ok_or(NodeError::NoStorage)?;
     if let Some(manifest) = manifest {
-        job.baseline_epoch.store(manifest.epoch, Ordering::Relaxed);
+        job.baseline_checkpoint
+            .store(manifest.number, Ordering::Relaxed);
         job.baseline_age_ms
             .store(manifest.age().as_millis() as u64, Ordering::Relaxed);
         job.baseline_pages.store(manifest.pages, Ordering::Relaxed);
@@ -437,7 +438,7 @@ fn fill(
         return Ok(format!(
             "recovered from the baseline alone: checkpoint {} taken {:.1} s before recovery began; \
              writes after it are lost",
-            manifest.epoch,
+            manifest.number,
             job.baseline_age_ms.load(Ordering::Relaxed) as f64 / 1000.0
         ));
     };

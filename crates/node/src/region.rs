@@ -190,8 +190,8 @@ fn metadata_allocation_failed(bytes: usize) -> NodeError {
 /// A completed checkpoint, as the region remembers it.
 #[derive(Clone, Debug)]
 pub struct CheckpointMark {
-    /// Its epoch.
-    pub epoch: u64,
+    /// Its number (ascending per region).
+    pub number: u64,
     /// The sequence value at its start: pages above it are dirty since.
     pub start_seq: u64,
     /// When it started.
@@ -240,7 +240,7 @@ pub struct Region {
     journal_applied: AtomicU64,
     /// The newest checkpoint known to be complete in storage, as the catalog
     /// records it.
-    durable_epoch: AtomicU64,
+    durable_checkpoint: AtomicU64,
     /// The latest baseline in storage (the manifest of the last checkpoint
     /// completed or loaded), which the next incremental checkpoint extends.
     baseline: Mutex<Option<Arc<Manifest>>>,
@@ -274,21 +274,21 @@ impl Region {
             checkpoint_lock: Mutex::new(()),
             journal_lock: Mutex::new(()),
             journal_applied: AtomicU64::new(0),
-            durable_epoch: AtomicU64::new(0),
+            durable_checkpoint: AtomicU64::new(0),
             baseline: Mutex::new(None),
             journal: Mutex::new(None),
         })
     }
 
     /// The newest checkpoint known to be complete in storage (0: none).
-    pub fn durable_epoch(&self) -> u64 {
-        self.durable_epoch.load(Ordering::Relaxed)
+    pub fn durable_checkpoint(&self) -> u64 {
+        self.durable_checkpoint.load(Ordering::Relaxed)
     }
 
     /// Records the newest checkpoint complete in storage; the catalog
     /// persists it at its next save.
-    pub fn set_durable_epoch(&self, epoch: u64) {
-        self.durable_epoch.store(epoch, Ordering::Relaxed);
+    pub fn set_durable_checkpoint(&self, number: u64) {
+        self.durable_checkpoint.store(number, Ordering::Relaxed);
     }
 
     /// The latest baseline in storage, if any.
@@ -734,10 +734,10 @@ impl Region {
     }
 
     /// Starts a snapshot of the pages written after `from` for checkpoint
-    /// `epoch`; returns `to`, the sequence value it is taken at, and the
+    /// `number`; returns `to`, the sequence value it is taken at, and the
     /// highest journal id applied before it (the snapshot covers it).
-    pub fn begin_snapshot(&self, epoch: u64, from: u64) -> (u64, u64) {
-        assert_ne!(epoch, 0);
+    pub fn begin_snapshot(&self, number: u64, from: u64) -> (u64, u64) {
+        assert_ne!(number, 0);
         let _gate = self.gate.write();
         let to = self.seq.load(Ordering::Relaxed);
         let id = self.snapshots_begun.fetch_add(1, Ordering::Relaxed) + 1;
@@ -800,16 +800,16 @@ impl Region {
         self.checkpoints.lock().last().cloned()
     }
 
-    /// The sequence value at the start of checkpoint `epoch`, if the region
-    /// still remembers it (epoch 0: the region's creation or load).
-    pub fn checkpoint_start(&self, epoch: u64) -> Option<u64> {
-        if epoch == 0 {
+    /// The sequence value at the start of checkpoint `number`, if the region
+    /// still remembers it (checkpoint 0: the region's creation or load).
+    pub fn checkpoint_start(&self, number: u64) -> Option<u64> {
+        if number == 0 {
             return Some(0);
         }
         self.checkpoints
             .lock()
             .iter()
-            .find(|mark| mark.epoch == epoch)
+            .find(|mark| mark.number == number)
             .map(|mark| mark.start_seq)
     }
 }

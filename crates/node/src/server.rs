@@ -590,7 +590,7 @@ pub(crate) fn serve_request(
                 pages_read: region.pages_read(),
                 pages_written: region.pages_written(),
                 state: region.state(),
-                checkpoint_epoch: last.as_ref().map_or(0, |mark| mark.epoch),
+                checkpoint: last.as_ref().map_or(0, |mark| mark.number),
                 checkpoint_age_ms: last.as_ref().map_or(u64::MAX, |mark| {
                     mark.started
                         .elapsed()
@@ -678,7 +678,7 @@ pub(crate) fn serve_request(
                         .ok_or_else(|| NodeError::CheckpointUnknown {
                             region: region.info().name.clone(),
                             checkpoint,
-                            latest: region.last_checkpoint().map_or(0, |mark| mark.epoch),
+                            latest: region.last_checkpoint().map_or(0, |mark| mark.number),
                         })?,
                 };
             let mark = region.mark();

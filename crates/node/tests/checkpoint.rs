@@ -131,7 +131,7 @@ fn checkpoints_are_points_in_time_while_a_writer_runs() {
         );
         version = written.last().unwrap().1;
         history.extend(written);
-        assert_eq!(checkpoint.epoch, round + 1);
+        assert_eq!(checkpoint.number, round + 1);
         if round == 0 {
             assert!(checkpoint.full);
         } else {
@@ -258,7 +258,7 @@ fn recovery_with_writers_matches_the_model() {
     // The target can checkpoint the moved region, incrementally.
     let next = target_client.checkpoint("m", false).unwrap();
     assert!(!next.full);
-    assert_eq!(next.epoch, 2);
+    assert_eq!(next.number, 2);
 }
 
 // Guards reload on restart: a graceful stop checkpoints the pages written
@@ -289,7 +289,7 @@ fn restart_reloads_the_latest_baseline() {
                 .unwrap();
         }
         let second = client.checkpoint("k", false).unwrap();
-        assert_eq!(second.epoch, 2);
+        assert_eq!(second.number, 2);
         client.write_pages(&info, &[1], &page_bytes(1, 99)).unwrap();
         expected = read_all(&client, &info);
         node.shutdown();
@@ -304,12 +304,12 @@ fn restart_reloads_the_latest_baseline() {
     );
     let stat = client.stat_region("k").unwrap();
     assert_eq!(
-        (stat.checkpoint_epoch, stat.dirty_pages),
+        (stat.checkpoint, stat.dirty_pages),
         (3, 0),
         "the stop took checkpoint 3"
     );
     let fourth = client.checkpoint("k", false).unwrap();
-    assert_eq!(fourth.epoch, 4);
+    assert_eq!(fourth.number, 4);
     assert_eq!(fourth.pages, 0);
     // A full checkpoint after a reload includes the pages that came from the
     // baseline (which no write has touched since), and older objects are
@@ -327,5 +327,5 @@ fn restart_reloads_the_latest_baseline() {
         read_all(&client, &info) == expected,
         "the full checkpoint lost pages"
     );
-    assert_eq!(client.stat_region("never").unwrap().checkpoint_epoch, 0);
+    assert_eq!(client.stat_region("never").unwrap().checkpoint, 0);
 }

@@ -336,7 +336,7 @@ fn damaged_data_objects_are_detected() {
             &mut model,
         );
         let done = client.checkpoint("c", false).unwrap();
-        assert_eq!((done.epoch, done.pages), (1, pages));
+        assert_eq!((done.number, done.pages), (1, pages));
         node.shutdown();
     }
     let objects = files_in(storage.path(), "regions/c/data");
@@ -359,10 +359,7 @@ fn damaged_data_objects_are_detected() {
     let node = start_dir(data.path(), storage.path());
     let client = connect(node.local_addr());
     let stat = client.stat_region("c").unwrap();
-    assert_eq!(
-        (stat.state, stat.checkpoint_epoch),
-        (RegionState::Active, 1)
-    );
+    assert_eq!((stat.state, stat.checkpoint), (RegionState::Active, 1));
     assert_model(
         &read_all(&client, &stat.info),
         &model,
@@ -394,9 +391,9 @@ fn damaged_newest_manifest_is_detected_not_replaced_by_an_older_one() {
             1,
             &mut model,
         );
-        assert_eq!(client.checkpoint("m", false).unwrap().epoch, 1);
+        assert_eq!(client.checkpoint("m", false).unwrap().number, 1);
         write(&client, &info, &(0..64).collect::<Vec<_>>(), 2, &mut model);
-        assert_eq!(client.checkpoint("m", false).unwrap().epoch, 2);
+        assert_eq!(client.checkpoint("m", false).unwrap().number, 2);
         node.shutdown();
     }
     let manifests = files_in(storage.path(), "regions/m/manifests");
@@ -413,7 +410,11 @@ fn damaged_newest_manifest_is_detected_not_replaced_by_an_older_one() {
     for (what, bytes, symptom) in [
         ("a flipped bit", flipped, "checksum"),
         ("a truncation", truncated, "truncated"),
-        ("an older manifest under its name", older, "epoch"),
+        (
+            "an older manifest under its name",
+            older,
+            "checkpoint 1, expected",
+        ),
     ] {
         std::fs::write(newest, &bytes).unwrap();
         let config = StorageConfig::Dir(storage.path().to_path_buf());
@@ -425,10 +426,7 @@ fn damaged_newest_manifest_is_detected_not_replaced_by_an_older_one() {
     let node = start_dir(data.path(), storage.path());
     let client = connect(node.local_addr());
     let stat = client.stat_region("m").unwrap();
-    assert_eq!(
-        (stat.state, stat.checkpoint_epoch),
-        (RegionState::Active, 2)
-    );
+    assert_eq!((stat.state, stat.checkpoint), (RegionState::Active, 2));
     assert_model(
         &read_all(&client, &stat.info),
         &model,
@@ -591,7 +589,7 @@ fn faulty(root: &Path) -> (Arc<FaultyStore>, StorageConfig) {
 // Guards the I/O-error path of a checkpoint: a data object put that fails
 // (while other clients read and write the region) and a manifest put that
 // fails each fail the checkpoint with StorageFailed and a message naming the
-// key; the region serves on, its checkpoint epoch stays, its dirty count
+// key; the region serves on, its checkpoint number stays, its dirty count
 // still includes every page written since; the previous checkpoint stays the
 // baseline; and once the store works again the next checkpoint covers every
 // dirty page, and the failed attempts' objects are collected in time.
@@ -615,7 +613,7 @@ fn failed_puts_fail_the_checkpoint_and_keep_the_previous_baseline() {
         &mut model,
     );
     let first = client.checkpoint("f", false).unwrap();
-    assert!(first.full && first.epoch == 1, "{first:?}");
+    assert!(first.full && first.number == 1, "{first:?}");
     let checkpoint_1 = model.clone();
 
     // 100 dirty pages: 7 data objects and a manifest; the third put fails,
@@ -644,7 +642,7 @@ fn failed_puts_fail_the_checkpoint_and_keep_the_previous_baseline() {
     assert!(store.failed.load(Ordering::SeqCst) >= 1);
     let stat = client.stat_region("f").unwrap();
     assert_eq!(stat.state, RegionState::Active);
-    assert_eq!(stat.checkpoint_epoch, 1, "a failed checkpoint is no epoch");
+    assert_eq!(stat.checkpoint, 1, "a failed checkpoint does not count");
     assert_eq!(
         stat.dirty_pages, 101,
         "pages written since checkpoint 1 are still dirty"
@@ -667,12 +665,12 @@ fn failed_puts_fail_the_checkpoint_and_keep_the_previous_baseline() {
     let second = client.checkpoint("f", false).unwrap();
     assert!(!second.full, "{second:?}");
     assert_eq!(
-        (second.epoch, second.pages),
+        (second.number, second.pages),
         (2, 102),
         "the next checkpoint covers every page dirty since checkpoint 1"
     );
     let stat = client.stat_region("f").unwrap();
-    assert_eq!((stat.checkpoint_epoch, stat.dirty_pages), (2, 0));
+    assert_eq!((stat.checkpoint, stat.dirty_pages), (2, 0));
     let checkpoint_2 = model.clone();
     let baseline = recover_baseline(config.clone(), 64 * 1024, "f").unwrap();
     assert_model(&baseline, &checkpoint_2, "checkpoint 2");
@@ -697,7 +695,7 @@ fn failed_puts_fail_the_checkpoint_and_keep_the_previous_baseline() {
         "the error must name the manifest: {message}"
     );
     let stat = client.stat_region("f").unwrap();
-    assert_eq!((stat.checkpoint_epoch, stat.dirty_pages), (2, 10));
+    assert_eq!((stat.checkpoint, stat.dirty_pages), (2, 10));
     let baseline = recover_baseline(config.clone(), 64 * 1024, "f").unwrap();
     assert_model(
         &baseline,
@@ -706,13 +704,13 @@ fn failed_puts_fail_the_checkpoint_and_keep_the_previous_baseline() {
     );
     store.disarm();
     let third = client.checkpoint("f", false).unwrap();
-    assert_eq!((third.epoch, third.pages), (3, 10), "{third:?}");
+    assert_eq!((third.number, third.pages), (3, 10), "{third:?}");
     let baseline = recover_baseline(config.clone(), 64 * 1024, "f").unwrap();
     assert_model(&baseline, &model, "checkpoint 3");
 
     // One more checkpoint: what the failed attempts stored is garbage now.
     write(&client, &info, &[0], 6, &mut model);
-    assert_eq!(client.checkpoint("f", false).unwrap().epoch, 4);
+    assert_eq!(client.checkpoint("f", false).unwrap().number, 4);
     let unnamed = unnamed_objects(storage.path(), "f");
     assert!(
         unnamed.is_empty(),
@@ -772,14 +770,14 @@ fn a_retried_checkpoint_is_a_point_in_time() {
         write(&client, &info, &[late_page], 10 * round + 1, &mut model);
         store.hold.store(false, Ordering::SeqCst);
         let done = attempt.join().unwrap().unwrap();
-        assert_eq!(done.epoch, round + 1, "{done:?}");
+        assert_eq!(done.number, round + 1, "{done:?}");
         let baseline = recover_baseline(config.clone(), 64 * 1024, "p").unwrap();
         assert_model(
             &baseline,
             &at_start,
             &format!(
                 "checkpoint {} (round {round}, after a failed attempt: {fail_first})",
-                done.epoch
+                done.number
             ),
         );
     }
@@ -854,7 +852,7 @@ fn a_full_disk_fails_the_checkpoint_cleanly() {
         1,
         &mut small_model,
     );
-    assert_eq!(client.checkpoint("small", false).unwrap().epoch, 1);
+    assert_eq!(client.checkpoint("small", false).unwrap().number, 1);
     let big_pages = 8 * SEGMENT_PAGES; // 16 MiB
     let big = client
         .create_region("big", big_pages * PAGE as u64, PAGE as u32)
@@ -883,7 +881,7 @@ fn a_full_disk_fails_the_checkpoint_cleanly() {
     assert!(staging.is_empty(), "staging files left: {staging:?}");
     let stat = client.stat_region("big").unwrap();
     assert_eq!(stat.state, RegionState::Active);
-    assert_eq!((stat.checkpoint_epoch, stat.dirty_pages), (0, big_pages));
+    assert_eq!((stat.checkpoint, stat.dirty_pages), (0, big_pages));
     write(&client, &big, &[5], 8, &mut big_model);
     assert_model(
         &read_all(&client, &big),
@@ -1053,7 +1051,7 @@ fn s3_checkpoints_reload_and_detect_corruption() {
         );
         let full = client.checkpoint("s", true).unwrap();
         assert!(
-            full.full && full.epoch == 1 && full.pages == pages,
+            full.full && full.number == 1 && full.pages == pages,
             "{full:?}"
         );
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
@@ -1061,11 +1059,11 @@ fn s3_checkpoints_reload_and_detect_corruption() {
         write(&client, &info, &dirty, 2, &mut model);
         let incremental = client.checkpoint("s", false).unwrap();
         assert!(
-            !incremental.full && incremental.epoch == 2,
+            !incremental.full && incremental.number == 2,
             "{incremental:?}"
         );
         assert!(incremental.pages <= 100, "{incremental:?}");
-        // A graceful stop checkpoints what was written since (epoch 3).
+        // A graceful stop checkpoints what was written since (checkpoint 3).
         write(&client, &info, &[1], 99, &mut model);
         node.shutdown();
     }
@@ -1074,7 +1072,7 @@ fn s3_checkpoints_reload_and_detect_corruption() {
         let client = connect(node.local_addr());
         let stat = client.stat_region("s").unwrap();
         assert_eq!(stat.state, RegionState::Active);
-        assert_eq!((stat.checkpoint_epoch, stat.dirty_pages), (3, 0));
+        assert_eq!((stat.checkpoint, stat.dirty_pages), (3, 0));
         assert_model(&read_all(&client, &stat.info), &model, "reload from S3");
         node.shutdown();
     }
@@ -1133,7 +1131,7 @@ fn s3_recovery_with_writers_matches_the_model() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let dirty: Vec<u64> = (0..pages / 10).map(|_| rng.gen_range(0..pages)).collect();
     write(&client, &info, &dirty, 2, &mut model);
-    assert_eq!(client.checkpoint("w", false).unwrap().epoch, 2);
+    assert_eq!(client.checkpoint("w", false).unwrap().number, 2);
     let mut dirty: Vec<u64> = (0..pages / 10).map(|_| rng.gen_range(0..pages)).collect();
     write(&client, &info, &dirty, 3, &mut model);
     dirty.sort_unstable();
@@ -1193,7 +1191,7 @@ fn s3_recovery_with_writers_matches_the_model() {
         &model,
         "the region recovered through S3",
     );
-    assert_eq!(done.baseline_epoch, 2);
+    assert_eq!(done.baseline_checkpoint, 2);
     assert_eq!(done.baseline_pages, pages);
     // Each page copied from the source was dirty since the baseline, or
     // written again during the recovery: never a clean page.
@@ -1208,5 +1206,5 @@ fn s3_recovery_with_writers_matches_the_model() {
         RegionState::ReadOnly
     );
     let next = target_client.checkpoint("w", false).unwrap();
-    assert!(!next.full && next.epoch == 3, "{next:?}");
+    assert!(!next.full && next.number == 3, "{next:?}");
 }

@@ -95,7 +95,7 @@ fn regions_with_long_names_checkpoint_and_reload() {
 }
 
 // Guards the silent-full-copy finding: recovering between two nodes that do
-// not share storage used to report "0 B read from storage (baseline epoch
+// not share storage used to report "0 B read from storage (baseline checkpoint
 // 0)" and copy every page although the source had a checkpoint. The
 // recovery must say which path it took and why. And a checkpoint of another
 // region of the same name in the target's storage (another uid) must never
@@ -221,9 +221,9 @@ fn a_deleted_latest_manifest_refuses_the_start() {
         let client = connect(&node);
         let info = client.create_region("m", 1 << 20, PAGE as u32).unwrap();
         write_pages(&client, &info, &pages, 1);
-        assert_eq!(client.checkpoint("m", false).unwrap().epoch, 1);
+        assert_eq!(client.checkpoint("m", false).unwrap().number, 1);
         write_pages(&client, &info, &pages, 2);
-        assert_eq!(client.checkpoint("m", false).unwrap().epoch, 2);
+        assert_eq!(client.checkpoint("m", false).unwrap().number, 2);
         node.shutdown();
     }
     let manifests = storage.path().join("regions/m/manifests");
@@ -251,7 +251,7 @@ fn a_deleted_latest_manifest_refuses_the_start() {
     let node = Node::start(accepting).unwrap();
     let client = connect(&node);
     let stat = client.stat_region("m").unwrap();
-    assert_eq!(stat.checkpoint_epoch, 1);
+    assert_eq!(stat.checkpoint, 1);
     assert_pages(&client, &stat.info, &pages, 1);
     node.shutdown();
     // Accepted once, recorded: the next start needs no flag.

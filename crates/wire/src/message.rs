@@ -189,8 +189,8 @@ impl OpenMode {
 /// The point a dirty page list starts from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Since {
-    /// Pages written since checkpoint `epoch` began (0: since the region was
-    /// created or loaded).
+    /// Pages written since the checkpoint of this number began (0: since the
+    /// region was created or loaded).
     Checkpoint(u64),
     /// Pages written after a mark returned by an earlier `DirtyPages` or
     /// `FreezeRegion`.
@@ -249,8 +249,8 @@ impl RegionState {
 /// What a completed checkpoint wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointInfo {
-    /// The checkpoint's epoch (ascending per region).
-    pub epoch: u64,
+    /// The checkpoint's number (ascending per region).
+    pub number: u64,
     /// Pages written to the storage backend.
     pub pages: u64,
     /// Bytes written, data objects and manifest.
@@ -284,8 +284,8 @@ pub enum RecoveryPhase {
 pub struct RecoveryProgress {
     /// Where it stands.
     pub phase: RecoveryPhase,
-    /// The baseline's checkpoint epoch (0: none).
-    pub baseline_epoch: u64,
+    /// The baseline's checkpoint number (0: none).
+    pub baseline_checkpoint: u64,
     /// The baseline's age when recovery began, in milliseconds.
     pub baseline_age_ms: u64,
     /// Pages the baseline holds.
@@ -334,8 +334,8 @@ pub struct RegionStat {
     pub pages_written: u64,
     /// The region's state.
     pub state: RegionState,
-    /// The latest completed checkpoint's epoch (0: none).
-    pub checkpoint_epoch: u64,
+    /// The latest completed checkpoint's number (0: none).
+    pub checkpoint: u64,
     /// Milliseconds since that checkpoint began (`u64::MAX`: none).
     pub checkpoint_age_ms: u64,
     /// Pages written since that checkpoint began.
@@ -655,7 +655,7 @@ impl<'a> Request<'a> {
             } => {
                 payload.extend_from_slice(&region.to_le_bytes());
                 let (kind, value) = match since {
-                    Since::Checkpoint(epoch) => (0u8, epoch),
+                    Since::Checkpoint(number) => (0u8, number),
                     Since::Mark(mark) => (1u8, mark),
                 };
                 payload.push(kind);
@@ -921,7 +921,7 @@ impl<'a> Response<'a> {
                 }
                 payload.push(stat.state as u8);
                 for value in [
-                    stat.checkpoint_epoch,
+                    stat.checkpoint,
                     stat.checkpoint_age_ms,
                     stat.dirty_pages,
                     stat.uid,
@@ -931,7 +931,7 @@ impl<'a> Response<'a> {
                 }
             }
             Response::CheckpointDone(info) => {
-                for value in [info.epoch, info.pages, info.bytes] {
+                for value in [info.number, info.pages, info.bytes] {
                     payload.extend_from_slice(&value.to_le_bytes());
                 }
                 payload.extend_from_slice(&info.objects.to_le_bytes());
@@ -942,7 +942,7 @@ impl<'a> Response<'a> {
             Response::Recovery(progress) => {
                 payload.push(progress.phase as u8);
                 for value in [
-                    progress.baseline_epoch,
+                    progress.baseline_checkpoint,
                     progress.baseline_age_ms,
                     progress.baseline_pages,
                     progress.baseline_pages_done,
@@ -1029,14 +1029,14 @@ impl<'a> Response<'a> {
                         WireError::malformed(what, format!("unknown region state {byte}"))
                     })?
                 },
-                checkpoint_epoch: reader.u64()?,
+                checkpoint: reader.u64()?,
                 checkpoint_age_ms: reader.u64()?,
                 dirty_pages: reader.u64()?,
                 uid: reader.u64()?,
                 metadata_bytes: reader.u64()?,
             }),
             Opcode::CheckpointDone => Response::CheckpointDone(CheckpointInfo {
-                epoch: reader.u64()?,
+                number: reader.u64()?,
                 pages: reader.u64()?,
                 bytes: reader.u64()?,
                 objects: reader.u32()?,
@@ -1057,7 +1057,7 @@ impl<'a> Response<'a> {
                         ));
                     }
                 },
-                baseline_epoch: reader.u64()?,
+                baseline_checkpoint: reader.u64()?,
                 baseline_age_ms: reader.u64()?,
                 baseline_pages: reader.u64()?,
                 baseline_pages_done: reader.u64()?,
@@ -1250,14 +1250,14 @@ mod tests {
                 pages_read: 3,
                 pages_written: 4,
                 state: RegionState::ReadOnly,
-                checkpoint_epoch: 5,
+                checkpoint: 5,
                 checkpoint_age_ms: 6,
                 dirty_pages: 7,
                 uid: 0x1234_5678_9abc_def1,
                 metadata_bytes: 65_536,
             }),
             Response::CheckpointDone(CheckpointInfo {
-                epoch: 1,
+                number: 1,
                 pages: 2,
                 bytes: 3,
                 objects: 4,
@@ -1267,7 +1267,7 @@ mod tests {
             }),
             Response::Recovery(RecoveryProgress {
                 phase: RecoveryPhase::Source,
-                baseline_epoch: 1,
+                baseline_checkpoint: 1,
                 baseline_age_ms: 2,
                 baseline_pages: 3,
                 baseline_pages_done: 4,

@@ -157,7 +157,7 @@ fn response_frames() -> Vec<(String, Vec<u8>)> {
                 pages_read: 3,
                 pages_written: 4,
                 state: RegionState::Active,
-                checkpoint_epoch: 2,
+                checkpoint: 2,
                 checkpoint_age_ms: 5,
                 dirty_pages: 1,
                 uid: 0x1234,
@@ -184,7 +184,7 @@ fn response_frames() -> Vec<(String, Vec<u8>)> {
         (
             "checkpoint-done",
             Response::CheckpointDone(CheckpointInfo {
-                epoch: 1,
+                number: 1,
                 pages: 2,
                 bytes: 3,
                 objects: 1,
@@ -197,7 +197,7 @@ fn response_frames() -> Vec<(String, Vec<u8>)> {
             "recovery",
             Response::Recovery(RecoveryProgress {
                 phase: RecoveryPhase::Failed,
-                baseline_epoch: 1,
+                baseline_checkpoint: 1,
                 baseline_age_ms: 2,
                 baseline_pages: 3,
                 baseline_pages_done: 3,
@@ -447,14 +447,14 @@ fn checkpoint_seeds() -> Vec<(String, Vec<u8>)> {
         "uid": checkpoint::UID,
         "size": checkpoint::REGION_PAGES * checkpoint::PAGE_BYTES as u64,
         "page_size": checkpoint::PAGE_BYTES,
-        "epoch": checkpoint::EPOCH,
+        "number": checkpoint::CHECKPOINT,
         "started_unix_ms": 1_700_000_000_000u64,
         "pages": 3,
         "objects": [
             {"key": "regions/fuzz/data/00000000000000000001-0000000000000001-000000.obj",
-             "epoch": 1, "pages": 2, "bytes": 48 + 2 * (16 + 4096), "runs": [[0, 0, 1]]},
+             "checkpoint": 1, "pages": 2, "bytes": 48 + 2 * (16 + 4096), "runs": [[0, 0, 1]]},
             {"key": "regions/fuzz/data/00000000000000000003-00000000000000aa-000000.obj",
-             "epoch": 3, "pages": 2, "bytes": 48 + 2 * (16 + 4096), "runs": [[5, 0, 2]]},
+             "checkpoint": 3, "pages": 2, "bytes": 48 + 2 * (16 + 4096), "runs": [[5, 0, 2]]},
         ],
     });
     let body = serde_json::to_vec(&body).unwrap();
