@@ -25,7 +25,7 @@ struct Cli {
 enum Command {
     /// Run a memory node.
     Node(node::NodeArgs),
-    /// Create, list, inspect, delete, checkpoint and recover regions.
+    /// Create, list, inspect, delete, checkpoint, recover and checksum regions.
     Region(region::RegionArgs),
     /// Measure a workload against a node (or an embedded one).
     Bench(bench::BenchArgs),

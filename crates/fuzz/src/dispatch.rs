@@ -209,7 +209,7 @@ fn exchange(
             );
         }
         match reply {
-            Response::RegionInfo(info) => known.push(info.id),
+            Response::RegionInfo(info) | Response::RegionOpened { info, .. } => known.push(info.id),
             Response::RegionStat(stat) => known.push(stat.info.id),
             Response::RegionList(list) if expected == LIST_ID => regions = list,
             Response::Pong { .. } if expected == PING_ID => {}

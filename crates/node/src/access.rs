@@ -63,6 +63,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::NodeError;
+use crate::region::Region;
 use crate::server::Shared;
 
 pub use pagoda_wire::auth::generate_token;
@@ -711,6 +712,8 @@ pub(crate) struct Holder {
 /// One connection's hold on one region's writer role.
 pub(crate) struct Role {
     holder: Arc<Holder>,
+    /// The writer epoch the role was granted under.
+    epoch: u64,
     /// Cleared when the role is released or taken over.
     valid: AtomicBool,
 }
@@ -739,14 +742,39 @@ impl WriterRoles {
         now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
-    /// Takes region `id`'s writer role for `holder`, or says who has it.
-    fn acquire(&self, id: u64, name: &str, holder: &Arc<Holder>) -> Result<Arc<Role>, String> {
+    /// Takes region `id`'s writer role for `holder` under `epoch`, or says
+    /// who has it. `resume`: the holder claimed the current epoch (it is the
+    /// same writer, back on a new connection), so a holder under that epoch
+    /// is replaced without waiting for its lease.
+    fn acquire(
+        &self,
+        id: u64,
+        name: &str,
+        holder: &Arc<Holder>,
+        epoch: u64,
+        resume: bool,
+    ) -> Result<Arc<Role>, String> {
         let mut roles = self.roles.lock();
         if let Some(existing) = roles.get(&id)
             && existing.valid.load(Ordering::Acquire)
         {
             if existing.holder.connection == holder.connection {
                 return Ok(existing.clone());
+            }
+            if resume && existing.epoch == epoch {
+                existing.valid.store(false, Ordering::Release);
+                tracing::info!(
+                    region = name,
+                    epoch,
+                    "writer resumed its epoch on a new connection"
+                );
+                let role = Arc::new(Role {
+                    holder: holder.clone(),
+                    epoch,
+                    valid: AtomicBool::new(true),
+                });
+                roles.insert(id, role.clone());
+                return Ok(role);
             }
             let idle_ms = self
                 .now_ms()
@@ -770,6 +798,7 @@ impl WriterRoles {
         }
         let role = Arc::new(Role {
             holder: holder.clone(),
+            epoch,
             valid: AtomicBool::new(true),
         });
         roles.insert(id, role.clone());
@@ -849,9 +878,6 @@ pub(crate) struct Session {
     rights: HashMap<u64, Option<Right>>,
     /// The writer roles this connection holds, by region id.
     roles: HashMap<u64, HeldRole>,
-    /// A role taken by an `OpenRegion` being dispatched, to give back if it
-    /// fails.
-    opening: Option<u64>,
 }
 
 impl Drop for Session {
@@ -889,7 +915,6 @@ impl Session {
             generation: 0,
             rights: HashMap::new(),
             roles: HashMap::new(),
-            opening: None,
         }
     }
 
@@ -932,15 +957,6 @@ impl Session {
                 );
                 Outcome::Close
             }
-        }
-    }
-
-    /// Tells the session whether the request it admitted succeeded.
-    pub(crate) fn dispatched(&mut self, succeeded: bool) {
-        if let Some(id) = self.opening.take()
-            && !succeeded
-        {
-            self.close_one(id);
         }
     }
 
@@ -1230,7 +1246,12 @@ impl Session {
             | Request::Checkpoint { name, .. }
             | Request::RecoverRegion { name, .. } => (Right::Admin, *name),
             Request::StatRegion { name } | Request::RecoveryStatus { name } => (Right::Read, *name),
-            Request::OpenRegion { name, mode } => {
+            Request::RegionChecksum { name, .. } => (Right::Read, *name),
+            Request::OpenRegion {
+                name,
+                mode,
+                claim_epoch,
+            } => {
                 let needed = match mode {
                     OpenMode::Read => Right::Read,
                     OpenMode::Write => Right::Write,
@@ -1243,11 +1264,18 @@ impl Session {
                 if *mode == OpenMode::Write
                     && let Ok(region) = self.shared.catalog.by_name(name)
                 {
-                    let id = region.info().id;
-                    if let Err(message) = self.open_one(id, name) {
-                        return refuse(out, ErrorCode::WriterBusy, &message);
-                    }
-                    self.opening = Some(id);
+                    return match self.open_one(&region, *claim_epoch) {
+                        Ok(writer_epoch) => {
+                            Response::RegionOpened {
+                                info: region.info().clone(),
+                                writer_epoch,
+                                lsn: region.log().applied(),
+                            }
+                            .encode(out, request_id, 0);
+                            Outcome::Replied
+                        }
+                        Err(error) => refuse(out, error.code(), &error.to_string()),
+                    };
                 }
                 return Outcome::Dispatch;
             }
@@ -1291,8 +1319,34 @@ impl Session {
             if held.role.valid.load(Ordering::Acquire) {
                 return Outcome::Dispatch;
             }
-            // Taken over while this connection was silent beyond the lease.
+            // Taken over by a newer writer (this connection was silent
+            // beyond the lease, or the writer resumed on a new connection):
+            // this one is fenced off.
+            let epoch = held.role.epoch;
             self.roles.remove(&id);
+            if let Ok(region) = self.shared.catalog.by_id(id) {
+                let current = region.log().writer_epoch();
+                let (code, message) = if current > epoch {
+                    let error = NodeError::StaleEpoch {
+                        region: region.info().name.clone(),
+                        what: "writer",
+                        epoch,
+                        current,
+                    };
+                    (error.code(), error.to_string())
+                } else {
+                    (
+                        ErrorCode::NotWriter,
+                        format!(
+                            "region {:?}: this connection's writer epoch {epoch} was resumed on \
+                             another connection",
+                            region.info().name
+                        ),
+                    )
+                };
+                error_reply(out, request_id, code, &message);
+                return Outcome::Replied;
+            }
         }
         if self.shared.catalog.by_id(id).is_err() {
             // No such region: dispatched to be refused as such.
@@ -1312,19 +1366,55 @@ impl Session {
         Outcome::Replied
     }
 
-    /// Counts one more write open of region `id`, taking its role if this
-    /// connection does not hold it yet.
-    fn open_one(&mut self, id: u64, name: &str) -> Result<(), String> {
+    /// Counts one more write open of `region`, taking its role if this
+    /// connection does not hold it yet, and returns the writer epoch the
+    /// connection holds. A new writer (`claim_epoch` 0) is given the next
+    /// epoch, persisted before it is answered; a writer that lost its
+    /// connection resumes its epoch by claiming it, even from a connection
+    /// the node still believes alive, unless a newer writer took over.
+    fn open_one(&mut self, region: &Region, claim_epoch: u64) -> Result<u64, NodeError> {
+        let id = region.info().id;
+        let name = &region.info().name;
         if let Some(held) = self.roles.get_mut(&id) {
             if held.role.valid.load(Ordering::Acquire) {
                 held.opens += 1;
-                return Ok(());
+                return Ok(held.role.epoch);
             }
             self.roles.remove(&id);
         }
-        let role = self.shared.writers.acquire(id, name, &self.holder)?;
+        let current = region.log().writer_epoch();
+        let epoch = match claim_epoch {
+            0 => current + 1,
+            claim if claim < current => {
+                return Err(NodeError::StaleEpoch {
+                    region: name.clone(),
+                    what: "writer",
+                    epoch: claim,
+                    current,
+                });
+            }
+            claim if claim > current => {
+                return Err(NodeError::InvalidArgument(format!(
+                    "writer epoch {claim} of region {name:?} was never handed out (the newest is \
+                     {current})"
+                )));
+            }
+            claim => claim,
+        };
+        let role = self
+            .shared
+            .writers
+            .acquire(id, name, &self.holder, epoch, claim_epoch != 0)
+            .map_err(NodeError::WriterBusy)?;
+        if epoch > current {
+            region.log().raise_writer_epoch(epoch);
+            if let Err(error) = self.shared.catalog.save_states() {
+                self.shared.writers.release(id, &role);
+                return Err(error);
+            }
+        }
         self.roles.insert(id, HeldRole { opens: 1, role });
-        Ok(())
+        Ok(epoch)
     }
 
     /// Gives back one write open of region `id`; the last gives back the

@@ -66,6 +66,10 @@ struct PersistedRegion {
     /// silently.
     #[serde(default, skip_serializing_if = "is_zero", alias = "checkpoint_epoch")]
     checkpoint: u64,
+    /// The highest writer epoch handed out (0: none yet). Persisted before
+    /// a writer learns its epoch, so a restart never hands it out again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    writer_epoch: u64,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -205,6 +209,12 @@ impl Catalog {
             let region =
                 Region::new(info, uid, arena.clone()).map_err(|e| corrupt(e.to_string()))?;
             region.set_durable_checkpoint(entry.checkpoint);
+            // The log's position is not persisted: a writer that held the
+            // last epoch before the restart cannot resume it (its numbering
+            // would not match), so the epoch moves past it.
+            if entry.writer_epoch > 0 {
+                region.log().raise_writer_epoch(entry.writer_epoch + 1);
+            }
             if entry.recovering {
                 region.set_state(
                     RegionState::Damaged,
@@ -397,6 +407,7 @@ impl Catalog {
                     recovering: region.state() == RegionState::Recovering,
                     moved: region.state() == RegionState::ReadOnly,
                     checkpoint: region.durable_checkpoint(),
+                    writer_epoch: region.log().writer_epoch(),
                 }
             })
             .collect();

@@ -662,6 +662,7 @@ fn reply_bound(shared: &Shared, request: &Request<'_>, seen: &mut (u64, usize)) 
             4 + shared.catalog.len().min(REGIONS_MAX) * (8 + 8 + 4 + 2 + REGION_NAME_BYTES_MAX)
         }
         Request::DirtyPages { .. } => 8 + 8 + 4 + DIRTY_RANGES_MAX * 12,
+        Request::RegionChecksum { .. } => pagoda_wire::checksum::CHECKSUM_REPLY_PAYLOAD_BYTES_MAX,
         _ => 0,
     };
     HEADER_BYTES + payload.max(SMALL_REPLY_BYTES)
@@ -837,6 +838,7 @@ fn serve_stream<R: SpinRead>(
             frame.header.opcode,
             frame.payload,
             request_id,
+            frame.header.epoch,
             &mut session,
             &mut out,
         );
@@ -914,6 +916,7 @@ fn handle(
     opcode: u8,
     payload: &[u8],
     request_id: u64,
+    epoch: u64,
     session: &mut Session,
     out: &mut Out<'_, '_>,
 ) -> After {
@@ -944,8 +947,7 @@ fn handle(
         Outcome::Close => return After::Close,
     }
     let start = out.len();
-    let served = serve_request(shared, request, request_id, out);
-    session.dispatched(served.is_ok());
+    let served = serve_request(shared, request, request_id, epoch, out);
     if let Err(error) = served {
         out.truncate(start);
         error_reply(out, request_id, error.code(), &error.to_string());

@@ -134,6 +134,63 @@ pub enum NodeError {
         /// The region's latest checkpoint (0: none).
         latest: u64,
     },
+    /// A request from a deposed writer or primary: the region has seen a
+    /// newer epoch.
+    #[error(
+        "region {region:?}: {what} epoch {epoch} is stale; the region has seen {what} epoch \
+         {current} (a newer {what} took over)"
+    )]
+    StaleEpoch {
+        /// The region.
+        region: String,
+        /// Whose epoch: "writer" or "primary".
+        what: &'static str,
+        /// The request's epoch.
+        epoch: u64,
+        /// The newest the region has seen.
+        current: u64,
+    },
+    /// Another connection holds the region's writer role.
+    #[error("{0}")]
+    WriterBusy(String),
+    /// The result recorded for a request answered again (a retried
+    /// duplicate of a request that was refused).
+    #[error("{1}")]
+    Recorded(ErrorCode, String),
+    /// A mutating request skipped a log position.
+    #[error(
+        "region {region:?}: request numbered {lsn} arrived before {expected}; nothing was \
+         applied (send the missing requests first)"
+    )]
+    LogGap {
+        /// The region.
+        region: String,
+        /// The request's number.
+        lsn: u64,
+        /// The number the region expects next.
+        expected: u64,
+    },
+    /// A retried request older than the results kept for retries.
+    #[error(
+        "region {region:?}: request numbered {lsn} was applied or refused long ago; results are \
+         kept from {oldest} on"
+    )]
+    LogRetired {
+        /// The region.
+        region: String,
+        /// The request's number.
+        lsn: u64,
+        /// The oldest number whose result is kept.
+        oldest: u64,
+    },
+    /// A write sent to a node that is not the region's primary.
+    #[error("region {region:?} is a replica on this node; write to its primary {primary}")]
+    NotPrimary {
+        /// The region.
+        region: String,
+        /// Where its primary is, as far as this node knows.
+        primary: String,
+    },
     /// An I/O error.
     #[error("{context}: {source}")]
     Io {
@@ -168,6 +225,12 @@ impl NodeError {
             NodeError::CorruptObject { .. } => ErrorCode::Corrupt,
             NodeError::NoStorage => ErrorCode::NoStorage,
             NodeError::CheckpointUnknown { .. } => ErrorCode::CheckpointUnknown,
+            NodeError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
+            NodeError::WriterBusy(_) => ErrorCode::WriterBusy,
+            NodeError::Recorded(code, _) => *code,
+            NodeError::LogGap { .. } => ErrorCode::LogGap,
+            NodeError::LogRetired { .. } => ErrorCode::LogRetired,
+            NodeError::NotPrimary { .. } => ErrorCode::NotPrimary,
             NodeError::MetadataFailed(_)
             | NodeError::Journal { .. }
             | NodeError::Peer { .. }

@@ -18,6 +18,7 @@ pub mod arena;
 pub mod catalog;
 pub mod checkpoint;
 mod checkpointing;
+pub mod checksum;
 mod connection;
 pub mod error;
 mod node_journal;
@@ -26,6 +27,7 @@ pub mod region;
 pub mod server;
 pub mod storage;
 mod tls;
+pub mod write_log;
 
 pub use error::{NodeError, StorageCause};
 pub use server::{Node, NodeConfig, Unsaved, UnsavedRegion};

@@ -38,6 +38,7 @@ use pagoda_journal::Journal;
 use crate::arena::{Arena, SegmentSlot};
 use crate::checkpoint::Manifest;
 use crate::error::NodeError;
+use crate::write_log::WriteLog;
 
 const NO_SEGMENT: SegmentSlot = SegmentSlot::MAX;
 
@@ -246,6 +247,8 @@ pub struct Region {
     baseline: Mutex<Option<Arc<Manifest>>>,
     /// The node's journal of records shipped to this region, once opened.
     journal: Mutex<Option<Arc<Journal>>>,
+    /// The order of mutating requests and the writer fencing epoch.
+    log: WriteLog,
 }
 
 impl Region {
@@ -277,6 +280,7 @@ impl Region {
             durable_checkpoint: AtomicU64::new(0),
             baseline: Mutex::new(None),
             journal: Mutex::new(None),
+            log: WriteLog::default(),
         })
     }
 
@@ -309,6 +313,12 @@ impl Region {
     /// Records the region's opened journal.
     pub fn set_journal(&self, journal: Arc<Journal>) {
         *self.journal.lock() = Some(journal);
+    }
+
+    /// The region's write log: the order of mutating requests and the
+    /// writer epoch.
+    pub fn log(&self) -> &WriteLog {
+        &self.log
     }
 
     /// The region's description.
@@ -731,6 +741,40 @@ impl Region {
                 }
             })
             .sum()
+    }
+
+    /// The segment size of the region's table (the arena's).
+    pub fn segment_bytes(&self) -> u64 {
+        self.arena.segment_bytes() as u64
+    }
+
+    /// The BLAKE3 digest of segment `number`'s bytes as a reader sees them
+    /// (see `pagoda_wire::checksum`): the whole segment, or for the last
+    /// segment of a region whose size is not a multiple of the segment
+    /// size, only the region's bytes in it. An unwritten segment hashes as
+    /// zeros of that length. The segment's entry lock is held shared while
+    /// it is hashed, as `read_pages` does, so no write tears it.
+    pub fn segment_digest(&self, number: u64) -> [u8; 32] {
+        assert!(
+            number < self.segments.count as u64,
+            "segment {number} beyond the region's {}",
+            self.segments.count
+        );
+        let segment_bytes = self.arena.segment_bytes() as u64;
+        let length = (self.info.size - number * segment_bytes).min(segment_bytes) as usize;
+        if let Some(entry) = self.segments.get(number as usize) {
+            let segment = entry.read();
+            if segment.slot != NO_SEGMENT {
+                // SAFETY: the slot is allocated to this region, the entry's
+                // lock is held (excluding writers), and `length` is at most
+                // the segment size.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(self.arena.segment_pointer(segment.slot), length)
+                };
+                return *blake3::hash(bytes).as_bytes();
+            }
+        }
+        crate::checksum::zero_digest(length)
     }
 
     /// Starts a snapshot of the pages written after `from` for checkpoint

@@ -21,7 +21,9 @@ use crate::catalog::{Catalog, MissingCatalog};
 use crate::checkpoint;
 use crate::error::NodeError;
 use crate::recovery::{self, RecoveryJob, RecoveryRequest};
+use crate::region::Region;
 use crate::storage::{Storage, StorageConfig};
+use crate::write_log::{Applied, Order};
 use crate::{checkpointing, node_journal};
 
 /// How a node runs.
@@ -548,6 +550,7 @@ pub(crate) fn serve_request(
     shared: &Arc<Shared>,
     request: Request<'_>,
     request_id: u64,
+    epoch: u64,
     out: &mut Vec<u8>,
 ) -> Result<(), NodeError> {
     let catalog = &shared.catalog;
@@ -576,8 +579,14 @@ pub(crate) fn serve_request(
             Response::RegionInfo(info).encode(out, request_id, 0);
         }
         Request::OpenRegion { name, .. } => {
+            // A write open is answered by `access`, which grants the role.
             let region = catalog.by_name(name)?;
-            Response::RegionInfo(region.info().clone()).encode(out, request_id, 0);
+            Response::RegionOpened {
+                info: region.info().clone(),
+                writer_epoch: 0,
+                lsn: region.log().applied(),
+            }
+            .encode(out, request_id, 0);
         }
         Request::StatRegion { name } => {
             let region = catalog.by_name(name)?;
@@ -692,12 +701,24 @@ pub(crate) fn serve_request(
         }
         Request::ApplyJournal {
             region,
+            lsn,
             commit_id,
             entries,
         } => {
             let region = catalog.by_id(region)?;
-            node_journal::apply(shared, &region, commit_id, &entries)?;
+            in_order(&region, epoch, lsn, || {
+                node_journal::apply(shared, &region, commit_id, &entries)
+            })?;
             Response::Done.encode(out, request_id, 0);
+        }
+        Request::RegionChecksum {
+            name,
+            start_segment,
+            with_segments,
+        } => {
+            let region = catalog.by_name(name)?;
+            crate::checksum::region_checksum(&region, start_segment, with_segments)?
+                .encode(out, request_id, 0);
         }
         Request::FreezeRegion { region } => {
             let region = catalog.by_id(region)?;
@@ -717,11 +738,12 @@ pub(crate) fn serve_request(
         }
         Request::WritePages {
             region,
+            lsn,
             pages,
             data,
         } => {
             let region = catalog.by_id(region)?;
-            region.write_pages(pages, data)?;
+            in_order(&region, epoch, lsn, || region.write_pages(pages, data))?;
             Response::Done.encode(out, request_id, 0);
         }
         Request::NodeStat => Response::NodeStat(NodeStat {
@@ -735,4 +757,28 @@ pub(crate) fn serve_request(
         .encode(out, request_id, 0),
     }
     Ok(())
+}
+
+/// Applies mutating request `lsn` of a writer at `epoch` with `apply`, in
+/// the region's log order: a retried duplicate is answered with its
+/// original result without applying it again; a gap or a stale epoch is
+/// refused. See `write_log`.
+fn in_order(
+    region: &Region,
+    epoch: u64,
+    lsn: u64,
+    apply: impl FnOnce() -> Result<(), NodeError>,
+) -> Result<(), NodeError> {
+    let result = match region.log().order(&region.info().name, epoch, lsn)? {
+        Order::Duplicate(original) => original,
+        Order::Apply(slot) => {
+            let applied = Applied::of(&apply());
+            slot.record(applied.clone());
+            applied
+        }
+    };
+    match result {
+        Applied::Done => Ok(()),
+        Applied::Failed(code, message) => Err(NodeError::Recorded(code, message)),
+    }
 }

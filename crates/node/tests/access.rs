@@ -169,9 +169,10 @@ fn is_hello_ok(opcode: u8, payload: &[u8]) -> bool {
     )
 }
 
-fn write_frame(region: u64, pages: &[u64], seed: u8) -> Vec<u8> {
+/// A write frame from a writer at `epoch`, numbered `lsn`.
+fn write_frame(region: u64, epoch: u64, lsn: u64, pages: &[u64], seed: u8) -> Vec<u8> {
     let mut out = Vec::new();
-    encode_write_pages(&mut out, 1, 0, region, pages, PAGE, |_, out| {
+    encode_write_pages(&mut out, 1, epoch, region, lsn, pages, PAGE, |_, out| {
         out.extend_from_slice(&page(seed))
     });
     out
@@ -419,11 +420,12 @@ fn a_read_only_credential_cannot_write() {
     // A raw write frame and a journal record, past the client library.
     let mut raw = Raw::connect(node.local_addr());
     assert!(is_hello_ok_pair(raw.handshake("reader", b"reader-token")));
-    let (opcode, payload) = raw.call_frame(&write_frame(info.id, &[1], 3));
+    let (opcode, payload) = raw.call_frame(&write_frame(info.id, 1, 1, &[1], 3));
     let (code, message) = error_of(opcode, &payload);
     assert_eq!(code, ErrorCode::Forbidden, "{message}");
     let (opcode, payload) = raw.call(&Request::ApplyJournal {
         region: info.id,
+        lsn: 1,
         commit_id: 1,
         entries: vec![(0, b"abc".as_slice())],
     });
@@ -653,7 +655,7 @@ fn a_second_writer_is_refused_until_the_first_lets_go() {
     let hello = ClientHandshake::new("raw", "", b"".as_slice());
     let (opcode, payload) = raw.call(&hello.hello());
     assert!(is_hello_ok(opcode, &payload));
-    let (opcode, payload) = raw.call_frame(&write_frame(info.id, &[0], 5));
+    let (opcode, payload) = raw.call_frame(&write_frame(info.id, 1, 1, &[0], 5));
     let (code, message) = error_of(opcode, &payload);
     assert_eq!(code, ErrorCode::NotWriter, "{message}");
     assert!(message.contains("first-writer"), "{message}");
@@ -688,28 +690,38 @@ fn a_second_writer_is_refused_until_the_first_lets_go() {
         let (opcode, payload) = raw.call(&Request::OpenRegion {
             name: "r",
             mode: OpenMode::Write,
+            claim_epoch: 0,
         });
-        Response::decode(opcode, &payload).unwrap().opcode()
+        match Response::decode(opcode, &payload).unwrap() {
+            Response::RegionOpened {
+                writer_epoch, lsn, ..
+            } => Some((writer_epoch, lsn)),
+            _ => None,
+        }
     };
     let mut vanishing = Raw::connect(node.local_addr());
     let (opcode, payload) = vanishing.call(&hello.hello());
     assert!(is_hello_ok(opcode, &payload));
-    assert_eq!(
-        open_for_writing(&mut vanishing),
-        pagoda_wire::Opcode::RegionInfo
-    );
-    assert_eq!(open_for_writing(&mut raw), pagoda_wire::Opcode::Error);
+    let (vanished_epoch, _) = open_for_writing(&mut vanishing).expect("the role was free");
+    assert_eq!(open_for_writing(&mut raw), None);
     drop(vanishing);
     let deadline = Instant::now() + REPLY_TIMEOUT;
-    while open_for_writing(&mut raw) != pagoda_wire::Opcode::RegionInfo {
+    let (epoch, lsn) = loop {
+        if let Some(granted) = open_for_writing(&mut raw) {
+            break granted;
+        }
         assert!(
             Instant::now() < deadline,
             "a disconnected writer kept the role"
         );
         std::thread::sleep(Duration::from_millis(10));
-    }
-    let (opcode, payload) = raw.call_frame(&write_frame(info.id, &[0], 5));
+    };
+    assert!(epoch > vanished_epoch, "a new writer gets a new epoch");
+    let (opcode, payload) = raw.call_frame(&write_frame(info.id, epoch, lsn + 1, &[0], 5));
     assert_eq!(Response::decode(opcode, &payload).unwrap(), Response::Done);
+    // The deposed epoch is fenced off: a write under it is refused.
+    let (opcode, payload) = raw.call_frame(&write_frame(info.id, vanished_epoch, lsn + 2, &[0], 6));
+    assert_eq!(error_of(opcode, &payload).0, ErrorCode::StaleEpoch);
 }
 
 // Guards the lease: a writer that stays silent beyond the writer lease loses
@@ -732,7 +744,7 @@ fn a_silent_writer_loses_the_role_after_the_lease() {
     std::thread::sleep(Duration::from_millis(500));
     second.write_pages(&info, &[0], &page(2)).unwrap();
     let (code, message) = refusal(first.write_pages(&info, &[0], &page(3)));
-    assert_eq!(code, ErrorCode::NotWriter, "{message}");
+    assert_eq!(code, ErrorCode::StaleEpoch, "{message}");
     let mut back = vec![0u8; PAGE];
     first.read_pages(&info, &[0], &mut back).unwrap();
     assert_eq!(back, page(2));

@@ -78,14 +78,22 @@ fn read_pages_frame(region: u64, pages: &[u64], request_id: u64) -> Vec<u8> {
     out
 }
 
-fn write_pages_frame(region: u64, pages: &[u64], data: &[u8], request_id: u64) -> Vec<u8> {
+/// A write of `pages` from a writer at `epoch`, numbered `lsn`.
+fn write_pages_frame(
+    region: u64,
+    (epoch, lsn): (u64, u64),
+    pages: &[u64],
+    data: &[u8],
+    request_id: u64,
+) -> Vec<u8> {
     let page_size = data.len() / pages.len();
     let mut out = Vec::new();
     encode_write_pages(
         &mut out,
         request_id,
-        0,
+        epoch,
         region,
+        lsn,
         pages,
         page_size,
         |index, out| out.extend_from_slice(&data[index * page_size..(index + 1) * page_size]),
@@ -129,8 +137,9 @@ struct Raw {
     writer: TcpStream,
     reader: FrameReader<TcpStream>,
     next_id: u64,
-    /// Regions this connection opened for writing (holds the writer role of).
-    writing: std::collections::HashSet<u64>,
+    /// Regions this connection opened for writing (holds the writer role
+    /// of), with the writer epoch and the next log sequence number.
+    writing: std::collections::HashMap<u64, (u64, u64)>,
 }
 
 impl Raw {
@@ -264,7 +273,16 @@ impl Raw {
     /// Writes pages, opening the region for writing first (found by id in
     /// the node's list) if this connection has not yet.
     fn write(&mut self, region: u64, pages: &[u64], data: &[u8]) {
-        if !self.writing.contains(&region) {
+        let frame = self.write_frame(region, pages, data);
+        let reply = self.send_and_receive(&frame);
+        assert_eq!(reply.response(), Response::Done);
+    }
+
+    /// A write frame numbered in this connection's write log of `region`,
+    /// opening the region for writing first if this connection has not yet
+    /// (a region it cannot open gets epoch 0).
+    fn write_frame(&mut self, region: u64, pages: &[u64], data: &[u8]) -> Vec<u8> {
+        if !self.writing.contains_key(&region) {
             let name = match self.call(&Request::ListRegions).response() {
                 Response::RegionList(list) => list
                     .into_iter()
@@ -276,17 +294,27 @@ impl Raw {
                 let reply = self.call(&Request::OpenRegion {
                     name: &name,
                     mode: OpenMode::Write,
+                    claim_epoch: 0,
                 });
-                assert!(
-                    matches!(reply.response(), Response::RegionInfo(_)),
-                    "{reply:?}"
-                );
-                self.writing.insert(region);
+                match reply.response() {
+                    Response::RegionOpened {
+                        writer_epoch, lsn, ..
+                    } => {
+                        self.writing.insert(region, (writer_epoch, lsn + 1));
+                    }
+                    other => panic!("expected RegionOpened, got {other:?}"),
+                }
             }
         }
+        let numbered = match self.writing.get_mut(&region) {
+            Some((epoch, next)) => {
+                *next += 1;
+                (*epoch, *next - 1)
+            }
+            None => (0, 1),
+        };
         let id = self.id();
-        let reply = self.send_and_receive(&write_pages_frame(region, pages, data, id));
-        assert_eq!(reply.response(), Response::Done);
+        write_pages_frame(region, numbered, pages, data, id)
     }
 
     fn read(&mut self, region: u64, pages: &[u64]) -> Vec<u8> {
@@ -505,7 +533,7 @@ fn bad_checksum_is_refused_and_closes_the_connection() {
     // a write that would otherwise overwrite the bystander's page.
     for damaged in [13, HEADER_BYTES + 12, HEADER_BYTES + 30] {
         let mut raw = Raw::authenticated(fixture.addr());
-        let mut frame = write_pages_frame(region, &[BYSTANDER_PAGE], &page, 9);
+        let mut frame = write_pages_frame(region, (1, 1), &[BYSTANDER_PAGE], &page, 9);
         frame[damaged] ^= 0x10;
         raw.send(&frame);
         raw.expect_fatal(ErrorCode::BadChecksum);
@@ -531,8 +559,8 @@ fn unknown_opcode_is_answered_and_the_connection_goes_on() {
     for opcode in [
         0x00,
         0x04,
-        0x19,
-        0x25,
+        0x1f,
+        0x2f,
         0x77,
         Opcode::Pong as u8,
         Opcode::Error as u8,
@@ -567,11 +595,8 @@ fn out_of_range_pages_are_refused_and_the_connection_goes_on() {
     let mut data = new.clone();
     data.extend_from_slice(&new);
     for pages in [&[15u64, 16][..], &[15, u64::MAX]] {
-        let id = raw.id();
-        raw.expect_error(
-            &write_pages_frame(info.id, pages, &data, id),
-            ErrorCode::OutOfRange,
-        );
+        let frame = raw.write_frame(info.id, pages, &data);
+        raw.expect_error(&frame, ErrorCode::OutOfRange);
         assert!(
             raw.read(info.id, &[15]) == original,
             "a refused batch was applied"
@@ -582,7 +607,7 @@ fn out_of_range_pages_are_refused_and_the_connection_goes_on() {
     raw.expect_error(&read_pages_frame(9999, &[0], id), ErrorCode::RegionNotFound);
     let id = raw.id();
     raw.expect_error(
-        &write_pages_frame(9999, &[0], &original, id),
+        &write_pages_frame(9999, (1, 1), &[0], &original, id),
         ErrorCode::RegionNotFound,
     );
     // The connection still works for good requests.
@@ -647,16 +672,9 @@ fn write_with_wrong_data_length_is_refused() {
     let region = raw.create("lengths", MIB, BYSTANDER_PAGE_SIZE).id;
     raw.write(region, &[BYSTANDER_PAGE], &page_pattern(page_size, 1));
     for data_len in [0, 1, page_size - 1, page_size + 1, 2 * page_size] {
-        let mut payload = Vec::new();
-        payload.extend_from_slice(&region.to_le_bytes());
-        payload.extend_from_slice(&1u32.to_le_bytes());
-        payload.extend_from_slice(&BYSTANDER_PAGE.to_le_bytes());
-        payload.resize(payload.len() + data_len, 0xcc);
-        let id = raw.id();
-        let message = raw.expect_error(
-            &raw_frame(Opcode::WritePages as u8, id, &payload),
-            ErrorCode::InvalidArgument,
-        );
+        // One page named, `data_len` bytes of data.
+        let frame = raw.write_frame(region, &[BYSTANDER_PAGE], &vec![0xcc; data_len]);
+        let message = raw.expect_error(&frame, ErrorCode::InvalidArgument);
         assert!(message.contains("expected"), "{message}");
     }
     raw.ping(0);
@@ -803,27 +821,20 @@ fn out_of_memory_is_reported_and_existing_segments_still_work() {
     raw.write(info.id, &[pages_per_segment], &second);
 
     let third_segment = 2 * pages_per_segment;
-    let id = raw.id();
-    let message = raw.expect_error(
-        &write_pages_frame(info.id, &[third_segment], &first, id),
-        ErrorCode::OutOfMemory,
-    );
+    let frame = raw.write_frame(info.id, &[third_segment], &first);
+    let message = raw.expect_error(&frame, ErrorCode::OutOfMemory);
     assert!(message.contains("out of memory"), "{message}");
     assert!(
         message.contains(&(2 * SEGMENT_BYTES).to_string()),
         "{message}"
     );
     // A batch touching a held segment and a new one changes nothing.
-    let id = raw.id();
-    raw.expect_error(
-        &write_pages_frame(
-            info.id,
-            &[1, third_segment],
-            &[second.clone(), second.clone()].concat(),
-            id,
-        ),
-        ErrorCode::OutOfMemory,
+    let frame = raw.write_frame(
+        info.id,
+        &[1, third_segment],
+        &[second.clone(), second.clone()].concat(),
     );
+    raw.expect_error(&frame, ErrorCode::OutOfMemory);
 
     // The held segments still read and write; unallocated ones read as zeros.
     assert!(raw.read(info.id, &[0, pages_per_segment]) == [first.clone(), second.clone()].concat());
@@ -980,6 +991,7 @@ fn templates(fuzz_region: u64) -> Vec<Vec<u8>> {
             &Request::OpenRegion {
                 name: "fuzz",
                 mode: OpenMode::Write,
+                claim_epoch: 0,
             },
             2,
         ),
@@ -993,7 +1005,7 @@ fn templates(fuzz_region: u64) -> Vec<Vec<u8>> {
         encode(&Request::ListRegions, 2),
         encode(&Request::NodeStat, 2),
         read_pages_frame(fuzz_region, &[0, 1, 7], 2),
-        write_pages_frame(fuzz_region, &[3], &page, 2),
+        write_pages_frame(fuzz_region, (1, 1), &[3], &page, 2),
     ]
 }
 
@@ -1085,4 +1097,55 @@ fn random_bytes_never_crash_the_node() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+// ---------------------------------------------------------------------------
+// Writes ordered by log position.
+
+// Guards the write log: a retried duplicate is answered with its original
+// result and not applied again (a later write to the same page survives it),
+// a refused request's number stays used (its retry gets the same error), a
+// gap is refused and applies nothing, and writing goes on after all three.
+#[test]
+fn duplicates_are_applied_once_and_gaps_are_refused() {
+    let mut fixture = Fixture::new();
+    let mut raw = Raw::authenticated(fixture.addr());
+    let page_size = 4096u32;
+    let info = raw.create("ordered", 16 * page_size as u64, page_size);
+    let (a, b, c) = (
+        page_pattern(page_size as usize, 1),
+        page_pattern(page_size as usize, 2),
+        page_pattern(page_size as usize, 3),
+    );
+    let first = raw.write_frame(info.id, &[0], &a);
+    assert_eq!(raw.send_and_receive(&first).response(), Response::Done);
+    let second = raw.write_frame(info.id, &[0], &b);
+    assert_eq!(raw.send_and_receive(&second).response(), Response::Done);
+    // The first write, retried (say after a reconnect): answered, not applied.
+    assert_eq!(raw.send_and_receive(&first).response(), Response::Done);
+    assert!(
+        raw.read(info.id, &[0]) == b,
+        "a duplicate was applied again"
+    );
+
+    // A write refused after it was numbered: its retry gets the same error.
+    let refused = raw.write_frame(info.id, &[16], &c);
+    raw.expect_error(&refused, ErrorCode::OutOfRange);
+    let message = raw.expect_error(&refused, ErrorCode::OutOfRange);
+    assert!(message.contains("out of range"), "{message}");
+
+    // A gap: two numbers are taken, only the second is sent.
+    let skipped = raw.write_frame(info.id, &[1], &a);
+    let ahead = raw.write_frame(info.id, &[2], &c);
+    let message = raw.expect_error(&ahead, ErrorCode::LogGap);
+    assert!(message.contains("arrived before"), "{message}");
+    assert!(
+        raw.read(info.id, &[2]).iter().all(|&byte| byte == 0),
+        "a write beyond a gap was applied"
+    );
+    // The missing one first, then the one that was refused: both apply.
+    assert_eq!(raw.send_and_receive(&skipped).response(), Response::Done);
+    assert_eq!(raw.send_and_receive(&ahead).response(), Response::Done);
+    assert!(raw.read(info.id, &[0, 1, 2]) == [b, a, c].concat());
+    fixture.assert_bystander_served();
 }

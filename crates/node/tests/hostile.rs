@@ -474,14 +474,28 @@ fn large_frames_are_served_and_their_memory_returned() {
         Request::OpenRegion {
             name: "big",
             mode: OpenMode::Write,
+            claim_epoch: 0,
         }
         .encode(&mut open, 10, 0);
         raw.send(&open);
-        assert_eq!(raw.receive().unwrap().1, Opcode::RegionInfo as u8);
+        let (_, opcode, payload) = raw.receive().unwrap();
+        let Response::RegionOpened {
+            writer_epoch, lsn, ..
+        } = Response::decode(opcode, &payload).unwrap()
+        else {
+            panic!("expected RegionOpened");
+        };
         let mut frame = Vec::new();
-        encode_write_pages(&mut frame, 1, 0, info.id, &pages, 4096, |_, out| {
-            out.resize(out.len() + 4096, round)
-        });
+        encode_write_pages(
+            &mut frame,
+            1,
+            writer_epoch,
+            info.id,
+            lsn + 1,
+            &pages,
+            4096,
+            |_, out| out.resize(out.len() + 4096, round),
+        );
         raw.send(&frame);
         let (id, opcode, payload) = raw.receive().unwrap();
         assert_eq!(id, 1);

@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 
 use crate::ClientOptions;
 use crate::error::ClientError;
+use crate::write_log::WriterLog;
 
 /// A reply's opcode and payload, owned.
 pub struct Reply {
@@ -151,6 +152,8 @@ pub struct Connection {
     timeout: Duration,
     batch_bytes_max: AtomicUsize,
     batch_pages_max: AtomicUsize,
+    /// The write logs of the regions this connection writes, by region id.
+    writers: Mutex<HashMap<u64, Arc<WriterLog>>>,
 }
 
 impl Connection {
@@ -265,7 +268,19 @@ impl Connection {
             timeout: options.timeout,
             batch_bytes_max: AtomicUsize::new(BATCH_BYTES_MAX),
             batch_pages_max: AtomicUsize::new(BATCH_PAGES_MAX),
+            writers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Records the writer epoch and log position a write open of `region`
+    /// was granted, and returns the region's write log on this connection.
+    pub(crate) fn grant_writer(&self, region: u64, epoch: u64, lsn: u64) -> Arc<WriterLog> {
+        let mut writers = self.writers.lock();
+        let log = writers
+            .entry(region)
+            .or_insert_with(|| Arc::new(WriterLog::new(epoch, lsn)));
+        log.granted(epoch, lsn);
+        log.clone()
     }
 
     /// The node's address.

@@ -18,19 +18,22 @@
 //! # Ok::<(), pagoda::ClientError>(())
 //! ```
 
+mod checksum;
 mod connection;
 mod error;
 mod region;
 mod tls;
 mod transaction;
+mod write_log;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
+pub use checksum::RegionChecksum;
 pub use error::ClientError;
 pub use pagoda_cache::CacheStats;
 pub use pagoda_cache::policy::PolicyKind;
@@ -43,6 +46,7 @@ pub use pagoda_wire::{
 pub use region::{Region, RegionOptions};
 pub use tls::TlsOptions;
 pub use transaction::{Durability, JournalStats, Transaction};
+pub use write_log::WriterLog;
 
 use connection::{Connection, Reply};
 use pagoda_wire::auth::ClientHandshake;
@@ -133,7 +137,7 @@ pub struct Client {
     connection: Arc<Connection>,
     /// Regions whose writer role this connection took for
     /// [`Client::write_pages`]; held until the connection ends.
-    direct_writes: Arc<Mutex<HashSet<u64>>>,
+    direct_writes: Arc<Mutex<HashMap<u64, Arc<WriterLog>>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -189,7 +193,7 @@ impl Client {
         let connection = Connection::open(addr, &options)?;
         let client = Client {
             connection: Arc::new(connection),
-            direct_writes: Arc::new(Mutex::new(HashSet::new())),
+            direct_writes: Arc::new(Mutex::new(HashMap::new())),
         };
         let handshake = ClientHandshake::new(
             client_name,
@@ -253,11 +257,35 @@ impl Client {
     /// until every region handle opened for writing through this connection
     /// is dropped, or the connection ends.
     pub fn open_region(&self, name: &str, options: RegionOptions) -> Result<Region, ClientError> {
-        let info = self.region_info(&Request::OpenRegion {
+        let (info, log) = self.open(name, OpenMode::Write)?;
+        Region::new(self.connection.clone(), info, options, log)
+    }
+
+    /// Opens a region on the node; a write open is granted a writer epoch
+    /// and the region's log position, recorded in the connection's write
+    /// log of the region.
+    fn open(
+        &self,
+        name: &str,
+        mode: OpenMode,
+    ) -> Result<(RegionInfo, Option<Arc<WriterLog>>), ClientError> {
+        let request = Request::OpenRegion {
             name,
-            mode: OpenMode::Write,
-        })?;
-        Region::new(self.connection.clone(), info, options, OpenMode::Write)
+            mode,
+            claim_epoch: 0,
+        };
+        match self.call(&request)?.decode()? {
+            Response::RegionOpened {
+                info,
+                writer_epoch,
+                lsn,
+            } => {
+                let log = (mode == OpenMode::Write)
+                    .then(|| self.connection.grant_writer(info.id, writer_epoch, lsn));
+                Ok((info, log))
+            }
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Opens a region for reading only, with a local cache; any number of
@@ -269,11 +297,8 @@ impl Client {
         name: &str,
         options: RegionOptions,
     ) -> Result<Region, ClientError> {
-        let info = self.region_info(&Request::OpenRegion {
-            name,
-            mode: OpenMode::Read,
-        })?;
-        Region::new(self.connection.clone(), info, options, OpenMode::Read)
+        let (info, _) = self.open(name, OpenMode::Read)?;
+        Region::new(self.connection.clone(), info, options, None)
     }
 
     /// Describes a region and its use of the node's RAM.
@@ -343,20 +368,30 @@ impl Client {
         pages: &[u64],
         data: &[u8],
     ) -> Result<(), ClientError> {
-        if !self.direct_writes.lock().contains(&region.id) {
-            let opened = self.region_info(&Request::OpenRegion {
-                name: &region.name,
-                mode: OpenMode::Write,
-            })?;
-            // A region recreated under the same name has a new id: the write
-            // below then fails as it should, on the old id.
-            if opened.id == region.id {
-                self.direct_writes.lock().insert(region.id);
+        let log = self.direct_writes.lock().get(&region.id).cloned();
+        let log = match log {
+            Some(log) => log,
+            None => {
+                let (opened, log) = self.open(&region.name, OpenMode::Write)?;
+                let log = log.expect("a write open has a write log");
+                // A region recreated under the same name has a new id: the
+                // write below then fails as it should, on the old id.
+                if opened.id == region.id {
+                    self.direct_writes.lock().insert(region.id, log.clone());
+                }
+                log
             }
-        }
+        };
         let page_size = region.page_size as usize;
         let buffers: Vec<&[u8]> = data.chunks_exact(page_size).collect();
-        region::write_pages(&self.connection, region.id, page_size, pages, &buffers)
+        region::write_pages(
+            &self.connection,
+            &log,
+            region.id,
+            page_size,
+            pages,
+            &buffers,
+        )
     }
 
     /// Takes a checkpoint of a region to the node's storage backend and

@@ -15,6 +15,7 @@ use crate::transaction::{
     Durability, JournalStats, LockTable, Shipping, Transaction, check_applied, conflict_backoff,
     encode_apply,
 };
+use crate::write_log::{WriterLog, call_numbered};
 use pagoda_wire::limits::{JOURNAL_BYTES_MAX, JOURNAL_ENTRIES_MAX};
 
 /// How a region is opened.
@@ -103,6 +104,7 @@ fn fetch(
 
 pub(crate) fn write_pages(
     connection: &Connection,
+    log: &WriterLog,
     region: u64,
     page_size: usize,
     pages: &[u64],
@@ -115,10 +117,17 @@ pub(crate) fn write_pages(
     }
     let batch = connection.batch_pages_max(page_size);
     for (pages, buffers) in pages.chunks(batch).zip(buffers.chunks(batch)) {
-        let reply = connection.call(|buffer, id| {
-            encode_write_pages(buffer, id, 0, region, pages, page_size, |index, out| {
-                out.extend_from_slice(buffers[index])
-            })
+        let reply = call_numbered(connection, log, |buffer, id, epoch, lsn| {
+            encode_write_pages(
+                buffer,
+                id,
+                epoch,
+                region,
+                lsn,
+                pages,
+                page_size,
+                |index, out| out.extend_from_slice(buffers[index]),
+            )
         })?;
         match reply.decode()? {
             Response::Done => {}
@@ -136,6 +145,8 @@ pub(crate) fn write_pages(
 /// The cache's backing store: the region's pages on the node.
 struct RemotePages {
     connection: Arc<Connection>,
+    /// The region's write log; `None` for a read-only open.
+    log: Option<Arc<WriterLog>>,
     region: u64,
     page_size: usize,
     /// In `Local` mode: committed records go out before any fetch, so the
@@ -156,8 +167,12 @@ impl Backing for RemotePages {
     }
 
     fn write_pages(&self, pages: &[u64], buffers: &[&[u8]]) -> Result<(), BackingError> {
+        let log = self.log.as_ref().ok_or_else(|| {
+            ClientError::InvalidArgument("the region is open for reading only".into())
+        })?;
         write_pages(
             &self.connection,
+            log,
             self.region,
             self.page_size,
             pages,
@@ -199,8 +214,13 @@ impl Region {
         connection: Arc<Connection>,
         info: RegionInfo,
         options: RegionOptions,
-        mode: OpenMode,
+        log: Option<Arc<WriterLog>>,
     ) -> Result<Region, ClientError> {
+        let mode = if log.is_some() {
+            OpenMode::Write
+        } else {
+            OpenMode::Read
+        };
         // The node is a peer: check the shape it reports against the same
         // limits it enforces, before sizing the cache and page table by it.
         let page_size = info.page_size as usize;
@@ -237,12 +257,14 @@ impl Region {
                     ..pagoda_journal::JournalOptions::default()
                 },
                 connection.clone(),
+                log.clone().expect("a journaled region is open for writing"),
                 info.id,
             )?),
             Durability::WriteBack | Durability::Remote => None,
         };
         let backing = RemotePages {
             connection,
+            log,
             region: info.id,
             page_size,
             shipping,
@@ -362,9 +384,14 @@ impl Region {
                     .map(|(offset, data)| (*offset, data.as_slice()))
                     .collect();
                 let id = self.remote_commit_ids.fetch_add(1, Ordering::Relaxed) + 1;
-                let connection = &self.cache.backing().connection;
-                let reply = connection
-                    .call(|out, request| encode_apply(out, request, self.info.id, id, &writes))?;
+                let backing = self.cache.backing();
+                let log = backing
+                    .log
+                    .as_ref()
+                    .expect("a journaled region is open for writing");
+                let reply = call_numbered(&backing.connection, log, |out, request, epoch, lsn| {
+                    encode_apply(out, request, epoch, self.info.id, lsn, id, &writes)
+                })?;
                 check_applied(reply)?;
                 for (offset, data) in &tx.writes {
                     self.cache.update_resident(*offset, data)?;

@@ -38,6 +38,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::connection::{Connection, PendingCall};
 use crate::error::ClientError;
+use crate::write_log::{WriterLog, take_number};
 use pagoda_wire::limits::{JOURNAL_BYTES_MAX, JOURNAL_ENTRIES_MAX};
 
 /// How a region's committed transactions are made durable.
@@ -224,16 +225,19 @@ fn rand_below(bound: u64) -> u64 {
 pub(crate) fn encode_apply(
     out: &mut Vec<u8>,
     request_id: u64,
+    epoch: u64,
     region: u64,
+    lsn: u64,
     commit_id: u64,
     writes: &[(u64, &[u8])],
 ) {
     Request::ApplyJournal {
         region,
+        lsn,
         commit_id,
         entries: writes.to_vec(),
     }
-    .encode(out, request_id, 0);
+    .encode(out, request_id, epoch);
 }
 
 /// Checks an `ApplyJournal` reply.
@@ -267,6 +271,7 @@ struct ShipState {
 pub(crate) struct Shipping {
     pub(crate) journal: Arc<Journal>,
     connection: Arc<Connection>,
+    log: Arc<WriterLog>,
     region: u64,
     state: Mutex<ShipState>,
     changed: Condvar,
@@ -291,6 +296,7 @@ impl Shipping {
         dir: &std::path::Path,
         options: JournalOptions,
         connection: Arc<Connection>,
+        log: Arc<WriterLog>,
         region: u64,
     ) -> Result<Arc<Shipping>, ClientError> {
         let (journal, replay) = Journal::open(dir, options).map_err(|e| {
@@ -300,6 +306,7 @@ impl Shipping {
         let shipping = Arc::new(Shipping {
             journal: Arc::new(journal),
             connection,
+            log,
             region,
             state: Mutex::new(ShipState {
                 last_sent: released,
@@ -371,8 +378,15 @@ impl Shipping {
                     .map(|entry| (entry.offset, entry.data.as_slice()))
                     .collect();
                 let last = batch.last().expect("a batch has a record").id;
+                // Numbered under the connection's writer lock, so records go
+                // out in the order of their numbers. A record the node does
+                // not take stops shipping; it stays in the journal and is
+                // sent again, under a new writer epoch, at the next open.
                 let call = self.connection.send(
-                    |out, id| encode_apply(out, id, self.region, last, &writes),
+                    |out, id| {
+                        let (epoch, lsn) = take_number(&self.log);
+                        encode_apply(out, id, epoch, self.region, lsn, last, &writes)
+                    },
                     waiter.clone(),
                 )?;
                 state.last_sent = last;

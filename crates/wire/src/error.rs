@@ -38,7 +38,8 @@ pub enum ErrorCode {
     ShuttingDown = 14,
     /// The node failed internally (an I/O error on its data dir, ...).
     Internal = 15,
-    /// The request's fencing epoch is older than the region's.
+    /// The request carries a fencing epoch (a writer's or a primary's) older
+    /// than one the region has seen: its sender was deposed.
     StaleEpoch = 16,
     /// The node holds its maximum number of regions.
     TooManyRegions = 17,
@@ -73,6 +74,16 @@ pub enum ErrorCode {
     /// `DirtyPages` named a checkpoint the node no longer remembers (it keeps
     /// the last 16); list since a newer one.
     CheckpointUnknown = 30,
+    /// A mutating request's log sequence number is beyond the next one the
+    /// region expects: an earlier request is missing (lost with a
+    /// connection, or refused before it was numbered, e.g. `Busy`). Nothing
+    /// was applied; send the missing ones first.
+    LogGap = 31,
+    /// A retried request is older than the results the node keeps for
+    /// answering retries; it was applied or refused long ago.
+    LogRetired = 32,
+    /// The region is a replica on this node: writes go to its primary.
+    NotPrimary = 33,
     /// A code this peer does not know.
     Unknown = 0xffff,
 }
@@ -112,6 +123,9 @@ impl ErrorCode {
             28 => WriterBusy,
             29 => NotWriter,
             30 => CheckpointUnknown,
+            31 => LogGap,
+            32 => LogRetired,
+            33 => NotPrimary,
             _ => Unknown,
         }
     }
@@ -150,6 +164,9 @@ impl ErrorCode {
             WriterBusy => "writer role busy",
             NotWriter => "not the writer",
             CheckpointUnknown => "checkpoint unknown",
+            LogGap => "log gap",
+            LogRetired => "log position retired",
+            NotPrimary => "not the primary",
             Unknown => "unknown error",
         }
     }

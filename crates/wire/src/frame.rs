@@ -55,6 +55,8 @@ pub enum Opcode {
     /// Gives back a write open of a region (and with the last, the writer
     /// role).
     CloseRegion = 0x18,
+    /// Returns digests of a region's contents, whole or per segment.
+    RegionChecksum = 0x19,
     /// Reads a batch of pages.
     ReadPages = 0x20,
     /// Writes a batch of pages.
@@ -75,6 +77,9 @@ pub enum Opcode {
     AuthChallenge = 0x83,
     /// Reply carrying one region's description.
     RegionInfo = 0x90,
+    /// Reply to `OpenRegion`: the region, the writer epoch and the log
+    /// position.
+    RegionOpened = 0x98,
     /// Reply carrying one region's statistics.
     RegionStat = 0x92,
     /// Reply carrying a list of regions.
@@ -85,6 +90,8 @@ pub enum Opcode {
     CheckpointDone = 0x95,
     /// Reply carrying a recovery's progress.
     Recovery = 0x96,
+    /// Reply carrying a region's digest or a page of its segment digests.
+    Checksum = 0x97,
     /// Reply carrying page contents.
     PagesData = 0xa0,
     /// Reply carrying a list of dirty page ranges.
@@ -114,6 +121,7 @@ impl Opcode {
             0x16 => RecoverRegion,
             0x17 => RecoveryStatus,
             0x18 => CloseRegion,
+            0x19 => RegionChecksum,
             0x20 => ReadPages,
             0x21 => WritePages,
             0x22 => DirtyPages,
@@ -124,11 +132,13 @@ impl Opcode {
             0x82 => Pong,
             0x83 => AuthChallenge,
             0x90 => RegionInfo,
+            0x98 => RegionOpened,
             0x92 => RegionStat,
             0x93 => RegionList,
             0x94 => Done,
             0x95 => CheckpointDone,
             0x96 => Recovery,
+            0x97 => Checksum,
             0xa0 => PagesData,
             0xa1 => DirtyPageList,
             0xa2 => Mark,

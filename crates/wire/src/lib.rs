@@ -9,6 +9,7 @@
 //! It knows nothing of regions' storage, caches or the command line.
 
 pub mod auth;
+pub mod checksum;
 pub mod error;
 pub mod frame;
 pub mod io;

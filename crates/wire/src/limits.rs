@@ -46,3 +46,7 @@ pub const JOURNAL_BYTES_MAX: usize = BATCH_BYTES_MAX;
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 /// Largest payload a ping may ask to be echoed back.
 pub const PING_REPLY_BYTES_MAX: u32 = 1024 * 1024;
+/// Most segment digests one `Checksum` reply lists (16 GiB of region with
+/// 2 MiB segments; 320 KiB of reply). A client pages through a larger region
+/// with `start_segment`.
+pub const CHECKSUM_SEGMENTS_MAX: usize = 8192;

@@ -6,6 +6,7 @@
 //! against [`crate::limits`], and never allocate more than the limits allow.
 
 use crate::auth::{KEY_BYTES, Key, NONCE_BYTES, Nonce};
+use crate::checksum::{DIGEST_BYTES, Digest};
 use crate::error::{ErrorCode, WireError};
 use crate::frame::{FrameBuilder, Opcode};
 use crate::limits::*;
@@ -75,6 +76,11 @@ pub enum Request<'a> {
         name: &'a str,
         /// Read-only or read-write.
         mode: OpenMode,
+        /// For a write open: the writer epoch this client held before it
+        /// lost its connection, to resume writing under it (its retried
+        /// requests keep their numbers); 0 for a new writer, which is given
+        /// the next epoch.
+        claim_epoch: u64,
     },
     /// Gives back one write open of a region: the connection's writer role
     /// is released when its last write open is closed.
@@ -105,6 +111,9 @@ pub enum Request<'a> {
     WritePages {
         /// The region's id.
         region: u64,
+        /// The request's log sequence number; the frame header's epoch is
+        /// the writer epoch.
+        lsn: u64,
         /// The pages to write.
         pages: PageList<'a>,
         /// Their contents, `pages.len() * page_size` bytes.
@@ -137,6 +146,19 @@ pub enum Request<'a> {
         /// The region's name.
         name: &'a str,
     },
+    /// Returns digests of a region's contents (see [`crate::checksum`]).
+    /// Without `with_segments` the node walks every segment and returns the
+    /// whole region's digest; with it, a page of at most
+    /// [`CHECKSUM_SEGMENTS_MAX`] segment digests from `start_segment` on,
+    /// from which the client computes the whole digest itself.
+    RegionChecksum {
+        /// The region's name.
+        name: &'a str,
+        /// The first segment to list (0 without `with_segments`).
+        start_segment: u64,
+        /// List segment digests rather than return the whole digest.
+        with_segments: bool,
+    },
     /// Lists the pages of a region written since a checkpoint or a mark, as
     /// ranges in ascending order, starting at `start_page`.
     DirtyPages {
@@ -157,6 +179,9 @@ pub enum Request<'a> {
     ApplyJournal {
         /// The region's id.
         region: u64,
+        /// The request's log sequence number; the frame header's epoch is
+        /// the writer epoch.
+        lsn: u64,
         /// The commit id the client gave it (for logs).
         commit_id: u64,
         /// The writes: byte offset and bytes, in order.
@@ -392,6 +417,18 @@ pub enum Response<'a> {
     },
     /// A region's description.
     RegionInfo(RegionInfo),
+    /// The reply to `OpenRegion`: the region, and for a write open the
+    /// writer epoch the client now holds and the region's last applied log
+    /// sequence number (its next request is numbered one above).
+    RegionOpened {
+        /// The region.
+        info: RegionInfo,
+        /// The writer epoch to send in every mutating request's header (0
+        /// for a read open).
+        writer_epoch: u64,
+        /// The last applied log sequence number.
+        lsn: u64,
+    },
     /// A region's statistics.
     RegionStat(RegionStat),
     /// All regions.
@@ -409,6 +446,22 @@ pub enum Response<'a> {
     CheckpointDone(CheckpointInfo),
     /// A recovery's progress.
     Recovery(RecoveryProgress),
+    /// A region's digest, or a page of its segment digests.
+    Checksum {
+        /// The segment size the digests cover.
+        segment_bytes: u64,
+        /// The region's number of segments.
+        segment_count: u64,
+        /// The whole region's digest when this reply completes a walk that
+        /// started at segment 0 (always, without `with_segments`); all zeros
+        /// otherwise.
+        digest: Digest,
+        /// Where to continue the list (`u64::MAX`: it is complete).
+        next_segment: u64,
+        /// Segment digests, ascending by index (empty without
+        /// `with_segments`).
+        segments: Vec<(u64, Digest)>,
+    },
     /// Dirty page ranges.
     DirtyPageList {
         /// Pages written after this mark are not (all) in the list; ask
@@ -594,6 +647,7 @@ impl<'a> Request<'a> {
             Request::RecoveryStatus { .. } => Opcode::RecoveryStatus,
             Request::DirtyPages { .. } => Opcode::DirtyPages,
             Request::FreezeRegion { .. } => Opcode::FreezeRegion,
+            Request::RegionChecksum { .. } => Opcode::RegionChecksum,
             Request::ApplyJournal { .. } => Opcode::ApplyJournal,
         }
     }
@@ -615,9 +669,14 @@ impl<'a> Request<'a> {
                 payload.extend_from_slice(client_nonce);
             }
             Request::AuthProof { proof } => payload.extend_from_slice(proof),
-            Request::OpenRegion { name, mode } => {
+            Request::OpenRegion {
+                name,
+                mode,
+                claim_epoch,
+            } => {
                 put_bytes(payload, name.as_bytes());
                 payload.push(*mode as u8);
+                payload.extend_from_slice(&claim_epoch.to_le_bytes());
             }
             Request::CloseRegion { region } => payload.extend_from_slice(&region.to_le_bytes()),
             Request::Ping { reply_bytes } => payload.extend_from_slice(&reply_bytes.to_le_bytes()),
@@ -663,8 +722,18 @@ impl<'a> Request<'a> {
                 payload.extend_from_slice(&start_page.to_le_bytes());
             }
             Request::FreezeRegion { region } => payload.extend_from_slice(&region.to_le_bytes()),
+            Request::RegionChecksum {
+                name,
+                start_segment,
+                with_segments,
+            } => {
+                put_bytes(payload, name.as_bytes());
+                payload.extend_from_slice(&start_segment.to_le_bytes());
+                payload.push(*with_segments as u8);
+            }
             Request::ApplyJournal {
                 region,
+                lsn,
                 commit_id,
                 entries,
             } => {
@@ -673,6 +742,7 @@ impl<'a> Request<'a> {
                     "too many journal entries"
                 );
                 payload.extend_from_slice(&region.to_le_bytes());
+                payload.extend_from_slice(&lsn.to_le_bytes());
                 payload.extend_from_slice(&commit_id.to_le_bytes());
                 payload.extend_from_slice(&(entries.len() as u32).to_le_bytes());
                 for (offset, bytes) in entries {
@@ -689,10 +759,12 @@ impl<'a> Request<'a> {
             }
             Request::WritePages {
                 region,
+                lsn,
                 pages,
                 data,
             } => {
                 payload.extend_from_slice(&region.to_le_bytes());
+                payload.extend_from_slice(&lsn.to_le_bytes());
                 payload.extend_from_slice(&(pages.len() as u32).to_le_bytes());
                 payload.extend_from_slice(pages.bytes);
                 payload.extend_from_slice(data);
@@ -739,6 +811,7 @@ impl<'a> Request<'a> {
                         WireError::malformed(what, format!("unknown open mode {byte}"))
                     })?
                 },
+                claim_epoch: reader.u64()?,
             },
             Opcode::StatRegion => Request::StatRegion {
                 name: reader.str(REGION_NAME_BYTES_MAX)?,
@@ -753,6 +826,7 @@ impl<'a> Request<'a> {
             },
             Opcode::WritePages => Request::WritePages {
                 region: reader.u64()?,
+                lsn: reader.u64()?,
                 pages: reader.pages()?,
                 data: reader.rest(),
             },
@@ -784,11 +858,17 @@ impl<'a> Request<'a> {
                 },
                 start_page: reader.u64()?,
             },
+            Opcode::RegionChecksum => Request::RegionChecksum {
+                name: reader.str(REGION_NAME_BYTES_MAX)?,
+                start_segment: reader.u64()?,
+                with_segments: reader.bool()?,
+            },
             Opcode::FreezeRegion => Request::FreezeRegion {
                 region: reader.u64()?,
             },
             Opcode::ApplyJournal => {
                 let region = reader.u64()?;
+                let lsn = reader.u64()?;
                 let commit_id = reader.u64()?;
                 let count = reader.u32()? as usize;
                 if count > JOURNAL_ENTRIES_MAX {
@@ -815,6 +895,7 @@ impl<'a> Request<'a> {
                 }
                 Request::ApplyJournal {
                     region,
+                    lsn,
                     commit_id,
                     entries,
                 }
@@ -828,11 +909,13 @@ impl<'a> Request<'a> {
 
 /// Appends a `WritePages` frame to `out`, asking `fill(index, out)` to append
 /// the contents of the `index`-th page (exactly `page_size` bytes) in turn.
+#[allow(clippy::too_many_arguments)]
 pub fn encode_write_pages(
     out: &mut Vec<u8>,
     request_id: u64,
     epoch: u64,
     region: u64,
+    lsn: u64,
     pages: &[u64],
     page_size: usize,
     mut fill: impl FnMut(usize, &mut Vec<u8>),
@@ -840,6 +923,7 @@ pub fn encode_write_pages(
     let mut frame = FrameBuilder::begin(out, Opcode::WritePages, request_id, epoch);
     let payload = frame.payload();
     payload.extend_from_slice(&region.to_le_bytes());
+    payload.extend_from_slice(&lsn.to_le_bytes());
     put_pages(payload, pages);
     for index in 0..pages.len() {
         let before = payload.len();
@@ -876,6 +960,7 @@ impl<'a> Response<'a> {
             Response::HelloOk { .. } => Opcode::HelloOk,
             Response::Pong { .. } => Opcode::Pong,
             Response::RegionInfo(_) => Opcode::RegionInfo,
+            Response::RegionOpened { .. } => Opcode::RegionOpened,
             Response::RegionStat(_) => Opcode::RegionStat,
             Response::RegionList(_) => Opcode::RegionList,
             Response::Done => Opcode::Done,
@@ -885,6 +970,7 @@ impl<'a> Response<'a> {
             Response::Recovery(_) => Opcode::Recovery,
             Response::DirtyPageList { .. } => Opcode::DirtyPageList,
             Response::Mark { .. } => Opcode::Mark,
+            Response::Checksum { .. } => Opcode::Checksum,
             Response::Error { .. } => Opcode::Error,
         }
     }
@@ -909,6 +995,15 @@ impl<'a> Response<'a> {
             }
             Response::Pong { payload: bytes } => payload.extend_from_slice(bytes),
             Response::RegionInfo(info) => put_region_info(payload, info),
+            Response::RegionOpened {
+                info,
+                writer_epoch,
+                lsn,
+            } => {
+                put_region_info(payload, info);
+                payload.extend_from_slice(&writer_epoch.to_le_bytes());
+                payload.extend_from_slice(&lsn.to_le_bytes());
+            }
             Response::RegionStat(stat) => {
                 put_region_info(payload, &stat.info);
                 for value in [
@@ -970,6 +1065,27 @@ impl<'a> Response<'a> {
                     payload.extend_from_slice(&range.count.to_le_bytes());
                 }
             }
+            Response::Checksum {
+                segment_bytes,
+                segment_count,
+                digest,
+                next_segment,
+                segments,
+            } => {
+                assert!(
+                    segments.len() <= CHECKSUM_SEGMENTS_MAX,
+                    "too many segment digests"
+                );
+                payload.extend_from_slice(&segment_bytes.to_le_bytes());
+                payload.extend_from_slice(&segment_count.to_le_bytes());
+                payload.extend_from_slice(digest);
+                payload.extend_from_slice(&next_segment.to_le_bytes());
+                payload.extend_from_slice(&(segments.len() as u32).to_le_bytes());
+                for (index, digest) in segments {
+                    payload.extend_from_slice(&index.to_le_bytes());
+                    payload.extend_from_slice(digest);
+                }
+            }
             Response::Mark { mark } => payload.extend_from_slice(&mark.to_le_bytes()),
             Response::RegionList(list) => {
                 assert!(list.len() <= REGIONS_MAX, "region list exceeds the limit");
@@ -1017,6 +1133,11 @@ impl<'a> Response<'a> {
                 payload: reader.rest(),
             },
             Opcode::RegionInfo => Response::RegionInfo(read_region_info(&mut reader)?),
+            Opcode::RegionOpened => Response::RegionOpened {
+                info: read_region_info(&mut reader)?,
+                writer_epoch: reader.u64()?,
+                lsn: reader.u64()?,
+            },
             Opcode::RegionStat => Response::RegionStat(RegionStat {
                 info: read_region_info(&mut reader)?,
                 segments_allocated: reader.u64()?,
@@ -1092,6 +1213,38 @@ impl<'a> Response<'a> {
                     ranges,
                 }
             }
+            Opcode::Checksum => {
+                let segment_bytes = reader.u64()?;
+                let segment_count = reader.u64()?;
+                let digest = reader.array::<DIGEST_BYTES>()?;
+                let next_segment = reader.u64()?;
+                let count = reader.u32()? as usize;
+                if count > CHECKSUM_SEGMENTS_MAX {
+                    return Err(WireError::malformed(
+                        what,
+                        format!(
+                            "{count} segment digests exceed the limit of {CHECKSUM_SEGMENTS_MAX}"
+                        ),
+                    ));
+                }
+                let bytes = reader.take(count * (8 + DIGEST_BYTES))?;
+                let segments = bytes
+                    .chunks_exact(8 + DIGEST_BYTES)
+                    .map(|chunk| {
+                        (
+                            u64::from_le_bytes(chunk[..8].try_into().unwrap()),
+                            chunk[8..].try_into().unwrap(),
+                        )
+                    })
+                    .collect();
+                Response::Checksum {
+                    segment_bytes,
+                    segment_count,
+                    digest,
+                    next_segment,
+                    segments,
+                }
+            }
             Opcode::Mark => Response::Mark {
                 mark: reader.u64()?,
             },
@@ -1162,6 +1315,7 @@ mod tests {
             Request::OpenRegion {
                 name: "r",
                 mode: OpenMode::Write,
+                claim_epoch: 7,
             },
             Request::Ping { reply_bytes: 4096 },
             Request::CreateRegion {
@@ -1172,6 +1326,7 @@ mod tests {
             Request::OpenRegion {
                 name: "r",
                 mode: OpenMode::Read,
+                claim_epoch: 0,
             },
             Request::StatRegion { name: "r" },
             Request::ListRegions,
@@ -1182,6 +1337,7 @@ mod tests {
             },
             Request::WritePages {
                 region: 5,
+                lsn: 11,
                 pages: PageList { bytes: &pages },
                 data: &data,
             },
@@ -1210,6 +1366,7 @@ mod tests {
             Request::FreezeRegion { region: 3 },
             Request::ApplyJournal {
                 region: 3,
+                lsn: 12,
                 commit_id: 9,
                 entries: vec![(0, b"abc".as_slice()), (4096, b"".as_slice())],
             },
@@ -1243,6 +1400,11 @@ mod tests {
             },
             Response::Pong { payload: &[0; 10] },
             Response::RegionInfo(info.clone()),
+            Response::RegionOpened {
+                info: info.clone(),
+                writer_epoch: 3,
+                lsn: 99,
+            },
             Response::RegionStat(RegionStat {
                 info: info.clone(),
                 segments_allocated: 1,
@@ -1329,6 +1491,118 @@ mod tests {
         for cut in 0..payload.len() {
             assert!(Request::decode(Opcode::CreateRegion as u8, &payload[..cut]).is_err());
         }
+    }
+
+    // Guards the encoding of RegionChecksum and its Checksum reply: each
+    // decodes to itself, with and without a segment list.
+    #[test]
+    fn checksum_messages_round_trip() {
+        for request in [
+            Request::RegionChecksum {
+                name: "r",
+                start_segment: 0,
+                with_segments: false,
+            },
+            Request::RegionChecksum {
+                name: "region",
+                start_segment: 8192,
+                with_segments: true,
+            },
+        ] {
+            let mut out = Vec::new();
+            request.encode(&mut out, 1, 0);
+            let (header, payload) = split(&out);
+            assert_eq!(header.opcode, Opcode::RegionChecksum as u8);
+            assert_eq!(Request::decode(header.opcode, payload).unwrap(), request);
+        }
+        let full: Vec<(u64, Digest)> = (0..CHECKSUM_SEGMENTS_MAX as u64)
+            .map(|index| (index, [index as u8; DIGEST_BYTES]))
+            .collect();
+        for response in [
+            Response::Checksum {
+                segment_bytes: SEGMENT_BYTES,
+                segment_count: 3,
+                digest: [7; DIGEST_BYTES],
+                next_segment: u64::MAX,
+                segments: Vec::new(),
+            },
+            Response::Checksum {
+                segment_bytes: SEGMENT_BYTES,
+                segment_count: 2,
+                digest: [0; DIGEST_BYTES],
+                next_segment: u64::MAX,
+                segments: vec![(0, [1; DIGEST_BYTES]), (1, [2; DIGEST_BYTES])],
+            },
+            Response::Checksum {
+                segment_bytes: SEGMENT_BYTES,
+                segment_count: 3 * CHECKSUM_SEGMENTS_MAX as u64,
+                digest: [0; DIGEST_BYTES],
+                next_segment: CHECKSUM_SEGMENTS_MAX as u64,
+                segments: full,
+            },
+        ] {
+            let mut out = Vec::new();
+            response.encode(&mut out, 1, 0);
+            let (header, payload) = split(&out);
+            assert_eq!(header.opcode, Opcode::Checksum as u8);
+            assert_eq!(Response::decode(header.opcode, payload).unwrap(), response);
+        }
+    }
+
+    // Guards the bounds of RegionChecksum and Checksum: truncations, a bad
+    // flag byte, trailing bytes and a segment count beyond the limit are
+    // errors, and a huge count is refused before anything is read for it.
+    #[test]
+    fn bad_checksum_messages_are_refused() {
+        let mut out = Vec::new();
+        Request::RegionChecksum {
+            name: "region",
+            start_segment: 5,
+            with_segments: true,
+        }
+        .encode(&mut out, 1, 0);
+        let payload = out[HEADER_BYTES..].to_vec();
+        for cut in 0..payload.len() {
+            assert!(Request::decode(Opcode::RegionChecksum as u8, &payload[..cut]).is_err());
+        }
+        let mut bad_flag = payload.clone();
+        *bad_flag.last_mut().unwrap() = 2;
+        let error = Request::decode(Opcode::RegionChecksum as u8, &bad_flag).unwrap_err();
+        assert!(error.to_string().contains("neither 0 nor 1"), "{error}");
+        let mut trailing = payload.clone();
+        trailing.push(0);
+        assert!(Request::decode(Opcode::RegionChecksum as u8, &trailing).is_err());
+        let mut long_name = Vec::new();
+        long_name.extend_from_slice(&(REGION_NAME_BYTES_MAX as u16 + 1).to_le_bytes());
+        long_name.extend_from_slice(&[b'a'; REGION_NAME_BYTES_MAX + 1]);
+        long_name.extend_from_slice(&0u64.to_le_bytes());
+        long_name.push(0);
+        assert!(Request::decode(Opcode::RegionChecksum as u8, &long_name).is_err());
+
+        let mut out = Vec::new();
+        Response::Checksum {
+            segment_bytes: SEGMENT_BYTES,
+            segment_count: 2,
+            digest: [0; DIGEST_BYTES],
+            next_segment: u64::MAX,
+            segments: vec![(0, [1; DIGEST_BYTES]), (1, [2; DIGEST_BYTES])],
+        }
+        .encode(&mut out, 1, 0);
+        let payload = out[HEADER_BYTES..].to_vec();
+        for cut in 0..payload.len() {
+            assert!(Response::decode(Opcode::Checksum as u8, &payload[..cut]).is_err());
+        }
+        let mut huge = Vec::new();
+        huge.extend_from_slice(&SEGMENT_BYTES.to_le_bytes());
+        huge.extend_from_slice(&1u64.to_le_bytes());
+        huge.extend_from_slice(&[0; DIGEST_BYTES]);
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        huge.extend_from_slice(&(CHECKSUM_SEGMENTS_MAX as u32 + 1).to_le_bytes());
+        let error = Response::decode(Opcode::Checksum as u8, &huge).unwrap_err();
+        assert!(error.to_string().contains("exceed the limit"), "{error}");
+        huge.truncate(huge.len() - 4);
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Response::decode(Opcode::Checksum as u8, &huge).is_err());
     }
 
     // Guards the page-count limit: a huge count is refused before any read.

@@ -76,6 +76,7 @@ fn request_frames() -> Vec<(String, Vec<u8>)> {
         Request::OpenRegion {
             name: "a",
             mode: pagoda_wire::OpenMode::Write,
+            claim_epoch: 0,
         },
     );
     add("close", Request::CloseRegion { region: 0 });
@@ -113,6 +114,7 @@ fn request_frames() -> Vec<(String, Vec<u8>)> {
         "apply-journal",
         Request::ApplyJournal {
             region: 1,
+            lsn: 1,
             commit_id: 1,
             entries: vec![(0, b"journal".as_slice()), (8192, b"x".as_slice())],
         },
@@ -121,7 +123,7 @@ fn request_frames() -> Vec<(String, Vec<u8>)> {
     encode_read_pages(&mut out, 1, 0, 1, &[0, 3]);
     frames.push(("request-read".into(), out));
     let mut out = Vec::new();
-    encode_write_pages(&mut out, 1, 0, 1, &[0, 3], 4096, |index, out| {
+    encode_write_pages(&mut out, 1, 0, 1, 1, &[0, 3], 4096, |index, out| {
         out.resize(out.len() + 4096, index as u8 + 1)
     });
     frames.push(("request-write".into(), out));
@@ -276,6 +278,8 @@ fn dispatch_seeds() -> Vec<(String, Vec<u8>)> {
     });
     let pages = pages_payload(&[0, 1, 600]);
     let mut write = 0u64.to_le_bytes().to_vec();
+    // The log sequence number: the region's first write.
+    write.extend_from_slice(&1u64.to_le_bytes());
     write.extend_from_slice(&3u32.to_le_bytes());
     write.extend_from_slice(&pages);
     write.extend(std::iter::repeat_n(0x5a, 3 * 4096));
@@ -289,6 +293,7 @@ fn dispatch_seeds() -> Vec<(String, Vec<u8>)> {
     });
     let apply = payload_of(Request::ApplyJournal {
         region: 0,
+        lsn: 1,
         commit_id: 1,
         entries: vec![(100, b"journaled".as_slice())],
     });
@@ -298,6 +303,7 @@ fn dispatch_seeds() -> Vec<(String, Vec<u8>)> {
     let open_write = payload_of(Request::OpenRegion {
         name: "a",
         mode: pagoda_wire::OpenMode::Write,
+        claim_epoch: 0,
     });
     let close = payload_of(Request::CloseRegion { region: 0 });
     let checkpoint = payload_of(Request::Checkpoint {
