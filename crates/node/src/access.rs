@@ -1241,7 +1241,19 @@ impl Session {
                     }
                 };
             }
+            Request::Replicate { uid, .. } => {
+                // A primary's entry: its node's credential needs admin on
+                // the region.
+                let Ok(region) = self.shared.catalog.by_uid(*uid) else {
+                    return Outcome::Dispatch;
+                };
+                let id = region.info().id;
+                return self.check_id(id, Right::Admin, request_id, out);
+            }
+            Request::ReplicaStatus { name } => (Right::Read, *name),
             Request::CreateRegion { name, .. }
+            | Request::CreateReplica { name, .. }
+            | Request::Promote { name, .. }
             | Request::DeleteRegion { name }
             | Request::Checkpoint { name, .. }
             | Request::RecoverRegion { name, .. } => (Right::Admin, *name),
@@ -1382,6 +1394,9 @@ impl Session {
             }
             self.roles.remove(&id);
         }
+        // Only the copy that takes writes hands out writer epochs: a replica
+        // learns them from its primary.
+        crate::replication::check_primary(region)?;
         let current = region.log().writer_epoch();
         let epoch = match claim_epoch {
             0 => current + 1,

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::arena::Arena;
 use crate::error::NodeError;
 use crate::region::{Region, validate_shape};
+use crate::replication::{PersistedRole, Role};
 
 const MAGIC: &[u8; 8] = b"PGDACAT1";
 const FILE_NAME: &str = "regions.meta";
@@ -70,6 +71,9 @@ struct PersistedRegion {
     /// a writer learns its epoch, so a restart never hands it out again.
     #[serde(default, skip_serializing_if = "is_zero")]
     writer_epoch: u64,
+    /// Its role in replication; absent when not replicated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replication: Option<PersistedRole>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -97,6 +101,8 @@ struct State {
     next_id: u64,
     by_name: HashMap<String, Arc<Region>>,
     by_id: HashMap<u64, Arc<Region>>,
+    /// The same regions by uid (a replica's primary names them so).
+    by_uid: HashMap<u64, Arc<Region>>,
     failed: Option<String>,
 }
 
@@ -179,6 +185,7 @@ impl Catalog {
             next_id: persisted.next_id,
             by_name: HashMap::new(),
             by_id: HashMap::new(),
+            by_uid: HashMap::new(),
             failed: None,
         };
         let corrupt = |detail: String| NodeError::Corrupt {
@@ -215,6 +222,9 @@ impl Catalog {
             if entry.writer_epoch > 0 {
                 region.log().raise_writer_epoch(entry.writer_epoch + 1);
             }
+            if let Some(role) = &entry.replication {
+                *region.role().lock() = Role::restored(role);
+            }
             if entry.recovering {
                 region.set_state(
                     RegionState::Damaged,
@@ -235,6 +245,12 @@ impl Catalog {
                 return Err(corrupt(format!(
                     "region name {:?} is duplicated",
                     region.info().name
+                )));
+            }
+            if state.by_uid.insert(region.uid(), region.clone()).is_some() {
+                return Err(corrupt(format!(
+                    "region uid {:x} is duplicated",
+                    region.uid()
                 )));
             }
             state.by_id.insert(region.info().id, region);
@@ -279,6 +295,9 @@ impl Catalog {
         if state.by_name.contains_key(name) {
             return Err(NodeError::RegionExists(name.to_owned()));
         }
+        if state.by_uid.contains_key(&uid) {
+            return Err(NodeError::RegionExists(format!("{name} (uid {uid:016x})")));
+        }
         if state.by_name.len() >= REGIONS_MAX {
             return Err(NodeError::TooManyRegions(REGIONS_MAX));
         }
@@ -301,11 +320,13 @@ impl Catalog {
         state.next_id = next_id;
         state.by_name.insert(name.to_owned(), region.clone());
         state.by_id.insert(info.id, region.clone());
+        state.by_uid.insert(uid, region.clone());
         if let Err(error) = self.persist(&state) {
             // Undo in memory too: the caller is told the region does not exist.
             state.next_id = info.id;
             state.by_name.remove(name);
             state.by_id.remove(&info.id);
+            state.by_uid.remove(&uid);
             state.failed = Some(error.to_string());
             return Err(NodeError::MetadataFailed(error.to_string()));
         }
@@ -345,8 +366,10 @@ impl Catalog {
             return Err(NodeError::RegionNotFound(name.to_owned()));
         };
         state.by_id.remove(&region.info().id);
+        state.by_uid.remove(&region.uid());
         if let Err(error) = self.persist(&state) {
             state.by_id.insert(region.info().id, region.clone());
+            state.by_uid.insert(region.uid(), region.clone());
             state.by_name.insert(name.to_owned(), region);
             state.failed = Some(error.to_string());
             return Err(NodeError::MetadataFailed(error.to_string()));
@@ -362,6 +385,16 @@ impl Catalog {
             .get(name)
             .cloned()
             .ok_or_else(|| NodeError::RegionNotFound(name.to_owned()))
+    }
+
+    /// The region with this uid.
+    pub fn by_uid(&self, uid: u64) -> Result<Arc<Region>, NodeError> {
+        self.state
+            .read()
+            .by_uid
+            .get(&uid)
+            .cloned()
+            .ok_or_else(|| NodeError::RegionNotFound(format!("uid {uid:016x}")))
     }
 
     /// The region with this id.
@@ -408,6 +441,7 @@ impl Catalog {
                     moved: region.state() == RegionState::ReadOnly,
                     checkpoint: region.durable_checkpoint(),
                     writer_epoch: region.log().writer_epoch(),
+                    replication: region.role().lock().persisted(),
                 }
             })
             .collect();

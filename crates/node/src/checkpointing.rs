@@ -26,6 +26,7 @@ pub(crate) fn take(
     full: bool,
 ) -> Result<pagoda_wire::CheckpointInfo, NodeError> {
     let storage = shared.storage.as_ref().ok_or(NodeError::NoStorage)?;
+    crate::replication::check_checkpoints(region)?;
     let _one = region.checkpoint_lock.lock();
     match region.state() {
         RegionState::Active => {}
@@ -123,7 +124,9 @@ pub(crate) fn checkpoint_dirty(
         if stop.is_some_and(|stop| stop.load(Ordering::SeqCst)) {
             break;
         }
-        if region.state() != RegionState::Active {
+        if region.state() != RegionState::Active
+            || crate::replication::check_checkpoints(&region).is_err()
+        {
             continue;
         }
         let since = region.last_checkpoint().map_or(0, |mark| mark.start_seq);

@@ -51,12 +51,14 @@ use pagoda_wire::limits::{
 };
 use pagoda_wire::message::DIRTY_RANGES_MAX;
 use pagoda_wire::tls::{TlsReader, TlsWriter};
-use pagoda_wire::{ErrorCode, Request, Response, WireError};
+use pagoda_wire::{ErrorCode, Opcode, Request, Response, WireError};
 use parking_lot::{Condvar, Mutex};
 
 use crate::access::{Outcome, Session};
 use crate::error::NodeError;
-use crate::server::{ACCEPT_POLL_MS, ConnectionEntry, NodeConfig, Shared, serve_request};
+use crate::server::{
+    ACCEPT_POLL_MS, ConnectionEntry, Deferred, Dispatch, NodeConfig, Shared, serve_request,
+};
 
 /// Replies are written once this many bytes are pending, even if more
 /// requests are buffered.
@@ -745,6 +747,22 @@ impl ReplyWrite for TlsWriter {
     }
 }
 
+/// Tells the replicas a connection fed that it ended, however the serving
+/// loop ends.
+struct ClosedHook<'a> {
+    shared: &'a Shared,
+    id: u64,
+    replicated: &'a std::cell::Cell<bool>,
+}
+
+impl Drop for ClosedHook<'_> {
+    fn drop(&mut self) {
+        if self.replicated.get() {
+            crate::replication::connection_closed(self.shared, self.id);
+        }
+    }
+}
+
 fn serve_stream<R: SpinRead>(
     shared: &Arc<Shared>,
     id: u64,
@@ -783,6 +801,15 @@ fn serve_stream<R: SpinRead>(
     };
     let mut authenticated = false;
     let mut session = Session::new(shared);
+    let mut deferred = Vec::new();
+    // Whether a primary fed replicas over this connection; its end is
+    // recorded for them (see `replication::connection_closed`).
+    let replicated = std::cell::Cell::new(false);
+    let _closed = ClosedHook {
+        shared,
+        id,
+        replicated: &replicated,
+    };
     loop {
         // While the connection holds borrowed memory, a wait for the next
         // request longer than the idle time (after the usual spin) gives it
@@ -831,6 +858,9 @@ fn serve_stream<R: SpinRead>(
             Err(error) => return fail(shared, id, authenticated, &mut out, error),
         };
         shared.requests.fetch_add(1, Ordering::Relaxed);
+        if frame.header.opcode == Opcode::Replicate as u8 {
+            replicated.set(true);
+        }
         let request_id = frame.header.request_id;
         let was_authenticated = authenticated;
         let after = handle(
@@ -839,6 +869,8 @@ fn serve_stream<R: SpinRead>(
             frame.payload,
             request_id,
             frame.header.epoch,
+            id,
+            &mut deferred,
             &mut session,
             &mut out,
         );
@@ -860,6 +892,14 @@ fn serve_stream<R: SpinRead>(
             read_base = READ_BYTES_BASE;
             reader.reserve_frame(read_base);
             out.set_base(REPLY_BYTES_BASE);
+        }
+        if !deferred.is_empty() && (after == After::Close || reader.buffered() == 0) {
+            // Writes waiting for replicas: answered once every request that
+            // had arrived was served, so their waits overlap.
+            for write in deferred.drain(..) {
+                write.answer(&mut out);
+            }
+            out.settle();
         }
         if after == After::Close || reader.buffered() == 0 || out.len() >= REPLY_FLUSH_BYTES {
             out.flush()?;
@@ -911,12 +951,15 @@ fn error_reply(out: &mut Vec<u8>, request_id: u64, code: ErrorCode, message: &st
     Response::Error { code, message }.encode(out, request_id, 0);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn handle(
     shared: &Arc<Shared>,
     opcode: u8,
     payload: &[u8],
     request_id: u64,
     epoch: u64,
+    connection: u64,
+    deferred: &mut Vec<Deferred>,
     session: &mut Session,
     out: &mut Out<'_, '_>,
 ) -> After {
@@ -947,7 +990,13 @@ fn handle(
         Outcome::Close => return After::Close,
     }
     let start = out.len();
-    let served = serve_request(shared, request, request_id, epoch, out);
+    let mut ctx = Dispatch {
+        epoch,
+        payload,
+        connection,
+        deferred,
+    };
+    let served = serve_request(shared, request, request_id, &mut ctx, out);
     if let Err(error) = served {
         out.truncate(start);
         error_reply(out, request_id, error.code(), &error.to_string());

@@ -24,6 +24,7 @@ pub mod error;
 mod node_journal;
 pub mod recovery;
 pub mod region;
+pub mod replication;
 pub mod server;
 pub mod storage;
 mod tls;

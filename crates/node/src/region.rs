@@ -38,6 +38,7 @@ use pagoda_journal::Journal;
 use crate::arena::{Arena, SegmentSlot};
 use crate::checkpoint::Manifest;
 use crate::error::NodeError;
+use crate::replication::Role;
 use crate::write_log::WriteLog;
 
 const NO_SEGMENT: SegmentSlot = SegmentSlot::MAX;
@@ -249,6 +250,8 @@ pub struct Region {
     journal: Mutex<Option<Arc<Journal>>>,
     /// The order of mutating requests and the writer fencing epoch.
     log: WriteLog,
+    /// Its role in replication (solo, primary, replica, fenced).
+    role: Mutex<Role>,
 }
 
 impl Region {
@@ -281,6 +284,7 @@ impl Region {
             baseline: Mutex::new(None),
             journal: Mutex::new(None),
             log: WriteLog::default(),
+            role: Mutex::new(Role::Solo),
         })
     }
 
@@ -319,6 +323,11 @@ impl Region {
     /// writer epoch.
     pub fn log(&self) -> &WriteLog {
         &self.log
+    }
+
+    /// The region's role in replication.
+    pub fn role(&self) -> &Mutex<Role> {
+        &self.role
     }
 
     /// The region's description.
@@ -775,6 +784,65 @@ impl Region {
             }
         }
         crate::checksum::zero_digest(length)
+    }
+
+    /// Appends segment `number`'s bytes as a reader sees them to `out`
+    /// (nothing for an unwritten segment, which reads as zeros), under the
+    /// segment's entry lock.
+    pub fn copy_segment(&self, number: usize, out: &mut Vec<u8>) {
+        let segment_bytes = self.arena.segment_bytes() as u64;
+        let length = (self.info.size - number as u64 * segment_bytes).min(segment_bytes) as usize;
+        if let Some(entry) = self.segments.get(number) {
+            let segment = entry.read();
+            if segment.slot != NO_SEGMENT {
+                // SAFETY: the slot is allocated to this region, the entry's
+                // lock is held (excluding writers), and `length` is at most
+                // the segment size.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(self.arena.segment_pointer(segment.slot), length)
+                };
+                out.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    /// Replaces segment `number`'s pages with `bytes` (a replica's rebuild):
+    /// the segment's whole length, or empty for zeros. The pages count as
+    /// written.
+    pub fn restore_segment(&self, number: u64, bytes: &[u8]) -> Result<(), NodeError> {
+        let segment_bytes = self.arena.segment_bytes() as u64;
+        if number >= self.segments.count as u64 {
+            return Err(NodeError::InvalidArgument(format!(
+                "segment {number} is beyond the region's {}",
+                self.segments.count
+            )));
+        }
+        let length = (self.info.size - number * segment_bytes).min(segment_bytes) as usize;
+        if !bytes.is_empty() && bytes.len() != length {
+            return Err(NodeError::InvalidArgument(format!(
+                "segment {number} carries {} bytes, expected {length} (or none for zeros)",
+                bytes.len()
+            )));
+        }
+        let page_size = self.info.page_size as usize;
+        let first = number * self.pages_per_segment;
+        let pages: Vec<u64> = (first..first + (length / page_size) as u64).collect();
+        let zeros;
+        let data = if bytes.is_empty() {
+            if self
+                .segments
+                .get(number as usize)
+                .is_none_or(|e| e.read().slot == NO_SEGMENT)
+            {
+                // Unwritten here too: zeros already.
+                return Ok(());
+            }
+            zeros = vec![0u8; length];
+            &zeros[..]
+        } else {
+            bytes
+        };
+        self.write(pages.iter().copied(), pages.len(), data, Track::Write)
     }
 
     /// Starts a snapshot of the pages written after `from` for checkpoint

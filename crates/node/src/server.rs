@@ -13,7 +13,9 @@ use std::time::Duration;
 use pagoda_wire::frame::FrameBuilder;
 use pagoda_wire::limits::{PING_REPLY_BYTES_MAX, SEGMENT_BYTES};
 use pagoda_wire::message::{DIRTY_RANGES_MAX, NodeStat};
-use pagoda_wire::{Opcode, RegionStat, RegionState, Request, Response, Since};
+use pagoda_wire::{
+    Opcode, RegionStat, RegionState, ReplicateKind, ReplicationMode, Request, Response, Since,
+};
 use parking_lot::Mutex;
 
 use crate::arena::Arena;
@@ -22,6 +24,7 @@ use crate::checkpoint;
 use crate::error::NodeError;
 use crate::recovery::{self, RecoveryJob, RecoveryRequest};
 use crate::region::Region;
+use crate::replication::{self, Replication};
 use crate::storage::{Storage, StorageConfig};
 use crate::write_log::{Applied, Order};
 use crate::{checkpointing, node_journal};
@@ -92,6 +95,16 @@ pub struct NodeConfig {
     /// How long the holder of a region's writer role may stay silent (send
     /// no request) before another connection may take the role over.
     pub writer_lease: Duration,
+    /// How long an in-sync replica may leave a write unacknowledged before
+    /// its primary drops it from the in-sync set; a replica that hears
+    /// nothing from its primary for half of it counts itself out of sync.
+    pub replica_timeout: Duration,
+    /// Bytes of log entries a primary retains per region, for replicas that
+    /// fall behind or reconnect.
+    pub replication_log_bytes: usize,
+    /// In `async` mode, the most bytes an in-sync replica may lag before
+    /// writes wait.
+    pub replication_lag_bytes: usize,
 }
 
 /// Everything but the token, which a log line must never carry.
@@ -120,6 +133,9 @@ impl std::fmt::Debug for NodeConfig {
             .field("insecure_no_tls", &self.insecure_no_tls)
             .field("peer_tls", &self.peer_tls)
             .field("writer_lease", &self.writer_lease)
+            .field("replica_timeout", &self.replica_timeout)
+            .field("replication_log_bytes", &self.replication_log_bytes)
+            .field("replication_lag_bytes", &self.replication_lag_bytes)
             .finish()
     }
 }
@@ -150,6 +166,9 @@ impl NodeConfig {
             insecure_no_tls: false,
             peer_tls: None,
             writer_lease: Duration::from_millis(WRITER_LEASE_MS_DEFAULT),
+            replica_timeout: Duration::from_millis(REPLICA_TIMEOUT_MS_DEFAULT),
+            replication_log_bytes: REPLICATION_LOG_BYTES_DEFAULT,
+            replication_lag_bytes: REPLICATION_LAG_BYTES_DEFAULT,
         }
     }
 }
@@ -172,6 +191,12 @@ pub const CONNECTION_MEMORY_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
 pub const CONNECTION_MEMORY_WAIT_MS_DEFAULT: u64 = 1000;
 /// Default writer lease: a writer silent this long may be replaced.
 pub const WRITER_LEASE_MS_DEFAULT: u64 = 60_000;
+/// Default replica timeout.
+pub const REPLICA_TIMEOUT_MS_DEFAULT: u64 = 2000;
+/// Default bytes of log a primary retains per region (64 MiB).
+pub const REPLICATION_LOG_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
+/// Default lag bound of an `async` replica (16 MiB).
+pub const REPLICATION_LAG_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
 /// How often the acceptor checks for shutdown while idle.
 pub(crate) const ACCEPT_POLL_MS: i32 = 100;
 /// How long shutdown lets connections finish the request in hand before it
@@ -187,6 +212,8 @@ pub(crate) struct ConnectionEntry {
 }
 
 pub(crate) struct Shared {
+    /// The address the node listens on.
+    pub(crate) local_addr: SocketAddr,
     pub(crate) config: NodeConfig,
     pub(crate) catalog: Catalog,
     arena: Arc<Arena>,
@@ -359,6 +386,7 @@ impl Node {
             .map(crate::tls::TlsServer::load)
             .transpose()?;
         let shared = Arc::new(Shared {
+            local_addr,
             config,
             catalog,
             arena,
@@ -447,10 +475,11 @@ impl Node {
     /// A node without storage has nowhere to save to and always stops.
     pub fn try_stop(&mut self, retry_for: Duration) -> Result<(), Unsaved> {
         let result = self.stop(retry_for);
-        if result.is_err()
-            && let Err(error) = self.serve()
-        {
-            tracing::error!(%error, "could not resume serving after a refused stop");
+        if result.is_err() {
+            replication::restart_all(&self.shared);
+            if let Err(error) = self.serve() {
+                tracing::error!(%error, "could not resume serving after a refused stop");
+            }
         }
         result
     }
@@ -460,7 +489,10 @@ impl Node {
     fn unsaved(&self, errors: &HashMap<String, String>) -> Unsaved {
         let mut regions = Vec::new();
         for region in self.shared.catalog.regions() {
-            if region.state() != RegionState::Active {
+            // A replica's changes live on its primary, which checkpoints.
+            if region.state() != RegionState::Active
+                || replication::check_checkpoints(&region).is_err()
+            {
                 continue;
             }
             let since = region.last_checkpoint().map_or(0, |mark| mark.start_seq);
@@ -511,6 +543,9 @@ impl Node {
                 let _ = thread.join();
             }
         }
+        // No write comes in any more: the senders to replicas stop (a
+        // refused stop starts them again).
+        replication::stop_all(&self.shared);
         if self.shared.storage.is_none() {
             tracing::info!(local_addr = %self.local_addr, "node stopped");
             return Ok(());
@@ -546,13 +581,49 @@ impl Drop for Node {
     }
 }
 
+/// What dispatching a request needs from its connection, and what it may
+/// leave for it.
+pub(crate) struct Dispatch<'a> {
+    /// The frame header's fencing epoch (a writer's).
+    pub(crate) epoch: u64,
+    /// The request's payload, as it arrived (a primary retains and forwards
+    /// a write's payload as is).
+    pub(crate) payload: &'a [u8],
+    /// The connection's id.
+    pub(crate) connection: u64,
+    /// Replies that wait for replicas' acknowledgements.
+    pub(crate) deferred: &'a mut Vec<Deferred>,
+}
+
+/// A write whose reply waits until every in-sync replica has it.
+pub(crate) struct Deferred {
+    pub(crate) request_id: u64,
+    pub(crate) replication: Arc<Replication>,
+    pub(crate) lsn: u64,
+}
+
+impl Deferred {
+    /// Waits for the replicas and encodes the reply.
+    pub(crate) fn answer(self, out: &mut Vec<u8>) {
+        match self.replication.wait_acked(self.lsn) {
+            Ok(()) => Response::Done.encode(out, self.request_id, 0),
+            Err(error) => Response::Error {
+                code: error.code(),
+                message: &error.to_string(),
+            }
+            .encode(out, self.request_id, 0),
+        }
+    }
+}
+
 pub(crate) fn serve_request(
     shared: &Arc<Shared>,
     request: Request<'_>,
     request_id: u64,
-    epoch: u64,
+    ctx: &mut Dispatch<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), NodeError> {
+    let epoch = ctx.epoch;
     let catalog = &shared.catalog;
     match request {
         Request::Hello { .. } | Request::AuthProof { .. } | Request::CloseRegion { .. } => {
@@ -573,10 +644,79 @@ pub(crate) fn serve_request(
             name,
             size,
             page_size,
+            replicas,
+            mode,
         } => {
-            let info = catalog.create(name, size, page_size)?;
+            let info = if replicas.is_empty() {
+                catalog.create(name, size, page_size)?
+            } else {
+                replication::create(shared, name, size, page_size, &replicas, mode)?
+                    .info()
+                    .clone()
+            };
             tracing::info!(name, size, page_size, id = info.id, "region created");
             Response::RegionInfo(info).encode(out, request_id, 0);
+        }
+        Request::CreateReplica {
+            name,
+            size,
+            page_size,
+            uid,
+            primary_epoch,
+            writer_epoch,
+            lsn,
+            mode,
+            primary,
+            replicas,
+        } => {
+            replication::create_replica(
+                shared,
+                name,
+                size,
+                page_size,
+                uid,
+                primary_epoch,
+                writer_epoch,
+                lsn,
+                mode,
+                primary,
+                &replicas,
+            )?;
+            Response::Done.encode(out, request_id, 0);
+        }
+        Request::Promote { name, force } => {
+            let region = catalog.by_name(name)?;
+            replication::promote(shared, &region, force)?;
+            Response::ReplicaSet(replication::status(shared, &region)).encode(out, request_id, 0);
+        }
+        Request::ReplicaStatus { name } => {
+            let region = catalog.by_name(name)?;
+            Response::ReplicaSet(replication::status(shared, &region)).encode(out, request_id, 0);
+        }
+        Request::Replicate {
+            uid,
+            primary_epoch,
+            writer_epoch,
+            lsn,
+            in_sync,
+            kind,
+            body,
+        } => {
+            let region = catalog.by_uid(uid)?;
+            let applied = replication::receive(
+                shared,
+                &region,
+                replication::Incoming {
+                    primary_epoch,
+                    writer_epoch,
+                    lsn,
+                    in_sync,
+                    kind,
+                    body,
+                    connection: ctx.connection,
+                },
+            )?;
+            Response::Mark { mark: applied }.encode(out, request_id, 0);
         }
         Request::OpenRegion { name, .. } => {
             // A write open is answered by `access`, which grants the role.
@@ -624,6 +764,13 @@ pub(crate) fn serve_request(
             // objects are purged.
             let _checkpoint = region.checkpoint_lock.lock();
             catalog.delete(name)?;
+            let replication = match &*region.role().lock() {
+                replication::Role::Primary(replication) => Some(replication.clone()),
+                _ => None,
+            };
+            if let Some(replication) = replication {
+                replication.stop();
+            }
             let journal = node_journal::dir(&shared.config.data_dir, region.uid());
             if journal.exists()
                 && let Err(error) = std::fs::remove_dir_all(&journal)
@@ -706,10 +853,17 @@ pub(crate) fn serve_request(
             entries,
         } => {
             let region = catalog.by_id(region)?;
-            in_order(&region, epoch, lsn, || {
+            let replication = replication::check_primary(&region)?;
+            let forward = replication
+                .as_deref()
+                .map(|r| (r, ReplicateKind::Journal, ctx.payload));
+            if let Some(replication) = &replication {
+                replication.wait_for_room()?;
+            }
+            in_order(&region, epoch, lsn, forward, || {
                 node_journal::apply(shared, &region, commit_id, &entries)
             })?;
-            Response::Done.encode(out, request_id, 0);
+            answer_write(ctx, replication, request_id, lsn, out);
         }
         Request::RegionChecksum {
             name,
@@ -743,8 +897,17 @@ pub(crate) fn serve_request(
             data,
         } => {
             let region = catalog.by_id(region)?;
-            in_order(&region, epoch, lsn, || region.write_pages(pages, data))?;
-            Response::Done.encode(out, request_id, 0);
+            let replication = replication::check_primary(&region)?;
+            let forward = replication
+                .as_deref()
+                .map(|r| (r, ReplicateKind::Pages, ctx.payload));
+            if let Some(replication) = &replication {
+                replication.wait_for_room()?;
+            }
+            in_order(&region, epoch, lsn, forward, || {
+                region.write_pages(pages, data)
+            })?;
+            answer_write(ctx, replication, request_id, lsn, out);
         }
         Request::NodeStat => Response::NodeStat(NodeStat {
             capacity_bytes: shared.arena.capacity_bytes(),
@@ -762,17 +925,33 @@ pub(crate) fn serve_request(
 /// Applies mutating request `lsn` of a writer at `epoch` with `apply`, in
 /// the region's log order: a retried duplicate is answered with its
 /// original result without applying it again; a gap or a stale epoch is
-/// refused. See `write_log`.
+/// refused. See `write_log`. On a primary, the request (`forward`: the
+/// replication, the entry's kind and the request's payload) enters the
+/// retained log in the same order, while the log's lock is held; a request
+/// refused after it was numbered enters as a `Skip` carrying the refusal.
 fn in_order(
     region: &Region,
     epoch: u64,
     lsn: u64,
+    forward: Option<(&Replication, ReplicateKind, &[u8])>,
     apply: impl FnOnce() -> Result<(), NodeError>,
 ) -> Result<(), NodeError> {
     let result = match region.log().order(&region.info().name, epoch, lsn)? {
         Order::Duplicate(original) => original,
         Order::Apply(slot) => {
-            let applied = Applied::of(&apply());
+            let result = apply();
+            if let Some((replication, kind, payload)) = forward {
+                match &result {
+                    Ok(()) => replication.append(lsn, epoch, kind, payload.to_vec()),
+                    Err(error) => replication.append(
+                        lsn,
+                        epoch,
+                        ReplicateKind::Skip,
+                        replication::skip_body(error),
+                    ),
+                }
+            }
+            let applied = Applied::of(&result);
             slot.record(applied.clone());
             applied
         }
@@ -780,5 +959,27 @@ fn in_order(
     match result {
         Applied::Done => Ok(()),
         Applied::Failed(code, message) => Err(NodeError::Recorded(code, message)),
+    }
+}
+
+/// Answers an applied write: at once, unless the region is a `sync`
+/// primary's, whose replies wait for every in-sync replica (a retried
+/// duplicate's as well: its original may not have reached them yet).
+fn answer_write(
+    ctx: &mut Dispatch<'_>,
+    replication: Option<Arc<Replication>>,
+    request_id: u64,
+    lsn: u64,
+    out: &mut Vec<u8>,
+) {
+    match replication {
+        Some(replication) if replication.mode() == ReplicationMode::Sync => {
+            ctx.deferred.push(Deferred {
+                request_id,
+                replication,
+                lsn,
+            })
+        }
+        _ => Response::Done.encode(out, request_id, 0),
     }
 }

@@ -262,6 +262,8 @@ impl Raw {
                 name,
                 size,
                 page_size,
+                replicas: Vec::new(),
+                mode: pagoda_wire::ReplicationMode::Sync,
             })
             .response()
         {
@@ -705,6 +707,8 @@ fn invalid_arguments_are_refused_and_the_connection_goes_on() {
             name,
             size,
             page_size,
+            replicas: Vec::new(),
+            mode: pagoda_wire::ReplicationMode::Sync,
         });
         let (code, message) = reply.error();
         assert_eq!(code, ErrorCode::InvalidArgument, "{name:?}: {message}");
@@ -713,6 +717,8 @@ fn invalid_arguments_are_refused_and_the_connection_goes_on() {
         name: "bystander",
         size: MIB,
         page_size: 4096,
+        replicas: Vec::new(),
+        mode: pagoda_wire::ReplicationMode::Sync,
     });
     assert_eq!(reply.error().0, ErrorCode::RegionExists);
     let reply = raw.call(&Request::DeleteRegion { name: "missing" });
@@ -984,6 +990,8 @@ fn templates(fuzz_region: u64) -> Vec<Vec<u8>> {
                 name: "fuzz-created",
                 size: MIB,
                 page_size: 4096,
+                replicas: Vec::new(),
+                mode: pagoda_wire::ReplicationMode::Sync,
             },
             2,
         ),

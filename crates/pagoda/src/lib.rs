@@ -22,6 +22,7 @@ mod checksum;
 mod connection;
 mod error;
 mod region;
+mod replication;
 mod tls;
 mod transaction;
 mod write_log;
@@ -34,6 +35,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 pub use checksum::RegionChecksum;
+pub use connection::PendingCall;
+pub use connection::Reply;
 pub use error::ClientError;
 pub use pagoda_cache::CacheStats;
 pub use pagoda_cache::policy::PolicyKind;
@@ -41,14 +44,14 @@ pub use pagoda_wire::ErrorCode;
 pub use pagoda_wire::message::NodeStat;
 pub use pagoda_wire::{
     CheckpointInfo, PageRange, RecoveryPhase, RecoveryProgress, RegionInfo, RegionStat,
-    RegionState, Since,
+    RegionState, ReplicaInfo, ReplicaRole, ReplicaSet, ReplicationMode, Since,
 };
 pub use region::{Region, RegionOptions};
 pub use tls::TlsOptions;
 pub use transaction::{Durability, JournalStats, Transaction};
 pub use write_log::WriterLog;
 
-use connection::{Connection, Reply};
+use connection::Connection;
 use pagoda_wire::auth::ClientHandshake;
 use pagoda_wire::{OpenMode, Request, Response};
 
@@ -148,7 +151,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn unexpected(reply: &Response<'_>) -> ClientError {
+pub(crate) fn unexpected(reply: &Response<'_>) -> ClientError {
     ClientError::Protocol(format!("unexpected reply {:?}", reply.opcode()))
 }
 
@@ -248,6 +251,8 @@ impl Client {
             name,
             size,
             page_size,
+            replicas: Vec::new(),
+            mode: ReplicationMode::Sync,
         })
     }
 

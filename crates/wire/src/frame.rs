@@ -58,6 +58,12 @@ pub enum Opcode {
     /// Returns digests of a region's contents, whole or per segment.
     RegionChecksum = 0x19,
     /// Reads a batch of pages.
+    /// Creates a region as a replica of a primary (node to node).
+    CreateReplica = 0x1a,
+    /// Makes this node's replica of a region its primary.
+    Promote = 0x1b,
+    /// Describes a region's replication.
+    ReplicaStatus = 0x1c,
     ReadPages = 0x20,
     /// Writes a batch of pages.
     WritePages = 0x21,
@@ -68,6 +74,8 @@ pub enum Opcode {
     /// Applies a committed transaction's writes and keeps them durable.
     ApplyJournal = 0x24,
     /// Returns the node's statistics.
+    /// A primary's log entry for a replica (node to node).
+    Replicate = 0x25,
     NodeStat = 0x30,
     /// Reply to `Hello`.
     HelloOk = 0x81,
@@ -80,6 +88,8 @@ pub enum Opcode {
     /// Reply to `OpenRegion`: the region, the writer epoch and the log
     /// position.
     RegionOpened = 0x98,
+    /// Reply with a region's replication.
+    ReplicaSet = 0x99,
     /// Reply carrying one region's statistics.
     RegionStat = 0x92,
     /// Reply carrying a list of regions.
@@ -121,18 +131,23 @@ impl Opcode {
             0x16 => RecoverRegion,
             0x17 => RecoveryStatus,
             0x18 => CloseRegion,
+            0x1a => CreateReplica,
+            0x1b => Promote,
+            0x1c => ReplicaStatus,
             0x19 => RegionChecksum,
             0x20 => ReadPages,
             0x21 => WritePages,
             0x22 => DirtyPages,
             0x23 => FreezeRegion,
             0x24 => ApplyJournal,
+            0x25 => Replicate,
             0x30 => NodeStat,
             0x81 => HelloOk,
             0x82 => Pong,
             0x83 => AuthChallenge,
             0x90 => RegionInfo,
             0x98 => RegionOpened,
+            0x99 => ReplicaSet,
             0x92 => RegionStat,
             0x93 => RegionList,
             0x94 => Done,

@@ -21,5 +21,6 @@ pub use error::{ErrorCode, WireError};
 pub use frame::{FrameHeader, HEADER_BYTES, MAGIC, Opcode, VERSION};
 pub use message::{
     CheckpointInfo, OpenMode, PageRange, RecoveryPhase, RecoveryProgress, RegionInfo, RegionStat,
-    RegionState, Request, Response, Since,
+    RegionState, ReplicaInfo, ReplicaRole, ReplicaSet, ReplicateKind, ReplicationMode, Request,
+    Response, Since,
 };

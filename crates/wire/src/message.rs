@@ -68,6 +68,65 @@ pub enum Request<'a> {
         size: u64,
         /// Its page size; a power of two from 4 KiB to 2 MiB.
         page_size: u32,
+        /// Nodes (`host:port`) to keep replicas on; empty for none. The
+        /// node the request is sent to becomes the primary.
+        replicas: Vec<&'a str>,
+        /// How writes are acknowledged when there are replicas.
+        mode: ReplicationMode,
+    },
+    /// Creates a region as a replica of a primary (sent by the primary).
+    CreateReplica {
+        /// The region's name.
+        name: &'a str,
+        /// Its size in bytes.
+        size: u64,
+        /// Its page size.
+        page_size: u32,
+        /// The region's uid, the same on every copy.
+        uid: u64,
+        /// The primary's epoch.
+        primary_epoch: u64,
+        /// The region's writer epoch.
+        writer_epoch: u64,
+        /// The primary's last applied log sequence number.
+        lsn: u64,
+        /// The replication mode.
+        mode: ReplicationMode,
+        /// The primary's address.
+        primary: &'a str,
+        /// Every replica's address (this one's included).
+        replicas: Vec<&'a str>,
+    },
+    /// Makes this node's replica of a region its primary, at a new primary
+    /// epoch.
+    Promote {
+        /// The region's name.
+        name: &'a str,
+        /// Promote even a replica that is not known to be in sync.
+        force: bool,
+    },
+    /// Describes a region's replication as this node sees it.
+    ReplicaStatus {
+        /// The region's name.
+        name: &'a str,
+    },
+    /// A primary's log entry (or a probe) for a replica.
+    Replicate {
+        /// The region's uid.
+        uid: u64,
+        /// The sender's primary epoch.
+        primary_epoch: u64,
+        /// The writer epoch the entry was written under.
+        writer_epoch: u64,
+        /// The entry's log sequence number (for a probe: the LSN the
+        /// primary's epoch began at).
+        lsn: u64,
+        /// Whether the primary counts this replica as in sync.
+        in_sync: bool,
+        /// What the entry is.
+        kind: ReplicateKind,
+        /// Its body (see `ReplicateKind`).
+        body: &'a [u8],
     },
     /// Looks a region up by name, for reading or for writing. Opening for
     /// writing takes the region's writer role for this connection.
@@ -188,6 +247,156 @@ pub enum Request<'a> {
         entries: Vec<(u64, &'a [u8])>,
     },
 }
+
+/// How a replicated region's writes are acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ReplicationMode {
+    /// Once every in-sync replica has the write.
+    Sync = 0,
+    /// By the primary alone; replicas follow with a bounded lag.
+    Async = 1,
+}
+
+impl ReplicationMode {
+    /// Maps a byte from the wire.
+    pub fn from_u8(value: u8) -> Option<ReplicationMode> {
+        match value {
+            0 => Some(ReplicationMode::Sync),
+            1 => Some(ReplicationMode::Async),
+            _ => None,
+        }
+    }
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplicationMode::Sync => "sync",
+            ReplicationMode::Async => "async",
+        }
+    }
+}
+
+/// What a `Replicate` request carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ReplicateKind {
+    /// Nothing to apply: the replica answers its position. The body is the
+    /// primary's address; `lsn` is where the primary's epoch began.
+    Probe = 0,
+    /// A page write batch: the body is a `WritePages` payload's page list
+    /// and data.
+    Pages = 1,
+    /// A journal record: the body is an `ApplyJournal` payload from
+    /// `commit_id` on.
+    Journal = 2,
+    /// A number the primary used for a refused request: nothing to apply.
+    Skip = 3,
+    /// One segment's bytes, for a rebuild (`lsn` is 0): segment: u64, then
+    /// the bytes.
+    Segment = 4,
+    /// The end of a rebuild: the replica's log moves to `lsn`.
+    Reset = 5,
+}
+
+impl ReplicateKind {
+    /// Maps a byte from the wire.
+    pub fn from_u8(value: u8) -> Option<ReplicateKind> {
+        Some(match value {
+            0 => ReplicateKind::Probe,
+            1 => ReplicateKind::Pages,
+            2 => ReplicateKind::Journal,
+            3 => ReplicateKind::Skip,
+            4 => ReplicateKind::Segment,
+            5 => ReplicateKind::Reset,
+            _ => return None,
+        })
+    }
+}
+
+/// A region's role on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ReplicaRole {
+    /// Not replicated.
+    Solo = 0,
+    /// The primary: serves reads and writes, forwards writes.
+    Primary = 1,
+    /// A replica: applies what the primary forwards.
+    Replica = 2,
+    /// A primary that learned of a newer one, or restarted without knowing
+    /// whether it still leads: serves no writes.
+    Fenced = 3,
+}
+
+impl ReplicaRole {
+    /// Maps a byte from the wire.
+    pub fn from_u8(value: u8) -> Option<ReplicaRole> {
+        Some(match value {
+            0 => ReplicaRole::Solo,
+            1 => ReplicaRole::Primary,
+            2 => ReplicaRole::Replica,
+            3 => ReplicaRole::Fenced,
+            _ => return None,
+        })
+    }
+
+    /// A short human name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplicaRole::Solo => "solo",
+            ReplicaRole::Primary => "primary",
+            ReplicaRole::Replica => "replica",
+            ReplicaRole::Fenced => "fenced",
+        }
+    }
+}
+
+/// One replica, as its primary sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaInfo {
+    /// Its address.
+    pub addr: String,
+    /// The highest LSN it has acknowledged.
+    pub acked: u64,
+    /// Whether it counts for `sync` acknowledgements.
+    pub in_sync: bool,
+    /// Whether the primary is connected to it.
+    pub connected: bool,
+    /// Bytes of log entries it has not acknowledged.
+    pub lag_bytes: u64,
+    /// Age of the oldest entry it has not acknowledged, in milliseconds.
+    pub lag_ms: u64,
+    /// What it is doing or why it is out of sync (empty when in sync).
+    pub message: String,
+}
+
+/// A region's replication, as one node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaSet {
+    /// This node's role for the region.
+    pub role: ReplicaRole,
+    /// The replication mode.
+    pub mode: ReplicationMode,
+    /// The primary's address, as this node knows it.
+    pub primary: String,
+    /// The highest primary epoch this node has seen.
+    pub primary_epoch: u64,
+    /// The highest writer epoch this node has seen.
+    pub writer_epoch: u64,
+    /// This node's last applied LSN.
+    pub lsn: u64,
+    /// On a replica: whether it believes itself in sync (so promotable
+    /// without `--force`), and why not in `message`.
+    pub in_sync: bool,
+    /// A note: why a replica is not in sync, why a primary is fenced.
+    pub message: String,
+    /// On a primary: its replicas.
+    pub replicas: Vec<ReplicaInfo>,
+}
+
+/// Most replicas a region may have.
+pub const REPLICAS_MAX: usize = 8;
 
 /// How a region is opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -446,6 +655,8 @@ pub enum Response<'a> {
     CheckpointDone(CheckpointInfo),
     /// A recovery's progress.
     Recovery(RecoveryProgress),
+    /// A region's replication.
+    ReplicaSet(ReplicaSet),
     /// A region's digest, or a page of its segment digests.
     Checksum {
         /// The segment size the digests cover.
@@ -569,6 +780,24 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn addresses(&mut self) -> Result<Vec<&'a str>, WireError> {
+        let count = self.u8()? as usize;
+        if count > REPLICAS_MAX {
+            return Err(WireError::malformed(
+                self.what,
+                format!("{count} replicas exceed the limit of {REPLICAS_MAX}"),
+            ));
+        }
+        (0..count).map(|_| self.str(ADDRESS_BYTES_MAX)).collect()
+    }
+
+    fn mode(&mut self) -> Result<ReplicationMode, WireError> {
+        let byte = self.u8()?;
+        ReplicationMode::from_u8(byte).ok_or_else(|| {
+            WireError::malformed(self.what, format!("unknown replication mode {byte}"))
+        })
+    }
+
     fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.bytes)
     }
@@ -597,6 +826,14 @@ fn put_message(out: &mut Vec<u8>, message: &str) {
         end -= 1;
     }
     put_bytes(out, &message.as_bytes()[..end]);
+}
+
+fn put_addresses(out: &mut Vec<u8>, addresses: &[&str]) {
+    assert!(addresses.len() <= REPLICAS_MAX, "too many replicas");
+    out.push(addresses.len() as u8);
+    for address in addresses {
+        put_bytes(out, address.as_bytes());
+    }
 }
 
 fn put_pages(out: &mut Vec<u8>, pages: &[u64]) {
@@ -648,6 +885,10 @@ impl<'a> Request<'a> {
             Request::DirtyPages { .. } => Opcode::DirtyPages,
             Request::FreezeRegion { .. } => Opcode::FreezeRegion,
             Request::RegionChecksum { .. } => Opcode::RegionChecksum,
+            Request::CreateReplica { .. } => Opcode::CreateReplica,
+            Request::Promote { .. } => Opcode::Promote,
+            Request::ReplicaStatus { .. } => Opcode::ReplicaStatus,
+            Request::Replicate { .. } => Opcode::Replicate,
             Request::ApplyJournal { .. } => Opcode::ApplyJournal,
         }
     }
@@ -684,10 +925,57 @@ impl<'a> Request<'a> {
                 name,
                 size,
                 page_size,
+                replicas,
+                mode,
             } => {
                 put_bytes(payload, name.as_bytes());
                 payload.extend_from_slice(&size.to_le_bytes());
                 payload.extend_from_slice(&page_size.to_le_bytes());
+                put_addresses(payload, replicas);
+                payload.push(*mode as u8);
+            }
+            Request::CreateReplica {
+                name,
+                size,
+                page_size,
+                uid,
+                primary_epoch,
+                writer_epoch,
+                lsn,
+                mode,
+                primary,
+                replicas,
+            } => {
+                put_bytes(payload, name.as_bytes());
+                payload.extend_from_slice(&size.to_le_bytes());
+                payload.extend_from_slice(&page_size.to_le_bytes());
+                for value in [uid, primary_epoch, writer_epoch, lsn] {
+                    payload.extend_from_slice(&value.to_le_bytes());
+                }
+                payload.push(*mode as u8);
+                put_bytes(payload, primary.as_bytes());
+                put_addresses(payload, replicas);
+            }
+            Request::Promote { name, force } => {
+                put_bytes(payload, name.as_bytes());
+                payload.push(*force as u8);
+            }
+            Request::ReplicaStatus { name } => put_bytes(payload, name.as_bytes()),
+            Request::Replicate {
+                uid,
+                primary_epoch,
+                writer_epoch,
+                lsn,
+                in_sync,
+                kind,
+                body,
+            } => {
+                for value in [uid, primary_epoch, writer_epoch, lsn] {
+                    payload.extend_from_slice(&value.to_le_bytes());
+                }
+                payload.push(*in_sync as u8);
+                payload.push(*kind as u8);
+                payload.extend_from_slice(body);
             }
             Request::StatRegion { name }
             | Request::DeleteRegion { name }
@@ -802,6 +1090,8 @@ impl<'a> Request<'a> {
                 name: reader.str(REGION_NAME_BYTES_MAX)?,
                 size: reader.u64()?,
                 page_size: reader.u32()?,
+                replicas: reader.addresses()?,
+                mode: reader.mode()?,
             },
             Opcode::OpenRegion => Request::OpenRegion {
                 name: reader.str(REGION_NAME_BYTES_MAX)?,
@@ -857,6 +1147,39 @@ impl<'a> Request<'a> {
                     }
                 },
                 start_page: reader.u64()?,
+            },
+            Opcode::CreateReplica => Request::CreateReplica {
+                name: reader.str(REGION_NAME_BYTES_MAX)?,
+                size: reader.u64()?,
+                page_size: reader.u32()?,
+                uid: reader.u64()?,
+                primary_epoch: reader.u64()?,
+                writer_epoch: reader.u64()?,
+                lsn: reader.u64()?,
+                mode: reader.mode()?,
+                primary: reader.str(ADDRESS_BYTES_MAX)?,
+                replicas: reader.addresses()?,
+            },
+            Opcode::Promote => Request::Promote {
+                name: reader.str(REGION_NAME_BYTES_MAX)?,
+                force: reader.bool()?,
+            },
+            Opcode::ReplicaStatus => Request::ReplicaStatus {
+                name: reader.str(REGION_NAME_BYTES_MAX)?,
+            },
+            Opcode::Replicate => Request::Replicate {
+                uid: reader.u64()?,
+                primary_epoch: reader.u64()?,
+                writer_epoch: reader.u64()?,
+                lsn: reader.u64()?,
+                in_sync: reader.bool()?,
+                kind: {
+                    let byte = reader.u8()?;
+                    ReplicateKind::from_u8(byte).ok_or_else(|| {
+                        WireError::malformed(what, format!("unknown replicate kind {byte}"))
+                    })?
+                },
+                body: reader.rest(),
             },
             Opcode::RegionChecksum => Request::RegionChecksum {
                 name: reader.str(REGION_NAME_BYTES_MAX)?,
@@ -961,6 +1284,7 @@ impl<'a> Response<'a> {
             Response::Pong { .. } => Opcode::Pong,
             Response::RegionInfo(_) => Opcode::RegionInfo,
             Response::RegionOpened { .. } => Opcode::RegionOpened,
+            Response::ReplicaSet(_) => Opcode::ReplicaSet,
             Response::RegionStat(_) => Opcode::RegionStat,
             Response::RegionList(_) => Opcode::RegionList,
             Response::Done => Opcode::Done,
@@ -995,6 +1319,27 @@ impl<'a> Response<'a> {
             }
             Response::Pong { payload: bytes } => payload.extend_from_slice(bytes),
             Response::RegionInfo(info) => put_region_info(payload, info),
+            Response::ReplicaSet(set) => {
+                assert!(set.replicas.len() <= REPLICAS_MAX, "too many replicas");
+                payload.push(set.role as u8);
+                payload.push(set.mode as u8);
+                put_bytes(payload, set.primary.as_bytes());
+                for value in [set.primary_epoch, set.writer_epoch, set.lsn] {
+                    payload.extend_from_slice(&value.to_le_bytes());
+                }
+                payload.push(set.in_sync as u8);
+                put_message(payload, &set.message);
+                payload.push(set.replicas.len() as u8);
+                for replica in &set.replicas {
+                    put_bytes(payload, replica.addr.as_bytes());
+                    payload.extend_from_slice(&replica.acked.to_le_bytes());
+                    payload.push(replica.in_sync as u8);
+                    payload.push(replica.connected as u8);
+                    payload.extend_from_slice(&replica.lag_bytes.to_le_bytes());
+                    payload.extend_from_slice(&replica.lag_ms.to_le_bytes());
+                    put_message(payload, &replica.message);
+                }
+            }
             Response::RegionOpened {
                 info,
                 writer_epoch,
@@ -1133,6 +1478,49 @@ impl<'a> Response<'a> {
                 payload: reader.rest(),
             },
             Opcode::RegionInfo => Response::RegionInfo(read_region_info(&mut reader)?),
+            Opcode::ReplicaSet => {
+                let role = reader.u8()?;
+                let role = ReplicaRole::from_u8(role).ok_or_else(|| {
+                    WireError::malformed(what, format!("unknown replica role {role}"))
+                })?;
+                let mode = reader.mode()?;
+                let primary = reader.str(ADDRESS_BYTES_MAX)?.to_owned();
+                let primary_epoch = reader.u64()?;
+                let writer_epoch = reader.u64()?;
+                let lsn = reader.u64()?;
+                let in_sync = reader.bool()?;
+                let message = reader.str(ERROR_MESSAGE_BYTES_MAX)?.to_owned();
+                let count = reader.u8()? as usize;
+                if count > REPLICAS_MAX {
+                    return Err(WireError::malformed(
+                        what,
+                        format!("{count} replicas exceed the limit of {REPLICAS_MAX}"),
+                    ));
+                }
+                let mut replicas = Vec::with_capacity(count);
+                for _ in 0..count {
+                    replicas.push(ReplicaInfo {
+                        addr: reader.str(ADDRESS_BYTES_MAX)?.to_owned(),
+                        acked: reader.u64()?,
+                        in_sync: reader.bool()?,
+                        connected: reader.bool()?,
+                        lag_bytes: reader.u64()?,
+                        lag_ms: reader.u64()?,
+                        message: reader.str(ERROR_MESSAGE_BYTES_MAX)?.to_owned(),
+                    });
+                }
+                Response::ReplicaSet(ReplicaSet {
+                    role,
+                    mode,
+                    primary,
+                    primary_epoch,
+                    writer_epoch,
+                    lsn,
+                    in_sync,
+                    message,
+                    replicas,
+                })
+            }
             Opcode::RegionOpened => Response::RegionOpened {
                 info: read_region_info(&mut reader)?,
                 writer_epoch: reader.u64()?,
@@ -1322,6 +1710,8 @@ mod tests {
                 name: "r",
                 size: 1 << 30,
                 page_size: 4096,
+                replicas: Vec::new(),
+                mode: ReplicationMode::Sync,
             },
             Request::OpenRegion {
                 name: "r",
@@ -1364,6 +1754,39 @@ mod tests {
                 start_page: 0,
             },
             Request::FreezeRegion { region: 3 },
+            Request::CreateRegion {
+                name: "replicated",
+                size: 1 << 20,
+                page_size: 4096,
+                replicas: vec!["127.0.0.1:7001", "[::1]:7002"],
+                mode: ReplicationMode::Async,
+            },
+            Request::CreateReplica {
+                name: "replicated",
+                size: 1 << 20,
+                page_size: 4096,
+                uid: 77,
+                primary_epoch: 2,
+                writer_epoch: 3,
+                lsn: 40,
+                mode: ReplicationMode::Sync,
+                primary: "127.0.0.1:7000",
+                replicas: vec!["127.0.0.1:7001"],
+            },
+            Request::Promote {
+                name: "replicated",
+                force: true,
+            },
+            Request::ReplicaStatus { name: "replicated" },
+            Request::Replicate {
+                uid: 77,
+                primary_epoch: 2,
+                writer_epoch: 3,
+                lsn: 41,
+                in_sync: true,
+                kind: ReplicateKind::Pages,
+                body: b"body",
+            },
             Request::ApplyJournal {
                 region: 3,
                 lsn: 12,
@@ -1405,6 +1828,25 @@ mod tests {
                 writer_epoch: 3,
                 lsn: 99,
             },
+            Response::ReplicaSet(ReplicaSet {
+                role: ReplicaRole::Primary,
+                mode: ReplicationMode::Sync,
+                primary: "127.0.0.1:7000".into(),
+                primary_epoch: 2,
+                writer_epoch: 3,
+                lsn: 99,
+                in_sync: true,
+                message: String::new(),
+                replicas: vec![ReplicaInfo {
+                    addr: "127.0.0.1:7001".into(),
+                    acked: 98,
+                    in_sync: false,
+                    connected: true,
+                    lag_bytes: 4096,
+                    lag_ms: 3,
+                    message: "catching up".into(),
+                }],
+            }),
             Response::RegionStat(RegionStat {
                 info: info.clone(),
                 segments_allocated: 1,
@@ -1485,6 +1927,8 @@ mod tests {
             name: "region",
             size: 1 << 20,
             page_size: 4096,
+            replicas: Vec::new(),
+            mode: ReplicationMode::Sync,
         }
         .encode(&mut out, 1, 0);
         let payload = &out[HEADER_BYTES..];

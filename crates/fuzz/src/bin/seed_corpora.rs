@@ -69,6 +69,8 @@ fn request_frames() -> Vec<(String, Vec<u8>)> {
             name: "a",
             size: 1 << 20,
             page_size: 4096,
+            replicas: Vec::new(),
+            mode: pagoda_wire::ReplicationMode::Sync,
         },
     );
     add(
@@ -275,6 +277,8 @@ fn dispatch_seeds() -> Vec<(String, Vec<u8>)> {
         name: "a",
         size: 4 << 20,
         page_size: 4096,
+        replicas: Vec::new(),
+        mode: pagoda_wire::ReplicationMode::Sync,
     });
     let pages = pages_payload(&[0, 1, 600]);
     let mut write = 0u64.to_le_bytes().to_vec();
