@@ -309,6 +309,10 @@ struct LinkState {
     /// When the oldest entry still unanswered was sent.
     waiting_since: Option<Instant>,
     message: String,
+    /// Bytes of entries sent; of segments sent by rebuilds; rebuilds.
+    sent_bytes: u64,
+    rebuilt_bytes: u64,
+    rebuilds: u64,
 }
 
 /// A primary's replication of one region.
@@ -373,6 +377,9 @@ impl Replication {
                             in_sync,
                             connected: false,
                             waiting_since: None,
+                            sent_bytes: 0,
+                            rebuilt_bytes: 0,
+                            rebuilds: 0,
                             message: if in_sync {
                                 String::new()
                             } else {
@@ -577,6 +584,9 @@ impl Replication {
                     lag_bytes: log.appended_bytes.saturating_sub(state.acked_bytes),
                     lag_ms: oldest_unacked
                         .map_or(0, |entry| (now - entry.appended).as_millis() as u64),
+                    sent_bytes: state.sent_bytes,
+                    rebuilt_bytes: state.rebuilt_bytes,
+                    rebuilds: state.rebuilds,
                     message: state.message.clone(),
                 }
             })
@@ -706,7 +716,7 @@ fn serve_link(
             None => {
                 let region = region.upgrade().ok_or("the region was deleted")?;
                 link.state.lock().message = "rebuilding by segment digests".into();
-                match rebuild(replication, &client, &region) {
+                match rebuild(replication, link, &client, &region) {
                     Ok(position) => position + 1,
                     Err(error) => return Err(handle_send_error(replication, error)),
                 }
@@ -796,6 +806,7 @@ fn stream(
                 .map_err(SendError::Link)?;
             cursor = entry.lsn + 1;
             let mut state = link.state.lock();
+            state.sent_bytes += entry.body.len() as u64;
             if state.waiting_since.is_none() {
                 state.waiting_since = Some(Instant::now());
             }
@@ -851,7 +862,12 @@ fn acknowledged(replication: &Replication, link: &Link, lsn: u64, end_bytes: u64
 /// the segments that differ, then moves the replica's log to the position
 /// the copy started at; the retained log replays what came after. Returns
 /// that position.
-fn rebuild(replication: &Replication, client: &Client, region: &Region) -> Result<u64, SendError> {
+fn rebuild(
+    replication: &Replication,
+    link: &Link,
+    client: &Client,
+    region: &Region,
+) -> Result<u64, SendError> {
     let began = Instant::now();
     // Every write at or below `position` is in the region; later ones are
     // in the retained log, from which the stream replays them.
@@ -887,6 +903,7 @@ fn rebuild(replication: &Replication, client: &Client, region: &Region) -> Resul
         region.copy_segment(number, &mut body);
         segments += 1;
         bytes += body.len() as u64;
+        link.state.lock().rebuilt_bytes += body.len() as u64;
         let request = Request::Replicate {
             uid: replication.uid,
             primary_epoch: replication.primary_epoch,
@@ -927,6 +944,7 @@ fn rebuild(replication: &Replication, client: &Client, region: &Region) -> Resul
         body: &[],
     };
     answer_of(client.request(&request))?;
+    link.state.lock().rebuilds += 1;
     tracing::info!(
         region = %replication.name,
         segments,

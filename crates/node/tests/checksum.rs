@@ -4,8 +4,7 @@
 //! multiple of the segment size, and one large enough that the segment list
 //! comes in pages, are handled; bad arguments and missing rights are refused.
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,9 +12,11 @@ use pagoda::{Client, ClientError, ClientOptions, ErrorCode, RegionInfo};
 use pagoda_node::access::{self, Credential, Grant};
 use pagoda_node::{Node, NodeConfig};
 use pagoda_wire::checksum::{Digest, region_digest};
-use pagoda_wire::io::FrameReader;
 use pagoda_wire::limits::{CHECKSUM_SEGMENTS_MAX, SEGMENT_BYTES};
 use pagoda_wire::{Request, Response};
+
+mod common;
+use common::raw_call;
 
 const PAGE: usize = 4096;
 const MIB: u64 = 1024 * 1024;
@@ -256,38 +257,6 @@ fn a_large_region_is_listed_in_pages() {
 
 /// Sends one request on a fresh connection to a node without credentials
 /// and returns the reply's opcode and payload.
-fn raw_call(addr: SocketAddr, request: &Request<'_>) -> (u8, Vec<u8>) {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = FrameReader::new(stream, Duration::ZERO);
-    let mut call = |request: &Request<'_>, id: u64| {
-        let mut out = Vec::new();
-        request.encode(&mut out, id, 0);
-        writer.write_all(&out).unwrap();
-        let frame = reader.read_frame().unwrap();
-        assert_eq!(frame.header.request_id, id);
-        (frame.header.opcode, frame.payload.to_vec())
-    };
-    let (opcode, payload) = call(
-        &Request::Hello {
-            client_name: "checksum-test",
-            credential: "",
-            client_nonce: [1; 32],
-        },
-        1,
-    );
-    assert!(
-        matches!(
-            Response::decode(opcode, &payload).unwrap(),
-            Response::HelloOk { .. }
-        ),
-        "{:?}",
-        Response::decode(opcode, &payload)
-    );
-    call(request, 2)
-}
-
 fn error_code(reply: &(u8, Vec<u8>)) -> ErrorCode {
     match Response::decode(reply.0, &reply.1).unwrap() {
         Response::Error { code, .. } => code,

@@ -4,9 +4,17 @@
 //! catches up from the retained log, or by segment digests once the log no
 //! longer holds what it missed; promotion fences the old primary.
 
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use pagoda_wire::limits::SEGMENT_BYTES;
+use pagoda_wire::{OpenMode, Request, Response};
+
+mod common;
+use common::raw_call;
 
 use pagoda::{Client, ClientOptions, ErrorCode, RegionOptions, ReplicaRole, ReplicationMode};
 use pagoda_node::{Node, NodeConfig};
@@ -57,10 +65,14 @@ struct Cluster {
 
 impl Cluster {
     fn new(count: usize) -> Cluster {
+        Cluster::with(count, |_| {})
+    }
+
+    fn with(count: usize, adjust: impl Fn(&mut NodeConfig)) -> Cluster {
         let dirs: Vec<_> = (0..count).map(|_| tempfile::tempdir().unwrap()).collect();
         let nodes: Vec<Option<Node>> = dirs
             .iter()
-            .map(|dir| Some(Node::start(config(dir.path(), |_| {})).expect("node starts")))
+            .map(|dir| Some(Node::start(config(dir.path(), &adjust)).expect("node starts")))
             .collect();
         let addrs = nodes
             .iter()
@@ -135,16 +147,21 @@ fn sync_writes_are_on_every_replica_when_answered() {
         assert_eq!(replica.acked, set.lsn, "{replica:?}");
     }
     // A replica refuses writes, and names its primary.
-    let replica = cluster.client(1);
-    let error = replica
-        .open_region("r", RegionOptions::default())
-        .map(|_| ())
-        .unwrap_err();
-    assert_eq!(error.code(), Some(ErrorCode::NotPrimary), "{error}");
-    assert!(
-        error.to_string().contains(&cluster.addrs[0].to_string()),
-        "{error}"
+    let (opcode, payload) = raw_call(
+        cluster.addrs[1],
+        &Request::OpenRegion {
+            name: "r",
+            mode: OpenMode::Write,
+            claim_epoch: 0,
+        },
     );
+    match Response::decode(opcode, &payload).unwrap() {
+        Response::Error { code, message } => {
+            assert_eq!(code, ErrorCode::NotPrimary, "{message}");
+            assert!(message.contains(&cluster.addrs[0].to_string()), "{message}");
+        }
+        other => panic!("a replica opened for writing: {other:?}"),
+    }
 }
 
 // Guards `async` mode: writes are answered by the primary, and replicas
@@ -262,4 +279,251 @@ fn a_promoted_replica_leads_and_the_old_primary_is_fenced() {
             && digest(&old, "p") == digest(&replica, "p")
     });
     drop(region);
+}
+
+// ---------------------------------------------------------------------------
+// Outages of the link between a primary and its replica.
+
+/// A TCP proxy on loopback in front of a node, whose connections the test
+/// can cut and keep cut for a while (a network outage between two live
+/// nodes).
+struct Proxy {
+    addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn new(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let down = Arc::new(AtomicBool::new(false));
+        let links: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (accept_down, accept_links) = (down.clone(), links.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                if accept_down.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let mut held = accept_links.lock().unwrap();
+                held.push(client.try_clone().unwrap());
+                held.push(server.try_clone().unwrap());
+                drop(held);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { addr, down, links }
+    }
+
+    /// Cuts every connection and refuses new ones until `restore`.
+    fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            let _ = link.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A primary (node 0) with one replica (node 1) reached through a proxy.
+fn behind_proxy(cluster: &Cluster, name: &str, pages: u64) -> (Proxy, pagoda::RegionInfo) {
+    let proxy = Proxy::new(cluster.addrs[1]);
+    let replica = proxy.addr.to_string();
+    let info = cluster
+        .client(0)
+        .create_replicated_region(
+            name,
+            pages * PAGE as u64,
+            PAGE as u32,
+            &[replica.as_str()],
+            ReplicationMode::Sync,
+        )
+        .expect("replicated region created");
+    (proxy, info)
+}
+
+fn link_of(client: &Client, name: &str) -> pagoda::ReplicaInfo {
+    client.replicas(name).unwrap().replicas.remove(0)
+}
+
+// Guards catch-up from the retained log (C18): a replica cut off for a
+// second while writes go on receives only what it missed, fewer bytes than
+// twice those written meanwhile, and no rebuild.
+#[test]
+fn a_replica_back_from_a_short_outage_catches_up_from_the_log() {
+    let cluster = Cluster::new(2);
+    let (proxy, info) = behind_proxy(&cluster, "short", 1024);
+    let writer = cluster.client(0);
+    let before: Vec<u64> = (0..64).collect();
+    let data: Vec<u8> = before.iter().flat_map(|&p| page(p)).collect();
+    writer.write_pages(&info, &before, &data).unwrap();
+    eventually("the replica is in sync", || {
+        link_of(&writer, "short").in_sync
+    });
+    let sent_before = link_of(&writer, "short").sent_bytes;
+
+    proxy.cut();
+    let mut written = 0u64;
+    let began = Instant::now();
+    let mut round = 0u64;
+    // About a second of writes, far less than the retained log holds.
+    while began.elapsed() < Duration::from_secs(1) && round < 250 {
+        let pages: Vec<u64> = (0..8).map(|i| (round * 8 + i) % 1024).collect();
+        let data: Vec<u8> = pages.iter().flat_map(|&p| page(p + round)).collect();
+        // Answered by the primary alone once the replica is dropped.
+        writer.write_pages(&info, &pages, &data).unwrap();
+        written += data.len() as u64;
+        round += 1;
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    let missed = link_of(&writer, "short");
+    assert!(
+        !missed.in_sync,
+        "a cut-off replica counted in sync: {missed:?}"
+    );
+    proxy.restore();
+    eventually("the replica catches up", || {
+        link_of(&writer, "short").in_sync
+    });
+    let after = link_of(&writer, "short");
+    assert_eq!(
+        after.rebuilds, 0,
+        "a short outage needed a rebuild: {after:?}"
+    );
+    let sent = after.sent_bytes - sent_before;
+    assert!(
+        sent < 2 * written,
+        "catch-up sent {sent} bytes for {written} written during the outage"
+    );
+    assert!(
+        sent >= written,
+        "catch-up sent {sent} bytes, less than the {written} missed"
+    );
+    assert_eq!(
+        digest(&cluster.client(1), "short"),
+        digest(&writer, "short")
+    );
+}
+
+// Guards the rebuild by digests (C7): a replica away for longer than the
+// retained log holds is sent only the segments that differ (here 2 of 8),
+// not a full copy.
+#[test]
+fn a_replica_back_from_a_long_outage_gets_only_the_segments_that_differ() {
+    let cluster = Cluster::with(2, |config| config.replication_log_bytes = 1 << 20);
+    let pages_per_segment = SEGMENT_BYTES / PAGE as u64;
+    let (proxy, info) = behind_proxy(&cluster, "long", 8 * pages_per_segment);
+    let writer = cluster.client(0);
+    // Every segment written once.
+    for segment in 0..8 {
+        let pages: Vec<u64> = (0..16)
+            .map(|i| segment * pages_per_segment + i * 7)
+            .collect();
+        let data: Vec<u8> = pages.iter().flat_map(|&p| page(p)).collect();
+        writer.write_pages(&info, &pages, &data).unwrap();
+    }
+    eventually("the replica is in sync", || {
+        link_of(&writer, "long").in_sync
+    });
+    proxy.cut();
+    // More than the retained log holds, in segments 2 and 5 only.
+    for round in 0..12u64 {
+        for segment in [2u64, 5] {
+            let pages: Vec<u64> = (0..32).map(|i| segment * pages_per_segment + i).collect();
+            let data: Vec<u8> = pages.iter().flat_map(|&p| page(p * 3 + round)).collect();
+            writer.write_pages(&info, &pages, &data).unwrap();
+        }
+    }
+    proxy.restore();
+    eventually("the replica is rebuilt and in sync", || {
+        let link = link_of(&writer, "long");
+        link.in_sync && link.rebuilds > 0
+    });
+    let link = link_of(&writer, "long");
+    let differing = 2 * SEGMENT_BYTES;
+    assert!(
+        link.rebuilt_bytes < 2 * differing,
+        "the rebuild sent {} bytes for 2 differing segments ({differing} bytes)",
+        link.rebuilt_bytes
+    );
+    assert!(link.rebuilt_bytes >= differing, "{link:?}");
+    assert_eq!(digest(&cluster.client(1), "long"), digest(&writer, "long"));
+}
+
+// Guards fencing of a deposed writer across a promotion: a writer cut off
+// while another writer took the region over at the new primary keeps
+// writing to the old primary; none of its writes lands on any node, and the
+// final contents are those of the acknowledged writes.
+#[test]
+fn a_deposed_writer_lands_nothing_anywhere() {
+    let cluster = Cluster::with(2, |config| config.writer_lease = Duration::from_millis(200));
+    let info = create(&cluster, "w", 64, ReplicationMode::Sync);
+    let old_writer = cluster.client(0);
+    old_writer.write_pages(&info, &[0], &page(1)).unwrap();
+    // The replica is promoted while the old primary still runs (a planned
+    // switchover, or an operator who believed it dead).
+    let replica = cluster.client(1);
+    eventually("the replica is in sync", || {
+        replica.replicas("w").unwrap().in_sync
+    });
+    replica.promote("w", false).unwrap();
+    // A new writer at the new primary.
+    let new_writer = cluster.client(1);
+    let new_info = new_writer
+        .open_region("w", RegionOptions::default())
+        .map(|region| region.info().clone())
+        .unwrap();
+    new_writer.write_pages(&new_info, &[0], &page(2)).unwrap();
+    // The old writer keeps writing to the old primary: refused there (it is
+    // fenced as soon as the new primary reaches it, and until then its
+    // entries are refused by the new primary, so no write is acknowledged).
+    let mut acknowledged = 0;
+    for round in 0..50u64 {
+        if old_writer
+            .write_pages(&info, &[1], &page(100 + round))
+            .is_ok()
+        {
+            acknowledged += 1;
+        }
+    }
+    assert_eq!(acknowledged, 0, "a deposed primary acknowledged writes");
+    eventually("the old primary follows the new one", || {
+        cluster.client(0).replicas("w").unwrap().role == ReplicaRole::Replica
+    });
+    // Nothing of the deposed writer anywhere.
+    for index in 0..2 {
+        let mut back = vec![0u8; 2 * PAGE];
+        cluster
+            .client(index)
+            .read_pages(&new_info_for(&cluster, index, "w"), &[0, 1], &mut back)
+            .unwrap();
+        assert!(
+            back[..PAGE] == page(2)[..],
+            "node {index}: page 0 is not the new writer's"
+        );
+        assert!(
+            back[PAGE..].iter().all(|&b| b == 0),
+            "node {index}: a deposed write landed"
+        );
+    }
+}
+
+/// The region's description on node `index` (ids are per node).
+fn new_info_for(cluster: &Cluster, index: usize, name: &str) -> pagoda::RegionInfo {
+    cluster.client(index).stat_region(name).unwrap().info
 }

@@ -367,6 +367,12 @@ pub struct ReplicaInfo {
     pub lag_bytes: u64,
     /// Age of the oldest entry it has not acknowledged, in milliseconds.
     pub lag_ms: u64,
+    /// Bytes of log entries sent to it since the primary took over.
+    pub sent_bytes: u64,
+    /// Bytes of segments sent to it by rebuilds, and how many rebuilds.
+    pub rebuilt_bytes: u64,
+    /// Rebuilds by digests it went through.
+    pub rebuilds: u64,
     /// What it is doing or why it is out of sync (empty when in sync).
     pub message: String,
 }
@@ -1336,7 +1342,14 @@ impl<'a> Response<'a> {
                     payload.push(replica.in_sync as u8);
                     payload.push(replica.connected as u8);
                     payload.extend_from_slice(&replica.lag_bytes.to_le_bytes());
-                    payload.extend_from_slice(&replica.lag_ms.to_le_bytes());
+                    for value in [
+                        replica.lag_ms,
+                        replica.sent_bytes,
+                        replica.rebuilt_bytes,
+                        replica.rebuilds,
+                    ] {
+                        payload.extend_from_slice(&value.to_le_bytes());
+                    }
                     put_message(payload, &replica.message);
                 }
             }
@@ -1506,6 +1519,9 @@ impl<'a> Response<'a> {
                         connected: reader.bool()?,
                         lag_bytes: reader.u64()?,
                         lag_ms: reader.u64()?,
+                        sent_bytes: reader.u64()?,
+                        rebuilt_bytes: reader.u64()?,
+                        rebuilds: reader.u64()?,
                         message: reader.str(ERROR_MESSAGE_BYTES_MAX)?.to_owned(),
                     });
                 }
@@ -1844,6 +1860,9 @@ mod tests {
                     connected: true,
                     lag_bytes: 4096,
                     lag_ms: 3,
+                    sent_bytes: 1 << 20,
+                    rebuilt_bytes: 2 << 20,
+                    rebuilds: 1,
                     message: "catching up".into(),
                 }],
             }),
