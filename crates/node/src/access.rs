@@ -63,8 +63,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::NodeError;
+use crate::node::Shared;
 use crate::region::Region;
-use crate::server::Shared;
 
 pub use pagoda_wire::auth::generate_token;
 

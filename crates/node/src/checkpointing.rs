@@ -14,8 +14,8 @@ use pagoda_wire::RegionState;
 use crate::catalog::Catalog;
 use crate::checkpoint::{self, CheckpointSettings};
 use crate::error::NodeError;
+use crate::node::{ACCEPT_POLL_MS, Shared};
 use crate::region::{CheckpointMark, Region};
-use crate::server::{ACCEPT_POLL_MS, Shared};
 use crate::storage::Storage;
 
 /// Takes a checkpoint of `region` (one at a time per region), records it and

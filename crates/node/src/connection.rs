@@ -55,10 +55,10 @@ use pagoda_wire::{ErrorCode, Opcode, Request, Response, WireError};
 use parking_lot::{Condvar, Mutex};
 
 use crate::access::{Outcome, Session};
+use crate::config::NodeConfig;
 use crate::error::NodeError;
-use crate::server::{
-    ACCEPT_POLL_MS, ConnectionEntry, Deferred, Dispatch, NodeConfig, Shared, serve_request,
-};
+use crate::node::{ACCEPT_POLL_MS, ConnectionEntry, Shared};
+use crate::server::{Deferred, Dispatch, serve_request};
 
 /// Replies are written once this many bytes are pending, even if more
 /// requests are buffered.

@@ -4,8 +4,8 @@
 //! [`arena::Arena`] of fixed-size segments (2 MiB); a region's segment is
 //! taken from the arena on the region's first write to it (thin provisioning),
 //! and pages never written read as zeros. Region metadata lives in the
-//! [`catalog::Catalog`], persisted in the data dir. The [`server`] accepts
-//! connections and serves the wire protocol, one thread per connection.
+//! [`catalog::Catalog`], persisted in the data dir. A [`node::Node`] accepts
+//! connections, one thread each, and [`server`] serves their requests.
 //!
 //! With a [`storage`] backend configured, the node takes [`checkpoint`]s of
 //! its regions (incremental, copy-on-write), reloads them after a restart,
@@ -19,8 +19,10 @@ pub mod catalog;
 pub mod checkpoint;
 mod checkpointing;
 pub mod checksum;
+pub mod config;
 mod connection;
 pub mod error;
+pub mod node;
 mod node_journal;
 pub mod recovery;
 pub mod region;
@@ -30,7 +32,8 @@ pub mod storage;
 mod tls;
 pub mod write_log;
 
+pub use config::NodeConfig;
 pub use error::{NodeError, StorageCause};
-pub use server::{Node, NodeConfig, Unsaved, UnsavedRegion};
+pub use node::{Node, Unsaved, UnsavedRegion};
 pub use storage::StorageConfig;
 pub use tls::TlsConfig;

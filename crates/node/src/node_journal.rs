@@ -12,8 +12,8 @@ use pagoda_wire::RegionState;
 
 use crate::catalog::Catalog;
 use crate::error::NodeError;
+use crate::node::Shared;
 use crate::region::Region;
-use crate::server::Shared;
 
 /// Where a region's journal lives.
 pub(crate) fn dir(data_dir: &std::path::Path, uid: u64) -> PathBuf {

@@ -26,8 +26,8 @@ use parking_lot::Mutex;
 
 use crate::checkpoint::{self, LoadProgress, Manifest};
 use crate::error::NodeError;
+use crate::node::Shared;
 use crate::region::{CheckpointMark, Region};
-use crate::server::Shared;
 
 /// Pages per read from the source.
 const COPY_BATCH_PAGES: usize = 256;

@@ -50,8 +50,8 @@ use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::error::NodeError;
+use crate::node::Shared;
 use crate::region::Region;
-use crate::server::Shared;
 use crate::write_log::{Applied, Order};
 
 /// Log entries a sender keeps unanswered at most.
