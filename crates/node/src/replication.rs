@@ -1364,9 +1364,12 @@ pub(crate) fn receive(
         },
         ReplicateKind::Journal => {
             match Request::decode(Opcode::ApplyJournal as u8, incoming.body) {
-                Ok(Request::ApplyJournal {
-                    commit_id, entries, ..
-                }) => crate::node_journal::apply(shared, region, commit_id, &entries),
+                // Applied to RAM only: a replica's copy lives as long as its
+                // RAM (a restarted replica is rebuilt), and only a primary
+                // keeps a node journal, which its checkpoints release.
+                Ok(Request::ApplyJournal { entries, .. }) => region
+                    .prepare_bytes(&entries)
+                    .and_then(|()| region.write_bytes(&entries, 0)),
                 Ok(_) => unreachable!("decoded as ApplyJournal"),
                 Err(error) => Err(NodeError::InvalidArgument(format!(
                     "journal entry: {error}"

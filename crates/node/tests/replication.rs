@@ -527,3 +527,27 @@ fn a_deposed_writer_lands_nothing_anywhere() {
 fn new_info_for(cluster: &Cluster, index: usize, name: &str) -> pagoda::RegionInfo {
     cluster.client(index).stat_region(name).unwrap().info
 }
+
+// Guards journal records on replicated regions: a `Remote` region's
+// committed transactions reach the replicas as they reach the primary.
+#[test]
+fn journal_records_are_replicated() {
+    let cluster = Cluster::new(2);
+    create(&cluster, "j", 256, ReplicationMode::Sync);
+    let writer = cluster.client(0);
+    let options = RegionOptions {
+        durability: pagoda::Durability::Remote,
+        ..RegionOptions::default()
+    };
+    let region = writer.open_region("j", options).unwrap();
+    for i in 0..100u64 {
+        region
+            .transaction(|tx| {
+                tx.write_at(i * 97 % (256 * PAGE as u64 - 16), &i.to_le_bytes())?;
+                tx.write_at(8 * PAGE as u64 + i * 8, &(i * 3).to_le_bytes())
+            })
+            .unwrap();
+    }
+    drop(region);
+    assert_eq!(digest(&cluster.client(1), "j"), digest(&writer, "j"));
+}
