@@ -25,7 +25,6 @@ use parking_lot::Mutex;
 
 use crate::ClientOptions;
 use crate::error::ClientError;
-use crate::write_log::WriterLog;
 
 /// A reply's opcode and payload, owned.
 pub struct Reply {
@@ -152,8 +151,6 @@ pub struct Connection {
     timeout: Duration,
     batch_bytes_max: AtomicUsize,
     batch_pages_max: AtomicUsize,
-    /// The write logs of the regions this connection writes, by region id.
-    writers: Mutex<HashMap<u64, Arc<WriterLog>>>,
 }
 
 impl Connection {
@@ -268,19 +265,7 @@ impl Connection {
             timeout: options.timeout,
             batch_bytes_max: AtomicUsize::new(BATCH_BYTES_MAX),
             batch_pages_max: AtomicUsize::new(BATCH_PAGES_MAX),
-            writers: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Records the writer epoch and log position a write open of `region`
-    /// was granted, and returns the region's write log on this connection.
-    pub(crate) fn grant_writer(&self, region: u64, epoch: u64, lsn: u64) -> Arc<WriterLog> {
-        let mut writers = self.writers.lock();
-        let log = writers
-            .entry(region)
-            .or_insert_with(|| Arc::new(WriterLog::new(epoch, lsn)));
-        log.granted(epoch, lsn);
-        log.clone()
     }
 
     /// The node's address.
@@ -316,6 +301,18 @@ impl Connection {
             complete(&slot, Err(ClientError::Disconnected(reason.clone())));
         }
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Whether the connection has failed (every call on it fails at once).
+    pub fn is_failed(&self) -> bool {
+        self.failed.lock().is_some()
+    }
+
+    /// Closes the connection on purpose (the client moved to another node):
+    /// every request still waiting fails with `Disconnected` and is retried
+    /// by its caller where that is safe.
+    pub fn close(&self, reason: String) {
+        self.fail(reason);
     }
 
     fn check_failed(&self) -> Result<(), ClientError> {
@@ -413,7 +410,10 @@ impl Connection {
             self.fail(reason.clone());
             return Err(ClientError::Disconnected(reason));
         }
-        Ok(PendingCall { slot })
+        Ok(PendingCall {
+            slot,
+            connection: None,
+        })
     }
 
     /// Waits for the reply to a request sent with [`Connection::send`].
@@ -556,6 +556,24 @@ impl Connection {
 #[derive(Clone)]
 pub struct PendingCall {
     slot: Arc<Slot>,
+    /// The connection it was sent on, when sent through the client's link
+    /// (which may have moved to another connection since).
+    connection: Option<Arc<Connection>>,
+}
+
+impl PendingCall {
+    /// The same call, remembering the connection it was sent on.
+    pub(crate) fn on(self, connection: Arc<Connection>) -> PendingCall {
+        PendingCall {
+            connection: Some(connection),
+            ..self
+        }
+    }
+
+    /// The connection it was sent on, if recorded.
+    pub(crate) fn connection(&self) -> Option<&Arc<Connection>> {
+        self.connection.as_ref()
+    }
 }
 
 /// Permission for one waiter (other than the reader) to spin; see

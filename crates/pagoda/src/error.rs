@@ -24,6 +24,22 @@ pub enum ClientError {
     /// The connection broke; it cannot be used any more.
     #[error("connection to the node failed: {0}")]
     Disconnected(String),
+    /// The connection failed while a request that is not safe to repeat
+    /// (creating, deleting, checkpointing, recovering or freezing a region)
+    /// was in flight: it may or may not have been carried out, and it was
+    /// not sent again. Look before trying again (list the regions, ...). Also
+    /// returned by the writes of a region handle after a write whose outcome
+    /// could not be learned (the reconnect failed): reopen the region.
+    #[error(
+        "the connection failed during {request}, which was not sent again as it is not safe \
+         to repeat: its outcome is unknown ({reason})"
+    )]
+    OutcomeUnknown {
+        /// What was in flight.
+        request: String,
+        /// How the connection failed.
+        reason: String,
+    },
     /// The node did not answer in time; the connection is closed.
     #[error("no reply from the node within {0:?}")]
     Timeout(std::time::Duration),
@@ -59,6 +75,12 @@ impl ClientError {
             ClientError::Remote { code, .. } => Some(*code),
             _ => None,
         }
+    }
+
+    /// Whether the connection failed (the socket broke, the node closed it,
+    /// no reply in time), rather than the node answering with an error.
+    pub fn is_connection_failure(&self) -> bool {
+        crate::link::connection_failure(self)
     }
 }
 

@@ -21,6 +21,7 @@
 mod checksum;
 mod connection;
 mod error;
+mod link;
 mod region;
 mod replication;
 mod tls;
@@ -28,7 +29,7 @@ mod transaction;
 mod write_log;
 
 use std::collections::HashMap;
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,8 +52,7 @@ pub use tls::TlsOptions;
 pub use transaction::{Durability, JournalStats, Transaction};
 pub use write_log::WriterLog;
 
-use connection::Connection;
-use pagoda_wire::auth::ClientHandshake;
+use link::{Link, RegionBinding, retry_of};
 use pagoda_wire::{OpenMode, Request, Response};
 
 /// How a client connects.
@@ -75,6 +75,14 @@ pub struct ClientOptions {
     pub client_name: String,
     /// Speak TLS to the node, with these settings; `None`: plain TCP.
     pub tls: Option<TlsOptions>,
+    /// How long the client keeps dialling after its connection failed
+    /// before the failed call returns an error; zero: never reconnect (a
+    /// failed connection fails every later call). See `Client` for what is
+    /// sent again after a reconnect.
+    pub reconnect_for: Duration,
+    /// Other nodes to dial, in order, when the current one refuses
+    /// connections (nodes holding the regions too, e.g. their replicas).
+    pub fallback: Vec<SocketAddr>,
 }
 
 /// Everything but the token, which a log line must never carry.
@@ -87,6 +95,8 @@ impl std::fmt::Debug for ClientOptions {
             .field("timeout", &self.timeout)
             .field("client_name", &self.client_name)
             .field("tls", &self.tls)
+            .field("reconnect_for", &self.reconnect_for)
+            .field("fallback", &self.fallback)
             .finish()
     }
 }
@@ -95,6 +105,8 @@ impl std::fmt::Debug for ClientOptions {
 pub const SPIN_US_DEFAULT: u64 = 50;
 /// Default reply timeout, in seconds.
 pub const TIMEOUT_S_DEFAULT: u64 = 30;
+/// Default time to keep reconnecting, in seconds.
+pub const RECONNECT_FOR_S_DEFAULT: u64 = 30;
 /// The credential a client authenticates as when given only a token: the
 /// node's `--token-file` token.
 pub const DEFAULT_CREDENTIAL: &str = "default";
@@ -108,6 +120,8 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(TIMEOUT_S_DEFAULT),
             client_name: "pagoda-client".into(),
             tls: None,
+            reconnect_for: Duration::from_secs(RECONNECT_FOR_S_DEFAULT),
+            fallback: Vec::new(),
         }
     }
 }
@@ -135,12 +149,28 @@ impl ClientOptions {
 }
 
 /// A connection to a memory node; cheap to clone, usable from many threads.
+///
+/// **Reconnects.** When the connection fails (the socket breaks, the node
+/// closes it, no reply within `ClientOptions::timeout`), the client dials
+/// again for up to `ClientOptions::reconnect_for` (the same address, then
+/// `ClientOptions::fallback` in order), authenticates, opens again every
+/// region it holds open (resuming its writer epoch and log position), and
+/// sends the failed call again if that is safe: reads, statistics and
+/// numbered writes (page writes and journal records, sent again with their
+/// original numbers, which the node applies once). Creating, deleting,
+/// checkpointing, recovering and freezing a region are not sent again: they
+/// fail with [`ClientError::OutcomeUnknown`]. A write refused with
+/// `NotPrimary` moves the client to the primary the node names. If a newer
+/// writer took a region over meanwhile, that region's handle is fenced:
+/// every later write through it fails with `StaleEpoch`.
 #[derive(Clone)]
 pub struct Client {
-    connection: Arc<Connection>,
-    /// Regions whose writer role this connection took for
-    /// [`Client::write_pages`]; held until the connection ends.
-    direct_writes: Arc<Mutex<HashMap<u64, Arc<WriterLog>>>>,
+    /// The link to the node: the current connection, and how to dial again.
+    connection: Arc<Link>,
+    /// Regions whose writer role this client took for
+    /// [`Client::write_pages`], by the id the caller holds; held (and taken
+    /// again at each reconnect) as long as the client lives.
+    direct_writes: Arc<Mutex<HashMap<u64, Arc<RegionBinding>>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -171,18 +201,6 @@ impl Client {
                 "the token is longer than {token_bytes_max} bytes"
             )));
         }
-        // The client name is for the node's logs: a long one is cut to the
-        // limit (at a character boundary) rather than refused.
-        let mut name_end = options
-            .client_name
-            .len()
-            .min(pagoda_wire::limits::CLIENT_NAME_BYTES_MAX);
-        while !options.client_name.is_char_boundary(name_end) {
-            name_end -= 1;
-        }
-        let client_name = &options.client_name[..name_end];
-        // Without a token the client names no credential: only a node with
-        // none configured accepts it.
         let credential = match &options.token {
             Some(_) => options.credential.as_str(),
             None => "",
@@ -193,43 +211,32 @@ impl Client {
                 "the credential name is longer than {credential_bytes_max} bytes"
             )));
         }
-        let connection = Connection::open(addr, &options)?;
-        let client = Client {
-            connection: Arc::new(connection),
+        Ok(Client {
+            connection: Arc::new(Link::connect(addr, options)?),
             direct_writes: Arc::new(Mutex::new(HashMap::new())),
-        };
-        let handshake = ClientHandshake::new(
-            client_name,
-            credential,
-            options.token.clone().unwrap_or_default(),
-        );
-        let mut reply = client.call(&handshake.hello())?;
-        let proof = match reply.decode()? {
-            Response::AuthChallenge { salt, node_nonce } => {
-                Some(handshake.proof(salt, &node_nonce))
-            }
-            _ => None,
-        };
-        if let Some(proof) = proof {
-            reply = client.call(&proof)?;
-        }
-        match reply.decode()? {
-            Response::HelloOk {
-                batch_bytes_max,
-                batch_pages_max,
-                ..
-            } => {
-                client
-                    .connection
-                    .set_limits(batch_bytes_max as usize, batch_pages_max as usize);
-                Ok(client)
-            }
-            other => Err(unexpected(&other)),
-        }
+        })
     }
 
+    /// How many times this client connected again after its connection
+    /// failed.
+    pub fn reconnects(&self) -> u64 {
+        self.connection.reconnects()
+    }
+
+    /// The address of the node the client is connected to now.
+    pub fn peer(&self) -> SocketAddr {
+        self.connection.peer()
+    }
+
+    /// Sends a request and waits for its reply, sending it again after a
+    /// reconnect if it is safe to (see `link::retry_of`).
     fn call(&self, request: &Request<'_>) -> Result<Reply, ClientError> {
-        self.connection.call(|out, id| request.encode(out, id, 0))
+        self.connection.call_into_with(
+            retry_of(request),
+            |out, id| request.encode(out, id, 0),
+            &mut [],
+            &|| Ok(()),
+        )
     }
 
     fn region_info(&self, request: &Request<'_>) -> Result<RegionInfo, ClientError> {
@@ -262,35 +269,14 @@ impl Client {
     /// until every region handle opened for writing through this connection
     /// is dropped, or the connection ends.
     pub fn open_region(&self, name: &str, options: RegionOptions) -> Result<Region, ClientError> {
-        let (info, log) = self.open(name, OpenMode::Write)?;
-        Region::new(self.connection.clone(), info, options, log)
-    }
-
-    /// Opens a region on the node; a write open is granted a writer epoch
-    /// and the region's log position, recorded in the connection's write
-    /// log of the region.
-    fn open(
-        &self,
-        name: &str,
-        mode: OpenMode,
-    ) -> Result<(RegionInfo, Option<Arc<WriterLog>>), ClientError> {
-        let request = Request::OpenRegion {
-            name,
-            mode,
-            claim_epoch: 0,
-        };
-        match self.call(&request)?.decode()? {
-            Response::RegionOpened {
-                info,
-                writer_epoch,
-                lsn,
-            } => {
-                let log = (mode == OpenMode::Write)
-                    .then(|| self.connection.grant_writer(info.id, writer_epoch, lsn));
-                Ok((info, log))
-            }
-            other => Err(unexpected(&other)),
-        }
+        let (info, binding) = self.connection.open(name, OpenMode::Write)?;
+        Region::new(
+            self.connection.clone(),
+            info,
+            options,
+            binding,
+            OpenMode::Write,
+        )
     }
 
     /// Opens a region for reading only, with a local cache; any number of
@@ -302,8 +288,14 @@ impl Client {
         name: &str,
         options: RegionOptions,
     ) -> Result<Region, ClientError> {
-        let (info, _) = self.open(name, OpenMode::Read)?;
-        Region::new(self.connection.clone(), info, options, None)
+        let (info, binding) = self.connection.open(name, OpenMode::Read)?;
+        Region::new(
+            self.connection.clone(),
+            info,
+            options,
+            binding,
+            OpenMode::Read,
+        )
     }
 
     /// Describes a region and its use of the node's RAM.
@@ -354,13 +346,11 @@ impl Client {
         pages: &[u64],
         out: &mut [u8],
     ) -> Result<(), ClientError> {
-        region::read_pages(
-            &self.connection,
-            region.id,
-            region.page_size as usize,
-            pages,
-            out,
-        )
+        // A region this client holds open may have another id on the node
+        // the client moved to since.
+        let binding = self.connection.binding_of(region);
+        let id = || binding.as_ref().map_or(region.id, |binding| binding.id());
+        region::read_pages(&self.connection, &id, region.page_size as usize, pages, out)
     }
 
     /// Writes pages of a region straight to the node, bypassing any cache.
@@ -373,26 +363,44 @@ impl Client {
         pages: &[u64],
         data: &[u8],
     ) -> Result<(), ClientError> {
-        let log = self.direct_writes.lock().get(&region.id).cloned();
-        let log = match log {
-            Some(log) => log,
+        let held = self.direct_writes.lock().get(&region.id).cloned();
+        let binding = match held {
+            Some(binding) => binding,
             None => {
-                let (opened, log) = self.open(&region.name, OpenMode::Write)?;
-                let log = log.expect("a write open has a write log");
-                // A region recreated under the same name has a new id: the
-                // write below then fails as it should, on the old id.
-                if opened.id == region.id {
-                    self.direct_writes.lock().insert(region.id, log.clone());
+                let (opened, binding) = self.connection.open(&region.name, OpenMode::Write)?;
+                if opened.id != region.id {
+                    self.connection.close(&binding, OpenMode::Write);
+                    return Err(ClientError::Remote {
+                        code: ErrorCode::RegionNotFound,
+                        message: format!(
+                            "region {:?} with id {} is gone (the name now has id {})",
+                            region.name, region.id, opened.id
+                        ),
+                    });
                 }
-                log
+                let mut direct_writes = self.direct_writes.lock();
+                match direct_writes.get(&region.id) {
+                    // Another thread took the role first: give this open back.
+                    Some(first) => {
+                        let first = first.clone();
+                        drop(direct_writes);
+                        self.connection.close(&binding, OpenMode::Write);
+                        first
+                    }
+                    None => {
+                        direct_writes.insert(region.id, binding.clone());
+                        binding
+                    }
+                }
             }
         };
+        let log = binding.log().expect("a write open has a write log");
         let page_size = region.page_size as usize;
         let buffers: Vec<&[u8]> = data.chunks_exact(page_size).collect();
         region::write_pages(
             &self.connection,
-            &log,
-            region.id,
+            log,
+            &|| binding.id(),
             page_size,
             pages,
             &buffers,

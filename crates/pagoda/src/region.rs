@@ -7,10 +7,10 @@ use pagoda_cache::policy::PolicyKind;
 use pagoda_cache::{Backing, BackingError, CacheConfig, CacheStats, PageCache};
 use pagoda_wire::limits::{PAGE_BYTES_MAX, PAGE_BYTES_MIN, REGION_BYTES_MAX};
 use pagoda_wire::message::{encode_read_pages, encode_write_pages};
-use pagoda_wire::{OpenMode, RegionInfo, Request, Response};
+use pagoda_wire::{OpenMode, RegionInfo, Response};
 
-use crate::connection::Connection;
 use crate::error::ClientError;
+use crate::link::{Link, RegionBinding, Retry};
 use crate::transaction::{
     Durability, JournalStats, LockTable, Shipping, Transaction, check_applied, conflict_backoff,
     encode_apply,
@@ -57,9 +57,10 @@ impl RegionOptions {
     }
 }
 
+/// Reads pages of the region whose id `region` gives at each attempt.
 pub(crate) fn read_pages(
-    connection: &Connection,
-    region: u64,
+    link: &Link,
+    region: &dyn Fn() -> u64,
     page_size: usize,
     pages: &[u64],
     out: &mut [u8],
@@ -71,25 +72,29 @@ pub(crate) fn read_pages(
             pages.len()
         )));
     }
-    let batch = connection.batch_pages_max(page_size);
+    let batch = link.batch_pages_max(page_size);
     for (pages, out) in pages.chunks(batch).zip(out.chunks_mut(batch * page_size)) {
-        fetch(connection, region, pages, &mut [out])?;
+        fetch(link, region, pages, &mut [out], &|| Ok(()))?;
     }
     Ok(())
 }
 
 /// Reads `pages` (at most one batch) into `buffers`, whose lengths add up to
-/// the pages' bytes; the reply's data is copied straight into them.
+/// the pages' bytes; the reply's data is copied straight into them. Sent
+/// again after a reconnect; `before` runs before each attempt.
 fn fetch(
-    connection: &Connection,
-    region: u64,
+    link: &Link,
+    region: &dyn Fn() -> u64,
     pages: &[u64],
     buffers: &mut [&mut [u8]],
+    before: &dyn Fn() -> Result<(), ClientError>,
 ) -> Result<(), ClientError> {
     let expected: usize = buffers.iter().map(|b| b.len()).sum();
-    let reply = connection.call_into(
-        |buffer, id| encode_read_pages(buffer, id, 0, region, pages),
+    let reply = link.call_into_with(
+        Retry::Safe,
+        |buffer, id| encode_read_pages(buffer, id, 0, region(), pages),
         buffers,
+        before,
     )?;
     if reply.delivered() {
         return Ok(());
@@ -102,10 +107,11 @@ fn fetch(
     )))
 }
 
+/// Writes pages of the region whose id `region` gives at each attempt.
 pub(crate) fn write_pages(
-    connection: &Connection,
+    link: &Link,
     log: &WriterLog,
-    region: u64,
+    region: &dyn Fn() -> u64,
     page_size: usize,
     pages: &[u64],
     buffers: &[&[u8]],
@@ -115,14 +121,14 @@ pub(crate) fn write_pages(
             "write needs one whole page of data per page".into(),
         ));
     }
-    let batch = connection.batch_pages_max(page_size);
+    let batch = link.batch_pages_max(page_size);
     for (pages, buffers) in pages.chunks(batch).zip(buffers.chunks(batch)) {
-        let reply = call_numbered(connection, log, |buffer, id, epoch, lsn| {
+        let reply = call_numbered(link, log, |buffer, id, epoch, lsn| {
             encode_write_pages(
                 buffer,
                 id,
                 epoch,
-                region,
+                region(),
                 lsn,
                 pages,
                 page_size,
@@ -144,10 +150,11 @@ pub(crate) fn write_pages(
 
 /// The cache's backing store: the region's pages on the node.
 struct RemotePages {
-    connection: Arc<Connection>,
+    link: Arc<Link>,
     /// The region's write log; `None` for a read-only open.
     log: Option<Arc<WriterLog>>,
-    region: u64,
+    /// The region's name and (current) id.
+    binding: Arc<RegionBinding>,
     page_size: usize,
     /// In `Local` mode: committed records go out before any fetch, so the
     /// fetch sees them.
@@ -156,12 +163,17 @@ struct RemotePages {
 
 impl Backing for RemotePages {
     fn read_pages(&self, pages: &[u64], buffers: &mut [&mut [u8]]) -> Result<(), BackingError> {
-        if let Some(shipping) = &self.shipping {
-            shipping.send_pending()?;
-        }
-        let batch = self.connection.batch_pages_max(self.page_size);
+        // In `Local` mode every committed record goes out before the fetch,
+        // also before a fetch sent again after a reconnect (the shipper
+        // then sends its unacknowledged records again first).
+        let before = || match &self.shipping {
+            Some(shipping) => shipping.send_pending(),
+            None => Ok(()),
+        };
+        let region = || self.binding.id();
+        let batch = self.link.batch_pages_max(self.page_size);
         for (pages, buffers) in pages.chunks(batch).zip(buffers.chunks_mut(batch)) {
-            fetch(&self.connection, self.region, pages, buffers)?;
+            fetch(&self.link, &region, pages, buffers, &before)?;
         }
         Ok(())
     }
@@ -171,9 +183,9 @@ impl Backing for RemotePages {
             ClientError::InvalidArgument("the region is open for reading only".into())
         })?;
         write_pages(
-            &self.connection,
+            &self.link,
             log,
-            self.region,
+            &|| self.binding.id(),
             self.page_size,
             pages,
             buffers,
@@ -210,16 +222,33 @@ impl std::fmt::Debug for Region {
 }
 
 impl Region {
+    /// A handle on a region just opened through `link` (one open of
+    /// `binding`, in `mode`), given back when the handle is dropped or
+    /// fails to build.
     pub(crate) fn new(
-        connection: Arc<Connection>,
+        link: Arc<Link>,
         info: RegionInfo,
         options: RegionOptions,
-        log: Option<Arc<WriterLog>>,
+        binding: Arc<RegionBinding>,
+        mode: OpenMode,
     ) -> Result<Region, ClientError> {
-        let mode = if log.is_some() {
-            OpenMode::Write
-        } else {
-            OpenMode::Read
+        let built = Region::build(link.clone(), info, options, binding.clone(), mode);
+        if built.is_err() {
+            link.close(&binding, mode);
+        }
+        built
+    }
+
+    fn build(
+        link: Arc<Link>,
+        info: RegionInfo,
+        options: RegionOptions,
+        binding: Arc<RegionBinding>,
+        mode: OpenMode,
+    ) -> Result<Region, ClientError> {
+        let log = match mode {
+            OpenMode::Write => Some(binding.log().expect("a write open has a write log").clone()),
+            OpenMode::Read => None,
         };
         // The node is a peer: check the shape it reports against the same
         // limits it enforces, before sizing the cache and page table by it.
@@ -247,7 +276,7 @@ impl Region {
             page_size,
             region_bytes: info.size,
             policy: options.policy,
-            batch_pages_max: connection.batch_pages_max(page_size),
+            batch_pages_max: link.batch_pages_max(page_size),
         };
         let shipping = match &options.durability {
             Durability::Local { journal_dir } => Some(Shipping::open(
@@ -256,16 +285,16 @@ impl Region {
                     coalesce: options.journal_coalesce,
                     ..pagoda_journal::JournalOptions::default()
                 },
-                connection.clone(),
+                link.clone(),
                 log.clone().expect("a journaled region is open for writing"),
-                info.id,
+                binding.clone(),
             )?),
             Durability::WriteBack | Durability::Remote => None,
         };
         let backing = RemotePages {
-            connection,
+            link,
             log,
-            region: info.id,
+            binding,
             page_size,
             shipping,
         };
@@ -389,8 +418,9 @@ impl Region {
                     .log
                     .as_ref()
                     .expect("a journaled region is open for writing");
-                let reply = call_numbered(&backing.connection, log, |out, request, epoch, lsn| {
-                    encode_apply(out, request, epoch, self.info.id, lsn, id, &writes)
+                let reply = call_numbered(&backing.link, log, |out, request, epoch, lsn| {
+                    let region = backing.binding.id();
+                    encode_apply(out, request, epoch, region, lsn, id, &writes)
                 })?;
                 check_applied(reply)?;
                 for (offset, data) in &tx.writes {
@@ -434,7 +464,22 @@ impl Region {
                 self.info.name
             )));
         }
+        // A fenced handle (a newer writer took the region over) or one
+        // whose earlier write's outcome is unknown takes no more writes.
+        if let Some(log) = &self.cache.backing().log {
+            log.check()?;
+        }
         Ok(())
+    }
+
+    /// Whether a newer writer took the region over while this handle
+    /// reconnected: every write through it fails with `StaleEpoch`.
+    pub fn is_fenced(&self) -> bool {
+        self.cache
+            .backing()
+            .log
+            .as_ref()
+            .is_some_and(|log| log.is_fenced())
     }
 
     /// The region's description.
@@ -504,14 +549,10 @@ impl Drop for Region {
         } else if let Err(error) = self.cache.flush() {
             tracing::warn!(region = %self.info.name, %error, "flush on drop failed; unflushed writes are lost");
         }
-        if self.mode == OpenMode::Write {
-            // Give back this handle's hold on the writer role. If the
-            // connection has failed, the node has released it already.
-            let region = self.info.id;
-            let backing = self.cache.backing();
-            let _ = backing
-                .connection
-                .call(|out, id| Request::CloseRegion { region }.encode(out, id, 0));
-        }
+        // Give back this handle's open (for writing: its hold on the writer
+        // role). If the connection has failed, the node has released it
+        // already, and a reconnect grants one open fewer.
+        let backing = self.cache.backing();
+        backing.link.close(&backing.binding, self.mode);
     }
 }

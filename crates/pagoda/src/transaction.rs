@@ -25,6 +25,15 @@
 //! pages back. Records are sent in commit order; before any page is fetched,
 //! every committed record is sent first, and one connection is served in
 //! order, so a fetch always sees every transaction committed before it.
+//!
+//! **Reconnects.** The shipper keeps each sent batch of records, with the
+//! epoch and log sequence number it was numbered with, until the node
+//! acknowledges it. When the connection fails the link reconnects and the
+//! shipper sends every unacknowledged batch again, in order, with the same
+//! numbers (the node applies each number once), before any new record, and
+//! before the fetch that follows the reconnect: that fetch too first sends
+//! whatever was left on the failed connection. Shipping stops only if the
+//! reconnect fails (or a newer writer took the region over).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -32,13 +41,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use pagoda_journal::{CommitId, Journal, JournalOptions};
+use pagoda_journal::{CommitId, Journal, JournalOptions, Record};
 use pagoda_wire::{Request, Response};
 use parking_lot::{Condvar, Mutex};
 
 use crate::connection::{Connection, PendingCall};
 use crate::error::ClientError;
-use crate::write_log::{WriterLog, take_number};
+use crate::link::{CALL_RECONNECTS_MAX, Link, RegionBinding, connection_failure};
+use crate::write_log::{RETRY_FOR, WriterLog, take_number, unnumbered};
 use pagoda_wire::limits::{JOURNAL_BYTES_MAX, JOURNAL_ENTRIES_MAX};
 
 /// How a region's committed transactions are made durable.
@@ -251,28 +261,51 @@ pub(crate) fn check_applied(reply: crate::connection::Reply) -> Result<(), Clien
     }
 }
 
-/// A record sent and not yet acknowledged.
+/// Records sent together in one `ApplyJournal`, not yet acknowledged.
 struct Shipment {
+    /// The highest commit id among them.
     id: CommitId,
+    /// The records, kept to send them again after a reconnect.
+    records: Vec<Arc<Record>>,
+    /// The writer epoch and log sequence number it was numbered with, for
+    /// good: it is sent again with the same.
+    epoch: u64,
+    lsn: u64,
+    /// When it was first sent.
     sent: Instant,
+    /// Where it is on the wire; `None`: it must be sent (again).
+    on: Option<OnWire>,
+    /// Bumped at each send, so that the shipper knows whether the call it
+    /// waited for is still the one that counts.
+    sends: u64,
+}
+
+/// A shipment's request on a connection.
+struct OnWire {
+    connection: Arc<Connection>,
+    generation: u64,
     call: PendingCall,
 }
 
 struct ShipState {
     /// The highest id sent.
     last_sent: CommitId,
-    /// Sent, awaiting the node's reply, in id order.
+    /// Sent, awaiting the node's reply, in id (and number) order.
     pending: VecDeque<Shipment>,
     failure: Option<String>,
     stop: bool,
+    /// Since when the node has been leaving the front shipment unnumbered
+    /// (`Busy`, `LogGap`).
+    refused_since: Option<Instant>,
 }
 
 /// The local journal of a `Local` region and its shipper.
 pub(crate) struct Shipping {
     pub(crate) journal: Arc<Journal>,
-    connection: Arc<Connection>,
+    link: Arc<Link>,
     log: Arc<WriterLog>,
-    region: u64,
+    /// The region's (current) id.
+    binding: Arc<RegionBinding>,
     state: Mutex<ShipState>,
     changed: Condvar,
     /// The highest id the node has acknowledged (all below it too).
@@ -287,6 +320,17 @@ const RELEASE_BATCH: u64 = 256;
 const RELEASE_IDLE: Duration = Duration::from_millis(50);
 /// Records sent per `send_pending` call at most (the rest on the next).
 const SEND_BATCH: usize = 4096;
+/// The pause before sending shipments again that the node left unnumbered.
+const REFUSED_PAUSE: Duration = Duration::from_millis(1);
+
+/// A batch's writes, as `ApplyJournal` entries.
+fn writes_of(records: &[Arc<Record>]) -> Vec<(u64, &[u8])> {
+    records
+        .iter()
+        .flat_map(|record| record.entries.iter())
+        .map(|entry| (entry.offset, entry.data.as_slice()))
+        .collect()
+}
 
 impl Shipping {
     /// Opens the journal in `dir` and starts the shipper; records left from
@@ -295,9 +339,9 @@ impl Shipping {
     pub(crate) fn open(
         dir: &std::path::Path,
         options: JournalOptions,
-        connection: Arc<Connection>,
+        link: Arc<Link>,
         log: Arc<WriterLog>,
-        region: u64,
+        binding: Arc<RegionBinding>,
     ) -> Result<Arc<Shipping>, ClientError> {
         let (journal, replay) = Journal::open(dir, options).map_err(|e| {
             ClientError::Journal(format!("opening the journal in {}: {e}", dir.display()))
@@ -305,14 +349,15 @@ impl Shipping {
         let released = journal.released_id();
         let shipping = Arc::new(Shipping {
             journal: Arc::new(journal),
-            connection,
+            link,
             log,
-            region,
+            binding,
             state: Mutex::new(ShipState {
                 last_sent: released,
                 pending: VecDeque::new(),
                 failure: None,
                 stop: false,
+                refused_since: None,
             }),
             changed: Condvar::new(),
             acked: AtomicU64::new(released),
@@ -336,18 +381,25 @@ impl Shipping {
         Ok(shipping)
     }
 
-    /// Sends every committed record not sent yet, in id order.
+    /// The thread woken when a shipment's reply arrives: the shipper.
+    fn waiter(&self) -> std::thread::Thread {
+        self.thread
+            .lock()
+            .as_ref()
+            .map(|handle| handle.thread().clone())
+            .unwrap_or_else(std::thread::current)
+    }
+
+    /// Sends every committed record not sent yet, in id order, after
+    /// sending again whatever a failed connection left unacknowledged.
     pub(crate) fn send_pending(&self) -> Result<(), ClientError> {
         let mut state = self.state.lock();
         if let Some(failure) = &state.failure {
             return Err(ClientError::Journal(format!("shipping failed: {failure}")));
         }
-        let waiter = self
-            .thread
-            .lock()
-            .as_ref()
-            .map(|handle| handle.thread().clone());
-        let waiter = waiter.unwrap_or_else(std::thread::current);
+        let waiter = self.waiter();
+        self.resend(&mut state, &waiter)?;
+        let mut attempts = 0;
         loop {
             let records = self.journal.unreleased(state.last_sent, SEND_BATCH);
             if records.is_empty() {
@@ -371,45 +423,158 @@ impl Shipping {
                     entries += record.entries.len();
                     end += 1;
                 }
-                let batch = &records[start..end];
-                let writes: Vec<(u64, &[u8])> = batch
-                    .iter()
-                    .flat_map(|record| record.entries.iter())
-                    .map(|entry| (entry.offset, entry.data.as_slice()))
-                    .collect();
+                let batch: Vec<Arc<Record>> = records[start..end].to_vec();
                 let last = batch.last().expect("a batch has a record").id;
-                // Numbered under the connection's writer lock, so records go
-                // out in the order of their numbers. A record the node does
-                // not take stops shipping; it stays in the journal and is
-                // sent again, under a new writer epoch, at the next open.
-                let call = self.connection.send(
+                let writes = writes_of(&batch);
+                let (connection, generation) = self.link.current();
+                // Numbered under the connection's writer lock (and this
+                // state's lock), so records go out in the order of their
+                // numbers.
+                let mut number = None;
+                let sent = connection.send(
                     |out, id| {
                         let (epoch, lsn) = take_number(&self.log);
-                        encode_apply(out, id, epoch, self.region, lsn, last, &writes)
+                        number = Some((epoch, lsn));
+                        encode_apply(out, id, epoch, self.binding.id(), lsn, last, &writes)
                     },
                     waiter.clone(),
-                )?;
-                state.last_sent = last;
+                );
+                drop(writes);
+                let Some((epoch, lsn)) = number else {
+                    // Refused before it was numbered: the connection had
+                    // failed. Reconnect (sending again what it left) and
+                    // try this batch again.
+                    let error = sent.err().unwrap_or_else(|| {
+                        ClientError::Protocol("a request sent without being encoded".into())
+                    });
+                    attempts += 1;
+                    if attempts > CALL_RECONNECTS_MAX || !connection_failure(&error) {
+                        return Err(self.fail_locked(&mut state, error));
+                    }
+                    if let Err(error) = self.link.reconnect(generation) {
+                        return Err(self.fail_locked(&mut state, error));
+                    }
+                    self.resend(&mut state, &waiter)?;
+                    continue;
+                };
+                let numbered = sent.is_ok();
                 state.pending.push_back(Shipment {
                     id: last,
+                    records: batch,
+                    epoch,
+                    lsn,
                     sent: Instant::now(),
-                    call,
+                    on: sent.ok().map(|call| OnWire {
+                        connection,
+                        generation,
+                        call,
+                    }),
+                    sends: 1,
                 });
+                state.last_sent = last;
                 start = end;
+                if !numbered {
+                    // Numbered, and perhaps not sent whole: send it again
+                    // (after a reconnect) before anything else.
+                    self.resend(&mut state, &waiter)?;
+                }
             }
         }
         self.changed.notify_all();
         Ok(())
     }
 
+    /// Sends again, in order and with their original epochs and numbers,
+    /// the pending shipments that are not on the current connection (sent
+    /// on one that failed, or left unnumbered by the node), reconnecting if
+    /// the connection has failed. Runs under the state lock, so that no new
+    /// record goes out ahead of them.
+    fn resend(
+        &self,
+        state: &mut ShipState,
+        waiter: &std::thread::Thread,
+    ) -> Result<(), ClientError> {
+        let mut reconnects = 0;
+        loop {
+            let (connection, generation) = self.link.current();
+            let first = state.pending.iter().position(|shipment| {
+                shipment
+                    .on
+                    .as_ref()
+                    .is_none_or(|on| on.generation != generation)
+            });
+            let Some(first) = first else {
+                return Ok(());
+            };
+            if connection.is_failed() {
+                reconnects += 1;
+                let reconnected = if reconnects > CALL_RECONNECTS_MAX {
+                    Err(ClientError::Disconnected(
+                        "the connection kept failing".into(),
+                    ))
+                } else {
+                    self.link.reconnect(generation)
+                };
+                if let Err(error) = reconnected.and_then(|()| self.log.check()) {
+                    return Err(self.fail_locked(state, error));
+                }
+                continue;
+            }
+            let region = self.binding.id();
+            for shipment in state.pending.iter_mut().skip(first) {
+                let writes = writes_of(&shipment.records);
+                let (epoch, lsn, last) = (shipment.epoch, shipment.lsn, shipment.id);
+                let sent = connection.send(
+                    |out, id| encode_apply(out, id, epoch, region, lsn, last, &writes),
+                    waiter.clone(),
+                );
+                shipment.sends += 1;
+                match sent {
+                    Ok(call) => {
+                        shipment.on = Some(OnWire {
+                            connection: connection.clone(),
+                            generation,
+                            call,
+                        });
+                    }
+                    Err(_) => {
+                        // The connection failed: the loop reconnects.
+                        shipment.on = None;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops shipping for good (the records stay in the journal, replayed
+    /// at the next open), and returns `error`.
+    fn fail_locked(&self, state: &mut ShipState, error: ClientError) -> ClientError {
+        tracing::warn!(%error, "shipping journal records failed; they stay in the journal");
+        if state.failure.is_none() {
+            state.failure = Some(error.to_string());
+        }
+        state.pending.clear();
+        self.changed.notify_all();
+        error
+    }
+
     fn run(self: Arc<Shipping>) {
         let mut unreleased = 0u64;
+        let waiter = std::thread::current();
         loop {
             let front = {
                 let mut state = self.state.lock();
                 loop {
+                    if state.failure.is_some() {
+                        break None;
+                    }
                     if let Some(front) = state.pending.front() {
-                        break Some((front.id, front.call.clone()));
+                        let on = front
+                            .on
+                            .as_ref()
+                            .map(|on| (on.connection.clone(), on.generation, on.call.clone()));
+                        break Some((front.id, front.sends, on));
                     }
                     if state.stop {
                         break None;
@@ -427,18 +592,32 @@ impl Shipping {
                     self.changed.wait(&mut state);
                 }
             };
-            let Some((id, call)) = front else {
+            let Some((id, sends, on)) = front else {
                 if unreleased > 0 {
                     self.release(&mut unreleased);
                     continue;
                 }
                 return;
             };
-            let outcome = self.connection.wait_for(&call).and_then(check_applied);
+            let Some((connection, generation, call)) = on else {
+                // Left to be sent again: do it now.
+                let mut state = self.state.lock();
+                let _ = self.resend(&mut state, &waiter);
+                continue;
+            };
+            let outcome = connection.wait_for(&call).and_then(check_applied);
             let mut state = self.state.lock();
-            state.pending.pop_front();
+            let Some(front) = state.pending.front() else {
+                // Shipping failed meanwhile.
+                continue;
+            };
+            let same_call = front.id == id && front.sends == sends;
             match outcome {
-                Ok(()) => {
+                Ok(()) if front.id == id => {
+                    // Applied, by this send or an earlier one with the same
+                    // number: either way the node has it.
+                    state.pending.pop_front();
+                    state.refused_since = None;
                     self.acked.store(id, Ordering::Release);
                     self.shipped.fetch_add(1, Ordering::Relaxed);
                     unreleased += 1;
@@ -448,13 +627,44 @@ impl Shipping {
                         self.release(&mut unreleased);
                     }
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "shipping journal records failed; they stay in the journal");
-                    state.failure = Some(error.to_string());
-                    state.pending.clear();
+                Ok(()) => {}
+                // Sent again meanwhile: wait for that one.
+                Err(_) if !same_call => {}
+                Err(error) if connection_failure(&error) => {
                     drop(state);
-                    self.changed.notify_all();
-                    return;
+                    let reconnected = self.link.reconnect(generation);
+                    let mut state = self.state.lock();
+                    match reconnected.and_then(|()| self.log.check()) {
+                        Ok(()) => {
+                            let _ = self.resend(&mut state, &waiter);
+                        }
+                        Err(error) => {
+                            self.fail_locked(&mut state, error);
+                        }
+                    }
+                }
+                Err(error) if unnumbered(&error) => {
+                    // Not taken (the node was short of memory, or an earlier
+                    // number had not arrived): send it and everything after
+                    // it again, in order, with the same numbers.
+                    let since = *state.refused_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > RETRY_FOR {
+                        self.fail_locked(&mut state, error);
+                        continue;
+                    }
+                    for shipment in state.pending.iter_mut() {
+                        shipment.on = None;
+                    }
+                    drop(state);
+                    std::thread::sleep(REFUSED_PAUSE);
+                    let mut state = self.state.lock();
+                    let _ = self.resend(&mut state, &waiter);
+                }
+                Err(error) => {
+                    if error.code() == Some(pagoda_wire::ErrorCode::StaleEpoch) {
+                        self.log.fence(error.to_string());
+                    }
+                    self.fail_locked(&mut state, error);
                 }
             }
         }

@@ -132,8 +132,13 @@ fn a_data_dir_serves_one_node_at_a_time() {
 fn shutdown_returns_while_idle_clients_are_connected() {
     let dir = tempfile::tempdir().unwrap();
     let node = common::node(dir.path(), 16 * MIB, None);
-    let idle = common::client(&node);
-    let busy = common::client(&node);
+    // Clients that give up reconnecting soon: the node is gone for good.
+    let options = || pagoda::ClientOptions {
+        reconnect_for: Duration::from_millis(200),
+        ..pagoda::ClientOptions::default()
+    };
+    let idle = pagoda::Client::connect(node.local_addr(), options()).unwrap();
+    let busy = pagoda::Client::connect(node.local_addr(), options()).unwrap();
     busy.create_region("r", 4 * MIB, 4096).unwrap();
     let region = busy
         .open_region("r", RegionOptions::with_cache_bytes(64 * 1024))
