@@ -289,6 +289,8 @@ fn recover(
                 timeout: Duration::from_secs(60),
                 client_name: format!("recovery of {name}"),
                 tls: shared.config.peer_tls.clone(),
+                // The node retries (or fails) on its own terms.
+                reconnect_for: Duration::ZERO,
                 ..ClientOptions::default()
             };
             let client = Client::connect(address.as_str(), options)

@@ -967,6 +967,8 @@ pub(crate) fn peer_options(shared: &Shared, purpose: String) -> ClientOptions {
         timeout: Duration::from_secs(30),
         client_name: purpose,
         tls: shared.config.peer_tls.clone(),
+        // The node retries (or fails) on its own terms.
+        reconnect_for: Duration::ZERO,
         ..ClientOptions::default()
     }
 }

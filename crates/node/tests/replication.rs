@@ -551,3 +551,73 @@ fn journal_records_are_replicated() {
     drop(region);
     assert_eq!(digest(&cluster.client(1), "j"), digest(&writer, "j"));
 }
+
+// Guards the client's side of a failover: an application writing through a
+// `Region` handle keeps going when its primary is lost and a replica is
+// promoted: the client reconnects to the replica (its fallback address),
+// resumes its writer epoch there, resends what was unanswered with the
+// same numbers, and every acknowledged write is on the new primary, all
+// without reopening the region.
+#[test]
+fn a_running_application_follows_its_region_to_the_promoted_replica() {
+    let mut cluster = Cluster::new(2);
+    create(&cluster, "m", 256, ReplicationMode::Sync);
+    let options = ClientOptions {
+        timeout: REPLY_TIMEOUT,
+        fallback: vec![cluster.addrs[1]],
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(cluster.addrs[0], options).unwrap();
+    let region = client
+        .open_region("m", RegionOptions::with_cache_bytes(16 * PAGE as u64))
+        .unwrap();
+    let mut model = vec![0u64; 256];
+    for i in 0..300u64 {
+        let page_index = i * 7 % 256;
+        region
+            .write_at(page_index * PAGE as u64, &page(i + 1))
+            .unwrap();
+        model[page_index as usize] = i + 1;
+    }
+    region.flush().unwrap();
+    // The primary is lost; an operator promotes the replica.
+    cluster.nodes[0] = None;
+    let replica = cluster.client(1);
+    eventually("the replica knows its primary is gone", || {
+        replica.replicas("m").unwrap().in_sync
+    });
+    replica.promote("m", false).unwrap();
+    // The application goes on through the same handle.
+    for i in 300..600u64 {
+        let page_index = i * 11 % 256;
+        region
+            .write_at(page_index * PAGE as u64, &page(i + 1))
+            .unwrap();
+        model[page_index as usize] = i + 1;
+    }
+    region.flush().unwrap();
+    assert!(client.reconnects() > 0, "the client never reconnected");
+    let mut back = vec![0u8; PAGE];
+    for (index, &version) in model.iter().enumerate() {
+        region
+            .read_at(index as u64 * PAGE as u64, &mut back)
+            .unwrap();
+        let expected = if version == 0 {
+            vec![0u8; PAGE]
+        } else {
+            page(version)
+        };
+        assert!(back == expected, "page {index} lost its last write");
+    }
+    // And the new primary holds the same as the application sees.
+    drop(region);
+    let fresh = cluster.client(1);
+    let info = fresh.stat_region("m").unwrap().info;
+    for (index, &version) in model.iter().enumerate().filter(|(_, v)| **v != 0) {
+        fresh.read_pages(&info, &[index as u64], &mut back).unwrap();
+        assert!(
+            back == page(version),
+            "page {index} is not on the new primary"
+        );
+    }
+}
