@@ -219,11 +219,18 @@ impl Catalog {
             // The log's position is not persisted: a writer that held the
             // last epoch before the restart cannot resume it (its numbering
             // would not match), so the epoch moves past it.
-            if entry.writer_epoch > 0 {
-                region.log().raise_writer_epoch(entry.writer_epoch + 1);
-            }
-            if let Some(role) = &entry.replication {
-                *region.role().lock() = Role::restored(role);
+            match &entry.replication {
+                // A replicated copy learns writer epochs from its primary
+                // (and a restarted copy is fenced or rebuilt before it takes
+                // or applies a write).
+                Some(role) => {
+                    region.log().raise_writer_epoch(entry.writer_epoch);
+                    *region.role().lock() = Role::restored(role);
+                }
+                None if entry.writer_epoch > 0 => {
+                    region.log().raise_writer_epoch(entry.writer_epoch + 1);
+                }
+                None => {}
             }
             if entry.recovering {
                 region.set_state(

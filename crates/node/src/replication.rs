@@ -1178,6 +1178,12 @@ pub(crate) fn promote(
                     fence.reason
                 )));
             }
+            // Its log position did not survive the restart that fenced
+            // it: writers from before must open the region again rather
+            // than resume numbering it no longer knows.
+            region
+                .log()
+                .raise_writer_epoch(region.log().writer_epoch() + 1);
             (
                 fence.primary_epoch,
                 fence.mode,
@@ -1353,7 +1359,23 @@ pub(crate) fn receive(
         }
         ReplicateKind::Pages | ReplicateKind::Journal | ReplicateKind::Skip => {}
     }
-    log.raise_writer_epoch(incoming.writer_epoch);
+    if incoming.writer_epoch < log.writer_epoch() {
+        // Not a fencing of the primary (that is by primary epoch): this copy
+        // has seen a newer writer than its primary's entry carries, so it is
+        // not a copy of this primary's log. Refused: the primary counts it
+        // out of sync and says why.
+        return Err(NodeError::InvalidArgument(format!(
+            "region {name:?}: this replica has seen writer epoch {}, newer than the entry's {}",
+            log.writer_epoch(),
+            incoming.writer_epoch
+        )));
+    }
+    if incoming.writer_epoch > log.writer_epoch() {
+        // A new writer took over at the primary: persisted here too before
+        // its first write is applied, so a restart cannot forget it.
+        log.raise_writer_epoch(incoming.writer_epoch);
+        shared.catalog.save_states()?;
+    }
     let slot = match log.order(name, incoming.writer_epoch, incoming.lsn)? {
         Order::Duplicate(_) => return Ok(log.applied()),
         Order::Apply(slot) => slot,
