@@ -1064,6 +1064,29 @@ pub(crate) fn create(
     Ok(region)
 }
 
+/// Deletes a deleted primary's replicas; returns those it could not
+/// delete, with why.
+pub(crate) fn delete_replicas(
+    shared: &Shared,
+    replication: &Replication,
+) -> Vec<(String, pagoda::ClientError)> {
+    let mut failed = Vec::new();
+    for link in &replication.links {
+        let options = peer_options(shared, format!("primary of {}", replication.name));
+        let deleted = Client::connect(link.addr.as_str(), options)
+            .and_then(|client| client.delete_region(&replication.name));
+        match deleted {
+            Ok(()) => {}
+            Err(error) if error.code() == Some(ErrorCode::RegionNotFound) => {}
+            Err(error) => {
+                tracing::warn!(region = %replication.name, replica = %link.addr, %error, "could not delete a replica");
+                failed.push((link.addr.clone(), error));
+            }
+        }
+    }
+    failed
+}
+
 /// Creates a replica of a region here (asked by its primary).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn create_replica(

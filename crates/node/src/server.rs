@@ -212,8 +212,12 @@ pub(crate) fn serve_request(
                 replication::Role::Primary(replication) => Some(replication.clone()),
                 _ => None,
             };
+            // A primary's replicas go with it; one that cannot be reached
+            // is named in the error, to be deleted by hand.
+            let mut left = Vec::new();
             if let Some(replication) = replication {
                 replication.stop();
+                left = replication::delete_replicas(shared, &replication);
             }
             let journal = node_journal::dir(&shared.config.data_dir, region.uid());
             if journal.exists()
@@ -223,9 +227,11 @@ pub(crate) fn serve_request(
             }
             tracing::info!(name, "region deleted");
             // A moved or damaged region's checkpoints may belong to the node
-            // it moved to: only an active region's are purged.
+            // it moved to, and a replica's to its primary: only those of an
+            // active region that this node checkpoints are purged.
             if let Some(storage) = &shared.storage
                 && region.state() == RegionState::Active
+                && replication::check_checkpoints(&region).is_ok()
                 && let Err(error) = checkpoint::purge(storage, name)
             {
                 tracing::warn!(name, %error, "could not purge the region's checkpoints");
@@ -233,6 +239,18 @@ pub(crate) fn serve_request(
                     format!("purging the checkpoints of deleted region {name:?}"),
                     format!("not all were removed: {error}"),
                 ));
+            }
+            if !left.is_empty() {
+                return Err(NodeError::Peer {
+                    context: format!(
+                        "region {name:?} is deleted here, but not its replicas on {}",
+                        left.iter()
+                            .map(|(addr, _)| addr.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    error: left.remove(0).1,
+                });
             }
             Response::Done.encode(out, request_id, 0);
         }

@@ -621,3 +621,20 @@ fn a_running_application_follows_its_region_to_the_promoted_replica() {
         );
     }
 }
+
+// Guards deletion: deleting a replicated region at its primary deletes its
+// replicas too.
+#[test]
+fn deleting_at_the_primary_deletes_the_replicas() {
+    let cluster = Cluster::new(3);
+    create(&cluster, "gone", 16, ReplicationMode::Sync);
+    cluster.client(0).delete_region("gone").unwrap();
+    for index in 0..3 {
+        let error = cluster.client(index).stat_region("gone").unwrap_err();
+        assert_eq!(
+            error.code(),
+            Some(ErrorCode::RegionNotFound),
+            "node {index}"
+        );
+    }
+}
