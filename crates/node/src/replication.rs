@@ -298,6 +298,54 @@ struct Retained {
 pub struct Link {
     addr: String,
     state: Mutex<LinkState>,
+    /// While the replica is caught up: the connection the writers' own
+    /// threads send new entries on, straight from `append` (in LSN order:
+    /// under the retained log's lock). `None` while the sender catches the
+    /// replica up. Lock order: the retained log, then this, then `state`.
+    live: Mutex<Option<Arc<Client>>>,
+    /// In `async` mode, entries sent live whose replies the sender collects.
+    pending: Mutex<VecDeque<Direct>>,
+    /// Wakes a live sender: an `async` entry to collect, the link going
+    /// offline, a stop. (Not every append: a `sync` write is collected by
+    /// its own connection, and waking the sender for it would cost a
+    /// thread switch per write.)
+    wake: Condvar,
+}
+
+/// An entry sent on a live link, and the call its reply comes on.
+pub struct Direct {
+    link: Arc<Link>,
+    client: Arc<Client>,
+    lsn: u64,
+    end_bytes: u64,
+    call: PendingCall,
+}
+
+impl Direct {
+    /// Waits for the replica's answer and records it; a failure takes the
+    /// link out of the live path (the sender catches it up again).
+    pub fn collect(self, replication: &Replication) {
+        match answer_of(self.client.wait_reply(&self.call)) {
+            Ok(Answer::Applied(applied)) if applied >= self.lsn => {
+                acknowledged(replication, &self.link, self.lsn, self.end_bytes);
+            }
+            Ok(_) => self
+                .link
+                .go_offline(replication, "the replica is behind the live stream".into()),
+            Err(SendError::Deposed(message)) => {
+                replication.fence(format!("a replica has seen a newer primary: {message}"))
+            }
+            Err(SendError::Link(error)) => self
+                .link
+                .go_offline(replication, format!("link failed: {error}")),
+            Err(SendError::Refused(message)) => self
+                .link
+                .go_offline(replication, format!("replica refused an entry: {message}")),
+            Err(SendError::Behind) => self
+                .link
+                .go_offline(replication, "the replica is behind".into()),
+        }
+    }
 }
 
 struct LinkState {
@@ -309,6 +357,8 @@ struct LinkState {
     /// When the oldest entry still unanswered was sent.
     waiting_since: Option<Instant>,
     message: String,
+    /// The last LSN sent.
+    sent: u64,
     /// Bytes of entries sent; of segments sent by rebuilds; rebuilds.
     sent_bytes: u64,
     rebuilt_bytes: u64,
@@ -371,12 +421,16 @@ impl Replication {
                 .map(|addr| {
                     Arc::new(Link {
                         addr: addr.clone(),
+                        live: Mutex::new(None),
+                        pending: Mutex::new(VecDeque::new()),
+                        wake: Condvar::new(),
                         state: Mutex::new(LinkState {
                             acked: if in_sync { applied } else { 0 },
                             acked_bytes: 0,
                             in_sync,
                             connected: false,
                             waiting_since: None,
+                            sent: 0,
                             sent_bytes: 0,
                             rebuilt_bytes: 0,
                             rebuilds: 0,
@@ -415,8 +469,7 @@ impl Replication {
     /// Stops the senders (the region is deleted, fenced, or the node stops)
     /// and waits for them.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.changed.notify_all();
+        self.halt();
         let threads: Vec<_> = self.threads.lock().drain(..).collect();
         let current = std::thread::current().id();
         for thread in threads {
@@ -443,7 +496,17 @@ impl Replication {
             *fenced = Some(reason);
         }
         drop(fenced);
+        self.halt();
+    }
+
+    /// Tells the senders to stop and takes every link out of the live path,
+    /// without waiting for them.
+    fn halt(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        for link in &self.links {
+            link.live.lock().take();
+            link.wake.notify_all();
+        }
         self.changed.notify_all();
     }
 
@@ -488,16 +551,28 @@ impl Replication {
     /// Appends an applied (or numbered and refused) request to the retained
     /// log. Call with the region's write log slot still held, so entries go
     /// in LSN order.
-    pub fn append(&self, lsn: u64, writer_epoch: u64, kind: ReplicateKind, body: Vec<u8>) {
+    ///
+    /// Each live link (a replica caught up) gets the entry at once, sent by
+    /// this thread: no hand-off to a sender. In `sync` mode the calls are
+    /// returned, for the connection to collect the answers before it
+    /// answers the write; in `async` mode the sender collects them.
+    pub fn append(
+        &self,
+        lsn: u64,
+        writer_epoch: u64,
+        kind: ReplicateKind,
+        body: Vec<u8>,
+    ) -> Vec<Direct> {
         let mut log = self.log.lock();
         let bytes = body.len() + 64;
         log.appended_bytes += bytes as u64;
         let end_bytes = log.appended_bytes;
+        let body: Arc<[u8]> = body.into();
         log.entries.push_back(Entry {
             lsn,
             writer_epoch,
             kind,
-            body: body.into(),
+            body: body.clone(),
             end_bytes,
             appended: Instant::now(),
         });
@@ -507,8 +582,44 @@ impl Replication {
             let dropped = log.entries.pop_front().expect("non-empty");
             log.bytes -= dropped.body.len() + 64;
         }
+        let mut directs = Vec::new();
+        for link in &self.links {
+            let Some(client) = link.live.lock().clone() else {
+                continue;
+            };
+            let request = Request::Replicate {
+                uid: self.uid,
+                primary_epoch: self.primary_epoch,
+                writer_epoch,
+                lsn,
+                in_sync: link.in_sync(),
+                kind,
+                body: &body,
+            };
+            match client.send_request(&request, std::thread::current()) {
+                Ok(call) => {
+                    link.sent(lsn, body.len());
+                    let direct = Direct {
+                        link: link.clone(),
+                        client,
+                        lsn,
+                        end_bytes,
+                        call,
+                    };
+                    match self.mode {
+                        ReplicationMode::Sync => directs.push(direct),
+                        ReplicationMode::Async => {
+                            link.pending.lock().push_back(direct);
+                            link.wake.notify_all();
+                        }
+                    }
+                }
+                Err(error) => link.go_offline(self, format!("link failed: {error}")),
+            }
+        }
         drop(log);
         self.changed.notify_all();
+        directs
     }
 
     /// Whether every in-sync replica has acknowledged `lsn`.
@@ -595,6 +706,25 @@ impl Replication {
 }
 
 impl Link {
+    /// Records an entry sent.
+    fn sent(&self, lsn: u64, bytes: usize) {
+        let mut state = self.state.lock();
+        state.sent = state.sent.max(lsn);
+        state.sent_bytes += bytes as u64;
+        if state.waiting_since.is_none() {
+            state.waiting_since = Some(Instant::now());
+        }
+    }
+
+    /// Takes the link out of the live path and the in-sync set; its sender
+    /// reconnects and catches the replica up.
+    fn go_offline(&self, replication: &Replication, why: String) {
+        self.live.lock().take();
+        self.drop_from_sync(&replication.name, why);
+        replication.changed.notify_all();
+        self.wake.notify_all();
+    }
+
     /// Whether it counts for `sync` acknowledgements. (Lock order: the
     /// retained log, then a link's state; never the other way.)
     fn in_sync(&self) -> bool {
@@ -684,11 +814,17 @@ fn serve_link(
 ) -> Result<(), String> {
     let options = ClientOptions {
         client_name: format!("primary of {}", replication.name),
-        timeout: replication.settings.timeout.max(Duration::from_secs(5)),
+        // A reply not back within the replica timeout takes the replica
+        // out of the in-sync set.
+        timeout: replication.settings.timeout.max(Duration::from_millis(200)),
+        // Waiting threads do not spin: on a small machine the threads with
+        // the work (the replica's, the sender) need the cores.
+        spin: Duration::ZERO,
         ..replication.peer_options.clone()
     };
-    let client =
-        Client::connect(link.addr.as_str(), options).map_err(|e| format!("connecting: {e}"))?;
+    let client = Arc::new(
+        Client::connect(link.addr.as_str(), options).map_err(|e| format!("connecting: {e}"))?,
+    );
     link.state.lock().connected = true;
     loop {
         let in_sync = link.in_sync();
@@ -755,11 +891,64 @@ fn probe(replication: &Replication, client: &Client, in_sync: bool) -> Result<An
     answer_of(client.request(&request))
 }
 
-/// Streams entries from `cursor` on, pipelined, until stopped or failed.
+/// While a link is live: collects `async` answers, probes when idle (the
+/// heartbeat), and returns when the link leaves the live path (a writer's
+/// thread saw it fail), for the sender to catch the replica up again.
+fn live(replication: &Replication, link: &Link, client: &Arc<Client>) -> Result<(), SendError> {
+    let mut last_heard = Instant::now();
+    loop {
+        if replication.stop.load(Ordering::SeqCst) {
+            link.live.lock().take();
+            return Ok(());
+        }
+        if link.live.lock().is_none() {
+            return Err(SendError::Behind);
+        }
+        let next = {
+            let mut pending = link.pending.lock();
+            if pending.is_empty() {
+                link.wake.wait_for(&mut pending, HEARTBEAT);
+            }
+            pending.pop_front()
+        };
+        if let Some(direct) = next {
+            direct.collect(replication);
+            last_heard = Instant::now();
+            continue;
+        }
+        if last_heard.elapsed() >= HEARTBEAT && link.pending.lock().is_empty() {
+            let in_sync = link.in_sync();
+            match probe(replication, client, in_sync) {
+                Ok(Answer::Applied(applied)) => {
+                    last_heard = Instant::now();
+                    let log = replication.log.lock();
+                    let end_bytes = log
+                        .entries
+                        .iter()
+                        .find(|entry| entry.lsn == applied)
+                        .map_or(0, |entry| entry.end_bytes);
+                    drop(log);
+                    acknowledged(replication, link, applied, end_bytes);
+                }
+                Ok(Answer::Unknown) => {
+                    link.live.lock().take();
+                    return Err(SendError::Behind);
+                }
+                Err(error) => {
+                    link.live.lock().take();
+                    return Err(error);
+                }
+            }
+        }
+    }
+}
+
+/// Streams entries from `cursor` on, pipelined, until the replica has them
+/// all (then the link goes live), or until stopped or failed.
 fn stream(
     replication: &Replication,
     link: &Link,
-    client: &Client,
+    client: &Arc<Client>,
     mut cursor: u64,
 ) -> Result<(), SendError> {
     let waiter = std::thread::current();
@@ -773,6 +962,14 @@ fn stream(
         let mut batch = Vec::new();
         {
             let mut log = replication.log.lock();
+            if outstanding.is_empty() && log.last < cursor && link.in_sync() {
+                // Caught up, every entry answered: from here on the
+                // writers' threads send new entries themselves (under this
+                // lock, so none slips between).
+                *link.live.lock() = Some(client.clone());
+                drop(log);
+                return live(replication, link, client);
+            }
             if outstanding.is_empty() && log.last < cursor {
                 replication.changed.wait_for(&mut log, HEARTBEAT);
             }
@@ -805,19 +1002,14 @@ fn stream(
                 .send_request(&request, waiter.clone())
                 .map_err(SendError::Link)?;
             cursor = entry.lsn + 1;
-            let mut state = link.state.lock();
-            state.sent_bytes += entry.body.len() as u64;
-            if state.waiting_since.is_none() {
-                state.waiting_since = Some(Instant::now());
-            }
-            drop(state);
+            link.sent(entry.lsn, entry.body.len());
             outstanding.push_back((entry.lsn, entry.end_bytes, call));
         }
         if let Some((lsn, end_bytes, call)) = outstanding.pop_front() {
             match answer_of(client.wait_reply(&call))? {
                 Answer::Applied(applied) if applied >= lsn => {
                     last_heard = Instant::now();
-                    acknowledged(replication, link, lsn, end_bytes, !outstanding.is_empty());
+                    acknowledged(replication, link, lsn, end_bytes);
                 }
                 Answer::Applied(_) | Answer::Unknown => return Err(SendError::Behind),
             }
@@ -831,7 +1023,7 @@ fn stream(
                     if applied >= log.last {
                         let end_bytes = log.appended_bytes;
                         drop(log);
-                        acknowledged(replication, link, applied, end_bytes, false);
+                        acknowledged(replication, link, applied, end_bytes);
                     }
                 }
                 _ => return Err(SendError::Behind),
@@ -842,12 +1034,13 @@ fn stream(
 
 /// Records an acknowledgement; a replica that has caught up with the whole
 /// log counts for `sync` acknowledgements again.
-fn acknowledged(replication: &Replication, link: &Link, lsn: u64, end_bytes: u64, more: bool) {
+fn acknowledged(replication: &Replication, link: &Link, lsn: u64, end_bytes: u64) {
     let last = replication.log.lock().last;
     let mut state = link.state.lock();
     state.acked = state.acked.max(lsn);
     state.acked_bytes = state.acked_bytes.max(end_bytes);
-    state.waiting_since = more.then(Instant::now);
+    // Progress: the wait for what is still unanswered starts again.
+    state.waiting_since = (state.acked < state.sent).then(Instant::now);
     if !state.in_sync && state.acked >= last {
         tracing::info!(region = %replication.name, replica = %link.addr, lsn, "replica in sync");
         state.in_sync = true;
@@ -1546,8 +1739,7 @@ fn accept_sender(
         if let Role::Primary(replication) = previous {
             // Its senders stop on their own; joining one from here could
             // wait on this very request's connection.
-            replication.stop.store(true, Ordering::SeqCst);
-            replication.changed.notify_all();
+            replication.halt();
         }
         drop(role);
         shared.catalog.save_states()?;

@@ -17,7 +17,7 @@ use crate::error::NodeError;
 use crate::node::Shared;
 use crate::recovery::{self, RecoveryRequest};
 use crate::region::Region;
-use crate::replication::{self, Replication};
+use crate::replication::{self, Direct, Replication};
 use crate::write_log::{Applied, Order};
 use crate::{checkpointing, node_journal};
 
@@ -44,11 +44,17 @@ pub(crate) struct Deferred {
     pub(crate) request_id: u64,
     pub(crate) replication: Arc<Replication>,
     pub(crate) lsn: u64,
+    /// The entry as sent to live replicas by this connection's thread,
+    /// whose answers it collects itself.
+    pub(crate) directs: Vec<Direct>,
 }
 
 impl Deferred {
     /// Waits for the replicas and encodes the reply.
     pub(crate) fn answer(self, out: &mut Vec<u8>) {
+        for direct in self.directs {
+            direct.collect(&self.replication);
+        }
         match self.replication.wait_acked(self.lsn) {
             Ok(()) => Response::Done.encode(out, self.request_id, 0),
             Err(error) => Response::Error {
@@ -322,10 +328,10 @@ pub(crate) fn serve_request(
             if let Some(replication) = &replication {
                 replication.wait_for_room()?;
             }
-            in_order(&region, epoch, lsn, forward, || {
+            let directs = in_order(&region, epoch, lsn, forward, || {
                 node_journal::apply(shared, &region, commit_id, &entries)
             })?;
-            answer_write(ctx, replication, request_id, lsn, out);
+            answer_write(ctx, replication, directs, request_id, lsn, out);
         }
         Request::RegionChecksum {
             name,
@@ -366,10 +372,10 @@ pub(crate) fn serve_request(
             if let Some(replication) = &replication {
                 replication.wait_for_room()?;
             }
-            in_order(&region, epoch, lsn, forward, || {
+            let directs = in_order(&region, epoch, lsn, forward, || {
                 region.write_pages(pages, data)
             })?;
-            answer_write(ctx, replication, request_id, lsn, out);
+            answer_write(ctx, replication, directs, request_id, lsn, out);
         }
         Request::NodeStat => Response::NodeStat(NodeStat {
             capacity_bytes: shared.arena.capacity_bytes(),
@@ -397,13 +403,14 @@ fn in_order(
     lsn: u64,
     forward: Option<(&Replication, ReplicateKind, &[u8])>,
     apply: impl FnOnce() -> Result<(), NodeError>,
-) -> Result<(), NodeError> {
+) -> Result<Vec<Direct>, NodeError> {
+    let mut directs = Vec::new();
     let result = match region.log().order(&region.info().name, epoch, lsn)? {
         Order::Duplicate(original) => original,
         Order::Apply(slot) => {
             let result = apply();
             if let Some((replication, kind, payload)) = forward {
-                match &result {
+                directs = match &result {
                     Ok(()) => replication.append(lsn, epoch, kind, payload.to_vec()),
                     Err(error) => replication.append(
                         lsn,
@@ -411,7 +418,7 @@ fn in_order(
                         ReplicateKind::Skip,
                         replication::skip_body(error),
                     ),
-                }
+                };
             }
             let applied = Applied::of(&result);
             slot.record(applied.clone());
@@ -419,8 +426,17 @@ fn in_order(
         }
     };
     match result {
-        Applied::Done => Ok(()),
-        Applied::Failed(code, message) => Err(NodeError::Recorded(code, message)),
+        Applied::Done => Ok(directs),
+        Applied::Failed(code, message) => {
+            // Refused here; the replicas record the same refusal, and the
+            // answers are collected without making the client wait on them.
+            if let Some((replication, _, _)) = forward {
+                for direct in directs {
+                    direct.collect(replication);
+                }
+            }
+            Err(NodeError::Recorded(code, message))
+        }
     }
 }
 
@@ -430,6 +446,7 @@ fn in_order(
 fn answer_write(
     ctx: &mut Dispatch<'_>,
     replication: Option<Arc<Replication>>,
+    directs: Vec<Direct>,
     request_id: u64,
     lsn: u64,
     out: &mut Vec<u8>,
@@ -440,6 +457,7 @@ fn answer_write(
                 request_id,
                 replication,
                 lsn,
+                directs,
             })
         }
         _ => Response::Done.encode(out, request_id, 0),
