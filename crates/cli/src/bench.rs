@@ -45,6 +45,14 @@ pub struct BenchArgs {
     /// How to speak TLS to --node.
     #[command(flatten)]
     tls: crate::TlsArgs,
+    /// Replicate the benchmark region: a replica on each of these nodes
+    /// (HOST:PORT, comma separated), with the node benchmarked as primary.
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    replicas: Vec<String>,
+    /// With --replicas: when a write is acknowledged, `sync` (once every
+    /// in-sync replica has it) or `async` (by the primary alone).
+    #[arg(long, value_enum, default_value_t = crate::region::Mode::Sync, requires = "replicas")]
+    mode: crate::region::Mode,
     /// Size of the benchmark region.
     #[arg(long, value_parser = parse_size, default_value = "256MiB")]
     region_size: u64,
@@ -97,6 +105,10 @@ pub struct BenchReport {
     pub region_bytes: u64,
     pub cache_bytes: u64,
     pub page_bytes: u64,
+    /// Replicas of the benchmark region (0: not replicated).
+    pub replicas: usize,
+    /// `sync` or `async` with replicas; `None` without.
+    pub replication_mode: Option<&'static str>,
     pub policy: String,
     pub duration_s: f64,
     pub ops: u64,
@@ -189,6 +201,7 @@ fn check(args: &BenchArgs) -> Result<(), String> {
     if !args.embedded && args.node.is_none() {
         return Err("give --node ADDR or --embedded".into());
     }
+    crate::region::check_replicas(&args.replicas)?;
     Ok(())
 }
 
@@ -234,9 +247,19 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, String> {
     };
     let name = format!("bench-{}-{}", std::process::id(), args.seed);
     let page_size = u32::try_from(args.page_size).map_err(|_| "page size too large".to_string())?;
-    let info = client
-        .create_region(&name, args.region_size, page_size)
-        .map_err(|e| format!("creating the benchmark region: {e}"))?;
+    let info = if args.replicas.is_empty() {
+        client.create_region(&name, args.region_size, page_size)
+    } else {
+        let replicas: Vec<&str> = args.replicas.iter().map(String::as_str).collect();
+        client.create_replicated_region(
+            &name,
+            args.region_size,
+            page_size,
+            &replicas,
+            args.mode.into(),
+        )
+    }
+    .map_err(|e| format!("creating the benchmark region: {e}"))?;
     let result = (|| {
         if !args.no_prefill {
             prefill(&client, &info, !args.json)?;
@@ -380,6 +403,9 @@ fn measure(args: &BenchArgs, region: Arc<Region>) -> Result<BenchReport, String>
         region_bytes: region.len(),
         cache_bytes: args.cache,
         page_bytes,
+        replicas: args.replicas.len(),
+        replication_mode: (!args.replicas.is_empty())
+            .then(|| pagoda::ReplicationMode::from(args.mode).name()),
         policy: region.policy_name().to_string(),
         duration_s: elapsed,
         ops,
@@ -409,6 +435,9 @@ fn print_report(report: &BenchReport) {
         format_bytes(report.page_bytes),
         report.policy
     );
+    if let Some(mode) = report.replication_mode {
+        println!("replicated: {} replica(s), {mode}", report.replicas);
+    }
     println!("{:<22} {:>14}", "operations", report.ops);
     println!("{:<22} {:>14.0}", "operations/s", report.ops_per_s);
     println!("{:<22} {:>14.2}", "latency p50 (µs)", report.latency_us_p50);

@@ -25,7 +25,8 @@ struct Cli {
 enum Command {
     /// Run a memory node.
     Node(node::NodeArgs),
-    /// Create, list, inspect, delete, checkpoint, recover and checksum regions.
+    /// Create, list, inspect, delete, checkpoint, recover and checksum regions;
+    /// show a replicated region's replicas and promote one.
     Region(region::RegionArgs),
     /// Measure a workload against a node (or an embedded one).
     Bench(bench::BenchArgs),

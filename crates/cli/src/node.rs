@@ -77,9 +77,9 @@ pub struct NodeArgs {
     /// pages travel in clear.
     #[arg(long, conflicts_with = "tls_cert")]
     insecure_no_tls: bool,
-    /// Speak TLS to other nodes (a recovery's source), trusting the
-    /// authorities in this PEM file; this node's --tls-cert and --tls-key are
-    /// its client certificate where the source requires one.
+    /// Speak TLS to other nodes (a recovery's source, a region's replicas),
+    /// trusting the authorities in this PEM file; this node's --tls-cert and
+    /// --tls-key are its client certificate where the peer requires one.
     #[arg(long, value_name = "FILE")]
     peer_tls_ca: Option<PathBuf>,
     /// Where checkpoints go: a directory, file:///path, or s3://bucket/prefix
@@ -103,18 +103,45 @@ pub struct NodeArgs {
     /// newest one left. Without it the node refuses to start and says why.
     #[arg(long)]
     accept_storage_mismatch: bool,
-    /// A node this one may connect to as a recovery's source (repeat for
-    /// several). Without any, only addresses on this host's loopback.
+    /// A node this one may connect to, as a recovery's source or as a
+    /// replicated region's replica (repeat for several). Without any, only
+    /// addresses on this host's loopback.
     #[arg(long = "peer", value_name = "HOST:PORT")]
     peers: Vec<String>,
     /// The credential this node authenticates as to a recovery's source
-    /// (with the token the recovery carries, or this node's --token-file).
+    /// (with the token the recovery carries, or this node's --token-file)
+    /// and to a region's replicas (with this node's --token-file).
     #[arg(long, default_value = pagoda::DEFAULT_CREDENTIAL, value_name = "NAME")]
     peer_credential: String,
     /// Checkpoints kept per region; older ones are garbage-collected.
     #[arg(long, default_value_t = pagoda_node::server::CHECKPOINT_RETAIN_DEFAULT)]
     checkpoint_retain: usize,
+    /// Replication: how long an in-sync replica may leave a write
+    /// unacknowledged before its primary drops it from the in-sync set
+    /// (`sync` writes then go on without it); a replica that hears nothing
+    /// from its primary for half of it counts itself out of sync. In
+    /// milliseconds, at least 400 (four heartbeats).
+    #[arg(long, default_value_t = pagoda_node::server::REPLICA_TIMEOUT_MS_DEFAULT, value_name = "MS")]
+    replica_timeout: u64,
+    /// Replication: the most bytes of recent writes a primary keeps per
+    /// region, so that a replica that fell behind or reconnects receives only
+    /// what it missed; one further behind is rebuilt by segment digests. At
+    /// least 1MiB.
+    #[arg(long, value_parser = parse_size, value_name = "SIZE", default_value = "64MiB")]
+    replication_log_bytes: u64,
+    /// Replication, `async` mode: the most bytes an in-sync replica may lag
+    /// behind its primary before writes wait for it.
+    #[arg(long, value_parser = parse_size, value_name = "SIZE", default_value = "16MiB")]
+    replication_lag_bytes: u64,
 }
+
+/// The shortest --replica-timeout: a replica counts itself out of sync
+/// after half of it without a heartbeat, so half must span a few of them.
+const REPLICA_TIMEOUT_MS_MIN: u64 = 4 * pagoda_node::replication::HEARTBEAT.as_millis() as u64;
+
+/// The smallest --replication-log-bytes: below it almost every reconnect of
+/// a replica would need a rebuild by digests.
+const REPLICATION_LOG_BYTES_MIN: u64 = 1 << 20;
 
 pub fn run(args: NodeArgs) -> Result<(), String> {
     let mut config = NodeConfig::new(args.listen, args.capacity, args.data_dir);
@@ -162,6 +189,24 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
         return Err("--writer-lease must be at least 1 second".into());
     }
     config.writer_lease = Duration::from_secs(args.writer_lease);
+    if args.replica_timeout < REPLICA_TIMEOUT_MS_MIN {
+        return Err(format!(
+            "--replica-timeout must be at least {REPLICA_TIMEOUT_MS_MIN} ms: a replica counts \
+             itself out of sync after half of it without a heartbeat, and they come every {} ms",
+            pagoda_node::replication::HEARTBEAT.as_millis()
+        ));
+    }
+    config.replica_timeout = Duration::from_millis(args.replica_timeout);
+    if args.replication_log_bytes < REPLICATION_LOG_BYTES_MIN {
+        return Err(format!(
+            "--replication-log-bytes must be at least {}",
+            format_bytes(REPLICATION_LOG_BYTES_MIN)
+        ));
+    }
+    config.replication_log_bytes = usize::try_from(args.replication_log_bytes)
+        .map_err(|_| "--replication-log-bytes is too large".to_string())?;
+    config.replication_lag_bytes = usize::try_from(args.replication_lag_bytes)
+        .map_err(|_| "--replication-lag-bytes is too large".to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
     let abandon = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -1,7 +1,7 @@
 //! `pagoda region`: create, list, inspect, delete, checkpoint, recover and
-//! checksum regions.
+//! checksum regions; show a replicated region's replicas and promote one.
 
-use pagoda::RegionStat;
+use pagoda::{RegionStat, ReplicaRole, ReplicaSet, ReplicationMode};
 
 use crate::NodeAddress;
 use crate::size::{format_bytes, parse_size};
@@ -27,6 +27,16 @@ enum RegionCommand {
         /// Its page size: a power of two from 4KiB to 2MiB.
         #[arg(long, value_parser = parse_size, default_value = "4KiB")]
         page_size: u64,
+        /// Replicate it: a replica on each of these nodes (HOST:PORT, comma
+        /// separated), which --node, its primary, connects to with its
+        /// cluster credential.
+        #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+        replicas: Vec<String>,
+        /// When a write is acknowledged: `sync`, once every in-sync replica
+        /// has it; `async`, by the primary alone, replicas following with a
+        /// bounded lag (--replication-lag-bytes of the primary).
+        #[arg(long, value_enum, default_value_t = Mode::Sync, requires = "replicas")]
+        mode: Mode,
     },
     /// List regions.
     Ls {
@@ -71,6 +81,31 @@ enum RegionCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show a replicated region as --node sees it: its role, the primary,
+    /// the epochs, the log position and whether it is in sync; on the
+    /// primary, each replica's acknowledged position, state and lag.
+    Replicas {
+        /// The region's name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make --node's replica of a region its primary, at a new primary
+    /// epoch. Refused for a replica not known to be in sync (the refusal
+    /// says what --force would lose).
+    Promote {
+        /// The region's name.
+        name: String,
+        /// Promote even a replica not known to be in sync (or a fenced
+        /// copy): writes the old primary acknowledged after this replica's
+        /// position are lost.
+        #[arg(long)]
+        force: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild a region on node --to from its latest baseline plus the pages
     /// dirty on node --from since (moving it: the copy on --from becomes
     /// read-only).
@@ -94,6 +129,38 @@ enum RegionCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A replicated region's mode, on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Acknowledged once every in-sync replica has the write.
+    Sync,
+    /// Acknowledged by the primary; replicas follow with a bounded lag.
+    Async,
+}
+
+impl From<Mode> for ReplicationMode {
+    fn from(mode: Mode) -> ReplicationMode {
+        match mode {
+            Mode::Sync => ReplicationMode::Sync,
+            Mode::Async => ReplicationMode::Async,
+        }
+    }
+}
+
+/// Checks a --replicas list: no address empty or named twice. (The node
+/// checks the rest: how many, and that it may reach them.)
+pub fn check_replicas(replicas: &[String]) -> Result<(), String> {
+    for (index, replica) in replicas.iter().enumerate() {
+        if replica.trim().is_empty() {
+            return Err("--replicas has an empty address".into());
+        }
+        if replicas[..index].contains(replica) {
+            return Err(format!("--replicas names {replica} twice"));
+        }
+    }
+    Ok(())
 }
 
 fn stat_json(stat: &RegionStat) -> serde_json::Value {
@@ -142,6 +209,9 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
             json,
         );
     }
+    if let RegionCommand::Create { replicas, .. } = &args.command {
+        check_replicas(replicas)?;
+    }
     let client = match args.command {
         // A checkpoint's reply waits for the whole checkpoint.
         RegionCommand::Checkpoint { .. } => args
@@ -159,12 +229,18 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
             name,
             size,
             page_size,
+            replicas,
+            mode,
         } => {
             let page_size = u32::try_from(page_size)
                 .map_err(|_| format!("page size {page_size} is too large"))?;
-            let info = client
-                .create_region(&name, size, page_size)
-                .map_err(|e| e.to_string())?;
+            let info = if replicas.is_empty() {
+                client.create_region(&name, size, page_size)
+            } else {
+                let replicas: Vec<&str> = replicas.iter().map(String::as_str).collect();
+                client.create_replicated_region(&name, size, page_size, &replicas, mode.into())
+            }
+            .map_err(|e| e.to_string())?;
             println!(
                 "created region {:?} (id {}): {} in pages of {}",
                 info.name,
@@ -172,6 +248,14 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
                 format_bytes(info.size),
                 format_bytes(info.page_size as u64)
             );
+            if !replicas.is_empty() {
+                println!(
+                    "primary {}, {} replicas: {}",
+                    args.node.node,
+                    ReplicationMode::from(mode).name(),
+                    replicas.join(", ")
+                );
+            }
         }
         RegionCommand::Ls { json } => {
             let list = client.list_regions().map_err(|e| e.to_string())?;
@@ -278,9 +362,127 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
             segments,
             json,
         } => checksum(&client, &name, segments, json)?,
+        RegionCommand::Replicas { name, json } => {
+            let set = client.replicas(&name).map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", replica_set_json(&name, &set));
+            } else {
+                print_replica_set(&name, &set);
+            }
+        }
+        RegionCommand::Promote { name, force, json } => {
+            let set = client.promote(&name, force).map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", replica_set_json(&name, &set));
+            } else {
+                println!(
+                    "promoted {name:?} on {}: {} at primary epoch {} (writer epoch {}, LSN {})",
+                    args.node.node,
+                    set.role.name(),
+                    set.primary_epoch,
+                    set.writer_epoch,
+                    set.lsn
+                );
+                if !set.replicas.is_empty() {
+                    let addresses: Vec<&str> =
+                        set.replicas.iter().map(|r| r.addr.as_str()).collect();
+                    println!("its replicas: {}", addresses.join(", "));
+                }
+                if !set.message.is_empty() {
+                    println!("{}", set.message);
+                }
+            }
+        }
         RegionCommand::Recover { .. } => unreachable!("handled above"),
     }
     Ok(())
+}
+
+/// A region's replication as JSON: the fields of `ReplicaSet`, and on a
+/// primary one object per replica (documented in README.md).
+fn replica_set_json(name: &str, set: &ReplicaSet) -> serde_json::Value {
+    let replicas: Vec<serde_json::Value> = set
+        .replicas
+        .iter()
+        .map(|replica| {
+            serde_json::json!({
+                "addr": replica.addr,
+                "acked_lsn": replica.acked,
+                "in_sync": replica.in_sync,
+                "connected": replica.connected,
+                "lag_bytes": replica.lag_bytes,
+                "lag_ms": replica.lag_ms,
+                "sent_bytes": replica.sent_bytes,
+                "rebuilt_bytes": replica.rebuilt_bytes,
+                "rebuilds": replica.rebuilds,
+                "message": replica.message,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": name,
+        "role": set.role.name(),
+        "mode": set.mode.name(),
+        "primary": set.primary,
+        "primary_epoch": set.primary_epoch,
+        "writer_epoch": set.writer_epoch,
+        "lsn": set.lsn,
+        "in_sync": set.in_sync,
+        "message": set.message,
+        "replicas": replicas,
+    })
+}
+
+/// `pagoda region replicas` as text: the node's view, then on a primary a
+/// table of its replicas.
+fn print_replica_set(name: &str, set: &ReplicaSet) {
+    let yes_no = |value: bool| if value { "yes" } else { "no" };
+    println!("region          {name}");
+    println!("role            {}", set.role.name());
+    if set.role == ReplicaRole::Solo {
+        println!("not replicated");
+        return;
+    }
+    println!("mode            {}", set.mode.name());
+    println!(
+        "primary         {}",
+        if set.primary.is_empty() {
+            "unknown"
+        } else {
+            &set.primary
+        }
+    );
+    println!("primary epoch   {}", set.primary_epoch);
+    println!("writer epoch    {}", set.writer_epoch);
+    println!("lsn             {}", set.lsn);
+    println!("in sync         {}", yes_no(set.in_sync));
+    if !set.message.is_empty() {
+        println!("message         {}", set.message);
+    }
+    if set.role != ReplicaRole::Primary {
+        return;
+    }
+    if set.replicas.is_empty() {
+        println!("no replicas");
+        return;
+    }
+    println!();
+    println!(
+        "{:<24} {:>12} {:>7} {:>9} {:>12} {:>9}  MESSAGE",
+        "REPLICA", "ACKED LSN", "IN SYNC", "CONNECTED", "LAG", "LAG MS"
+    );
+    for replica in &set.replicas {
+        println!(
+            "{:<24} {:>12} {:>7} {:>9} {:>12} {:>9}  {}",
+            replica.addr,
+            replica.acked,
+            yes_no(replica.in_sync),
+            yes_no(replica.connected),
+            format_bytes(replica.lag_bytes),
+            replica.lag_ms,
+            replica.message
+        );
+    }
 }
 
 /// How long `region checkpoint` waits for the node's reply.
