@@ -109,6 +109,19 @@ pub(crate) fn check_config(config: &NodeConfig) -> Result<(), NodeError> {
             "the connection memory budget must be at least 1 MiB".into(),
         ));
     }
+    let heartbeats = 4 * crate::replication::HEARTBEAT;
+    if config.replica_timeout < heartbeats {
+        return Err(NodeError::Config(format!(
+            "the replica timeout must be at least {} ms (four heartbeats: a replica counts \
+             itself out of sync after half of it)",
+            heartbeats.as_millis()
+        )));
+    }
+    if config.replication_log_bytes < 1024 * 1024 {
+        return Err(NodeError::Config(
+            "the retained replication log must be at least 1 MiB".into(),
+        ));
+    }
     Ok(())
 }
 

@@ -234,10 +234,7 @@ pub fn check_primary(region: &Region) -> Result<Option<Arc<Replication>>, NodeEr
     match &*region.role().lock() {
         Role::Solo => Ok(None),
         Role::Primary(replication) => match replication.fenced() {
-            Some(reason) => Err(NodeError::RegionUnavailable {
-                name: region.info().name.clone(),
-                reason,
-            }),
+            Some(_) => Err(replication.deposed()),
             None => Ok(Some(replication.clone())),
         },
         Role::Replica(upstream) => Err(NodeError::NotPrimary {
@@ -384,6 +381,8 @@ pub struct Replication {
     links: Vec<Arc<Link>>,
     stop: AtomicBool,
     fenced: Mutex<Option<String>>,
+    /// The primary that deposed this one, once known.
+    successor: Mutex<Option<String>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -445,6 +444,7 @@ impl Replication {
                 .collect(),
             stop: AtomicBool::new(false),
             fenced: Mutex::new(None),
+            successor: Mutex::new(None),
             threads: Mutex::new(Vec::new()),
         }
     }
@@ -487,6 +487,22 @@ impl Replication {
     /// Why this primary takes no more writes, if it learned of a newer one.
     pub fn fenced(&self) -> Option<String> {
         self.fenced.lock().clone()
+    }
+
+    /// The error a write to a deposed primary gets: `NotPrimary` naming
+    /// its successor if known (a client moves there), else unavailable.
+    pub fn deposed(&self) -> NodeError {
+        let reason = self.fenced().unwrap_or_default();
+        match self.successor.lock().clone() {
+            Some(primary) => NodeError::NotPrimary {
+                region: self.name.clone(),
+                primary,
+            },
+            None => NodeError::RegionUnavailable {
+                name: self.name.clone(),
+                reason: format!("this node no longer leads it: {reason}"),
+            },
+        }
     }
 
     fn fence(&self, reason: String) {
@@ -637,16 +653,11 @@ impl Replication {
     pub fn wait_acked(&self, lsn: u64) -> Result<(), NodeError> {
         let mut log = self.log.lock();
         loop {
-            if let Some(reason) = self.fenced() {
+            if self.fenced().is_some() {
                 // Applied here, but this node no longer leads: the write is
-                // not acknowledged.
-                tracing::debug!(region = %self.name, %reason, "a write waiting for replicas failed");
-                return Err(NodeError::StaleEpoch {
-                    region: self.name.clone(),
-                    what: "primary",
-                    epoch: self.primary_epoch,
-                    current: self.primary_epoch + 1,
-                });
+                // not acknowledged, and its writer sends it to the new
+                // primary (with its number: applied there at most once).
+                return Err(self.deposed());
             }
             if self.acked_by_all(lsn) {
                 return Ok(());
@@ -1704,6 +1715,7 @@ fn accept_sender(
         let diverged = applied > incoming.lsn;
         let (mode, replicas, was_rebuilding) = match &*role {
             Role::Primary(replication) => {
+                *replication.successor.lock() = Some(primary.clone());
                 replication.fence(format!(
                     "{primary} leads at primary epoch {}",
                     incoming.primary_epoch
