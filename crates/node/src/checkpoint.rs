@@ -110,6 +110,14 @@ pub struct Manifest {
     pub pages: u64,
     /// The objects, oldest first.
     pub objects: Vec<ObjectEntry>,
+    /// Every write at or below this log sequence number is in the
+    /// checkpoint (some above it may be too: replaying them over it is
+    /// harmless). 0 in manifests written before it was recorded.
+    #[serde(default)]
+    pub lsn: u64,
+    /// The primary epoch of the node that took it (0: not replicated).
+    #[serde(default)]
+    pub primary_epoch: u64,
 }
 
 impl Manifest {
@@ -402,6 +410,10 @@ pub fn checkpoint(
         (Some(mark), Some(_)) => mark.start_seq,
         _ => 0,
     };
+    // Read before the snapshot starts: every write numbered at or below it
+    // has been applied, so the snapshot holds it.
+    let lsn = region.log().applied();
+    let primary_epoch = crate::replication::primary_epoch(region);
     let (to, journal_through) = region.begin_snapshot(number, from);
     let started = SystemTime::now();
     struct EndSnapshot<'a>(&'a Region);
@@ -525,6 +537,8 @@ pub fn checkpoint(
             .as_millis() as u64,
         pages: live,
         objects,
+        lsn,
+        primary_epoch,
     };
     let encoded = manifest.encode();
     bytes_written += encoded.len() as u64;
@@ -1006,6 +1020,8 @@ mod tests {
             page_size: 4096,
             number: 3,
             started_unix_ms: 0,
+            lsn: 0,
+            primary_epoch: 0,
             pages: 2,
             objects: vec![ObjectEntry {
                 key: "k".into(),

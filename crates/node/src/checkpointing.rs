@@ -206,6 +206,7 @@ pub(crate) fn reload(
                     started: manifest.started(),
                     journal_through: 0,
                 });
+                crate::replication::resume_from_baseline(&region, &manifest);
                 region.set_baseline(Arc::new(manifest));
             }
             Ok(None) => tracing::info!(name, "region has no checkpoint; it starts empty"),

@@ -248,6 +248,32 @@ pub fn check_primary(region: &Region) -> Result<Option<Arc<Replication>>, NodeEr
     }
 }
 
+/// The primary epoch a region's copy on this node has seen (0: solo).
+pub fn primary_epoch(region: &Region) -> u64 {
+    region.role().lock().primary_epoch()
+}
+
+/// A replica restarted with its primary's checkpoint as its baseline (the
+/// nodes share storage): if that checkpoint was taken under the primary
+/// epoch this replica follows, the replica holds every write up to the
+/// checkpoint's LSN, and its primary can catch it up from its retained
+/// log from there instead of rebuilding it. (Under a newer primary, the
+/// probe's divergence check decides, as for any replica.)
+pub fn resume_from_baseline(region: &Region, manifest: &crate::checkpoint::Manifest) {
+    if let Role::Replica(upstream) = &mut *region.role().lock()
+        && manifest.lsn > 0
+        && manifest.primary_epoch == upstream.primary_epoch
+    {
+        region.log().reset(manifest.lsn);
+        upstream.needs_rebuild = false;
+        tracing::info!(
+            name = %region.info().name,
+            lsn = manifest.lsn,
+            "replica resumes from its primary's checkpoint"
+        );
+    }
+}
+
 /// Refuses a checkpoint unless this node checkpoints the region: solo, or
 /// its primary. A replica's (or fenced copy's) checkpoints would be written
 /// under the same keys as its primary's.
