@@ -427,6 +427,8 @@ fn replica_set_json(name: &str, set: &ReplicaSet) -> serde_json::Value {
         "primary_epoch": set.primary_epoch,
         "writer_epoch": set.writer_epoch,
         "lsn": set.lsn,
+        "checkpoint": set.checkpoint,
+        "checkpoint_lsn": set.checkpoint_lsn,
         "in_sync": set.in_sync,
         "message": set.message,
         "replicas": replicas,
@@ -455,6 +457,14 @@ fn print_replica_set(name: &str, set: &ReplicaSet) {
     println!("primary epoch   {}", set.primary_epoch);
     println!("writer epoch    {}", set.writer_epoch);
     println!("lsn             {}", set.lsn);
+    if set.checkpoint == 0 {
+        println!("checkpoint      none known");
+    } else {
+        println!(
+            "checkpoint      {} (holds writes through lsn {})",
+            set.checkpoint, set.checkpoint_lsn
+        );
+    }
     println!("in sync         {}", yes_no(set.in_sync));
     if !set.message.is_empty() {
         println!("message         {}", set.message);

@@ -506,6 +506,8 @@ fn replicas_json_and_promote_refusals() {
     assert!(set["writer_epoch"].as_u64().unwrap() >= 1, "{set}");
     let lsn = set["lsn"].as_u64().unwrap();
     assert!(lsn >= 1, "{set}");
+    assert!(set["checkpoint"].is_u64(), "{set}");
+    assert!(set["checkpoint_lsn"].is_u64(), "{set}");
     assert!(set["in_sync"].is_boolean(), "{set}");
     assert!(set["message"].is_string(), "{set}");
     let replicas = set["replicas"].as_array().unwrap();

@@ -76,6 +76,7 @@ pub(crate) fn take(
         Ok(_) => {}
         Err(error) => tracing::warn!(name, %error, "garbage collection failed; will retry"),
     }
+    crate::replication::checkpoint_taken(region, &manifest);
     region.set_baseline(Arc::new(manifest));
     // The catalog records the newest complete checkpoint, so a restart that
     // finds an older one in storage refuses to roll back silently. Failing to

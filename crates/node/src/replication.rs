@@ -111,6 +111,9 @@ pub struct Upstream {
     /// The log position is unknown (restart, divergence): only a rebuild
     /// brings it back.
     needs_rebuild: bool,
+    /// The primary's newest checkpoint, as its last probe said, and the
+    /// LSN it holds.
+    covered: (u64, u64),
 }
 
 /// Why a region takes no writes, and who may lead now.
@@ -201,6 +204,7 @@ impl Role {
                 connection: 0,
                 closed_at: None,
                 needs_rebuild: true,
+                covered: (0, 0),
             }),
             _ => Role::Fenced(Fence {
                 primary_epoch: persisted.primary_epoch,
@@ -251,6 +255,14 @@ pub fn check_primary(region: &Region) -> Result<Option<Arc<Replication>>, NodeEr
 /// The primary epoch a region's copy on this node has seen (0: solo).
 pub fn primary_epoch(region: &Region) -> u64 {
     region.role().lock().primary_epoch()
+}
+
+/// Tells a primary's replicas (with its next probes) that a checkpoint
+/// completed.
+pub fn checkpoint_taken(region: &Region, manifest: &crate::checkpoint::Manifest) {
+    if let Role::Primary(replication) = &*region.role().lock() {
+        replication.checkpoint_taken(manifest.number, manifest.lsn);
+    }
 }
 
 /// A replica restarted with its primary's checkpoint as its baseline (the
@@ -409,6 +421,9 @@ pub struct Replication {
     fenced: Mutex<Option<String>>,
     /// The primary that deposed this one, once known.
     successor: Mutex<Option<String>>,
+    /// The newest checkpoint this primary took (or loaded) and the LSN it
+    /// holds, told to replicas with every probe.
+    covered: Mutex<(u64, u64)>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -471,6 +486,11 @@ impl Replication {
             stop: AtomicBool::new(false),
             fenced: Mutex::new(None),
             successor: Mutex::new(None),
+            covered: Mutex::new(
+                region
+                    .baseline()
+                    .map_or((0, 0), |manifest| (manifest.number, manifest.lsn)),
+            ),
             threads: Mutex::new(Vec::new()),
         }
     }
@@ -662,6 +682,11 @@ impl Replication {
         drop(log);
         self.changed.notify_all();
         directs
+    }
+
+    /// Records a checkpoint this primary completed, for its replicas.
+    pub fn checkpoint_taken(&self, number: u64, lsn: u64) {
+        *self.covered.lock() = (number, lsn);
     }
 
     /// Whether every in-sync replica has acknowledged `lsn`.
@@ -916,6 +941,10 @@ fn handle_send_error(replication: &Replication, error: SendError) -> String {
 }
 
 fn probe(replication: &Replication, client: &Client, in_sync: bool) -> Result<Answer, SendError> {
+    let (checkpoint, checkpoint_lsn) = *replication.covered.lock();
+    let mut body = checkpoint.to_le_bytes().to_vec();
+    body.extend_from_slice(&checkpoint_lsn.to_le_bytes());
+    body.extend_from_slice(replication.self_addr.as_bytes());
     let request = Request::Replicate {
         uid: replication.uid,
         primary_epoch: replication.primary_epoch,
@@ -923,7 +952,7 @@ fn probe(replication: &Replication, client: &Client, in_sync: bool) -> Result<An
         lsn: replication.epoch_start,
         in_sync,
         kind: ReplicateKind::Probe,
-        body: replication.self_addr.as_bytes(),
+        body: &body,
     };
     answer_of(client.request(&request))
 }
@@ -1356,6 +1385,7 @@ pub(crate) fn create_replica(
         connection: 0,
         closed_at: None,
         needs_rebuild: false,
+        covered: (0, 0),
     });
     if let Err(error) = shared.catalog.save_states() {
         let _ = shared.catalog.delete(name);
@@ -1494,6 +1524,10 @@ pub(crate) fn status(shared: &Shared, region: &Region) -> ReplicaSet {
     let own = shared.local_addr.to_string();
     let lsn = region.log().applied();
     let writer_epoch = region.log().writer_epoch();
+    // This node's own newest checkpoint, and the LSN it holds.
+    let own_checkpoint = region
+        .baseline()
+        .map_or((0, 0), |manifest| (manifest.number, manifest.lsn));
     match &*region.role().lock() {
         Role::Solo => ReplicaSet {
             role: ReplicaRole::Solo,
@@ -1502,6 +1536,8 @@ pub(crate) fn status(shared: &Shared, region: &Region) -> ReplicaSet {
             primary_epoch: 0,
             writer_epoch,
             lsn,
+            checkpoint: own_checkpoint.0,
+            checkpoint_lsn: own_checkpoint.1,
             in_sync: true,
             message: String::new(),
             replicas: Vec::new(),
@@ -1513,6 +1549,8 @@ pub(crate) fn status(shared: &Shared, region: &Region) -> ReplicaSet {
             primary_epoch: replication.primary_epoch,
             writer_epoch,
             lsn,
+            checkpoint: own_checkpoint.0,
+            checkpoint_lsn: own_checkpoint.1,
             in_sync: true,
             message: replication.fenced().unwrap_or_default(),
             replicas: replication.replica_infos(),
@@ -1526,6 +1564,8 @@ pub(crate) fn status(shared: &Shared, region: &Region) -> ReplicaSet {
                 primary_epoch: upstream.primary_epoch,
                 writer_epoch,
                 lsn,
+                checkpoint: upstream.covered.0,
+                checkpoint_lsn: upstream.covered.1,
                 in_sync: why.is_none(),
                 message: why.unwrap_or_default(),
                 replicas: Vec::new(),
@@ -1538,6 +1578,8 @@ pub(crate) fn status(shared: &Shared, region: &Region) -> ReplicaSet {
             primary_epoch: fence.primary_epoch,
             writer_epoch,
             lsn,
+            checkpoint: own_checkpoint.0,
+            checkpoint_lsn: own_checkpoint.1,
             in_sync: false,
             message: fence.reason.clone(),
             replicas: Vec::new(),
@@ -1734,7 +1776,7 @@ fn accept_sender(
                 current: current + 1,
             });
         }
-        let primary = String::from_utf8_lossy(incoming.body).into_owned();
+        let primary = String::from_utf8_lossy(probe_address(incoming.body)).into_owned();
         let applied = region.log().applied();
         // Writes applied beyond where the new primary's epoch began came
         // from an older primary and may be missing there: diverged.
@@ -1772,6 +1814,7 @@ fn accept_sender(
                 connection: 0,
                 closed_at: None,
                 needs_rebuild: was_rebuilding || diverged || !is_replica,
+                covered: (0, 0),
             }),
         );
         if let Role::Primary(replication) = previous {
@@ -1791,12 +1834,29 @@ fn accept_sender(
         role = region.role().lock();
     }
     if let Role::Replica(upstream) = &mut *role {
+        if incoming.kind == ReplicateKind::Probe
+            && let Some((checkpoint, checkpoint_lsn)) = probe_checkpoint(incoming.body)
+        {
+            upstream.covered = (checkpoint, checkpoint_lsn);
+        }
         upstream.in_sync = incoming.in_sync;
         upstream.last_message = Some(Instant::now());
         upstream.connection = incoming.connection;
         upstream.closed_at = None;
     }
     Ok(())
+}
+
+/// The checkpoint a probe's body names: number and LSN.
+fn probe_checkpoint(body: &[u8]) -> Option<(u64, u64)> {
+    let (number, rest) = body.split_first_chunk::<8>()?;
+    let (lsn, _) = rest.split_first_chunk::<8>()?;
+    Some((u64::from_le_bytes(*number), u64::from_le_bytes(*lsn)))
+}
+
+/// The primary's address a probe's body carries after the checkpoint.
+fn probe_address(body: &[u8]) -> &[u8] {
+    body.get(16..).unwrap_or_default()
 }
 
 /// Records that connection `id` closed, for the replicas it fed: a replica

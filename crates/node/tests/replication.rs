@@ -658,7 +658,14 @@ fn a_restarted_replica_catches_up_from_the_log_after_its_primarys_checkpoint() {
         let data: Vec<u8> = pages.iter().flat_map(|&p| page(p)).collect();
         writer.write_pages(&info, &pages, &data).unwrap();
     }
-    writer.checkpoint("c", false).unwrap();
+    let taken = writer.checkpoint("c", false).unwrap();
+    // The replica learns which checkpoint covers it (with the next probe).
+    let replica = cluster.client(1);
+    eventually("the replica knows the checkpoint", || {
+        let set = replica.replicas("c").unwrap();
+        set.checkpoint == taken.number && set.checkpoint_lsn > 0 && set.checkpoint_lsn <= set.lsn
+    });
+    drop(replica);
     // The replica's node stops (its RAM copy goes with it) ...
     cluster.nodes[1] = None;
     eventually("the primary notices", || !link_of(&writer, "c").in_sync);

@@ -282,7 +282,8 @@ impl ReplicationMode {
 #[repr(u8)]
 pub enum ReplicateKind {
     /// Nothing to apply: the replica answers its position. The body is the
-    /// primary's address; `lsn` is where the primary's epoch began.
+    /// primary's newest checkpoint (u64) and the LSN it holds (u64), then
+    /// the primary's address; `lsn` is where the primary's epoch began.
     Probe = 0,
     /// A page write batch: the body is a `WritePages` payload's page list
     /// and data.
@@ -392,6 +393,12 @@ pub struct ReplicaSet {
     pub writer_epoch: u64,
     /// This node's last applied LSN.
     pub lsn: u64,
+    /// The newest checkpoint of the region known to this node (on a
+    /// replica: its primary's, as the primary last said), and the LSN it
+    /// holds; 0 for none.
+    pub checkpoint: u64,
+    /// The LSN that checkpoint holds.
+    pub checkpoint_lsn: u64,
     /// On a replica: whether it believes itself in sync (so promotable
     /// without `--force`), and why not in `message`.
     pub in_sync: bool,
@@ -1330,7 +1337,13 @@ impl<'a> Response<'a> {
                 payload.push(set.role as u8);
                 payload.push(set.mode as u8);
                 put_bytes(payload, set.primary.as_bytes());
-                for value in [set.primary_epoch, set.writer_epoch, set.lsn] {
+                for value in [
+                    set.primary_epoch,
+                    set.writer_epoch,
+                    set.lsn,
+                    set.checkpoint,
+                    set.checkpoint_lsn,
+                ] {
                     payload.extend_from_slice(&value.to_le_bytes());
                 }
                 payload.push(set.in_sync as u8);
@@ -1501,6 +1514,8 @@ impl<'a> Response<'a> {
                 let primary_epoch = reader.u64()?;
                 let writer_epoch = reader.u64()?;
                 let lsn = reader.u64()?;
+                let checkpoint = reader.u64()?;
+                let checkpoint_lsn = reader.u64()?;
                 let in_sync = reader.bool()?;
                 let message = reader.str(ERROR_MESSAGE_BYTES_MAX)?.to_owned();
                 let count = reader.u8()? as usize;
@@ -1532,6 +1547,8 @@ impl<'a> Response<'a> {
                     primary_epoch,
                     writer_epoch,
                     lsn,
+                    checkpoint,
+                    checkpoint_lsn,
                     in_sync,
                     message,
                     replicas,
@@ -1851,6 +1868,8 @@ mod tests {
                 primary_epoch: 2,
                 writer_epoch: 3,
                 lsn: 99,
+                checkpoint: 4,
+                checkpoint_lsn: 90,
                 in_sync: true,
                 message: String::new(),
                 replicas: vec![ReplicaInfo {
