@@ -782,6 +782,9 @@ impl Link {
     /// reconnects and catches the replica up.
     fn go_offline(&self, replication: &Replication, why: String) {
         self.live.lock().take();
+        // Answers still owed on the old connection will not come; the
+        // sender finds the replica's position by a probe instead.
+        self.pending.lock().clear();
         self.drop_from_sync(&replication.name, why);
         replication.changed.notify_all();
         self.wake.notify_all();
@@ -962,9 +965,13 @@ fn probe(replication: &Replication, client: &Client, in_sync: bool) -> Result<An
 /// thread saw it fail), for the sender to catch the replica up again.
 fn live(replication: &Replication, link: &Link, client: &Arc<Client>) -> Result<(), SendError> {
     let mut last_heard = Instant::now();
+    let leave = |link: &Link| {
+        link.live.lock().take();
+        link.pending.lock().clear();
+    };
     loop {
         if replication.stop.load(Ordering::SeqCst) {
-            link.live.lock().take();
+            leave(link);
             return Ok(());
         }
         if link.live.lock().is_none() {
@@ -997,11 +1004,11 @@ fn live(replication: &Replication, link: &Link, client: &Arc<Client>) -> Result<
                     acknowledged(replication, link, applied, end_bytes);
                 }
                 Ok(Answer::Unknown) => {
-                    link.live.lock().take();
+                    leave(link);
                     return Err(SendError::Behind);
                 }
                 Err(error) => {
-                    link.live.lock().take();
+                    leave(link);
                     return Err(error);
                 }
             }
