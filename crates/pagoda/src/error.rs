@@ -56,6 +56,25 @@ pub enum ClientError {
         /// The region's size.
         size: u64,
     },
+    /// [`crate::Client::open_or_create_region`] found the region existing
+    /// with another shape than the one asked for.
+    #[error(
+        "region {name:?} exists with {size} bytes in pages of {page_size} bytes, \
+         not {size_asked} bytes in pages of {page_size_asked} as asked; \
+         open it with its own shape or delete it first"
+    )]
+    RegionShapeMismatch {
+        /// The region's name.
+        name: String,
+        /// The existing region's size in bytes.
+        size: u64,
+        /// The existing region's page size in bytes.
+        page_size: u32,
+        /// The size asked for.
+        size_asked: u64,
+        /// The page size asked for.
+        page_size_asked: u32,
+    },
     /// An argument is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

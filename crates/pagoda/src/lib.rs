@@ -17,6 +17,51 @@
 //! region.flush()?; // every dirty page is now on the node
 //! # Ok::<(), pagoda::ClientError>(())
 //! ```
+//!
+//! # Typed access
+//!
+//! Plain-old-data values (any [`bytemuck::Pod`] type: integers, floats,
+//! arrays of them, `#[repr(C)]` structs deriving `Pod` and `Zeroable`) are
+//! read and written at any byte offset with [`Region::read_value`],
+//! [`Region::write_value`], [`Region::read_slice`] and
+//! [`Region::write_slice`], and the same four methods of [`Transaction`]. The
+//! derive macros need `bytemuck` (with its `derive` feature) among the
+//! application's own dependencies; this crate re-exports the version it uses
+//! as `pagoda::bytemuck`.
+//!
+//! - **Layout.** A value is stored as the host holds it in memory (the bytes
+//!   of `bytemuck::bytes_of(&value)`): numbers in the host's byte order,
+//!   `#[repr(C)]` structs with their fields at their `repr(C)` offsets.
+//!   Pagoda runs on little-endian hosts only (x86-64 and aarch64 Linux), so
+//!   every number is stored little-endian and reads back the same from any
+//!   client. A `Pod` type has no padding, so every stored byte is defined.
+//! - **Alignment.** Offsets need none: values are copied between the region
+//!   and properly aligned memory of the caller, so a `u64` at offset 4093,
+//!   straddling two pages, is as good as one at offset 0.
+//! - **Bounds.** A value or slice must lie wholly inside the region;
+//!   otherwise the call fails with [`ClientError::OutOfRange`] and nothing is
+//!   read or written.
+//!
+//! ```no_run
+//! use bytemuck::{Pod, Zeroable};
+//! use pagoda::{Client, ClientOptions, RegionOptions};
+//!
+//! #[derive(Clone, Copy, Pod, Zeroable)]
+//! #[repr(C)]
+//! struct Entry {
+//!     key: u64,
+//!     score: f32,
+//!     hits: u32,
+//! }
+//!
+//! let client = Client::connect("127.0.0.1:7070", ClientOptions::default())?;
+//! let region = client.open_or_create_region("entries", 1 << 30, 4096, RegionOptions::default())?;
+//! region.write_value(16 * 1000, &Entry { key: 7, score: 0.5, hits: 1 })?;
+//! let entry: Entry = region.read_value(16 * 1000)?;
+//! let mut scores = [0f32; 256];
+//! region.read_slice(1 << 20, &mut scores)?;
+//! # Ok::<(), pagoda::ClientError>(())
+//! ```
 
 mod checksum;
 mod connection;
@@ -26,6 +71,7 @@ mod region;
 mod replication;
 mod tls;
 mod transaction;
+mod typed;
 mod write_log;
 
 use std::collections::HashMap;
@@ -35,6 +81,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+/// The `bytemuck` this crate's typed access is built on (see the crate
+/// documentation's *Typed access*).
+pub use bytemuck;
 pub use checksum::RegionChecksum;
 pub use connection::PendingCall;
 pub use connection::Reply;
@@ -181,6 +230,22 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// `region`, if it has `size` bytes in pages of `page_size`; otherwise the
+/// mismatch (and the handle is dropped, giving back its open).
+fn check_shape(region: Region, size: u64, page_size: u32) -> Result<Region, ClientError> {
+    let info = region.info();
+    if info.size == size && info.page_size == page_size {
+        return Ok(region);
+    }
+    Err(ClientError::RegionShapeMismatch {
+        name: info.name.clone(),
+        size: info.size,
+        page_size: info.page_size,
+        size_asked: size,
+        page_size_asked: page_size,
+    })
+}
+
 pub(crate) fn unexpected(reply: &Response<'_>) -> ClientError {
     ClientError::Protocol(format!("unexpected reply {:?}", reply.opcode()))
 }
@@ -277,6 +342,76 @@ impl Client {
             binding,
             OpenMode::Write,
         )
+    }
+
+    /// Opens region `name` for reading and writing (as
+    /// [`Client::open_region`]), creating it first with `size` bytes in
+    /// pages of `page_size` (as [`Client::create_region`]) if it does not
+    /// exist. An existing region must have that shape, or this fails with
+    /// [`ClientError::RegionShapeMismatch`] (the region is left as it is).
+    ///
+    /// Safe to race: when several clients call it at once for the same
+    /// name, one creates the region and every one opens it (the others'
+    /// creates fail with `RegionExists`, and they open it instead). A
+    /// client whose credential may write the region but not create regions
+    /// can open an existing one, as the open is tried first. Like
+    /// [`Client::open_region`] it takes the region's writer role, so while
+    /// another connection holds that role it fails with
+    /// `ErrorCode::WriterBusy`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let node = pagoda_node::Node::start(pagoda_node::NodeConfig::new(
+    /// #     "127.0.0.1:0".parse().unwrap(), 8 << 20, dir.path().into())).unwrap();
+    /// # let address = node.local_addr();
+    /// use pagoda::{Client, ClientError, ClientOptions, RegionOptions};
+    ///
+    /// let client = Client::connect(address, ClientOptions::default())?;
+    /// let region = client.open_or_create_region("state", 1 << 20, 4096, RegionOptions::default())?;
+    /// region.write_value(0, &7u32)?;
+    /// drop(region);
+    /// // The second call opens what the first created.
+    /// let region = client.open_or_create_region("state", 1 << 20, 4096, RegionOptions::default())?;
+    /// assert_eq!(region.read_value::<u32>(0)?, 7);
+    /// drop(region);
+    /// // Another shape is refused, naming the region's own.
+    /// let error = client
+    ///     .open_or_create_region("state", 2 << 20, 4096, RegionOptions::default())
+    ///     .unwrap_err();
+    /// assert!(matches!(error, ClientError::RegionShapeMismatch { size: 1048576, .. }));
+    /// # Ok::<(), pagoda::ClientError>(())
+    /// ```
+    pub fn open_or_create_region(
+        &self,
+        name: &str,
+        size: u64,
+        page_size: u32,
+        options: RegionOptions,
+    ) -> Result<Region, ClientError> {
+        // Open first, so that a credential allowed to write but not to
+        // create regions can still open an existing one; then create, and
+        // open again whether this client's create won or another's did.
+        match self.open_region(name, options.clone()) {
+            Ok(region) => return check_shape(region, size, page_size),
+            Err(error) if error.code() == Some(ErrorCode::RegionNotFound) => {}
+            Err(error) => return Err(error),
+        }
+        // The create's outcome, when the connection failed during it.
+        let unknown = match self.create_region(name, size, page_size) {
+            // Created here, or by another client meanwhile.
+            Ok(_) => None,
+            Err(error) if error.code() == Some(ErrorCode::RegionExists) => None,
+            // It may or may not have happened: the open below tells which.
+            Err(error @ ClientError::OutcomeUnknown { .. }) => Some(error),
+            Err(error) => return Err(error),
+        };
+        match self.open_region(name, options) {
+            Ok(region) => check_shape(region, size, page_size),
+            Err(error) if error.code() == Some(ErrorCode::RegionNotFound) => {
+                Err(unknown.unwrap_or(error))
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Opens a region for reading only, with a local cache; any number of

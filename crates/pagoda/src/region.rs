@@ -324,13 +324,11 @@ impl Region {
     ///
     /// ```no_run
     /// # fn f(region: &pagoda::Region) -> Result<(), pagoda::ClientError> {
-    /// let moved = region.transaction(|tx| {
-    ///     let mut balance = [0u8; 8];
-    ///     tx.read_at(0, &mut balance)?;
-    ///     let value = u64::from_le_bytes(balance) - 10;
-    ///     tx.write_at(0, &value.to_le_bytes())?;
-    ///     tx.write_at(8192, &10u64.to_le_bytes())?;
-    ///     Ok(value)
+    /// let left = region.transaction(|tx| {
+    ///     let balance = tx.read_value::<u64>(0)? - 10;
+    ///     tx.write_value(0, &balance)?;
+    ///     tx.write_value(8192, &10u64)?;
+    ///     Ok(balance)
     /// })?;
     /// # Ok(()) }
     /// ```
