@@ -29,7 +29,10 @@ fn embedding(row: u64, dimensions: u64) -> Vec<f32> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = common::Args::parse(USAGE, &["rows", "dimensions"]);
+    run(&common::Args::parse(USAGE, &["rows", "dimensions"]))
+}
+
+fn run(args: &common::Args) -> Result<(), Box<dyn std::error::Error>> {
     let rows = args.number("rows", 20_000);
     let dimensions = args.number("dimensions", 256);
     let (client, embedded) = args.connect()?;
@@ -105,4 +108,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(client);
     drop(embedded);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    // Guards the example itself (`cargo test` runs it, small): every embedding
+    // reads back as written, against a node it starts itself.
+    #[test]
+    fn writes_reads_back_and_scans_a_small_array() {
+        let args = super::common::Args::from_pairs(&[("rows", "3000"), ("dimensions", "100")]);
+        super::run(&args).unwrap();
+    }
 }

@@ -52,7 +52,13 @@ fn next_random(state: &mut u64) -> u64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = common::Args::parse(USAGE, &["accounts", "transfers", "threads"]);
+    run(&common::Args::parse(
+        USAGE,
+        &["accounts", "transfers", "threads"],
+    ))
+}
+
+fn run(args: &common::Args) -> Result<(), Box<dyn std::error::Error>> {
     let accounts = args.number("accounts", 1_000).max(2);
     let transfers = args.number("transfers", 2_000);
     let threads = args.number("threads", 4).max(1);
@@ -144,4 +150,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(client);
     drop(embedded);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    // Guards the example itself (`cargo test` runs it, small): concurrent
+    // transfers keep the total, against a node it starts itself.
+    #[test]
+    fn transfers_balance_the_books() {
+        let args = super::common::Args::from_pairs(&[
+            ("accounts", "200"),
+            ("transfers", "400"),
+            ("threads", "3"),
+        ]);
+        super::run(&args).unwrap();
+    }
 }

@@ -37,6 +37,17 @@ impl Args {
         Args { pairs }
     }
 
+    /// Arguments given as `(name, value)` pairs, as the examples' tests do.
+    #[cfg(test)]
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Args {
+        Args {
+            pairs: pairs
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+        }
+    }
+
     /// The value given for `--name`, if any (the last one).
     pub fn get(&self, name: &str) -> Option<&str> {
         self.pairs
