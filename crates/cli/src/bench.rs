@@ -233,7 +233,7 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, String> {
         );
         let node = Node::start(config).map_err(|e| e.to_string())?;
         let client = Client::connect(node.local_addr(), ClientOptions::default())
-            .map_err(|e| e.to_string())?;
+            .map_err(crate::client_error)?;
         _embedded = Some((node, dir));
         client
     } else {
@@ -266,7 +266,7 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, String> {
         }
         let region = client
             .open_region(&name, RegionOptions::with_cache_bytes(args.cache))
-            .map_err(|e| e.to_string())?;
+            .map_err(crate::client_error)?;
         measure(args, Arc::new(region))
     })();
     if let Err(error) = client.delete_region(&name) {
@@ -350,13 +350,13 @@ fn measure(args: &BenchArgs, region: Arc<Region>) -> Result<BenchReport, String>
                         if rng.r#gen::<f64>() < args.read_ratio {
                             region
                                 .read_at(offset, &mut buffer)
-                                .map_err(|e| e.to_string())?;
+                                .map_err(crate::client_error)?;
                             reads += u64::from(record);
                         } else {
                             buffer[0] = buffer[0].wrapping_add(1);
                             region
                                 .write_at(offset, &buffer)
-                                .map_err(|e| e.to_string())?;
+                                .map_err(crate::client_error)?;
                             writes += u64::from(record);
                         }
                         if record {

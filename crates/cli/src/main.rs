@@ -19,12 +19,32 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines on stderr are written: `text` (coloured only when
+    /// stderr is a terminal and NO_COLOR is unset) or `json` (one object per
+    /// line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "PAGODA_LOG_FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a memory node.
-    Node(node::NodeArgs),
+    /// Run a memory node; `pagoda node stat` shows a running one.
+    Node(Box<node::NodeArgs>),
     /// Create, list, inspect, delete, checkpoint, recover and checksum regions;
     /// show a replicated region's replicas and promote one.
     Region(region::RegionArgs),
@@ -137,7 +157,71 @@ impl NodeAddress {
         if let Some(path) = &self.token_file {
             options.token = Some(read_token(path)?);
         }
-        pagoda::Client::connect(self.node.as_str(), options).map_err(|error| format!("{error}"))
+        check_address("--node", &self.node)?;
+        pagoda::Client::connect(self.node.as_str(), options).map_err(client_error)
+    }
+}
+
+/// Checks that `address`, given with `flag`, has the `HOST:PORT` form
+/// before anything tries to resolve it: a missing port would otherwise
+/// surface as "invalid socket address".
+pub fn check_address(flag: &str, address: &str) -> Result<(), String> {
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let example = |host: &str| format!("{host}:7070");
+    // A bare IP address (IPv6 ones hold colons of their own).
+    if let Ok(ip) = address.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        let host = match ip {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        return Err(format!(
+            "{flag} {address}: the port is missing ({flag} HOST:PORT, e.g. {})",
+            example(&host)
+        ));
+    }
+    match address.rsplit_once(':') {
+        None if !address.is_empty() => Err(format!(
+            "{flag} {address}: the port is missing ({flag} HOST:PORT, e.g. {})",
+            example(address)
+        )),
+        None => Err(format!(
+            "{flag} is empty ({flag} HOST:PORT, e.g. localhost:7070)"
+        )),
+        Some((host, port)) => {
+            if host.is_empty() {
+                return Err(format!(
+                    "{flag} {address}: the host is missing ({flag} HOST:PORT, e.g. localhost:{port})"
+                ));
+            }
+            if port.parse::<u16>().is_err() {
+                return Err(format!(
+                    "{flag} {address}: {port:?} is not a port ({flag} HOST:PORT, e.g. {})",
+                    example(host)
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Words a client error for the command line, saying each thing once.
+///
+/// A node's refusal carries a code (for programs) and a message (for
+/// people). The node's messages are whole sentences that already say what
+/// the code says ("region \"x\" not found" for `RegionNotFound`, "invalid
+/// argument: ..." for `InvalidArgument`), so printing the code's name in
+/// front of them, as the library's `Display` does, says it twice. The code's
+/// name is printed only when the message is empty. Every other error is the
+/// library's own wording.
+pub fn client_error(error: pagoda::ClientError) -> String {
+    match error {
+        pagoda::ClientError::Remote { code, message } if message.trim().is_empty() => {
+            format!("the node refused: {}", code.name())
+        }
+        pagoda::ClientError::Remote { message, .. } => message,
+        other => other.to_string(),
     }
 }
 
@@ -167,12 +251,21 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PAGODA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => {
+            // Colour codes only where a terminal turns them into colour.
+            use std::io::IsTerminal;
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+            builder.with_ansi(colour).init();
+        }
+    }
     let result = match cli.command {
-        Command::Node(args) => node::run(args),
+        Command::Node(args) => node::run(*args, cli.log_format),
         Command::Region(args) => region::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Quickstart(args) => quickstart::run(args),

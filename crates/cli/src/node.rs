@@ -17,9 +17,12 @@ use pagoda_node::{Node, NodeConfig, StorageConfig};
 
 use crate::size::{format_bytes, parse_size};
 
-/// Arguments of `pagoda node`.
+/// Arguments of `pagoda node`: run a node, or with a subcommand look at one.
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct NodeArgs {
+    #[command(subcommand)]
+    command: Option<NodeCommand>,
     /// The address to listen on. A non-loopback address requires --token-file
     /// (or credentials) and TLS (--tls-cert, --tls-key) or --insecure-no-tls.
     #[arg(long, default_value = "127.0.0.1:7070")]
@@ -27,11 +30,11 @@ pub struct NodeArgs {
     /// RAM for region pages, like 4GiB. Regions may add up to more (thin
     /// provisioning); a write that needs a segment beyond it fails with an
     /// out-of-memory error.
-    #[arg(long, value_parser = parse_size)]
-    capacity: u64,
+    #[arg(long, value_parser = parse_size, value_name = "SIZE", required = true)]
+    capacity: Option<u64>,
     /// Where the node keeps its region metadata.
-    #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
+    #[arg(long, value_name = "DIR", required = true)]
+    data_dir: Option<PathBuf>,
     /// A file holding a shared token: the credential `default`, with admin
     /// on every region. Named credentials: `pagoda token`.
     #[arg(long, value_name = "FILE")]
@@ -143,8 +146,32 @@ const REPLICA_TIMEOUT_MS_MIN: u64 = 4 * pagoda_node::replication::HEARTBEAT.as_m
 /// a replica would need a rebuild by digests.
 const REPLICATION_LOG_BYTES_MIN: u64 = 1 << 20;
 
-pub fn run(args: NodeArgs) -> Result<(), String> {
-    let mut config = NodeConfig::new(args.listen, args.capacity, args.data_dir);
+/// Subcommands of `pagoda node`.
+#[derive(clap::Subcommand, Debug)]
+enum NodeCommand {
+    /// Show a running node's statistics: capacity, RAM used, segment size,
+    /// regions, connections and requests served.
+    Stat {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        node: crate::NodeAddress,
+    },
+}
+
+pub fn run(args: NodeArgs, log_format: crate::LogFormat) -> Result<(), String> {
+    if let Some(NodeCommand::Stat { json, node }) = &args.command {
+        return stat(node, *json);
+    }
+    let capacity = args
+        .capacity
+        .expect("clap requires --capacity without a subcommand");
+    let data_dir = args
+        .data_dir
+        .clone()
+        .expect("clap requires --data-dir without a subcommand");
+    let mut config = NodeConfig::new(args.listen, capacity, data_dir);
     config.spin = Duration::from_micros(args.spin_us);
     config.connections_max = args.connections_max;
     config.handshakes_max = args.handshakes_max;
@@ -216,12 +243,17 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
     signal_hook::flag::register(signal_hook::consts::SIGQUIT, abandon.clone())
         .map_err(|e| format!("installing a signal handler: {e}"))?;
     let node = Node::start(config).map_err(|e| e.to_string())?;
-    eprintln!(
+    let announcement = format!(
         "pagoda node listening on {} with {} for pages, checkpoints in {}; stop with Ctrl-C",
         node.local_addr(),
-        format_bytes(args.capacity),
+        format_bytes(capacity),
         args.storage.as_deref().unwrap_or("<data dir>/checkpoints")
     );
+    // With JSON logs every line on stderr is JSON, the announcement too.
+    match log_format {
+        crate::LogFormat::Text => eprintln!("{announcement}"),
+        crate::LogFormat::Json => tracing::info!("{announcement}"),
+    }
     let mut node = node;
     loop {
         while !stop.load(Ordering::SeqCst) && !abandon.load(Ordering::SeqCst) {
@@ -244,4 +276,41 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
             ),
         }
     }
+}
+
+/// `pagoda node stat`: the node's `NodeStat`, as text or JSON.
+fn stat(address: &crate::NodeAddress, json: bool) -> Result<(), String> {
+    let client = address.connect()?;
+    let stat = client.node_stat().map_err(crate::client_error)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "node": address.node,
+                "capacity_bytes": stat.capacity_bytes,
+                "used_bytes": stat.used_bytes,
+                "segment_bytes": stat.segment_bytes,
+                "regions": stat.regions,
+                "connections": stat.connections,
+                "requests": stat.requests,
+            })
+        );
+    } else {
+        let percent = if stat.capacity_bytes == 0 {
+            0.0
+        } else {
+            stat.used_bytes as f64 * 100.0 / stat.capacity_bytes as f64
+        };
+        println!("node            {}", address.node);
+        println!("capacity        {}", format_bytes(stat.capacity_bytes));
+        println!(
+            "used            {} ({percent:.1} %)",
+            format_bytes(stat.used_bytes)
+        );
+        println!("segment size    {}", format_bytes(stat.segment_bytes));
+        println!("regions         {}", stat.regions);
+        println!("connections     {}", stat.connections);
+        println!("requests        {}", stat.requests);
+    }
+    Ok(())
 }

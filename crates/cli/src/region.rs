@@ -4,7 +4,7 @@
 use pagoda::{RegionStat, ReplicaRole, ReplicaSet, ReplicationMode};
 
 use crate::NodeAddress;
-use crate::size::{format_bytes, parse_size};
+use crate::size::{SizeArg, check_region_size, format_bytes, parse_size, parse_size_arg};
 
 /// Arguments of `pagoda region`.
 #[derive(clap::Args, Debug)]
@@ -22,8 +22,8 @@ enum RegionCommand {
         /// The region's name.
         name: String,
         /// Its size, like 1GiB; a multiple of the page size.
-        #[arg(long, value_parser = parse_size)]
-        size: u64,
+        #[arg(long, value_parser = parse_size_arg)]
+        size: SizeArg,
         /// Its page size: a power of two from 4KiB to 2MiB.
         #[arg(long, value_parser = parse_size, default_value = "4KiB")]
         page_size: u64,
@@ -156,6 +156,7 @@ pub fn check_replicas(replicas: &[String]) -> Result<(), String> {
         if replica.trim().is_empty() {
             return Err("--replicas has an empty address".into());
         }
+        crate::check_address("--replicas", replica)?;
         if replicas[..index].contains(replica) {
             return Err(format!("--replicas names {replica} twice"));
         }
@@ -194,7 +195,11 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
     {
         let mut target = args.node.clone();
         if let Some(to) = to {
+            crate::check_address("--to", &to)?;
             target.node = to;
+        }
+        if let Some(from) = &from {
+            crate::check_address("--from", from)?;
         }
         let source_token = match from_token_file.as_ref().or(args.node.token_file.as_ref()) {
             Some(path) => Some(crate::read_token(path)?),
@@ -209,8 +214,19 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
             json,
         );
     }
-    if let RegionCommand::Create { replicas, .. } = &args.command {
+    if let RegionCommand::Create {
+        replicas,
+        size,
+        page_size,
+        ..
+    } = &args.command
+    {
         check_replicas(replicas)?;
+        // The node checks the page size and says what is wrong with it;
+        // only against a valid one are multiples worth suggesting.
+        if page_size.is_power_of_two() {
+            check_region_size(&size.text, size.bytes, *page_size)?;
+        }
     }
     let client = match args.command {
         // A checkpoint's reply waits for the whole checkpoint.
@@ -234,13 +250,14 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
         } => {
             let page_size = u32::try_from(page_size)
                 .map_err(|_| format!("page size {page_size} is too large"))?;
+            let size = size.bytes;
             let info = if replicas.is_empty() {
                 client.create_region(&name, size, page_size)
             } else {
                 let replicas: Vec<&str> = replicas.iter().map(String::as_str).collect();
                 client.create_replicated_region(&name, size, page_size, &replicas, mode.into())
             }
-            .map_err(|e| e.to_string())?;
+            .map_err(crate::client_error)?;
             println!(
                 "created region {:?} (id {}): {} in pages of {}",
                 info.name,
@@ -258,7 +275,7 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
             }
         }
         RegionCommand::Ls { json } => {
-            let list = client.list_regions().map_err(|e| e.to_string())?;
+            let list = client.list_regions().map_err(crate::client_error)?;
             if json {
                 let items: Vec<_> = list
                     .iter()
@@ -281,7 +298,7 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
             }
         }
         RegionCommand::Stat { name, json } => {
-            let stat = client.stat_region(&name).map_err(|e| e.to_string())?;
+            let stat = client.stat_region(&name).map_err(crate::client_error)?;
             if json {
                 println!("{}", stat_json(&stat));
             } else {
@@ -313,7 +330,7 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
             }
         }
         RegionCommand::Rm { name } => {
-            client.delete_region(&name).map_err(|e| e.to_string())?;
+            client.delete_region(&name).map_err(crate::client_error)?;
             println!("deleted region {name:?}");
         }
         RegionCommand::Checkpoint { name, full, json } => {
@@ -327,7 +344,7 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
             if let Some(bar) = spinner {
                 bar.finish_and_clear();
             }
-            let info = result.map_err(|e| e.to_string())?;
+            let info = result.map_err(crate::client_error)?;
             let seconds = info.micros as f64 / 1e6;
             if json {
                 println!(
@@ -363,7 +380,7 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
             json,
         } => checksum(&client, &name, segments, json)?,
         RegionCommand::Replicas { name, json } => {
-            let set = client.replicas(&name).map_err(|e| e.to_string())?;
+            let set = client.replicas(&name).map_err(crate::client_error)?;
             if json {
                 println!("{}", replica_set_json(&name, &set));
             } else {
@@ -371,7 +388,7 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
             }
         }
         RegionCommand::Promote { name, force, json } => {
-            let set = client.promote(&name, force).map_err(|e| e.to_string())?;
+            let set = client.promote(&name, force).map_err(crate::client_error)?;
             if json {
                 println!("{}", replica_set_json(&name, &set));
             } else {
@@ -510,7 +527,9 @@ fn hex(digest: &[u8]) -> String {
 /// `pagoda region checksum`: the region's digest, its segment size and
 /// count, and with `segments` one line (or JSON entry) per segment.
 fn checksum(client: &pagoda::Client, name: &str, segments: bool, json: bool) -> Result<(), String> {
-    let checksum = client.checksum(name, segments).map_err(|e| e.to_string())?;
+    let checksum = client
+        .checksum(name, segments)
+        .map_err(crate::client_error)?;
     if json {
         let mut value = serde_json::json!({
             "name": name,
@@ -584,7 +603,7 @@ fn recover(
         baseline.finish();
         source.finish();
     }
-    let progress = result.map_err(|e| e.to_string())?;
+    let progress = result.map_err(crate::client_error)?;
     let seconds = progress.elapsed_ms as f64 / 1000.0;
     if json {
         println!(

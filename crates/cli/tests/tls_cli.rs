@@ -115,6 +115,14 @@ fn client_commands_speak_tls_to_a_tls_node() {
         .output()
         .unwrap();
     assert!(from_env.status.success(), "{}", text(&from_env));
+    let stat = command()
+        .args(["node", "stat", "--json", "--node", &by_name, "--tls-ca"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(stat.status.success(), "{}", text(&stat));
+    let stat: serde_json::Value = serde_json::from_slice(&stat.stdout).unwrap();
+    assert_eq!(stat["regions"], 1, "{stat}");
 
     let plaintext = region(&by_ip, &["ls"], None);
     assert!(!plaintext.status.success(), "{}", text(&plaintext));

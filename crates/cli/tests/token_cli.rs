@@ -149,7 +149,7 @@ fn tokens_are_created_listed_and_revoked_while_the_node_runs() {
     assert_failure(
         &node.region(&["ls"], "viewer", &admin_file),
         "viewer with the admin's token",
-        "unauthorized",
+        "authentication as credential \"viewer\" failed: unknown credential or wrong token",
     );
 
     // Listing shows names and grants, never a secret.
@@ -191,7 +191,7 @@ fn tokens_are_created_listed_and_revoked_while_the_node_runs() {
     assert_failure(
         &node.region(&["ls"], "viewer", &viewer_file),
         "a revoked credential",
-        "unauthorized",
+        "authentication as credential \"viewer\" failed: unknown credential or wrong token",
     );
     assert_success(
         &node.region(&["ls"], "admin", &admin_file),
