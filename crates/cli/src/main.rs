@@ -290,3 +290,76 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Guards the wording of a node's refusal: its message alone, the code's
+    // name only when there is no message, other errors unchanged.
+    #[test]
+    fn client_errors_say_each_thing_once() {
+        let remote = |message: &str| pagoda::ClientError::Remote {
+            code: pagoda::ErrorCode::RegionNotFound,
+            message: message.to_owned(),
+        };
+        assert_eq!(
+            client_error(remote("region \"x\" not found")),
+            "region \"x\" not found"
+        );
+        assert_eq!(
+            client_error(remote(" ")),
+            "the node refused: region not found"
+        );
+        assert_eq!(
+            client_error(pagoda::ClientError::Protocol("bad reply".into())),
+            "protocol error: bad reply"
+        );
+    }
+
+    // Guards the address check: HOST:PORT passes, a missing port or host,
+    // or a port that is not a number, is named with an example.
+    #[test]
+    fn addresses_need_a_port() {
+        for good in [
+            "127.0.0.1:7070",
+            "localhost:7070",
+            "[::1]:7070",
+            "node-1.example:1",
+        ] {
+            assert_eq!(check_address("--node", good), Ok(()), "{good}");
+        }
+        for (bad, expected) in [
+            (
+                "localhost",
+                "--node localhost: the port is missing (--node HOST:PORT, e.g. localhost:7070)",
+            ),
+            (
+                "10.0.0.1",
+                "--node 10.0.0.1: the port is missing (--node HOST:PORT, e.g. 10.0.0.1:7070)",
+            ),
+            (
+                "::1",
+                "--node ::1: the port is missing (--node HOST:PORT, e.g. [::1]:7070)",
+            ),
+            (
+                ":7070",
+                "--node :7070: the host is missing (--node HOST:PORT, e.g. localhost:7070)",
+            ),
+            (
+                "host:x",
+                "--node host:x: \"x\" is not a port (--node HOST:PORT, e.g. host:7070)",
+            ),
+            (
+                "",
+                "--node is empty (--node HOST:PORT, e.g. localhost:7070)",
+            ),
+        ] {
+            assert_eq!(
+                check_address("--node", bad),
+                Err(expected.to_owned()),
+                "{bad}"
+            );
+        }
+    }
+}

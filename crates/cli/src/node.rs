@@ -204,6 +204,7 @@ pub fn run(args: NodeArgs, log_format: crate::LogFormat) -> Result<(), String> {
     config.peer_credential = args.peer_credential.clone();
     for peer in &args.peers {
         use std::net::ToSocketAddrs;
+        crate::check_address("--peer", peer)?;
         let addresses = peer
             .to_socket_addrs()
             .map_err(|e| format!("--peer {peer}: {e}"))?;

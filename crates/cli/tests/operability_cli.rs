@@ -285,6 +285,18 @@ fn errors_say_each_thing_once() {
             ][..],
             "--from localhost",
         ),
+        (
+            &[
+                "node",
+                "--capacity",
+                "64MiB",
+                "--data-dir",
+                "unused",
+                "--peer",
+                "localhost",
+            ][..],
+            "--peer localhost",
+        ),
     ] {
         let output = pagoda().args(args).output().unwrap();
         let all = text(&output);
