@@ -3,43 +3,9 @@
 //! follow the region's contents.
 
 mod common;
-use common::{free_port, pagoda, spawn_node, text};
-use std::process::Child;
-use std::time::Duration;
+use common::{NodeProcess, pagoda, text};
 
 use pagoda::{Client, ClientOptions};
-
-/// A `pagoda node` process, killed on drop.
-struct NodeProcess {
-    child: Child,
-    addr: String,
-}
-
-impl NodeProcess {
-    fn start(data_dir: &std::path::Path) -> NodeProcess {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut command = pagoda();
-        command
-            .args([
-                "node",
-                "--listen",
-                &addr,
-                "--capacity",
-                "64MiB",
-                "--data-dir",
-            ])
-            .arg(data_dir);
-        let child = spawn_node(command, Duration::from_secs(20));
-        NodeProcess { child, addr }
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs a client command that must succeed and returns its stdout.
 fn run_ok(args: &[&str], node: &str) -> String {
@@ -70,7 +36,7 @@ fn is_hex_digest(value: &serde_json::Value) -> bool {
 #[test]
 fn checksum_prints_documented_json_and_text() {
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start(dir.path());
+    let node = NodeProcess::start(dir.path(), &[]);
     // 5 MiB: three segments, the last holding 1 MiB.
     run_ok(&["region", "create", "sums", "--size", "5MiB"], &node.addr);
 

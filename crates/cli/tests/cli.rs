@@ -1,42 +1,9 @@
 //! Tests of the `pagoda` binary as a user runs it.
 
 mod common;
-use common::{free_port, pagoda, spawn_node, text};
-use std::process::{Child, Command};
+use common::{NodeProcess, free_port, pagoda, text};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A `pagoda node` process, killed on drop.
-struct NodeProcess {
-    child: Child,
-    addr: String,
-}
-
-impl NodeProcess {
-    fn start(data_dir: &std::path::Path, extra: &[&str]) -> NodeProcess {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut command = pagoda();
-        command
-            .args([
-                "node",
-                "--listen",
-                &addr,
-                "--capacity",
-                "64MiB",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(extra);
-        let child = spawn_node(command, Duration::from_secs(20));
-        NodeProcess { child, addr }
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // Guards the quickstart: it runs, verifies, and exits 0 saying so.
 #[test]

@@ -4,38 +4,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Output};
+use std::process::Output;
 use std::time::Duration;
 
-use common::{free_port, pagoda, spawn_node, text};
-
-/// A `pagoda node` process, killed on drop.
-struct NodeProcess {
-    child: Child,
-    addr: String,
-}
-
-impl NodeProcess {
-    fn start(data_dir: &Path, extra: &[&str]) -> NodeProcess {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut command = pagoda();
-        command
-            .args(["node", "--listen", &addr, "--capacity", "64MiB"])
-            .args(["--storage", "none", "--data-dir"])
-            .arg(data_dir)
-            .args(extra);
-        let child = spawn_node(command, Duration::from_secs(20));
-        NodeProcess { child, addr }
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{NodeProcess, free_port, pagoda, spawn_node, text};
 
 /// Runs `pagoda` with `args` and then `--node addr`.
 fn run(args: &[&str], addr: &str) -> Output {
@@ -53,7 +25,7 @@ fn node_stat_shows_the_node_as_text_and_json() {
     let data_dir = dir.path().join("data");
     std::fs::create_dir(&data_dir).unwrap();
     let token_arg = token.to_str().unwrap();
-    let node = NodeProcess::start(&data_dir, &["--token-file", token_arg]);
+    let node = NodeProcess::start(&data_dir, &["--storage", "none", "--token-file", token_arg]);
 
     let created = run(
         &[
@@ -219,7 +191,7 @@ fn decimal_sizes_are_decimal_and_region_sizes_get_advice() {
 #[test]
 fn errors_say_each_thing_once() {
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start(dir.path(), &[]);
+    let node = NodeProcess::start(dir.path(), &["--storage", "none"]);
 
     let output = run(&["region", "stat", "x"], &node.addr);
     let all = text(&output);

@@ -7,48 +7,21 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Output};
-use std::time::Duration;
+use std::process::Output;
 
-use common::{free_port, pagoda, spawn_node, text};
+use common::{NodeProcess, pagoda, text};
 
-/// A `pagoda node` process, killed on drop.
-struct NodeProcess {
-    child: Child,
-    addr: String,
-}
-
-impl NodeProcess {
-    fn start(data_dir: &Path) -> NodeProcess {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut command = pagoda();
-        command
-            .args(["node", "--listen", &addr, "--capacity", "64MiB"])
-            .args(["--storage", "none", "--data-dir"])
-            .arg(data_dir);
-        let child = spawn_node(command, Duration::from_secs(30));
-        NodeProcess { child, addr }
-    }
-
-    /// Runs `pagoda region ARGS` as `credential` with the token in
-    /// `token_file`.
-    fn region(&self, args: &[&str], credential: &str, token_file: &Path) -> Output {
-        pagoda()
-            .arg("region")
-            .args(args)
-            .args(["--node", &self.addr, "--credential", credential])
-            .arg("--token-file")
-            .arg(token_file)
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Runs `pagoda region ARGS` against `node` as `credential` with the token
+/// in `token_file`.
+fn region(node: &NodeProcess, args: &[&str], credential: &str, token_file: &Path) -> Output {
+    pagoda()
+        .arg("region")
+        .args(args)
+        .args(["--node", &node.addr, "--credential", credential])
+        .arg("--token-file")
+        .arg(token_file)
+        .output()
+        .unwrap()
 }
 
 fn token(args: &[&str], data_dir: &Path) -> Output {
@@ -110,7 +83,7 @@ fn tokens_are_created_listed_and_revoked_while_the_node_runs() {
     let mode = std::fs::metadata(&admin_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "token file mode {mode:o}");
 
-    let node = NodeProcess::start(&data_dir);
+    let node = NodeProcess::start(&data_dir, &["--storage", "none"]);
 
     // While it runs: a read-only credential, its token printed once.
     let output = token(&["create", "viewer", "--grant", "app-*=read"], &data_dir);
@@ -123,14 +96,24 @@ fn tokens_are_created_listed_and_revoked_while_the_node_runs() {
 
     // Rights.
     assert_success(
-        &node.region(&["create", "app-1", "--size", "1MiB"], "admin", &admin_file),
+        &region(
+            &node,
+            &["create", "app-1", "--size", "1MiB"],
+            "admin",
+            &admin_file,
+        ),
         "admin creates",
     );
     assert_success(
-        &node.region(&["create", "other", "--size", "1MiB"], "admin", &admin_file),
+        &region(
+            &node,
+            &["create", "other", "--size", "1MiB"],
+            "admin",
+            &admin_file,
+        ),
         "admin creates",
     );
-    let listed = node.region(&["ls"], "viewer", &viewer_file);
+    let listed = region(&node, &["ls"], "viewer", &viewer_file);
     assert_success(&listed, "viewer lists");
     let listed = text(&listed);
     assert!(
@@ -138,7 +121,8 @@ fn tokens_are_created_listed_and_revoked_while_the_node_runs() {
         "{listed}"
     );
     assert_failure(
-        &node.region(
+        &region(
+            &node,
             &["create", "app-2", "--size", "1MiB"],
             "viewer",
             &viewer_file,
@@ -147,7 +131,7 @@ fn tokens_are_created_listed_and_revoked_while_the_node_runs() {
         "lacks the admin right",
     );
     assert_failure(
-        &node.region(&["ls"], "viewer", &admin_file),
+        &region(&node, &["ls"], "viewer", &admin_file),
         "viewer with the admin's token",
         "authentication as credential \"viewer\" failed: unknown credential or wrong token",
     );
@@ -189,12 +173,12 @@ fn tokens_are_created_listed_and_revoked_while_the_node_runs() {
     // Revoked while the node runs: refused at the next handshake.
     assert_success(&token(&["revoke", "viewer"], &data_dir), "token revoke");
     assert_failure(
-        &node.region(&["ls"], "viewer", &viewer_file),
+        &region(&node, &["ls"], "viewer", &viewer_file),
         "a revoked credential",
         "authentication as credential \"viewer\" failed: unknown credential or wrong token",
     );
     assert_success(
-        &node.region(&["ls"], "admin", &admin_file),
+        &region(&node, &["ls"], "admin", &admin_file),
         "admin still lists",
     );
     let listing = text(&token(&["ls"], &data_dir));

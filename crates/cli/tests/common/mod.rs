@@ -60,3 +60,44 @@ pub fn spawn_node(mut command: Command, limit: std::time::Duration) -> std::proc
     }
     child
 }
+
+/// A `pagoda node` process on a free loopback port (64 MiB of capacity,
+/// its data in `data_dir`), started and waited for until it listens, and
+/// killed when dropped.
+#[allow(dead_code)] // not every test binary starts a node
+pub struct NodeProcess {
+    /// The process.
+    pub child: std::process::Child,
+    /// Where it listens (`127.0.0.1:PORT`).
+    pub addr: String,
+}
+
+#[allow(dead_code)]
+impl NodeProcess {
+    /// Starts `pagoda node --listen ADDR --capacity 64MiB --data-dir DIR`
+    /// with `extra` arguments.
+    pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> NodeProcess {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut command = pagoda();
+        command
+            .args([
+                "node",
+                "--listen",
+                &addr,
+                "--capacity",
+                "64MiB",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra);
+        let child = spawn_node(command, std::time::Duration::from_secs(30));
+        NodeProcess { child, addr }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
