@@ -136,6 +136,16 @@ pub struct NodeArgs {
     /// behind its primary before writes wait for it.
     #[arg(long, value_parser = parse_size, value_name = "SIZE", default_value = "16MiB")]
     replication_lag_bytes: u64,
+    /// Serve Prometheus metrics on this address (`GET /metrics`), e.g.
+    /// 127.0.0.1:9070; port 0 picks a free one. Off by default. The endpoint
+    /// has no authentication: a non-loopback address also needs
+    /// --metrics-allow-remote.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<SocketAddr>,
+    /// Serve metrics on a non-loopback --metrics address, to anyone who can
+    /// reach it.
+    #[arg(long, requires = "metrics")]
+    metrics_allow_remote: bool,
 }
 
 /// The shortest --replica-timeout: a replica counts itself out of sync
@@ -235,6 +245,8 @@ pub fn run(args: NodeArgs, log_format: crate::LogFormat) -> Result<(), String> {
         .map_err(|_| "--replication-log-bytes is too large".to_string())?;
     config.replication_lag_bytes = usize::try_from(args.replication_lag_bytes)
         .map_err(|_| "--replication-lag-bytes is too large".to_string())?;
+    config.metrics = args.metrics;
+    config.metrics_allow_remote = args.metrics_allow_remote;
     let stop = Arc::new(AtomicBool::new(false));
     let abandon = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -254,6 +266,13 @@ pub fn run(args: NodeArgs, log_format: crate::LogFormat) -> Result<(), String> {
     match log_format {
         crate::LogFormat::Text => eprintln!("{announcement}"),
         crate::LogFormat::Json => tracing::info!("{announcement}"),
+    }
+    if let Some(metrics) = node.metrics_addr() {
+        let line = format!("pagoda node serving metrics on http://{metrics}/metrics");
+        match log_format {
+            crate::LogFormat::Text => eprintln!("{line}"),
+            crate::LogFormat::Json => tracing::info!("{line}"),
+        }
     }
     let mut node = node;
     loop {

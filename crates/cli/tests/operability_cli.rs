@@ -361,3 +361,73 @@ fn logs_have_no_colour_off_a_terminal_and_can_be_json() {
     );
     assert!(messages.iter().any(|m| m == "region created"), "{json}");
 }
+
+/// `GET /metrics` from `addr`, over a plain TCP stream: the status line and
+/// the body.
+fn get_metrics(addr: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+// Guards `pagoda node --metrics`: the flag reaches the node, which serves
+// the Prometheus text format there, counting the requests a CLI command made.
+#[test]
+fn node_serves_metrics_with_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let node = NodeProcess::start(dir.path(), &["--storage", "none", "--metrics", &metrics]);
+    let stat = run(&["node", "stat"], &node.addr);
+    assert!(stat.status.success(), "{}", text(&stat));
+    let (status, body) = get_metrics(&metrics);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        body.contains("# TYPE pagoda_node_requests_total counter"),
+        "{body}"
+    );
+    assert!(
+        body.contains("pagoda_node_requests_total{opcode=\"NodeStat\"} 1\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("pagoda_node_ram_capacity_bytes {}\n", 64 << 20)),
+        "{body}"
+    );
+}
+
+// Guards the metrics endpoint's default: it has no authentication, so a
+// non-loopback address is refused, naming the flag that allows it.
+#[test]
+fn node_refuses_remote_metrics_without_the_opt_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = pagoda()
+        .args([
+            "node",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--capacity",
+            "64MiB",
+            "--storage",
+            "none",
+            "--metrics",
+            "0.0.0.0:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = text(&output);
+    assert!(text.contains("--metrics-allow-remote"), "{text}");
+    assert_eq!(
+        text.matches("refusing to serve metrics").count(),
+        1,
+        "{text}"
+    );
+}

@@ -888,7 +888,14 @@ impl Drop for Session {
     }
 }
 
-fn error_reply(out: &mut Vec<u8>, request_id: u64, code: ErrorCode, message: &str) {
+fn error_reply(
+    shared: &Shared,
+    out: &mut Vec<u8>,
+    request_id: u64,
+    code: ErrorCode,
+    message: &str,
+) {
+    crate::metrics::count_error(shared, code);
     Response::Error { code, message }.encode(out, request_id, 0);
 }
 
@@ -941,6 +948,7 @@ impl Session {
             (State::Authenticated(_), _) => self.check(request, request_id, out),
             (State::AwaitHello, _) => {
                 error_reply(
+                    &self.shared,
                     out,
                     request_id,
                     ErrorCode::NotAuthenticated,
@@ -950,6 +958,7 @@ impl Session {
             }
             (State::AwaitProof { .. }, _) => {
                 error_reply(
+                    &self.shared,
                     out,
                     request_id,
                     ErrorCode::NotAuthenticated,
@@ -985,7 +994,13 @@ impl Session {
         } else {
             format!("authentication as credential {credential:?} failed: {reason}")
         };
-        error_reply(out, request_id, ErrorCode::Unauthorized, &message);
+        error_reply(
+            &self.shared,
+            out,
+            request_id,
+            ErrorCode::Unauthorized,
+            &message,
+        );
         Outcome::Close
     }
 
@@ -1199,11 +1214,18 @@ impl Session {
             && let Err(message) = self.revalidate()
         {
             tracing::info!(who = %self.holder.who.lock(), "{message}; connection closed");
-            error_reply(out, request_id, ErrorCode::Unauthorized, &message);
+            error_reply(
+                &self.shared,
+                out,
+                request_id,
+                ErrorCode::Unauthorized,
+                &message,
+            );
             return Outcome::Close;
         }
+        let shared = self.shared.clone();
         let refuse = |out: &mut Vec<u8>, code: ErrorCode, message: &str| {
-            error_reply(out, request_id, code, message);
+            error_reply(&shared, out, request_id, code, message);
             Outcome::Replied
         };
         let (needed, name) = match request {
@@ -1322,7 +1344,13 @@ impl Session {
         }
         let name = name.unwrap_or_else(|| self.region_name(id));
         let message = self.forbidden(&name, needed, has);
-        error_reply(out, request_id, ErrorCode::Forbidden, &message);
+        error_reply(
+            &self.shared,
+            out,
+            request_id,
+            ErrorCode::Forbidden,
+            &message,
+        );
         Outcome::Replied
     }
 
@@ -1356,7 +1384,7 @@ impl Session {
                         ),
                     )
                 };
-                error_reply(out, request_id, code, &message);
+                error_reply(&self.shared, out, request_id, code, &message);
                 return Outcome::Replied;
             }
         }
@@ -1374,7 +1402,13 @@ impl Session {
                  open the region for writing first"
             ),
         };
-        error_reply(out, request_id, ErrorCode::NotWriter, &message);
+        error_reply(
+            &self.shared,
+            out,
+            request_id,
+            ErrorCode::NotWriter,
+            &message,
+        );
         Outcome::Replied
     }
 

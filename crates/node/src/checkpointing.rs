@@ -44,13 +44,12 @@ pub(crate) fn take(
         retain: shared.config.checkpoint_retain,
     };
     let name = region.info().name.clone();
-    let (info, manifest) = match checkpoint::checkpoint(
-        storage,
-        region,
-        full,
-        settings,
-        previous.as_deref(),
-    ) {
+    let began = std::time::Instant::now();
+    let taken = checkpoint::checkpoint(storage, region, full, settings, previous.as_deref());
+    if let Some(metrics) = &shared.metrics {
+        metrics.checkpoint(began.elapsed(), taken.is_ok());
+    }
+    let (info, manifest) = match taken {
         Ok(done) => done,
         Err(error) => {
             tracing::warn!(name, %error, "checkpoint failed; the previous one stays the baseline");

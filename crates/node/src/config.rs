@@ -83,6 +83,13 @@ pub struct NodeConfig {
     /// In `async` mode, the most bytes an in-sync replica may lag before
     /// writes wait.
     pub replication_lag_bytes: usize,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None`: no
+    /// metrics are kept. Port 0 picks a free port (`Node::metrics_addr`).
+    pub metrics: Option<SocketAddr>,
+    /// Serve metrics on a non-loopback address (the operator said so
+    /// explicitly: `--metrics-allow-remote`); the endpoint has no
+    /// authentication.
+    pub metrics_allow_remote: bool,
 }
 
 /// Everything but the token, which a log line must never carry.
@@ -114,6 +121,8 @@ impl std::fmt::Debug for NodeConfig {
             .field("replica_timeout", &self.replica_timeout)
             .field("replication_log_bytes", &self.replication_log_bytes)
             .field("replication_lag_bytes", &self.replication_lag_bytes)
+            .field("metrics", &self.metrics)
+            .field("metrics_allow_remote", &self.metrics_allow_remote)
             .finish()
     }
 }
@@ -147,6 +156,8 @@ impl NodeConfig {
             replica_timeout: Duration::from_millis(REPLICA_TIMEOUT_MS_DEFAULT),
             replication_log_bytes: REPLICATION_LOG_BYTES_DEFAULT,
             replication_lag_bytes: REPLICATION_LAG_BYTES_DEFAULT,
+            metrics: None,
+            metrics_allow_remote: false,
         }
     }
 }

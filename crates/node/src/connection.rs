@@ -357,7 +357,8 @@ pub(crate) fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-fn refuse(stream: TcpStream, message: &str) {
+fn refuse(shared: &Shared, stream: TcpStream, message: &str) {
+    crate::metrics::count_error(shared, ErrorCode::TooManyConnections);
     let mut out = Vec::new();
     Response::Error {
         code: ErrorCode::TooManyConnections,
@@ -406,7 +407,7 @@ fn admit(
                         "the node serves its maximum of {} connections",
                         shared.config.connections_max
                     );
-                    refuse(stream, &message);
+                    refuse(shared, stream, &message);
                     return Ok(());
                 }
             }
@@ -544,6 +545,8 @@ pub(crate) struct Out<'a, 'b> {
     /// reply needs no catalog lookup in the steady state (a region id is
     /// never reused, so the pair never goes stale).
     page_size_seen: (u64, usize),
+    /// Where written reply bytes are counted, if the node keeps metrics.
+    metrics: Option<&'a crate::metrics::Metrics>,
 }
 
 impl std::ops::Deref for Out<'_, '_> {
@@ -567,6 +570,9 @@ impl Out<'_, '_> {
         }
         let deadline = Instant::now() + self.frame_timeout;
         let written = self.writer.write_reply(&self.buffer, deadline);
+        if let Some(metrics) = self.metrics {
+            metrics.sent(self.buffer.len());
+        }
         self.buffer.clear();
         if let Err(error) = &written {
             self.failed = Some(std::io::Error::new(error.kind(), error.to_string()));
@@ -705,6 +711,7 @@ fn serve(
         // with a TLS alert it cannot read.
         let mut out = Vec::new();
         error_reply(
+            shared,
             &mut out,
             0,
             ErrorCode::NotAuthenticated,
@@ -811,6 +818,7 @@ fn serve_stream<R: SpinRead>(
         wait: config.connection_memory_wait,
         failed: None,
         page_size_seen: (u64::MAX, 0),
+        metrics: shared.metrics.as_ref(),
     };
     let mut authenticated = false;
     let mut session = Session::new(shared);
@@ -851,7 +859,13 @@ fn serve_stream<R: SpinRead>(
             Ok(None) => {}
             Ok(Some((header, total))) => {
                 let message = busy_message(total, out.lease.budget, config.connection_memory_wait);
-                error_reply(&mut out, header.request_id, ErrorCode::Busy, &message);
+                error_reply(
+                    shared,
+                    &mut out,
+                    header.request_id,
+                    ErrorCode::Busy,
+                    &message,
+                );
                 if reader.buffered() == 0 {
                     out.flush()?;
                 }
@@ -876,6 +890,9 @@ fn serve_stream<R: SpinRead>(
         }
         let request_id = frame.header.request_id;
         let was_authenticated = authenticated;
+        let began = shared.metrics.as_ref().map(|_| Instant::now());
+        let opcode = frame.header.opcode;
+        let frame_bytes = HEADER_BYTES + frame.payload.len();
         let after = handle(
             shared,
             frame.header.opcode,
@@ -887,6 +904,9 @@ fn serve_stream<R: SpinRead>(
             &mut session,
             &mut out,
         );
+        if let (Some(metrics), Some(began)) = (&shared.metrics, began) {
+            metrics.request(opcode, frame_bytes, began.elapsed());
+        }
         authenticated = session.is_authenticated();
         out.settle();
         if out.failed.is_some() {
@@ -910,7 +930,7 @@ fn serve_stream<R: SpinRead>(
             // Writes waiting for replicas: answered once every request that
             // had arrived was served, so their waits overlap.
             for write in deferred.drain(..) {
-                write.answer(&mut out);
+                write.answer(shared, &mut out);
             }
             out.settle();
         }
@@ -942,7 +962,7 @@ fn fail(
                 .handshakes_max
                 .min(shared.config.connections_max)
         );
-        error_reply(out, 0, ErrorCode::TooManyConnections, &message);
+        error_reply(shared, out, 0, ErrorCode::TooManyConnections, &message);
         let _ = out.flush();
         return Ok(());
     }
@@ -954,13 +974,20 @@ fn fail(
             tracing::warn!(%error, "handshake failed");
         }
         let message = error.to_string();
-        error_reply(out, 0, error.code(), &message);
+        error_reply(shared, out, 0, error.code(), &message);
         let _ = out.flush();
     }
     Err(error)
 }
 
-fn error_reply(out: &mut Vec<u8>, request_id: u64, code: ErrorCode, message: &str) {
+fn error_reply(
+    shared: &Shared,
+    out: &mut Vec<u8>,
+    request_id: u64,
+    code: ErrorCode,
+    message: &str,
+) {
+    crate::metrics::count_error(shared, code);
     Response::Error { code, message }.encode(out, request_id, 0);
 }
 
@@ -979,7 +1006,7 @@ fn handle(
     let request = match Request::decode(opcode, payload) {
         Ok(request) => request,
         Err(error) => {
-            error_reply(out, request_id, error.code(), &error.to_string());
+            error_reply(shared, out, request_id, error.code(), &error.to_string());
             return if session.is_authenticated() {
                 After::Continue
             } else {
@@ -993,7 +1020,7 @@ fn handle(
             out.make_room(bound)
         }
     {
-        error_reply(out, request_id, ErrorCode::Busy, &message);
+        error_reply(shared, out, request_id, ErrorCode::Busy, &message);
         return After::Continue;
     }
     // The handshake, and the rights and writer-role checks: `access`'s job.
@@ -1012,7 +1039,7 @@ fn handle(
     let served = serve_request(shared, request, request_id, &mut ctx, out);
     if let Err(error) = served {
         out.truncate(start);
-        error_reply(out, request_id, error.code(), &error.to_string());
+        error_reply(shared, out, request_id, error.code(), &error.to_string());
     }
     After::Continue
 }

@@ -22,6 +22,7 @@ pub mod checksum;
 pub mod config;
 mod connection;
 pub mod error;
+mod metrics;
 pub mod node;
 mod node_journal;
 pub mod recovery;

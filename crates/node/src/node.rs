@@ -61,6 +61,9 @@ pub(crate) struct Shared {
     pub(crate) credentials: crate::access::CredentialStore,
     /// Which connection holds each region's writer role.
     pub(crate) writers: crate::access::WriterRoles,
+    /// What the node records for its metrics endpoint; `None` when it has
+    /// none, and then the hot paths record nothing.
+    pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
 
 /// A running node. Dropping it shuts it down.
@@ -71,6 +74,9 @@ pub struct Node {
     listener: TcpListener,
     acceptor: Option<JoinHandle<()>>,
     checkpointer: Option<JoinHandle<()>>,
+    /// The metrics endpoint, if configured; it stops when the node is
+    /// dropped (a refused stop keeps it serving).
+    metrics: Option<crate::metrics::Endpoint>,
 }
 
 /// Regions whose changes a graceful stop could not save to storage: the
@@ -163,6 +169,15 @@ impl Node {
                 "checkpoint_retain must be at least 1".into(),
             ));
         }
+        if let Some(metrics) = config.metrics
+            && !metrics.ip().is_loopback()
+            && !config.metrics_allow_remote
+        {
+            return Err(NodeError::Config(format!(
+                "refusing to serve metrics on non-loopback address {metrics}: the endpoint has \
+                 no authentication (give --metrics-allow-remote to serve it anyway)"
+            )));
+        }
         if config.checkpoint_interval.is_some_and(|i| i.is_zero()) {
             return Err(NodeError::Config(
                 "the checkpoint interval must be positive".into(),
@@ -210,6 +225,7 @@ impl Node {
             .as_ref()
             .map(crate::tls::TlsServer::load)
             .transpose()?;
+        let config_metrics = config.metrics.is_some();
         let shared = Arc::new(Shared {
             local_addr,
             config,
@@ -227,13 +243,19 @@ impl Node {
             failed_handshakes_log: crate::connection::LogLimiter::failed_handshakes(),
             credentials,
             writers,
+            metrics: config_metrics.then(crate::metrics::Metrics::new),
         });
+        let metrics = match shared.config.metrics {
+            Some(addr) => Some(crate::metrics::Endpoint::start(shared.clone(), addr)?),
+            None => None,
+        };
         let mut node = Node {
             shared,
             local_addr,
             listener,
             acceptor: None,
             checkpointer: None,
+            metrics,
         };
         node.serve()?;
         Ok(node)
@@ -273,6 +295,12 @@ impl Node {
     /// The address the node listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the metrics endpoint listens on, if the node serves
+    /// metrics.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|endpoint| endpoint.local_addr)
     }
 
     /// Connections currently open.
@@ -402,6 +430,9 @@ impl Drop for Node {
     fn drop(&mut self) {
         if let Err(unsaved) = self.stop(Duration::ZERO) {
             tracing::error!(%unsaved, "node dropped, losing changes");
+        }
+        if let Some(mut metrics) = self.metrics.take() {
+            metrics.stop();
         }
     }
 }

@@ -1526,6 +1526,15 @@ pub(crate) fn promote(
     Ok(())
 }
 
+/// The replicas of a region this node is the primary of (none otherwise),
+/// for the metrics endpoint.
+pub(crate) fn replica_infos(region: &Region) -> Vec<pagoda_wire::message::ReplicaInfo> {
+    match &*region.role().lock() {
+        Role::Primary(replication) => replication.replica_infos(),
+        _ => Vec::new(),
+    }
+}
+
 /// A region's replication as this node sees it.
 pub(crate) fn status(shared: &Shared, region: &Region) -> ReplicaSet {
     let own = shared.local_addr.to_string();

@@ -51,17 +51,20 @@ pub(crate) struct Deferred {
 
 impl Deferred {
     /// Waits for the replicas and encodes the reply.
-    pub(crate) fn answer(self, out: &mut Vec<u8>) {
+    pub(crate) fn answer(self, shared: &Shared, out: &mut Vec<u8>) {
         for direct in self.directs {
             direct.collect(&self.replication);
         }
         match self.replication.wait_acked(self.lsn) {
             Ok(()) => Response::Done.encode(out, self.request_id, 0),
-            Err(error) => Response::Error {
-                code: error.code(),
-                message: &error.to_string(),
+            Err(error) => {
+                crate::metrics::count_error(shared, error.code());
+                Response::Error {
+                    code: error.code(),
+                    message: &error.to_string(),
+                }
+                .encode(out, self.request_id, 0)
             }
-            .encode(out, self.request_id, 0),
         }
     }
 }
