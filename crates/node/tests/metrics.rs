@@ -367,3 +367,43 @@ fn metrics_are_off_by_default_and_loopback_only_unless_allowed() {
     let local = SocketAddr::from(([127, 0, 0, 1], addr.port()));
     assert_eq!(scrape(local).value("pagoda_node_regions", &[]), 0.0);
 }
+
+// Guards the replication gauges: a primary reports each replica of a region
+// by address, in sync with no bytes unacknowledged once a `sync` write is
+// answered, and a replica node reports none (it is no primary).
+#[test]
+fn primary_reports_its_replicas_lag_and_sync() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes: Vec<Node> = dirs
+        .iter()
+        .map(|dir| {
+            let mut config =
+                NodeConfig::new("127.0.0.1:0".parse().unwrap(), CAPACITY, dir.path().into());
+            config.metrics = Some("127.0.0.1:0".parse().unwrap());
+            Node::start(config).unwrap()
+        })
+        .collect();
+    let replica = nodes[1].local_addr().to_string();
+    let client = Client::connect(nodes[0].local_addr(), ClientOptions::default()).unwrap();
+    let region = client
+        .create_replicated_region(
+            "replicated",
+            256 * PAGE as u64,
+            PAGE as u32,
+            &[replica.as_str()],
+            pagoda::ReplicationMode::Sync,
+        )
+        .unwrap();
+    client.write_pages(&region, &[0], &vec![1u8; PAGE]).unwrap();
+    let labels = [("region", "replicated"), ("replica", replica.as_str())];
+    let primary = scrape(nodes[0].metrics_addr().unwrap());
+    assert_eq!(primary.value("pagoda_node_replica_in_sync", &labels), 1.0);
+    assert_eq!(primary.value("pagoda_node_replica_lag_bytes", &labels), 0.0);
+    let secondary = scrape(nodes[1].metrics_addr().unwrap());
+    assert!(!secondary.has("pagoda_node_replica_lag_bytes", &[]));
+    assert_eq!(
+        secondary.value("pagoda_node_regions", &[]),
+        1.0,
+        "the replica holds the region"
+    );
+}
