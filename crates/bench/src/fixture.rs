@@ -60,7 +60,15 @@ pub fn create_written_region(client: &Client, name: &str, bytes: u64) -> RegionI
     let info = client
         .create_region(name, bytes, PAGE_BYTES as u32)
         .expect("the region is created");
-    let pages = bytes / PAGE_BYTES as u64;
+    write_whole_region(client, &info);
+    info
+}
+
+/// Writes every 4 KiB page of a region once (page `p` filled with the byte
+/// `p as u8`), in the largest batches the node takes, so that every segment
+/// is allocated before anything is timed.
+pub fn write_whole_region(client: &Client, info: &RegionInfo) {
+    let pages = info.size / PAGE_BYTES as u64;
     let batch = PREWRITE_BATCH_PAGES.min(client.batch_pages_max(PAGE_BYTES));
     let mut data = vec![0u8; batch * PAGE_BYTES];
     let began = Instant::now();
@@ -72,14 +80,14 @@ pub fn create_written_region(client: &Client, name: &str, bytes: u64) -> RegionI
             page.fill((first + index as u64) as u8);
         }
         client
-            .write_pages(&info, &list, &data[..count * PAGE_BYTES])
+            .write_pages(info, &list, &data[..count * PAGE_BYTES])
             .expect("pre-writing the region");
         first += count as u64;
     }
     crate::report::progress(&format!(
-        "pre-wrote region {name:?}: {} MiB in {:.2} s",
-        bytes >> 20,
+        "pre-wrote region {:?}: {} MiB in {:.2} s",
+        info.name,
+        info.size >> 20,
         began.elapsed().as_secs_f64()
     ));
-    info
 }

@@ -7,11 +7,11 @@
 //! region is just a version per page (0: never written, reads as zeros).
 
 mod common;
-use common::{free_port, pagoda, text};
+use common::{free_port, pagoda, run, run_json, run_ok, text};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Output, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,28 +26,6 @@ const BATCH_PAGES: usize = 256;
 /// How long a node may take to start (reloading baselines included) or stop.
 const NODE_START_S: u64 = 30;
 const NODE_STOP_S: u64 = 10;
-
-/// Runs a client command of the `pagoda` binary against `node`.
-fn run(args: &[&str], node: &str) -> Output {
-    pagoda().args(args).args(["--node", node]).output().unwrap()
-}
-
-/// Runs a client command that must succeed and returns its stdout.
-fn run_ok(args: &[&str], node: &str) -> String {
-    let output = run(args, node);
-    assert!(
-        output.status.success(),
-        "pagoda {args:?} failed: {}",
-        text(&output)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-/// Runs a client command with `--json` output and parses it.
-fn run_json(args: &[&str], node: &str) -> serde_json::Value {
-    let stdout = run_ok(args, node);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
-}
 
 fn signal(pid: u32, signal: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is a child

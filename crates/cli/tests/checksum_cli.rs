@@ -3,25 +3,9 @@
 //! follow the region's contents.
 
 mod common;
-use common::{NodeProcess, pagoda, text};
+use common::{NodeProcess, pagoda, run_json, run_ok};
 
 use pagoda::{Client, ClientOptions};
-
-/// Runs a client command that must succeed and returns its stdout.
-fn run_ok(args: &[&str], node: &str) -> String {
-    let output = pagoda().args(args).args(["--node", node]).output().unwrap();
-    assert!(
-        output.status.success(),
-        "pagoda {args:?} failed: {}",
-        text(&output)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn run_json(args: &[&str], node: &str) -> serde_json::Value {
-    let stdout = run_ok(args, node);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
-}
 
 fn is_hex_digest(value: &serde_json::Value) -> bool {
     value

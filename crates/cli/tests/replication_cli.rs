@@ -6,10 +6,10 @@
 //! `pagoda region replicas` and `pagoda region promote`.
 
 mod common;
-use common::{free_port, pagoda, spawn_node, text};
+use common::{free_port, pagoda, run, run_json, spawn_node, text};
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -100,23 +100,6 @@ impl Drop for NodeProcess {
             let _ = child.wait();
         }
     }
-}
-
-/// Runs `pagoda ARGS --node NODE`.
-fn run(args: &[&str], node: &str) -> Output {
-    pagoda().args(args).args(["--node", node]).output().unwrap()
-}
-
-/// Runs a client command that must succeed and prints JSON.
-fn run_json(args: &[&str], node: &str) -> serde_json::Value {
-    let output = run(args, node);
-    assert!(
-        output.status.success(),
-        "pagoda {args:?} --node {node} failed: {}",
-        text(&output)
-    );
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
 }
 
 fn replicas_json(name: &str, node: &str) -> serde_json::Value {

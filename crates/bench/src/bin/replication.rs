@@ -37,7 +37,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use pagoda::{Client, RegionInfo, ReplicaInfo, ReplicationMode};
-use pagoda_bench::fixture::LocalNode;
+use pagoda_bench::fixture::{LocalNode, write_whole_region};
 use pagoda_bench::report::{Flags, Percentiles, Table, emit, micros, progress};
 use pagoda_bench::{FastRng, PAGE_BYTES};
 use pagoda_wire::limits::SEGMENT_BYTES;
@@ -77,8 +77,6 @@ const NOTICE_WAIT_MAX: Duration = Duration::from_secs(15);
 const IN_SYNC_WAIT_MAX: Duration = Duration::from_secs(180);
 /// How often the primary's view of its replica is polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
-/// Pages per request while pre-writing a region.
-const PREWRITE_BATCH_PAGES: usize = 256;
 /// Pages per write of the load during outages (64 KiB, inside one segment).
 const LOAD_BATCH_PAGES: u64 = 16;
 /// Steady load before each outage, after the replica is in sync.
@@ -192,33 +190,6 @@ fn client_of(node: &LocalNode, spin: Duration) -> Client {
         ..pagoda::ClientOptions::default()
     };
     Client::connect(node.addr(), options).expect("the client connects over loopback")
-}
-
-/// Writes every page of a region once (page `p` filled with `p as u8`), so
-/// that every segment is allocated on every copy before anything is timed.
-fn prewrite(client: &Client, info: &RegionInfo) {
-    let pages = info.size / PAGE_BYTES as u64;
-    let batch = PREWRITE_BATCH_PAGES.min(client.batch_pages_max(PAGE_BYTES));
-    let mut data = vec![0u8; batch * PAGE_BYTES];
-    let began = Instant::now();
-    let mut first = 0u64;
-    while first < pages {
-        let count = batch.min((pages - first) as usize);
-        let list: Vec<u64> = (first..first + count as u64).collect();
-        for (index, page) in data.chunks_exact_mut(PAGE_BYTES).take(count).enumerate() {
-            page.fill((first + index as u64) as u8 | 1);
-        }
-        client
-            .write_pages(info, &list, &data[..count * PAGE_BYTES])
-            .expect("pre-writing the region");
-        first += count as u64;
-    }
-    progress(&format!(
-        "pre-wrote {:?}: {} MiB in {:.2} s",
-        info.name,
-        info.size >> 20,
-        began.elapsed().as_secs_f64()
-    ));
 }
 
 /// The primary's view of the region's one replica.
@@ -507,7 +478,7 @@ fn compare_writes(
                 ),
             }
             .expect("the region is created");
-            prewrite(&client, &info);
+            write_whole_region(&client, &info);
             if setup.replicated() {
                 wait_caught_up(&client, &name);
             }
@@ -1149,7 +1120,7 @@ fn catch_up(
     // connection of its own, so that its questions never queue behind a
     // write waiting for the replica).
     let load_client = client_of(&primary_node, client_spin);
-    prewrite(&load_client, &info);
+    write_whole_region(&load_client, &info);
     wait_caught_up(&primary, name);
 
     let hot_pages = settings.hot_bytes / PAGE_BYTES as u64;

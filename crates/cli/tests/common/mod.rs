@@ -101,3 +101,28 @@ impl Drop for NodeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Runs a client command against the node at `node`.
+#[allow(dead_code)]
+pub fn run(args: &[&str], node: &str) -> Output {
+    pagoda().args(args).args(["--node", node]).output().unwrap()
+}
+
+/// Runs a client command that must succeed and returns its stdout.
+#[allow(dead_code)]
+pub fn run_ok(args: &[&str], node: &str) -> String {
+    let output = run(args, node);
+    assert!(
+        output.status.success(),
+        "pagoda {args:?} --node {node} failed: {}",
+        text(&output)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs a client command that must succeed and prints JSON, and parses it.
+#[allow(dead_code)]
+pub fn run_json(args: &[&str], node: &str) -> serde_json::Value {
+    let stdout = run_ok(args, node);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
+}
