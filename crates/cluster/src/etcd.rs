@@ -1,4 +1,5 @@
-//! The etcd coordinator (stub: being written).
+//! The etcd coordinator (stub: being written; every call answers
+//! `Invalid`).
 use crate::*;
 
 /// See the module docs.
@@ -10,6 +11,9 @@ pub struct EtcdCoordinator {
 impl EtcdCoordinator {
     /// Connects to `HOST:PORT[,HOST:PORT…][/PREFIX]`.
     pub fn connect(spec: &str) -> Result<EtcdCoordinator, ClusterError> {
-        Err(ClusterError::Invalid(format!("etcd://{spec}: not yet built")))
+        Err(ClusterError::Invalid(format!(
+            "etcd://{spec}: not yet built ({:?})",
+            Vec::<String>::new()
+        )))
     }
 }

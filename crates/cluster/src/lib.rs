@@ -203,7 +203,8 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
 /// - `embedded:DIR` (a directory on this machine; created if missing)
 pub fn connect(endpoint: &str) -> Result<Arc<dyn Coordinator>, ClusterError> {
     if let Some(rest) = endpoint.strip_prefix("etcd://") {
-        Ok(Arc::new(etcd::EtcdCoordinator::connect(rest)?))
+        let _ = etcd::EtcdCoordinator::connect(rest)?;
+        unreachable!()
     } else if let Some(dir) = endpoint.strip_prefix("embedded:") {
         if dir.is_empty() {
             return Err(ClusterError::Invalid(
