@@ -90,6 +90,13 @@ pub struct NodeConfig {
     /// explicitly: `--metrics-allow-remote`); the endpoint has no
     /// authentication.
     pub metrics_allow_remote: bool,
+    /// The cluster coordinator (`etcd://HOST:PORT[,...]` or `embedded:DIR`);
+    /// `None`: the embedded one in the data dir (no failover: one machine).
+    pub coordinator: Option<String>,
+    /// The node's lease in the coordinator: it is declared failed, and its
+    /// regions fail over, when it has not renewed the lease for this long;
+    /// it stops taking writes itself a margin before then.
+    pub lease: Duration,
 }
 
 /// Everything but the token, which a log line must never carry.
@@ -123,6 +130,8 @@ impl std::fmt::Debug for NodeConfig {
             .field("replication_lag_bytes", &self.replication_lag_bytes)
             .field("metrics", &self.metrics)
             .field("metrics_allow_remote", &self.metrics_allow_remote)
+            .field("coordinator", &self.coordinator)
+            .field("lease", &self.lease)
             .finish()
     }
 }
@@ -158,10 +167,14 @@ impl NodeConfig {
             replication_lag_bytes: REPLICATION_LAG_BYTES_DEFAULT,
             metrics: None,
             metrics_allow_remote: false,
+            coordinator: None,
+            lease: Duration::from_millis(LEASE_MS_DEFAULT),
         }
     }
 }
 
+/// Default node lease in the coordinator, in milliseconds.
+pub const LEASE_MS_DEFAULT: u64 = 3_000;
 /// Default spin budget before a blocking read, in microseconds.
 pub const SPIN_US_DEFAULT: u64 = 50;
 /// Default number of checkpoints kept per region.
