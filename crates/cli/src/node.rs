@@ -146,6 +146,19 @@ pub struct NodeArgs {
     /// reach it.
     #[arg(long, requires = "metrics")]
     metrics_allow_remote: bool,
+    /// The cluster coordinator this node registers with and records its
+    /// regions in: `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (an etcd
+    /// cluster; prefix `pagoda` by default) or `embedded:DIR` (a file in a
+    /// directory shared by the nodes of one machine). Default: the embedded
+    /// one in the data dir (one node, no failover).
+    #[arg(long, value_name = "ENDPOINT")]
+    coordinator: Option<String>,
+    /// The node's lease in the coordinator, in milliseconds: the node counts
+    /// as failed, and its regions fail over, once it has not renewed it for
+    /// this long. At least 1000; rounded up to whole seconds for etcd, whose
+    /// leases are whole seconds.
+    #[arg(long, default_value_t = pagoda_node::config::LEASE_MS_DEFAULT, value_name = "MS")]
+    lease_ms: u64,
 }
 
 /// The shortest --replica-timeout: a replica counts itself out of sync
@@ -155,6 +168,10 @@ const REPLICA_TIMEOUT_MS_MIN: u64 = 4 * pagoda_node::replication::HEARTBEAT.as_m
 /// The smallest --replication-log-bytes: below it almost every reconnect of
 /// a replica would need a rebuild by digests.
 const REPLICATION_LOG_BYTES_MIN: u64 = 1 << 20;
+
+/// The shortest --lease-ms: etcd grants leases in whole seconds, at least
+/// one.
+const LEASE_MS_MIN: u64 = pagoda_cluster::LEASE_MIN.as_millis() as u64;
 
 /// Subcommands of `pagoda node`.
 #[derive(clap::Subcommand, Debug)]
@@ -247,6 +264,15 @@ pub fn run(args: NodeArgs, log_format: crate::LogFormat) -> Result<(), String> {
         .map_err(|_| "--replication-lag-bytes is too large".to_string())?;
     config.metrics = args.metrics;
     config.metrics_allow_remote = args.metrics_allow_remote;
+    if args.lease_ms < LEASE_MS_MIN {
+        return Err(format!(
+            "--lease-ms {} is too short: at least {LEASE_MS_MIN} ms (etcd leases are whole \
+             seconds, at least one)",
+            args.lease_ms
+        ));
+    }
+    config.lease = Duration::from_millis(args.lease_ms);
+    config.coordinator = args.coordinator.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let abandon = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
