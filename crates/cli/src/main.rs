@@ -2,6 +2,7 @@
 //! quickstart, simulate eviction policies on traces.
 
 mod bench;
+mod cluster;
 mod node;
 mod quickstart;
 mod region;
@@ -11,7 +12,7 @@ mod token;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Tiered, fault-tolerant far memory.
 #[derive(Parser)]
@@ -56,6 +57,9 @@ enum Command {
     Sim(pagoda_sim::SimArgs),
     /// Create, list and revoke the credentials of a node's data dir.
     Token(token::TokenArgs),
+    /// Look at a cluster through its coordinator: live nodes, regions and
+    /// their primaries, replicas and replication lag.
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Where to find a node and how to authenticate, for client commands.
@@ -148,8 +152,23 @@ impl NodeAddress {
         &self,
         timeout: std::time::Duration,
     ) -> Result<pagoda::Client, String> {
+        self.connect_with(
+            timeout,
+            std::time::Duration::from_secs(pagoda::RECONNECT_FOR_S_DEFAULT),
+        )
+    }
+
+    /// Connects, waiting up to `timeout` for each reply (and for the TCP
+    /// connection) and dialling again for up to `reconnect_for` after the
+    /// connection fails.
+    pub fn connect_with(
+        &self,
+        timeout: std::time::Duration,
+        reconnect_for: std::time::Duration,
+    ) -> Result<pagoda::Client, String> {
         let mut options = pagoda::ClientOptions {
             timeout,
+            reconnect_for,
             credential: self.credential.clone(),
             tls: self.tls.options(&self.node)?,
             ..pagoda::ClientOptions::default()
@@ -242,8 +261,23 @@ pub fn read_token(path: &std::path::Path) -> Result<Vec<u8>, String> {
     Ok(token)
 }
 
+/// Whether the argument `id` was given on the command line (not taken from
+/// the environment or a default) at any level of the subcommands in
+/// `matches`: a global flag may be given before or after a subcommand.
+fn given_on_command_line(matches: &clap::ArgMatches, id: &str) -> bool {
+    let here =
+        matches.try_get_raw(id).ok().flatten().is_some_and(|_| {
+            matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        });
+    here || matches
+        .subcommand()
+        .is_some_and(|(_, sub)| given_on_command_line(sub, id))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    let node_on_command_line = given_on_command_line(&matches, "node");
     // Commands that embed a node keep its log quiet unless asked otherwise.
     let default_level = match cli.command {
         Command::Quickstart(_) | Command::Bench(_) | Command::Sim(_) => "warn",
@@ -266,7 +300,8 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Node(args) => node::run(*args, cli.log_format),
-        Command::Region(args) => region::run(args),
+        Command::Region(args) => region::run(args, node_on_command_line),
+        Command::Cluster(args) => cluster::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Quickstart(args) => quickstart::run(args),
         Command::Token(args) => token::run(args),

@@ -1,7 +1,10 @@
 //! `pagoda region`: create, list, inspect, delete, checkpoint, recover and
 //! checksum regions; show a replicated region's replicas and promote one.
 
-use pagoda::{RegionStat, ReplicaRole, ReplicaSet, ReplicationMode};
+use std::sync::Arc;
+
+use pagoda::{RegionStat, ReplicaInfo, ReplicaRole, ReplicaSet, ReplicationMode};
+use pagoda_cluster::Coordinator;
 
 use crate::NodeAddress;
 use crate::size::{SizeArg, check_region_size, format_bytes, parse_size, parse_size_arg};
@@ -13,6 +16,12 @@ pub struct RegionArgs {
     command: RegionCommand,
     #[command(flatten)]
     node: NodeAddress,
+    /// Go through this cluster coordinator instead of --node
+    /// (etcd://HOST:PORT[,HOST:PORT...][/PREFIX] or embedded:DIR): `create`
+    /// places the region on its live nodes by free bytes, the commands that
+    /// name a region reach its primary as recorded there. Not with --node.
+    #[arg(long, global = true, value_name = "ENDPOINT")]
+    coordinator: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -29,8 +38,9 @@ enum RegionCommand {
         page_size: u64,
         /// Replicate it: a replica on each of these nodes (HOST:PORT, comma
         /// separated), which --node, its primary, connects to with its
-        /// cluster credential.
-        #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+        /// cluster credential. With --coordinator: how many replicas, the
+        /// coordinator's live nodes with the most free bytes holding them.
+        #[arg(long, value_name = "ADDR[,ADDR...] | N", value_delimiter = ',')]
         replicas: Vec<String>,
         /// When a write is acknowledged: `sync`, once every in-sync replica
         /// has it; `async`, by the primary alone, replicas following with a
@@ -183,7 +193,121 @@ fn stat_json(stat: &RegionStat) -> serde_json::Value {
     })
 }
 
-pub fn run(args: RegionArgs) -> Result<(), String> {
+/// With --coordinator, how many replicas `--replicas N` asks for (none
+/// without it).
+fn replica_count(replicas: &[String]) -> Result<usize, String> {
+    match replicas {
+        [] => Ok(0),
+        [count] if count.trim().parse::<usize>().is_ok() => {
+            Ok(count.trim().parse().expect("checked"))
+        }
+        _ => Err(format!(
+            "--replicas {}: with --coordinator, --replicas is how many replicas (--replicas 2); \
+             the coordinator chooses the nodes",
+            replicas.join(",")
+        )),
+    }
+}
+
+/// What --coordinator decided for a command: the node it goes to is written
+/// into the arguments as if given with --node.
+enum Resolved {
+    /// A new region's placement.
+    Placed {
+        coordinator: Arc<dyn Coordinator>,
+        placement: crate::cluster::Placement,
+    },
+    /// A named region's primary, as recorded.
+    Primary { name: String },
+}
+
+/// Finds where a command goes with --coordinator ENDPOINT: `create` places
+/// the region (and fills in --replicas with the chosen nodes), the commands
+/// that name a region go to its recorded primary. `ls`, `promote` and
+/// `recover` are about particular nodes and are refused.
+fn resolve(args: &mut RegionArgs, endpoint: &str) -> Result<Resolved, String> {
+    match &args.command {
+        RegionCommand::Ls { .. } => {
+            return Err(
+                "region ls lists one node's regions: give --node, not --coordinator \
+                        (pagoda cluster status lists the coordinator's regions)"
+                    .into(),
+            );
+        }
+        RegionCommand::Promote { .. } => {
+            return Err(
+                "region promote promotes the replica on --node: give --node, not \
+                        --coordinator (pagoda cluster status shows each region's replicas)"
+                    .into(),
+            );
+        }
+        RegionCommand::Recover { .. } => {
+            return Err(
+                "region recover moves a region between the nodes given with --from and \
+                        --to (default --node): give them, not --coordinator"
+                    .into(),
+            );
+        }
+        _ => {}
+    }
+    if let RegionCommand::Create { replicas, .. } = &args.command {
+        // Checked before the coordinator is asked anything.
+        replica_count(replicas)?;
+    }
+    let coordinator = crate::cluster::open(endpoint)?;
+    match &mut args.command {
+        RegionCommand::Create { name, replicas, .. } => {
+            let count = replica_count(replicas)?;
+            if let Some(record) = coordinator.region(name).map_err(|e| e.to_string())? {
+                return Err(format!(
+                    "region {name:?} already exists in the coordinator {} (primary {})",
+                    coordinator.endpoint(),
+                    record.value.primary
+                ));
+            }
+            let placement = crate::cluster::place_region(&*coordinator, name, count)?;
+            args.node.node = placement.primary.addr.clone();
+            *replicas = placement
+                .replicas
+                .iter()
+                .map(|node| node.addr.clone())
+                .collect();
+            Ok(Resolved::Placed {
+                coordinator,
+                placement,
+            })
+        }
+        RegionCommand::Stat { name, .. }
+        | RegionCommand::Rm { name }
+        | RegionCommand::Checkpoint { name, .. }
+        | RegionCommand::Checksum { name, .. }
+        | RegionCommand::Replicas { name, .. } => {
+            let record = crate::cluster::region_record(&*coordinator, name)?;
+            args.node.node = record.primary;
+            Ok(Resolved::Primary { name: name.clone() })
+        }
+        RegionCommand::Ls { .. }
+        | RegionCommand::Promote { .. }
+        | RegionCommand::Recover { .. } => {
+            unreachable!("refused above")
+        }
+    }
+}
+
+/// `pagoda region`. `node_on_command_line`: --node was given on the command
+/// line (not only by PAGODA_NODE, which --coordinator overrides).
+pub fn run(mut args: RegionArgs, node_on_command_line: bool) -> Result<(), String> {
+    let resolved = match args.coordinator.clone() {
+        Some(_) if node_on_command_line => {
+            return Err(
+                "--node and --coordinator are mutually exclusive: --coordinator finds \
+                        the node itself"
+                    .into(),
+            );
+        }
+        Some(endpoint) => Some(resolve(&mut args, &endpoint)?),
+        None => None,
+    };
     if let RegionCommand::Recover {
         name,
         from,
@@ -221,6 +345,14 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
         ..
     } = &args.command
     {
+        if resolved.is_none() && replica_count(replicas).is_ok_and(|count| count > 0) {
+            return Err(format!(
+                "--replicas {} is a count of replicas, which needs --coordinator ENDPOINT to \
+                 choose the nodes; with --node, --replicas lists the replicas' addresses \
+                 (HOST:PORT,...)",
+                replicas.join(",")
+            ));
+        }
         check_replicas(replicas)?;
         // The node checks the page size and says what is wrong with it;
         // only against a valid one are multiples worth suggesting.
@@ -228,18 +360,25 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
             check_region_size(&size.text, size.bytes, *page_size)?;
         }
     }
-    let client = match args.command {
+    let connected = match args.command {
         // A checkpoint's reply waits for the whole checkpoint.
         RegionCommand::Checkpoint { .. } => args
             .node
-            .connect_with_timeout(std::time::Duration::from_secs(CHECKPOINT_TIMEOUT_S))?,
+            .connect_with_timeout(std::time::Duration::from_secs(CHECKPOINT_TIMEOUT_S)),
         // The whole-region digest's reply waits for the node to hash
         // every written segment.
         RegionCommand::Checksum { .. } => args
             .node
-            .connect_with_timeout(std::time::Duration::from_secs(CHECKSUM_TIMEOUT_S))?,
-        _ => args.node.connect()?,
+            .connect_with_timeout(std::time::Duration::from_secs(CHECKSUM_TIMEOUT_S)),
+        _ => args.node.connect(),
     };
+    let client = connected.map_err(|error| match &resolved {
+        Some(Resolved::Primary { name }) => {
+            format!("{error} (the primary of {name:?} in the coordinator)")
+        }
+        Some(Resolved::Placed { .. }) => format!("{error} (the primary chosen by the coordinator)"),
+        None => error,
+    })?;
     match args.command {
         RegionCommand::Create {
             name,
@@ -272,6 +411,13 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
                     ReplicationMode::from(mode).name(),
                     replicas.join(", ")
                 );
+            }
+            if let Some(Resolved::Placed {
+                coordinator,
+                placement,
+            }) = &resolved
+            {
+                report_placement(&**coordinator, &info.name, placement);
             }
         }
         RegionCommand::Ls { json } => {
@@ -415,27 +561,68 @@ pub fn run(args: RegionArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// After `create --coordinator`: where the region went and why, and
+/// whether its primary recorded it in the coordinator (a node started
+/// without this --coordinator records it elsewhere).
+fn report_placement(
+    coordinator: &dyn Coordinator,
+    name: &str,
+    placement: &crate::cluster::Placement,
+) {
+    let mut chosen = vec![format!(
+        "primary {} ({} free)",
+        placement.primary.addr,
+        format_bytes(placement.primary.free_bytes)
+    )];
+    chosen.extend(placement.replicas.iter().map(|node| {
+        format!(
+            "replica {} ({} free)",
+            node.addr,
+            format_bytes(node.free_bytes)
+        )
+    }));
+    println!(
+        "placed by the coordinator {} (most free bytes first): {}",
+        coordinator.endpoint(),
+        chosen.join(", ")
+    );
+    match coordinator.region(name) {
+        Ok(Some(record)) => println!(
+            "recorded in the coordinator: primary {} at primary epoch {}",
+            record.value.primary, record.value.primary_epoch
+        ),
+        Ok(None) => eprintln!(
+            "warning: the coordinator {} has no record of region {name:?}: was {} started with \
+             --coordinator {}?",
+            coordinator.endpoint(),
+            placement.primary.addr,
+            coordinator.endpoint()
+        ),
+        Err(error) => eprintln!("warning: reading the region's record back: {error}"),
+    }
+}
+
+/// One replica as a primary reports it, as JSON (documented in README.md;
+/// `pagoda cluster status --json` uses it too).
+pub fn replica_json(replica: &ReplicaInfo) -> serde_json::Value {
+    serde_json::json!({
+        "addr": replica.addr,
+        "acked_lsn": replica.acked,
+        "in_sync": replica.in_sync,
+        "connected": replica.connected,
+        "lag_bytes": replica.lag_bytes,
+        "lag_ms": replica.lag_ms,
+        "sent_bytes": replica.sent_bytes,
+        "rebuilt_bytes": replica.rebuilt_bytes,
+        "rebuilds": replica.rebuilds,
+        "message": replica.message,
+    })
+}
+
 /// A region's replication as JSON: the fields of `ReplicaSet`, and on a
 /// primary one object per replica (documented in README.md).
 fn replica_set_json(name: &str, set: &ReplicaSet) -> serde_json::Value {
-    let replicas: Vec<serde_json::Value> = set
-        .replicas
-        .iter()
-        .map(|replica| {
-            serde_json::json!({
-                "addr": replica.addr,
-                "acked_lsn": replica.acked,
-                "in_sync": replica.in_sync,
-                "connected": replica.connected,
-                "lag_bytes": replica.lag_bytes,
-                "lag_ms": replica.lag_ms,
-                "sent_bytes": replica.sent_bytes,
-                "rebuilt_bytes": replica.rebuilt_bytes,
-                "rebuilds": replica.rebuilds,
-                "message": replica.message,
-            })
-        })
-        .collect();
+    let replicas: Vec<serde_json::Value> = set.replicas.iter().map(replica_json).collect();
     serde_json::json!({
         "name": name,
         "role": set.role.name(),
