@@ -21,8 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ClusterError, Coordinator, LeaseId, NodeRecord, RegionRecord, Revision, Versioned,
-    WriterRecord,
+    ClusterError, Coordinator, LeaseId, NodeRecord, RegionRecord, Revision, Versioned, WriterRecord,
 };
 
 /// The file's name in its directory.
@@ -35,6 +34,14 @@ const FILE_BYTES_MAX: u64 = 64 << 20;
 #[derive(Debug)]
 pub struct EmbeddedCoordinator {
     dir: PathBuf,
+}
+
+/// Whether an operation writes the file back, and how.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Save {
+    No,
+    Volatile,
+    Durable,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -60,8 +67,10 @@ impl State {
         let now = now_ms();
         self.leases.retain(|_, (_, deadline)| *deadline > now);
         let leases = &self.leases;
-        self.nodes.retain(|_, (_, lease)| leases.contains_key(lease));
-        self.writers.retain(|_, (_, lease)| leases.contains_key(lease));
+        self.nodes
+            .retain(|_, (_, lease)| leases.contains_key(lease));
+        self.writers
+            .retain(|_, (_, lease)| leases.contains_key(lease));
     }
 
     fn check_lease(&self, lease: LeaseId) -> Result<(), ClusterError> {
@@ -85,7 +94,7 @@ impl EmbeddedCoordinator {
         };
         // Reads (and creates) the file once, so that a damaged one is
         // reported at start.
-        coordinator.with_state(false, |_| Ok(()))?;
+        coordinator.with_state(Save::No, |_| Ok(()))?;
         Ok(coordinator)
     }
 
@@ -96,10 +105,12 @@ impl EmbeddedCoordinator {
         }
     }
 
-    /// Runs `f` on the state under the lock; writes it back if `write`.
+    /// Runs `f` on the state under the lock; writes it back if `write`
+    /// (synced to disk if `Save::Durable`: leases and node records are
+    /// not, as they mean nothing after a restart of the machine).
     fn with_state<T>(
         &self,
-        write: bool,
+        write: Save,
         f: impl FnOnce(&mut State) -> Result<T, ClusterError>,
     ) -> Result<T, ClusterError> {
         let lock = OpenOptions::new()
@@ -137,22 +148,28 @@ impl EmbeddedCoordinator {
         };
         state.expire();
         let out = f(&mut state)?;
-        if write || !path.exists() {
-            self.save(&state)?;
+        match write {
+            Save::No if path.exists() => {}
+            Save::Volatile => self.save(&state, false)?,
+            Save::No | Save::Durable => self.save(&state, true)?,
         }
         drop(lock);
         Ok(out)
     }
 
-    fn save(&self, state: &State) -> Result<(), ClusterError> {
+    fn save(&self, state: &State, durable: bool) -> Result<(), ClusterError> {
         let path = self.dir.join(FILE_NAME);
         let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| self.unavailable("encoding", e))?;
+        let bytes =
+            serde_json::to_vec_pretty(state).map_err(|e| self.unavailable("encoding", e))?;
         let mut file = File::create(&tmp).map_err(|e| self.unavailable("writing", e))?;
         file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
+            .and_then(|()| if durable { file.sync_all() } else { Ok(()) })
             .map_err(|e| self.unavailable("writing", e))?;
         std::fs::rename(&tmp, &path).map_err(|e| self.unavailable("renaming", e))?;
+        if !durable {
+            return Ok(());
+        }
         File::open(&self.dir)
             .and_then(|dir| dir.sync_all())
             .map_err(|e| self.unavailable("syncing the directory", e))
@@ -166,7 +183,7 @@ impl Coordinator for EmbeddedCoordinator {
 
     fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, ClusterError> {
         let ttl_ms = ttl.max(crate::LEASE_MIN).as_millis() as u64;
-        self.with_state(true, |state| {
+        self.with_state(Save::Volatile, |state| {
             state.next_lease += 1;
             let id = state.next_lease;
             state.leases.insert(id, (ttl_ms, now_ms() + ttl_ms));
@@ -175,7 +192,7 @@ impl Coordinator for EmbeddedCoordinator {
     }
 
     fn keep_alive(&self, lease: LeaseId) -> Result<Duration, ClusterError> {
-        self.with_state(true, |state| {
+        self.with_state(Save::Volatile, |state| {
             let Some((ttl_ms, deadline)) = state.leases.get_mut(&lease) else {
                 return Err(ClusterError::LeaseExpired(lease));
             };
@@ -185,7 +202,7 @@ impl Coordinator for EmbeddedCoordinator {
     }
 
     fn revoke_lease(&self, lease: LeaseId) -> Result<(), ClusterError> {
-        self.with_state(true, |state| {
+        self.with_state(Save::Volatile, |state| {
             state.leases.remove(&lease);
             state.expire();
             state.revision += 1;
@@ -194,7 +211,7 @@ impl Coordinator for EmbeddedCoordinator {
     }
 
     fn put_node(&self, record: &NodeRecord, lease: LeaseId) -> Result<(), ClusterError> {
-        self.with_state(true, |state| {
+        self.with_state(Save::Volatile, |state| {
             state.check_lease(lease)?;
             state.revision += 1;
             state
@@ -205,13 +222,13 @@ impl Coordinator for EmbeddedCoordinator {
     }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>, ClusterError> {
-        self.with_state(false, |state| {
+        self.with_state(Save::No, |state| {
             Ok(state.nodes.values().map(|(node, _)| node.clone()).collect())
         })
     }
 
     fn create_region(&self, record: &RegionRecord) -> Result<Revision, ClusterError> {
-        self.with_state(true, |state| {
+        self.with_state(Save::Durable, |state| {
             if state.regions.contains_key(&record.name) {
                 return Err(ClusterError::Exists(format!("region {:?}", record.name)));
             }
@@ -225,7 +242,7 @@ impl Coordinator for EmbeddedCoordinator {
     }
 
     fn region(&self, name: &str) -> Result<Option<Versioned<RegionRecord>>, ClusterError> {
-        self.with_state(false, |state| {
+        self.with_state(Save::No, |state| {
             Ok(state.regions.get(name).map(|(value, revision)| Versioned {
                 value: value.clone(),
                 revision: *revision,
@@ -234,7 +251,7 @@ impl Coordinator for EmbeddedCoordinator {
     }
 
     fn regions(&self) -> Result<Vec<Versioned<RegionRecord>>, ClusterError> {
-        self.with_state(false, |state| {
+        self.with_state(Save::No, |state| {
             Ok(state
                 .regions
                 .values()
@@ -251,7 +268,7 @@ impl Coordinator for EmbeddedCoordinator {
         record: &RegionRecord,
         expected: Revision,
     ) -> Result<Revision, ClusterError> {
-        self.with_state(true, |state| {
+        self.with_state(Save::Durable, |state| {
             let Some((_, revision)) = state.regions.get(&record.name) else {
                 return Err(ClusterError::NotFound(format!("region {:?}", record.name)));
             };
@@ -268,7 +285,7 @@ impl Coordinator for EmbeddedCoordinator {
     }
 
     fn delete_region(&self, name: &str) -> Result<(), ClusterError> {
-        self.with_state(true, |state| {
+        self.with_state(Save::Durable, |state| {
             state.revision += 1;
             state.regions.remove(name);
             state.writers.remove(name);
@@ -282,7 +299,7 @@ impl Coordinator for EmbeddedCoordinator {
         record: &WriterRecord,
         lease: LeaseId,
     ) -> Result<Option<WriterRecord>, ClusterError> {
-        self.with_state(true, |state| {
+        self.with_state(Save::Durable, |state| {
             state.check_lease(lease)?;
             match state.writers.get(region) {
                 Some((holder, held)) if *held != lease => Ok(Some(holder.clone())),
@@ -298,8 +315,12 @@ impl Coordinator for EmbeddedCoordinator {
     }
 
     fn release_writer(&self, region: &str, lease: LeaseId) -> Result<(), ClusterError> {
-        self.with_state(true, |state| {
-            if state.writers.get(region).is_some_and(|(_, held)| *held == lease) {
+        self.with_state(Save::Durable, |state| {
+            if state
+                .writers
+                .get(region)
+                .is_some_and(|(_, held)| *held == lease)
+            {
                 state.revision += 1;
                 state.writers.remove(region);
             }
@@ -308,7 +329,7 @@ impl Coordinator for EmbeddedCoordinator {
     }
 
     fn writer(&self, region: &str) -> Result<Option<WriterRecord>, ClusterError> {
-        self.with_state(false, |state| {
+        self.with_state(Save::No, |state| {
             Ok(state.writers.get(region).map(|(record, _)| record.clone()))
         })
     }

@@ -184,7 +184,7 @@ pub enum NodeError {
         oldest: u64,
     },
     /// A write sent to a node that is not the region's primary.
-    #[error("region {region:?} is a replica on this node; write to its primary {primary}")]
+    #[error("{}", not_primary_message(region, primary))]
     NotPrimary {
         /// The region.
         region: String,
@@ -288,5 +288,17 @@ impl From<&object_store::Error> for StorageCause {
             }
             other => StorageCause::Failed(other.to_string()),
         }
+    }
+}
+
+fn not_primary_message(region: &str, primary: &str) -> String {
+    if primary.is_empty() {
+        format!(
+            "region {region:?} is not led by this node, which does not know who leads it now \
+             (its coordinator lease lapsed, or it was deposed): ask the coordinator for the \
+             region's primary"
+        )
+    } else {
+        format!("region {region:?} is a replica on this node; write to its primary {primary}")
     }
 }

@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod checkpoint;
 mod checkpointing;
 pub mod checksum;
+pub(crate) mod cluster;
 pub mod config;
 mod connection;
 pub mod error;

@@ -28,6 +28,9 @@ pub(crate) const ACCEPT_POLL_MS: i32 = 100;
 /// closes their sockets outright (which also wakes a thread blocked writing to
 /// a client that stopped reading).
 const SHUTDOWN_GRACE_MS: u64 = 1000;
+/// How long a stopping node waits, per region it leads, for an in-sync
+/// replica to catch up before handing it the lead.
+const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A served connection: a handle on its socket (to close it at shutdown) and
 /// its thread.
@@ -64,6 +67,8 @@ pub(crate) struct Shared {
     /// What the node records for its metrics endpoint; `None` when it has
     /// none, and then the hot paths record nothing.
     pub(crate) metrics: Option<crate::metrics::Metrics>,
+    /// The node's lease and records in the cluster coordinator.
+    pub(crate) membership: crate::cluster::Membership,
 }
 
 /// A running node. Dropping it shuts it down.
@@ -77,6 +82,8 @@ pub struct Node {
     /// The metrics endpoint, if configured; it stops when the node is
     /// dropped (a refused stop keeps it serving).
     metrics: Option<crate::metrics::Endpoint>,
+    /// The cluster agent (lease renewal, failover).
+    agent: Option<JoinHandle<()>>,
 }
 
 /// Regions whose changes a graceful stop could not save to storage: the
@@ -183,6 +190,7 @@ impl Node {
                 "the checkpoint interval must be positive".into(),
             ));
         }
+        let membership = crate::cluster::Membership::open(&config)?;
         let arena = Arc::new(Arena::new(config.capacity_bytes, SEGMENT_BYTES)?);
         let missing = if config.accept_storage_mismatch {
             MissingCatalog::StartEmpty
@@ -244,11 +252,13 @@ impl Node {
             credentials,
             writers,
             metrics: config_metrics.then(crate::metrics::Metrics::new),
+            membership,
         });
         let metrics = match shared.config.metrics {
             Some(addr) => Some(crate::metrics::Endpoint::start(shared.clone(), addr)?),
             None => None,
         };
+        let agent = Some(crate::cluster::start(shared.clone())?);
         let mut node = Node {
             shared,
             local_addr,
@@ -256,6 +266,7 @@ impl Node {
             acceptor: None,
             checkpointer: None,
             metrics,
+            agent,
         };
         node.serve()?;
         Ok(node)
@@ -371,6 +382,9 @@ impl Node {
         let Some(acceptor) = self.acceptor.take() else {
             return Ok(());
         };
+        // In a cluster, the regions this node leads go to in-sync replicas
+        // first: their writers move there instead of waiting for a restart.
+        crate::cluster::hand_off(&self.shared, HAND_OFF_TIMEOUT);
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         let _ = acceptor.join();
         if let Some(checkpointer) = self.checkpointer.take() {
@@ -433,6 +447,10 @@ impl Drop for Node {
         }
         if let Some(mut metrics) = self.metrics.take() {
             metrics.stop();
+        }
+        self.shared.membership.stop();
+        if let Some(agent) = self.agent.take() {
+            let _ = agent.join();
         }
     }
 }

@@ -425,6 +425,9 @@ pub struct Replication {
     /// holds, told to replicas with every probe.
     covered: Mutex<(u64, u64)>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The in-sync set as the coordinator's record last held it (see
+    /// `cluster::record_in_sync`).
+    recorded_in_sync: Mutex<Vec<String>>,
 }
 
 impl Replication {
@@ -492,6 +495,87 @@ impl Replication {
                     .map_or((0, 0), |manifest| (manifest.number, manifest.lsn)),
             ),
             threads: Mutex::new(Vec::new()),
+            recorded_in_sync: Mutex::new(if in_sync {
+                replicas.to_vec()
+            } else {
+                Vec::new()
+            }),
+        }
+    }
+
+    /// The region's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The primary epoch this primary leads at.
+    pub fn primary_epoch(&self) -> u64 {
+        self.primary_epoch
+    }
+
+    /// The replicas that count for `sync` acknowledgements now.
+    pub fn in_sync_addrs(&self) -> Vec<String> {
+        self.links
+            .iter()
+            .filter(|link| link.in_sync())
+            .map(|link| link.addr.clone())
+            .collect()
+    }
+
+    /// The in-sync set as the coordinator's record last held it.
+    pub fn recorded_in_sync(&self) -> Vec<String> {
+        self.recorded_in_sync.lock().clone()
+    }
+
+    /// Notes the in-sync set the coordinator's record now holds.
+    pub fn set_recorded_in_sync(&self, in_sync: Vec<String>) {
+        *self.recorded_in_sync.lock() = in_sync;
+    }
+
+    /// Stops taking writes without stopping the senders (a hand-off waits
+    /// for a replica to catch up).
+    pub fn pause_writes(&self, reason: &str) {
+        let mut fenced = self.fenced.lock();
+        if fenced.is_none() {
+            *fenced = Some(reason.to_owned());
+        }
+        drop(fenced);
+        self.changed.notify_all();
+    }
+
+    /// This primary may no longer lead: fenced, its writers sent to
+    /// `successor` if known.
+    pub fn depose(&self, reason: String, successor: Option<String>) {
+        if let Some(successor) = successor {
+            *self.successor.lock() = Some(successor);
+        }
+        self.fence(reason);
+    }
+
+    /// Waits until an in-sync replica has acknowledged `lsn`; returns the
+    /// most advanced such replica.
+    pub fn wait_caught_up(&self, lsn: u64, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut log = self.log.lock();
+        loop {
+            let best = self
+                .links
+                .iter()
+                .filter_map(|link| {
+                    let state = link.state.lock();
+                    (state.in_sync && state.acked >= lsn).then(|| (state.acked, link.addr.clone()))
+                })
+                .max();
+            if let Some((_, addr)) = best {
+                return Some(addr);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            self.changed.wait_until(
+                &mut log,
+                deadline.min(Instant::now() + Duration::from_millis(20)),
+            );
         }
     }
 
@@ -1260,7 +1344,11 @@ pub(crate) fn create(
 ) -> Result<Arc<Region>, NodeError> {
     let mut addresses: Vec<String> = Vec::new();
     for &replica in replicas {
-        crate::recovery::check_peer(&shared.config.peers, replica)?;
+        // The cluster's live nodes are peers; other addresses must be
+        // allowed by --peer (or be on this host's loopback).
+        if !shared.membership.is_live_node(replica) {
+            crate::recovery::check_peer(&shared.config.peers, replica)?;
+        }
         let own = shared.local_addr.to_string();
         if replica == own || addresses.iter().any(|a| a == replica) {
             return Err(NodeError::InvalidArgument(format!(
@@ -1278,6 +1366,12 @@ pub(crate) fn create(
         pagoda_wire::RegionState::Active,
     )?;
     let primary_epoch = 1;
+    if let Err(error) =
+        crate::cluster::region_created(shared, &region, &addresses, Some(mode), primary_epoch)
+    {
+        let _ = shared.catalog.delete(name);
+        return Err(error);
+    }
     let mut made = Vec::new();
     for address in &addresses {
         let result = Client::connect(
@@ -1306,6 +1400,7 @@ pub(crate) fn create(
                     let _ = client.delete_region(name);
                 }
                 let _ = shared.catalog.delete(name);
+                crate::cluster::region_deleted(shared, name);
                 return Err(NodeError::Peer {
                     context: format!("creating the replica of {name:?} on {address}"),
                     error,
@@ -1433,15 +1528,72 @@ fn not_promotable(upstream: &Upstream, timeout: Duration) -> Option<String> {
     None
 }
 
+/// Whether a region's copy here is a replica whose log position is unknown
+/// (it restarted or diverged, and no primary has rebuilt it since).
+pub(crate) fn needs_rebuild(region: &Region) -> bool {
+    matches!(&*region.role().lock(), Role::Replica(upstream) if upstream.needs_rebuild)
+}
+
+/// What the coordinator decided of a promotion: the primary epoch, the
+/// replica set and the in-sync set its record now holds.
+pub(crate) struct Recorded<'a> {
+    pub(crate) primary_epoch: u64,
+    pub(crate) replicas: &'a [String],
+    pub(crate) in_sync: &'a [String],
+}
+
 /// Makes this node's copy of a region its primary at a new primary epoch.
 pub(crate) fn promote(
     shared: &Arc<Shared>,
     region: &Arc<Region>,
     force: bool,
 ) -> Result<(), NodeError> {
+    promote_with(shared, region, force, None)
+}
+
+/// Makes this replica the primary the coordinator's record names (it chose
+/// this replica among the in-sync ones: no further check).
+pub(crate) fn promote_to(
+    shared: &Arc<Shared>,
+    region: &Arc<Region>,
+    primary_epoch: u64,
+    replicas: &[String],
+    in_sync: &[String],
+) -> Result<(), NodeError> {
+    promote_with(
+        shared,
+        region,
+        false,
+        Some(Recorded {
+            primary_epoch,
+            replicas,
+            in_sync,
+        }),
+    )
+}
+
+fn promote_with(
+    shared: &Arc<Shared>,
+    region: &Arc<Region>,
+    force: bool,
+    recorded: Option<Recorded<'_>>,
+) -> Result<(), NodeError> {
     let name = region.info().name.clone();
     let mut role = region.role().lock();
     let (old_epoch, mode, members, old_primary) = match &*role {
+        Role::Replica(upstream) if recorded.is_some() => {
+            if upstream.needs_rebuild {
+                return Err(NodeError::InvalidArgument(format!(
+                    "region {name:?}: this replica's log position is unknown; it cannot lead"
+                )));
+            }
+            (
+                upstream.primary_epoch,
+                upstream.mode,
+                upstream.replicas.clone(),
+                upstream.primary.clone(),
+            )
+        }
         Role::Replica(upstream) => {
             if let Some(why) = not_promotable(upstream, shared.config.replica_timeout) {
                 if !force {
@@ -1499,7 +1651,23 @@ pub(crate) fn promote(
     if !old_primary.is_empty() && !replicas.contains(&old_primary) {
         replicas.push(old_primary);
     }
-    let primary_epoch = old_epoch + 1;
+    let mut primary_epoch = old_epoch + 1;
+    if let Some(recorded) = &recorded {
+        if recorded.primary_epoch <= old_epoch {
+            return Err(NodeError::InvalidArgument(format!(
+                "region {name:?}: the coordinator's primary epoch {} is not above the {} this \
+                 replica has seen",
+                recorded.primary_epoch, old_epoch
+            )));
+        }
+        primary_epoch = recorded.primary_epoch;
+        replicas = recorded
+            .replicas
+            .iter()
+            .filter(|m| **m != own)
+            .cloned()
+            .collect();
+    }
     let replication = Arc::new(Replication::new(
         region,
         mode,
@@ -1510,6 +1678,9 @@ pub(crate) fn promote(
         peer_options(shared, format!("primary of {name}")),
         false,
     ));
+    if let Some(recorded) = &recorded {
+        replication.set_recorded_in_sync(recorded.in_sync.to_vec());
+    }
     let previous = std::mem::replace(&mut *role, Role::Primary(replication.clone()));
     drop(role);
     if let Err(error) = shared.catalog.save_states() {

@@ -55,7 +55,11 @@ impl Deferred {
         for direct in self.directs {
             direct.collect(&self.replication);
         }
-        match self.replication.wait_acked(self.lsn) {
+        match self
+            .replication
+            .wait_acked(self.lsn)
+            .and_then(|()| crate::cluster::record_in_sync(shared, &self.replication))
+        {
             Ok(()) => Response::Done.encode(out, self.request_id, 0),
             Err(error) => {
                 crate::metrics::count_error(shared, error.code());
@@ -101,7 +105,13 @@ pub(crate) fn serve_request(
             mode,
         } => {
             let info = if replicas.is_empty() {
-                catalog.create(name, size, page_size)?
+                let info = catalog.create(name, size, page_size)?;
+                let region = catalog.by_name(name)?;
+                if let Err(error) = crate::cluster::region_created(shared, &region, &[], None, 0) {
+                    let _ = catalog.delete(name);
+                    return Err(error);
+                }
+                info
             } else {
                 replication::create(shared, name, size, page_size, &replicas, mode)?
                     .info()
@@ -139,7 +149,7 @@ pub(crate) fn serve_request(
         }
         Request::Promote { name, force } => {
             let region = catalog.by_name(name)?;
-            replication::promote(shared, &region, force)?;
+            crate::cluster::promote_request(shared, &region, force)?;
             Response::ReplicaSet(replication::status(shared, &region)).encode(out, request_id, 0);
         }
         Request::ReplicaStatus { name } => {
@@ -217,6 +227,7 @@ pub(crate) fn serve_request(
             // objects are purged.
             let _checkpoint = region.checkpoint_lock.lock();
             catalog.delete(name)?;
+            crate::cluster::region_deleted(shared, name);
             let replication = match &*region.role().lock() {
                 replication::Role::Primary(replication) => Some(replication.clone()),
                 _ => None,
@@ -325,6 +336,7 @@ pub(crate) fn serve_request(
         } => {
             let region = catalog.by_id(region)?;
             let replication = replication::check_primary(&region)?;
+            crate::cluster::check_lease(shared, &region)?;
             let forward = replication
                 .as_deref()
                 .map(|r| (r, ReplicateKind::Journal, ctx.payload));
@@ -369,6 +381,7 @@ pub(crate) fn serve_request(
         } => {
             let region = catalog.by_id(region)?;
             let replication = replication::check_primary(&region)?;
+            crate::cluster::check_lease(shared, &region)?;
             let forward = replication
                 .as_deref()
                 .map(|r| (r, ReplicateKind::Pages, ctx.payload));

@@ -200,7 +200,7 @@ impl Storage {
         Ok(storage)
     }
 
-    fn probe(&self) -> Result<(), NodeError> {
+    pub(crate) fn probe(&self) -> Result<(), NodeError> {
         let key = Path::from(format!("_pagoda/probe-{:016x}", rand::random::<u64>()));
         let payload = Bytes::from_static(b"pagoda storage probe");
         let unusable = |error: NodeError| {

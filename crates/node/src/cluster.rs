@@ -1,0 +1,814 @@
+//! The node's membership in a cluster: its lease, the records of the
+//! regions it leads, and failover.
+//!
+//! A node keeps a lease in the coordinator (`pagoda_cluster`) and its
+//! record (`nodes/ADDR`: capacity, free bytes) under it. One thread, the
+//! *agent*, renews the lease every quarter of its TTL and, at each tick,
+//! looks at the region records:
+//!
+//! - **Failover.** For a region whose primary's node record is gone (its
+//!   lease lapsed), each live replica that the record counts *in sync*
+//!   asks the other in-sync replicas for their log positions; the one with
+//!   the highest (ties: the lowest address) checks that it reaches the
+//!   storage backend, then replaces the record (compare-and-swap on its
+//!   revision) naming itself primary at the next primary epoch, and
+//!   promotes its copy. The others follow when the new primary reaches
+//!   them; the old primary is kept in the replica set, to be rebuilt by
+//!   catch-up if it comes back.
+//! - **In-sync set.** A primary removes a replica from the record's
+//!   in-sync set *before* it acknowledges a write that replica lacks
+//!   (`record_in_sync`, called before a `sync` write is answered); it adds
+//!   caught-up replicas back at the next tick. So every replica the record
+//!   counts in sync holds every acknowledged write, and promoting the most
+//!   advanced of them loses none.
+//! - **Self-fencing.** A node whose lease is not renewed stops taking
+//!   writes (`may_lead`) at `sent + ttl − margin`, where `sent` is when the
+//!   last successful renewal was *sent*: the store starts the lease's
+//!   clock no earlier, so the node stops before the store can declare it
+//!   failed. Clock assumption: the two clocks' *rates* differ by less than
+//!   the margin over one TTL (10 %, at least 100 ms); their offsets do not
+//!   matter.
+//!
+//! The embedded coordinator the node uses when none is given lives in its
+//! own data dir: no other node shares it, so nothing fails over and the
+//! node never fences itself; it keeps the records for `pagoda cluster
+//! status` on one machine.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pagoda::{Client, ClientOptions};
+use pagoda_cluster::{ClusterError, Coordinator, LeaseId, NodeRecord, RegionRecord, Versioned};
+use pagoda_wire::ReplicationMode;
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::NodeError;
+use crate::node::Shared;
+use crate::region::Region;
+use crate::replication::{self, Replication, Role};
+
+/// The least margin by which a node stops leading before its lease could
+/// lapse in the store.
+const FENCE_MARGIN_MIN: Duration = Duration::from_millis(100);
+/// How long a peer has to answer a log-position query during failover.
+const PEER_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often the node's record (free bytes) is rewritten, at most.
+const RECORD_REFRESH: Duration = Duration::from_secs(2);
+
+/// The node's membership.
+pub(crate) struct Membership {
+    coordinator: Arc<dyn Coordinator>,
+    /// Whether the coordinator was given (shared with other nodes): only
+    /// then does the node fence itself and take part in failover.
+    shared_store: bool,
+    ttl: Duration,
+    lease: Mutex<Option<LeaseId>>,
+    base: Instant,
+    /// Nanoseconds after `base` until which this node may lead; 0: not
+    /// now.
+    valid_until: AtomicU64,
+    /// The live nodes, as of the last tick.
+    live: Mutex<Vec<NodeRecord>>,
+    stop: AtomicBool,
+    wake: Condvar,
+    wake_lock: Mutex<()>,
+    /// Regions whose writes this node refused for want of a lease, to log
+    /// it once per loss.
+    lost_logged: AtomicBool,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership")
+            .field("coordinator", &self.coordinator.endpoint())
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl Membership {
+    /// Connects to the configured coordinator (or the embedded one in the
+    /// data dir).
+    pub(crate) fn open(config: &crate::config::NodeConfig) -> Result<Membership, NodeError> {
+        let (endpoint, shared_store) = match &config.coordinator {
+            Some(endpoint) => (endpoint.clone(), true),
+            None => (format!("embedded:{}", config.data_dir.display()), false),
+        };
+        if config.lease < pagoda_cluster::LEASE_MIN {
+            return Err(NodeError::Config(format!(
+                "the lease must be at least {} ms",
+                pagoda_cluster::LEASE_MIN.as_millis()
+            )));
+        }
+        let coordinator = pagoda_cluster::connect(&endpoint)
+            .map_err(|e| NodeError::Config(format!("coordinator: {e}")))?;
+        Ok(Membership {
+            coordinator,
+            shared_store,
+            ttl: config.lease,
+            lease: Mutex::new(None),
+            base: Instant::now(),
+            valid_until: AtomicU64::new(0),
+            live: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+            wake: Condvar::new(),
+            wake_lock: Mutex::new(()),
+            lost_logged: AtomicBool::new(false),
+        })
+    }
+
+    fn margin(&self) -> Duration {
+        (self.ttl / 10).max(FENCE_MARGIN_MIN)
+    }
+
+    /// Whether this node may take writes as a primary now.
+    pub(crate) fn may_lead(&self) -> bool {
+        if !self.shared_store {
+            return true;
+        }
+        let now = self.base.elapsed().as_nanos() as u64;
+        now < self.valid_until.load(Ordering::Acquire)
+    }
+
+    fn renewed(&self, sent: Instant) {
+        let until = (sent + self.ttl).saturating_duration_since(self.base);
+        let until = until.saturating_sub(self.margin()).as_nanos() as u64;
+        self.valid_until.fetch_max(until, Ordering::AcqRel);
+        if self.lost_logged.swap(false, Ordering::AcqRel) {
+            tracing::info!(coordinator = %self.coordinator.endpoint(), "coordinator lease renewed: taking writes again");
+        }
+    }
+
+    /// Whether `addr` is a live node of the cluster (an allowed peer).
+    pub(crate) fn is_live_node(&self, addr: &str) -> bool {
+        self.live.lock().iter().any(|node| node.addr == addr)
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake.notify_all();
+    }
+}
+
+/// Refuses a write on a node that may not lead now (its lease lapsed).
+pub(crate) fn check_lease(shared: &Shared, region: &Region) -> Result<(), NodeError> {
+    if shared.membership.may_lead() {
+        return Ok(());
+    }
+    if !shared.membership.lost_logged.swap(true, Ordering::AcqRel) {
+        tracing::error!(
+            coordinator = %shared.membership.coordinator.endpoint(),
+            "coordinator lease not renewed in time: this node takes no writes until it is"
+        );
+    }
+    Err(NodeError::NotPrimary {
+        region: region.info().name.clone(),
+        primary: String::new(),
+    })
+}
+
+fn unavailable(error: ClusterError) -> NodeError {
+    NodeError::MetadataFailed(format!("coordinator: {error}"))
+}
+
+// ---------------------------------------------------------------------------
+// Records the node writes.
+
+fn mode_name(mode: ReplicationMode) -> &'static str {
+    match mode {
+        ReplicationMode::Sync => pagoda_cluster::MODE_SYNC,
+        ReplicationMode::Async => pagoda_cluster::MODE_ASYNC,
+    }
+}
+
+/// Records a region this node has just created (as its primary, or solo).
+/// A name the coordinator already has for a region on another node is
+/// refused; the caller deletes what it created.
+pub(crate) fn region_created(
+    shared: &Shared,
+    region: &Region,
+    replicas: &[String],
+    mode: Option<ReplicationMode>,
+    primary_epoch: u64,
+) -> Result<(), NodeError> {
+    let own = shared.local_addr.to_string();
+    let record = RegionRecord {
+        name: region.info().name.clone(),
+        size: region.info().size,
+        mode: mode.map_or("solo", mode_name).to_owned(),
+        primary: own.clone(),
+        replicas: replicas.to_vec(),
+        in_sync: replicas.to_vec(),
+        primary_epoch,
+    };
+    let coordinator = &shared.membership.coordinator;
+    match coordinator.create_region(&record) {
+        Ok(_) => Ok(()),
+        Err(ClusterError::Exists(_)) => {
+            // A record this node left (the region was lost with its data
+            // dir) is replaced; another node's is not.
+            let existing = coordinator.region(&record.name).map_err(unavailable)?;
+            match existing {
+                Some(old) if old.value.primary == own => coordinator
+                    .update_region(&record, old.revision)
+                    .map(|_| ())
+                    .map_err(unavailable),
+                Some(old) => Err(NodeError::RegionExists(format!(
+                    "{} (the coordinator places it on {})",
+                    record.name, old.value.primary
+                ))),
+                None => coordinator
+                    .create_region(&record)
+                    .map(|_| ())
+                    .map_err(unavailable),
+            }
+        }
+        Err(error) => Err(unavailable(error)),
+    }
+}
+
+/// Removes the record of a region this node led and deleted.
+pub(crate) fn region_deleted(shared: &Shared, name: &str) {
+    let coordinator = &shared.membership.coordinator;
+    let own = shared.local_addr.to_string();
+    match coordinator.region(name) {
+        Ok(Some(record)) if record.value.primary == own => {
+            if let Err(error) = coordinator.delete_region(name) {
+                tracing::warn!(name, %error, "could not delete the region's coordinator record");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(name, %error, "could not delete the region's coordinator record")
+        }
+    }
+}
+
+/// Before a `sync` write at `lsn` is acknowledged: makes sure the record's
+/// in-sync set holds no replica that lacks it. Fast (no I/O) unless the
+/// in-sync set shrank since the record was last written.
+pub(crate) fn record_in_sync(shared: &Shared, replication: &Replication) -> Result<(), NodeError> {
+    if !shared.membership.shared_store {
+        return Ok(());
+    }
+    let current = replication.in_sync_addrs();
+    let recorded = replication.recorded_in_sync();
+    if recorded.iter().all(|addr| current.contains(addr)) {
+        return Ok(());
+    }
+    // Shrink the record before answering; retried until the lease would
+    // lapse (then the write is not acknowledged: its writer resends it to
+    // whoever leads next).
+    let name = replication.name().to_owned();
+    loop {
+        if !shared.membership.may_lead() {
+            return Err(NodeError::NotPrimary {
+                region: name,
+                primary: String::new(),
+            });
+        }
+        match write_in_sync(shared, replication, |recorded| {
+            recorded.retain(|addr| current.contains(addr));
+        }) {
+            Ok(()) => return Ok(()),
+            Err(error @ NodeError::NotPrimary { .. }) => return Err(error),
+            Err(error) => {
+                tracing::warn!(region = %name, %error, "could not record the in-sync set; retrying");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Rewrites the record's in-sync set (compare-and-swap). A record naming
+/// another primary or a newer epoch deposes this one.
+fn write_in_sync(
+    shared: &Shared,
+    replication: &Replication,
+    change: impl Fn(&mut Vec<String>),
+) -> Result<(), NodeError> {
+    let coordinator = &shared.membership.coordinator;
+    let own = shared.local_addr.to_string();
+    let name = replication.name();
+    for _ in 0..8 {
+        let Some(Versioned {
+            mut value,
+            revision,
+        }) = coordinator.region(name).map_err(unavailable)?
+        else {
+            return Err(unavailable(ClusterError::NotFound(format!(
+                "region {name:?}"
+            ))));
+        };
+        if value.primary != own || value.primary_epoch != replication.primary_epoch() {
+            let successor = value.primary.clone();
+            replication.depose(
+                format!(
+                    "the coordinator names {} primary at epoch {}",
+                    value.primary, value.primary_epoch
+                ),
+                (!successor.is_empty()).then_some(successor.clone()),
+            );
+            return Err(NodeError::NotPrimary {
+                region: name.to_owned(),
+                primary: successor,
+            });
+        }
+        let mut in_sync = value.in_sync.clone();
+        change(&mut in_sync);
+        if in_sync == value.in_sync {
+            replication.set_recorded_in_sync(in_sync);
+            return Ok(());
+        }
+        value.in_sync = in_sync.clone();
+        match coordinator.update_region(&value, revision) {
+            Ok(_) => {
+                tracing::info!(region = %name, in_sync = ?in_sync, "in-sync set recorded");
+                replication.set_recorded_in_sync(in_sync);
+                return Ok(());
+            }
+            Err(ClusterError::Conflict(_)) => continue,
+            Err(error) => return Err(unavailable(error)),
+        }
+    }
+    Err(unavailable(ClusterError::Conflict(format!(
+        "region {name:?}"
+    ))))
+}
+
+// ---------------------------------------------------------------------------
+// The agent.
+
+/// Starts the agent thread.
+pub(crate) fn start(shared: Arc<Shared>) -> Result<std::thread::JoinHandle<()>, NodeError> {
+    // The first lease before serving: a node that cannot join its cluster
+    // says so at start.
+    if let Err(error) = renew(&shared) {
+        if shared.membership.shared_store {
+            return Err(NodeError::Config(format!(
+                "could not join the cluster: {error}"
+            )));
+        }
+        tracing::warn!(%error, "embedded coordinator unavailable");
+    }
+    adopt_regions(&shared);
+    std::thread::Builder::new()
+        .name("pagoda-cluster".into())
+        .spawn(move || run(shared))
+        .map_err(|e| NodeError::io("spawning the cluster agent", e))
+}
+
+fn run(shared: Arc<Shared>) {
+    let membership = &shared.membership;
+    let tick = (membership.ttl / 4).min(Duration::from_millis(250));
+    let mut last_record = Instant::now();
+    while !membership.stop.load(Ordering::SeqCst) {
+        {
+            let mut guard = membership.wake_lock.lock();
+            membership.wake.wait_for(&mut guard, tick);
+        }
+        if membership.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let renewal_due = last_record.elapsed() >= RECORD_REFRESH;
+        match renew_or_keep(&shared, renewal_due) {
+            Ok(rewrote) => {
+                if rewrote {
+                    last_record = Instant::now();
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "coordinator lease renewal failed");
+                continue;
+            }
+        }
+        if let Err(error) = tick_regions(&shared) {
+            tracing::warn!(%error, "cluster tick failed");
+        }
+    }
+    // A node that stops hands its lease back: its record goes at once.
+    if let Some(lease) = membership.lease.lock().take() {
+        let _ = membership.coordinator.revoke_lease(lease);
+    }
+}
+
+fn node_record(shared: &Shared) -> NodeRecord {
+    NodeRecord {
+        addr: shared.local_addr.to_string(),
+        capacity_bytes: shared.arena.capacity_bytes(),
+        free_bytes: shared
+            .arena
+            .capacity_bytes()
+            .saturating_sub(shared.arena.used_bytes()),
+        lease_ms: shared.membership.ttl.as_millis() as u64,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+/// Grants a lease and registers the node.
+fn renew(shared: &Shared) -> Result<(), ClusterError> {
+    let membership = &shared.membership;
+    let sent = Instant::now();
+    let lease = membership.coordinator.grant_lease(membership.ttl)?;
+    membership
+        .coordinator
+        .put_node(&node_record(shared), lease)?;
+    *membership.lease.lock() = Some(lease);
+    membership.renewed(sent);
+    refresh_live(shared);
+    tracing::info!(coordinator = %membership.coordinator.endpoint(), lease = format!("{lease:x}"), "joined the cluster");
+    Ok(())
+}
+
+/// Renews the lease (a new one if it lapsed) and, if `rewrite`, the node's
+/// record. Returns whether the record was written.
+fn renew_or_keep(shared: &Shared, rewrite: bool) -> Result<bool, ClusterError> {
+    let membership = &shared.membership;
+    let lease = *membership.lease.lock();
+    let Some(lease) = lease else {
+        renew(shared)?;
+        return Ok(true);
+    };
+    let sent = Instant::now();
+    match membership.coordinator.keep_alive(lease) {
+        Ok(_) => {
+            membership.renewed(sent);
+            if rewrite {
+                membership
+                    .coordinator
+                    .put_node(&node_record(shared), lease)?;
+            }
+            refresh_live(shared);
+            Ok(rewrite)
+        }
+        Err(ClusterError::LeaseExpired(_)) => {
+            tracing::warn!("coordinator lease expired: joining again");
+            membership.lease.lock().take();
+            // Regions this node led may have failed over meanwhile: the
+            // next tick checks each against its record before it leads
+            // again (`tick_regions`).
+            renew(shared)?;
+            Ok(true)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn refresh_live(shared: &Shared) {
+    match shared.membership.coordinator.nodes() {
+        Ok(nodes) => *shared.membership.live.lock() = nodes,
+        Err(error) => tracing::debug!(%error, "could not list the cluster's nodes"),
+    }
+}
+
+/// At start: records regions this node has that the coordinator lacks, and
+/// gives up the lead of regions it comes back fenced for (its copy
+/// restarted from storage and may lack acknowledged writes).
+fn adopt_regions(shared: &Shared) {
+    let coordinator = &shared.membership.coordinator;
+    let own = shared.local_addr.to_string();
+    for region in shared.catalog.regions() {
+        let name = region.info().name.clone();
+        let record = match coordinator.region(&name) {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::warn!(name, %error, "could not read the region's coordinator record");
+                continue;
+            }
+        };
+        let role = region.role().lock().persisted();
+        match (record, role) {
+            (None, None) => {
+                if let Err(error) = region_created(shared, &region, &[], None, 0) {
+                    tracing::warn!(name, %error, "could not record the region in the coordinator");
+                }
+            }
+            (
+                Some(Versioned {
+                    mut value,
+                    revision,
+                }),
+                Some(role),
+            ) if role.role == "fenced" && value.primary == own => {
+                // Vacate the lead: the in-sync replicas fail over.
+                value.primary = String::new();
+                match coordinator.update_region(&value, revision) {
+                    Ok(_) => tracing::warn!(
+                        name,
+                        "came back fenced: the region's lead is vacated for its in-sync replicas"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(name, %error, "could not vacate the region's lead")
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One look at the region records: failover, the in-sync sets, and
+/// primaries that lost their lead meanwhile.
+fn tick_regions(shared: &Arc<Shared>) -> Result<(), ClusterError> {
+    let membership = &shared.membership;
+    if !membership.shared_store {
+        return Ok(());
+    }
+    let own = shared.local_addr.to_string();
+    let live: Vec<String> = membership
+        .live
+        .lock()
+        .iter()
+        .map(|n| n.addr.clone())
+        .collect();
+    for record in membership.coordinator.regions()? {
+        let Ok(region) = shared.catalog.by_name(&record.value.name) else {
+            continue;
+        };
+        let primary_role = match &*region.role().lock() {
+            Role::Primary(replication) => Some(replication.clone()),
+            _ => None,
+        };
+        if let Some(replication) = primary_role {
+            if record.value.primary != own
+                || record.value.primary_epoch != replication.primary_epoch()
+            {
+                let successor = record.value.primary.clone();
+                replication.depose(
+                    format!(
+                        "the coordinator names {} primary at epoch {}",
+                        if successor.is_empty() {
+                            "no node"
+                        } else {
+                            &successor
+                        },
+                        record.value.primary_epoch
+                    ),
+                    (!successor.is_empty()).then_some(successor),
+                );
+                continue;
+            }
+            // Caught-up replicas back into the recorded in-sync set.
+            let current = replication.in_sync_addrs();
+            if current != replication.recorded_in_sync() && membership.may_lead() {
+                let _ = write_in_sync(shared, &replication, |recorded| {
+                    recorded.retain(|addr| current.contains(addr));
+                    for addr in &current {
+                        if !recorded.contains(addr) {
+                            recorded.push(addr.clone());
+                        }
+                    }
+                });
+            }
+            continue;
+        }
+        let primary_alive =
+            !record.value.primary.is_empty() && live.contains(&record.value.primary);
+        if record.value.primary == own {
+            // The record names this node (it won a failover and has not
+            // promoted yet, or promotion failed): promote now.
+            promote_recorded(shared, &region, &record.value);
+            continue;
+        }
+        if !primary_alive && record.value.in_sync.contains(&own) {
+            try_failover(shared, &region, record, &live);
+        }
+    }
+    Ok(())
+}
+
+/// The log position of a replica of `name` at `addr`, if it answers and
+/// counts itself a replica.
+fn peer_position(shared: &Shared, addr: &str, name: &str) -> Option<u64> {
+    let mut options: ClientOptions =
+        replication::peer_options(shared, format!("failover of {name}"));
+    options.timeout = PEER_TIMEOUT;
+    options.reconnect_for = Duration::ZERO;
+    let client = Client::connect(addr, options).ok()?;
+    let set = client.replicas(name).ok()?;
+    (set.role == pagoda_wire::message::ReplicaRole::Replica).then_some(set.lsn)
+}
+
+/// Takes over a region whose primary is gone, if this replica is the most
+/// advanced of the in-sync ones that answer.
+fn try_failover(
+    shared: &Arc<Shared>,
+    region: &Arc<Region>,
+    record: Versioned<RegionRecord>,
+    live: &[String],
+) {
+    let own = shared.local_addr.to_string();
+    let name = record.value.name.clone();
+    if replication::needs_rebuild(region) {
+        return;
+    }
+    let is_replica = matches!(&*region.role().lock(), Role::Replica(_));
+    if !is_replica {
+        return;
+    }
+    let mine = region.log().applied();
+    // The most advanced in-sync replica wins; ties go to the lowest
+    // address. A peer that does not answer cannot lead either.
+    for peer in &record.value.in_sync {
+        if *peer == own || !live.contains(peer) {
+            continue;
+        }
+        if let Some(theirs) = peer_position(shared, peer, &name)
+            && (theirs > mine || (theirs == mine && *peer < own))
+        {
+            return;
+        }
+    }
+    // A new primary must reach the region's storage, or it could not take
+    // checkpoints: leave the lead to another.
+    if let Some(storage) = &shared.storage
+        && let Err(error) = storage.probe()
+    {
+        tracing::warn!(name, %error, "not taking over: the storage backend is unreachable");
+        return;
+    }
+    let mut value = record.value.clone();
+    let old_primary = std::mem::take(&mut value.primary);
+    value.primary = own.clone();
+    value.primary_epoch = value.primary_epoch.max(replication::primary_epoch(region)) + 1;
+    value.replicas.retain(|r| *r != own);
+    if !old_primary.is_empty() && !value.replicas.contains(&old_primary) {
+        value.replicas.push(old_primary.clone());
+    }
+    value.in_sync.retain(|r| *r != own && *r != old_primary);
+    match shared
+        .membership
+        .coordinator
+        .update_region(&value, record.revision)
+    {
+        Ok(_) => {
+            tracing::warn!(
+                name,
+                old_primary,
+                primary_epoch = value.primary_epoch,
+                lsn = mine,
+                "primary lost: taking over"
+            );
+            promote_recorded(shared, region, &value);
+        }
+        Err(ClusterError::Conflict(_)) => {}
+        Err(error) => tracing::warn!(name, %error, "could not record the takeover"),
+    }
+}
+
+/// Promotes this node's copy to what the record says (it names this node
+/// primary at `record.primary_epoch`).
+fn promote_recorded(shared: &Arc<Shared>, region: &Arc<Region>, record: &RegionRecord) {
+    let name = &record.name;
+    if !shared.membership.may_lead() {
+        return;
+    }
+    match replication::promote_to(
+        shared,
+        region,
+        record.primary_epoch,
+        &record.replicas,
+        &record.in_sync,
+    ) {
+        Ok(()) => {}
+        Err(error) => tracing::warn!(name, %error, "promotion the coordinator recorded failed"),
+    }
+}
+
+/// Hands the lead of every region this node leads to its most advanced
+/// in-sync replica (a node that was told to stop). Waits at most
+/// `timeout` per region.
+pub(crate) fn hand_off(shared: &Arc<Shared>, timeout: Duration) {
+    let membership = &shared.membership;
+    if !membership.shared_store {
+        return;
+    }
+    for region in shared.catalog.regions() {
+        let replication = match &*region.role().lock() {
+            Role::Primary(replication) => replication.clone(),
+            _ => continue,
+        };
+        let name = region.info().name.clone();
+        match hand_off_one(shared, &region, &replication, timeout) {
+            Ok(successor) => tracing::info!(name, successor, "lead handed off"),
+            Err(error) => tracing::warn!(name, %error, "could not hand the lead off"),
+        }
+    }
+}
+
+fn hand_off_one(
+    shared: &Arc<Shared>,
+    region: &Arc<Region>,
+    replication: &Arc<Replication>,
+    timeout: Duration,
+) -> Result<String, NodeError> {
+    let name = region.info().name.clone();
+    // Stop taking writes, then wait until an in-sync replica has them all.
+    replication.pause_writes("handing the lead off");
+    let lsn = region.log().applied();
+    let successor =
+        replication
+            .wait_caught_up(lsn, timeout)
+            .ok_or_else(|| NodeError::RegionUnavailable {
+                name: name.clone(),
+                reason: format!("no in-sync replica caught up to LSN {lsn} in time"),
+            })?;
+    let coordinator = &shared.membership.coordinator;
+    let Some(Versioned {
+        mut value,
+        revision,
+    }) = coordinator.region(&name).map_err(unavailable)?
+    else {
+        return Err(unavailable(ClusterError::NotFound(format!(
+            "region {name:?}"
+        ))));
+    };
+    let own = shared.local_addr.to_string();
+    value.primary = successor.clone();
+    value.primary_epoch = value.primary_epoch.max(replication.primary_epoch()) + 1;
+    value.replicas.retain(|r| *r != successor);
+    if !value.replicas.contains(&own) {
+        value.replicas.push(own.clone());
+    }
+    value.in_sync.retain(|r| *r != successor && *r != own);
+    coordinator
+        .update_region(&value, revision)
+        .map_err(unavailable)?;
+    replication.depose(
+        format!("handed the lead to {successor}"),
+        Some(successor.clone()),
+    );
+    // The successor promotes itself at its next tick; tell it now.
+    let mut options = replication::peer_options(shared, format!("hand-off of {name}"));
+    options.reconnect_for = Duration::ZERO;
+    if let Ok(client) = Client::connect(successor.as_str(), options) {
+        let _ = client.promote(&name, false);
+    }
+    Ok(successor)
+}
+
+/// An operator's promotion (`pagoda region promote`). With a shared
+/// coordinator the record changes first (compare-and-swap): a replica the
+/// record does not count in sync is promoted only with `force`.
+pub(crate) fn promote_request(
+    shared: &Arc<Shared>,
+    region: &Arc<Region>,
+    force: bool,
+) -> Result<(), NodeError> {
+    if !shared.membership.shared_store {
+        return replication::promote(shared, region, force);
+    }
+    let name = region.info().name.clone();
+    let own = shared.local_addr.to_string();
+    let coordinator = &shared.membership.coordinator;
+    let Some(Versioned {
+        mut value,
+        revision,
+    }) = coordinator.region(&name).map_err(unavailable)?
+    else {
+        return replication::promote(shared, region, force);
+    };
+    if value.primary == own {
+        let leads = matches!(&*region.role().lock(), Role::Primary(_));
+        if leads {
+            return Err(NodeError::InvalidArgument(format!(
+                "region {name:?} is the primary here already"
+            )));
+        }
+        return replication::promote_to(
+            shared,
+            region,
+            value.primary_epoch,
+            &value.replicas,
+            &value.in_sync,
+        );
+    }
+    if !force && !value.in_sync.contains(&own) {
+        return Err(NodeError::InvalidArgument(format!(
+            "region {name:?}: the coordinator does not count this replica in sync (in sync: \
+             {:?}); promote one that is, or pass --force to lose any write the primary \
+             acknowledged after LSN {}",
+            value.in_sync,
+            region.log().applied()
+        )));
+    }
+    let old_primary = std::mem::take(&mut value.primary);
+    value.primary = own.clone();
+    value.primary_epoch = value.primary_epoch.max(replication::primary_epoch(region)) + 1;
+    value.replicas.retain(|r| *r != own);
+    if !old_primary.is_empty() && !value.replicas.contains(&old_primary) {
+        value.replicas.push(old_primary.clone());
+    }
+    value.in_sync.retain(|r| *r != own && *r != old_primary);
+    coordinator
+        .update_region(&value, revision)
+        .map_err(unavailable)?;
+    replication::promote_to(
+        shared,
+        region,
+        value.primary_epoch,
+        &value.replicas,
+        &value.in_sync,
+    )
+}
