@@ -12,6 +12,8 @@
 //!   (`embedded:DIR`), the default on one machine. Processes on that machine
 //!   share it under a file lock; it has no fault tolerance of its own.
 //!
+//! [`testing::Etcd`] runs a real etcd server for tests.
+//!
 //! Key layout (under a prefix, `pagoda` by default):
 //!
 //! | key                      | value           | lease           |
@@ -28,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod embedded;
 pub mod etcd;
+pub mod testing;
 
 /// A lease's id, as the store gives it.
 pub type LeaseId = i64;
@@ -203,8 +206,7 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
 /// - `embedded:DIR` (a directory on this machine; created if missing)
 pub fn connect(endpoint: &str) -> Result<Arc<dyn Coordinator>, ClusterError> {
     if let Some(rest) = endpoint.strip_prefix("etcd://") {
-        let _ = etcd::EtcdCoordinator::connect(rest)?;
-        unreachable!()
+        Ok(Arc::new(etcd::EtcdCoordinator::connect(rest)?))
     } else if let Some(dir) = endpoint.strip_prefix("embedded:") {
         if dir.is_empty() {
             return Err(ClusterError::Invalid(
