@@ -1,4 +1,4 @@
-//! `pagoda node`: run a memory node until SIGINT or SIGTERM.
+//! `pagoda node`: run a memory node until SIGINT, SIGTERM or SIGPWR.
 //!
 //! A graceful stop loses nothing acknowledged: the node checkpoints every
 //! region with dirty pages before it exits. If that fails (a full disk, an
@@ -275,7 +275,13 @@ pub fn run(args: NodeArgs, log_format: crate::LogFormat) -> Result<(), String> {
     config.coordinator = args.coordinator.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let abandon = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    // SIGPWR: the host's power is failing (a UPS says so): stop as for
+    // SIGTERM, handing each region this node leads to an in-sync replica.
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        libc::SIGPWR,
+    ] {
         signal_hook::flag::register(signal, stop.clone())
             .map_err(|e| format!("installing a signal handler: {e}"))?;
     }
