@@ -73,9 +73,12 @@ pub(crate) struct Membership {
     stop: AtomicBool,
     wake: Condvar,
     wake_lock: Mutex<()>,
-    /// Regions whose writes this node refused for want of a lease, to log
-    /// it once per loss.
+    /// Whether this node has logged the loss of its lease (once per loss).
     lost_logged: AtomicBool,
+    /// When this node first saw each region's primary down: a replica that
+    /// is not the most advanced waits for the one that is, but not for
+    /// ever (that one may not reach the storage backend).
+    down_since: Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -115,6 +118,7 @@ impl Membership {
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
             lost_logged: AtomicBool::new(false),
+            down_since: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -572,7 +576,15 @@ fn tick_regions(shared: &Arc<Shared>) -> Result<(), ClusterError> {
             continue;
         }
         if !primary_alive && record.value.in_sync.contains(&own) {
-            try_failover(shared, &region, record, &live);
+            let waited = membership
+                .down_since
+                .lock()
+                .entry(record.value.name.clone())
+                .or_insert_with(Instant::now)
+                .elapsed();
+            try_failover(shared, &region, record, &live, waited > membership.ttl * 2);
+        } else {
+            membership.down_since.lock().remove(&record.value.name);
         }
     }
     Ok(())
@@ -597,6 +609,7 @@ fn try_failover(
     region: &Arc<Region>,
     record: Versioned<RegionRecord>,
     live: &[String],
+    any_in_sync: bool,
 ) {
     let own = shared.local_addr.to_string();
     let name = record.value.name.clone();
@@ -609,9 +622,12 @@ fn try_failover(
     }
     let mine = region.log().applied();
     // The most advanced in-sync replica wins; ties go to the lowest
-    // address. A peer that does not answer cannot lead either.
+    // address. A peer that does not answer cannot lead either. Once the
+    // primary has been down for two leases without a takeover (the most
+    // advanced cannot reach storage, say), any in-sync replica may lead:
+    // in `sync` mode each holds every acknowledged write.
     for peer in &record.value.in_sync {
-        if *peer == own || !live.contains(peer) {
+        if any_in_sync || *peer == own || !live.contains(peer) {
             continue;
         }
         if let Some(theirs) = peer_position(shared, peer, &name)
