@@ -592,14 +592,19 @@ fn tick_regions(shared: &Arc<Shared>) -> Result<(), ClusterError> {
 
 /// The log position of a replica of `name` at `addr`, if it answers and
 /// counts itself a replica.
-fn peer_position(shared: &Shared, addr: &str, name: &str) -> Option<u64> {
+/// The log position of a replica of `name` at `addr`: `Err` if the node
+/// cannot be reached, `Ok(None)` if it answers but holds no replica of it.
+fn peer_position(shared: &Shared, addr: &str, name: &str) -> Result<Option<u64>, String> {
     let mut options: ClientOptions =
         replication::peer_options(shared, format!("failover of {name}"));
     options.timeout = PEER_TIMEOUT;
     options.reconnect_for = Duration::ZERO;
-    let client = Client::connect(addr, options).ok()?;
-    let set = client.replicas(name).ok()?;
-    (set.role == pagoda_wire::message::ReplicaRole::Replica).then_some(set.lsn)
+    let client = Client::connect(addr, options).map_err(|e| e.to_string())?;
+    match client.replicas(name) {
+        Ok(set) => Ok((set.role == pagoda_wire::message::ReplicaRole::Replica).then_some(set.lsn)),
+        Err(error) if error.code().is_some() => Ok(None),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// Takes over a region whose primary is gone, if this replica is the most
@@ -626,14 +631,27 @@ fn try_failover(
     // primary has been down for two leases without a takeover (the most
     // advanced cannot reach storage, say), any in-sync replica may lead:
     // in `sync` mode each holds every acknowledged write.
-    for peer in &record.value.in_sync {
-        if any_in_sync || *peer == own || !live.contains(peer) {
+    //
+    // A replica that cannot reach every other live member of the region
+    // (cut off from them, though not from the coordinator) does not lead:
+    // it could not replicate, and it may be the one on the wrong side.
+    for peer in &record.value.replicas {
+        if *peer == own || !live.contains(peer) {
             continue;
         }
-        if let Some(theirs) = peer_position(shared, peer, &name)
-            && (theirs > mine || (theirs == mine && *peer < own))
-        {
-            return;
+        match peer_position(shared, peer, &name) {
+            Err(error) => {
+                tracing::warn!(name, peer, %error, "not taking over: another member of the region is unreachable");
+                return;
+            }
+            Ok(Some(theirs))
+                if !any_in_sync
+                    && record.value.in_sync.contains(peer)
+                    && (theirs > mine || (theirs == mine && *peer < own)) =>
+            {
+                return;
+            }
+            Ok(_) => {}
         }
     }
     // A new primary must reach the region's storage, or it could not take
