@@ -85,13 +85,59 @@ pub enum ClientError {
     /// The region's local journal failed (an I/O error on its directory).
     #[error("journal: {0}")]
     Journal(String),
+    /// Another application host holds the right to write the region in the
+    /// cluster coordinator (a client made with
+    /// [`crate::Client::connect_cluster`]). Like the node's
+    /// `ErrorCode::WriterBusy`, which [`ClientError::code`] reports for it:
+    /// one writer at a time.
+    #[error(
+        "region {region:?} is open for writing by {holder} (under a lease of {lease_ms} ms in \
+         coordinator {coordinator}); one writer at a time: it must close the region, or its \
+         lease lapse, first"
+    )]
+    WriterBusy {
+        /// The region.
+        region: String,
+        /// Who holds it, as it registered itself (client name, host, pid).
+        holder: String,
+        /// The lease the holder keeps, in milliseconds.
+        lease_ms: u64,
+        /// The coordinator's endpoint.
+        coordinator: String,
+    },
+    /// This host lost its writer lease in the cluster coordinator: no
+    /// renewal succeeded before the lease's local deadline, or the
+    /// coordinator said it had expired (or was revoked). Another host may
+    /// hold the region now, so this handle refuses every write from then on
+    /// (writes not yet on the node are lost); open the region again to
+    /// write. See [`crate::ClientOptions::lease`].
+    #[error(
+        "region {region:?}: this host lost its writer lease in coordinator {coordinator} \
+         ({reason}); the handle refuses writes from now on, as another host may hold the \
+         region: open it again to write"
+    )]
+    LeaseLost {
+        /// The region.
+        region: String,
+        /// The coordinator's endpoint.
+        coordinator: String,
+        /// What happened to the lease.
+        reason: String,
+    },
+    /// The cluster coordinator failed or refused (it could not be reached,
+    /// a record is missing or damaged).
+    #[error(transparent)]
+    Coordinator(#[from] pagoda_cluster::ClusterError),
 }
 
 impl ClientError {
-    /// The node's error code, if the node refused the request.
+    /// The node's error code, if the node refused the request; also
+    /// `WriterBusy` for [`ClientError::WriterBusy`] (the coordinator's
+    /// refusal of a second writer), so that one match covers both.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Remote { code, .. } => Some(*code),
+            ClientError::WriterBusy { .. } => Some(ErrorCode::WriterBusy),
             _ => None,
         }
     }

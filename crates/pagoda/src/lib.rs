@@ -18,6 +18,23 @@
 //! # Ok::<(), pagoda::ClientError>(())
 //! ```
 //!
+//! # Clusters
+//!
+//! With a cluster coordinator (etcd, or the embedded one on one machine),
+//! [`Client::connect_cluster`] finds each region's primary through the
+//! coordinator, follows it through a failover (a read or write in flight is
+//! sent again to the promoted replica), and writes a region only while it
+//! holds the region's writer lease ([`ClientOptions::lease`]).
+//!
+//! ```no_run
+//! use pagoda::{Client, ClientOptions, RegionOptions};
+//!
+//! let client = Client::connect_cluster("etcd://10.0.0.5:2379", ClientOptions::default())?;
+//! let region = client.open_region("embeddings", RegionOptions::default())?;
+//! region.write_at(0, b"hello")?; // refused with LeaseLost once the lease is lost
+//! # Ok::<(), pagoda::ClientError>(())
+//! ```
+//!
 //! # Typed access
 //!
 //! Plain-old-data values (any [`bytemuck::Pod`] type: integers, floats,
@@ -64,6 +81,7 @@
 //! ```
 
 mod checksum;
+mod cluster;
 mod connection;
 mod error;
 mod link;
@@ -85,11 +103,15 @@ use parking_lot::Mutex;
 /// documentation's *Typed access*).
 pub use bytemuck;
 pub use checksum::RegionChecksum;
+pub use cluster::{LEASE_MARGIN_DIVISOR, LEASE_RENEWALS_PER_TTL};
 pub use connection::PendingCall;
 pub use connection::Reply;
 pub use error::ClientError;
 pub use pagoda_cache::CacheStats;
 pub use pagoda_cache::policy::PolicyKind;
+/// The cluster coordinator's crate (its `Coordinator` trait and records),
+/// for [`Client::connect_coordinator`].
+pub use pagoda_cluster;
 pub use pagoda_wire::ErrorCode;
 pub use pagoda_wire::message::NodeStat;
 pub use pagoda_wire::{
@@ -132,6 +154,16 @@ pub struct ClientOptions {
     /// Other nodes to dial, in order, when the current one refuses
     /// connections (nodes holding the regions too, e.g. their replicas).
     pub fallback: Vec<SocketAddr>,
+    /// The writer lease of a cluster client ([`Client::connect_cluster`]):
+    /// the coordinator lets another host claim a region this client writes
+    /// once this client has not renewed its lease for this long (3 s by
+    /// default; at least `pagoda_cluster::LEASE_MIN`, 1 s). Renewed every
+    /// third of it; this client stops writing (`ClientError::LeaseLost`) at
+    /// the lease's local deadline: the send time of the last successful
+    /// renewal + the lease − a tenth of it, which is before the coordinator
+    /// lets the lease go as long as this host's clock runs at most 10%
+    /// slower than the coordinator's. Unused by other clients.
+    pub lease: Duration,
 }
 
 /// Everything but the token, which a log line must never carry.
@@ -146,6 +178,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("tls", &self.tls)
             .field("reconnect_for", &self.reconnect_for)
             .field("fallback", &self.fallback)
+            .field("lease", &self.lease)
             .finish()
     }
 }
@@ -156,6 +189,8 @@ pub const SPIN_US_DEFAULT: u64 = 50;
 pub const TIMEOUT_S_DEFAULT: u64 = 30;
 /// Default time to keep reconnecting, in seconds.
 pub const RECONNECT_FOR_S_DEFAULT: u64 = 30;
+/// Default writer lease of a cluster client, in milliseconds.
+pub const LEASE_MS_DEFAULT: u64 = 3_000;
 /// The credential a client authenticates as when given only a token: the
 /// node's `--token-file` token.
 pub const DEFAULT_CREDENTIAL: &str = "default";
@@ -171,6 +206,7 @@ impl Default for ClientOptions {
             tls: None,
             reconnect_for: Duration::from_secs(RECONNECT_FOR_S_DEFAULT),
             fallback: Vec::new(),
+            lease: Duration::from_millis(LEASE_MS_DEFAULT),
         }
     }
 }
@@ -212,6 +248,10 @@ impl ClientOptions {
 /// `NotPrimary` moves the client to the primary the node names. If a newer
 /// writer took a region over meanwhile, that region's handle is fenced:
 /// every later write through it fails with `StaleEpoch`.
+///
+/// A client made with [`Client::connect_cluster`] opens each region on its
+/// primary, through a connection of the region's own, and follows it
+/// through failovers; see that function.
 #[derive(Clone)]
 pub struct Client {
     /// The link to the node: the current connection, and how to dial again.
@@ -220,6 +260,8 @@ pub struct Client {
     /// [`Client::write_pages`], by the id the caller holds; held (and taken
     /// again at each reconnect) as long as the client lives.
     direct_writes: Arc<Mutex<HashMap<u64, Arc<RegionBinding>>>>,
+    /// The coordinator and the state of a cluster client.
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -279,7 +321,92 @@ impl Client {
         Ok(Client {
             connection: Arc::new(Link::connect(addr, options)?),
             direct_writes: Arc::new(Mutex::new(HashMap::new())),
+            cluster: None,
         })
+    }
+
+    /// Connects to a cluster through its coordinator: `etcd://HOST:PORT[,…]`
+    /// or `embedded:DIR` (see `pagoda_cluster::connect`).
+    ///
+    /// - **Regions are found through the coordinator.** Opening a region
+    ///   connects to the primary its record names, with a connection of the
+    ///   region's own (shared by that region's handles in this client), so
+    ///   regions on different primaries, or failing over to different
+    ///   nodes, are held through one `Client`. A region the coordinator has
+    ///   no record of is looked for on the client's own node. The client's
+    ///   other requests (creating, listing, describing regions, ...) go to
+    ///   its own node ([`Client::peer`]): a live node, the one with the most
+    ///   free bytes first (or a region's primary while no node is
+    ///   registered), followed the same way.
+    /// - **Failover.** When a region's primary fails, a read or write in
+    ///   flight is sent again to the primary the record names, once it names
+    ///   the promoted replica (writes with their original number, applied at
+    ///   most once), without the application noticing. The link keeps asking
+    ///   the coordinator and dialling, pausing (10 ms doubling to 1 s), for
+    ///   at most [`ClientOptions::reconnect_for`] (30 s by default: a
+    ///   failover with a node lease of 5 s takes the lease plus a few
+    ///   seconds); a primary that vanishes without closing its connections
+    ///   is noticed after [`ClientOptions::timeout`] without a reply first.
+    ///   So a call waits at most `timeout` + `reconnect_for` before it fails.
+    /// - **Writer leases.** Opening a region for writing claims its writer
+    ///   key in the coordinator under this client's lease
+    ///   ([`ClientOptions::lease`]), before it asks the node; a key another
+    ///   host holds is refused with [`ClientError::WriterBusy`] naming it.
+    ///   From the lease's local deadline on (no renewal succeeded in time),
+    ///   or once the coordinator says it expired, the region refuses every
+    ///   write with [`ClientError::LeaseLost`] and gives its writer role on
+    ///   the node back. Dropping the last handle of a region releases its
+    ///   key. A host that takes a region over waits, holding the key, for
+    ///   the node to let the previous writer's role go (at once if that
+    ///   writer noticed its loss or died; after the node's writer lease of
+    ///   silence if its host vanished), for at most `reconnect_for`.
+    pub fn connect_cluster(endpoint: &str, options: ClientOptions) -> Result<Client, ClientError> {
+        let coordinator = pagoda_cluster::connect(endpoint)?;
+        Client::connect_coordinator(coordinator, options)
+    }
+
+    /// [`Client::connect_cluster`] with a coordinator the application holds
+    /// already (or one of its own making, such as a test's).
+    pub fn connect_coordinator(
+        coordinator: Arc<dyn pagoda_cluster::Coordinator>,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let cluster = cluster::Cluster::new(coordinator, &options)?;
+        let (home, resolver) = cluster.home()?;
+        let mut client = Client::connect(&home[..], options)?;
+        client.connection.set_resolver(resolver);
+        client.cluster = Some(Arc::new(cluster));
+        Ok(client)
+    }
+
+    /// The coordinator's endpoint, for a cluster client.
+    pub fn coordinator(&self) -> Option<String> {
+        self.cluster
+            .as_ref()
+            .map(|cluster| cluster.coordinator().endpoint())
+    }
+
+    /// The coordinator lease this cluster client holds its regions' writer
+    /// keys under, while it holds one (a region open for writing).
+    pub fn writer_lease(&self) -> Option<pagoda_cluster::LeaseId> {
+        self.cluster.as_ref().and_then(|cluster| cluster.lease_id())
+    }
+
+    /// Opens a region in `mode`: on this client's node, or for a cluster
+    /// client on the region's primary.
+    fn open_in(
+        &self,
+        name: &str,
+        options: RegionOptions,
+        mode: OpenMode,
+    ) -> Result<Region, ClientError> {
+        match &self.cluster {
+            Some(cluster) => cluster.open(&self.connection, name, options, mode),
+            None => {
+                let (info, binding) = self.connection.open(name, mode)?;
+                Region::new(self.connection.clone(), info, options, binding, mode)
+            }
+        }
     }
 
     /// How many times this client connected again after its connection
@@ -333,15 +460,11 @@ impl Client {
     /// refuses a second writer (`ErrorCode::WriterBusy`, naming the holder)
     /// until every region handle opened for writing through this connection
     /// is dropped, or the connection ends.
+    ///
+    /// A cluster client opens it on its primary and claims its writer key
+    /// first (see [`Client::connect_cluster`]).
     pub fn open_region(&self, name: &str, options: RegionOptions) -> Result<Region, ClientError> {
-        let (info, binding) = self.connection.open(name, OpenMode::Write)?;
-        Region::new(
-            self.connection.clone(),
-            info,
-            options,
-            binding,
-            OpenMode::Write,
-        )
+        self.open_in(name, options, OpenMode::Write)
     }
 
     /// Opens region `name` for reading and writing (as
@@ -423,14 +546,7 @@ impl Client {
         name: &str,
         options: RegionOptions,
     ) -> Result<Region, ClientError> {
-        let (info, binding) = self.connection.open(name, OpenMode::Read)?;
-        Region::new(
-            self.connection.clone(),
-            info,
-            options,
-            binding,
-            OpenMode::Read,
-        )
+        self.open_in(name, options, OpenMode::Read)
     }
 
     /// Describes a region and its use of the node's RAM.

@@ -25,6 +25,16 @@
 //! A write open whose epoch a newer writer took over meanwhile is refused
 //! (`StaleEpoch`): its write log is fenced, and every later write through it
 //! fails with that error.
+//!
+//! **Clusters.** A link may have a [`Resolver`] (a client made with
+//! `Client::connect_cluster`: the coordinator's record of where a region's
+//! primary is). Every round of dialling asks it first, so the addresses it
+//! names come before the old ones; as a round is repeated (pausing) until
+//! `ClientOptions::reconnect_for` has passed, a link whose node failed keeps
+//! trying until the record names the promoted replica or the old node
+//! answers again. A region held under a writer lease ([`LeaseGuard`]) whose
+//! lease is lost is re-opened for reading only: its writer role is not
+//! claimed again.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -50,6 +60,10 @@ const RECONNECT_PAUSE_MIN: Duration = Duration::from_millis(10);
 const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(1);
 /// Rounds of dialling one reconnect makes at most (besides its deadline).
 const RECONNECT_ROUNDS_MAX: u32 = 1_000;
+/// The first pause before a link with a resolver moves off a node that
+/// does not lead a region (see [`Link::move_off`]); it doubles up to
+/// [`RECONNECT_PAUSE_MAX`].
+pub(crate) const MOVE_PAUSE_MIN: Duration = Duration::from_millis(10);
 
 /// Whether a failed call may be sent again after a reconnect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +133,23 @@ pub(crate) fn redirect_of(error: &ClientError) -> Option<SocketAddr> {
     }
 }
 
+/// Where a link should dial first: asked at the start of every round of
+/// dialling, without the link's locks held (it may take a round trip to a
+/// coordinator). An empty answer leaves the link to its own addresses.
+pub(crate) trait Resolver: Send + Sync {
+    /// The addresses to dial first, best first.
+    fn resolve(&self) -> Vec<SocketAddr>;
+}
+
+/// A right to write that can be lost while a region is held (the writer
+/// lease of a cluster client): checked before every write through the
+/// region, and at a reconnect, where a lost one is not claimed again.
+pub(crate) trait LeaseGuard: Send + Sync {
+    /// `Ok` while the right holds; the error to return for every write once
+    /// it is lost (lost for good: never `Ok` again after an error).
+    fn check(&self) -> Result<(), ClientError>;
+}
+
 /// One region this client holds open, shared by its handles: its name, its
 /// id on the current node (read at every request's encoding, as a reconnect
 /// to another node changes it), its write log, and the opens held.
@@ -132,6 +163,8 @@ pub(crate) struct RegionBinding {
     /// Changed only under the link's `regions` lock.
     write_opens: AtomicU32,
     read_opens: AtomicU32,
+    /// The writer lease its write opens are held under, if any.
+    lease: OnceLock<Arc<dyn LeaseGuard>>,
 }
 
 impl RegionBinding {
@@ -143,7 +176,29 @@ impl RegionBinding {
             log: OnceLock::new(),
             write_opens: AtomicU32::new(0),
             read_opens: AtomicU32::new(0),
+            lease: OnceLock::new(),
         }
+    }
+
+    /// Puts the binding's write opens under `lease` (once: later calls are
+    /// ignored, as every write open of one binding is held under the lease
+    /// it was first opened with).
+    pub(crate) fn set_lease(&self, lease: Arc<dyn LeaseGuard>) {
+        let _ = self.lease.set(lease);
+    }
+
+    /// Fails once the writer lease is lost (see [`LeaseGuard`]).
+    pub(crate) fn check_lease(&self) -> Result<(), ClientError> {
+        match self.lease.get() {
+            Some(lease) => lease.check(),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the binding's write opens can no longer write: its write log
+    /// latched or its writer lease is lost.
+    fn cannot_write(&self) -> bool {
+        self.log().is_some_and(|log| log.latched()) || self.check_lease().is_err()
     }
 
     /// The region's id on the node the link is connected to now.
@@ -203,6 +258,8 @@ enum Regrant {
 /// See the module documentation.
 pub(crate) struct Link {
     options: ClientOptions,
+    /// Asked for the addresses to dial first at every round of dialling.
+    resolver: OnceLock<Arc<dyn Resolver>>,
     /// The current connection and its generation (bumped by each reconnect).
     current: RwLock<(Arc<Connection>, u64)>,
     addresses: Mutex<Addresses>,
@@ -239,11 +296,59 @@ impl Link {
                 redirect: None,
             }),
             options,
+            resolver: OnceLock::new(),
             current: RwLock::new((Arc::new(connection), 0)),
             reconnecting: Mutex::new(()),
             regions: Mutex::new(Vec::new()),
             reconnects: AtomicU64::new(0),
         })
+    }
+
+    /// Makes `resolver` the first source of addresses at every reconnect
+    /// (once: later calls are ignored).
+    pub(crate) fn set_resolver(&self, resolver: Arc<dyn Resolver>) {
+        let _ = self.resolver.set(resolver);
+    }
+
+    /// How long this link keeps reconnecting (`ClientOptions::reconnect_for`).
+    pub(crate) fn reconnect_for(&self) -> Duration {
+        self.options.reconnect_for
+    }
+
+    /// Whether `error`, a node's refusal, says that the node this link is
+    /// on does not lead the region (it stepped down, or is handing the lead
+    /// off: `RegionUnavailable`; a replica that does not know its primary:
+    /// `NotPrimary` naming none), for a link with a resolver: it should ask
+    /// the resolver again and move ([`Link::move_off`]). A link without one
+    /// returns the refusal, as before.
+    pub(crate) fn led_elsewhere(&self, error: &ClientError) -> bool {
+        self.resolver.get().is_some()
+            && match error.code() {
+                Some(ErrorCode::RegionUnavailable) => true,
+                Some(ErrorCode::NotPrimary) => redirect_of(error).is_none(),
+                _ => false,
+            }
+    }
+
+    /// Moves off the node of connection `generation` (see
+    /// [`Link::led_elsewhere`]): pauses for `pause` (which then doubles, up
+    /// to a second), drops that connection and reconnects, asking the
+    /// resolver first. A node that does not lead the region refuses the
+    /// re-opening of a write open, so the link goes on looking, for at most
+    /// `ClientOptions::reconnect_for`.
+    pub(crate) fn move_off(
+        &self,
+        generation: u64,
+        pause: &mut Duration,
+    ) -> Result<(), ClientError> {
+        std::thread::sleep(*pause);
+        *pause = (*pause * 2).min(RECONNECT_PAUSE_MAX);
+        let (connection, current) = self.current();
+        if current == generation {
+            tracing::info!(peer = %connection.peer(), "the node does not lead the region; asking where it is led");
+            connection.close("the node does not lead the region".into());
+        }
+        self.reconnect(generation)
     }
 
     /// The current connection and its generation.
@@ -279,6 +384,8 @@ impl Link {
         before: &dyn Fn() -> Result<(), ClientError>,
     ) -> Result<Reply, ClientError> {
         let mut reconnects = 0;
+        let began = Instant::now();
+        let mut move_pause = MOVE_PAUSE_MIN;
         loop {
             let (connection, generation) = self.current();
             if connection.is_failed() {
@@ -313,6 +420,20 @@ impl Link {
                     self.reconnect(generation).map_err(|reconnect| {
                         ClientError::Disconnected(format!("{error}; then {reconnect}"))
                     })?;
+                }
+                Ok(reply)
+                    if retry == Retry::Safe
+                        && self.resolver.get().is_some()
+                        && !reply.delivered()
+                        && began.elapsed() < self.options.reconnect_for =>
+                {
+                    // A cluster link on a node that no longer leads the
+                    // region: sent again where the resolver says it is led.
+                    let moved = matches!(reply.decode(), Err(error) if self.led_elsewhere(&error));
+                    if !moved {
+                        return Ok(reply);
+                    }
+                    self.move_off(generation, &mut move_pause)?;
                 }
                 other => return other,
             }
@@ -380,8 +501,7 @@ impl Link {
                             binding.name == name
                                 && binding.id() == info.id
                                 && binding.held()
-                                && !(mode == OpenMode::Write
-                                    && binding.log().is_some_and(|log| log.latched()))
+                                && !(mode == OpenMode::Write && binding.cannot_write())
                         })
                         .cloned();
                     let binding = match existing {
@@ -446,8 +566,10 @@ impl Link {
             // open fewer, so the close must go to the connection before it.
             self.current().0
         };
-        let fenced = binding.log().is_some_and(|log| log.latched());
-        if mode == OpenMode::Write && !fenced && !connection.is_failed() {
+        // A fenced region holds no role; nor does one whose writer lease is
+        // lost (its connection was dropped when the loss was noticed, and a
+        // reconnect does not claim the role again).
+        if mode == OpenMode::Write && !binding.cannot_write() && !connection.is_failed() {
             let region = binding.id();
             let _ = connection.call(|out, id| Request::CloseRegion { region }.encode(out, id, 0));
         }
@@ -500,7 +622,17 @@ impl Link {
         let mut rounds = 0;
         while rounds < RECONNECT_ROUNDS_MAX {
             rounds += 1;
-            let candidates = self.addresses.lock().candidates();
+            // The resolver's addresses first (asked at every round: the
+            // record may change while this link waits), then the link's own.
+            let mut candidates = match self.resolver.get() {
+                Some(resolver) => resolver.resolve(),
+                None => Vec::new(),
+            };
+            for addr in self.addresses.lock().candidates() {
+                if !candidates.contains(&addr) {
+                    candidates.push(addr);
+                }
+            }
             let mut redirected = false;
             for addr in candidates {
                 let connection = match self.dial(addr) {
@@ -605,7 +737,10 @@ fn regrant(
     for binding in regions {
         let mut id = None;
         let write_opens = binding.write_opens.load(Ordering::Relaxed);
-        let log = binding.log().filter(|log| !log.latched());
+        // A lost writer lease: no role to claim, as for a fenced log.
+        let log = binding
+            .log()
+            .filter(|log| !log.latched() && binding.check_lease().is_ok());
         let mut read_open = binding.read_opens.load(Ordering::Relaxed) > 0;
         match log {
             Some(log) if write_opens > 0 => {

@@ -149,7 +149,7 @@ pub(crate) fn write_pages(
 }
 
 /// The cache's backing store: the region's pages on the node.
-struct RemotePages {
+pub(crate) struct RemotePages {
     link: Arc<Link>,
     /// The region's write log; `None` for a read-only open.
     log: Option<Arc<WriterLog>>,
@@ -182,14 +182,23 @@ impl Backing for RemotePages {
         let log = self.log.as_ref().ok_or_else(|| {
             ClientError::InvalidArgument("the region is open for reading only".into())
         })?;
-        write_pages(
+        // A region whose writer lease is lost writes nothing more, not even
+        // pages dirtied before (another host may hold the region now).
+        self.binding.check_lease()?;
+        let written = write_pages(
             &self.link,
             log,
             &|| self.binding.id(),
             self.page_size,
             pages,
             buffers,
-        )?;
+        );
+        // A lease lost during the write ends the writer role on the node
+        // (the refusal is then `NotWriter`): say why.
+        if written.is_err() {
+            self.binding.check_lease()?;
+        }
+        written?;
         Ok(())
     }
 }
@@ -213,6 +222,9 @@ pub struct Region {
     commits: AtomicU64,
     conflicts: AtomicU64,
     remote_commit_ids: AtomicU64,
+    /// The writer lease of a cluster client's write open, given back after
+    /// the handle's flush and close (fields drop after `Drop::drop`).
+    writer: Option<crate::cluster::WriterHold>,
 }
 
 impl std::fmt::Debug for Region {
@@ -307,7 +319,15 @@ impl Region {
             commits: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             remote_commit_ids: AtomicU64::new(0),
+            writer: None,
         })
+    }
+
+    /// This handle, holding `writer` (a cluster client's writer lease on
+    /// the region) until it is dropped.
+    pub(crate) fn with_writer(mut self, writer: crate::cluster::WriterHold) -> Region {
+        self.writer = Some(writer);
+        self
     }
 
     pub(crate) fn locks(&self) -> &LockTable {
@@ -463,11 +483,12 @@ impl Region {
             )));
         }
         // A fenced handle (a newer writer took the region over) or one
-        // whose earlier write's outcome is unknown takes no more writes.
+        // whose earlier write's outcome is unknown takes no more writes; nor
+        // does one whose writer lease is lost.
         if let Some(log) = &self.cache.backing().log {
             log.check()?;
         }
-        Ok(())
+        self.cache.backing().binding.check_lease()
     }
 
     /// Whether a newer writer took the region over while this handle
@@ -478,6 +499,19 @@ impl Region {
             .log
             .as_ref()
             .is_some_and(|log| log.is_fenced())
+    }
+
+    /// The address of the node this handle's requests go to now (after a
+    /// failover: the new primary).
+    pub fn peer(&self) -> std::net::SocketAddr {
+        self.cache.backing().link.peer()
+    }
+
+    /// How many times the connection this handle's requests go through was
+    /// made again after it failed (shared by every region of a client made
+    /// with `Client::connect`; a cluster client has one per region).
+    pub fn reconnects(&self) -> u64 {
+        self.cache.backing().link.reconnects()
     }
 
     /// The region's description.

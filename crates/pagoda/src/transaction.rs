@@ -47,7 +47,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::connection::{Connection, PendingCall};
 use crate::error::ClientError;
-use crate::link::{CALL_RECONNECTS_MAX, Link, RegionBinding, connection_failure};
+use crate::link::{CALL_RECONNECTS_MAX, Link, MOVE_PAUSE_MIN, RegionBinding, connection_failure};
 use crate::write_log::{RETRY_FOR, WriterLog, take_number, unnumbered};
 use pagoda_wire::limits::{JOURNAL_BYTES_MAX, JOURNAL_ENTRIES_MAX};
 
@@ -659,6 +659,29 @@ impl Shipping {
                     std::thread::sleep(REFUSED_PAUSE);
                     let mut state = self.state.lock();
                     let _ = self.resend(&mut state, &waiter);
+                }
+                Err(error) if self.link.led_elsewhere(&error) => {
+                    // A cluster link on a node that no longer leads the
+                    // region: move to where the coordinator says it is led
+                    // and send everything unacknowledged again there, with
+                    // the same numbers.
+                    let since = *state.refused_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > self.link.reconnect_for() {
+                        self.fail_locked(&mut state, error);
+                        continue;
+                    }
+                    drop(state);
+                    let mut pause = MOVE_PAUSE_MIN;
+                    let moved = self.link.move_off(generation, &mut pause);
+                    let mut state = self.state.lock();
+                    match moved.and_then(|()| self.log.check()) {
+                        Ok(()) => {
+                            let _ = self.resend(&mut state, &waiter);
+                        }
+                        Err(error) => {
+                            self.fail_locked(&mut state, error);
+                        }
+                    }
                 }
                 Err(error) => {
                     if error.code() == Some(pagoda_wire::ErrorCode::StaleEpoch) {

@@ -30,7 +30,9 @@ use pagoda_wire::ErrorCode;
 
 use crate::connection::Reply;
 use crate::error::ClientError;
-use crate::link::{CALL_RECONNECTS_MAX, Link, REDIRECTS_MAX, connection_failure, redirect_of};
+use crate::link::{
+    CALL_RECONNECTS_MAX, Link, MOVE_PAUSE_MIN, REDIRECTS_MAX, connection_failure, redirect_of,
+};
 
 /// Why a write log latched; see the module documentation.
 #[derive(Debug)]
@@ -143,9 +145,11 @@ pub(crate) fn unnumbered(error: &ClientError) -> bool {
 /// `encode(out, request_id, epoch, lsn)` builds it. Retries with the same
 /// epoch and number while the node answers `Busy` or `LogGap`, after the
 /// link reconnected when the connection failed, and at the region's primary
-/// when the node answered `NotPrimary`; any other reply (success, or an
-/// error the node recorded for this number) is returned. A `StaleEpoch`
-/// reply fences the log.
+/// when the node answered `NotPrimary`, and (a cluster link) where the
+/// coordinator says the region is led when the node no longer leads it
+/// (`Link::led_elsewhere`, for at most `ClientOptions::reconnect_for`); any
+/// other reply (success, or an error the node recorded for this number) is
+/// returned. A `StaleEpoch` reply fences the log.
 pub(crate) fn call_numbered(
     link: &Link,
     log: &WriterLog,
@@ -156,6 +160,7 @@ pub(crate) fn call_numbered(
     let mut lsn = 0;
     let began = Instant::now();
     let mut pause = RETRY_PAUSE_MIN;
+    let mut move_pause = MOVE_PAUSE_MIN;
     let (mut reconnects, mut redirects) = (0, 0);
     // Once numbered, a request that cannot be carried through leaves a gap
     // no later number can pass: the log breaks.
@@ -200,6 +205,13 @@ pub(crate) fn call_numbered(
             Err(error) if error.code() == Some(ErrorCode::StaleEpoch) => {
                 log.fence(error.to_string());
                 return Ok(reply);
+            }
+            // Not applied as a write of the region's leader: sent again,
+            // with the same number, where the region is led now.
+            Err(error) if link.led_elsewhere(&error) && began.elapsed() < link.reconnect_for() => {
+                link.move_off(generation, &mut move_pause)
+                    .map_err(|reconnect| give_up(lsn, reconnect))?;
+                log.check()?;
             }
             Err(error) => match redirect_of(&error) {
                 Some(primary) if redirects < REDIRECTS_MAX => {
