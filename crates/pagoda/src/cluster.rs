@@ -66,7 +66,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -420,6 +420,21 @@ impl Cluster {
         }
         Err(expired.expect("set by the loop").into())
     }
+
+    /// Ends the writer lease now (its keys go with it): for a process about
+    /// to exit. Regions held under it refuse writes from then on.
+    pub(crate) fn release_lease(&self) -> Option<LeaseId> {
+        let lease = self.lease.lock().upgrade()?;
+        lease.released.store(true, Ordering::Release);
+        lease.mark_lost("released (the process is exiting)".into());
+        match self.coordinator.revoke_lease(lease.id) {
+            Ok(()) => Some(lease.id),
+            Err(error) => {
+                tracing::error!(lease = lease.id, %error, "releasing the writer lease failed; it lapses by itself");
+                None
+            }
+        }
+    }
 }
 
 /// A region claimed under a writer lease.
@@ -458,6 +473,8 @@ pub(crate) struct WriterLease {
     deadline_ns: AtomicU64,
     /// Why the lease is lost, once it is (for good).
     lost: OnceLock<String>,
+    /// Whether it was given up on purpose ([`Cluster::release_lease`]).
+    released: AtomicBool,
     /// Why the last renewal failed, if it did.
     last_error: Mutex<Option<String>>,
     /// The regions claimed under it, by name. Held across the coordinator
@@ -481,6 +498,7 @@ impl WriterLease {
             base: sent,
             deadline_ns: AtomicU64::new((ttl - margin_of(ttl)).as_nanos() as u64),
             lost: OnceLock::new(),
+            released: AtomicBool::new(false),
             last_error: Mutex::new(None),
             held: Mutex::new(HashMap::new()),
             wake: Arc::new(Wake::default()),
@@ -549,6 +567,11 @@ impl WriterLease {
     /// their writer roles back on the node), and ends the lease in the
     /// coordinator if it can still be reached.
     fn after_loss(&self) {
+        // A lease given up on purpose belongs to a process about to exit,
+        // which said so itself: its connections end with it.
+        if self.released.load(Ordering::Acquire) {
+            return;
+        }
         let reason = self.lost.get().cloned().unwrap_or_default();
         let (names, links): (Vec<String>, Vec<Arc<Link>>) = {
             let held = self.held.lock();

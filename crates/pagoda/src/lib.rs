@@ -32,6 +32,8 @@
 //! let client = Client::connect_cluster("etcd://10.0.0.5:2379", ClientOptions::default())?;
 //! let region = client.open_region("embeddings", RegionOptions::default())?;
 //! region.write_at(0, b"hello")?; // refused with LeaseLost once the lease is lost
+//! // On SIGTERM or SIGPWR: flush, release the lease, log, exit(128 + signal).
+//! client.flush_on_signal(pagoda::FlushOnSignal::default())?;
 //! # Ok::<(), pagoda::ClientError>(())
 //! ```
 //!
@@ -87,6 +89,7 @@ mod error;
 mod link;
 mod region;
 mod replication;
+mod signals;
 mod tls;
 mod transaction;
 mod typed;
@@ -119,6 +122,7 @@ pub use pagoda_wire::{
     RegionState, ReplicaInfo, ReplicaRole, ReplicaSet, ReplicationMode, Since,
 };
 pub use region::{Region, RegionOptions};
+pub use signals::{FLUSH_ON_SIGNAL_TIMEOUT_S_DEFAULT, FlushOnSignal, flush_on_signal};
 pub use tls::TlsOptions;
 pub use transaction::{Durability, JournalStats, Transaction};
 pub use write_log::WriterLog;
@@ -260,6 +264,9 @@ pub struct Client {
     /// [`Client::write_pages`], by the id the caller holds; held (and taken
     /// again at each reconnect) as long as the client lives.
     direct_writes: Arc<Mutex<HashMap<u64, Arc<RegionBinding>>>>,
+    /// The regions open through this client and its clones, for
+    /// [`Client::flush_on_signal`].
+    open_regions: Arc<signals::OpenRegions>,
     /// The coordinator and the state of a cluster client.
     cluster: Option<Arc<cluster::Cluster>>,
 }
@@ -321,6 +328,7 @@ impl Client {
         Ok(Client {
             connection: Arc::new(Link::connect(addr, options)?),
             direct_writes: Arc::new(Mutex::new(HashMap::new())),
+            open_regions: Arc::new(signals::OpenRegions::default()),
             cluster: None,
         })
     }
@@ -392,21 +400,39 @@ impl Client {
         self.cluster.as_ref().and_then(|cluster| cluster.lease_id())
     }
 
+    /// Installs the flush on SIGTERM and SIGPWR for the regions open through
+    /// this client (see [`flush_on_signal`]: flush within
+    /// `settings.timeout`, release the writer lease, log, exit with 128 +
+    /// the signal).
+    pub fn flush_on_signal(&self, settings: FlushOnSignal) -> Result<(), ClientError> {
+        flush_on_signal(&[self], settings)
+    }
+
+    pub(crate) fn open_regions(&self) -> &Arc<signals::OpenRegions> {
+        &self.open_regions
+    }
+
+    pub(crate) fn cluster(&self) -> Option<&Arc<cluster::Cluster>> {
+        self.cluster.as_ref()
+    }
+
     /// Opens a region in `mode`: on this client's node, or for a cluster
-    /// client on the region's primary.
+    /// client on the region's primary; listed for `flush_on_signal`.
     fn open_in(
         &self,
         name: &str,
         options: RegionOptions,
         mode: OpenMode,
     ) -> Result<Region, ClientError> {
-        match &self.cluster {
-            Some(cluster) => cluster.open(&self.connection, name, options, mode),
+        let region = match &self.cluster {
+            Some(cluster) => cluster.open(&self.connection, name, options, mode)?,
             None => {
                 let (info, binding) = self.connection.open(name, mode)?;
-                Region::new(self.connection.clone(), info, options, binding, mode)
+                Region::new(self.connection.clone(), info, options, binding, mode)?
             }
-        }
+        };
+        self.open_regions.add(region.cache());
+        Ok(region)
     }
 
     /// How many times this client connected again after its connection

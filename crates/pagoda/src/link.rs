@@ -180,6 +180,11 @@ impl RegionBinding {
         }
     }
 
+    /// The region's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Puts the binding's write opens under `lease` (once: later calls are
     /// ignored, as every write open of one binding is held under the lease
     /// it was first opened with).

@@ -216,7 +216,9 @@ impl Backing for RemotePages {
 pub struct Region {
     info: RegionInfo,
     mode: OpenMode,
-    cache: PageCache<RemotePages>,
+    /// Shared with the client's list of open regions
+    /// ([`crate::Client::flush_on_signal`] flushes it from another thread).
+    cache: Arc<RegionCache>,
     durability: Durability,
     locks: LockTable,
     commits: AtomicU64,
@@ -225,6 +227,52 @@ pub struct Region {
     /// The writer lease of a cluster client's write open, given back after
     /// the handle's flush and close (fields drop after `Drop::drop`).
     writer: Option<crate::cluster::WriterHold>,
+}
+
+/// A region's local cache over its pages on the node.
+pub(crate) type RegionCache = PageCache<RemotePages>;
+
+/// What a flush sent to the node.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Flushed {
+    /// Dirty pages written back.
+    pub(crate) pages: u64,
+    /// Their bytes.
+    pub(crate) bytes: u64,
+    /// Journal records shipped (`Local` mode).
+    pub(crate) records: u64,
+}
+
+/// Flushes a region's cache as [`Region::flush`] does, counting what went
+/// to the node: the pages written back meanwhile (evictions by concurrent
+/// writers included), or the journal records that were not yet
+/// acknowledged.
+pub(crate) fn flush_counted(cache: &RegionCache) -> Result<Flushed, ClientError> {
+    match &cache.backing().shipping {
+        Some(shipping) => {
+            let records = shipping.stats(0, 0).lag_records;
+            shipping.flush()?;
+            Ok(Flushed {
+                records,
+                ..Flushed::default()
+            })
+        }
+        None => {
+            let before = cache.stats().pages_written_back;
+            cache.flush()?;
+            let pages = cache.stats().pages_written_back.saturating_sub(before);
+            Ok(Flushed {
+                pages,
+                bytes: pages * cache.page_size() as u64,
+                records: 0,
+            })
+        }
+    }
+}
+
+/// The name of the region a cache holds.
+pub(crate) fn name_of(cache: &RegionCache) -> &str {
+    cache.backing().binding.name()
 }
 
 impl std::fmt::Debug for Region {
@@ -311,7 +359,7 @@ impl Region {
             shipping,
         };
         Ok(Region {
-            cache: PageCache::new(config, backing),
+            cache: Arc::new(PageCache::new(config, backing)),
             info,
             mode,
             durability: options.durability,
@@ -328,6 +376,11 @@ impl Region {
     pub(crate) fn with_writer(mut self, writer: crate::cluster::WriterHold) -> Region {
         self.writer = Some(writer);
         self
+    }
+
+    /// The cache, for the client's list of open regions.
+    pub(crate) fn cache(&self) -> &Arc<RegionCache> {
+        &self.cache
     }
 
     pub(crate) fn locks(&self) -> &LockTable {
