@@ -27,10 +27,14 @@
 //! longer leads the region (it is handing the lead off, or was deposed:
 //! `RegionUnavailable`) makes the link move the same way
 //! (`Link::move_off`). A primary that vanishes without closing its
-//! connections (its host lost power, a partition) is noticed only when a
-//! reply is late by `ClientOptions::timeout`, so the whole bound on a
-//! request in flight is `timeout` + `reconnect_for`; give a cluster client
-//! a `timeout` of a few seconds where that matters.
+//! connections (its host lost power, a partition) is noticed by a thread
+//! that reads the records of the regions held every [`WATCH_INTERVAL`]
+//! (250 ms): once a record names another primary, the link's connection is
+//! closed and the calls in flight go to the new primary. A request in
+//! flight thus waits for the failover itself (the node lease, then the
+//! promotion) plus at most 250 ms, within `reconnect_for`; a primary that
+//! stops answering while its record still names it (no failover) is
+//! noticed when a reply is `ClientOptions::timeout` late.
 //!
 //! **Writer leases.** Writing a region takes, besides the node's writer
 //! role, the region's writer key in the coordinator (`writers/NAME`),
@@ -187,7 +191,9 @@ pub(crate) struct Cluster {
     options: ClientOptions,
     holder: String,
     /// Each region's link, by name, while a handle holds it.
-    links: Mutex<HashMap<String, Weak<Link>>>,
+    links: Arc<Mutex<HashMap<String, Weak<Link>>>>,
+    /// Whether the thread that watches the records of held regions runs.
+    watching: AtomicBool,
     /// The writer lease, while a region is held under it; a new one is
     /// granted when none is, or it was lost.
     lease: Mutex<Weak<WriterLease>>,
@@ -217,7 +223,8 @@ impl Cluster {
             coordinator,
             holder: holder_name(options),
             options: options.clone(),
-            links: Mutex::new(HashMap::new()),
+            links: Arc::new(Mutex::new(HashMap::new())),
+            watching: AtomicBool::new(false),
             lease: Mutex::new(Weak::new()),
         })
     }
@@ -335,6 +342,17 @@ impl Cluster {
                     link.set_resolver(resolver);
                     let link = Arc::new(link);
                     links.insert(name.to_owned(), Arc::downgrade(&link));
+                    if !self.watching.swap(true, Ordering::AcqRel) {
+                        let coordinator = self.coordinator.clone();
+                        let links = Arc::downgrade(&self.links);
+                        if let Err(error) = std::thread::Builder::new()
+                            .name("pagoda-watch".into())
+                            .spawn(move || watch(coordinator, links))
+                        {
+                            self.watching.store(false, Ordering::Release);
+                            tracing::warn!(%error, "could not start the thread that follows region records");
+                        }
+                    }
                     return Ok(link);
                 }
                 Err(error)
@@ -749,6 +767,62 @@ impl Drop for WriterHold {
             Ok(()) => tracing::debug!(region = %self.region, "released the region's writer key"),
             Err(error) => {
                 tracing::warn!(region = %self.region, %error, "releasing the region's writer key failed; it lapses with the lease")
+            }
+        }
+    }
+}
+
+/// How often a cluster client reads the records of the regions it holds.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Follows the records of the regions a cluster client holds: when a
+/// record names a primary other than the node a region's link is connected
+/// to, the connection is closed, so that calls in flight on it fail at the
+/// connection level at once and the link dials the new primary (sending
+/// them again as after any reconnect). Without it a primary that vanished
+/// without closing its connections (its host lost, a partition) would be
+/// noticed only when a reply is `ClientOptions::timeout` late. Ends when
+/// the client is dropped.
+fn watch(coordinator: Arc<dyn Coordinator>, links: Weak<Mutex<HashMap<String, Weak<Link>>>>) {
+    loop {
+        std::thread::sleep(WATCH_INTERVAL);
+        let Some(all) = links.upgrade() else {
+            return;
+        };
+        let held: Vec<(String, Arc<Link>)> = all
+            .lock()
+            .iter()
+            .filter_map(|(name, link)| link.upgrade().map(|link| (name.clone(), link)))
+            .collect();
+        drop(all);
+        if held.is_empty() {
+            continue;
+        }
+        let records = match coordinator.regions() {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::debug!(%error, "could not read the region records");
+                continue;
+            }
+        };
+        for (name, link) in held {
+            let Some(record) = records.iter().find(|r| r.value.name == name) else {
+                continue;
+            };
+            if record.value.primary.is_empty() {
+                continue;
+            }
+            let primary = addresses_of(&record.value.primary);
+            let (connection, _) = link.current();
+            if !primary.is_empty()
+                && !connection.is_failed()
+                && !primary.contains(&connection.peer())
+            {
+                tracing::info!(region = %name, primary = %record.value.primary, from = %connection.peer(), "the region's record names another primary: moving there");
+                connection.close(format!(
+                    "the coordinator names {} the primary of {name:?} now",
+                    record.value.primary
+                ));
             }
         }
     }

@@ -106,7 +106,7 @@ use parking_lot::Mutex;
 /// documentation's *Typed access*).
 pub use bytemuck;
 pub use checksum::RegionChecksum;
-pub use cluster::{LEASE_MARGIN_DIVISOR, LEASE_RENEWALS_PER_TTL};
+pub use cluster::{LEASE_MARGIN_DIVISOR, LEASE_RENEWALS_PER_TTL, WATCH_INTERVAL};
 pub use connection::PendingCall;
 pub use connection::Reply;
 pub use error::ClientError;
