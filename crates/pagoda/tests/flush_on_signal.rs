@@ -62,12 +62,14 @@ fn dirty_mib() -> u64 {
         .unwrap_or(64)
 }
 
-/// The application: see the module documentation. Not a test on its own.
+/// The application: see the module documentation. Not a test on its own:
+/// ignored in a normal run, run (with `--ignored`) by the tests below as
+/// their child process.
 #[test]
+#[ignore = "the child process of the flush tests, which run it themselves"]
 fn child() {
-    let Ok(node) = std::env::var("PAGODA_FLUSH_CHILD_NODE") else {
-        return;
-    };
+    let node = std::env::var("PAGODA_FLUSH_CHILD_NODE")
+        .expect("run by the flush tests, which set PAGODA_FLUSH_CHILD_NODE");
     let endpoint = std::env::var("PAGODA_FLUSH_CHILD_COORDINATOR").unwrap();
     let journal_dir = PathBuf::from(std::env::var("PAGODA_FLUSH_CHILD_JOURNAL").unwrap());
     let pages: u64 = std::env::var("PAGODA_FLUSH_CHILD_PAGES")
@@ -165,7 +167,13 @@ fn run(signal: i32, mib: u64) {
     }
 
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("PAGODA_FLUSH_CHILD_NODE", addr.to_string())
         .env("PAGODA_FLUSH_CHILD_COORDINATOR", &endpoint)
         .env("PAGODA_FLUSH_CHILD_JOURNAL", journal_dir.path())
