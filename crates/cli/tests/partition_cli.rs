@@ -1,0 +1,974 @@
+//! Failover across a real network partition, made with a Linux network
+//! namespace: a region's primary (a `pagoda node` process) and a writer
+//! attached to it live in a namespace of their own, joined by a veth pair
+//! to the rest (etcd and the two other nodes, in this process's namespace);
+//! taking the namespace's end of the pair down cuts the primary off from
+//! etcd and from its replicas while its writer still reaches it.
+//!
+//! Addresses, in `10.77.S.0/24` for a subnet `S` no interface uses yet:
+//!
+//! ```text
+//!  namespace pagoda-part-PID                this process's namespace
+//!  ┌──────────────────────────────┐        ┌───────────────────────────────┐
+//!  │ primary  10.77.S.2 (on lo)   │  veth  │ etcd, node, node  10.77.S.1   │
+//!  │ writer (a thread in setns)   ├────────┤ writer (a cluster client)     │
+//!  │ veth end 10.77.S.3/24        │        │ veth end 10.77.S.1/24         │
+//!  └──────────────────────────────┘        └───────────────────────────────┘
+//! ```
+//!
+//! The primary's address sits on the namespace's loopback so that it stays
+//! up, and reachable from inside, while the veth end is down; the other
+//! side's addresses sit on its veth end, which stays up (only its carrier
+//! goes), so its local addresses keep working. Non-loopback addresses need
+//! a token (`--token-file`) and, without TLS, `--insecure-no-tls`.
+//!
+//! Needs root (`ip netns`, `setns`); without it the test fails saying so,
+//! never skips. The namespace and the veth pair are named after this
+//! process's id and removed when the test ends, by a guard, even when it
+//! panics.
+
+mod common;
+use common::{free_port, text};
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use pagoda::{Client, ClientError, ClientOptions, ErrorCode, RegionInfo, RegionOptions};
+use pagoda_cluster::{Coordinator, RegionRecord};
+use rand::{Rng, SeedableRng};
+
+const PAGE: usize = 4096;
+/// The region: 4 MiB. The writer in the namespace writes the lower half,
+/// the one outside the upper half.
+const REGION_PAGES: u64 = 1024;
+const REGION_SIZE: &str = "4MiB";
+/// The nodes' lease.
+const LEASE: Duration = Duration::from_millis(1000);
+/// Most pages in one write batch.
+const BATCH_PAGES_MAX: u64 = 4;
+/// Most batches one writer sends, and the longest it writes.
+const WRITER_BATCHES_MAX: u64 = 20_000;
+const WRITER_TIME_MAX: Duration = Duration::from_secs(90);
+/// How long a writer pauses after a failed write.
+const WRITER_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// How long any one wait may take.
+const WAIT_LIMIT: Duration = Duration::from_secs(30);
+/// How long etcd may take to come up.
+const ETCD_START_LIMIT: Duration = Duration::from_secs(20);
+/// The shared token of every node and client.
+const TOKEN: &str = "partition-test-token";
+
+// ---------------------------------------------------------------------------
+// The network.
+
+/// Runs `ip ARGS`, which must succeed.
+fn ip(args: &[&str]) {
+    let output = Command::new("ip").args(args).output().unwrap_or_else(|e| {
+        panic!("running ip {args:?}: {e} (the partition test needs iproute2's ip)")
+    });
+    assert!(
+        output.status.success(),
+        "ip {args:?} failed: {}",
+        text(&output)
+    );
+}
+
+/// A network namespace and a veth pair into it (see the module docs);
+/// removed on drop.
+struct Network {
+    namespace: String,
+    /// The veth end in this process's namespace.
+    outer: String,
+    /// The veth end in the namespace.
+    inner: String,
+    /// `10.77.S`.
+    prefix: String,
+}
+
+impl Network {
+    fn create() -> Network {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "the partition test makes network namespaces and veth pairs (ip netns, setns): run it \
+             as root; it is not skipped"
+        );
+        let pid = std::process::id();
+        let network = Network {
+            namespace: format!("pagoda-part-{pid}"),
+            outer: format!("pgp{pid}o"),
+            inner: format!("pgp{pid}i"),
+            prefix: free_subnet(pid),
+        };
+        let (ns, outer, inner) = (&network.namespace, &network.outer, &network.inner);
+        ip(&["netns", "add", ns]);
+        ip(&[
+            "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", network.outside()),
+            "dev",
+            outer,
+        ]);
+        ip(&["link", "set", outer, "up"]);
+        network.inside(&["ip", "link", "set", "lo", "up"]);
+        network.inside(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/32", network.primary()),
+            "dev",
+            "lo",
+        ]);
+        network.inside(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}.3/24", network.prefix),
+            "dev",
+            inner,
+        ]);
+        network.inside(&["ip", "link", "set", inner, "up"]);
+        network
+    }
+
+    /// The address of everything outside the namespace.
+    fn outside(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+
+    /// The primary's address, inside.
+    fn primary(&self) -> String {
+        format!("{}.2", self.prefix)
+    }
+
+    /// Runs a command inside the namespace, which must succeed.
+    fn inside(&self, command: &[&str]) {
+        let mut args = vec!["netns", "exec", &self.namespace];
+        args.extend_from_slice(command);
+        ip(&args);
+    }
+
+    /// Cuts the namespace off: its veth end goes down.
+    fn cut(&self) {
+        self.inside(&["ip", "link", "set", &self.inner, "down"]);
+    }
+
+    /// Joins it again.
+    fn heal(&self) {
+        self.inside(&["ip", "link", "set", &self.inner, "up"]);
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        // Deleting one end deletes the pair; errors are ignored (a part
+        // that was never made).
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.outer])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.namespace])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Moves the calling thread into the network namespace `namespace`
+/// (`setns`): the sockets it opens from then on are the namespace's.
+fn enter_namespace(namespace: &str) {
+    let path = format!("/run/netns/{namespace}");
+    let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    // SAFETY: a valid descriptor of a network namespace; setns moves only
+    // this thread.
+    let result = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(
+        result,
+        0,
+        "setns into {namespace}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// `10.77.S` for an `S` that no address or route of this host uses.
+fn free_subnet(pid: u32) -> String {
+    let output = |args: &[&str]| -> String {
+        let output = Command::new("ip").args(args).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let used = format!(
+        "{}{}",
+        output(&["-o", "addr"]),
+        output(&["route", "show", "table", "all"])
+    );
+    let first = pid % 200;
+    (0..200)
+        .map(|offset| 20 + (first + offset) % 200)
+        .map(|subnet| format!("10.77.{subnet}"))
+        .find(|prefix| !used.contains(&format!("{prefix}.")))
+        .expect("a free 10.77.S.0/24 subnet")
+}
+
+// ---------------------------------------------------------------------------
+// Processes.
+
+/// A child process killed on drop, with its stderr appended to a log file.
+struct Process {
+    child: Option<Child>,
+    log: PathBuf,
+    what: String,
+}
+
+impl Process {
+    /// Spawns `command`; `ready` is sent the first stderr line containing
+    /// `marker`.
+    fn spawn(mut command: Command, log: &Path, what: &str, marker: Option<&str>) -> Process {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let stderr = child.stderr.take().unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let waits = marker.is_some();
+        let marker = marker.map(str::to_owned);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(file, "{line}");
+                if marker.as_ref().is_some_and(|marker| line.contains(marker)) {
+                    let _ = sender.send(());
+                }
+            }
+        });
+        let process = Process {
+            child: Some(child),
+            log: log.to_path_buf(),
+            what: what.to_owned(),
+        };
+        if waits && receiver.recv_timeout(WAIT_LIMIT).is_err() {
+            panic!(
+                "{what} did not start within {WAIT_LIMIT:?}; its log:\n{}",
+                process.log_tail()
+            );
+        }
+        process
+    }
+
+    fn log_tail(&self) -> String {
+        let Ok(mut file) = File::open(&self.log) else {
+            return format!("(no log at {})", self.log.display());
+        };
+        let length = file.metadata().map_or(0, |m| m.len());
+        let _ = file.seek(std::io::SeekFrom::Start(length.saturating_sub(3_000)));
+        let mut tail = String::new();
+        let _ = file.read_to_string(&mut tail);
+        format!("--- {} ---\n{tail}", self.what)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The etcd binary: `$PAGODA_ETCD_BIN`, or `etcd` on `PATH` or in
+/// `/usr/bin`; when there is none, the shared fixture installs it.
+fn etcd_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os(pagoda_cluster::testing::ETCD_BIN_VARIABLE) {
+        return PathBuf::from(path);
+    }
+    let find = || {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain([PathBuf::from("/usr/bin")])
+            .map(|dir| dir.join("etcd"))
+            .find(|candidate| candidate.is_file())
+    };
+    if let Some(found) = find() {
+        return found;
+    }
+    // Installs Debian's etcd-server (or panics saying why it cannot).
+    drop(pagoda_cluster::testing::Etcd::start());
+    find().expect("etcd is on PATH after the fixture installed it")
+}
+
+/// A one-member etcd whose clients' port listens on `host` (the fixture's
+/// listens on 127.0.0.1 only, which the namespace cannot reach).
+fn start_etcd(host: &str, dir: &Path) -> (Process, String) {
+    let client_url = format!("http://{host}:{}", free_port());
+    let peer_url = format!("http://127.0.0.1:{}", free_port());
+    let mut command = Command::new(etcd_binary());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ETCD_") {
+            command.env_remove(name);
+        }
+    }
+    if std::env::consts::ARCH == "aarch64" {
+        command.env("ETCD_UNSUPPORTED_ARCH", "arm64");
+    }
+    command
+        .args(["--name", "partition"])
+        .arg("--data-dir")
+        .arg(dir.join("etcd-data"))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("partition={peer_url}")])
+        .args(["--initial-cluster-state", "new"])
+        // One-second leases are one second (see pagoda_cluster::testing).
+        .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+        .args(["--logger", "zap", "--log-outputs", "stderr"]);
+    let process = Process::spawn(command, &dir.join("etcd.log"), "etcd", None);
+    let endpoint = format!("etcd://{}", client_url.trim_start_matches("http://"));
+    let deadline = Instant::now() + ETCD_START_LIMIT;
+    loop {
+        let ready = pagoda_cluster::connect(&endpoint).and_then(|coordinator| coordinator.nodes());
+        if ready.is_ok() {
+            return (process, endpoint);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "etcd on {client_url} did not answer within {ETCD_START_LIMIT:?}: {ready:?}\n{}",
+            process.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `pagoda` with none of the environment that would point it elsewhere.
+fn pagoda_env(command: &mut Command) {
+    command
+        .env_remove("PAGODA_NODE")
+        .env_remove("PAGODA_TOKEN_FILE")
+        .env_remove("PAGODA_CREDENTIAL")
+        .env_remove("PAGODA_LOG");
+}
+
+/// The settings every node shares.
+struct NodeSettings {
+    endpoint: String,
+    token_file: PathBuf,
+    dir: PathBuf,
+}
+
+/// A `pagoda node` process on `addr`, inside `namespace` if given
+/// (`ip netns exec`, which execs the node: killing the child kills it).
+struct Node {
+    process: Option<Process>,
+    addr: String,
+    index: usize,
+    namespace: Option<String>,
+    capacity: &'static str,
+}
+
+impl Node {
+    fn start(
+        settings: &NodeSettings,
+        index: usize,
+        addr: String,
+        capacity: &'static str,
+        namespace: Option<&str>,
+    ) -> Node {
+        let mut node = Node {
+            process: None,
+            addr,
+            index,
+            namespace: namespace.map(str::to_owned),
+            capacity,
+        };
+        node.restart(settings);
+        node
+    }
+
+    fn restart(&mut self, settings: &NodeSettings) {
+        assert!(self.process.is_none(), "{} runs already", self.addr);
+        let mut command = match &self.namespace {
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command
+                    .args(["netns", "exec", namespace])
+                    .arg(env!("CARGO_BIN_EXE_pagoda"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_pagoda")),
+        };
+        pagoda_env(&mut command);
+        command
+            .args(["node", "--listen", &self.addr, "--capacity", self.capacity])
+            .args(["--coordinator", &settings.endpoint])
+            .args(["--lease-ms", &LEASE.as_millis().to_string()])
+            .arg("--token-file")
+            .arg(&settings.token_file)
+            .arg("--insecure-no-tls")
+            .arg("--data-dir")
+            .arg(settings.dir.join(format!("node-{}", self.index)));
+        let log = settings.dir.join(format!("node-{}.log", self.index));
+        let what = format!("node {}", self.addr);
+        self.process = Some(Process::spawn(command, &log, &what, Some("listening on")));
+    }
+
+    fn log_tail(&self) -> String {
+        self.process
+            .as_ref()
+            .map_or_else(String::new, Process::log_tail)
+    }
+}
+
+/// Runs `pagoda ARGS --token-file FILE` (ARGS name the node or the
+/// coordinator).
+fn run(args: &[&str], token_file: &Path) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pagoda"));
+    pagoda_env(&mut command);
+    command
+        .args(args)
+        .arg("--token-file")
+        .arg(token_file)
+        .output()
+        .unwrap()
+}
+
+fn run_ok(args: &[&str], token_file: &Path) -> String {
+    let output = run(args, token_file);
+    assert!(
+        output.status.success(),
+        "pagoda {args:?}: {}",
+        text(&output)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Writers and the model.
+
+/// The contents of `page` at `version` (0: zeros).
+fn page_bytes(page: u64, version: u64) -> Vec<u8> {
+    if version == 0 {
+        return vec![0; PAGE];
+    }
+    let mut bytes = Vec::with_capacity(PAGE);
+    bytes.extend_from_slice(&page.to_le_bytes());
+    bytes.extend_from_slice(&version.to_le_bytes());
+    let seed =
+        page.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ version.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    bytes.extend((16..PAGE as u64).map(|i| (seed.rotate_left((i % 64) as u32) ^ i) as u8));
+    bytes
+}
+
+/// What a writer did: per page the newest version acknowledged and sent,
+/// and when each batch was acknowledged or refused.
+struct Log {
+    acknowledged: Vec<u64>,
+    sent: Vec<u64>,
+    acks: Vec<(Instant, SocketAddr)>,
+    failures: Vec<(Instant, Option<ErrorCode>, String)>,
+}
+
+/// A writer's client and region.
+enum Handle {
+    /// `Client::connect` to one node, no reconnecting: every refusal
+    /// reaches the writer.
+    Plain { client: Client, info: RegionInfo },
+    /// `Client::connect_cluster`, the region opened through the
+    /// coordinator and followed through a failover.
+    Cluster {
+        region: pagoda::Region,
+        _client: Client,
+    },
+}
+
+impl Handle {
+    fn write(&self, pages: &[u64], data: &[u8]) -> Result<SocketAddr, ClientError> {
+        match self {
+            Handle::Plain { client, info } => {
+                client.write_pages(info, pages, data)?;
+                Ok(client.peer())
+            }
+            Handle::Cluster { region, .. } => {
+                region.write_at(pages[0] * PAGE as u64, data)?;
+                region.flush()?;
+                Ok(region.peer())
+            }
+        }
+    }
+}
+
+/// A thread writing batches of versioned pages to `pages` of a region;
+/// after a failure it makes a new handle with `open`, after a pause.
+struct Writer {
+    log: Arc<Mutex<Log>>,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(
+        pages: std::ops::Range<u64>,
+        seed: u64,
+        setup: impl FnOnce() + Send + 'static,
+        open: impl Fn() -> Result<Handle, ClientError> + Send + 'static,
+    ) -> Writer {
+        let log = Arc::new(Mutex::new(Log {
+            acknowledged: vec![0; REGION_PAGES as usize],
+            sent: vec![0; REGION_PAGES as usize],
+            acks: Vec::new(),
+            failures: Vec::new(),
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (shared, stopped) = (log.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            setup();
+            let began = Instant::now();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut handle: Option<Handle> = None;
+            for _ in 0..WRITER_BATCHES_MAX {
+                if stopped.load(Ordering::SeqCst) || began.elapsed() > WRITER_TIME_MAX {
+                    return;
+                }
+                if handle.is_none() {
+                    match open() {
+                        Ok(opened) => handle = Some(opened),
+                        Err(error) => {
+                            let failure = (Instant::now(), error.code(), error.to_string());
+                            shared.lock().unwrap().failures.push(failure);
+                            std::thread::sleep(WRITER_ERROR_PAUSE);
+                            continue;
+                        }
+                    }
+                }
+                let count = rng.gen_range(1..=BATCH_PAGES_MAX);
+                let start = rng.gen_range(pages.start..pages.end - count + 1);
+                let batch: Vec<u64> = (start..start + count).collect();
+                let versions: Vec<u64> = {
+                    let mut log = shared.lock().unwrap();
+                    batch
+                        .iter()
+                        .map(|&page| {
+                            log.sent[page as usize] += 1;
+                            log.sent[page as usize]
+                        })
+                        .collect()
+                };
+                let data: Vec<u8> = batch
+                    .iter()
+                    .zip(&versions)
+                    .flat_map(|(&page, &version)| page_bytes(page, version))
+                    .collect();
+                match handle.as_ref().unwrap().write(&batch, &data) {
+                    Ok(peer) => {
+                        let mut log = shared.lock().unwrap();
+                        for (&page, &version) in batch.iter().zip(&versions) {
+                            let acked = &mut log.acknowledged[page as usize];
+                            *acked = (*acked).max(version);
+                        }
+                        log.acks.push((Instant::now(), peer));
+                    }
+                    Err(error) => {
+                        let failure = (Instant::now(), error.code(), error.to_string());
+                        shared.lock().unwrap().failures.push(failure);
+                        handle = None;
+                        std::thread::sleep(WRITER_ERROR_PAUSE);
+                    }
+                }
+            }
+        });
+        Writer { log, stop, thread }
+    }
+
+    /// Waits, at most `WAIT_LIMIT`, until `check` holds of the log.
+    fn wait_until(&self, what: &str, check: impl Fn(&Log) -> bool) {
+        let deadline = Instant::now() + WAIT_LIMIT;
+        loop {
+            {
+                let log = self.log.lock().unwrap();
+                if check(&log) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline && !self.thread.is_finished(),
+                    "timed out waiting until {what}; {} batches acknowledged, failures: {:?}",
+                    log.acks.len(),
+                    log.failures
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn finish(self) -> Log {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("the writer does not panic");
+        Arc::try_unwrap(self.log)
+            .ok()
+            .expect("the thread has ended")
+            .into_inner()
+            .unwrap()
+    }
+}
+
+/// Reads every page from `addr` and compares it with the writers' logs:
+/// each page holds an intact version its writer sent, no older than the
+/// newest acknowledged one.
+fn check_against_model(addr: &str, name: &str, logs: &[&Log], what: &str) {
+    let reader = Client::connect(
+        addr,
+        ClientOptions {
+            timeout: Duration::from_secs(10),
+            reconnect_for: Duration::ZERO,
+            ..ClientOptions::with_token(TOKEN)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{what}: connecting to {addr}: {e}"));
+    let info = reader.stat_region(name).unwrap().info;
+    let newest = |page: usize, pick: fn(&Log) -> &Vec<u64>| -> u64 {
+        logs.iter().map(|log| pick(log)[page]).max().unwrap()
+    };
+    let mut data = vec![0u8; 256 * PAGE];
+    for first in (0..REGION_PAGES).step_by(256) {
+        let pages: Vec<u64> = (first..first + 256).collect();
+        reader.read_pages(&info, &pages, &mut data).unwrap();
+        for (index, &page) in pages.iter().enumerate() {
+            let bytes = &data[index * PAGE..(index + 1) * PAGE];
+            let version = if bytes.iter().all(|&b| b == 0) {
+                0
+            } else {
+                u64::from_le_bytes(bytes[8..16].try_into().unwrap())
+            };
+            let sent = newest(page as usize, |log| &log.sent);
+            let acknowledged = newest(page as usize, |log| &log.acknowledged);
+            assert!(
+                version <= sent && bytes == page_bytes(page, version),
+                "{what}: page {page} on {addr} holds bytes no writer sent (version field \
+                 {version}, newest sent {sent})"
+            );
+            assert!(
+                version >= acknowledged,
+                "{what}: ACKNOWLEDGED WRITE LOST: page {page} on {addr} holds version {version}, \
+                 but version {acknowledged} was acknowledged"
+            );
+        }
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+/// Waits, at most `WAIT_LIMIT`, until `check` returns a value.
+fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT_LIMIT;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The test.
+
+// Guards failover across a real partition, and the absence of split brain:
+// the primary of a `sync` region, with a writer beside it, is cut off from
+// etcd and from both replicas. The cut-off primary acknowledges no write
+// after its lease expired and answers its writer NotPrimary; the other side
+// fails over (the record names a replica at a higher epoch) and a cluster
+// client there writes on; once the partition heals the old primary rejoins
+// as an in-sync replica, and both copies hold every acknowledged write of
+// both writers.
+#[test]
+fn a_partitioned_primary_stops_and_the_majority_fails_over() {
+    let network = Network::create();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let (etcd, endpoint) = start_etcd(&network.outside(), dir.path());
+    let settings = NodeSettings {
+        endpoint: endpoint.clone(),
+        token_file: token_file.clone(),
+        dir: dir.path().to_path_buf(),
+    };
+    // The most free bytes: placement makes the namespace's node primary.
+    let cut_off = Node::start(
+        &settings,
+        0,
+        format!("{}:{}", network.primary(), free_port()),
+        "512MiB",
+        Some(&network.namespace),
+    );
+    let others: Vec<Node> = (1..3)
+        .map(|index| {
+            let addr = format!("{}:{}", network.outside(), free_port());
+            Node::start(&settings, index, addr, "256MiB", None)
+        })
+        .collect();
+    let logs = || {
+        let mut all = vec![cut_off.log_tail(), etcd.log_tail()];
+        all.extend(others.iter().map(Node::log_tail));
+        all.join("\n")
+    };
+    let coordinator = pagoda_cluster::connect(&endpoint).unwrap();
+    eventually("the three nodes are live", || {
+        let nodes = coordinator.nodes().ok()?;
+        // Free bytes are in the node records: wait for every one.
+        (nodes.len() == 3).then_some(())
+    });
+    // Each node learns the live nodes (its allowed peers off loopback) at
+    // its agent's next tick, a quarter lease at most: before that the
+    // primary would refuse the replicas as peers it may not dial.
+    std::thread::sleep(LEASE / 2);
+    let name = "partitioned";
+    run_ok(
+        &[
+            "region",
+            "create",
+            name,
+            "--size",
+            REGION_SIZE,
+            "--replicas",
+            "2",
+            "--mode",
+            "sync",
+            "--coordinator",
+            &endpoint,
+        ],
+        &token_file,
+    );
+    let record = |coordinator: &Arc<dyn Coordinator>| -> RegionRecord {
+        coordinator
+            .region(name)
+            .expect("etcd answers")
+            .expect("the region is recorded")
+            .value
+    };
+    let before = record(&coordinator);
+    assert_eq!(
+        before.primary, cut_off.addr,
+        "placement did not choose the node with the most free bytes: {before:?}"
+    );
+
+    // The writer inside the namespace, beside the primary: a plain client
+    // that does not reconnect, so every refusal reaches it.
+    let inside_writer = {
+        let namespace = network.namespace.clone();
+        let primary = cut_off.addr.clone();
+        Writer::start(
+            0..REGION_PAGES / 2,
+            1,
+            move || enter_namespace(&namespace),
+            move || {
+                let options = ClientOptions {
+                    timeout: Duration::from_secs(10),
+                    reconnect_for: Duration::ZERO,
+                    client_name: "partition-test inside".into(),
+                    ..ClientOptions::with_token(TOKEN)
+                };
+                let client = Client::connect(primary.as_str(), options)?;
+                let info = client.stat_region(name)?.info;
+                Ok(Handle::Plain { client, info })
+            },
+        )
+    };
+    inside_writer.wait_until("the inside writer has 100 writes acknowledged", |log| {
+        log.acks.len() >= 100
+    });
+
+    // The cut.
+    let cut_at = Instant::now();
+    network.cut();
+    let cut_done = Instant::now();
+    // A cluster client outside, writing the other half.
+    let outside_writer = {
+        let endpoint = endpoint.clone();
+        Writer::start(
+            REGION_PAGES / 2..REGION_PAGES,
+            2,
+            || {},
+            move || {
+                let options = ClientOptions {
+                    timeout: Duration::from_secs(5),
+                    reconnect_for: Duration::from_secs(20),
+                    client_name: "partition-test outside".into(),
+                    ..ClientOptions::with_token(TOKEN)
+                };
+                let client = Client::connect_cluster(&endpoint, options)?;
+                let region = client.open_region(name, RegionOptions::with_cache_bytes(1 << 20))?;
+                Ok(Handle::Cluster {
+                    region,
+                    _client: client,
+                })
+            },
+        )
+    };
+    // The other side fails over.
+    let after = eventually("the record names another primary", || {
+        let record = record(&coordinator);
+        (record.primary != before.primary && !record.primary.is_empty()).then_some(record)
+    });
+    let failed_over_at = cut_at.elapsed();
+    assert!(
+        after.primary_epoch > before.primary_epoch,
+        "the new primary's epoch did not grow: {after:?}, before {before:?}"
+    );
+    assert!(
+        before.in_sync.contains(&after.primary),
+        "the new primary was not in sync: {after:?}, before {before:?}"
+    );
+    let new_primary: SocketAddr = after.primary.parse().unwrap();
+    outside_writer.wait_until("the outside writer has 50 writes acknowledged", |log| {
+        log.acks
+            .iter()
+            .filter(|(_, peer)| *peer == new_primary)
+            .count()
+            >= 50
+    });
+    let outside_first = outside_writer.log.lock().unwrap().acks[0].0 - cut_at;
+    // The cut-off primary refuses its writer, saying it is not the primary.
+    inside_writer.wait_until("the cut-off primary answered NotPrimary", |log| {
+        log.failures
+            .iter()
+            .any(|(_, code, _)| *code == Some(ErrorCode::NotPrimary))
+    });
+    // And keeps refusing for a while, its writer trying all along.
+    std::thread::sleep(LEASE * 2);
+    let role_inside = {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &network.namespace])
+            .arg(env!("CARGO_BIN_EXE_pagoda"))
+            .args([
+                "region",
+                "replicas",
+                name,
+                "--json",
+                "--node",
+                &cut_off.addr,
+            ])
+            .arg("--token-file")
+            .arg(&token_file)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", text(&output));
+        let set: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        set["role"].as_str().unwrap().to_owned()
+    };
+
+    // Heal.
+    let healed_at = Instant::now();
+    network.heal();
+    let rejoined = eventually("the old primary is an in-sync replica again", || {
+        let record = record(&coordinator);
+        (record.primary == after.primary && record.in_sync.contains(&cut_off.addr))
+            .then_some(record)
+    });
+    let rejoin = healed_at.elapsed();
+    let set: serde_json::Value = serde_json::from_str(&run_ok(
+        &[
+            "region",
+            "replicas",
+            name,
+            "--json",
+            "--node",
+            &cut_off.addr,
+        ],
+        &token_file,
+    ))
+    .unwrap();
+    assert_eq!(set["role"], "replica", "the old primary: {set}");
+    assert_eq!(set["primary"], after.primary.as_str(), "{set}");
+
+    let outside = outside_writer.finish();
+    let inside = inside_writer.finish();
+    let lease_expired = cut_at + LEASE;
+    let late: Vec<f64> = inside
+        .acks
+        .iter()
+        .filter(|(at, _)| *at > lease_expired)
+        .map(|(at, _)| millis(*at - cut_at))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "SPLIT BRAIN: the cut-off primary acknowledged writes after its lease expired, at these \
+         ms after the cut: {late:?}\n{}",
+        logs()
+    );
+    // Writes acknowledged while the cut was being made count before it.
+    let after_cut = inside.acks.iter().filter(|(at, _)| *at > cut_done).count();
+    let refused = inside
+        .failures
+        .iter()
+        .filter(|(at, code, _)| *at > lease_expired && *code == Some(ErrorCode::NotPrimary))
+        .count();
+    assert!(
+        refused > 0,
+        "the cut-off primary's writer saw no NotPrimary after the lease expired: {:?}",
+        inside.failures
+    );
+    assert!(
+        inside
+            .acks
+            .iter()
+            .all(|(_, peer)| peer.to_string() == cut_off.addr),
+        "the inside writer reached another node"
+    );
+
+    check_against_model(
+        &after.primary,
+        name,
+        &[&inside, &outside],
+        "the new primary",
+    );
+    check_against_model(&cut_off.addr, name, &[&inside, &outside], "the old primary");
+    let digests: Vec<String> = [&after.primary, &cut_off.addr]
+        .iter()
+        .map(|addr| {
+            let stdout = run_ok(
+                &["region", "checksum", name, "--json", "--node", addr],
+                &token_file,
+            );
+            let value: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            value["digest"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        digests[0], digests[1],
+        "the rejoined replica's copy differs from the new primary's"
+    );
+    eprintln!(
+        "partition: {} acknowledged batches inside before the cut (cut in {:.0} ms), {after_cut} \
+         after it (none after the lease), {refused} refused with NotPrimary after the lease; the cut-off \
+         primary's role then: {role_inside}; record moved to {} at epoch {} {:.0} ms after the \
+         cut; the outside writer's first acknowledged write {:.0} ms after the cut, {} in all; \
+         the old primary an in-sync replica {:.0} ms after the heal (record {rejoined:?})",
+        inside.acks.len() - after_cut,
+        millis(cut_done - cut_at),
+        after.primary,
+        after.primary_epoch,
+        millis(failed_over_at),
+        millis(outside_first),
+        outside.acks.len(),
+        millis(rejoin),
+    );
+}
