@@ -159,6 +159,16 @@ pub struct NodeArgs {
     /// leases are whole seconds.
     #[arg(long, default_value_t = pagoda_node::config::LEASE_MS_DEFAULT, value_name = "MS")]
     lease_ms: u64,
+    /// With a shared --coordinator: how long a replica's node may be gone
+    /// from the cluster before the primary builds a new replica on another
+    /// live node (the most free bytes first), to restore the replica count,
+    /// in milliseconds.
+    #[arg(
+        long,
+        default_value_t = pagoda_node::config::REPLACE_REPLICA_AFTER_MS_DEFAULT,
+        value_name = "MS"
+    )]
+    replace_replica_after_ms: u64,
 }
 
 /// The shortest --replica-timeout: a replica counts itself out of sync
@@ -272,6 +282,7 @@ pub fn run(args: NodeArgs, log_format: crate::LogFormat) -> Result<(), String> {
         ));
     }
     config.lease = Duration::from_millis(args.lease_ms);
+    config.replace_replica_after = Duration::from_millis(args.replace_replica_after_ms);
     config.coordinator = args.coordinator.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let abandon = Arc::new(AtomicBool::new(false));

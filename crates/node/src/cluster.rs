@@ -488,6 +488,23 @@ fn adopt_regions(shared: &Shared) {
                     tracing::warn!(name, %error, "could not record the region in the coordinator");
                 }
             }
+            (Some(record), Some(role))
+                if record.value.primary != own
+                    && !record.value.primary.is_empty()
+                    && !record.value.replicas.contains(&own)
+                    && role.role != "primary" =>
+            {
+                // Replaced while this node was away: its copy is no longer
+                // one of the region's; the region lives on without it.
+                match shared.catalog.delete(&name) {
+                    Ok(()) => tracing::warn!(
+                        name,
+                        primary = record.value.primary,
+                        "this node's copy was replaced while it was away: deleted"
+                    ),
+                    Err(error) => tracing::warn!(name, %error, "could not delete a replaced copy"),
+                }
+            }
             (
                 Some(Versioned {
                     mut value,
@@ -564,6 +581,8 @@ fn tick_regions(shared: &Arc<Shared>) -> Result<(), ClusterError> {
                         }
                     }
                 });
+            } else if membership.may_lead() {
+                replace_lost(shared, &region, &replication, &record);
             }
             continue;
         }
@@ -588,6 +607,93 @@ fn tick_regions(shared: &Arc<Shared>) -> Result<(), ClusterError> {
         }
     }
     Ok(())
+}
+
+/// Replaces a replica whose node has been gone from the cluster for
+/// `replace_replica_after` with an empty one on the live node with the most
+/// free bytes that holds no copy yet: created there (unknown position),
+/// recorded in place of the lost one (compare-and-swap), then the lost
+/// one's link is pointed at it, and the sender rebuilds it by digests. One
+/// replacement per region per tick.
+fn replace_lost(
+    shared: &Shared,
+    region: &Region,
+    replication: &Replication,
+    record: &Versioned<RegionRecord>,
+) {
+    let membership = &shared.membership;
+    let own = shared.local_addr.to_string();
+    let live = membership.live.lock().clone();
+    let name = &record.value.name;
+    for lost in &record.value.replicas {
+        let key = format!("{name}\u{0}{lost}");
+        if live.iter().any(|node| node.addr == *lost) {
+            membership.down_since.lock().remove(&key);
+            continue;
+        }
+        let waited = membership
+            .down_since
+            .lock()
+            .entry(key.clone())
+            .or_insert_with(Instant::now)
+            .elapsed();
+        if waited < shared.config.replace_replica_after {
+            continue;
+        }
+        let mut exclude = record.value.replicas.clone();
+        exclude.push(own.clone());
+        let candidates: Vec<NodeRecord> = live
+            .iter()
+            .filter(|node| node.free_bytes >= region.info().size)
+            .cloned()
+            .collect();
+        let Some(node) = pagoda_cluster::place(&candidates, 1, &exclude)
+            .into_iter()
+            .next()
+        else {
+            tracing::debug!(name, lost, "no live node to replace a lost replica on");
+            continue;
+        };
+        let mut value = record.value.clone();
+        for replica in value.replicas.iter_mut() {
+            if replica == lost {
+                *replica = node.addr.clone();
+            }
+        }
+        value.in_sync.retain(|r| r != lost);
+        if let Err(error) = replication::create_replacement(
+            shared,
+            region,
+            replication,
+            &node.addr,
+            &value.replicas,
+        ) {
+            tracing::warn!(name, lost, replacement = node.addr, %error, "could not create a replacement replica");
+            continue;
+        }
+        if let Err(error) = membership
+            .coordinator
+            .update_region(&value, record.revision)
+        {
+            tracing::warn!(name, lost, replacement = node.addr, %error, "could not record a replacement replica");
+            return;
+        }
+        replication.set_recorded_in_sync(value.in_sync.clone());
+        if replication.retarget(lost, &node.addr) {
+            if let Err(error) = shared.catalog.save_states() {
+                tracing::error!(name, %error, "could not persist the replacement replica");
+            }
+            tracing::warn!(
+                name,
+                lost,
+                replacement = node.addr,
+                waited_ms = waited.as_millis() as u64,
+                "lost replica replaced: rebuilding the region's copy there"
+            );
+        }
+        membership.down_since.lock().remove(&key);
+        return;
+    }
 }
 
 /// The log position of a replica of `name` at `addr`, if it answers and

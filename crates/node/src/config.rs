@@ -97,6 +97,10 @@ pub struct NodeConfig {
     /// regions fail over, when it has not renewed the lease for this long;
     /// it stops taking writes itself a margin before then.
     pub lease: Duration,
+    /// With a shared coordinator: how long a region's replica may be gone
+    /// from the cluster (its node's lease lapsed) before its primary builds
+    /// a new replica on another live node to restore the replica count.
+    pub replace_replica_after: Duration,
 }
 
 /// Everything but the token, which a log line must never carry.
@@ -132,6 +136,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("metrics_allow_remote", &self.metrics_allow_remote)
             .field("coordinator", &self.coordinator)
             .field("lease", &self.lease)
+            .field("replace_replica_after", &self.replace_replica_after)
             .finish()
     }
 }
@@ -169,10 +174,14 @@ impl NodeConfig {
             metrics_allow_remote: false,
             coordinator: None,
             lease: Duration::from_millis(LEASE_MS_DEFAULT),
+            replace_replica_after: Duration::from_millis(REPLACE_REPLICA_AFTER_MS_DEFAULT),
         }
     }
 }
 
+/// Default time a lost replica is waited for before it is replaced, in
+/// milliseconds.
+pub const REPLACE_REPLICA_AFTER_MS_DEFAULT: u64 = 30_000;
 /// Default node lease in the coordinator, in milliseconds.
 pub const LEASE_MS_DEFAULT: u64 = 3_000;
 /// Default spin budget before a blocking read, in microseconds.

@@ -166,7 +166,7 @@ impl Role {
                 role: "primary".into(),
                 mode: mode_name(replication.mode),
                 primary: String::new(),
-                replicas: replication.links.iter().map(|l| l.addr.clone()).collect(),
+                replicas: replication.links.iter().map(|l| l.addr()).collect(),
                 primary_epoch: replication.primary_epoch,
             }),
             Role::Replica(upstream) => Some(PersistedRole {
@@ -331,7 +331,9 @@ struct Retained {
 
 /// One replica, as its primary tracks it.
 pub struct Link {
-    addr: String,
+    /// The replica's address: changed only when a lost replica is replaced
+    /// by another node (`Replication::retarget`).
+    addr: Mutex<String>,
     state: Mutex<LinkState>,
     /// While the replica is caught up: the connection the writers' own
     /// threads send new entries on, straight from `append` (in LSN order:
@@ -463,7 +465,7 @@ impl Replication {
                 .iter()
                 .map(|addr| {
                     Arc::new(Link {
-                        addr: addr.clone(),
+                        addr: Mutex::new(addr.clone()),
                         live: Mutex::new(None),
                         pending: Mutex::new(VecDeque::new()),
                         wake: Condvar::new(),
@@ -518,7 +520,7 @@ impl Replication {
         self.links
             .iter()
             .filter(|link| link.in_sync())
-            .map(|link| link.addr.clone())
+            .map(|link| link.addr())
             .collect()
     }
 
@@ -552,6 +554,35 @@ impl Replication {
         self.fence(reason);
     }
 
+    /// Points the link of replica `lost` (out of sync) at `replacement`
+    /// instead: its sender's next attempt reaches the new node, which holds
+    /// an empty copy of unknown position, and rebuilds it by digests.
+    /// Returns whether such a link was found.
+    pub fn retarget(&self, lost: &str, replacement: &str) -> bool {
+        for link in &self.links {
+            if link.addr() != lost {
+                continue;
+            }
+            let mut state = link.state.lock();
+            if state.in_sync {
+                return false;
+            }
+            *link.addr.lock() = replacement.to_owned();
+            state.acked = 0;
+            state.acked_bytes = 0;
+            state.sent = 0;
+            state.waiting_since = None;
+            state.message = format!("replacing {lost}: not reached yet");
+            drop(state);
+            link.live.lock().take();
+            link.pending.lock().clear();
+            link.wake.notify_all();
+            self.changed.notify_all();
+            return true;
+        }
+        false
+    }
+
     /// Waits until an in-sync replica has acknowledged `lsn`; returns the
     /// most advanced such replica.
     pub fn wait_caught_up(&self, lsn: u64, timeout: Duration) -> Option<String> {
@@ -563,7 +594,7 @@ impl Replication {
                 .iter()
                 .filter_map(|link| {
                     let state = link.state.lock();
-                    (state.in_sync && state.acked >= lsn).then(|| (state.acked, link.addr.clone()))
+                    (state.in_sync && state.acked >= lsn).then(|| (state.acked, link.addr()))
                 })
                 .max();
             if let Some((_, addr)) = best {
@@ -588,7 +619,7 @@ impl Replication {
             let region = Arc::downgrade(region);
             threads.push(
                 std::thread::Builder::new()
-                    .name(format!("pagoda-replicate-{}", link.addr))
+                    .name(format!("pagoda-replicate-{}", link.addr()))
                     .spawn(move || run_link(&replication, &link, &region))
                     .map_err(|e| NodeError::io("spawning a replication sender", e))?,
             );
@@ -834,7 +865,7 @@ impl Replication {
                 let state = link.state.lock();
                 let oldest_unacked = log.entries.iter().find(|entry| entry.lsn > state.acked);
                 ReplicaInfo {
-                    addr: link.addr.clone(),
+                    addr: link.addr(),
                     acked: state.acked,
                     in_sync: state.in_sync,
                     connected: state.connected,
@@ -852,6 +883,11 @@ impl Replication {
 }
 
 impl Link {
+    /// The replica's address.
+    pub fn addr(&self) -> String {
+        self.addr.lock().clone()
+    }
+
     /// Records an entry sent.
     fn sent(&self, lsn: u64, bytes: usize) {
         let mut state = self.state.lock();
@@ -883,7 +919,7 @@ impl Link {
     fn drop_from_sync(&self, region: &str, why: String) {
         let mut state = self.state.lock();
         if state.in_sync {
-            tracing::warn!(region, replica = %self.addr, reason = %why, "replica dropped from the in-sync set");
+            tracing::warn!(region, replica = %self.addr(), reason = %why, "replica dropped from the in-sync set");
         }
         state.in_sync = false;
         state.message = why;
@@ -938,7 +974,7 @@ fn run_link(replication: &Arc<Replication>, link: &Arc<Link>, region: &Weak<Regi
             state.connected = false;
             state.waiting_since = None;
             if state.in_sync {
-                tracing::warn!(region = %replication.name, replica = %link.addr, "replica dropped from the in-sync set: link lost");
+                tracing::warn!(region = %replication.name, replica = %link.addr(), "replica dropped from the in-sync set: link lost");
             }
             state.in_sync = false;
             if let Err(message) = &outcome {
@@ -972,7 +1008,7 @@ fn serve_link(
         ..replication.peer_options.clone()
     };
     let client = Arc::new(
-        Client::connect(link.addr.as_str(), options).map_err(|e| format!("connecting: {e}"))?,
+        Client::connect(link.addr().as_str(), options).map_err(|e| format!("connecting: {e}"))?,
     );
     link.state.lock().connected = true;
     loop {
@@ -1199,7 +1235,7 @@ fn acknowledged(replication: &Replication, link: &Link, lsn: u64, end_bytes: u64
     // Progress: the wait for what is still unanswered starts again.
     state.waiting_since = (state.acked < state.sent).then(Instant::now);
     if !state.in_sync && state.acked >= last {
-        tracing::info!(region = %replication.name, replica = %link.addr, lsn, "replica in sync");
+        tracing::info!(region = %replication.name, replica = %link.addr(), lsn, "replica in sync");
         state.in_sync = true;
         state.message.clear();
     }
@@ -1425,6 +1461,48 @@ pub(crate) fn create(
     Ok(region)
 }
 
+/// Makes an empty replica of a region this node leads on node `addr`, to
+/// replace a lost one: created with an unknown log position, so that the
+/// sender rebuilds it by digests once its link points there
+/// (`Replication::retarget`). A copy already there (an earlier attempt) is
+/// accepted.
+pub(crate) fn create_replacement(
+    shared: &Shared,
+    region: &Region,
+    replication: &Replication,
+    addr: &str,
+    replicas: &[String],
+) -> Result<(), NodeError> {
+    let name = &region.info().name;
+    let reply = Client::connect(addr, peer_options(shared, format!("primary of {name}"))).and_then(
+        |client| {
+            client
+                .request(&Request::CreateReplica {
+                    name,
+                    size: region.info().size,
+                    page_size: region.info().page_size,
+                    uid: region.uid(),
+                    primary_epoch: replication.primary_epoch,
+                    writer_epoch: region.log().writer_epoch(),
+                    lsn: POSITION_UNKNOWN,
+                    mode: replication.mode,
+                    primary: &shared.local_addr.to_string(),
+                    replicas: replicas.iter().map(String::as_str).collect(),
+                })?
+                .decode()
+                .map(|_| ())
+        },
+    );
+    match reply {
+        Ok(()) => Ok(()),
+        Err(error) if error.code() == Some(ErrorCode::RegionExists) => Ok(()),
+        Err(error) => Err(NodeError::Peer {
+            context: format!("creating a replica of {name:?} on {addr}"),
+            error,
+        }),
+    }
+}
+
 /// Deletes a deleted primary's replicas; returns those it could not
 /// delete, with why.
 pub(crate) fn delete_replicas(
@@ -1434,14 +1512,14 @@ pub(crate) fn delete_replicas(
     let mut failed = Vec::new();
     for link in &replication.links {
         let options = peer_options(shared, format!("primary of {}", replication.name));
-        let deleted = Client::connect(link.addr.as_str(), options)
+        let deleted = Client::connect(link.addr().as_str(), options)
             .and_then(|client| client.delete_region(&replication.name));
         match deleted {
             Ok(()) => {}
             Err(error) if error.code() == Some(ErrorCode::RegionNotFound) => {}
             Err(error) => {
-                tracing::warn!(region = %replication.name, replica = %link.addr, %error, "could not delete a replica");
-                failed.push((link.addr.clone(), error));
+                tracing::warn!(region = %replication.name, replica = %link.addr(), %error, "could not delete a replica");
+                failed.push((link.addr(), error));
             }
         }
     }
@@ -1476,7 +1554,10 @@ pub(crate) fn create_replica(
         pagoda_wire::RegionState::Active,
     )?;
     region.log().raise_writer_epoch(writer_epoch);
-    region.log().reset(lsn);
+    // A replica made to replace a lost one (`POSITION_UNKNOWN`) is empty
+    // while its region is not: its primary rebuilds it by digests.
+    let needs_rebuild = lsn == POSITION_UNKNOWN;
+    region.log().reset(if needs_rebuild { 0 } else { lsn });
     *region.role().lock() = Role::Replica(Upstream {
         primary: primary.to_owned(),
         primary_epoch,
@@ -1486,7 +1567,7 @@ pub(crate) fn create_replica(
         last_message: None,
         connection: 0,
         closed_at: None,
-        needs_rebuild: false,
+        needs_rebuild,
         covered: (0, 0),
     });
     if let Err(error) = shared.catalog.save_states() {
@@ -1977,7 +2058,7 @@ fn accept_sender(
                 ));
                 (
                     replication.mode,
-                    replication.links.iter().map(|l| l.addr.clone()).collect(),
+                    replication.links.iter().map(|l| l.addr()).collect(),
                     false,
                 )
             }

@@ -29,6 +29,7 @@ fn config(dir: &Path, store: &Path, listen: SocketAddr) -> NodeConfig {
     config.replica_timeout = Duration::from_millis(1000);
     config.coordinator = Some(format!("embedded:{}", store.display()));
     config.lease = Duration::from_secs(1);
+    config.replace_replica_after = Duration::from_secs(1);
     config
 }
 
@@ -113,7 +114,10 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 fn create(cluster: &Cluster, name: &str, pages: u64) {
-    let replicas = cluster.others(0);
+    create_with(cluster, name, pages, cluster.others(0));
+}
+
+fn create_with(cluster: &Cluster, name: &str, pages: u64, replicas: Vec<String>) {
     let replicas: Vec<&str> = replicas.iter().map(String::as_str).collect();
     cluster
         .client(0)
@@ -263,4 +267,50 @@ fn a_stopping_primary_hands_its_lead_to_an_in_sync_replica() {
             "page {page_index} lost its last write"
         );
     }
+}
+
+// Guards restoring the replica count: a replica whose node is gone for
+// longer than `replace_replica_after` is replaced by a new copy on another
+// live node, rebuilt from the primary (equal contents, recorded in sync);
+// the lost node, when it comes back, finds its copy replaced and deletes
+// it.
+#[test]
+fn a_lost_replica_is_replaced_on_another_node() {
+    let mut cluster = Cluster::new(4);
+    let replicas = vec![cluster.addrs[1].to_string(), cluster.addrs[2].to_string()];
+    create_with(&cluster, "l", 256, replicas);
+    let writer = cluster.client(0);
+    let info = writer.stat_region("l").unwrap().info;
+    for i in 0..64u64 {
+        writer.write_pages(&info, &[i * 3 % 256], &page(i + 1)).unwrap();
+    }
+    let lost = cluster.addrs[2].to_string();
+    let replacement = cluster.addrs[3].to_string();
+    cluster.nodes[2] = None;
+    for i in 64..128u64 {
+        writer.write_pages(&info, &[i * 5 % 256], &page(i + 1)).unwrap();
+    }
+    eventually("the lost replica is replaced and the new copy is in sync", || {
+        let record = cluster.record("l").unwrap();
+        record.replicas.contains(&replacement)
+            && !record.replicas.contains(&lost)
+            && record.in_sync.contains(&replacement)
+    });
+    let record = cluster.record("l").unwrap();
+    assert_eq!(record.primary, cluster.addrs[0].to_string());
+    assert_eq!(record.replicas.len(), 2, "{record:?}");
+    let expected = writer.checksum("l", false).unwrap().digest;
+    assert_eq!(
+        cluster.client(3).checksum("l", false).unwrap().digest,
+        expected,
+        "the replacement's copy differs from the primary's"
+    );
+    // The lost node comes back: its copy is no longer one of the region's.
+    cluster.restart(2);
+    let error = cluster.client(2).stat_region("l").unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::RegionNotFound), "{error}");
+    // And the region goes on with its new replica set.
+    writer.write_pages(&info, &[7], &page(1000)).unwrap();
+    let expected = writer.checksum("l", false).unwrap().digest;
+    assert_eq!(cluster.client(3).checksum("l", false).unwrap().digest, expected);
 }
