@@ -45,6 +45,8 @@ const LEASE: Duration = Duration::from_millis(1000);
 /// most 2 s for a replica to catch up (docs/design.md, "Hand-off"), and
 /// the client pauses at most 1 s between two dialling rounds.
 const HAND_OFF_STALL_MAX: Duration = Duration::from_secs(3);
+/// Restarts of etcd tried until one is shorter than the lease.
+const SHORT_RESTART_ATTEMPTS: usize = 3;
 /// Kill trials (the issue asks for at least 10).
 const KILL_TRIALS: usize = 10;
 /// Most pages in one write batch.
@@ -911,19 +913,30 @@ fn restarting_etcd_under_load_loses_nothing_and_the_cluster_resumes() {
         writer.wait_for_acks(100, WAIT_LIMIT, "before the restarts");
     }
 
-    // Shorter than the lease.
-    let stopped_at = Instant::now();
-    cluster.etcd.restart();
-    let short_down = stopped_at.elapsed();
+    // Shorter than the lease: etcd's own start-up time, which a busy
+    // machine can stretch past the lease; then the restart is tried again
+    // (a few times at most).
+    let mut attempts = 0;
+    let (stopped_at, short_down) = loop {
+        attempts += 1;
+        let stopped_at = Instant::now();
+        cluster.etcd.restart();
+        let down = stopped_at.elapsed();
+        for writer in &writers {
+            let acks = writer.acks();
+            writer.wait_for_acks(acks + 50, WAIT_LIMIT, "after the short restart");
+        }
+        cluster.wait_until_live();
+        if down < LEASE || attempts == SHORT_RESTART_ATTEMPTS {
+            break (stopped_at, down);
+        }
+        eprintln!("etcd took {down:?} to restart, not less than the lease: once more");
+    };
     assert!(
         short_down < LEASE,
-        "etcd took {short_down:?} to restart: the short restart is not shorter than the lease"
+        "etcd took {short_down:?} to restart in each of {attempts} attempts: no restart was \
+         shorter than the lease"
     );
-    for writer in &writers {
-        let acks = writer.acks();
-        writer.wait_for_acks(acks + 50, WAIT_LIMIT, "after the short restart");
-    }
-    cluster.wait_until_live();
     for ((name, kind), (writer, before)) in regions.iter().zip(writers.iter().zip(&before)) {
         let record = cluster.record(name);
         assert_eq!(
