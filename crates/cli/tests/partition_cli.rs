@@ -3,7 +3,9 @@
 //! attached to it live in a namespace of their own, joined by a veth pair
 //! to the rest (etcd and the two other nodes, in this process's namespace);
 //! taking the namespace's end of the pair down cuts the primary off from
-//! etcd and from its replicas while its writer still reaches it.
+//! etcd and from its replicas while its writer still reaches it. One test
+//! with a `sync` region, one with an `async` region (where the primary's
+//! lease is all that stops it); they run one at a time.
 //!
 //! Addresses, in `10.77.S.0/24` for a subnet `S` no interface uses yet:
 //!
@@ -36,13 +38,13 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pagoda::{Client, ClientError, ClientOptions, ErrorCode, RegionInfo, RegionOptions};
-use pagoda_cluster::{Coordinator, RegionRecord};
+use pagoda_cluster::RegionRecord;
 use rand::{Rng, SeedableRng};
 
 const PAGE: usize = 4096;
@@ -102,11 +104,14 @@ impl Network {
             "the partition test makes network namespaces and veth pairs (ip netns, setns): run it \
              as root; it is not skipped"
         );
+        // Unique per process and per test in it.
+        static NETWORKS: AtomicUsize = AtomicUsize::new(0);
         let pid = std::process::id();
+        let test = NETWORKS.fetch_add(1, Ordering::SeqCst) % 10;
         let network = Network {
-            namespace: format!("pagoda-part-{pid}"),
-            outer: format!("pgp{pid}o"),
-            inner: format!("pgp{pid}i"),
+            namespace: format!("pagoda-part-{pid}-{test}"),
+            outer: format!("pgp{pid}{test}o"),
+            inner: format!("pgp{pid}{test}i"),
             prefix: free_subnet(pid),
         };
         let (ns, outer, inner) = (&network.namespace, &network.outer, &network.inner);
@@ -629,9 +634,10 @@ impl Writer {
 }
 
 /// Reads every page from `addr` and compares it with the writers' logs:
-/// each page holds an intact version its writer sent, no older than the
-/// newest acknowledged one.
-fn check_against_model(addr: &str, name: &str, logs: &[&Log], what: &str) {
+/// each page holds an intact version its writer sent (asserted); returns
+/// the pages holding a version older than the newest acknowledged one, as
+/// (page, version held, version acknowledged).
+fn compare_with_model(addr: &str, name: &str, logs: &[&Log], what: &str) -> Vec<(u64, u64, u64)> {
     let reader = Client::connect(
         addr,
         ClientOptions {
@@ -645,6 +651,7 @@ fn check_against_model(addr: &str, name: &str, logs: &[&Log], what: &str) {
     let newest = |page: usize, pick: fn(&Log) -> &Vec<u64>| -> u64 {
         logs.iter().map(|log| pick(log)[page]).max().unwrap()
     };
+    let mut lost = Vec::new();
     let mut data = vec![0u8; 256 * PAGE];
     for first in (0..REGION_PAGES).step_by(256) {
         let pages: Vec<u64> = (first..first + 256).collect();
@@ -663,13 +670,22 @@ fn check_against_model(addr: &str, name: &str, logs: &[&Log], what: &str) {
                 "{what}: page {page} on {addr} holds bytes no writer sent (version field \
                  {version}, newest sent {sent})"
             );
-            assert!(
-                version >= acknowledged,
-                "{what}: ACKNOWLEDGED WRITE LOST: page {page} on {addr} holds version {version}, \
-                 but version {acknowledged} was acknowledged"
-            );
+            if version < acknowledged {
+                lost.push((page, version, acknowledged));
+            }
         }
     }
+    lost
+}
+
+/// `compare_with_model`, and every acknowledged write must be there.
+fn check_against_model(addr: &str, name: &str, logs: &[&Log], what: &str) {
+    let lost = compare_with_model(addr, name, logs, what);
+    assert!(
+        lost.is_empty(),
+        "{what}: ACKNOWLEDGED WRITES LOST on {addr}, as (page, version held, version \
+         acknowledged): {lost:?}"
+    );
 }
 
 fn millis(duration: Duration) -> f64 {
@@ -689,95 +705,122 @@ fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 }
 
 // ---------------------------------------------------------------------------
-// The test.
+// The tests.
 
-// Guards failover across a real partition, and the absence of split brain:
-// the primary of a `sync` region, with a writer beside it, is cut off from
-// etcd and from both replicas. The cut-off primary acknowledges no write
-// after its lease expired and answers its writer NotPrimary; the other side
-// fails over (the record names a replica at a higher epoch) and a cluster
-// client there writes on; once the partition heals the old primary rejoins
-// as an in-sync replica, and both copies hold every acknowledged write of
-// both writers.
-#[test]
-fn a_partitioned_primary_stops_and_the_majority_fails_over() {
-    let network = Network::create();
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let (etcd, endpoint) = start_etcd(&network.outside(), dir.path());
-    let settings = NodeSettings {
-        endpoint: endpoint.clone(),
-        token_file: token_file.clone(),
-        dir: dir.path().to_path_buf(),
-    };
-    // The most free bytes: placement makes the namespace's node primary.
-    let cut_off = Node::start(
-        &settings,
-        0,
-        format!("{}:{}", network.primary(), free_port()),
-        "512MiB",
-        Some(&network.namespace),
-    );
-    let others: Vec<Node> = (1..3)
-        .map(|index| {
-            let addr = format!("{}:{}", network.outside(), free_port());
-            Node::start(&settings, index, addr, "256MiB", None)
-        })
-        .collect();
-    let logs = || {
-        let mut all = vec![cut_off.log_tail(), etcd.log_tail()];
-        all.extend(others.iter().map(Node::log_tail));
+/// One test at a time: each measures against one-second leases.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The network, etcd, the primary in the namespace and two nodes outside
+/// (see the module docs); dropped in that order's reverse.
+struct Setup {
+    cut_off: Node,
+    others: Vec<Node>,
+    etcd: Process,
+    endpoint: String,
+    token_file: PathBuf,
+    coordinator: Arc<dyn pagoda_cluster::Coordinator>,
+    network: Network,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn start() -> Setup {
+        let network = Network::create();
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, TOKEN).unwrap();
+        let (etcd, endpoint) = start_etcd(&network.outside(), dir.path());
+        let settings = NodeSettings {
+            endpoint: endpoint.clone(),
+            token_file: token_file.clone(),
+            dir: dir.path().to_path_buf(),
+        };
+        // The most free bytes: placement makes the namespace's node the
+        // primary.
+        let cut_off = Node::start(
+            &settings,
+            0,
+            format!("{}:{}", network.primary(), free_port()),
+            "512MiB",
+            Some(&network.namespace),
+        );
+        let others: Vec<Node> = (1..3)
+            .map(|index| {
+                let addr = format!("{}:{}", network.outside(), free_port());
+                Node::start(&settings, index, addr, "256MiB", None)
+            })
+            .collect();
+        let coordinator = pagoda_cluster::connect(&endpoint).unwrap();
+        eventually("the three nodes are live", || {
+            let nodes = coordinator.nodes().ok()?;
+            (nodes.len() == 3).then_some(())
+        });
+        // Each node learns the live nodes (its allowed peers off loopback)
+        // at its agent's next tick, a quarter lease at most: before that
+        // the primary would refuse the replicas as peers it may not dial.
+        std::thread::sleep(LEASE / 2);
+        Setup {
+            cut_off,
+            others,
+            etcd,
+            endpoint,
+            token_file,
+            coordinator,
+            network,
+            _dir: dir,
+        }
+    }
+
+    /// Every process's log tail, for a failure message.
+    fn logs(&self) -> String {
+        let mut all = vec![self.cut_off.log_tail(), self.etcd.log_tail()];
+        all.extend(self.others.iter().map(Node::log_tail));
         all.join("\n")
-    };
-    let coordinator = pagoda_cluster::connect(&endpoint).unwrap();
-    eventually("the three nodes are live", || {
-        let nodes = coordinator.nodes().ok()?;
-        // Free bytes are in the node records: wait for every one.
-        (nodes.len() == 3).then_some(())
-    });
-    // Each node learns the live nodes (its allowed peers off loopback) at
-    // its agent's next tick, a quarter lease at most: before that the
-    // primary would refuse the replicas as peers it may not dial.
-    std::thread::sleep(LEASE / 2);
-    let name = "partitioned";
-    run_ok(
-        &[
-            "region",
-            "create",
-            name,
-            "--size",
-            REGION_SIZE,
-            "--replicas",
-            "2",
-            "--mode",
-            "sync",
-            "--coordinator",
-            &endpoint,
-        ],
-        &token_file,
-    );
-    let record = |coordinator: &Arc<dyn Coordinator>| -> RegionRecord {
-        coordinator
+    }
+
+    fn record(&self, name: &str) -> RegionRecord {
+        self.coordinator
             .region(name)
             .expect("etcd answers")
             .expect("the region is recorded")
             .value
-    };
-    let before = record(&coordinator);
-    assert_eq!(
-        before.primary, cut_off.addr,
-        "placement did not choose the node with the most free bytes: {before:?}"
-    );
+    }
 
-    // The writer inside the namespace, beside the primary: a plain client
-    // that does not reconnect, so every refusal reaches it.
-    let inside_writer = {
-        let namespace = network.namespace.clone();
-        let primary = cut_off.addr.clone();
+    /// Creates a region with two replicas in `mode`, placed by the
+    /// coordinator on the namespace's node.
+    fn create_region(&self, name: &str, mode: &str) -> RegionRecord {
+        run_ok(
+            &[
+                "region",
+                "create",
+                name,
+                "--size",
+                REGION_SIZE,
+                "--replicas",
+                "2",
+                "--mode",
+                mode,
+                "--coordinator",
+                &self.endpoint,
+            ],
+            &self.token_file,
+        );
+        let record = self.record(name);
+        assert_eq!(
+            record.primary, self.cut_off.addr,
+            "placement did not choose the node with the most free bytes: {record:?}"
+        );
+        record
+    }
+
+    /// A writer inside the namespace, beside the primary: a plain client
+    /// that does not reconnect, so every refusal reaches it.
+    fn inside_writer(&self, name: &'static str, pages: std::ops::Range<u64>, seed: u64) -> Writer {
+        let namespace = self.network.namespace.clone();
+        let primary = self.cut_off.addr.clone();
         Writer::start(
-            0..REGION_PAGES / 2,
-            1,
+            pages,
+            seed,
             move || enter_namespace(&namespace),
             move || {
                 let options = ClientOptions {
@@ -791,21 +834,14 @@ fn a_partitioned_primary_stops_and_the_majority_fails_over() {
                 Ok(Handle::Plain { client, info })
             },
         )
-    };
-    inside_writer.wait_until("the inside writer has 100 writes acknowledged", |log| {
-        log.acks.len() >= 100
-    });
+    }
 
-    // The cut.
-    let cut_at = Instant::now();
-    network.cut();
-    let cut_done = Instant::now();
-    // A cluster client outside, writing the other half.
-    let outside_writer = {
-        let endpoint = endpoint.clone();
+    /// A cluster client outside the namespace.
+    fn outside_writer(&self, name: &'static str, pages: std::ops::Range<u64>, seed: u64) -> Writer {
+        let endpoint = self.endpoint.clone();
         Writer::start(
-            REGION_PAGES / 2..REGION_PAGES,
-            2,
+            pages,
+            seed,
             || {},
             move || {
                 let options = ClientOptions {
@@ -822,21 +858,112 @@ fn a_partitioned_primary_stops_and_the_majority_fails_over() {
                 })
             },
         )
-    };
-    // The other side fails over.
-    let after = eventually("the record names another primary", || {
-        let record = record(&coordinator);
-        (record.primary != before.primary && !record.primary.is_empty()).then_some(record)
+    }
+
+    /// Waits until the record of `name` names another primary than
+    /// `before` does, at a higher epoch, one that `before` counted in sync.
+    fn wait_for_failover(&self, name: &str, before: &RegionRecord) -> RegionRecord {
+        let after = eventually(
+            &format!("the record of {name} names another primary"),
+            || {
+                let record = self.record(name);
+                (record.primary != before.primary && !record.primary.is_empty()).then_some(record)
+            },
+        );
+        assert!(
+            after.primary_epoch > before.primary_epoch,
+            "{name}: the new primary's epoch did not grow: {after:?}, before {before:?}"
+        );
+        assert!(
+            before.in_sync.contains(&after.primary),
+            "{name}: the new primary was not in sync: {after:?}, before {before:?}"
+        );
+        after
+    }
+
+    /// Waits until the old primary is an in-sync replica of `name` again,
+    /// and says so itself.
+    fn wait_for_rejoin(&self, name: &str, primary: &str) {
+        eventually(
+            &format!("the old primary is an in-sync replica of {name} again"),
+            || {
+                let record = self.record(name);
+                (record.primary == primary && record.in_sync.contains(&self.cut_off.addr))
+                    .then_some(())
+            },
+        );
+        let set: serde_json::Value = serde_json::from_str(&run_ok(
+            &[
+                "region",
+                "replicas",
+                name,
+                "--json",
+                "--node",
+                &self.cut_off.addr,
+            ],
+            &self.token_file,
+        ))
+        .unwrap();
+        assert_eq!(set["role"], "replica", "{name} on the old primary: {set}");
+        assert_eq!(set["primary"], primary, "{name} on the old primary: {set}");
+    }
+
+    /// The region's digest on `addr` (`pagoda region checksum`).
+    fn digest(&self, name: &str, addr: &str) -> String {
+        let stdout = run_ok(
+            &["region", "checksum", name, "--json", "--node", addr],
+            &self.token_file,
+        );
+        let value: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        value["digest"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The batches a writer had acknowledged after `since`, as ms after `from`.
+fn acknowledged_after(log: &Log, since: Instant, from: Instant) -> Vec<f64> {
+    log.acks
+        .iter()
+        .filter(|(at, _)| *at > since)
+        .map(|(at, _)| millis(*at - from))
+        .collect()
+}
+
+/// Refusals with NotPrimary after `since`.
+fn refused_after(log: &Log, since: Instant) -> usize {
+    log.failures
+        .iter()
+        .filter(|(at, code, _)| *at > since && *code == Some(ErrorCode::NotPrimary))
+        .count()
+}
+
+// Guards failover across a real partition, and the absence of split brain,
+// for a `sync` region: its primary, with a writer beside it, is cut off from
+// etcd and from both replicas. The cut-off primary acknowledges no write
+// after its lease expired and answers its writer NotPrimary; the other side
+// fails over (the record names a replica at a higher epoch) and a cluster
+// client there writes on; once the partition heals the old primary rejoins
+// as an in-sync replica, and both copies hold every acknowledged write of
+// both writers.
+#[test]
+fn a_partitioned_primary_stops_and_the_majority_fails_over() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let setup = Setup::start();
+    let name = "partitioned";
+    let before = setup.create_region(name, "sync");
+    let inside_writer = setup.inside_writer(name, 0..REGION_PAGES / 2, 1);
+    inside_writer.wait_until("the inside writer has 100 writes acknowledged", |log| {
+        log.acks.len() >= 100
     });
+
+    let cut_at = Instant::now();
+    setup.network.cut();
+    let cut_done = Instant::now();
+    // A cluster client outside, writing the other half.
+    let outside_writer = setup.outside_writer(name, REGION_PAGES / 2..REGION_PAGES, 2);
+    let after = setup.wait_for_failover(name, &before);
     let failed_over_at = cut_at.elapsed();
-    assert!(
-        after.primary_epoch > before.primary_epoch,
-        "the new primary's epoch did not grow: {after:?}, before {before:?}"
-    );
-    assert!(
-        before.in_sync.contains(&after.primary),
-        "the new primary was not in sync: {after:?}, before {before:?}"
-    );
     let new_primary: SocketAddr = after.primary.parse().unwrap();
     outside_writer.wait_until("the outside writer has 50 writes acknowledged", |log| {
         log.acks
@@ -846,81 +973,30 @@ fn a_partitioned_primary_stops_and_the_majority_fails_over() {
             >= 50
     });
     let outside_first = outside_writer.log.lock().unwrap().acks[0].0 - cut_at;
-    // The cut-off primary refuses its writer, saying it is not the primary.
+    // The cut-off primary refuses its writer, saying it is not the primary,
+    // and goes on refusing while its writer tries.
     inside_writer.wait_until("the cut-off primary answered NotPrimary", |log| {
         log.failures
             .iter()
             .any(|(_, code, _)| *code == Some(ErrorCode::NotPrimary))
     });
-    // And keeps refusing for a while, its writer trying all along.
     std::thread::sleep(LEASE * 2);
-    let role_inside = {
-        let output = Command::new("ip")
-            .args(["netns", "exec", &network.namespace])
-            .arg(env!("CARGO_BIN_EXE_pagoda"))
-            .args([
-                "region",
-                "replicas",
-                name,
-                "--json",
-                "--node",
-                &cut_off.addr,
-            ])
-            .arg("--token-file")
-            .arg(&token_file)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", text(&output));
-        let set: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        set["role"].as_str().unwrap().to_owned()
-    };
 
-    // Heal.
     let healed_at = Instant::now();
-    network.heal();
-    let rejoined = eventually("the old primary is an in-sync replica again", || {
-        let record = record(&coordinator);
-        (record.primary == after.primary && record.in_sync.contains(&cut_off.addr))
-            .then_some(record)
-    });
+    setup.network.heal();
+    setup.wait_for_rejoin(name, &after.primary);
     let rejoin = healed_at.elapsed();
-    let set: serde_json::Value = serde_json::from_str(&run_ok(
-        &[
-            "region",
-            "replicas",
-            name,
-            "--json",
-            "--node",
-            &cut_off.addr,
-        ],
-        &token_file,
-    ))
-    .unwrap();
-    assert_eq!(set["role"], "replica", "the old primary: {set}");
-    assert_eq!(set["primary"], after.primary.as_str(), "{set}");
 
     let outside = outside_writer.finish();
     let inside = inside_writer.finish();
-    let lease_expired = cut_at + LEASE;
-    let late: Vec<f64> = inside
-        .acks
-        .iter()
-        .filter(|(at, _)| *at > lease_expired)
-        .map(|(at, _)| millis(*at - cut_at))
-        .collect();
+    let late = acknowledged_after(&inside, cut_at + LEASE, cut_at);
     assert!(
         late.is_empty(),
         "SPLIT BRAIN: the cut-off primary acknowledged writes after its lease expired, at these \
          ms after the cut: {late:?}\n{}",
-        logs()
+        setup.logs()
     );
-    // Writes acknowledged while the cut was being made count before it.
-    let after_cut = inside.acks.iter().filter(|(at, _)| *at > cut_done).count();
-    let refused = inside
-        .failures
-        .iter()
-        .filter(|(at, code, _)| *at > lease_expired && *code == Some(ErrorCode::NotPrimary))
-        .count();
+    let refused = refused_after(&inside, cut_at + LEASE);
     assert!(
         refused > 0,
         "the cut-off primary's writer saw no NotPrimary after the lease expired: {:?}",
@@ -930,38 +1006,34 @@ fn a_partitioned_primary_stops_and_the_majority_fails_over() {
         inside
             .acks
             .iter()
-            .all(|(_, peer)| peer.to_string() == cut_off.addr),
+            .all(|(_, peer)| peer.to_string() == setup.cut_off.addr),
         "the inside writer reached another node"
     );
-
     check_against_model(
         &after.primary,
         name,
         &[&inside, &outside],
         "the new primary",
     );
-    check_against_model(&cut_off.addr, name, &[&inside, &outside], "the old primary");
-    let digests: Vec<String> = [&after.primary, &cut_off.addr]
-        .iter()
-        .map(|addr| {
-            let stdout = run_ok(
-                &["region", "checksum", name, "--json", "--node", addr],
-                &token_file,
-            );
-            let value: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-            value["digest"].as_str().unwrap().to_owned()
-        })
-        .collect();
+    check_against_model(
+        &setup.cut_off.addr,
+        name,
+        &[&inside, &outside],
+        "the old primary",
+    );
     assert_eq!(
-        digests[0], digests[1],
+        setup.digest(name, &after.primary),
+        setup.digest(name, &setup.cut_off.addr),
         "the rejoined replica's copy differs from the new primary's"
     );
+    // Writes acknowledged while the cut was being made count before it.
+    let after_cut = acknowledged_after(&inside, cut_done, cut_at).len();
     eprintln!(
-        "partition: {} acknowledged batches inside before the cut (cut in {:.0} ms), {after_cut} \
-         after it (none after the lease), {refused} refused with NotPrimary after the lease; the cut-off \
-         primary's role then: {role_inside}; record moved to {} at epoch {} {:.0} ms after the \
-         cut; the outside writer's first acknowledged write {:.0} ms after the cut, {} in all; \
-         the old primary an in-sync replica {:.0} ms after the heal (record {rejoined:?})",
+        "partition, sync: {} batches acknowledged inside before the cut (cut in {:.0} ms), \
+         {after_cut} after it (none after the lease), {refused} refused with NotPrimary after \
+         the lease; record moved to {} at epoch {} {:.0} ms after the cut; the outside writer's \
+         first acknowledged write {:.0} ms after the cut, {} in all; the old primary an in-sync \
+         replica {:.0} ms after the heal",
         inside.acks.len() - after_cut,
         millis(cut_done - cut_at),
         after.primary,
@@ -970,5 +1042,84 @@ fn a_partitioned_primary_stops_and_the_majority_fails_over() {
         millis(outside_first),
         outside.acks.len(),
         millis(rejoin),
+    );
+}
+
+// FAILS as of commit f51e0ee, at the SPLIT BRAIN assertion: the cut-off
+// primary acknowledges an `async` write about 2 s after the cut, after its
+// lease expired and after the new primary took over (the write passed the
+// lease check before the fence, then waited in the write path until the
+// links to the unreachable replicas failed, and was answered without a
+// second check). A node bug, reported; the assertion stands.
+//
+// Guards self-fencing where nothing else stops a cut-off primary: in
+// `async` mode a primary acknowledges writes without its replicas, so once
+// it is cut off from etcd and its replicas only its lease stops it. It must
+// acknowledge no write after its lease expired (and answer NotPrimary);
+// the other side fails over; after the heal the old primary's copy is
+// rebuilt to the new primary's (what it acknowledged alone, before its
+// lease expired, is the documented loss of an `async` failover: counted,
+// not asserted).
+#[test]
+fn a_partitioned_async_primary_acknowledges_nothing_after_its_lease() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let setup = Setup::start();
+    let name = "partitioned-async";
+    let before = setup.create_region(name, "async");
+    let inside_writer = setup.inside_writer(name, 0..REGION_PAGES, 3);
+    inside_writer.wait_until("the inside writer has 100 writes acknowledged", |log| {
+        log.acks.len() >= 100
+    });
+
+    let cut_at = Instant::now();
+    setup.network.cut();
+    let cut_done = Instant::now();
+    let after = setup.wait_for_failover(name, &before);
+    let failed_over_at = cut_at.elapsed();
+    inside_writer.wait_until("the cut-off primary answered NotPrimary", |log| {
+        log.failures
+            .iter()
+            .any(|(_, code, _)| *code == Some(ErrorCode::NotPrimary))
+    });
+    std::thread::sleep(LEASE * 2);
+
+    setup.network.heal();
+    setup.wait_for_rejoin(name, &after.primary);
+    let inside = inside_writer.finish();
+    assert_eq!(
+        setup.digest(name, &after.primary),
+        setup.digest(name, &setup.cut_off.addr),
+        "the rejoined replica's copy differs from the new primary's"
+    );
+    let lost = compare_with_model(&after.primary, name, &[&inside], "the new primary").len();
+    let after_cut = acknowledged_after(&inside, cut_done, cut_at);
+    let refused = refused_after(&inside, cut_at + LEASE);
+    eprintln!(
+        "partition, async: {} batches acknowledged by the cut-off primary after the cut, at \
+         {:.0}..{:.0} ms after it; {refused} refused with NotPrimary after the lease; record \
+         moved to {} at epoch {} {:.0} ms after the cut; {lost} pages on the new primary older \
+         than acknowledged",
+        after_cut.len(),
+        after_cut.first().copied().unwrap_or(0.0),
+        after_cut.last().copied().unwrap_or(0.0),
+        after.primary,
+        after.primary_epoch,
+        millis(failed_over_at),
+    );
+    let late = acknowledged_after(&inside, cut_at + LEASE, cut_at);
+    assert!(
+        late.is_empty(),
+        "SPLIT BRAIN: the cut-off async primary acknowledged writes after its lease expired \
+         (the new primary took over {:.0} ms after the cut), at these ms after the cut: \
+         {late:?}\n{}",
+        millis(failed_over_at),
+        setup.logs()
+    );
+    assert!(
+        refused > 0,
+        "the cut-off primary's writer saw no NotPrimary after the lease expired: {:?}",
+        inside.failures
     );
 }
