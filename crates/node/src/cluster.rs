@@ -144,9 +144,21 @@ impl Membership {
         }
     }
 
-    /// Whether `addr` is a live node of the cluster (an allowed peer).
+    /// Whether `addr` is a live node of the cluster (an allowed peer): as
+    /// of the last tick, or else as the coordinator says now (a node that
+    /// joined since).
     pub(crate) fn is_live_node(&self, addr: &str) -> bool {
-        self.live.lock().iter().any(|node| node.addr == addr)
+        if self.live.lock().iter().any(|node| node.addr == addr) {
+            return true;
+        }
+        match self.coordinator.nodes() {
+            Ok(nodes) => {
+                let live = nodes.iter().any(|node| node.addr == addr);
+                *self.live.lock() = nodes;
+                live
+            }
+            Err(_) => false,
+        }
     }
 
     pub(crate) fn stop(&self) {
@@ -157,6 +169,11 @@ impl Membership {
 
 /// Refuses a write on a node that may not lead now (its lease lapsed).
 pub(crate) fn check_lease(shared: &Shared, region: &Region) -> Result<(), NodeError> {
+    check_lease_named(shared, &region.info().name)
+}
+
+/// [`check_lease`] by the region's name.
+pub(crate) fn check_lease_named(shared: &Shared, name: &str) -> Result<(), NodeError> {
     if shared.membership.may_lead() {
         return Ok(());
     }
@@ -167,7 +184,7 @@ pub(crate) fn check_lease(shared: &Shared, region: &Region) -> Result<(), NodeEr
         );
     }
     Err(NodeError::NotPrimary {
-        region: region.info().name.clone(),
+        region: name.to_owned(),
         primary: String::new(),
     })
 }

@@ -55,10 +55,12 @@ impl Deferred {
         for direct in self.directs {
             direct.collect(&self.replication);
         }
+        let name = self.replication.name().to_owned();
         match self
             .replication
             .wait_acked(self.lsn)
             .and_then(|()| crate::cluster::record_in_sync(shared, &self.replication))
+            .and_then(|()| crate::cluster::check_lease_named(shared, &name))
         {
             Ok(()) => Response::Done.encode(out, self.request_id, 0),
             Err(error) => {
@@ -346,6 +348,10 @@ pub(crate) fn serve_request(
             let directs = in_order(&region, epoch, lsn, forward, || {
                 node_journal::apply(shared, &region, commit_id, &entries)
             })?;
+            // A node whose lease lapsed while the write waited (for room,
+            // for a replica's socket) answers nothing as done: a successor
+            // may lead by now.
+            crate::cluster::check_lease(shared, &region)?;
             answer_write(ctx, replication, directs, request_id, lsn, out);
         }
         Request::RegionChecksum {
@@ -391,6 +397,10 @@ pub(crate) fn serve_request(
             let directs = in_order(&region, epoch, lsn, forward, || {
                 region.write_pages(pages, data)
             })?;
+            // A node whose lease lapsed while the write waited (for room,
+            // for a replica's socket) answers nothing as done: a successor
+            // may lead by now.
+            crate::cluster::check_lease(shared, &region)?;
             answer_write(ctx, replication, directs, request_id, lsn, out);
         }
         Request::NodeStat => Response::NodeStat(NodeStat {

@@ -94,7 +94,7 @@ const RENEW_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// role the node still gives another connection: from the first, doubling
 /// to the second.
 const WAIT_PAUSE_MIN: Duration = Duration::from_millis(10);
-const WAIT_PAUSE_MAX: Duration = Duration::from_secs(1);
+const WAIT_PAUSE_MAX: Duration = Duration::from_millis(200);
 
 /// The socket addresses of a `HOST:PORT` from the coordinator (none if it
 /// does not resolve).

@@ -57,7 +57,10 @@ pub(crate) const REDIRECTS_MAX: u32 = 4;
 /// The first pause between two rounds of dialling; it doubles up to
 /// [`RECONNECT_PAUSE_MAX`].
 const RECONNECT_PAUSE_MIN: Duration = Duration::from_millis(10);
-const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// Short: during a failover the next round may find the new primary, and
+/// a refused dial costs little (cluster links ask the coordinator once a
+/// round).
+const RECONNECT_PAUSE_MAX: Duration = Duration::from_millis(200);
 /// Rounds of dialling one reconnect makes at most (besides its deadline).
 const RECONNECT_ROUNDS_MAX: u32 = 1_000;
 /// The first pause before a link with a resolver moves off a node that
