@@ -150,7 +150,10 @@ impl EmbeddedCoordinator {
         let out = f(&mut state)?;
         match write {
             Save::No if path.exists() => {}
-            Save::Volatile => self.save(&state, false)?,
+            // Leases and node records need no fsync of their own, but the
+            // file they share with region records is renamed over the old
+            // one: it must be complete on disk first.
+            Save::Volatile => self.save(&state, true)?,
             Save::No | Save::Durable => self.save(&state, true)?,
         }
         drop(lock);

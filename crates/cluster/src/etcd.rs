@@ -367,11 +367,19 @@ impl EtcdCoordinator {
                 .get(prefix, Some(GetOptions::new().with_prefix()))
                 .await
         })?;
-        response
+        // One record that does not parse (damaged, or written by another
+        // version) must not hide the others: it is skipped, and said.
+        Ok(response
             .kvs()
             .iter()
-            .map(|kv| Ok((decode(kv)?, kv.mod_revision())))
-            .collect()
+            .filter_map(|kv| match decode(kv) {
+                Ok(value) => Some((value, kv.mod_revision())),
+                Err(error) => {
+                    tracing::warn!(%error, "skipping a coordinator record that does not parse");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// An answer that etcd's API rules out: not a failure of the store we

@@ -53,6 +53,8 @@ use crate::replication::{self, Replication, Role};
 const FENCE_MARGIN_MIN: Duration = Duration::from_millis(100);
 /// How long a peer has to answer a log-position query during failover.
 const PEER_TIMEOUT: Duration = Duration::from_millis(500);
+/// The longest node lease.
+const LEASE_MAX: Duration = Duration::from_secs(3600);
 /// How often the node's record (free bytes) is rewritten, at most.
 const RECORD_REFRESH: Duration = Duration::from_secs(2);
 
@@ -75,6 +77,13 @@ pub(crate) struct Membership {
     wake_lock: Mutex<()>,
     /// Whether this node has logged the loss of its lease (once per loss).
     lost_logged: AtomicBool,
+    /// Set when the lease expired: renewals do not let the node lead again
+    /// until the next tick has compared each region it led with its record
+    /// (another may lead it by now).
+    rechecking: AtomicBool,
+    /// When the last successful renewal was sent (nanoseconds after
+    /// `base`).
+    last_sent: AtomicU64,
     /// When this node first saw each region's primary down: a replica that
     /// is not the most advanced waits for the one that is, but not for
     /// ever (that one may not reach the storage backend).
@@ -104,6 +113,19 @@ impl Membership {
                 pagoda_cluster::LEASE_MIN.as_millis()
             )));
         }
+        if shared_store && config.listen.ip().is_unspecified() {
+            return Err(NodeError::Config(format!(
+                "a node of a cluster is known by the address it listens on, which peers and \
+                 clients dial: give --listen a specific address, not {}",
+                config.listen
+            )));
+        }
+        if config.lease > LEASE_MAX {
+            return Err(NodeError::Config(format!(
+                "the lease must be at most {} s",
+                LEASE_MAX.as_secs()
+            )));
+        }
         let coordinator = pagoda_cluster::connect(&endpoint)
             .map_err(|e| NodeError::Config(format!("coordinator: {e}")))?;
         Ok(Membership {
@@ -118,6 +140,8 @@ impl Membership {
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
             lost_logged: AtomicBool::new(false),
+            rechecking: AtomicBool::new(false),
+            last_sent: AtomicU64::new(0),
             down_since: Mutex::new(std::collections::HashMap::new()),
         })
     }
@@ -136,11 +160,29 @@ impl Membership {
     }
 
     fn renewed(&self, sent: Instant) {
-        let until = (sent + self.ttl).saturating_duration_since(self.base);
-        let until = until.saturating_sub(self.margin()).as_nanos() as u64;
+        let sent = sent.saturating_duration_since(self.base).as_nanos() as u64;
+        self.last_sent.fetch_max(sent, Ordering::AcqRel);
+        if !self.rechecking.load(Ordering::Acquire) {
+            self.extend();
+        }
+    }
+
+    /// Lets the node lead until the last renewal sent + TTL − margin.
+    fn extend(&self) {
+        let sent = Duration::from_nanos(self.last_sent.load(Ordering::Acquire));
+        let until = (sent + self.ttl).saturating_sub(self.margin()).as_nanos() as u64;
         self.valid_until.fetch_max(until, Ordering::AcqRel);
         if self.lost_logged.swap(false, Ordering::AcqRel) {
             tracing::info!(coordinator = %self.coordinator.endpoint(), "coordinator lease renewed: taking writes again");
+        }
+    }
+
+    /// A tick compared every region with its record: a node that joined
+    /// again may lead again.
+    fn rechecked(&self) {
+        if self.rechecking.swap(false, Ordering::AcqRel) {
+            tracing::info!("every region compared with its record after the lease expired");
+            self.extend();
         }
     }
 
@@ -282,6 +324,8 @@ pub(crate) fn record_in_sync(shared: &Shared, replication: &Replication) -> Resu
     // lapse (then the write is not acknowledged: its writer resends it to
     // whoever leads next).
     let name = replication.name().to_owned();
+    let deadline = Instant::now() + shared.config.replica_timeout;
+    let _serial = replication.record_lock();
     loop {
         if !shared.membership.may_lead() {
             return Err(NodeError::NotPrimary {
@@ -289,16 +333,25 @@ pub(crate) fn record_in_sync(shared: &Shared, replication: &Replication) -> Resu
                 primary: String::new(),
             });
         }
-        match write_in_sync(shared, replication, |recorded| {
+        let error = match write_in_sync(shared, replication, |recorded| {
             recorded.retain(|addr| current.contains(addr));
         }) {
             Ok(()) => return Ok(()),
             Err(error @ NodeError::NotPrimary { .. }) => return Err(error),
-            Err(error) => {
-                tracing::warn!(region = %name, %error, "could not record the in-sync set; retrying");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            Err(error) => error,
+        };
+        // Not acknowledged: the writer sends it again (with its number).
+        if Instant::now() >= deadline {
+            return Err(NodeError::RegionUnavailable {
+                name,
+                reason: format!(
+                    "a replica left the in-sync set and the coordinator's record could not \
+                     say so: {error}"
+                ),
+            });
         }
+        tracing::warn!(region = %name, %error, "could not record the in-sync set; retrying");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -358,11 +411,68 @@ fn write_in_sync(
     ))))
 }
 
+/// Records caught-up replicas in the in-sync set again; returns whether
+/// there were any.
+///
+/// The cached set is widened *before* the record, then the replicas added
+/// are checked to be still in sync: a write answered before the widening
+/// did not need them only if they were out of sync then, which the check
+/// sees; a write answered after it compares with the wider set and, if one
+/// of them dropped, shrinks the record itself first (serialized with this
+/// by the record lock). A cache wider than the record is always safe.
+fn grow_in_sync(shared: &Shared, replication: &Replication) -> bool {
+    let _serial = replication.record_lock();
+    let recorded = replication.recorded_in_sync();
+    let added: Vec<String> = replication
+        .in_sync_addrs()
+        .into_iter()
+        .filter(|addr| !recorded.contains(addr))
+        .collect();
+    if added.is_empty() {
+        return false;
+    }
+    let mut widened = recorded.clone();
+    widened.extend(added.iter().cloned());
+    replication.set_recorded_in_sync(widened);
+    let now = replication.in_sync_addrs();
+    if !added.iter().all(|addr| now.contains(addr)) {
+        replication.set_recorded_in_sync(recorded);
+        return true;
+    }
+    if let Err(error) = write_in_sync(shared, replication, |record| {
+        for addr in &added {
+            if !record.contains(addr) {
+                record.push(addr.clone());
+            }
+        }
+    }) {
+        // The record may or may not have changed: the cache stays wide.
+        tracing::debug!(region = %replication.name(), %error, "could not record caught-up replicas");
+    }
+    true
+}
+
 // ---------------------------------------------------------------------------
 // The agent.
 
 /// Starts the agent thread.
-pub(crate) fn start(shared: Arc<Shared>) -> Result<std::thread::JoinHandle<()>, NodeError> {
+/// The agent's threads: one renews the lease (and nothing else, so that no
+/// slow peer or store delays a renewal), one looks at the region records.
+pub(crate) struct Agent {
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Waits for the threads (after `Membership::stop`).
+    pub(crate) fn join(self) {
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Joins the cluster and starts the agent.
+pub(crate) fn start(shared: Arc<Shared>) -> Result<Agent, NodeError> {
     // The first lease before serving: a node that cannot join its cluster
     // says so at start.
     if let Err(error) = renew(&shared) {
@@ -374,43 +484,62 @@ pub(crate) fn start(shared: Arc<Shared>) -> Result<std::thread::JoinHandle<()>, 
         tracing::warn!(%error, "embedded coordinator unavailable");
     }
     adopt_regions(&shared);
-    std::thread::Builder::new()
+    let lease_shared = shared.clone();
+    let lease = std::thread::Builder::new()
+        .name("pagoda-lease".into())
+        .spawn(move || run_lease(lease_shared))
+        .map_err(|e| NodeError::io("spawning the lease keeper", e))?;
+    let ticks = std::thread::Builder::new()
         .name("pagoda-cluster".into())
-        .spawn(move || run(shared))
-        .map_err(|e| NodeError::io("spawning the cluster agent", e))
+        .spawn(move || run_ticks(shared));
+    match ticks {
+        Ok(ticks) => Ok(Agent {
+            threads: vec![lease, ticks],
+        }),
+        Err(error) => Err(NodeError::io("spawning the cluster agent", error)),
+    }
 }
 
-fn run(shared: Arc<Shared>) {
-    let membership = &shared.membership;
+/// Sleeps one tick (a quarter of the lease, at most 250 ms); false once
+/// the node stops.
+fn pause(membership: &Membership) -> bool {
     let tick = (membership.ttl / 4).min(Duration::from_millis(250));
+    let mut guard = membership.wake_lock.lock();
+    if !membership.stop.load(Ordering::SeqCst) {
+        membership.wake.wait_for(&mut guard, tick);
+    }
+    !membership.stop.load(Ordering::SeqCst)
+}
+
+/// Renews the lease every tick, and the node's record every 2 s.
+fn run_lease(shared: Arc<Shared>) {
+    let membership = &shared.membership;
     let mut last_record = Instant::now();
-    while !membership.stop.load(Ordering::SeqCst) {
-        {
-            let mut guard = membership.wake_lock.lock();
-            membership.wake.wait_for(&mut guard, tick);
-        }
-        if membership.stop.load(Ordering::SeqCst) {
-            break;
-        }
+    while pause(membership) {
         let renewal_due = last_record.elapsed() >= RECORD_REFRESH;
         match renew_or_keep(&shared, renewal_due) {
-            Ok(rewrote) => {
-                if rewrote {
-                    last_record = Instant::now();
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "coordinator lease renewal failed");
-                continue;
-            }
-        }
-        if let Err(error) = tick_regions(&shared) {
-            tracing::warn!(%error, "cluster tick failed");
+            Ok(true) => last_record = Instant::now(),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "coordinator lease renewal failed"),
         }
     }
     // A node that stops hands its lease back: its record goes at once.
     if let Some(lease) = membership.lease.lock().take() {
         let _ = membership.coordinator.revoke_lease(lease);
+    }
+}
+
+/// Looks at the region records every tick.
+fn run_ticks(shared: Arc<Shared>) {
+    let membership = &shared.membership;
+    while pause(membership) {
+        refresh_live(&shared);
+        match tick_regions(&shared) {
+            // A node that joined again after its lease expired leads again
+            // only once every region it led was compared with its record.
+            Ok(()) => membership.rechecked(),
+            Err(error) => tracing::warn!(%error, "cluster tick failed"),
+        }
     }
 }
 
@@ -460,11 +589,11 @@ fn renew_or_keep(shared: &Shared, rewrite: bool) -> Result<bool, ClusterError> {
                     .coordinator
                     .put_node(&node_record(shared), lease)?;
             }
-            refresh_live(shared);
             Ok(rewrite)
         }
         Err(ClusterError::LeaseExpired(_)) => {
             tracing::warn!("coordinator lease expired: joining again");
+            membership.rechecking.store(true, Ordering::Release);
             membership.lease.lock().take();
             // Regions this node led may have failed over meanwhile: the
             // next tick checks each against its record before it leads
@@ -587,18 +716,7 @@ fn tick_regions(shared: &Arc<Shared>) -> Result<(), ClusterError> {
                 );
                 continue;
             }
-            // Caught-up replicas back into the recorded in-sync set.
-            let current = replication.in_sync_addrs();
-            if current != replication.recorded_in_sync() && membership.may_lead() {
-                let _ = write_in_sync(shared, &replication, |recorded| {
-                    recorded.retain(|addr| current.contains(addr));
-                    for addr in &current {
-                        if !recorded.contains(addr) {
-                            recorded.push(addr.clone());
-                        }
-                    }
-                });
-            } else if membership.may_lead() {
+            if membership.may_lead() && !grow_in_sync(shared, &replication) {
                 replace_lost(shared, &region, &replication, &record);
             }
             continue;
@@ -607,8 +725,11 @@ fn tick_regions(shared: &Arc<Shared>) -> Result<(), ClusterError> {
             !record.value.primary.is_empty() && live.contains(&record.value.primary);
         if record.value.primary == own {
             // The record names this node (it won a failover and has not
-            // promoted yet, or promotion failed): promote now.
-            promote_recorded(shared, &region, &record.value);
+            // promoted yet, or promotion failed): promote now, or give the
+            // lead up if this copy cannot lead.
+            if !promote_recorded(shared, &region, &record.value) {
+                vacate(shared, &record);
+            }
             continue;
         }
         if !primary_alive && record.value.in_sync.contains(&own) {
@@ -644,7 +765,9 @@ fn replace_lost(
     let name = &record.value.name;
     for lost in &record.value.replicas {
         let key = format!("{name}\u{0}{lost}");
-        if live.iter().any(|node| node.addr == *lost) {
+        // Gone from the coordinator is not gone: one its primary still
+        // reaches is kept.
+        if live.iter().any(|node| node.addr == *lost) || replication.reaches(lost) {
             membership.down_since.lock().remove(&key);
             continue;
         }
@@ -741,11 +864,10 @@ fn try_failover(
 ) {
     let own = shared.local_addr.to_string();
     let name = record.value.name.clone();
-    if replication::needs_rebuild(region) {
-        return;
-    }
-    let is_replica = matches!(&*region.role().lock(), Role::Replica(_));
-    if !is_replica {
+    // Only a copy the primary's last message counted in sync, continuous
+    // since (not restarted, not diverged), may lead: a copy reloaded from
+    // a checkpoint lacks what was written after it.
+    if !replication::counted_in_sync(region) {
         return;
     }
     let mine = region.log().applied();
@@ -788,7 +910,10 @@ fn try_failover(
     let mut value = record.value.clone();
     let old_primary = std::mem::take(&mut value.primary);
     value.primary = own.clone();
-    value.primary_epoch = value.primary_epoch.max(replication::primary_epoch(region)) + 1;
+    value.primary_epoch = value
+        .primary_epoch
+        .max(replication::primary_epoch(region))
+        .saturating_add(1);
     value.replicas.retain(|r| *r != own);
     if !old_primary.is_empty() && !value.replicas.contains(&old_primary) {
         value.replicas.push(old_primary.clone());
@@ -816,10 +941,10 @@ fn try_failover(
 
 /// Promotes this node's copy to what the record says (it names this node
 /// primary at `record.primary_epoch`).
-fn promote_recorded(shared: &Arc<Shared>, region: &Arc<Region>, record: &RegionRecord) {
+fn promote_recorded(shared: &Arc<Shared>, region: &Arc<Region>, record: &RegionRecord) -> bool {
     let name = &record.name;
     if !shared.membership.may_lead() {
-        return;
+        return true;
     }
     match replication::promote_to(
         shared,
@@ -828,8 +953,38 @@ fn promote_recorded(shared: &Arc<Shared>, region: &Arc<Region>, record: &RegionR
         &record.replicas,
         &record.in_sync,
     ) {
-        Ok(()) => {}
-        Err(error) => tracing::warn!(name, %error, "promotion the coordinator recorded failed"),
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(name, %error, "promotion the coordinator recorded failed");
+            false
+        }
+    }
+}
+
+/// Gives up the lead the record names this node for, when its copy cannot
+/// lead (it restarted, needs a rebuild, is fenced): the primary is left
+/// empty and this node leaves the in-sync set, and the in-sync replicas
+/// fail over.
+fn vacate(shared: &Shared, record: &Versioned<RegionRecord>) {
+    let own = shared.local_addr.to_string();
+    let mut value = record.value.clone();
+    value.primary = String::new();
+    value.in_sync.retain(|r| *r != own);
+    if !value.replicas.contains(&own) {
+        value.replicas.push(own);
+    }
+    match shared
+        .membership
+        .coordinator
+        .update_region(&value, record.revision)
+    {
+        Ok(_) => tracing::warn!(
+            name = value.name,
+            "this node's copy cannot lead: the region's lead is vacated for its in-sync replicas"
+        ),
+        Err(error) => {
+            tracing::warn!(name = value.name, %error, "could not vacate the region's lead")
+        }
     }
 }
 
@@ -862,7 +1017,27 @@ fn hand_off_one(
 ) -> Result<String, NodeError> {
     let name = region.info().name.clone();
     // Stop taking writes, then wait until an in-sync replica has them all.
-    replication.pause_writes("handing the lead off");
+    // A primary fenced already (deposed, not yet told) has nothing to hand.
+    if !replication.pause_writes("handing the lead off") {
+        return Err(NodeError::RegionUnavailable {
+            name,
+            reason: "this node no longer leads it".into(),
+        });
+    }
+    let handed = hand_off_paused(shared, region, replication, timeout);
+    if handed.is_err() {
+        replication.resume_writes();
+    }
+    handed
+}
+
+fn hand_off_paused(
+    shared: &Arc<Shared>,
+    region: &Arc<Region>,
+    replication: &Arc<Replication>,
+    timeout: Duration,
+) -> Result<String, NodeError> {
+    let name = region.info().name.clone();
     let lsn = region.log().applied();
     let successor =
         replication
@@ -882,8 +1057,27 @@ fn hand_off_one(
         ))));
     };
     let own = shared.local_addr.to_string();
+    // Only the primary the record names, at its epoch, hands anything off:
+    // a deposed one that has not heard yet would depose the real one.
+    if value.primary != own || value.primary_epoch != replication.primary_epoch() {
+        let successor = value.primary.clone();
+        replication.depose(
+            format!(
+                "the coordinator names {} primary at epoch {}",
+                value.primary, value.primary_epoch
+            ),
+            (!successor.is_empty()).then_some(successor),
+        );
+        return Err(NodeError::RegionUnavailable {
+            name,
+            reason: "the coordinator names another primary".into(),
+        });
+    }
     value.primary = successor.clone();
-    value.primary_epoch = value.primary_epoch.max(replication.primary_epoch()) + 1;
+    value.primary_epoch = value
+        .primary_epoch
+        .max(replication.primary_epoch())
+        .saturating_add(1);
     value.replicas.retain(|r| *r != successor);
     if !value.replicas.contains(&own) {
         value.replicas.push(own.clone());
@@ -952,7 +1146,10 @@ pub(crate) fn promote_request(
     }
     let old_primary = std::mem::take(&mut value.primary);
     value.primary = own.clone();
-    value.primary_epoch = value.primary_epoch.max(replication::primary_epoch(region)) + 1;
+    value.primary_epoch = value
+        .primary_epoch
+        .max(replication::primary_epoch(region))
+        .saturating_add(1);
     value.replicas.retain(|r| *r != own);
     if !old_primary.is_empty() && !value.replicas.contains(&old_primary) {
         value.replicas.push(old_primary.clone());

@@ -83,7 +83,7 @@ pub struct Node {
     /// dropped (a refused stop keeps it serving).
     metrics: Option<crate::metrics::Endpoint>,
     /// The cluster agent (lease renewal, failover).
-    agent: Option<JoinHandle<()>>,
+    agent: Option<crate::cluster::Agent>,
 }
 
 /// Regions whose changes a graceful stop could not save to storage: the
@@ -450,7 +450,7 @@ impl Drop for Node {
         }
         self.shared.membership.stop();
         if let Some(agent) = self.agent.take() {
-            let _ = agent.join();
+            agent.join();
         }
     }
 }

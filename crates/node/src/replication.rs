@@ -291,7 +291,16 @@ pub fn resume_from_baseline(region: &Region, manifest: &crate::checkpoint::Manif
 /// under the same keys as its primary's.
 pub fn check_checkpoints(region: &Region) -> Result<(), NodeError> {
     match &*region.role().lock() {
-        Role::Solo | Role::Primary(_) => Ok(()),
+        Role::Solo => Ok(()),
+        // A deposed primary's copy may lack what its successor took since:
+        // its checkpoint would stand beside (or over) the successor's.
+        Role::Primary(replication) => match replication.fenced() {
+            Some(reason) => Err(NodeError::RegionUnavailable {
+                name: region.info().name.clone(),
+                reason: format!("this node no longer leads it ({reason}): no checkpoint"),
+            }),
+            None => Ok(()),
+        },
         Role::Replica(upstream) => Err(NodeError::InvalidArgument(format!(
             "region {:?} is a replica here: its primary {} takes its checkpoints",
             region.info().name,
@@ -430,6 +439,12 @@ pub struct Replication {
     /// The in-sync set as the coordinator's record last held it (see
     /// `cluster::record_in_sync`).
     recorded_in_sync: Mutex<Vec<String>>,
+    /// Serializes changes of the recorded in-sync set (growing it at a
+    /// tick, shrinking it before an acknowledgement).
+    record_lock: Mutex<()>,
+    /// Set by `pause_writes` (a hand-off), so that a failed hand-off can
+    /// take writes again.
+    paused: AtomicBool,
 }
 
 impl Replication {
@@ -497,6 +512,8 @@ impl Replication {
                     .map_or((0, 0), |manifest| (manifest.number, manifest.lsn)),
             ),
             threads: Mutex::new(Vec::new()),
+            record_lock: Mutex::new(()),
+            paused: AtomicBool::new(false),
             recorded_in_sync: Mutex::new(if in_sync {
                 replicas.to_vec()
             } else {
@@ -534,12 +551,41 @@ impl Replication {
         *self.recorded_in_sync.lock() = in_sync;
     }
 
+    /// Held while the recorded in-sync set changes.
+    pub fn record_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.record_lock.lock()
+    }
+
+    /// Whether replica `addr`'s link is connected or counts in sync (its
+    /// node answers this primary, whatever the coordinator says).
+    pub fn reaches(&self, addr: &str) -> bool {
+        self.links.iter().any(|link| {
+            link.addr() == addr && {
+                let state = link.state.lock();
+                state.connected || state.in_sync
+            }
+        })
+    }
+
     /// Stops taking writes without stopping the senders (a hand-off waits
-    /// for a replica to catch up).
-    pub fn pause_writes(&self, reason: &str) {
+    /// for a replica to catch up). False if it took none already (fenced).
+    pub fn pause_writes(&self, reason: &str) -> bool {
         let mut fenced = self.fenced.lock();
-        if fenced.is_none() {
-            *fenced = Some(reason.to_owned());
+        if fenced.is_some() {
+            return false;
+        }
+        *fenced = Some(reason.to_owned());
+        self.paused.store(true, Ordering::Release);
+        drop(fenced);
+        self.changed.notify_all();
+        true
+    }
+
+    /// Takes writes again after a hand-off that did not happen.
+    pub fn resume_writes(&self) {
+        let mut fenced = self.fenced.lock();
+        if self.paused.swap(false, Ordering::AcqRel) && self.successor.lock().is_none() {
+            *fenced = None;
         }
         drop(fenced);
         self.changed.notify_all();
@@ -551,6 +597,7 @@ impl Replication {
         if let Some(successor) = successor {
             *self.successor.lock() = Some(successor);
         }
+        self.paused.store(false, Ordering::Release);
         self.fence(reason);
     }
 
@@ -1228,7 +1275,11 @@ fn stream(
 /// Records an acknowledgement; a replica that has caught up with the whole
 /// log counts for `sync` acknowledgements again.
 fn acknowledged(replication: &Replication, link: &Link, lsn: u64, end_bytes: u64) {
-    let last = replication.log.lock().last;
+    // The retained log's lock is held until the link counts in sync, so
+    // that no entry is appended (and answered without this replica)
+    // between reading the last LSN and counting the replica in sync.
+    let log = replication.log.lock();
+    let last = log.last;
     let mut state = link.state.lock();
     state.acked = state.acked.max(lsn);
     state.acked_bytes = state.acked_bytes.max(end_bytes);
@@ -1474,25 +1525,29 @@ pub(crate) fn create_replacement(
     replicas: &[String],
 ) -> Result<(), NodeError> {
     let name = &region.info().name;
-    let reply = Client::connect(addr, peer_options(shared, format!("primary of {name}"))).and_then(
-        |client| {
-            client
-                .request(&Request::CreateReplica {
-                    name,
-                    size: region.info().size,
-                    page_size: region.info().page_size,
-                    uid: region.uid(),
-                    primary_epoch: replication.primary_epoch,
-                    writer_epoch: region.log().writer_epoch(),
-                    lsn: POSITION_UNKNOWN,
-                    mode: replication.mode,
-                    primary: &shared.local_addr.to_string(),
-                    replicas: replicas.iter().map(String::as_str).collect(),
-                })?
-                .decode()
-                .map(|_| ())
-        },
-    );
+    // Short: the agent's tick waits for it.
+    let options = ClientOptions {
+        timeout: Duration::from_secs(2),
+        reconnect_for: Duration::ZERO,
+        ..peer_options(shared, format!("primary of {name}"))
+    };
+    let reply = Client::connect(addr, options).and_then(|client| {
+        client
+            .request(&Request::CreateReplica {
+                name,
+                size: region.info().size,
+                page_size: region.info().page_size,
+                uid: region.uid(),
+                primary_epoch: replication.primary_epoch,
+                writer_epoch: region.log().writer_epoch(),
+                lsn: POSITION_UNKNOWN,
+                mode: replication.mode,
+                primary: &shared.local_addr.to_string(),
+                replicas: replicas.iter().map(String::as_str).collect(),
+            })?
+            .decode()
+            .map(|_| ())
+    });
     match reply {
         Ok(()) => Ok(()),
         Err(error) if error.code() == Some(ErrorCode::RegionExists) => Ok(()),
@@ -1609,10 +1664,12 @@ fn not_promotable(upstream: &Upstream, timeout: Duration) -> Option<String> {
     None
 }
 
-/// Whether a region's copy here is a replica whose log position is unknown
-/// (it restarted or diverged, and no primary has rebuilt it since).
-pub(crate) fn needs_rebuild(region: &Region) -> bool {
-    matches!(&*region.role().lock(), Role::Replica(upstream) if upstream.needs_rebuild)
+/// Whether a region's copy here is a replica that the primary's last
+/// message counted in sync and that has been a copy of the primary's log
+/// ever since (not restarted, not diverged): the only kind of copy that may
+/// be promoted automatically.
+pub(crate) fn counted_in_sync(region: &Region) -> bool {
+    matches!(&*region.role().lock(), Role::Replica(upstream) if upstream.in_sync && !upstream.needs_rebuild)
 }
 
 /// What the coordinator decided of a promotion: the primary epoch, the
@@ -1663,9 +1720,10 @@ fn promote_with(
     let mut role = region.role().lock();
     let (old_epoch, mode, members, old_primary) = match &*role {
         Role::Replica(upstream) if recorded.is_some() => {
-            if upstream.needs_rebuild {
+            if upstream.needs_rebuild || !upstream.in_sync {
                 return Err(NodeError::InvalidArgument(format!(
-                    "region {name:?}: this replica's log position is unknown; it cannot lead"
+                    "region {name:?}: this copy cannot lead (its log position is unknown, or \
+                     the primary's last message did not count it in sync)"
                 )));
             }
             (

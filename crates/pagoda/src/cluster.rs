@@ -84,6 +84,8 @@ use crate::{ClientError, ClientOptions, Region, RegionOptions};
 /// The lease's margin is `ttl / LEASE_MARGIN_DIVISOR`: this host's clock may
 /// run this much (10%) slower than the coordinator's.
 pub const LEASE_MARGIN_DIVISOR: u32 = 10;
+/// The longest writer lease.
+const LEASE_MAX: Duration = Duration::from_secs(3600);
 /// Renewals per `ttl`: a lease survives `LEASE_RENEWALS_PER_TTL - 1` failed
 /// renewals in a row, less the margin.
 pub const LEASE_RENEWALS_PER_TTL: u32 = 3;
@@ -217,6 +219,12 @@ impl Cluster {
                 "a writer lease of {:?} is shorter than the coordinator's shortest, {:?}",
                 options.lease,
                 pagoda_cluster::LEASE_MIN
+            )));
+        }
+        if options.lease > LEASE_MAX {
+            return Err(ClientError::InvalidArgument(format!(
+                "a writer lease of {:?} is longer than the longest, {LEASE_MAX:?}",
+                options.lease
             )));
         }
         Ok(Cluster {
