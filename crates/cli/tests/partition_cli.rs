@@ -73,7 +73,8 @@ const TOKEN: &str = "partition-test-token";
 
 /// Runs `ip ARGS`, which must succeed.
 fn ip(args: &[&str]) {
-    let output = Command::new("ip").args(args).output().unwrap_or_else(|e| {
+    let ip = pagoda_cluster::testing::require_binary("ip", "iproute2");
+    let output = Command::new(ip).args(args).output().unwrap_or_else(|e| {
         panic!("running ip {args:?}: {e} (the partition test needs iproute2's ip)")
     });
     assert!(

@@ -356,7 +356,44 @@ fn find_etcd() -> Option<PathBuf> {
 /// Installs Debian's etcd-server, one process at a time; panics saying why
 /// when it cannot.
 fn install_etcd() {
-    let lock_path = std::env::temp_dir().join("pagoda-etcd-install.lock");
+    install_package(
+        "etcd-server",
+        || find_etcd().is_some(),
+        &format!(
+            "the etcd tests need etcd, which is not on PATH. Install it (apt-get install \
+             etcd-server), or set {ETCD_BIN_VARIABLE} to an etcd 3.4+ binary"
+        ),
+    );
+}
+
+/// Finds `binary` on `PATH` (or in `/usr/sbin`, `/sbin`, `/usr/bin`), or
+/// installs Debian's `package` to get it: what a test needs that a fresh
+/// machine with only the Rust toolchain lacks. Panics saying why when it
+/// cannot.
+pub fn require_binary(binary: &str, package: &str) -> PathBuf {
+    let find = || {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
+            .map(|dir| dir.join(binary))
+            .find(|candidate| candidate.is_file())
+    };
+    if let Some(found) = find() {
+        return found;
+    }
+    install_package(
+        package,
+        || find().is_some(),
+        &format!("this test needs {binary}, which is not on PATH (Debian's {package})"),
+    );
+    find().unwrap_or_else(|| panic!("{binary} is still missing after installing {package}"))
+}
+
+/// Installs a Debian package with apt-get, one process at a time (under a
+/// lock file), unless `present` says another process did meanwhile;
+/// panics with `why` and apt-get's transcript when it fails.
+fn install_package(package: &str, present: impl Fn() -> bool, why: &str) {
+    let lock_path = std::env::temp_dir().join("pagoda-test-install.lock");
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -372,7 +409,7 @@ fn install_etcd() {
         );
     }
     // Another process may have installed it while this one waited.
-    if find_etcd().is_some() {
+    if present() {
         return;
     }
     let mut transcript = String::new();
@@ -405,16 +442,12 @@ fn install_etcd() {
         "install",
         "-y",
         "--no-install-recommends",
-        "etcd-server",
+        package,
     ];
     let installed = apt_get(&install)
         || (apt_get(&["-o", "DPkg::Lock::Timeout=120", "update"]) && apt_get(&install));
-    if !installed || find_etcd().is_none() {
-        panic!(
-            "the etcd tests need etcd, which is not on PATH, and installing Debian's \
-             etcd-server failed. Install it (apt-get install etcd-server), or set \
-             {ETCD_BIN_VARIABLE} to an etcd 3.4+ binary.\n{transcript}"
-        );
+    if !installed || !present() {
+        panic!("{why}, and installing Debian's {package} failed.\n{transcript}");
     }
     drop(lock);
 }
