@@ -907,18 +907,7 @@ fn try_failover(
         tracing::warn!(name, %error, "not taking over: the storage backend is unreachable");
         return;
     }
-    let mut value = record.value.clone();
-    let old_primary = std::mem::take(&mut value.primary);
-    value.primary = own.clone();
-    value.primary_epoch = value
-        .primary_epoch
-        .max(replication::primary_epoch(region))
-        .saturating_add(1);
-    value.replicas.retain(|r| *r != own);
-    if !old_primary.is_empty() && !value.replicas.contains(&old_primary) {
-        value.replicas.push(old_primary.clone());
-    }
-    value.in_sync.retain(|r| *r != own && *r != old_primary);
+    let (value, old_primary) = taken_over(&record.value, &own, region);
     match shared
         .membership
         .coordinator
@@ -937,6 +926,24 @@ fn try_failover(
         Err(ClusterError::Conflict(_)) => {}
         Err(error) => tracing::warn!(name, %error, "could not record the takeover"),
     }
+}
+
+/// The record once `own` takes the lead: primary at the next epoch (above
+/// the record's and its copy's), the old primary moved to the replicas and
+/// out of the in-sync set. Returns it and the old primary.
+fn taken_over(record: &RegionRecord, own: &str, region: &Region) -> (RegionRecord, String) {
+    let mut value = record.clone();
+    let old_primary = std::mem::replace(&mut value.primary, own.to_owned());
+    value.primary_epoch = value
+        .primary_epoch
+        .max(replication::primary_epoch(region))
+        .saturating_add(1);
+    value.replicas.retain(|r| r != own);
+    if !old_primary.is_empty() && !value.replicas.contains(&old_primary) {
+        value.replicas.push(old_primary.clone());
+    }
+    value.in_sync.retain(|r| r != own && *r != old_primary);
+    (value, old_primary)
 }
 
 /// Promotes this node's copy to what the record says (it names this node
@@ -1113,10 +1120,7 @@ pub(crate) fn promote_request(
     let name = region.info().name.clone();
     let own = shared.local_addr.to_string();
     let coordinator = &shared.membership.coordinator;
-    let Some(Versioned {
-        mut value,
-        revision,
-    }) = coordinator.region(&name).map_err(unavailable)?
+    let Some(Versioned { value, revision }) = coordinator.region(&name).map_err(unavailable)?
     else {
         return replication::promote(shared, region, force);
     };
@@ -1144,17 +1148,7 @@ pub(crate) fn promote_request(
             region.log().applied()
         )));
     }
-    let old_primary = std::mem::take(&mut value.primary);
-    value.primary = own.clone();
-    value.primary_epoch = value
-        .primary_epoch
-        .max(replication::primary_epoch(region))
-        .saturating_add(1);
-    value.replicas.retain(|r| *r != own);
-    if !old_primary.is_empty() && !value.replicas.contains(&old_primary) {
-        value.replicas.push(old_primary.clone());
-    }
-    value.in_sync.retain(|r| *r != own && *r != old_primary);
+    let (value, _) = taken_over(&value, &own, region);
     coordinator
         .update_region(&value, revision)
         .map_err(unavailable)?;
