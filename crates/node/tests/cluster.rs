@@ -282,20 +282,27 @@ fn a_lost_replica_is_replaced_on_another_node() {
     let writer = cluster.client(0);
     let info = writer.stat_region("l").unwrap().info;
     for i in 0..64u64 {
-        writer.write_pages(&info, &[i * 3 % 256], &page(i + 1)).unwrap();
+        writer
+            .write_pages(&info, &[i * 3 % 256], &page(i + 1))
+            .unwrap();
     }
     let lost = cluster.addrs[2].to_string();
     let replacement = cluster.addrs[3].to_string();
     cluster.nodes[2] = None;
     for i in 64..128u64 {
-        writer.write_pages(&info, &[i * 5 % 256], &page(i + 1)).unwrap();
+        writer
+            .write_pages(&info, &[i * 5 % 256], &page(i + 1))
+            .unwrap();
     }
-    eventually("the lost replica is replaced and the new copy is in sync", || {
-        let record = cluster.record("l").unwrap();
-        record.replicas.contains(&replacement)
-            && !record.replicas.contains(&lost)
-            && record.in_sync.contains(&replacement)
-    });
+    eventually(
+        "the lost replica is replaced and the new copy is in sync",
+        || {
+            let record = cluster.record("l").unwrap();
+            record.replicas.contains(&replacement)
+                && !record.replicas.contains(&lost)
+                && record.in_sync.contains(&replacement)
+        },
+    );
     let record = cluster.record("l").unwrap();
     assert_eq!(record.primary, cluster.addrs[0].to_string());
     assert_eq!(record.replicas.len(), 2, "{record:?}");
@@ -312,5 +319,8 @@ fn a_lost_replica_is_replaced_on_another_node() {
     // And the region goes on with its new replica set.
     writer.write_pages(&info, &[7], &page(1000)).unwrap();
     let expected = writer.checksum("l", false).unwrap().digest;
-    assert_eq!(cluster.client(3).checksum("l", false).unwrap().digest, expected);
+    assert_eq!(
+        cluster.client(3).checksum("l", false).unwrap().digest,
+        expected
+    );
 }
