@@ -18,24 +18,21 @@
 //! small machine would disturb. Run with `--nocapture` to see the times.
 
 mod common;
-use common::{free_port, pagoda, text};
+use common::model::{Model, stored_versions};
+use common::writer::{Ack, Failure, Handle, Writer};
+use common::{free_port, log_tail, millis, pagoda, spawn_logged, text};
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Seek, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use pagoda::{Client, ClientOptions, ErrorCode, RegionInfo, RegionOptions};
+use pagoda::{Client, ClientOptions, ErrorCode, RegionOptions};
 use pagoda_cluster::testing::Etcd;
 use pagoda_cluster::{Coordinator, RegionRecord};
 use rand::{Rng, SeedableRng};
 
-const PAGE: usize = 4096;
 /// Each region: 4 MiB.
 const REGION_PAGES: u64 = 1024;
 const REGION_SIZE: &str = "4MiB";
@@ -49,13 +46,8 @@ const HAND_OFF_STALL_MAX: Duration = Duration::from_secs(3);
 const SHORT_RESTART_ATTEMPTS: usize = 3;
 /// Kill trials (the issue asks for at least 10).
 const KILL_TRIALS: usize = 10;
-/// Most pages in one write batch.
-const BATCH_PAGES_MAX: u64 = 4;
-/// Most write batches one writer sends, and the longest it writes.
-const WRITER_BATCHES_MAX: u64 = 20_000;
+/// The longest a writer writes.
 const WRITER_TIME_MAX: Duration = Duration::from_secs(60);
-/// How long a writer pauses after a failed write before it tries again.
-const WRITER_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// How long any one wait in these tests may take.
 const WAIT_LIMIT: Duration = Duration::from_secs(30);
 /// How long a failover (or a hand-off) may take before the test says it
@@ -117,7 +109,13 @@ impl NodeProcess {
             .args(["--lease-ms", &LEASE.as_millis().to_string()])
             .arg("--data-dir")
             .arg(&self.data_dir);
-        self.child = Some(spawn_logged(command, &self.log, &self.addr));
+        let what = format!("the node on {}", self.addr);
+        self.child = Some(spawn_logged(
+            command,
+            &self.log,
+            &what,
+            Some(("listening on", WAIT_LIMIT)),
+        ));
     }
 
     /// `kill -9`; returns the moment the signal was sent.
@@ -173,55 +171,6 @@ impl Drop for NodeProcess {
             let _ = child.wait();
         }
     }
-}
-
-/// The last 3,000 bytes of a log file.
-fn log_tail(path: &Path) -> String {
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return format!("(no log at {})", path.display());
-    };
-    let length = file.metadata().map_or(0, |m| m.len());
-    let _ = file.seek(std::io::SeekFrom::Start(length.saturating_sub(3_000)));
-    let mut tail = String::new();
-    let _ = file.read_to_string(&mut tail);
-    tail
-}
-
-/// Spawns `command` (a prepared `pagoda node ...`), appending its stderr
-/// to `log`, and waits, at most `WAIT_LIMIT`, until it announces that it
-/// listens.
-fn spawn_logged(mut command: Command, log: &Path, addr: &str) -> Child {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = writeln!(file, "{line}");
-            if line.contains("listening on") {
-                let _ = sender.send(());
-            }
-        }
-    });
-    if receiver.recv_timeout(WAIT_LIMIT).is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "the node on {addr} did not announce that it listens within {WAIT_LIMIT:?}; its \
-             log:\n{}",
-            log_tail(log)
-        );
-    }
-    child
 }
 
 /// etcd and three nodes joined to it.
@@ -401,29 +350,6 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 // ---------------------------------------------------------------------------
 // The model and the writer.
 
-/// The contents of `page` at `version`: the page number, the version, then
-/// bytes derived from both. Version 0 is the unwritten page: zeros.
-fn page_bytes(page: u64, version: u64) -> Vec<u8> {
-    if version == 0 {
-        return vec![0; PAGE];
-    }
-    let mut bytes = Vec::with_capacity(PAGE);
-    bytes.extend_from_slice(&page.to_le_bytes());
-    bytes.extend_from_slice(&version.to_le_bytes());
-    let seed =
-        page.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ version.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    bytes.extend((16..PAGE as u64).map(|i| (seed.rotate_left((i % 64) as u32) ^ i) as u8));
-    bytes
-}
-
-/// What was written, per page: the newest version acknowledged and the
-/// newest version sent at all.
-#[derive(Clone)]
-struct Model {
-    acknowledged: Vec<u64>,
-    sent: Vec<u64>,
-}
-
 /// Reads every page from `addr` and compares it with the model: each page
 /// holds an intact version its writer sent, no older than the newest
 /// acknowledged one. Returns the pages holding an acknowledged version.
@@ -437,56 +363,15 @@ fn check_against_model(addr: &str, name: &str, model: &Model, what: &str) -> usi
         },
     )
     .unwrap_or_else(|e| panic!("{what}: connecting to {addr}: {e}"));
-    let info = reader.stat_region(name).unwrap().info;
-    let mut data = vec![0u8; 256 * PAGE];
-    for first in (0..REGION_PAGES).step_by(256) {
-        let pages: Vec<u64> = (first..first + 256).collect();
-        reader.read_pages(&info, &pages, &mut data).unwrap();
-        for (index, &page) in pages.iter().enumerate() {
-            let bytes = &data[index * PAGE..(index + 1) * PAGE];
-            let version = if bytes.iter().all(|&b| b == 0) {
-                0
-            } else {
-                u64::from_le_bytes(bytes[8..16].try_into().unwrap())
-            };
-            assert!(
-                version <= model.sent[page as usize] && bytes == page_bytes(page, version),
-                "{what}: page {page} on {addr} holds bytes no writer sent (version field \
-                 {version}, newest sent {})",
-                model.sent[page as usize]
-            );
-            assert!(
-                version >= model.acknowledged[page as usize],
-                "{what}: ACKNOWLEDGED WRITE LOST: page {page} on {addr} holds version \
-                 {version}, but version {} was acknowledged",
-                model.acknowledged[page as usize]
-            );
-        }
+    let versions = stored_versions(&reader, addr, name, &model.sent, what);
+    for (page, (&version, &acknowledged)) in versions.iter().zip(&model.acknowledged).enumerate() {
+        assert!(
+            version >= acknowledged,
+            "{what}: ACKNOWLEDGED WRITE LOST: page {page} on {addr} holds version {version}, \
+             but version {acknowledged} was acknowledged"
+        );
     }
     model.acknowledged.iter().filter(|&&v| v > 0).count()
-}
-
-/// An acknowledged batch: when its `write_pages` returned and which node
-/// the client was connected to then.
-#[derive(Clone, Copy, Debug)]
-struct Ack {
-    at: Instant,
-    peer: SocketAddr,
-}
-
-/// A write that failed.
-#[derive(Clone, Debug)]
-struct Failure {
-    at: Instant,
-    code: Option<ErrorCode>,
-    message: String,
-}
-
-/// What a writer did.
-struct Log {
-    model: Model,
-    acks: Vec<Ack>,
-    failures: Vec<Failure>,
 }
 
 /// How a writer reaches the region's primary.
@@ -500,245 +385,82 @@ enum Kind {
     Fallback,
 }
 
-/// A writer's client and region.
-enum Handle {
-    Cluster {
-        region: pagoda::Region,
-        _client: Client,
-    },
-    Fallback {
-        client: Client,
-        info: RegionInfo,
-    },
-}
-
-impl Handle {
-    /// A client of `kind` for the region `name`, whose primary is
-    /// `primary` as far as the writer knows.
-    fn open(
-        kind: Kind,
-        endpoint: &str,
-        primary: &str,
-        addrs: &[String],
-        name: &str,
-    ) -> Result<Handle, Failure> {
-        let failure = |error: pagoda::ClientError| Failure {
-            at: Instant::now(),
-            code: error.code(),
-            message: format!("new {kind:?} client: {error}"),
-        };
-        let options = ClientOptions {
-            timeout: Duration::from_secs(5),
-            reconnect_for: Duration::from_secs(10),
-            client_name: "failover-test writer".into(),
-            ..ClientOptions::default()
-        };
-        match kind {
-            Kind::Cluster => {
-                let client = Client::connect_cluster(endpoint, options).map_err(failure)?;
-                let region = client
-                    .open_region(name, RegionOptions::with_cache_bytes(1 << 20))
-                    .map_err(failure)?;
-                Ok(Handle::Cluster {
-                    region,
-                    _client: client,
-                })
-            }
-            Kind::Fallback => {
-                let options = ClientOptions {
-                    fallback: addrs
-                        .iter()
-                        .filter(|addr| *addr != primary)
-                        .map(|addr| addr.parse().unwrap())
-                        .collect(),
-                    ..options
-                };
-                let client = Client::connect(primary, options).map_err(failure)?;
-                let info = client.stat_region(name).map_err(failure)?.info;
-                Ok(Handle::Fallback { client, info })
-            }
+/// A client of `kind` for the region `name`, whose primary is `primary`
+/// as far as the writer knows.
+fn open_handle(
+    kind: Kind,
+    endpoint: &str,
+    primary: &str,
+    addrs: &[String],
+    name: &str,
+) -> Result<Handle, Failure> {
+    let failure = |error: pagoda::ClientError| Failure {
+        at: Instant::now(),
+        code: error.code(),
+        message: format!("new {kind:?} client: {error}"),
+    };
+    let options = ClientOptions {
+        timeout: Duration::from_secs(5),
+        reconnect_for: Duration::from_secs(10),
+        client_name: "failover-test writer".into(),
+        ..ClientOptions::default()
+    };
+    match kind {
+        Kind::Cluster => {
+            let client = Client::connect_cluster(endpoint, options).map_err(failure)?;
+            let region = client
+                .open_region(name, RegionOptions::with_cache_bytes(1 << 20))
+                .map_err(failure)?;
+            Ok(Handle::Cluster {
+                region,
+                _client: client,
+            })
         }
-    }
-
-    /// Writes `data` to the consecutive `pages`; once it returns Ok, the
-    /// node it names has acknowledged them.
-    fn write(&self, pages: &[u64], data: &[u8]) -> Result<SocketAddr, pagoda::ClientError> {
-        match self {
-            Handle::Cluster { region, .. } => {
-                region.write_at(pages[0] * PAGE as u64, data)?;
-                region.flush()?;
-                Ok(region.peer())
-            }
-            Handle::Fallback { client, info } => {
-                client.write_pages(info, pages, data)?;
-                Ok(client.peer())
-            }
-        }
-    }
-}
-
-/// A thread writing batches of versioned pages to a region through a
-/// client of a `Kind`. After a failed write it makes a new client (at the
-/// primary the coordinator names, or the one it used last), after a pause;
-/// it stops at `stop`, after `WRITER_BATCHES_MAX` batches or after
-/// `WRITER_TIME_MAX`.
-struct Writer {
-    log: Arc<Mutex<Log>>,
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(cluster: &Cluster, name: &str, kind: Kind, seed: u64) -> Writer {
-        let log = Arc::new(Mutex::new(Log {
-            model: Model {
-                acknowledged: vec![0; REGION_PAGES as usize],
-                sent: vec![0; REGION_PAGES as usize],
-            },
-            acks: Vec::new(),
-            failures: Vec::new(),
-        }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let addrs = cluster.addrs();
-        let endpoint = cluster.endpoint();
-        let coordinator = cluster.coordinator.clone();
-        let name = name.to_owned();
-        let (shared, stopped) = (log.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let began = Instant::now();
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let mut primary = coordinator
-                .region(&name)
-                .unwrap()
-                .expect("the region is recorded")
-                .value
-                .primary;
-            let mut handle: Option<Handle> = None;
-            for _ in 0..WRITER_BATCHES_MAX {
-                if stopped.load(Ordering::SeqCst) || began.elapsed() > WRITER_TIME_MAX {
-                    return;
-                }
-                if handle.is_none() {
-                    if let Ok(Some(record)) = coordinator.region(&name)
-                        && !record.value.primary.is_empty()
-                    {
-                        primary = record.value.primary;
-                    }
-                    match Handle::open(kind, &endpoint, &primary, &addrs, &name) {
-                        Ok(opened) => handle = Some(opened),
-                        Err(failure) => {
-                            shared.lock().unwrap().failures.push(failure);
-                            std::thread::sleep(WRITER_ERROR_PAUSE);
-                            continue;
-                        }
-                    }
-                }
-                let count = rng.gen_range(1..=BATCH_PAGES_MAX);
-                let start = rng.gen_range(0..REGION_PAGES - count + 1);
-                let pages: Vec<u64> = (start..start + count).collect();
-                let versions: Vec<u64> = {
-                    let mut log = shared.lock().unwrap();
-                    pages
-                        .iter()
-                        .map(|&page| {
-                            log.model.sent[page as usize] += 1;
-                            log.model.sent[page as usize]
-                        })
-                        .collect()
-                };
-                let data: Vec<u8> = pages
+        Kind::Fallback => {
+            let options = ClientOptions {
+                fallback: addrs
                     .iter()
-                    .zip(&versions)
-                    .flat_map(|(&page, &version)| page_bytes(page, version))
-                    .collect();
-                match handle.as_ref().unwrap().write(&pages, &data) {
-                    Ok(peer) => {
-                        let ack = Ack {
-                            at: Instant::now(),
-                            peer,
-                        };
-                        let mut log = shared.lock().unwrap();
-                        for (&page, &version) in pages.iter().zip(&versions) {
-                            let acked = &mut log.model.acknowledged[page as usize];
-                            *acked = (*acked).max(version);
-                        }
-                        log.acks.push(ack);
-                    }
-                    Err(error) => {
-                        let failure = Failure {
-                            at: Instant::now(),
-                            code: error.code(),
-                            message: error.to_string(),
-                        };
-                        shared.lock().unwrap().failures.push(failure);
-                        // The handle's write log may be latched, or its
-                        // writer lease lost: a new client starts afresh.
-                        handle = None;
-                        std::thread::sleep(WRITER_ERROR_PAUSE);
-                    }
-                }
-            }
-        });
-        Writer { log, stop, thread }
-    }
-
-    /// Acknowledged batches so far.
-    fn acks(&self) -> usize {
-        self.log.lock().unwrap().acks.len()
-    }
-
-    /// Waits, at most `limit`, until `count` batches are acknowledged.
-    fn wait_for_acks(&self, count: usize, limit: Duration, what: &str) {
-        let deadline = Instant::now() + limit;
-        while self.acks() < count {
-            assert!(
-                !self.thread.is_finished(),
-                "{what}: the writer stopped after {} acknowledged batches",
-                self.acks()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "{what}: only {} batches acknowledged within {limit:?} (failures: {:?})",
-                self.acks(),
-                self.log.lock().unwrap().failures
-            );
-            std::thread::sleep(Duration::from_millis(2));
+                    .filter(|addr| *addr != primary)
+                    .map(|addr| addr.parse().unwrap())
+                    .collect(),
+                ..options
+            };
+            let client = Client::connect(primary, options).map_err(failure)?;
+            let info = client.stat_region(name).map_err(failure)?.info;
+            Ok(Handle::Plain { client, info })
         }
     }
+}
 
-    /// The first batch acknowledged after `since` by a node other than
-    /// `not` (any node if `None`), waiting for it at most `limit`.
-    fn first_ack_after(&self, since: Instant, not: Option<&str>, limit: Duration) -> Option<Ack> {
-        let not: Option<SocketAddr> = not.map(|addr| addr.parse().unwrap());
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(ack) = self
-                .log
-                .lock()
-                .unwrap()
-                .acks
-                .iter()
-                .find(|ack| ack.at > since && Some(ack.peer) != not)
+/// A writer of the whole region `name` through a client of `kind`; after
+/// a failed write it makes a new client, at the primary the coordinator
+/// names (or the one it used last).
+fn start_writer(cluster: &Cluster, name: &str, kind: Kind, seed: u64) -> Writer {
+    let addrs = cluster.addrs();
+    let endpoint = cluster.endpoint();
+    let coordinator = cluster.coordinator.clone();
+    let name = name.to_owned();
+    let mut primary = coordinator
+        .region(&name)
+        .unwrap()
+        .expect("the region is recorded")
+        .value
+        .primary;
+    Writer::start(
+        REGION_PAGES,
+        0..REGION_PAGES,
+        seed,
+        WRITER_TIME_MAX,
+        || {},
+        move || {
+            if let Ok(Some(record)) = coordinator.region(&name)
+                && !record.value.primary.is_empty()
             {
-                return Some(*ack);
+                primary = record.value.primary;
             }
-            if Instant::now() >= deadline || self.thread.is_finished() {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// Stops the thread and returns what it did.
-    fn finish(self) -> Log {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().expect("the writer does not panic");
-        Arc::try_unwrap(self.log)
-            .ok()
-            .expect("the thread has ended")
-            .into_inner()
-            .unwrap()
-    }
+            open_handle(kind, &endpoint, &primary, &addrs, &name)
+        },
+    )
 }
 
 /// The longest time between two acknowledged batches, and when it began.
@@ -760,10 +482,6 @@ fn failure_summary(failures: &[Failure]) -> BTreeMap<String, usize> {
         *summary.entry(key).or_insert(0) += 1;
     }
     summary
-}
-
-fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1e3
 }
 
 // ---------------------------------------------------------------------------
@@ -801,7 +519,7 @@ fn killing_the_primary_under_load_fails_over_with_no_acknowledged_write_lost() {
         } else {
             Kind::Fallback
         };
-        let writer = Writer::start(&cluster, &name, kind, trial as u64);
+        let writer = start_writer(&cluster, &name, kind, trial as u64);
         let kill_after = rng.gen_range(20..200usize);
         writer.wait_for_acks(kill_after, WAIT_LIMIT, &what);
 
@@ -907,7 +625,7 @@ fn restarting_etcd_under_load_loses_nothing_and_the_cluster_resumes() {
     let writers: Vec<Writer> = regions
         .iter()
         .enumerate()
-        .map(|(index, (name, kind))| Writer::start(&cluster, name, *kind, index as u64))
+        .map(|(index, (name, kind))| start_writer(&cluster, name, *kind, index as u64))
         .collect();
     for writer in &writers {
         writer.wait_for_acks(100, WAIT_LIMIT, "before the restarts");
@@ -1081,7 +799,7 @@ fn sigterm_hands_the_lead_off_without_an_error_reaching_the_writer() {
     let mut cluster = Cluster::start();
     let name = "hand-off";
     let before = cluster.create_region(name);
-    let writer = Writer::start(&cluster, name, Kind::Cluster, 2);
+    let writer = start_writer(&cluster, name, Kind::Cluster, 2);
     writer.wait_for_acks(100, WAIT_LIMIT, "before the stop");
     let stopping = cluster.index_of(&before.primary);
     let signalled_at = cluster.nodes[stopping].terminate();

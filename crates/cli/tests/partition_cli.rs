@@ -30,37 +30,30 @@
 //! panics.
 
 mod common;
-use common::{free_port, text};
+use common::model::stored_versions;
+use common::writer::{Handle, Log, Writer};
+use common::{clear_pagoda_env, free_port, log_tail, millis, spawn_logged, text};
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use pagoda::{Client, ClientError, ClientOptions, ErrorCode, RegionInfo, RegionOptions};
+use pagoda::{Client, ClientOptions, ErrorCode, RegionOptions};
 use pagoda_cluster::RegionRecord;
-use rand::{Rng, SeedableRng};
 
-const PAGE: usize = 4096;
 /// The region: 4 MiB. The writer in the namespace writes the lower half,
 /// the one outside the upper half.
 const REGION_PAGES: u64 = 1024;
 const REGION_SIZE: &str = "4MiB";
 /// The nodes' lease.
 const LEASE: Duration = Duration::from_millis(1000);
-/// Most pages in one write batch.
-const BATCH_PAGES_MAX: u64 = 4;
-/// Most batches one writer sends, and the longest it writes.
-const WRITER_BATCHES_MAX: u64 = 20_000;
+/// The longest a writer writes.
 const WRITER_TIME_MAX: Duration = Duration::from_secs(90);
-/// How long a writer pauses after a failed write.
-const WRITER_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// How long any one wait may take.
 const WAIT_LIMIT: Duration = Duration::from_secs(30);
 /// How long etcd may take to come up.
@@ -238,55 +231,19 @@ struct Process {
 }
 
 impl Process {
-    /// Spawns `command`; `ready` is sent the first stderr line containing
-    /// `marker`.
-    fn spawn(mut command: Command, log: &Path, what: &str, marker: Option<&str>) -> Process {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-        let stderr = child.stderr.take().unwrap();
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let (sender, receiver) = std::sync::mpsc::channel();
-        let waits = marker.is_some();
-        let marker = marker.map(str::to_owned);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = writeln!(file, "{line}");
-                if marker.as_ref().is_some_and(|marker| line.contains(marker)) {
-                    let _ = sender.send(());
-                }
-            }
-        });
-        let process = Process {
-            child: Some(child),
+    /// Spawns `command`; with `marker`, waits until a line of its stderr
+    /// contains it.
+    fn spawn(command: Command, log: &Path, what: &str, marker: Option<&str>) -> Process {
+        let ready = marker.map(|marker| (marker, WAIT_LIMIT));
+        Process {
+            child: Some(spawn_logged(command, log, what, ready)),
             log: log.to_path_buf(),
             what: what.to_owned(),
-        };
-        if waits && receiver.recv_timeout(WAIT_LIMIT).is_err() {
-            panic!(
-                "{what} did not start within {WAIT_LIMIT:?}; its log:\n{}",
-                process.log_tail()
-            );
         }
-        process
     }
 
     fn log_tail(&self) -> String {
-        let Ok(mut file) = File::open(&self.log) else {
-            return format!("(no log at {})", self.log.display());
-        };
-        let length = file.metadata().map_or(0, |m| m.len());
-        let _ = file.seek(std::io::SeekFrom::Start(length.saturating_sub(3_000)));
-        let mut tail = String::new();
-        let _ = file.read_to_string(&mut tail);
-        format!("--- {} ---\n{tail}", self.what)
+        format!("--- {} ---\n{}", self.what, log_tail(&self.log))
     }
 }
 
@@ -364,15 +321,6 @@ fn start_etcd(host: &str, dir: &Path) -> (Process, String) {
     }
 }
 
-/// `pagoda` with none of the environment that would point it elsewhere.
-fn pagoda_env(command: &mut Command) {
-    command
-        .env_remove("PAGODA_NODE")
-        .env_remove("PAGODA_TOKEN_FILE")
-        .env_remove("PAGODA_CREDENTIAL")
-        .env_remove("PAGODA_LOG");
-}
-
 /// The settings every node shares.
 struct NodeSettings {
     endpoint: String,
@@ -421,7 +369,7 @@ impl Node {
             }
             None => Command::new(env!("CARGO_BIN_EXE_pagoda")),
         };
-        pagoda_env(&mut command);
+        clear_pagoda_env(&mut command);
         command
             .args(["node", "--listen", &self.addr, "--capacity", self.capacity])
             .args(["--coordinator", &settings.endpoint])
@@ -447,7 +395,7 @@ impl Node {
 /// coordinator).
 fn run(args: &[&str], token_file: &Path) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pagoda"));
-    pagoda_env(&mut command);
+    clear_pagoda_env(&mut command);
     command
         .args(args)
         .arg("--token-file")
@@ -469,171 +417,6 @@ fn run_ok(args: &[&str], token_file: &Path) -> String {
 // ---------------------------------------------------------------------------
 // Writers and the model.
 
-/// The contents of `page` at `version` (0: zeros).
-fn page_bytes(page: u64, version: u64) -> Vec<u8> {
-    if version == 0 {
-        return vec![0; PAGE];
-    }
-    let mut bytes = Vec::with_capacity(PAGE);
-    bytes.extend_from_slice(&page.to_le_bytes());
-    bytes.extend_from_slice(&version.to_le_bytes());
-    let seed =
-        page.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ version.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    bytes.extend((16..PAGE as u64).map(|i| (seed.rotate_left((i % 64) as u32) ^ i) as u8));
-    bytes
-}
-
-/// What a writer did: per page the newest version acknowledged and sent,
-/// and when each batch was acknowledged or refused.
-struct Log {
-    acknowledged: Vec<u64>,
-    sent: Vec<u64>,
-    acks: Vec<(Instant, SocketAddr)>,
-    failures: Vec<(Instant, Option<ErrorCode>, String)>,
-}
-
-/// A writer's client and region.
-enum Handle {
-    /// `Client::connect` to one node, no reconnecting: every refusal
-    /// reaches the writer.
-    Plain { client: Client, info: RegionInfo },
-    /// `Client::connect_cluster`, the region opened through the
-    /// coordinator and followed through a failover.
-    Cluster {
-        region: pagoda::Region,
-        _client: Client,
-    },
-}
-
-impl Handle {
-    fn write(&self, pages: &[u64], data: &[u8]) -> Result<SocketAddr, ClientError> {
-        match self {
-            Handle::Plain { client, info } => {
-                client.write_pages(info, pages, data)?;
-                Ok(client.peer())
-            }
-            Handle::Cluster { region, .. } => {
-                region.write_at(pages[0] * PAGE as u64, data)?;
-                region.flush()?;
-                Ok(region.peer())
-            }
-        }
-    }
-}
-
-/// A thread writing batches of versioned pages to `pages` of a region;
-/// after a failure it makes a new handle with `open`, after a pause.
-struct Writer {
-    log: Arc<Mutex<Log>>,
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(
-        pages: std::ops::Range<u64>,
-        seed: u64,
-        setup: impl FnOnce() + Send + 'static,
-        open: impl Fn() -> Result<Handle, ClientError> + Send + 'static,
-    ) -> Writer {
-        let log = Arc::new(Mutex::new(Log {
-            acknowledged: vec![0; REGION_PAGES as usize],
-            sent: vec![0; REGION_PAGES as usize],
-            acks: Vec::new(),
-            failures: Vec::new(),
-        }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (shared, stopped) = (log.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            setup();
-            let began = Instant::now();
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let mut handle: Option<Handle> = None;
-            for _ in 0..WRITER_BATCHES_MAX {
-                if stopped.load(Ordering::SeqCst) || began.elapsed() > WRITER_TIME_MAX {
-                    return;
-                }
-                if handle.is_none() {
-                    match open() {
-                        Ok(opened) => handle = Some(opened),
-                        Err(error) => {
-                            let failure = (Instant::now(), error.code(), error.to_string());
-                            shared.lock().unwrap().failures.push(failure);
-                            std::thread::sleep(WRITER_ERROR_PAUSE);
-                            continue;
-                        }
-                    }
-                }
-                let count = rng.gen_range(1..=BATCH_PAGES_MAX);
-                let start = rng.gen_range(pages.start..pages.end - count + 1);
-                let batch: Vec<u64> = (start..start + count).collect();
-                let versions: Vec<u64> = {
-                    let mut log = shared.lock().unwrap();
-                    batch
-                        .iter()
-                        .map(|&page| {
-                            log.sent[page as usize] += 1;
-                            log.sent[page as usize]
-                        })
-                        .collect()
-                };
-                let data: Vec<u8> = batch
-                    .iter()
-                    .zip(&versions)
-                    .flat_map(|(&page, &version)| page_bytes(page, version))
-                    .collect();
-                match handle.as_ref().unwrap().write(&batch, &data) {
-                    Ok(peer) => {
-                        let mut log = shared.lock().unwrap();
-                        for (&page, &version) in batch.iter().zip(&versions) {
-                            let acked = &mut log.acknowledged[page as usize];
-                            *acked = (*acked).max(version);
-                        }
-                        log.acks.push((Instant::now(), peer));
-                    }
-                    Err(error) => {
-                        let failure = (Instant::now(), error.code(), error.to_string());
-                        shared.lock().unwrap().failures.push(failure);
-                        handle = None;
-                        std::thread::sleep(WRITER_ERROR_PAUSE);
-                    }
-                }
-            }
-        });
-        Writer { log, stop, thread }
-    }
-
-    /// Waits, at most `WAIT_LIMIT`, until `check` holds of the log.
-    fn wait_until(&self, what: &str, check: impl Fn(&Log) -> bool) {
-        let deadline = Instant::now() + WAIT_LIMIT;
-        loop {
-            {
-                let log = self.log.lock().unwrap();
-                if check(&log) {
-                    return;
-                }
-                assert!(
-                    Instant::now() < deadline && !self.thread.is_finished(),
-                    "timed out waiting until {what}; {} batches acknowledged, failures: {:?}",
-                    log.acks.len(),
-                    log.failures
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn finish(self) -> Log {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().expect("the writer does not panic");
-        Arc::try_unwrap(self.log)
-            .ok()
-            .expect("the thread has ended")
-            .into_inner()
-            .unwrap()
-    }
-}
-
 /// Reads every page from `addr` and compares it with the writers' logs:
 /// each page holds an intact version its writer sent (asserted); returns
 /// the pages holding a version older than the newest acknowledged one, as
@@ -648,35 +431,19 @@ fn compare_with_model(addr: &str, name: &str, logs: &[&Log], what: &str) -> Vec<
         },
     )
     .unwrap_or_else(|e| panic!("{what}: connecting to {addr}: {e}"));
-    let info = reader.stat_region(name).unwrap().info;
-    let newest = |page: usize, pick: fn(&Log) -> &Vec<u64>| -> u64 {
-        logs.iter().map(|log| pick(log)[page]).max().unwrap()
+    let newest = |pick: fn(&Log) -> &Vec<u64>| -> Vec<u64> {
+        (0..REGION_PAGES as usize)
+            .map(|page| logs.iter().map(|log| pick(log)[page]).max().unwrap())
+            .collect()
     };
-    let mut lost = Vec::new();
-    let mut data = vec![0u8; 256 * PAGE];
-    for first in (0..REGION_PAGES).step_by(256) {
-        let pages: Vec<u64> = (first..first + 256).collect();
-        reader.read_pages(&info, &pages, &mut data).unwrap();
-        for (index, &page) in pages.iter().enumerate() {
-            let bytes = &data[index * PAGE..(index + 1) * PAGE];
-            let version = if bytes.iter().all(|&b| b == 0) {
-                0
-            } else {
-                u64::from_le_bytes(bytes[8..16].try_into().unwrap())
-            };
-            let sent = newest(page as usize, |log| &log.sent);
-            let acknowledged = newest(page as usize, |log| &log.acknowledged);
-            assert!(
-                version <= sent && bytes == page_bytes(page, version),
-                "{what}: page {page} on {addr} holds bytes no writer sent (version field \
-                 {version}, newest sent {sent})"
-            );
-            if version < acknowledged {
-                lost.push((page, version, acknowledged));
-            }
-        }
-    }
-    lost
+    let sent = newest(|log| &log.model.sent);
+    let acknowledged = newest(|log| &log.model.acknowledged);
+    let versions = stored_versions(&reader, addr, name, &sent, what);
+    (0..REGION_PAGES)
+        .zip(versions.into_iter().zip(acknowledged))
+        .filter(|(_, (version, acknowledged))| version < acknowledged)
+        .map(|(page, (version, acknowledged))| (page, version, acknowledged))
+        .collect()
 }
 
 /// `compare_with_model`, and every acknowledged write must be there.
@@ -687,10 +454,6 @@ fn check_against_model(addr: &str, name: &str, logs: &[&Log], what: &str) {
         "{what}: ACKNOWLEDGED WRITES LOST on {addr}, as (page, version held, version \
          acknowledged): {lost:?}"
     );
-}
-
-fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1e3
 }
 
 /// Waits, at most `WAIT_LIMIT`, until `check` returns a value.
@@ -820,8 +583,10 @@ impl Setup {
         let namespace = self.network.namespace.clone();
         let primary = self.cut_off.addr.clone();
         Writer::start(
+            REGION_PAGES,
             pages,
             seed,
+            WRITER_TIME_MAX,
             move || enter_namespace(&namespace),
             move || {
                 let options = ClientOptions {
@@ -841,8 +606,10 @@ impl Setup {
     fn outside_writer(&self, name: &'static str, pages: std::ops::Range<u64>, seed: u64) -> Writer {
         let endpoint = self.endpoint.clone();
         Writer::start(
+            REGION_PAGES,
             pages,
             seed,
+            WRITER_TIME_MAX,
             || {},
             move || {
                 let options = ClientOptions {
@@ -924,16 +691,23 @@ impl Setup {
 fn acknowledged_after(log: &Log, since: Instant, from: Instant) -> Vec<f64> {
     log.acks
         .iter()
-        .filter(|(at, _)| *at > since)
-        .map(|(at, _)| millis(*at - from))
+        .filter(|ack| ack.at > since)
+        .map(|ack| millis(ack.at - from))
         .collect()
+}
+
+/// Whether any write was refused with NotPrimary.
+fn answered_not_primary(log: &Log) -> bool {
+    log.failures
+        .iter()
+        .any(|failure| failure.code == Some(ErrorCode::NotPrimary))
 }
 
 /// Refusals with NotPrimary after `since`.
 fn refused_after(log: &Log, since: Instant) -> usize {
     log.failures
         .iter()
-        .filter(|(at, code, _)| *at > since && *code == Some(ErrorCode::NotPrimary))
+        .filter(|failure| failure.at > since && failure.code == Some(ErrorCode::NotPrimary))
         .count()
 }
 
@@ -954,9 +728,11 @@ fn a_partitioned_primary_stops_and_the_majority_fails_over() {
     let name = "partitioned";
     let before = setup.create_region(name, "sync");
     let inside_writer = setup.inside_writer(name, 0..REGION_PAGES / 2, 1);
-    inside_writer.wait_until("the inside writer has 100 writes acknowledged", |log| {
-        log.acks.len() >= 100
-    });
+    inside_writer.wait_until(
+        "the inside writer has 100 writes acknowledged",
+        WAIT_LIMIT,
+        |log| log.acks.len() >= 100,
+    );
 
     let cut_at = Instant::now();
     setup.network.cut();
@@ -966,21 +742,25 @@ fn a_partitioned_primary_stops_and_the_majority_fails_over() {
     let after = setup.wait_for_failover(name, &before);
     let failed_over_at = cut_at.elapsed();
     let new_primary: SocketAddr = after.primary.parse().unwrap();
-    outside_writer.wait_until("the outside writer has 50 writes acknowledged", |log| {
-        log.acks
-            .iter()
-            .filter(|(_, peer)| *peer == new_primary)
-            .count()
-            >= 50
-    });
-    let outside_first = outside_writer.log.lock().unwrap().acks[0].0 - cut_at;
+    outside_writer.wait_until(
+        "the outside writer has 50 writes acknowledged",
+        WAIT_LIMIT,
+        |log| {
+            log.acks
+                .iter()
+                .filter(|ack| ack.peer == new_primary)
+                .count()
+                >= 50
+        },
+    );
+    let outside_first = outside_writer.log.lock().unwrap().acks[0].at - cut_at;
     // The cut-off primary refuses its writer, saying it is not the primary,
     // and goes on refusing while its writer tries.
-    inside_writer.wait_until("the cut-off primary answered NotPrimary", |log| {
-        log.failures
-            .iter()
-            .any(|(_, code, _)| *code == Some(ErrorCode::NotPrimary))
-    });
+    inside_writer.wait_until(
+        "the cut-off primary answered NotPrimary",
+        WAIT_LIMIT,
+        answered_not_primary,
+    );
     std::thread::sleep(LEASE * 2);
 
     let healed_at = Instant::now();
@@ -1007,7 +787,7 @@ fn a_partitioned_primary_stops_and_the_majority_fails_over() {
         inside
             .acks
             .iter()
-            .all(|(_, peer)| peer.to_string() == setup.cut_off.addr),
+            .all(|ack| ack.peer.to_string() == setup.cut_off.addr),
         "the inside writer reached another node"
     );
     check_against_model(
@@ -1070,20 +850,22 @@ fn a_partitioned_async_primary_acknowledges_nothing_after_its_lease() {
     let name = "partitioned-async";
     let before = setup.create_region(name, "async");
     let inside_writer = setup.inside_writer(name, 0..REGION_PAGES, 3);
-    inside_writer.wait_until("the inside writer has 100 writes acknowledged", |log| {
-        log.acks.len() >= 100
-    });
+    inside_writer.wait_until(
+        "the inside writer has 100 writes acknowledged",
+        WAIT_LIMIT,
+        |log| log.acks.len() >= 100,
+    );
 
     let cut_at = Instant::now();
     setup.network.cut();
     let cut_done = Instant::now();
     let after = setup.wait_for_failover(name, &before);
     let failed_over_at = cut_at.elapsed();
-    inside_writer.wait_until("the cut-off primary answered NotPrimary", |log| {
-        log.failures
-            .iter()
-            .any(|(_, code, _)| *code == Some(ErrorCode::NotPrimary))
-    });
+    inside_writer.wait_until(
+        "the cut-off primary answered NotPrimary",
+        WAIT_LIMIT,
+        answered_not_primary,
+    );
     std::thread::sleep(LEASE * 2);
 
     setup.network.heal();

@@ -6,6 +6,7 @@
 //! `pagoda region replicas` and `pagoda region promote`.
 
 mod common;
+use common::model::{Model, PAGE, page_bytes, stored_versions};
 use common::{free_port, pagoda, run, run_json, spawn_node, text};
 
 use std::path::{Path, PathBuf};
@@ -18,7 +19,6 @@ use std::time::{Duration, Instant};
 use pagoda::{Client, ClientOptions, ErrorCode, RegionInfo};
 use rand::{Rng, SeedableRng};
 
-const PAGE: usize = 4096;
 /// The region: 4 MiB, two segments.
 const REGION_PAGES: u64 = 1024;
 /// The replica timeout every node runs with, in milliseconds.
@@ -126,64 +126,25 @@ fn client(addr: &str) -> Client {
     Client::connect(addr, options).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"))
 }
 
-/// The contents of `page` at `version`: the page number, the version, then
-/// bytes derived from both. Version 0 is the unwritten page: zeros.
-fn page_bytes(page: u64, version: u64) -> Vec<u8> {
-    if version == 0 {
-        return vec![0; PAGE];
-    }
-    let mut bytes = Vec::with_capacity(PAGE);
-    bytes.extend_from_slice(&page.to_le_bytes());
-    bytes.extend_from_slice(&version.to_le_bytes());
-    let seed =
-        page.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ version.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    bytes.extend((16..PAGE as u64).map(|i| (seed.rotate_left((i % 64) as u32) ^ i) as u8));
-    bytes
-}
-
-/// What was written, per page: the newest version acknowledged (its
-/// `write_pages` returned Ok) and the newest version sent at all.
-struct Model {
-    acknowledged: Vec<u64>,
-    sent: Vec<u64>,
-}
-
 /// Reads every page from `addr` and compares it with the model: each page
 /// must hold a version its writer sent (intact), no older than the newest
 /// acknowledged one. Returns the number of acknowledged versions checked.
 fn check_against_model(addr: &str, name: &str, model: &Mutex<Model>, round: u64) -> usize {
     let reader = client(addr);
-    let info = reader.stat_region(name).unwrap().info;
     // Taken before the read: a write acknowledged during it (by a writer
     // still finishing a request) only raises what is found.
     let (acknowledged, sent) = {
         let model = model.lock().unwrap();
         (model.acknowledged.clone(), model.sent.clone())
     };
-    let mut data = vec![0u8; 256 * PAGE];
-    for first in (0..REGION_PAGES).step_by(256) {
-        let pages: Vec<u64> = (first..first + 256).collect();
-        reader.read_pages(&info, &pages, &mut data).unwrap();
-        for (index, &page) in pages.iter().enumerate() {
-            let bytes = &data[index * PAGE..(index + 1) * PAGE];
-            let version = if bytes.iter().all(|&b| b == 0) {
-                0
-            } else {
-                u64::from_le_bytes(bytes[8..16].try_into().unwrap())
-            };
-            assert!(
-                version <= sent[page as usize] && bytes == page_bytes(page, version),
-                "round {round}: page {page} on {addr} holds bytes no writer sent \
-                 (version field {version}, newest sent {})",
-                sent[page as usize]
-            );
-            assert!(
-                version >= acknowledged[page as usize],
-                "round {round}: ACKNOWLEDGED WRITE LOST: page {page} on the new primary {addr} \
-                 holds version {version}, but version {} was acknowledged",
-                acknowledged[page as usize]
-            );
-        }
+    let what = format!("round {round}");
+    let versions = stored_versions(&reader, addr, name, &sent, &what);
+    for (page, (&version, &acknowledged)) in versions.iter().zip(&acknowledged).enumerate() {
+        assert!(
+            version >= acknowledged,
+            "round {round}: ACKNOWLEDGED WRITE LOST: page {page} on the new primary {addr} \
+             holds version {version}, but version {acknowledged} was acknowledged"
+        );
     }
     acknowledged.iter().filter(|&&version| version > 0).count()
 }
@@ -318,10 +279,7 @@ fn killing_the_primary_under_sync_load_loses_no_acknowledged_write() {
         let set = replicas_json(name, &nodes[0].addr);
         replica_entry(&set, &nodes[1].addr).is_some_and(|r| r["in_sync"] == true)
     });
-    let model = Arc::new(Mutex::new(Model {
-        acknowledged: vec![0; REGION_PAGES as usize],
-        sent: vec![0; REGION_PAGES as usize],
-    }));
+    let model = Arc::new(Mutex::new(Model::new(REGION_PAGES)));
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut primary = 0;
     let mut rounds = 0u64;

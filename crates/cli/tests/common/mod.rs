@@ -1,18 +1,31 @@
 //! Helpers shared by the tests of the `pagoda` binary.
 
+pub mod model;
+pub mod writer;
+
+use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::net::TcpListener;
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 /// The `pagoda` binary, with none of the environment that would point it at
 /// another node or change its logging.
 pub fn pagoda() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pagoda"));
+    clear_pagoda_env(&mut command);
+    command
+}
+
+/// Removes from `command` the environment that would point `pagoda` at
+/// another node or change its logging (for a `pagoda` started through
+/// another program).
+pub fn clear_pagoda_env(command: &mut Command) {
     command
         .env_remove("PAGODA_NODE")
         .env_remove("PAGODA_TOKEN_FILE")
         .env_remove("PAGODA_CREDENTIAL")
         .env_remove("PAGODA_LOG");
-    command
 }
 
 /// A command's stdout and stderr, as text.
@@ -125,4 +138,69 @@ pub fn run_ok(args: &[&str], node: &str) -> String {
 pub fn run_json(args: &[&str], node: &str) -> serde_json::Value {
     let stdout = run_ok(args, node);
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
+}
+
+/// Spawns `command` with its stderr appended to the file `log`. With
+/// `ready` (a marker and a limit), waits until a stderr line contains the
+/// marker; a process that writes none within the limit is killed and the
+/// test fails, showing the end of its log.
+#[allow(dead_code)]
+pub fn spawn_logged(
+    mut command: Command,
+    log: &Path,
+    what: &str,
+    ready: Option<(&str, Duration)>,
+) -> Child {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let stderr = child.stderr.take().unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let marker = ready.map(|(marker, _)| marker.to_owned());
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(file, "{line}");
+            if marker.as_ref().is_some_and(|marker| line.contains(marker)) {
+                let _ = sender.send(());
+            }
+        }
+    });
+    if let Some((_, limit)) = ready
+        && receiver.recv_timeout(limit).is_err()
+    {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{what} did not start within {limit:?}; its log:\n{}",
+            log_tail(log)
+        );
+    }
+    child
+}
+
+/// The last 3,000 bytes of a log file.
+#[allow(dead_code)]
+pub fn log_tail(path: &Path) -> String {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return format!("(no log at {})", path.display());
+    };
+    let length = file.metadata().map_or(0, |m| m.len());
+    let _ = file.seek(std::io::SeekFrom::Start(length.saturating_sub(3_000)));
+    let mut tail = String::new();
+    let _ = file.read_to_string(&mut tail);
+    tail
+}
+
+/// A duration in milliseconds, for printing.
+#[allow(dead_code)]
+pub fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
 }
