@@ -5,7 +5,7 @@
 //! loopback sharing an embedded coordinator in a temporary directory.
 
 mod common;
-use common::{NodeProcess, free_port, pagoda, spawn_node, text};
+use common::{NodeProcess, field_names, free_port, pagoda, spawn_node, text};
 
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -153,13 +153,7 @@ fn status_lists_the_live_nodes_and_their_capacity() {
     let small = cluster.node("32MiB");
     let large = cluster.node("96MiB");
     let status = cluster.wait_for_nodes(&[&small, &large]);
-    let mut fields: Vec<&str> = status
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    fields.sort();
+    let fields = field_names(&status);
     assert_eq!(fields, ["coordinator", "nodes", "regions"]);
     assert_eq!(status["coordinator"], cluster.endpoint);
     assert_eq!(status["regions"], serde_json::json!([]));
@@ -170,13 +164,7 @@ fn status_lists_the_live_nodes_and_their_capacity() {
             .iter()
             .find(|record| record["addr"] == node.addr.as_str())
             .unwrap();
-        let mut fields: Vec<&str> = record
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        fields.sort();
+        let fields = field_names(record);
         assert_eq!(
             fields,
             [
@@ -270,13 +258,7 @@ fn create_places_the_primary_on_the_node_with_the_most_free_bytes() {
     );
     let status = cluster.status();
     let orders = region(&status, "orders");
-    let mut fields: Vec<&str> = orders
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    fields.sort();
+    let fields = field_names(orders);
     assert_eq!(
         fields,
         [

@@ -7,7 +7,7 @@
 
 mod common;
 use common::model::{Model, PAGE, page_bytes, stored_versions};
-use common::{free_port, pagoda, run, run_json, spawn_node, text};
+use common::{field_names, free_port, pagoda, run, run_json, spawn_node, text};
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -467,13 +467,7 @@ fn replicas_json_and_promote_refusals() {
     assert!(entry["sent_bytes"].as_u64().unwrap() > 0, "{entry}");
     assert!(entry["rebuilt_bytes"].is_u64(), "{entry}");
     assert!(entry["rebuilds"].is_u64(), "{entry}");
-    let mut keys: Vec<&str> = entry
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
+    let keys = field_names(entry);
     assert_eq!(
         keys,
         [

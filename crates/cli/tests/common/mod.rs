@@ -204,3 +204,16 @@ pub fn log_tail(path: &Path) -> String {
 pub fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
 }
+
+/// The field names of a JSON object, sorted.
+#[allow(dead_code)]
+pub fn field_names(object: &serde_json::Value) -> Vec<&str> {
+    let mut fields: Vec<&str> = object
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    fields
+}
