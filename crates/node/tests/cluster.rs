@@ -12,7 +12,9 @@ use pagoda::{Client, ClientOptions, ErrorCode, RegionOptions, ReplicationMode};
 use pagoda_cluster::{Coordinator, RegionRecord};
 use pagoda_node::{Node, NodeConfig};
 
-const PAGE: usize = 4096;
+mod common;
+use common::{PAGE, eventually, page};
+
 const MIB: u64 = 1024 * 1024;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -96,20 +98,6 @@ impl Cluster {
         ))
         .expect("node restarts");
         self.nodes[index] = Some(node);
-    }
-}
-
-fn page(seed: u64) -> Vec<u8> {
-    (0..PAGE as u64)
-        .map(|i| (i.wrapping_mul(31) ^ seed.wrapping_mul(0x9e37)) as u8)
-        .collect()
-}
-
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

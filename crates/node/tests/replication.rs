@@ -14,12 +14,11 @@ use pagoda_wire::limits::SEGMENT_BYTES;
 use pagoda_wire::{OpenMode, Request, Response};
 
 mod common;
-use common::raw_call;
+use common::{PAGE, eventually, page, raw_call};
 
 use pagoda::{Client, ClientOptions, ErrorCode, RegionOptions, ReplicaRole, ReplicationMode};
 use pagoda_node::{Node, NodeConfig};
 
-const PAGE: usize = 4096;
 const MIB: u64 = 1024 * 1024;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -40,21 +39,6 @@ fn connect(addr: SocketAddr) -> Client {
         ..ClientOptions::default()
     };
     Client::connect(addr, options).expect("client connects")
-}
-
-fn page(seed: u64) -> Vec<u8> {
-    (0..PAGE as u64)
-        .map(|i| (i.wrapping_mul(31) ^ seed.wrapping_mul(0x9e37)) as u8)
-        .collect()
-}
-
-/// Waits (bounded) until `check` holds.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 struct Cluster {

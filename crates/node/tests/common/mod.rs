@@ -2,12 +2,33 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pagoda_wire::io::FrameReader;
 use pagoda_wire::{Request, Response};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[allow(dead_code)]
+pub const PAGE: usize = 4096;
+
+/// A page of bytes derived from `seed`.
+#[allow(dead_code)]
+pub fn page(seed: u64) -> Vec<u8> {
+    (0..PAGE as u64)
+        .map(|i| (i.wrapping_mul(31) ^ seed.wrapping_mul(0x9e37)) as u8)
+        .collect()
+}
+
+/// Waits (at most 20 s) until `check` holds.
+#[allow(dead_code)]
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// Sends `request` on a fresh connection to an open node (no credentials),
 /// after a `Hello`, and returns the reply's opcode and payload: the node's
