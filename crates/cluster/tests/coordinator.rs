@@ -110,6 +110,15 @@ fn node_addrs(coordinator: &dyn Coordinator) -> Vec<String> {
         .collect()
 }
 
+/// Creates a region of each name, led by 10.0.0.1:7000.
+fn create_regions(coordinator: &dyn Coordinator, names: &[&str]) {
+    for name in names {
+        coordinator
+            .create_region(&region(name, "10.0.0.1:7000"))
+            .unwrap();
+    }
+}
+
 fn grant(coordinator: &dyn Coordinator) -> LeaseId {
     coordinator.grant_lease(Duration::from_secs(1)).unwrap()
 }
@@ -182,12 +191,7 @@ fn update_compares_revisions(store: &Store) {
 // not there is no error.
 fn delete_removes_region_and_writer(store: &Store) {
     let coordinator = store.connect();
-    coordinator
-        .create_region(&region("alpha", "10.0.0.1:7000"))
-        .unwrap();
-    coordinator
-        .create_region(&region("beta", "10.0.0.1:7000"))
-        .unwrap();
+    create_regions(&*coordinator, &["alpha", "beta"]);
     let lease = grant(&*coordinator);
     assert_eq!(
         coordinator
@@ -220,11 +224,7 @@ fn delete_removes_region_and_writer(store: &Store) {
 fn regions_are_listed_by_name(store: &Store) {
     let coordinator = store.connect();
     assert_eq!(coordinator.regions().unwrap(), []);
-    for name in ["charlie", "alpha", "bravo"] {
-        coordinator
-            .create_region(&region(name, "10.0.0.1:7000"))
-            .unwrap();
-    }
+    create_regions(&*coordinator, &["charlie", "alpha", "bravo"]);
     let listed = coordinator.regions().unwrap();
     let names: Vec<&str> = listed.iter().map(|r| r.value.name.as_str()).collect();
     assert_eq!(names, ["alpha", "bravo", "charlie"]);
@@ -414,12 +414,7 @@ fn writer_claims_are_exclusive(store: &Store) {
 // (one bad record must not hide a cluster's regions from failover).
 fn corrupt_records_are_reported(store: &Store) {
     let coordinator = store.connect();
-    coordinator
-        .create_region(&region("alpha", "10.0.0.1:7000"))
-        .unwrap();
-    coordinator
-        .create_region(&region("beta", "10.0.0.1:7000"))
-        .unwrap();
+    create_regions(&*coordinator, &["alpha", "beta"]);
     store.corrupt_region("alpha");
     let error = coordinator.region("alpha").unwrap_err();
     assert!(
