@@ -693,11 +693,21 @@ fn tick_regions(shared: &Arc<Shared>) -> Result<(), ClusterError> {
         let Ok(region) = shared.catalog.by_name(&record.value.name) else {
             continue;
         };
-        let primary_role = match &*region.role().lock() {
-            Role::Primary(replication) => Some(replication.clone()),
-            _ => None,
+        let (primary_role, solo) = match &*region.role().lock() {
+            Role::Primary(replication) => (Some(replication.clone()), false),
+            Role::Solo => (None, true),
+            _ => (None, false),
         };
+        // A solo region has nothing to fail over to.
+        if solo {
+            continue;
+        }
         if let Some(replication) = primary_role {
+            // Deposed already: nothing more to do here (its successor
+            // rebuilds it as a replica).
+            if replication.fenced().is_some() {
+                continue;
+            }
             if record.value.primary != own
                 || record.value.primary_epoch != replication.primary_epoch()
             {

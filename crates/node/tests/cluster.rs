@@ -154,6 +154,11 @@ fn records_follow_create_and_delete() {
     assert_eq!(solo.primary, cluster.addrs[1].to_string());
     assert_eq!(solo.mode, "solo");
     assert!(solo.replicas.is_empty());
+    // Ticks later (every 250 ms) the records are as they were: nothing
+    // fails over, nothing is vacated.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(cluster.record("solo").unwrap(), solo);
+    assert_eq!(cluster.record("r").unwrap().primary, record.primary);
 
     // The name is the cluster's: another node refuses it.
     let error = cluster
