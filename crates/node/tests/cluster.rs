@@ -317,3 +317,78 @@ fn a_lost_replica_is_replaced_on_another_node() {
         expected
     );
 }
+
+// Guards the lease against the agent's slow work: a node registered in the
+// coordinator that accepts connections and never answers is where the
+// primary tries to replace a lost replica (it has the most free bytes);
+// each attempt waits for its timeout, and meanwhile the primary's lease is
+// renewed by a thread of its own: it stays live and keeps its lead.
+#[test]
+fn a_peer_that_never_answers_does_not_cost_the_primary_its_lease() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let mut cluster = Cluster::new(3);
+    create(&cluster, "p", 64);
+    // The silent node: accepts, holds the connections, never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let holder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let began = Instant::now();
+            while !stop.load(Ordering::SeqCst) && began.elapsed() < Duration::from_secs(60) {
+                if let Ok((stream, _)) = silent.accept() {
+                    held.push(stream);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let lease = cluster
+        .coordinator
+        .grant_lease(Duration::from_secs(30))
+        .unwrap();
+    cluster
+        .coordinator
+        .put_node(
+            &pagoda_cluster::NodeRecord {
+                addr: silent_addr.clone(),
+                capacity_bytes: 1 << 40,
+                free_bytes: 1 << 40,
+                lease_ms: 30_000,
+                version: "silent".into(),
+            },
+            lease,
+        )
+        .unwrap();
+    // A replica is lost: after a second its primary tries to replace it on
+    // the silent node, again and again.
+    cluster.nodes[2] = None;
+    let writer = cluster.client(0);
+    let info = writer.stat_region("p").unwrap().info;
+    writer.write_pages(&info, &[1], &page(1)).unwrap();
+    let primary = cluster.addrs[0].to_string();
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_secs(6) {
+        let live: Vec<String> = cluster
+            .coordinator
+            .nodes()
+            .unwrap()
+            .into_iter()
+            .map(|n| n.addr)
+            .collect();
+        assert!(
+            live.contains(&primary),
+            "the primary's lease lapsed {:?} into the replacement attempts",
+            began.elapsed()
+        );
+        assert_eq!(cluster.record("p").unwrap().primary, primary);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    writer.write_pages(&info, &[2], &page(2)).unwrap();
+    stop.store(true, Ordering::SeqCst);
+    holder.join().unwrap();
+}
