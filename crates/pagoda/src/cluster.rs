@@ -329,40 +329,24 @@ impl Cluster {
     /// dialled again (pausing) while it does not answer, for at most
     /// `ClientOptions::reconnect_for`.
     fn link_for(&self, home: &Link, name: &str) -> Result<Arc<Link>, ClientError> {
-        let mut links = self.links.lock();
-        if let Some(link) = links.get(name).and_then(Weak::upgrade) {
+        if let Some(link) = self.links.lock().get(name).and_then(Weak::upgrade) {
             return Ok(link);
         }
-        links.retain(|_, link| link.strong_count() > 0);
+        // Dialled without the map's lock: a region whose primary does not
+        // answer holds up neither the other regions nor the watcher.
         let resolver = Arc::new(RegionPrimary {
             coordinator: self.coordinator.clone(),
             name: name.to_owned(),
         });
         let began = Instant::now();
         let mut pause = WAIT_PAUSE_MIN;
-        loop {
+        let link = loop {
             let mut addresses = resolver.resolve();
             if addresses.is_empty() {
                 addresses.push(home.peer());
             }
             match Link::connect(&addresses[..], self.options.clone()) {
-                Ok(link) => {
-                    link.set_resolver(resolver);
-                    let link = Arc::new(link);
-                    links.insert(name.to_owned(), Arc::downgrade(&link));
-                    if !self.watching.swap(true, Ordering::AcqRel) {
-                        let coordinator = self.coordinator.clone();
-                        let links = Arc::downgrade(&self.links);
-                        if let Err(error) = std::thread::Builder::new()
-                            .name("pagoda-watch".into())
-                            .spawn(move || watch(coordinator, links))
-                        {
-                            self.watching.store(false, Ordering::Release);
-                            tracing::warn!(%error, "could not start the thread that follows region records");
-                        }
-                    }
-                    return Ok(link);
-                }
+                Ok(link) => break link,
                 Err(error)
                     if unreachable(&error) && began.elapsed() < self.options.reconnect_for =>
                 {
@@ -372,7 +356,30 @@ impl Cluster {
                 }
                 Err(error) => return Err(error),
             }
+        };
+        link.set_resolver(resolver);
+        let mut links = self.links.lock();
+        // Another thread may have opened the region meanwhile: its link is
+        // the one the region's handles share (this one closes unused).
+        if let Some(existing) = links.get(name).and_then(Weak::upgrade) {
+            return Ok(existing);
         }
+        links.retain(|_, link| link.strong_count() > 0);
+        let link = Arc::new(link);
+        links.insert(name.to_owned(), Arc::downgrade(&link));
+        drop(links);
+        if !self.watching.swap(true, Ordering::AcqRel) {
+            let coordinator = self.coordinator.clone();
+            let links = Arc::downgrade(&self.links);
+            if let Err(error) = std::thread::Builder::new()
+                .name("pagoda-watch".into())
+                .spawn(move || watch(coordinator, links))
+            {
+                self.watching.store(false, Ordering::Release);
+                tracing::warn!(%error, "could not start the thread that follows region records");
+            }
+        }
+        Ok(link)
     }
 
     /// The writer lease: the one held, or a new one.
