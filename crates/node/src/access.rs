@@ -1430,8 +1430,7 @@ impl Session {
         }
         // Only the copy that takes writes hands out writer epochs: a replica
         // learns them from its primary.
-        crate::replication::check_primary(region)?;
-        crate::cluster::check_lease(&self.shared, region)?;
+        crate::cluster::check_writable(&self.shared, region)?;
         let current = region.log().writer_epoch();
         let epoch = match claim_epoch {
             0 => current + 1,

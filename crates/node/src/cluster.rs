@@ -209,6 +209,18 @@ impl Membership {
     }
 }
 
+/// Whether this node takes writes for `region` now: its role (solo, or a
+/// primary not fenced) and, in a cluster, its lease. Returns the
+/// replication a write goes through, if any.
+pub(crate) fn check_writable(
+    shared: &Shared,
+    region: &Region,
+) -> Result<Option<Arc<Replication>>, NodeError> {
+    let replication = replication::check_primary(region)?;
+    check_lease(shared, region)?;
+    Ok(replication)
+}
+
 /// Refuses a write on a node that may not lead now (its lease lapsed).
 pub(crate) fn check_lease(shared: &Shared, region: &Region) -> Result<(), NodeError> {
     check_lease_named(shared, &region.info().name)
@@ -315,11 +327,10 @@ pub(crate) fn record_in_sync(shared: &Shared, replication: &Replication) -> Resu
     if !shared.membership.shared_store {
         return Ok(());
     }
-    let current = replication.in_sync_addrs();
-    let recorded = replication.recorded_in_sync();
-    if recorded.iter().all(|addr| current.contains(addr)) {
+    if replication.recorded_still_in_sync() {
         return Ok(());
     }
+    let current = replication.in_sync_addrs();
     // Shrink the record before answering; retried until the lease would
     // lapse (then the write is not acknowledged: its writer resends it to
     // whoever leads next).

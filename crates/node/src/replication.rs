@@ -541,6 +541,18 @@ impl Replication {
             .collect()
     }
 
+    /// Whether every replica the record counts in sync still counts in sync
+    /// here (no allocation: the check before every `sync` acknowledgement
+    /// in a cluster).
+    pub fn recorded_still_in_sync(&self) -> bool {
+        let recorded = self.recorded_in_sync.lock();
+        recorded.iter().all(|addr| {
+            self.links
+                .iter()
+                .any(|link| link.in_sync() && *link.addr.lock() == *addr)
+        })
+    }
+
     /// The in-sync set as the coordinator's record last held it.
     pub fn recorded_in_sync(&self) -> Vec<String> {
         self.recorded_in_sync.lock().clone()

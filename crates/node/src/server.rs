@@ -55,12 +55,11 @@ impl Deferred {
         for direct in self.directs {
             direct.collect(&self.replication);
         }
-        let name = self.replication.name().to_owned();
         match self
             .replication
             .wait_acked(self.lsn)
             .and_then(|()| crate::cluster::record_in_sync(shared, &self.replication))
-            .and_then(|()| crate::cluster::check_lease_named(shared, &name))
+            .and_then(|()| crate::cluster::check_lease_named(shared, self.replication.name()))
         {
             Ok(()) => Response::Done.encode(out, self.request_id, 0),
             Err(error) => {
@@ -337,8 +336,7 @@ pub(crate) fn serve_request(
             entries,
         } => {
             let region = catalog.by_id(region)?;
-            let replication = replication::check_primary(&region)?;
-            crate::cluster::check_lease(shared, &region)?;
+            let replication = crate::cluster::check_writable(shared, &region)?;
             let forward = replication
                 .as_deref()
                 .map(|r| (r, ReplicateKind::Journal, ctx.payload));
@@ -348,11 +346,16 @@ pub(crate) fn serve_request(
             let directs = in_order(&region, epoch, lsn, forward, || {
                 node_journal::apply(shared, &region, commit_id, &entries)
             })?;
-            // A node whose lease lapsed while the write waited (for room,
-            // for a replica's socket) answers nothing as done: a successor
-            // may lead by now.
-            crate::cluster::check_lease(shared, &region)?;
-            answer_write(ctx, replication, directs, request_id, lsn, out);
+            answer_write(
+                shared,
+                &region,
+                ctx,
+                replication,
+                directs,
+                request_id,
+                lsn,
+                out,
+            )?;
         }
         Request::RegionChecksum {
             name,
@@ -386,8 +389,7 @@ pub(crate) fn serve_request(
             data,
         } => {
             let region = catalog.by_id(region)?;
-            let replication = replication::check_primary(&region)?;
-            crate::cluster::check_lease(shared, &region)?;
+            let replication = crate::cluster::check_writable(shared, &region)?;
             let forward = replication
                 .as_deref()
                 .map(|r| (r, ReplicateKind::Pages, ctx.payload));
@@ -397,11 +399,16 @@ pub(crate) fn serve_request(
             let directs = in_order(&region, epoch, lsn, forward, || {
                 region.write_pages(pages, data)
             })?;
-            // A node whose lease lapsed while the write waited (for room,
-            // for a replica's socket) answers nothing as done: a successor
-            // may lead by now.
-            crate::cluster::check_lease(shared, &region)?;
-            answer_write(ctx, replication, directs, request_id, lsn, out);
+            answer_write(
+                shared,
+                &region,
+                ctx,
+                replication,
+                directs,
+                request_id,
+                lsn,
+                out,
+            )?;
         }
         Request::NodeStat => Response::NodeStat(NodeStat {
             capacity_bytes: shared.arena.capacity_bytes(),
@@ -469,14 +476,17 @@ fn in_order(
 /// Answers an applied write: at once, unless the region is a `sync`
 /// primary's, whose replies wait for every in-sync replica (a retried
 /// duplicate's as well: its original may not have reached them yet).
+#[allow(clippy::too_many_arguments)]
 fn answer_write(
+    shared: &Shared,
+    region: &Region,
     ctx: &mut Dispatch<'_>,
     replication: Option<Arc<Replication>>,
     directs: Vec<Direct>,
     request_id: u64,
     lsn: u64,
     out: &mut Vec<u8>,
-) {
+) -> Result<(), NodeError> {
     match replication {
         Some(replication) if replication.mode() == ReplicationMode::Sync => {
             ctx.deferred.push(Deferred {
@@ -486,6 +496,13 @@ fn answer_write(
                 directs,
             })
         }
-        _ => Response::Done.encode(out, request_id, 0),
+        _ => {
+            // A node whose lease lapsed while the write waited (for room,
+            // for a replica's socket) answers nothing as done: a successor
+            // may lead by now.
+            crate::cluster::check_lease(shared, region)?;
+            Response::Done.encode(out, request_id, 0)
+        }
     }
+    Ok(())
 }
