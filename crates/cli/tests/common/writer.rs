@@ -16,8 +16,10 @@ use super::model::{Model, PAGE, page_bytes};
 
 /// Most pages in one write batch.
 const BATCH_PAGES_MAX: u64 = 4;
-/// Most write batches one writer sends.
-const WRITER_BATCHES_MAX: u64 = 20_000;
+/// Most write batches one writer sends: far more than any test waits for
+/// (a quiet loopback node takes about 2,000 a second, and the etcd restart
+/// test writes for about 10 s); the writer's time bound ends it first.
+const WRITER_BATCHES_MAX: u64 = 500_000;
 /// How long a writer pauses after a failed write before it tries again.
 const WRITER_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
