@@ -2,9 +2,10 @@
 //! regions it leads, and failover.
 //!
 //! A node keeps a lease in the coordinator (`pagoda_cluster`) and its
-//! record (`nodes/ADDR`: capacity, free bytes) under it. One thread, the
-//! *agent*, renews the lease every quarter of its TTL and, at each tick,
-//! looks at the region records:
+//! record (`nodes/ADDR`: capacity, free bytes) under it. One thread renews
+//! the lease every quarter of its TTL and does nothing else; another, at
+//! the same pace, looks at the region records (the *agent*; docs/design.md
+//! has the whole argument, and the checks each step makes):
 //!
 //! - **Failover.** For a region whose primary's node record is gone (its
 //!   lease lapsed), each live replica that the record counts *in sync*
