@@ -124,6 +124,14 @@ pub enum ClientError {
         /// What happened to the lease.
         reason: String,
     },
+    /// What was asked needs something this kernel or process does not
+    /// allow (a mapped region: userfaultfd, its features, or the settings
+    /// that grant it); the message names what to change.
+    #[error("not supported here: {0}")]
+    Unsupported(String),
+    /// A local system call failed (memory, file descriptors, threads).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
     /// The cluster coordinator failed or refused (it could not be reached,
     /// a record is missing or damaged).
     #[error(transparent)]

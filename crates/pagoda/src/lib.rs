@@ -87,6 +87,7 @@ mod cluster;
 mod connection;
 mod error;
 mod link;
+mod mapping;
 mod region;
 mod replication;
 mod signals;
@@ -110,6 +111,10 @@ pub use cluster::{LEASE_MARGIN_DIVISOR, LEASE_RENEWALS_PER_TTL, WATCH_INTERVAL};
 pub use connection::PendingCall;
 pub use connection::Reply;
 pub use error::ClientError;
+pub use mapping::{
+    Access, FAULT_THREADS_DEFAULT, FaultMode, LOCAL_PAGES_MIN, MapOptions, Mapping, MappingStats,
+    Protection, Verdict, Violation, ViolationHandler,
+};
 pub use pagoda_cache::CacheStats;
 pub use pagoda_cache::policy::PolicyKind;
 /// The cluster coordinator's crate (its `Coordinator` trait and records),

@@ -1,0 +1,1333 @@
+//! Mapped regions (capability C13) and application-defined page protection
+//! (C17): a region at one address range of the process, reached by
+//! ordinary loads and stores.
+//!
+//! # How it works
+//!
+//! The local tier of a mapping is a memfd as large as the region, sparse:
+//! only the pages held locally have memory. It is mapped twice. The
+//! application's mapping is registered with a userfaultfd for three kinds
+//! of fault; a second mapping, the *shadow*, is the fault threads' own
+//! view of the same pages and takes no userfaultfd faults.
+//!
+//! - **Missing** (the page is not held locally): a fault thread takes a
+//!   frame of the local budget (evicting if it is full), reads the page
+//!   from the node straight into the shadow, and maps it for the
+//!   application (`UFFDIO_CONTINUE`). A page the client knows the node has
+//!   never stored is filled with zeros without a round trip
+//!   (`UFFDIO_COPY`).
+//! - **Write-protect**: a page is mapped write-protected unless the fault
+//!   that brought it in was a write; the first write to it faults, the page
+//!   is marked dirty and the protection lifted. Only dirty pages are
+//!   written back, and a flush protects each page again before it reads
+//!   it, so a write during the flush marks it dirty again.
+//! - **Minor** (the page is held but not mapped for the application): how
+//!   the eviction policy learns of references. A hit in a mapping is a
+//!   plain load no code sees; so when the policy offers a victim that is
+//!   still mapped, the mapping does not evict it but *zaps* it
+//!   (`MADV_DONTNEED` on the application's mapping: the page stays in the
+//!   memfd) and refuses it, and the policy moves it along its queue as it
+//!   would a busy frame. An access before the policy offers it again takes
+//!   a minor fault, which counts as the policy's hit (`touch`) and maps the
+//!   page back without copying it. A page offered again still unmapped was
+//!   not referenced meanwhile and is evicted. So the two-phase policy sees
+//!   references at the pages it is about to decide on, and the cost (one
+//!   minor fault per referenced candidate) grows with the eviction rate,
+//!   not with the hit rate: a mapping whose pages all fit takes no fault
+//!   after the first touch of each page.
+//!
+//! Several fault threads read the userfaultfd; each serves its fault
+//! without holding the mapping's lock across the network, so faults of
+//! several application threads are fetched in parallel, pipelined on the
+//! region's connection.
+//!
+//! # Protection
+//!
+//! [`Mapping::protect`] marks page ranges read-only or as guards. A write
+//! to a read-only page (or to a mapping of a region open for reading only)
+//! and any access to a guard page reaches a fault thread, which calls the
+//! violation handler ([`Mapping::on_violation`]) instead of letting the
+//! access through; the handler's [`Verdict`] decides what happens next.
+//!
+//! # Outcomes of a fault that cannot be served
+//!
+//! A page that cannot be fetched (the node is unreachable after the
+//! client's reconnect window, or refuses) is logged at error level with the
+//! region, the offset and the cause, and the faulting thread gets `SIGBUS`,
+//! as for a mapped file whose read fails. Its access is never completed
+//! with a wrong value.
+
+mod uffd;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use pagoda_cache::Backing;
+use pagoda_cache::policy::{EvictionPolicy, FrameId, PolicyKind};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+
+use crate::error::ClientError;
+use crate::region::Region;
+
+pub use uffd::FaultMode;
+
+/// Default number of fault threads of a mapping.
+pub const FAULT_THREADS_DEFAULT: usize = 4;
+/// The smallest local budget of a mapping, in pages: one instruction may
+/// touch four pages (two operands, each across a page boundary), and it
+/// must be able to hold them all at once to make progress.
+pub const LOCAL_PAGES_MIN: u64 = 4;
+/// Victims taken per eviction when one frame is needed, so that dirty
+/// victims are written back in batches.
+const EVICT_BATCH_PAGES: usize = 16;
+/// Most pages one eviction round zaps (see the module documentation)
+/// before it refuses mapped candidates without zapping them; bounds the
+/// time a fault waits for an eviction.
+const ZAPS_PER_EVICTION_MAX: usize = 256;
+/// Messages read from the userfaultfd at once.
+const MESSAGES_PER_READ: usize = 16;
+/// How long a fault thread waits for a busy page before it looks again.
+const BUSY_WAIT: Duration = Duration::from_millis(20);
+
+/// How a region is mapped; see [`Region::map`].
+#[derive(Clone, Debug)]
+pub struct MapOptions {
+    /// RAM for the pages held locally, in bytes; rounded down to whole
+    /// pages, at least [`LOCAL_PAGES_MIN`] pages.
+    pub local_bytes: u64,
+    /// Threads serving faults; faults of that many application threads
+    /// are fetched at once.
+    pub fault_threads: usize,
+    /// Which faults the kernel hands to the mapping; see [`FaultMode`].
+    pub fault_mode: FaultMode,
+    /// The eviction policy of the local tier.
+    pub policy: PolicyKind,
+}
+
+impl Default for MapOptions {
+    fn default() -> Self {
+        MapOptions {
+            local_bytes: crate::region::CACHE_BYTES_DEFAULT,
+            fault_threads: FAULT_THREADS_DEFAULT,
+            fault_mode: FaultMode::Auto,
+            policy: PolicyKind::default(),
+        }
+    }
+}
+
+impl MapOptions {
+    /// Defaults with a local budget of `local_bytes`.
+    pub fn with_local_bytes(local_bytes: u64) -> MapOptions {
+        MapOptions {
+            local_bytes,
+            ..MapOptions::default()
+        }
+    }
+}
+
+/// What an application may do with a range of a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protection {
+    /// Loads and stores (the default).
+    ReadWrite,
+    /// Loads only: a store calls the violation handler.
+    ReadOnly,
+    /// Nothing: any access calls the violation handler.
+    Guard,
+}
+
+impl std::fmt::Display for Protection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protection::ReadWrite => "read-write",
+            Protection::ReadOnly => "read-only",
+            Protection::Guard => "guard",
+        })
+    }
+}
+
+/// The kind of access that faulted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// A load (or an instruction fetch).
+    Read,
+    /// A store.
+    Write,
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Access::Read => "read",
+            Access::Write => "write",
+        })
+    }
+}
+
+/// An access a page's protection does not allow.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    /// The region's name.
+    pub region: String,
+    /// The offset in the region of the faulting address, rounded down to
+    /// the page the kernel reports (4 KiB).
+    pub offset: u64,
+    /// The faulting address, as the kernel reports it (rounded down to its
+    /// 4 KiB page).
+    pub address: usize,
+    /// What was attempted.
+    pub access: Access,
+    /// The protection it violates. `ReadOnly` also for a store to a
+    /// mapping of a region open for reading only.
+    pub protection: Protection,
+    /// The faulting thread's id (`gettid`); 0 if the kernel did not say.
+    pub thread: u32,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} access to region {:?} at offset {} (address {:#x}) violates its {} protection",
+            self.access, self.region, self.offset, self.address, self.protection
+        )
+    }
+}
+
+/// What happens to an access that violated a page's protection, as the
+/// violation handler decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The page becomes read-write (for a guard page: and is brought in)
+    /// and the access goes on.
+    Allow,
+    /// The faulting thread gets `SIGSEGV` (sent with `tgkill`): its own
+    /// handler runs, or the process ends as on any segmentation fault. The
+    /// access is tried again if the handler returns.
+    Signal,
+    /// The process stops: the violation is logged and printed to standard
+    /// error as `pagoda: stopping the process: <violation>`, then the
+    /// process aborts. What the default handler answers.
+    Stop,
+}
+
+/// A violation handler: called on a fault thread, while the faulting
+/// thread waits. It must not touch a page of the mapping whose access
+/// would fault (that thread would wait for itself).
+pub type ViolationHandler = Arc<dyn Fn(&Violation) -> Verdict + Send + Sync>;
+
+/// A mapping's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MappingStats {
+    /// Pages read from the node on a fault.
+    pub pages_fetched: u64,
+    /// Pages filled with zeros without a round trip (never stored).
+    pub pages_zero_filled: u64,
+    /// Minor faults: a page held locally mapped back after the policy
+    /// looked at it (the policy's hits).
+    pub minor_faults: u64,
+    /// Write-protect faults: first writes to clean pages.
+    pub write_faults: u64,
+    /// Pages written back to the node (evictions and flushes).
+    pub pages_written_back: u64,
+    /// Pages evicted from the local tier.
+    pub evictions: u64,
+    /// Protection violations.
+    pub violations: u64,
+    /// Faults that could not be served (the thread got `SIGBUS`).
+    pub failed_faults: u64,
+    /// Pages held locally now.
+    pub resident_pages: u64,
+    /// Of them, dirty now.
+    pub dirty_pages: u64,
+}
+
+/// A frame's state bits.
+const MAPPED: u8 = 1;
+const DIRTY: u8 = 2;
+/// Being filled or evicted: faults on it wait.
+const BUSY: u8 = 4;
+/// Being written back by a flush: not evicted meanwhile.
+const FLUSHING: u8 = 8;
+
+/// The mapping's bookkeeping, under one lock held only for short steps
+/// (never across the network).
+struct Table {
+    /// Resident pages and their frames.
+    pages: HashMap<u64, FrameId>,
+    frame_page: Vec<u64>,
+    frame_state: Vec<u8>,
+    free: Vec<FrameId>,
+    /// Protected ranges of pages: start → (end, protection), disjoint; a
+    /// page in none is read-write.
+    protection: BTreeMap<u64, (u64, Protection)>,
+    /// Segments the node has never stored (bit set), for a write open;
+    /// `None` when that is not known.
+    unstored: Option<Vec<u64>>,
+}
+
+impl Table {
+    fn protection_of(&self, page: u64) -> Protection {
+        match self.protection.range(..=page).next_back() {
+            Some((_, &(end, protection))) if page < end => protection,
+            _ => Protection::ReadWrite,
+        }
+    }
+
+    fn set_protection(&mut self, start: u64, end: u64, protection: Protection) {
+        // Cut the ranges that overlap [start, end) down to what lies
+        // outside it, then insert the new one.
+        let overlapping: Vec<(u64, (u64, Protection))> = self
+            .protection
+            .range(..end)
+            .filter(|(_, (range_end, _))| *range_end > start)
+            .map(|(&range_start, &value)| (range_start, value))
+            .collect();
+        for (range_start, (range_end, kind)) in overlapping {
+            self.protection.remove(&range_start);
+            if range_start < start {
+                self.protection.insert(range_start, (start, kind));
+            }
+            if range_end > end {
+                self.protection.insert(end, (range_end, kind));
+            }
+        }
+        if protection != Protection::ReadWrite {
+            self.protection.insert(start, (end, protection));
+        }
+    }
+}
+
+struct Shared {
+    region: Region,
+    uffd: uffd::Uffd,
+    memfd: OwnedFd,
+    /// The application's mapping.
+    user: *mut u8,
+    /// The fault threads' view of the same pages.
+    shadow: *mut u8,
+    len: usize,
+    page_size: usize,
+    segment_pages: u64,
+    read_only: bool,
+    table: Mutex<Table>,
+    changed: Condvar,
+    policy: Box<dyn EvictionPolicy>,
+    /// Serializes flushes (a flush must not return while another's batch
+    /// holding pages it cleared is in flight).
+    flush_lock: Mutex<()>,
+    handler: RwLock<ViolationHandler>,
+    zeros: Vec<u8>,
+    stop: OwnedFd,
+    pages_fetched: AtomicU64,
+    pages_zero_filled: AtomicU64,
+    minor_faults: AtomicU64,
+    write_faults: AtomicU64,
+    pages_written_back: AtomicU64,
+    evictions: AtomicU64,
+    violations: AtomicU64,
+    failed_faults: AtomicU64,
+}
+
+// SAFETY: the raw pointers are the two mappings, which live as long as
+// `Shared`; every access through them is coordinated by the table lock and
+// the page states (see the module documentation).
+unsafe impl Send for Shared {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Shared {}
+
+/// A region mapped into the process; see the module documentation and
+/// [`Region::map`].
+///
+/// # Aliasing
+///
+/// [`Mapping::as_slice`] and [`Mapping::as_mut_slice`] follow Rust's rules
+/// as for any memory: shared views through `&self`, one exclusive view
+/// through `&mut self` (split it with `chunks_mut` to hand pieces to
+/// threads). [`Mapping::as_atomic_u64s`] gives a view several threads may
+/// load and store at once through `&self`. The fault threads change page
+/// contents only through their own mapping of the same memory and only
+/// while the page is not mapped for the application, so no view ever sees
+/// a page change under it except by its own stores; a flush reads pages
+/// while they may be written (a page written during a flush is marked
+/// dirty again and sent again by the next flush).
+pub struct Mapping {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapping")
+            .field("region", &self.shared.region.name())
+            .field("len", &self.shared.len)
+            .finish()
+    }
+}
+
+fn os_error(what: &str) -> ClientError {
+    ClientError::Io(std::io::Error::new(
+        std::io::Error::last_os_error().kind(),
+        format!("{what}: {}", std::io::Error::last_os_error()),
+    ))
+}
+
+/// The default violation handler: stops the process.
+fn stop_handler() -> ViolationHandler {
+    Arc::new(|_: &Violation| Verdict::Stop)
+}
+
+impl Region {
+    /// Maps the region into the process: see [`Mapping`]. The handle moves
+    /// into the mapping (reads and writes go through the mapping from now
+    /// on; [`Mapping::unmap`] ends it). Writes made through this handle
+    /// before are flushed first.
+    ///
+    /// Needs Linux 6.3 or later (write-protected minor-fault resolution on
+    /// shared memory) and a userfaultfd: see [`FaultMode`] for what the
+    /// kernel must allow.
+    pub fn map(self, options: MapOptions) -> Result<Mapping, ClientError> {
+        Mapping::new(self, options)
+    }
+}
+
+impl Mapping {
+    fn new(region: Region, options: MapOptions) -> Result<Mapping, ClientError> {
+        region.flush()?;
+        let page_size = region.page_size();
+        let len = usize::try_from(region.len()).map_err(|_| {
+            ClientError::InvalidArgument("the region is larger than the address space".into())
+        })?;
+        let os_page = page_size_of_system();
+        if page_size % os_page != 0 {
+            return Err(ClientError::InvalidArgument(format!(
+                "region page size {page_size} is not a multiple of the system's {os_page}"
+            )));
+        }
+        let frames = (options.local_bytes / page_size as u64).max(LOCAL_PAGES_MIN);
+        let frames = frames.min(region.len() / page_size as u64).max(1);
+        if frames > FrameId::MAX as u64 / 2 {
+            return Err(ClientError::InvalidArgument(format!(
+                "local budget of {} bytes is too large",
+                options.local_bytes
+            )));
+        }
+        if options.fault_threads == 0 {
+            return Err(ClientError::InvalidArgument(
+                "a mapping needs at least one fault thread".into(),
+            ));
+        }
+        let uffd = uffd::Uffd::open(options.fault_mode).map_err(ClientError::Unsupported)?;
+        // SAFETY: memfd_create takes a NUL-terminated name and flags.
+        let memfd = unsafe { libc::memfd_create(c"pagoda-mapping".as_ptr(), libc::MFD_CLOEXEC) };
+        if memfd < 0 {
+            return Err(os_error("memfd_create"));
+        }
+        // SAFETY: a new fd this function owns.
+        let memfd = unsafe { OwnedFd::from_raw_fd(memfd) };
+        // SAFETY: ftruncate on an fd this function owns.
+        if unsafe { libc::ftruncate(memfd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(os_error("sizing the mapping's memfd"));
+        }
+        let map = || -> Result<*mut u8, ClientError> {
+            // SAFETY: a new shared mapping of the memfd; nothing else
+            // refers to the address range yet.
+            let address = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_NORESERVE,
+                    memfd.as_raw_fd(),
+                    0,
+                )
+            };
+            if address == libc::MAP_FAILED {
+                return Err(os_error("mapping the region's address range"));
+            }
+            Ok(address.cast())
+        };
+        let user = map()?;
+        let shadow = match map() {
+            Ok(shadow) => shadow,
+            Err(error) => {
+                // SAFETY: the mapping made just above.
+                unsafe { libc::munmap(user.cast(), len) };
+                return Err(error);
+            }
+        };
+        let unmap_both = || {
+            // SAFETY: the mappings made above, referred to by nothing else.
+            unsafe {
+                libc::munmap(user.cast(), len);
+                libc::munmap(shadow.cast(), len);
+            }
+        };
+        if let Err(error) = uffd.register(user, len) {
+            unmap_both();
+            return Err(ClientError::Unsupported(format!(
+                "registering the mapping with userfaultfd: {error}"
+            )));
+        }
+        if let Err(error) = probe_continue_wp() {
+            unmap_both();
+            return Err(ClientError::Unsupported(error));
+        }
+        // SAFETY: eventfd takes an initial value and flags.
+        let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if stop < 0 {
+            unmap_both();
+            return Err(os_error("eventfd"));
+        }
+        // SAFETY: a new fd this function owns.
+        let stop = unsafe { OwnedFd::from_raw_fd(stop) };
+        let frames = frames as usize;
+        let read_only = region.is_read_only();
+        let shared = Arc::new(Shared {
+            uffd,
+            memfd,
+            user,
+            shadow,
+            len,
+            page_size,
+            segment_pages: (pagoda_wire::limits::SEGMENT_BYTES / page_size as u64).max(1),
+            read_only,
+            table: Mutex::new(Table {
+                pages: HashMap::with_capacity(frames),
+                frame_page: vec![u64::MAX; frames],
+                frame_state: vec![0; frames],
+                free: (0..frames as FrameId).rev().collect(),
+                protection: BTreeMap::new(),
+                unstored: None,
+            }),
+            changed: Condvar::new(),
+            policy: options.policy.build(frames),
+            flush_lock: Mutex::new(()),
+            handler: RwLock::new(stop_handler()),
+            zeros: vec![0; page_size],
+            stop,
+            pages_fetched: AtomicU64::new(0),
+            pages_zero_filled: AtomicU64::new(0),
+            minor_faults: AtomicU64::new(0),
+            write_faults: AtomicU64::new(0),
+            pages_written_back: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            violations: AtomicU64::new(0),
+            failed_faults: AtomicU64::new(0),
+            region,
+        });
+        if !read_only {
+            shared.table.lock().unstored = shared.region.unstored_segments()?;
+        }
+        let mut threads = Vec::with_capacity(options.fault_threads);
+        for index in 0..options.fault_threads {
+            let worker = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("pagoda-fault-{index}"))
+                .spawn(move || worker.serve());
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(error) => {
+                    let mapping = Mapping { shared, threads };
+                    drop(mapping);
+                    return Err(ClientError::Io(error));
+                }
+            }
+        }
+        tracing::debug!(
+            region = %shared.region.name(),
+            bytes = len,
+            local_pages = frames,
+            kernel_faults = shared.uffd.kernel_faults,
+            "region mapped"
+        );
+        Ok(Mapping { shared, threads })
+    }
+
+    /// The first byte of the mapping.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.shared.user
+    }
+
+    /// The first byte of the mapping, for stores.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.shared.user
+    }
+
+    /// Its length in bytes (the region's size).
+    pub fn len(&self) -> usize {
+        self.shared.len
+    }
+
+    /// Whether the mapping is empty (never: regions are not).
+    pub fn is_empty(&self) -> bool {
+        self.shared.len == 0
+    }
+
+    /// The whole region, for loads.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` bytes, readable, and lives as long
+        // as `self`; see "Aliasing" above.
+        unsafe { std::slice::from_raw_parts(self.shared.user, self.shared.len) }
+    }
+
+    /// The whole region, for loads and stores.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as `as_slice`, and `&mut self` makes this view exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.shared.user, self.shared.len) }
+    }
+
+    /// The whole region as 64-bit words that several threads may load and
+    /// store through `&self`.
+    pub fn as_atomic_u64s(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is page-aligned and `len` is a multiple of
+        // the page size, so of 8; atomics allow shared mutation.
+        unsafe {
+            std::slice::from_raw_parts(self.shared.user.cast::<AtomicU64>(), self.shared.len / 8)
+        }
+    }
+
+    /// The region's name.
+    pub fn name(&self) -> &str {
+        self.shared.region.name()
+    }
+
+    /// The region's page size.
+    pub fn page_size(&self) -> usize {
+        self.shared.page_size
+    }
+
+    /// Whether faults taken in kernel mode (a system call reading or
+    /// writing the mapping) are served; see [`FaultMode::UserModeOnly`].
+    pub fn serves_kernel_faults(&self) -> bool {
+        self.shared.uffd.kernel_faults
+    }
+
+    /// Returns once every page written before the call is on the node, as
+    /// [`Region::flush`].
+    pub fn flush(&self) -> Result<(), ClientError> {
+        self.shared.flush()
+    }
+
+    /// Flushes and ends the mapping; the error of the flush, if any.
+    pub fn unmap(self) -> Result<(), ClientError> {
+        let flushed = self.shared.flush();
+        drop(self);
+        flushed
+    }
+
+    /// The mapping's counters.
+    pub fn stats(&self) -> MappingStats {
+        self.shared.stats()
+    }
+
+    /// Sets the protection of `range` (byte offsets, whole pages of the
+    /// region).
+    pub fn protect(&self, range: Range<u64>, protection: Protection) -> Result<(), ClientError> {
+        self.shared.protect(range, protection)
+    }
+
+    /// The protection of the page holding `offset`.
+    pub fn protection_at(&self, offset: u64) -> Protection {
+        let page = offset / self.shared.page_size as u64;
+        self.shared.table.lock().protection_of(page)
+    }
+
+    /// Calls `handler` for each access a protection does not allow, in
+    /// place of the default (which stops the process: [`Verdict::Stop`]).
+    pub fn on_violation(&self, handler: impl Fn(&Violation) -> Verdict + Send + Sync + 'static) {
+        *self.shared.handler.write() = Arc::new(handler);
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if let Err(error) = self.shared.flush() {
+            tracing::warn!(region = %self.shared.region.name(), %error,
+                "flush on unmapping failed; unflushed writes are lost");
+        }
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes to the eventfd the threads poll.
+        unsafe { libc::write(self.shared.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: the mappings made in `Mapping::new`; the fault threads
+        // have ended and the application's views borrowed the `Mapping`.
+        unsafe {
+            libc::munmap(self.user.cast(), self.len);
+            libc::munmap(self.shadow.cast(), self.len);
+        }
+    }
+}
+
+fn page_size_of_system() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as usize } else { 4096 }
+}
+
+/// Whether this kernel maps a shared-memory page write-protected on a
+/// minor fault's resolution (`UFFDIO_CONTINUE_MODE_WP`, Linux 6.3): tried
+/// once per process on a page of its own.
+fn probe_continue_wp() -> Result<(), String> {
+    static PROBED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    PROBED
+        .get_or_init(|| {
+            let os_page = page_size_of_system();
+            let uffd = uffd::Uffd::open(FaultMode::UserModeOnly)
+                .or_else(|_| uffd::Uffd::open(FaultMode::Auto))?;
+            // SAFETY: as in `Mapping::new`, for one page.
+            unsafe {
+                let fd = libc::memfd_create(c"pagoda-probe".as_ptr(), libc::MFD_CLOEXEC);
+                if fd < 0 {
+                    return Err("memfd_create failed".into());
+                }
+                let fd = OwnedFd::from_raw_fd(fd);
+                if libc::ftruncate(fd.as_raw_fd(), os_page as libc::off_t) != 0 {
+                    return Err("ftruncate failed".into());
+                }
+                let map = |flags| {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        os_page,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        flags,
+                        fd.as_raw_fd(),
+                        0,
+                    )
+                };
+                let user = map(libc::MAP_SHARED);
+                let shadow = map(libc::MAP_SHARED);
+                if user == libc::MAP_FAILED || shadow == libc::MAP_FAILED {
+                    return Err("mmap failed".into());
+                }
+                let result = (|| {
+                    uffd.register(user.cast(), os_page)
+                        .map_err(|error| format!("UFFDIO_REGISTER: {error}"))?;
+                    *shadow.cast::<u8>() = 1;
+                    uffd.continue_range(user.cast(), os_page, true)
+                        .map_err(|error| {
+                            format!(
+                                "this kernel cannot map a page write-protected on a minor fault \
+                             (UFFDIO_CONTINUE_MODE_WP, Linux 6.3 or later): {error}"
+                            )
+                        })
+                })();
+                libc::munmap(user, os_page);
+                libc::munmap(shadow, os_page);
+                result
+            }
+        })
+        .clone()
+}
+
+/// What a fault thread does about one fault, decided under the lock.
+enum Step {
+    Done,
+    /// Call the violation handler, then act on its verdict.
+    Violate(Violation),
+    /// Fetch or zero-fill the page into `frame`, then map it.
+    Fill {
+        frame: FrameId,
+        zero: bool,
+    },
+}
+
+impl Shared {
+    fn page_address(&self, page: u64) -> *mut u8 {
+        // SAFETY: callers pass pages of the region, inside the mapping.
+        unsafe { self.user.add(page as usize * self.page_size) }
+    }
+
+    fn shadow_page(&self, page: u64) -> &mut [u8] {
+        // SAFETY: the shadow is `len` bytes; callers hold the page (busy,
+        // or being flushed) so no other fault thread writes it meanwhile.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.shadow.add(page as usize * self.page_size),
+                self.page_size,
+            )
+        }
+    }
+
+    fn serve(&self) {
+        let mut messages = [uffd::Message::default(); MESSAGES_PER_READ];
+        loop {
+            let mut polled = [
+                libc::pollfd {
+                    fd: self.uffd.raw(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.stop.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: polls two fds this mapping owns.
+            let ready = unsafe { libc::poll(polled.as_mut_ptr(), 2, -1) };
+            if ready < 0 {
+                continue;
+            }
+            if polled[1].revents != 0 {
+                return;
+            }
+            let count = match self.uffd.read(&mut messages) {
+                Ok(count) => count,
+                Err(error) => {
+                    tracing::error!(region = %self.region.name(), %error,
+                        "reading the userfaultfd failed; this fault thread stops");
+                    return;
+                }
+            };
+            for message in &messages[..count] {
+                if message.event == uffd::EVENT_PAGEFAULT {
+                    self.fault(message);
+                }
+            }
+        }
+    }
+
+    fn fault(&self, message: &uffd::Message) {
+        let address = message.address as usize;
+        let base = self.user as usize;
+        if address < base || address >= base + self.len {
+            return;
+        }
+        let offset = (address - base) as u64;
+        let page = offset / self.page_size as u64;
+        let access = if message.flags & uffd::PAGEFAULT_FLAG_WRITE != 0 {
+            Access::Write
+        } else {
+            Access::Read
+        };
+        loop {
+            let step = self.decide(page, message, access, offset);
+            match step {
+                Step::Done => return,
+                Step::Violate(violation) => {
+                    self.violations.fetch_add(1, Ordering::Relaxed);
+                    let handler = self.handler.read().clone();
+                    match handler(&violation) {
+                        Verdict::Allow => {
+                            let mut table = self.table.lock();
+                            table.set_protection(page, page + 1, Protection::ReadWrite);
+                            drop(table);
+                            continue;
+                        }
+                        Verdict::Signal => {
+                            signal_thread(message.ptid, libc::SIGSEGV);
+                            return;
+                        }
+                        Verdict::Stop => {
+                            let text = format!("pagoda: stopping the process: {violation}");
+                            tracing::error!("{text}");
+                            eprintln!("{text}");
+                            std::process::abort();
+                        }
+                    }
+                }
+                Step::Fill { frame, zero } => {
+                    if self.fill(page, frame, zero, access, offset, message.ptid) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decides what a fault needs, doing at once whatever takes no network.
+    fn decide(&self, page: u64, message: &uffd::Message, access: Access, offset: u64) -> Step {
+        let address = self.page_address(page);
+        let violation = |protection| {
+            Step::Violate(Violation {
+                region: self.region.name().to_string(),
+                offset,
+                address: message.address as usize,
+                access,
+                protection,
+                thread: message.ptid,
+            })
+        };
+        let mut table = self.table.lock();
+        loop {
+            let mut protection = table.protection_of(page);
+            if self.read_only && protection == Protection::ReadWrite {
+                protection = Protection::ReadOnly;
+            }
+            let refused = protection == Protection::Guard
+                || (access == Access::Write && protection == Protection::ReadOnly);
+            let write_protect = message.flags & uffd::PAGEFAULT_FLAG_WP != 0;
+            if let Some(&frame) = table.pages.get(&page) {
+                let state = table.frame_state[frame as usize];
+                if state & BUSY != 0 {
+                    self.changed.wait_for(&mut table, BUSY_WAIT);
+                    continue;
+                }
+                if write_protect {
+                    if state & MAPPED == 0 {
+                        let _ = self.uffd.wake(address, self.page_size);
+                        return Step::Done;
+                    }
+                    if refused {
+                        return violation(protection);
+                    }
+                    table.frame_state[frame as usize] |= DIRTY;
+                    self.write_faults.fetch_add(1, Ordering::Relaxed);
+                    if let Err(error) = self.uffd.write_protect(address, self.page_size, false) {
+                        tracing::error!(region = %self.region.name(), %error,
+                            "lifting write protection failed");
+                    }
+                    return Step::Done;
+                }
+                if state & MAPPED != 0 {
+                    let _ = self.uffd.wake(address, self.page_size);
+                    return Step::Done;
+                }
+                if refused {
+                    return violation(protection);
+                }
+                // A minor fault: the policy's hit.
+                let dirty = state & DIRTY != 0 || access == Access::Write;
+                self.policy.touch(frame);
+                self.minor_faults.fetch_add(1, Ordering::Relaxed);
+                // A page that may not be written stays protected even when
+                // dirty, so that a store reaches the handler.
+                let protect = !dirty || protection != Protection::ReadWrite;
+                match self.uffd.continue_range(address, self.page_size, protect) {
+                    Ok(()) => {
+                        let state = &mut table.frame_state[frame as usize];
+                        *state |= MAPPED;
+                        if access == Access::Write {
+                            *state |= DIRTY;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(region = %self.region.name(), %error,
+                            "mapping a local page back failed");
+                        let _ = self.uffd.wake(address, self.page_size);
+                    }
+                }
+                return Step::Done;
+            }
+            if write_protect {
+                // The page left meanwhile: the access faults again.
+                let _ = self.uffd.wake(address, self.page_size);
+                return Step::Done;
+            }
+            if refused {
+                return violation(protection);
+            }
+            let Some(frame) = self.take_frame(&mut table) else {
+                continue;
+            };
+            if table.pages.contains_key(&page) {
+                // Another thread brought the page in while this one
+                // evicted: use it.
+                table.free.push(frame);
+                continue;
+            }
+            table.pages.insert(page, frame);
+            table.frame_page[frame as usize] = page;
+            table.frame_state[frame as usize] = BUSY;
+            let segment = page / self.segment_pages;
+            let zero = table
+                .unstored
+                .as_ref()
+                .is_some_and(|bits| bit(bits, segment));
+            return Step::Fill { frame, zero };
+        }
+    }
+
+    /// Brings `page` into `frame` (marked busy) and maps it; false if the
+    /// fault must be looked at again.
+    fn fill(
+        &self,
+        page: u64,
+        frame: FrameId,
+        zero: bool,
+        access: Access,
+        offset: u64,
+        thread: u32,
+    ) -> bool {
+        let address = self.page_address(page);
+        let fetched = if zero {
+            Ok(())
+        } else {
+            let buffer = self.shadow_page(page);
+            self.region
+                .cache()
+                .backing()
+                .read_pages(&[page], &mut [buffer])
+        };
+        let mut table = self.table.lock();
+        let protection = table.protection_of(page);
+        let protect =
+            access == Access::Read || protection != Protection::ReadWrite || self.read_only;
+        let mapped = fetched.map_err(|error| error.to_string()).and_then(|()| {
+            if zero {
+                self.uffd
+                    .copy(address, self.zeros.as_ptr(), self.page_size, protect)
+                    .map_err(|error| format!("UFFDIO_COPY: {error}"))
+            } else {
+                self.uffd
+                    .continue_range(address, self.page_size, protect)
+                    .map_err(|error| format!("UFFDIO_CONTINUE: {error}"))
+            }
+        });
+        match mapped {
+            Ok(()) => {
+                if zero {
+                    self.pages_zero_filled.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.pages_fetched.fetch_add(1, Ordering::Relaxed);
+                }
+                let dirty = if access == Access::Write && !protect {
+                    DIRTY
+                } else {
+                    0
+                };
+                table.frame_state[frame as usize] = MAPPED | dirty;
+                self.policy.admit(frame, page);
+                drop(table);
+                self.changed.notify_all();
+                true
+            }
+            Err(cause) => {
+                table.pages.remove(&page);
+                table.frame_state[frame as usize] = 0;
+                table.frame_page[frame as usize] = u64::MAX;
+                table.free.push(frame);
+                drop(table);
+                self.punch(page);
+                self.changed.notify_all();
+                self.failed_faults.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    region = %self.region.name(),
+                    offset,
+                    %cause,
+                    "a page of the mapping could not be brought in; the faulting thread gets SIGBUS"
+                );
+                signal_thread(thread, libc::SIGBUS);
+                true
+            }
+        }
+    }
+
+    /// A free frame, evicting if there is none; `None` if the lock was let
+    /// go meanwhile (the caller looks at its fault again).
+    fn take_frame(&self, table: &mut MutexGuard<'_, Table>) -> Option<FrameId> {
+        if let Some(frame) = table.free.pop() {
+            return Some(frame);
+        }
+        let victims = self.choose_victims(table);
+        if victims.is_empty() {
+            // Every frame is busy: wait for one to change.
+            self.changed.wait_for(table, BUSY_WAIT);
+            return None;
+        }
+        let dirty: Vec<(FrameId, u64)> = victims
+            .iter()
+            .filter(|&&frame| table.frame_state[frame as usize] & DIRTY != 0)
+            .map(|&frame| (frame, table.frame_page[frame as usize]))
+            .collect();
+        let written = if dirty.is_empty() {
+            Ok(())
+        } else {
+            self.mark_stored(table, dirty.iter().map(|&(_, page)| page));
+            MutexGuard::unlocked(table, || self.write_back(&dirty))
+        };
+        if let Err(error) = written {
+            tracing::warn!(region = %self.region.name(), %error,
+                "writing back evicted pages failed; they stay in the local tier");
+            for &(frame, page) in &dirty {
+                table.frame_state[frame as usize] &= !BUSY;
+                self.policy.admit(frame, page);
+            }
+        }
+        for frame in victims {
+            let state = table.frame_state[frame as usize];
+            if state & BUSY == 0 {
+                continue;
+            }
+            let page = table.frame_page[frame as usize];
+            self.punch(page);
+            table.pages.remove(&page);
+            table.frame_state[frame as usize] = 0;
+            table.frame_page[frame as usize] = u64::MAX;
+            table.free.push(frame);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        self.changed.notify_all();
+        None
+    }
+
+    /// Victims from the policy, marked busy; mapped candidates are zapped
+    /// and refused (see the module documentation).
+    fn choose_victims(&self, table: &mut Table) -> Vec<FrameId> {
+        let mut victims = Vec::new();
+        for _round in 0..2 {
+            let mut zaps = 0usize;
+            while victims.len() < EVICT_BATCH_PAGES {
+                let claimed = self.policy.victim(&mut |frame| {
+                    let state = table.frame_state[frame as usize];
+                    if state & (BUSY | FLUSHING) != 0 {
+                        return false;
+                    }
+                    if state & MAPPED != 0 {
+                        if zaps < ZAPS_PER_EVICTION_MAX {
+                            zaps += 1;
+                            self.zap(table.frame_page[frame as usize]);
+                            table.frame_state[frame as usize] &= !MAPPED;
+                        }
+                        return false;
+                    }
+                    table.frame_state[frame as usize] |= BUSY;
+                    true
+                });
+                match claimed {
+                    Some(frame) => victims.push(frame),
+                    None => break,
+                }
+            }
+            if !victims.is_empty() || zaps == 0 {
+                break;
+            }
+        }
+        victims
+    }
+
+    /// Unmaps a page for the application, keeping it in the memfd: its
+    /// next access is a minor fault.
+    fn zap(&self, page: u64) {
+        // SAFETY: a page-aligned range of the application's mapping.
+        unsafe {
+            libc::madvise(
+                self.page_address(page).cast(),
+                self.page_size,
+                libc::MADV_DONTNEED,
+            )
+        };
+    }
+
+    /// Frees a page's memory: its next access is a missing fault.
+    fn punch(&self, page: u64) {
+        // SAFETY: fallocate on the mapping's memfd, within its size.
+        unsafe {
+            libc::fallocate(
+                self.memfd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                (page * self.page_size as u64) as libc::off_t,
+                self.page_size as libc::off_t,
+            )
+        };
+    }
+
+    /// Records that the node stores these pages from now on.
+    fn mark_stored(&self, table: &mut Table, pages: impl Iterator<Item = u64>) {
+        if let Some(bits) = table.unstored.as_mut() {
+            for page in pages {
+                let segment = page / self.segment_pages;
+                bits[(segment / 64) as usize] &= !(1u64 << (segment % 64));
+            }
+        }
+    }
+
+    /// Writes pages (held busy or flushing) to the node, in batches.
+    fn write_back(&self, pages: &[(FrameId, u64)]) -> Result<(), ClientError> {
+        let backing = self.region.cache().backing();
+        for chunk in pages.chunks(pagoda_wire::limits::BATCH_PAGES_MAX.max(1)) {
+            let numbers: Vec<u64> = chunk.iter().map(|&(_, page)| page).collect();
+            let buffers: Vec<&[u8]> = numbers
+                .iter()
+                .map(|&page| &*self.shadow_page(page))
+                .collect();
+            backing
+                .write_pages(&numbers, &buffers)
+                .map_err(backing_error)?;
+            self.pages_written_back
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), ClientError> {
+        let _flushing = self.flush_lock.lock();
+        let mut table = self.table.lock();
+        // Dirty pages being evicted are being written by their eviction:
+        // waited for below. The others are written here.
+        let mut evicting: Vec<(usize, u64)> = Vec::new();
+        let mut dirty: Vec<(FrameId, u64)> = Vec::new();
+        for frame in 0..table.frame_state.len() {
+            let state = table.frame_state[frame];
+            if state & DIRTY == 0 {
+                continue;
+            }
+            let page = table.frame_page[frame];
+            if state & BUSY != 0 {
+                evicting.push((frame, page));
+                continue;
+            }
+            if state & MAPPED != 0 {
+                // Protected before it is read: a store from now on faults
+                // and marks the page dirty again.
+                let _ = self
+                    .uffd
+                    .write_protect(self.page_address(page), self.page_size, true);
+            }
+            table.frame_state[frame] = (state & !DIRTY) | FLUSHING;
+            dirty.push((frame as FrameId, page));
+        }
+        self.mark_stored(&mut table, dirty.iter().map(|&(_, page)| page));
+        drop(table);
+        let written = self.write_back(&dirty);
+        let mut table = self.table.lock();
+        for &(frame, _) in &dirty {
+            let state = &mut table.frame_state[frame as usize];
+            *state &= !FLUSHING;
+            if written.is_err() {
+                *state |= DIRTY;
+            }
+        }
+        self.changed.notify_all();
+        written?;
+        for (frame, page) in evicting {
+            while table.frame_state[frame] & BUSY != 0 && table.frame_page[frame] == page {
+                self.changed.wait_for(&mut table, BUSY_WAIT);
+            }
+            if table.frame_page[frame] == page && table.frame_state[frame] & DIRTY != 0 {
+                return Err(ClientError::Disconnected(format!(
+                    "writing back page {page} of region {:?} (evicted during the flush) failed",
+                    self.region.name()
+                )));
+            }
+        }
+        drop(table);
+        self.region.flush()
+    }
+
+    fn protect(&self, range: Range<u64>, protection: Protection) -> Result<(), ClientError> {
+        let page_size = self.page_size as u64;
+        if range.start > range.end
+            || range.end > self.len as u64
+            || range.start % page_size != 0
+            || range.end % page_size != 0
+        {
+            return Err(ClientError::InvalidArgument(format!(
+                "protect {}..{}: the range must be whole pages of {page_size} bytes within \
+                 the region's {} bytes",
+                range.start, range.end, self.len
+            )));
+        }
+        let (start, end) = (range.start / page_size, range.end / page_size);
+        let mut table = self.table.lock();
+        table.set_protection(start, end, protection);
+        let resident: Vec<(u64, FrameId)> = if end - start < table.pages.len() as u64 {
+            (start..end)
+                .filter_map(|page| table.pages.get(&page).map(|&frame| (page, frame)))
+                .collect()
+        } else {
+            table
+                .pages
+                .iter()
+                .filter(|&(&page, _)| (start..end).contains(&page))
+                .map(|(&page, &frame)| (page, frame))
+                .collect()
+        };
+        for (page, frame) in resident {
+            // A busy page is being filled or evicted: its fill looks at
+            // the new protection, and an evicted one comes back under it.
+            let state = table.frame_state[frame as usize];
+            if state & MAPPED == 0 || state & BUSY != 0 {
+                continue;
+            }
+            match protection {
+                Protection::Guard => {
+                    self.zap(page);
+                    table.frame_state[frame as usize] &= !MAPPED;
+                }
+                Protection::ReadOnly => {
+                    let _ = self
+                        .uffd
+                        .write_protect(self.page_address(page), self.page_size, true);
+                }
+                Protection::ReadWrite => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> MappingStats {
+        let table = self.table.lock();
+        let resident_pages = table.pages.len() as u64;
+        let dirty_pages = table
+            .frame_state
+            .iter()
+            .filter(|&&state| state & DIRTY != 0)
+            .count() as u64;
+        drop(table);
+        MappingStats {
+            pages_fetched: self.pages_fetched.load(Ordering::Relaxed),
+            pages_zero_filled: self.pages_zero_filled.load(Ordering::Relaxed),
+            minor_faults: self.minor_faults.load(Ordering::Relaxed),
+            write_faults: self.write_faults.load(Ordering::Relaxed),
+            pages_written_back: self.pages_written_back.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            violations: self.violations.load(Ordering::Relaxed),
+            failed_faults: self.failed_faults.load(Ordering::Relaxed),
+            resident_pages,
+            dirty_pages,
+        }
+    }
+}
+
+fn bit(bits: &[u64], index: u64) -> bool {
+    bits.get((index / 64) as usize)
+        .is_some_and(|word| word & (1u64 << (index % 64)) != 0)
+}
+
+fn backing_error(error: pagoda_cache::BackingError) -> ClientError {
+    match error.downcast::<ClientError>() {
+        Ok(error) => *error,
+        Err(error) => ClientError::Protocol(error.to_string()),
+    }
+}
+
+/// Sends `signal` to thread `thread` of this process; without a thread id
+/// (the kernel did not give one) the process aborts, as no thread can be
+/// told.
+fn signal_thread(thread: u32, signal: libc::c_int) {
+    if thread == 0 {
+        eprintln!("pagoda: a fault of a mapping could not be served and its thread is unknown");
+        std::process::abort();
+    }
+    // SAFETY: tgkill sends a signal to a thread of this process.
+    unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::getpid(),
+            thread as libc::pid_t,
+            signal,
+        )
+    };
+}
+
+impl Region {
+    /// The segments of the region the node has never stored, as a bit set;
+    /// `None` when the node cannot say.
+    fn unstored_segments(&self) -> Result<Option<Vec<u64>>, ClientError> {
+        Ok(None)
+    }
+}
