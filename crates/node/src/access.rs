@@ -1313,7 +1313,7 @@ impl Session {
                 }
                 return Outcome::Dispatch;
             }
-            Request::ReadPages { region, .. } => {
+            Request::ReadPages { region, .. } | Request::StoredSegments { region, .. } => {
                 return self.check_id(*region, Right::Read, request_id, out);
             }
             Request::DirtyPages { region, .. } | Request::FreezeRegion { region } => {

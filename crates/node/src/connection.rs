@@ -683,6 +683,9 @@ fn reply_bound(shared: &Shared, request: &Request<'_>, seen: &mut (u64, usize)) 
             4 + shared.catalog.len().min(REGIONS_MAX) * (8 + 8 + 4 + 2 + REGION_NAME_BYTES_MAX)
         }
         Request::DirtyPages { .. } => 8 + 8 + 4 + DIRTY_RANGES_MAX * 12,
+        Request::StoredSegments { .. } => {
+            8 + 8 + 4 + pagoda_wire::message::SEGMENT_MAP_BITS_MAX.div_ceil(8) as usize
+        }
         Request::RegionChecksum { .. } => pagoda_wire::checksum::CHECKSUM_REPLY_PAYLOAD_BYTES_MAX,
         _ => 0,
     };

@@ -365,6 +365,32 @@ impl Region {
         self.pages_per_segment
     }
 
+    /// One bit per segment from `start` on (at most `max` segments; least
+    /// significant bit first), set where the region holds the segment's
+    /// pages; the number of segments described, and where to continue
+    /// (`u64::MAX`: the last segment is described).
+    pub fn stored_segments(&self, start: u64, max: u32) -> (Vec<u8>, u32, u64) {
+        let total = self.segments.count as u64;
+        let first = start.min(total);
+        let count = (total - first).min(max as u64);
+        let mut bits = vec![0u8; count.div_ceil(8) as usize];
+        for (number, entry) in self.segments.allocated_from(first as usize) {
+            let index = number as u64 - first;
+            if index >= count {
+                break;
+            }
+            if entry.read().slot != NO_SEGMENT {
+                bits[(index / 8) as usize] |= 1 << (index % 8);
+            }
+        }
+        let next = if first + count >= total {
+            u64::MAX
+        } else {
+            first + count
+        };
+        (bits, count as u32, next)
+    }
+
     /// Segments currently holding RAM.
     pub fn segments_allocated(&self) -> u64 {
         self.segments_allocated.load(Ordering::Relaxed)

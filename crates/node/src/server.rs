@@ -302,6 +302,22 @@ pub(crate) fn serve_request(
             })?;
             Response::Recovery(job.progress()).encode(out, request_id, 0);
         }
+        Request::StoredSegments {
+            region,
+            start_segment,
+        } => {
+            let region = catalog.by_id(region)?;
+            region.check_readable()?;
+            let (bits, count, next_segment) =
+                region.stored_segments(start_segment, pagoda_wire::message::SEGMENT_MAP_BITS_MAX);
+            Response::SegmentMap {
+                segment_bytes: pagoda_wire::limits::SEGMENT_BYTES,
+                next_segment,
+                count,
+                bits: &bits,
+            }
+            .encode(out, request_id, 0);
+        }
         Request::DirtyPages {
             region,
             since,

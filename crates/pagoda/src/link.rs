@@ -86,6 +86,7 @@ pub(crate) fn retry_of(request: &Request<'_>) -> Retry {
         | Request::NodeStat
         | Request::ReadPages { .. }
         | Request::DirtyPages { .. }
+        | Request::StoredSegments { .. }
         | Request::RecoveryStatus { .. }
         | Request::RegionChecksum { .. } => Retry::Safe,
         Request::CreateRegion { .. } => Retry::Unsafe("CreateRegion"),

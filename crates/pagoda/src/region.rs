@@ -150,11 +150,11 @@ pub(crate) fn write_pages(
 
 /// The cache's backing store: the region's pages on the node.
 pub(crate) struct RemotePages {
-    link: Arc<Link>,
+    pub(crate) link: Arc<Link>,
     /// The region's write log; `None` for a read-only open.
     log: Option<Arc<WriterLog>>,
     /// The region's name and (current) id.
-    binding: Arc<RegionBinding>,
+    pub(crate) binding: Arc<RegionBinding>,
     page_size: usize,
     /// In `Local` mode: committed records go out before any fetch, so the
     /// fetch sees them.

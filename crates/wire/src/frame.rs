@@ -57,13 +57,13 @@ pub enum Opcode {
     CloseRegion = 0x18,
     /// Returns digests of a region's contents, whole or per segment.
     RegionChecksum = 0x19,
-    /// Reads a batch of pages.
     /// Creates a region as a replica of a primary (node to node).
     CreateReplica = 0x1a,
     /// Makes this node's replica of a region its primary.
     Promote = 0x1b,
     /// Describes a region's replication.
     ReplicaStatus = 0x1c,
+    /// Reads a batch of pages.
     ReadPages = 0x20,
     /// Writes a batch of pages.
     WritePages = 0x21,
@@ -73,9 +73,11 @@ pub enum Opcode {
     FreezeRegion = 0x23,
     /// Applies a committed transaction's writes and keeps them durable.
     ApplyJournal = 0x24,
-    /// Returns the node's statistics.
     /// A primary's log entry for a replica (node to node).
     Replicate = 0x25,
+    /// Says which of a region's segments the node holds pages of.
+    StoredSegments = 0x26,
+    /// Returns the node's statistics.
     NodeStat = 0x30,
     /// Reply to `Hello`.
     HelloOk = 0x81,
@@ -108,6 +110,8 @@ pub enum Opcode {
     DirtyPageList = 0xa1,
     /// Reply carrying a write mark.
     Mark = 0xa2,
+    /// Reply carrying a bit per segment: held by the node or not.
+    SegmentMap = 0xa3,
     /// Reply carrying node statistics.
     NodeStatReply = 0xb0,
     /// Reply to a request that failed.
@@ -141,6 +145,7 @@ impl Opcode {
             0x23 => FreezeRegion,
             0x24 => ApplyJournal,
             0x25 => Replicate,
+            0x26 => StoredSegments,
             0x30 => NodeStat,
             0x81 => HelloOk,
             0x82 => Pong,
@@ -157,6 +162,7 @@ impl Opcode {
             0xa0 => PagesData,
             0xa1 => DirtyPageList,
             0xa2 => Mark,
+            0xa3 => SegmentMap,
             0xb0 => NodeStatReply,
             0xff => Error,
             _ => return None,

@@ -228,6 +228,16 @@ pub enum Request<'a> {
         /// The first page to consider (for continuing a long list).
         start_page: u64,
     },
+    /// Says which segments of a region ([`SEGMENT_BYTES`] each) the node
+    /// holds pages of: a page of a segment it does not hold has never been
+    /// stored and reads as zeros. Answered with a `SegmentMap` of at most
+    /// [`SEGMENT_MAP_BITS_MAX`] segments from `start_segment` on.
+    StoredSegments {
+        /// The region's id.
+        region: u64,
+        /// The first segment to describe.
+        start_segment: u64,
+    },
     /// Makes a region read-only and returns the mark after its last write.
     FreezeRegion {
         /// The region's id.
@@ -443,6 +453,10 @@ pub enum Since {
     /// `FreezeRegion`.
     Mark(u64),
 }
+
+/// Most segments one `SegmentMap` reply describes (2 TiB of region in
+/// 2 MiB segments, in 128 KiB of bits).
+pub const SEGMENT_MAP_BITS_MAX: u32 = 1 << 20;
 
 /// Most ranges in one `DirtyPageList` reply.
 pub const DIRTY_RANGES_MAX: usize = 256 * 1024;
@@ -701,6 +715,19 @@ pub enum Response<'a> {
         /// Every write before the reply is at or below it.
         mark: u64,
     },
+    /// Which segments the node holds pages of (`StoredSegments`).
+    SegmentMap {
+        /// The segment size.
+        segment_bytes: u64,
+        /// Where to continue (`u64::MAX`: this reply reaches the region's
+        /// last segment).
+        next_segment: u64,
+        /// Segments described, from the request's `start_segment` on.
+        count: u32,
+        /// One bit per segment, least significant bit first: set if the
+        /// node holds the segment. `count.div_ceil(8)` bytes.
+        bits: &'a [u8],
+    },
     /// The request failed.
     Error {
         /// What went wrong.
@@ -897,6 +924,7 @@ impl<'a> Request<'a> {
             Request::RecoveryStatus { .. } => Opcode::RecoveryStatus,
             Request::DirtyPages { .. } => Opcode::DirtyPages,
             Request::FreezeRegion { .. } => Opcode::FreezeRegion,
+            Request::StoredSegments { .. } => Opcode::StoredSegments,
             Request::RegionChecksum { .. } => Opcode::RegionChecksum,
             Request::CreateReplica { .. } => Opcode::CreateReplica,
             Request::Promote { .. } => Opcode::Promote,
@@ -1023,6 +1051,13 @@ impl<'a> Request<'a> {
                 payload.extend_from_slice(&start_page.to_le_bytes());
             }
             Request::FreezeRegion { region } => payload.extend_from_slice(&region.to_le_bytes()),
+            Request::StoredSegments {
+                region,
+                start_segment,
+            } => {
+                payload.extend_from_slice(&region.to_le_bytes());
+                payload.extend_from_slice(&start_segment.to_le_bytes());
+            }
             Request::RegionChecksum {
                 name,
                 start_segment,
@@ -1202,6 +1237,10 @@ impl<'a> Request<'a> {
             Opcode::FreezeRegion => Request::FreezeRegion {
                 region: reader.u64()?,
             },
+            Opcode::StoredSegments => Request::StoredSegments {
+                region: reader.u64()?,
+                start_segment: reader.u64()?,
+            },
             Opcode::ApplyJournal => {
                 let region = reader.u64()?;
                 let lsn = reader.u64()?;
@@ -1307,6 +1346,7 @@ impl<'a> Response<'a> {
             Response::Recovery(_) => Opcode::Recovery,
             Response::DirtyPageList { .. } => Opcode::DirtyPageList,
             Response::Mark { .. } => Opcode::Mark,
+            Response::SegmentMap { .. } => Opcode::SegmentMap,
             Response::Checksum { .. } => Opcode::Checksum,
             Response::Error { .. } => Opcode::Error,
         }
@@ -1458,6 +1498,23 @@ impl<'a> Response<'a> {
                 }
             }
             Response::Mark { mark } => payload.extend_from_slice(&mark.to_le_bytes()),
+            Response::SegmentMap {
+                segment_bytes,
+                next_segment,
+                count,
+                bits,
+            } => {
+                assert!(*count <= SEGMENT_MAP_BITS_MAX, "too many segments");
+                assert_eq!(
+                    bits.len(),
+                    count.div_ceil(8) as usize,
+                    "one bit per segment"
+                );
+                payload.extend_from_slice(&segment_bytes.to_le_bytes());
+                payload.extend_from_slice(&next_segment.to_le_bytes());
+                payload.extend_from_slice(&count.to_le_bytes());
+                payload.extend_from_slice(bits);
+            }
             Response::RegionList(list) => {
                 assert!(list.len() <= REGIONS_MAX, "region list exceeds the limit");
                 payload.extend_from_slice(&(list.len() as u32).to_le_bytes());
@@ -1669,6 +1726,23 @@ impl<'a> Response<'a> {
             Opcode::Mark => Response::Mark {
                 mark: reader.u64()?,
             },
+            Opcode::SegmentMap => {
+                let segment_bytes = reader.u64()?;
+                let next_segment = reader.u64()?;
+                let count = reader.u32()?;
+                if count > SEGMENT_MAP_BITS_MAX {
+                    return Err(WireError::malformed(
+                        what,
+                        format!("{count} segments exceed the limit of {SEGMENT_MAP_BITS_MAX}"),
+                    ));
+                }
+                Response::SegmentMap {
+                    segment_bytes,
+                    next_segment,
+                    count,
+                    bits: reader.take(count.div_ceil(8) as usize)?,
+                }
+            }
             Opcode::RegionList => {
                 let count = reader.u32()? as usize;
                 if count > REGIONS_MAX {
@@ -1787,6 +1861,10 @@ mod tests {
                 start_page: 0,
             },
             Request::FreezeRegion { region: 3 },
+            Request::StoredSegments {
+                region: 3,
+                start_segment: 9,
+            },
             Request::CreateRegion {
                 name: "replicated",
                 size: 1 << 20,
@@ -1932,6 +2010,12 @@ mod tests {
                 ],
             },
             Response::Mark { mark: 12 },
+            Response::SegmentMap {
+                segment_bytes: 2 << 20,
+                next_segment: u64::MAX,
+                count: 11,
+                bits: &[0b1010_0001, 0b101],
+            },
             Response::RegionList(vec![info.clone(), info]),
             Response::Done,
             Response::PagesData { data: &[1, 2, 3] },

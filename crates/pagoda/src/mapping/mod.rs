@@ -72,6 +72,7 @@ use pagoda_cache::policy::{EvictionPolicy, FrameId, PolicyKind};
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::error::ClientError;
+use crate::link::Retry;
 use crate::region::Region;
 
 pub use uffd::FaultMode;
@@ -1325,9 +1326,61 @@ fn signal_thread(thread: u32, signal: libc::c_int) {
 }
 
 impl Region {
-    /// The segments of the region the node has never stored, as a bit set;
-    /// `None` when the node cannot say.
+    /// The segments of the region the node has never stored, as a bit set
+    /// (bit `n` of word `n / 64`); `None` when the node cannot say (an
+    /// older node, or a segment size this client does not expect).
     fn unstored_segments(&self) -> Result<Option<Vec<u64>>, ClientError> {
-        Ok(None)
+        let backing = self.cache().backing();
+        let segments = self.len().div_ceil(pagoda_wire::limits::SEGMENT_BYTES);
+        let mut unstored = vec![0u64; segments.div_ceil(64) as usize];
+        let mut start = 0u64;
+        while start < segments {
+            let reply = backing.link.call_into_with(
+                Retry::Safe,
+                |buffer, id| {
+                    pagoda_wire::Request::StoredSegments {
+                        region: backing.binding.id(),
+                        start_segment: start,
+                    }
+                    .encode(buffer, id, 0)
+                },
+                &mut [],
+                &|| Ok(()),
+            )?;
+            let (segment_bytes, next, count, bits) = match reply.decode() {
+                Ok(pagoda_wire::Response::SegmentMap {
+                    segment_bytes,
+                    next_segment,
+                    count,
+                    bits,
+                }) => (segment_bytes, next_segment, count as u64, bits),
+                // A node from before the request: every page is fetched.
+                Err(error) if error.code() == Some(pagoda_wire::ErrorCode::UnknownOpcode) => {
+                    return Ok(None);
+                }
+                Err(error) => return Err(error),
+                Ok(other) => return Err(crate::unexpected(&other)),
+            };
+            if segment_bytes != pagoda_wire::limits::SEGMENT_BYTES || count == 0 {
+                return Ok(None);
+            }
+            for index in 0..count.min(segments - start) {
+                let stored = bits[(index / 8) as usize] & (1 << (index % 8)) != 0;
+                if !stored {
+                    let segment = start + index;
+                    unstored[(segment / 64) as usize] |= 1 << (segment % 64);
+                }
+            }
+            if next == u64::MAX {
+                break;
+            }
+            if next <= start {
+                return Err(ClientError::Protocol(format!(
+                    "segment map does not advance (next segment {next})"
+                )));
+            }
+            start = next;
+        }
+        Ok(Some(unstored))
     }
 }
