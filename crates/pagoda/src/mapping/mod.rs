@@ -205,7 +205,8 @@ impl std::fmt::Display for Violation {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// The page becomes read-write (for a guard page: and is brought in)
-    /// and the access goes on.
+    /// and the access goes on. For a store to a mapping of a region open
+    /// for reading only, which nothing can allow, this acts as `Signal`.
     Allow,
     /// The faulting thread gets `SIGSEGV` (sent with `tgkill`): its own
     /// handler runs, or the process ends as on any segmentation fault. The
@@ -469,6 +470,14 @@ impl Mapping {
                 libc::munmap(shadow.cast(), len);
             }
         };
+        // A child process must not inherit the mappings: its copy would
+        // not be registered with the userfaultfd, so its first access to a
+        // page not held locally would read zeros.
+        // SAFETY: madvise on the two mappings made above.
+        unsafe {
+            libc::madvise(user.cast(), len, libc::MADV_DONTFORK);
+            libc::madvise(shadow.cast(), len, libc::MADV_DONTFORK);
+        }
         if let Err(error) = uffd.register(user, len) {
             unmap_both();
             return Err(ClientError::Unsupported(format!(
@@ -743,6 +752,8 @@ enum Step {
         frame: FrameId,
         zero: bool,
     },
+    /// The fault cannot be served: why.
+    Fail(String),
 }
 
 impl Shared {
@@ -821,7 +832,20 @@ impl Shared {
                 Step::Violate(violation) => {
                     self.violations.fetch_add(1, Ordering::Relaxed);
                     let handler = self.handler.read().clone();
-                    match handler(&violation) {
+                    let mut verdict = handler(&violation);
+                    if verdict == Verdict::Allow
+                        && self.read_only
+                        && access == Access::Write
+                        && self.table.lock().protection_of(page) == Protection::ReadWrite
+                    {
+                        // Nothing can make a store to a region open for
+                        // reading only reach the node.
+                        tracing::warn!(region = %self.region.name(), offset,
+                            "a store to a mapping of a region open for reading only cannot be \
+                             allowed; the thread gets SIGSEGV");
+                        verdict = Verdict::Signal;
+                    }
+                    match verdict {
                         Verdict::Allow => {
                             let mut table = self.table.lock();
                             table.set_protection(page, page + 1, Protection::ReadWrite);
@@ -841,9 +865,12 @@ impl Shared {
                     }
                 }
                 Step::Fill { frame, zero } => {
-                    if self.fill(page, frame, zero, access, offset, message.ptid) {
-                        return;
-                    }
+                    self.fill(page, frame, zero, access, offset, message.ptid);
+                    return;
+                }
+                Step::Fail(cause) => {
+                    self.fail(offset, &cause, message.ptid);
+                    return;
                 }
             }
         }
@@ -931,8 +958,14 @@ impl Shared {
             if refused {
                 return violation(protection);
             }
-            let Some(frame) = self.take_frame(&mut table) else {
-                continue;
+            let frame = match self.take_frame(&mut table) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => continue,
+                Err(error) => {
+                    return Step::Fail(format!(
+                        "no frame of the local budget could be freed: {error}"
+                    ));
+                }
             };
             if table.pages.contains_key(&page) {
                 // Another thread brought the page in while this one
@@ -952,8 +985,7 @@ impl Shared {
         }
     }
 
-    /// Brings `page` into `frame` (marked busy) and maps it; false if the
-    /// fault must be looked at again.
+    /// Brings `page` into `frame` (marked busy) and maps it.
     fn fill(
         &self,
         page: u64,
@@ -962,7 +994,7 @@ impl Shared {
         access: Access,
         offset: u64,
         thread: u32,
-    ) -> bool {
+    ) {
         let address = self.page_address(page);
         let fetched = if zero {
             Ok(())
@@ -1004,7 +1036,6 @@ impl Shared {
                 self.policy.admit(frame, page);
                 drop(table);
                 self.changed.notify_all();
-                true
             }
             Err(cause) => {
                 table.pages.remove(&page);
@@ -1014,30 +1045,39 @@ impl Shared {
                 drop(table);
                 self.punch(page);
                 self.changed.notify_all();
-                self.failed_faults.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    region = %self.region.name(),
-                    offset,
-                    %cause,
-                    "a page of the mapping could not be brought in; the faulting thread gets SIGBUS"
-                );
-                signal_thread(thread, libc::SIGBUS);
-                true
+                self.fail(offset, &cause, thread);
             }
         }
     }
 
+    /// Ends a fault that cannot be served: logged, and `SIGBUS` to the
+    /// faulting thread.
+    fn fail(&self, offset: u64, cause: &str, thread: u32) {
+        self.failed_faults.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            region = %self.region.name(),
+            offset,
+            %cause,
+            "a page of the mapping could not be brought in; the faulting thread gets SIGBUS"
+        );
+        signal_thread(thread, libc::SIGBUS);
+    }
+
     /// A free frame, evicting if there is none; `None` if the lock was let
-    /// go meanwhile (the caller looks at its fault again).
-    fn take_frame(&self, table: &mut MutexGuard<'_, Table>) -> Option<FrameId> {
+    /// go meanwhile (the caller looks at its fault again); the error of a
+    /// write-back of dirty victims that failed (they stay held and dirty).
+    fn take_frame(
+        &self,
+        table: &mut MutexGuard<'_, Table>,
+    ) -> Result<Option<FrameId>, ClientError> {
         if let Some(frame) = table.free.pop() {
-            return Some(frame);
+            return Ok(Some(frame));
         }
         let victims = self.choose_victims(table);
         if victims.is_empty() {
             // Every frame is busy: wait for one to change.
             self.changed.wait_for(table, BUSY_WAIT);
-            return None;
+            return Ok(None);
         }
         let dirty: Vec<(FrameId, u64)> = victims
             .iter()
@@ -1050,9 +1090,7 @@ impl Shared {
             self.mark_stored(table, dirty.iter().map(|&(_, page)| page));
             MutexGuard::unlocked(table, || self.write_back(&dirty))
         };
-        if let Err(error) = written {
-            tracing::warn!(region = %self.region.name(), %error,
-                "writing back evicted pages failed; they stay in the local tier");
+        if written.is_err() {
             for &(frame, page) in &dirty {
                 table.frame_state[frame as usize] &= !BUSY;
                 self.policy.admit(frame, page);
@@ -1072,7 +1110,7 @@ impl Shared {
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }
         self.changed.notify_all();
-        None
+        written.map(|()| None)
     }
 
     /// Victims from the policy, marked busy; mapped candidates are zapped
