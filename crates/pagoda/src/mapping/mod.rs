@@ -1007,6 +1007,15 @@ impl Shared {
         };
         let mut table = self.table.lock();
         let protection = table.protection_of(page);
+        if protection == Protection::Guard {
+            // Made a guard while it was fetched: not mapped; the access
+            // faults again and finds the guard.
+            self.release(&mut table, page, frame);
+            drop(table);
+            self.changed.notify_all();
+            let _ = self.uffd.wake(address, self.page_size);
+            return;
+        }
         let protect =
             access == Access::Read || protection != Protection::ReadWrite || self.read_only;
         let mapped = fetched.map_err(|error| error.to_string()).and_then(|()| {
@@ -1038,16 +1047,23 @@ impl Shared {
                 self.changed.notify_all();
             }
             Err(cause) => {
-                table.pages.remove(&page);
-                table.frame_state[frame as usize] = 0;
-                table.frame_page[frame as usize] = u64::MAX;
-                table.free.push(frame);
+                self.release(&mut table, page, frame);
                 drop(table);
-                self.punch(page);
                 self.changed.notify_all();
                 self.fail(offset, &cause, thread);
             }
         }
+    }
+
+    /// Gives back a frame that was being filled, and the page's memory
+    /// (under the lock: a fill of the page begun after it must not lose
+    /// its contents to this).
+    fn release(&self, table: &mut Table, page: u64, frame: FrameId) {
+        self.punch(page);
+        table.pages.remove(&page);
+        table.frame_state[frame as usize] = 0;
+        table.frame_page[frame as usize] = u64::MAX;
+        table.free.push(frame);
     }
 
     /// Ends a fault that cannot be served: logged, and `SIGBUS` to the
@@ -1219,15 +1235,36 @@ impl Shared {
                 evicting.push((frame, page));
                 continue;
             }
-            if state & MAPPED != 0 {
-                // Protected before it is read: a store from now on faults
-                // and marks the page dirty again.
-                let _ = self
-                    .uffd
-                    .write_protect(self.page_address(page), self.page_size, true);
-            }
             table.frame_state[frame] = (state & !DIRTY) | FLUSHING;
             dirty.push((frame as FrameId, page));
+        }
+        // Protected before they are read: a store from now on faults and
+        // marks its page dirty again. One call per run of consecutive
+        // mapped pages.
+        dirty.sort_unstable_by_key(|&(_, page)| page);
+        let mut run: Option<(u64, u64)> = None;
+        let protect_run = |run: (u64, u64)| {
+            let _ = self.uffd.write_protect(
+                self.page_address(run.0),
+                (run.1 - run.0) as usize * self.page_size,
+                true,
+            );
+        };
+        for &(frame, page) in &dirty {
+            if table.frame_state[frame as usize] & MAPPED == 0 {
+                continue;
+            }
+            run = match run {
+                Some((start, end)) if end == page => Some((start, end + 1)),
+                Some(previous) => {
+                    protect_run(previous);
+                    Some((page, page + 1))
+                }
+                None => Some((page, page + 1)),
+            };
+        }
+        if let Some(last) = run {
+            protect_run(last);
         }
         self.mark_stored(&mut table, dirty.iter().map(|&(_, page)| page));
         drop(table);
