@@ -264,6 +264,14 @@ struct Table {
     pages: HashMap<u64, FrameId>,
     frame_page: Vec<u64>,
     frame_state: Vec<u8>,
+    /// Bumped each time a frame is given back (evicted or released), so
+    /// that a waiter can tell its page left even if the frame came back
+    /// holding the same page.
+    frame_generation: Vec<u32>,
+    /// The eviction that last zapped each frame.
+    zapped_by: Vec<u64>,
+    /// Evictions begun.
+    eviction: u64,
     free: Vec<FrameId>,
     /// Protected ranges of pages: start → (end, protection), disjoint; a
     /// page in none is read-write.
@@ -406,7 +414,7 @@ impl Mapping {
             ClientError::InvalidArgument("the region is larger than the address space".into())
         })?;
         let os_page = page_size_of_system();
-        if page_size % os_page != 0 {
+        if !page_size.is_multiple_of(os_page) {
             return Err(ClientError::InvalidArgument(format!(
                 "region page size {page_size} is not a multiple of the system's {os_page}"
             )));
@@ -511,6 +519,9 @@ impl Mapping {
                 pages: HashMap::with_capacity(frames),
                 frame_page: vec![u64::MAX; frames],
                 frame_state: vec![0; frames],
+                frame_generation: vec![0; frames],
+                zapped_by: vec![0; frames],
+                eviction: 0,
                 free: (0..frames as FrameId).rev().collect(),
                 protection: BTreeMap::new(),
                 unstored: None,
@@ -762,15 +773,17 @@ impl Shared {
         unsafe { self.user.add(page as usize * self.page_size) }
     }
 
-    fn shadow_page(&self, page: u64) -> &mut [u8] {
-        // SAFETY: the shadow is `len` bytes; callers hold the page (busy,
-        // or being flushed) so no other fault thread writes it meanwhile.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.shadow.add(page as usize * self.page_size),
-                self.page_size,
-            )
-        }
+    /// The first byte of a page of the shadow.
+    fn shadow_address(&self, page: u64) -> *mut u8 {
+        // SAFETY: callers pass pages of the region, inside the shadow.
+        unsafe { self.shadow.add(page as usize * self.page_size) }
+    }
+
+    /// A page of the shadow, to write back (the caller holds it busy or
+    /// flushing: no fault thread fills it meanwhile).
+    fn shadow_page(&self, page: u64) -> &[u8] {
+        // SAFETY: the shadow is `len` bytes and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.shadow_address(page), self.page_size) }
     }
 
     fn serve(&self) {
@@ -999,7 +1012,11 @@ impl Shared {
         let fetched = if zero {
             Ok(())
         } else {
-            let buffer = self.shadow_page(page);
+            // SAFETY: the page is busy, so this thread alone fills it
+            // through the shadow and the application cannot reach it.
+            let buffer = unsafe {
+                std::slice::from_raw_parts_mut(self.shadow_address(page), self.page_size)
+            };
             self.region
                 .cache()
                 .backing()
@@ -1055,7 +1072,7 @@ impl Shared {
         }
     }
 
-    /// Gives back a frame that was being filled, and the page's memory
+    /// Gives back a frame (evicted, or a fill that failed) and its page's memory
     /// (under the lock: a fill of the page begun after it must not lose
     /// its contents to this).
     fn release(&self, table: &mut Table, page: u64, frame: FrameId) {
@@ -1063,6 +1080,8 @@ impl Shared {
         table.pages.remove(&page);
         table.frame_state[frame as usize] = 0;
         table.frame_page[frame as usize] = u64::MAX;
+        table.frame_generation[frame as usize] =
+            table.frame_generation[frame as usize].wrapping_add(1);
         table.free.push(frame);
     }
 
@@ -1118,11 +1137,7 @@ impl Shared {
                 continue;
             }
             let page = table.frame_page[frame as usize];
-            self.punch(page);
-            table.pages.remove(&page);
-            table.frame_state[frame as usize] = 0;
-            table.frame_page[frame as usize] = u64::MAX;
-            table.free.push(frame);
+            self.release(table, page, frame);
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }
         self.changed.notify_all();
@@ -1132,24 +1147,37 @@ impl Shared {
     /// Victims from the policy, marked busy; mapped candidates are zapped
     /// and refused (see the module documentation).
     fn choose_victims(&self, table: &mut Table) -> Vec<FrameId> {
+        // Pages zapped by this eviction are not taken by it: they must
+        // have the time of a round of the policy's queue to be referenced
+        // (a minor fault), or the zap would teach the policy nothing. Only
+        // if nothing else can be taken (every page was mapped: the first
+        // evictions) are they taken after all.
+        table.eviction += 1;
+        let eviction = table.eviction;
+        let batch = (table.frame_state.len() / 16).clamp(1, EVICT_BATCH_PAGES);
         let mut victims = Vec::new();
-        for _round in 0..2 {
+        for fresh_allowed in [false, true] {
             let mut zaps = 0usize;
-            while victims.len() < EVICT_BATCH_PAGES {
+            while victims.len() < batch {
                 let claimed = self.policy.victim(&mut |frame| {
-                    let state = table.frame_state[frame as usize];
+                    let index = frame as usize;
+                    let state = table.frame_state[index];
                     if state & (BUSY | FLUSHING) != 0 {
                         return false;
                     }
                     if state & MAPPED != 0 {
                         if zaps < ZAPS_PER_EVICTION_MAX {
                             zaps += 1;
-                            self.zap(table.frame_page[frame as usize]);
-                            table.frame_state[frame as usize] &= !MAPPED;
+                            self.zap(table.frame_page[index]);
+                            table.frame_state[index] &= !MAPPED;
+                            table.zapped_by[index] = eviction;
                         }
                         return false;
                     }
-                    table.frame_state[frame as usize] |= BUSY;
+                    if table.zapped_by[index] == eviction && !fresh_allowed {
+                        return false;
+                    }
+                    table.frame_state[index] |= BUSY;
                     true
                 });
                 match claimed {
@@ -1157,7 +1185,7 @@ impl Shared {
                     None => break,
                 }
             }
-            if !victims.is_empty() || zaps == 0 {
+            if !victims.is_empty() {
                 break;
             }
         }
@@ -1205,10 +1233,7 @@ impl Shared {
         let backing = self.region.cache().backing();
         for chunk in pages.chunks(pagoda_wire::limits::BATCH_PAGES_MAX.max(1)) {
             let numbers: Vec<u64> = chunk.iter().map(|&(_, page)| page).collect();
-            let buffers: Vec<&[u8]> = numbers
-                .iter()
-                .map(|&page| &*self.shadow_page(page))
-                .collect();
+            let buffers: Vec<&[u8]> = numbers.iter().map(|&page| self.shadow_page(page)).collect();
             backing
                 .write_pages(&numbers, &buffers)
                 .map_err(backing_error)?;
@@ -1223,7 +1248,7 @@ impl Shared {
         let mut table = self.table.lock();
         // Dirty pages being evicted are being written by their eviction:
         // waited for below. The others are written here.
-        let mut evicting: Vec<(usize, u64)> = Vec::new();
+        let mut evicting: Vec<(usize, u64, u32)> = Vec::new();
         let mut dirty: Vec<(FrameId, u64)> = Vec::new();
         for frame in 0..table.frame_state.len() {
             let state = table.frame_state[frame];
@@ -1232,7 +1257,7 @@ impl Shared {
             }
             let page = table.frame_page[frame];
             if state & BUSY != 0 {
-                evicting.push((frame, page));
+                evicting.push((frame, page, table.frame_generation[frame]));
                 continue;
             }
             table.frame_state[frame] = (state & !DIRTY) | FLUSHING;
@@ -1279,11 +1304,17 @@ impl Shared {
         }
         self.changed.notify_all();
         written?;
-        for (frame, page) in evicting {
-            while table.frame_state[frame] & BUSY != 0 && table.frame_page[frame] == page {
+        for (frame, page, generation) in evicting {
+            // Until the eviction ends: the frame given back (its page is on
+            // the node), or its write-back failed (the page is still held,
+            // dirty, not busy).
+            while table.frame_generation[frame] == generation
+                && table.frame_state[frame] & BUSY != 0
+            {
                 self.changed.wait_for(&mut table, BUSY_WAIT);
             }
-            if table.frame_page[frame] == page && table.frame_state[frame] & DIRTY != 0 {
+            if table.frame_generation[frame] == generation && table.frame_state[frame] & DIRTY != 0
+            {
                 return Err(ClientError::Disconnected(format!(
                     "writing back page {page} of region {:?} (evicted during the flush) failed",
                     self.region.name()
@@ -1298,8 +1329,8 @@ impl Shared {
         let page_size = self.page_size as u64;
         if range.start > range.end
             || range.end > self.len as u64
-            || range.start % page_size != 0
-            || range.end % page_size != 0
+            || !range.start.is_multiple_of(page_size)
+            || !range.end.is_multiple_of(page_size)
         {
             return Err(ClientError::InvalidArgument(format!(
                 "protect {}..{}: the range must be whole pages of {page_size} bytes within \
