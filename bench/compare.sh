@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The headline comparison: Pagoda against Linux swap (with and without zswap)
-# and all-local memory, at 100 %, 50 %, 25 % and 12.5 % local memory.
+# The headline comparison: Pagoda, through its cache and mapped into the
+# process, against Linux swap (with and without zswap) and all-local memory,
+# at 100 %, 50 %, 25 % and 12.5 % local memory.
 #
 #   sudo bash bench/compare.sh [--dataset 4GiB] [--quick] [--duration S]
 #        [--warmup S] [--fractions "1 0.5 0.25 0.125"] [--workloads LIST]
@@ -15,11 +16,13 @@
 # same checksum per workload, prints the table and writes the plots.
 #
 # The limited process is the application: the workload with the swap backend
-# (its records in a plain mapping) or with the pagoda backend (its records in a
-# region whose local cache is the same fraction of the dataset). The cgroup
-# limit is fraction x dataset plus a fixed allowance (ALLOWANCE_MIB) for the
-# program, its heap and Pagoda's page table. The memory node runs outside the
-# cgroup: it is the remote memory.
+# (its records in a plain mapping), the pagoda backend (its records in a region
+# whose local cache is the same fraction of the dataset) or the mapped backend
+# (the same region mapped into the process with that local budget, reached by
+# the local backend's very loop over a plain slice). The cgroup limit is
+# fraction x dataset plus a fixed allowance (ALLOWANCE_MIB) for the program, its
+# heap and Pagoda's page table. The memory node runs outside the cgroup: it is
+# the remote memory, one fresh node per Pagoda run.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -42,7 +45,7 @@ PORT=${PORT:-17170}
 RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-1800}
 ARGS_GIVEN="$*"
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -298,11 +301,14 @@ for fraction in $FRACTIONS; do
     limit=$(limit_for "$fraction")
     cache=$(cache_for "$fraction")
 
-    start_node "$fraction"
-    make_cgroup "$limit"
-    run pagoda "$fraction" "$CG" --backend pagoda \
-        --node "127.0.0.1:$PORT" --cache "$cache"
-    stop_node
+    # The same region, through its cache and mapped, each on a fresh node.
+    for backend in pagoda mapped; do
+        start_node "$backend-$fraction"
+        make_cgroup "$limit"
+        run "$backend" "$fraction" "$CG" --backend "$backend" \
+            --node "127.0.0.1:$PORT" --cache "$cache"
+        stop_node
+    done
 
     set_zswap N
     make_cgroup "$limit"

@@ -5,9 +5,11 @@
 //!
 //! 1. asserts that every run of a workload read the same checksum in its
 //!    checked phase, and fails loudly (exit status 1) if not;
-//! 2. writes a markdown table of throughput, the ratios pagoda/swap,
-//!    pagoda/zswap and pagoda/local, and p50/p99 operation latency, followed
-//!    by the issue's goals with their verdicts;
+//! 2. writes a markdown table of throughput, the ratios of each Pagoda
+//!    backend (`pagoda`: through the region's cache; `mapped`: the region
+//!    mapped into the process) to swap, zswap and local, mapped/pagoda, and
+//!    p50/p99 operation latency, followed by the issue's goals with their
+//!    verdicts;
 //! 3. writes two SVG plots drawn by hand (no plotting dependency):
 //!    `compare-throughput.svg` and `compare-p99.svg`.
 
@@ -27,9 +29,11 @@ compare_plot: check, tabulate and plot bench/compare.sh results
 /// The workloads in the order they are shown.
 const WORKLOADS: [&str; 5] = ["kv90", "kv50", "uniform90", "scan", "chase"];
 /// The limited backends in the order they are shown; `local` is the baseline.
-const LIMITED: [&str; 3] = ["swap", "zswap", "pagoda"];
-/// Bar colours: swap, zswap, pagoda.
-const COLOURS: [&str; 3] = ["#d95f02", "#e6ab02", "#1b9e77"];
+const LIMITED: [&str; 4] = ["swap", "zswap", "pagoda", "mapped"];
+/// Bar colours: swap, zswap, pagoda, mapped.
+const COLOURS: [&str; 4] = ["#d95f02", "#e6ab02", "#1b9e77", "#7570b3"];
+/// The backends that run on a Pagoda memory node.
+const PAGODA_BACKENDS: [&str; 2] = ["pagoda", "mapped"];
 
 #[derive(Clone, Debug)]
 struct Row {
@@ -207,6 +211,7 @@ struct Cell<'a> {
     swap: Option<&'a Row>,
     zswap: Option<&'a Row>,
     pagoda: Option<&'a Row>,
+    mapped: Option<&'a Row>,
 }
 
 /// The table rows in order, skipping fractions at which only local ran.
@@ -221,8 +226,13 @@ fn cells<'a>(rows: &'a [Row], fractions: &[f64]) -> Vec<Cell<'a>> {
                 swap: find(rows, "swap", workload, fraction),
                 zswap: find(rows, "zswap", workload, fraction),
                 pagoda: find(rows, "pagoda", workload, fraction),
+                mapped: find(rows, "mapped", workload, fraction),
             };
-            if cell.swap.is_some() || cell.zswap.is_some() || cell.pagoda.is_some() {
+            if cell.swap.is_some()
+                || cell.zswap.is_some()
+                || cell.pagoda.is_some()
+                || cell.mapped.is_some()
+            {
                 cells.push(cell);
             }
         }
@@ -267,6 +277,11 @@ fn micros(ns: f64) -> String {
     }
 }
 
+fn hit_ratio(row: Option<&Row>) -> String {
+    row.and_then(|r| r.hit_ratio)
+        .map_or("–".into(), |h| format!("{h:.3}"))
+}
+
 fn latency(row: Option<&Row>) -> String {
     row.map_or("–".into(), |r| {
         format!("{} / {}", micros(r.p50_ns), micros(r.p99_ns))
@@ -307,9 +322,15 @@ fn render_table(rows: &[Row], meta: Option<&Value>) -> String {
     let _ = writeln!(out, "Throughput (operations per second) and ratios:\n");
     let _ = writeln!(
         out,
-        "| workload | local memory | local | swap | zswap | pagoda | pagoda/swap | pagoda/zswap | pagoda/local | pagoda hit ratio |"
+        "| workload | local memory | local | swap | zswap | pagoda | mapped \
+         | pagoda/swap | pagoda/zswap | pagoda/local \
+         | mapped/swap | mapped/zswap | mapped/local | mapped/pagoda \
+         | pagoda hit ratio | mapped hit ratio |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for Cell {
         workload,
         fraction,
@@ -317,30 +338,40 @@ fn render_table(rows: &[Row], meta: Option<&Value>) -> String {
         swap,
         zswap,
         pagoda,
+        mapped,
     } in cells(rows, &fractions)
     {
         let _ = writeln!(
             out,
-            "| {workload} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {workload} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             percent(fraction),
             ops(local),
             ops(swap),
             ops(zswap),
             ops(pagoda),
+            ops(mapped),
             ratio_text(ratio(pagoda, swap)),
             ratio_text(ratio(pagoda, zswap)),
             ratio_text(ratio(pagoda, local)),
-            pagoda
-                .and_then(|p| p.hit_ratio)
-                .map_or("–".into(), |h| format!("{:.3}", h)),
+            ratio_text(ratio(mapped, swap)),
+            ratio_text(ratio(mapped, zswap)),
+            ratio_text(ratio(mapped, local)),
+            ratio_text(ratio(mapped, pagoda)),
+            hit_ratio(pagoda),
+            hit_ratio(mapped),
         );
     }
-    let _ = writeln!(out, "\nOperation latency, p50 / p99 in µs:\n");
     let _ = writeln!(
         out,
-        "| workload | local memory | local | swap | zswap | pagoda |"
+        "\nA mapping's hits are plain loads that no code sees: its hit ratio is one \
+         less the pages it fetched per operation (each operation touches one page).\n"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "Operation latency, p50 / p99 in µs:\n");
+    let _ = writeln!(
+        out,
+        "| workload | local memory | local | swap | zswap | pagoda | mapped |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
     for Cell {
         workload,
         fraction,
@@ -348,24 +379,29 @@ fn render_table(rows: &[Row], meta: Option<&Value>) -> String {
         swap,
         zswap,
         pagoda,
+        mapped,
     } in cells(rows, &fractions)
     {
         let _ = writeln!(
             out,
-            "| {workload} | {} | {} | {} | {} | {} |",
+            "| {workload} | {} | {} | {} | {} | {} | {} |",
             percent(fraction),
             latency(local),
             latency(swap),
             latency(zswap),
             latency(pagoda),
+            latency(mapped),
         );
     }
     let swapped: Vec<String> = rows
         .iter()
-        .filter(|r| r.backend == "pagoda" && r.cgroup_swap_bytes.unwrap_or(0) > 0)
+        .filter(|r| {
+            PAGODA_BACKENDS.contains(&r.backend.as_str()) && r.cgroup_swap_bytes.unwrap_or(0) > 0
+        })
         .map(|r| {
             format!(
-                "{}@{} ({} KiB)",
+                "{} {}@{} ({} KiB)",
+                r.backend,
                 r.workload,
                 percent(r.fraction),
                 r.cgroup_swap_bytes.unwrap_or(0) >> 10
@@ -374,9 +410,9 @@ fn render_table(rows: &[Row], meta: Option<&Value>) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "\nPagoda's own process swapped: {}.",
+        "\nPagoda's own process (pagoda, mapped) swapped: {}.",
         if swapped.is_empty() {
-            "never (its cgroup's swap counter stayed at 0)".to_string()
+            "never (their cgroups' swap counters stayed at 0)".to_string()
         } else {
             swapped.join(", ")
         }
@@ -476,7 +512,8 @@ fn tick_label(value: f64, metric: Metric) -> String {
 }
 
 /// Small multiples: one panel per workload, local fractions along x, grouped
-/// bars for swap, zswap and pagoda on a log axis, all-local as a dashed line.
+/// bars for swap, zswap, pagoda and mapped on a log axis, all-local as a
+/// dashed line.
 fn plot(rows: &[Row], metric: Metric, meta: Option<&Value>) -> String {
     let fractions = fractions(rows);
     let workloads: Vec<&str> = WORKLOADS

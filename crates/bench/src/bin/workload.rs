@@ -1,11 +1,24 @@
-//! The headline comparison's workload: one program, three backends.
+//! The headline comparison's workload: one program, four backends.
 //!
-//! A dataset of N records of 4 KiB each is held either in a plain anonymous
-//! mapping (`--backend local`, or `--backend swap` when the driver has put this
-//! process in a memory cgroup so that the kernel swaps the rest) or in a Pagoda
-//! region on a memory node whose local cache is the same size as that limit
-//! (`--backend pagoda`). Everything above the three-method [`Records`] trait is
-//! one code path: the operation sequence, the timing, the checksums.
+//! A dataset of N records of 4 KiB each is held in one of:
+//!
+//! - a plain anonymous mapping (`--backend local`, or `--backend swap` when
+//!   the driver has put this process in a memory cgroup so that the kernel
+//!   swaps the rest);
+//! - a Pagoda region on a memory node, read and written through its local
+//!   cache with `read_at` and `write_at` (`--backend pagoda`; the cache is
+//!   the size of that limit);
+//! - the same kind of region *mapped* into the process (`--backend mapped`:
+//!   `Region::map` with a local budget of that size), reached by plain loads
+//!   and stores that fault its pages in.
+//!
+//! Everything above the three-method [`Records`] trait is one code path: the
+//! operation sequence, the timing, the checksums. And `local`, `swap` and
+//! `mapped` share one implementation of the trait ([`Memory`]), which copies
+//! records in and out of a `&mut [u8]`: only where that slice comes from
+//! differs ([`Owner`]). So a `mapped` run executes exactly the instructions
+//! of a `local` run, and the difference between them is what the page
+//! faults cost: transparency shown, not claimed.
 //!
 //! Workloads, run one after another in the same process over the same dataset:
 //!
@@ -41,7 +54,7 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use pagoda::{Client, ClientOptions, Region, RegionOptions};
+use pagoda::{Client, ClientOptions, MapOptions, Mapping, Region, RegionOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -49,15 +62,20 @@ use rand_distr::{Distribution, Zipf};
 const USAGE: &str = "\
 workload: the headline comparison's workload (local memory, kernel swap, Pagoda)
 
-  --backend local|swap|pagoda   where the records live (required)
+  --backend local|swap|pagoda|mapped
+                                where the records live (required): local memory,
+                                local memory the kernel may swap, a Pagoda region
+                                read through its cache, or a Pagoda region mapped
+                                into the process (loads and stores, page faults)
   --dataset SIZE                dataset size, e.g. 4GiB (default 4GiB); or
   --records N                   number of 4 KiB records
   --workloads LIST              comma-separated, from kv90,kv50,uniform90,scan,chase
                                 (default: all, in that order)
-  --cache SIZE                  pagoda: the region's local cache (required for pagoda)
+  --cache SIZE                  pagoda: the region's local cache; mapped: the
+                                mapping's local budget (required for both)
   --fraction F                  local memory as a fraction of the dataset (a label,
                                 and the warm-up's operation bound; default 1)
-  --node ADDR                   pagoda: the memory node (default 127.0.0.1:7070)
+  --node ADDR                   pagoda, mapped: the memory node (default 127.0.0.1:7070)
   --duration S                  seconds of the measured phase per workload (default 10)
   --ops-max N                   most operations of the measured phase (default 2e9)
   --warmup S                    most seconds of warm-up per workload (default 5)
@@ -109,6 +127,7 @@ enum Backend {
     Local,
     Swap,
     Pagoda,
+    Mapped,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -222,6 +241,7 @@ impl Args {
                         "local" => Backend::Local,
                         "swap" => Backend::Swap,
                         "pagoda" => Backend::Pagoda,
+                        "mapped" => Backend::Mapped,
                         other => return Err(format!("unknown backend {other:?}")),
                     })
                 }
@@ -265,8 +285,10 @@ impl Args {
             return Err("no workloads".into());
         }
         let cache_bytes = match backend {
-            Backend::Pagoda => cache_bytes.ok_or("--cache is required for pagoda")?,
-            _ => 0,
+            Backend::Pagoda | Backend::Mapped => {
+                cache_bytes.ok_or("--cache is required for pagoda and mapped")?
+            }
+            Backend::Local | Backend::Swap => 0,
         };
         Ok(Args {
             backend,
@@ -275,6 +297,7 @@ impl Args {
                     Backend::Local => "local",
                     Backend::Swap => "swap",
                     Backend::Pagoda => "pagoda",
+                    Backend::Mapped => "mapped",
                 }
                 .into()
             }),
@@ -467,19 +490,37 @@ trait Records {
     }
 }
 
-/// Records in one anonymous private mapping: the `local` and `swap`
-/// backends (the difference is only whether the driver confines the
-/// process).
+/// Records in memory this process reaches by plain loads and stores: the
+/// `local`, `swap` and `mapped` backends. They differ only in where the
+/// bytes come from (the [`Owner`]); every record is copied in and out of
+/// the same slice by the same code.
 struct Memory {
+    /// The first byte of the dataset, `bytes` long; valid as long as
+    /// `owner` lives.
+    base: *mut u8,
+    bytes: usize,
+    owner: Owner,
+}
+
+/// What provides a [`Memory`]'s bytes, and frees them when dropped.
+enum Owner {
+    /// An anonymous private mapping of this process: `local` and `swap`
+    /// (the difference is only whether the driver confines the process).
+    /// Held only to be unmapped when dropped.
+    Anonymous(#[allow(dead_code)] AnonymousMapping),
+    /// A Pagoda region mapped into the process: `mapped`. A page not held
+    /// locally faults, and the mapping fetches it from the memory node.
+    Mapped(MappedRegion),
+}
+
+/// An anonymous private mapping, unmapped when dropped.
+struct AnonymousMapping {
     base: *mut u8,
     bytes: usize,
 }
 
-impl Memory {
-    fn new(records: u64) -> Result<Memory, String> {
-        let bytes = (records as usize)
-            .checked_mul(RECORD_BYTES)
-            .ok_or("dataset too large")?;
+impl AnonymousMapping {
+    fn new(bytes: usize) -> Result<AnonymousMapping, String> {
         // SAFETY: a fresh anonymous mapping; no address is given.
         let base = unsafe {
             libc::mmap(
@@ -497,24 +538,64 @@ impl Memory {
                 std::io::Error::last_os_error()
             ));
         }
-        Ok(Memory {
+        Ok(AnonymousMapping {
             base: base.cast(),
             bytes,
         })
+    }
+}
+
+impl Drop for AnonymousMapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.base.cast(), self.bytes) };
+    }
+}
+
+/// A region mapped into the process. Fields drop in order: the mapping
+/// first (it writes back its dirty pages and stops its fault threads),
+/// then the region is deleted from the node.
+struct MappedRegion {
+    mapping: Mapping,
+    _node: NodeRegion,
+}
+
+impl Memory {
+    /// `records` records in a fresh anonymous mapping, all zeros.
+    fn anonymous(records: u64) -> Result<Memory, String> {
+        let bytes = (records as usize)
+            .checked_mul(RECORD_BYTES)
+            .ok_or("dataset too large")?;
+        let anonymous = AnonymousMapping::new(bytes)?;
+        Ok(Memory {
+            base: anonymous.base,
+            bytes,
+            owner: Owner::Anonymous(anonymous),
+        })
+    }
+
+    /// The records of a mapped region.
+    fn mapped(mut mapping: Mapping, node: NodeRegion) -> Memory {
+        let slice = mapping.as_mut_slice();
+        let (base, bytes) = (slice.as_mut_ptr(), slice.len());
+        // Moving the `Mapping` does not move the memory it maps: `base`
+        // stays valid until the mapping is dropped with `owner`.
+        Memory {
+            base,
+            bytes,
+            owner: Owner::Mapped(MappedRegion {
+                mapping,
+                _node: node,
+            }),
+        }
     }
 
     fn record_mut(&mut self, record: u64) -> &mut [u8] {
         let start = record as usize * RECORD_BYTES;
         assert!(start + RECORD_BYTES <= self.bytes);
-        // SAFETY: in bounds; `&mut self` makes the access exclusive.
+        // SAFETY: in bounds of the owner's memory, which lives as long as
+        // `self`; `&mut self` makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.base.add(start), RECORD_BYTES) }
-    }
-}
-
-impl Drop for Memory {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.base.cast(), self.bytes) };
     }
 }
 
@@ -541,13 +622,52 @@ impl Records for Memory {
         }
         Ok(())
     }
+
+    fn counters(&self) -> serde_json::Value {
+        match &self.owner {
+            Owner::Anonymous(_) => serde_json::Value::Null,
+            Owner::Mapped(mapped) => {
+                let stats = mapped.mapping.stats();
+                serde_json::json!({
+                    "pages_fetched": stats.pages_fetched,
+                    "pages_zero_filled": stats.pages_zero_filled,
+                    "minor_faults": stats.minor_faults,
+                    "write_faults": stats.write_faults,
+                    "pages_written_back": stats.pages_written_back,
+                    "evictions": stats.evictions,
+                    "violations": stats.violations,
+                    "failed_faults": stats.failed_faults,
+                    "resident_pages": stats.resident_pages,
+                    "dirty_pages": stats.dirty_pages,
+                })
+            }
+        }
+    }
 }
 
-/// Records in a Pagoda region, through its local cache.
-struct Remote {
+/// Counters that are levels, not counts: reported as they are at the end
+/// of the measured phase rather than as its difference.
+const LEVEL_COUNTERS: [&str; 3] = ["frames", "resident_pages", "dirty_pages"];
+
+/// A region this program created on the node, deleted when dropped.
+struct NodeRegion {
     client: Client,
-    region: Region,
     name: String,
+}
+
+impl Drop for NodeRegion {
+    fn drop(&mut self) {
+        if let Err(error) = self.client.delete_region(&self.name) {
+            eprintln!("workload: could not delete region {:?}: {error}", self.name);
+        }
+    }
+}
+
+/// Records in a Pagoda region, through its local cache. Fields drop in
+/// order: the handle is closed, then the region deleted.
+struct Remote {
+    region: Region,
+    _node: NodeRegion,
 }
 
 impl Records for Remote {
@@ -589,23 +709,17 @@ impl Records for Remote {
     }
 }
 
-impl Drop for Remote {
-    fn drop(&mut self) {
-        if let Err(error) = self.client.delete_region(&self.name) {
-            eprintln!("workload: could not delete region {:?}: {error}", self.name);
-        }
-    }
-}
-
 fn load_memory(contents: &Contents) -> Result<Memory, String> {
-    let mut memory = Memory::new(contents.records)?;
+    let mut memory = Memory::anonymous(contents.records)?;
     for record in 0..contents.records {
         contents.fill(record, memory.record_mut(record));
     }
     Ok(memory)
 }
 
-fn load_pagoda(contents: &Contents, args: &Args) -> Result<Remote, String> {
+/// Creates a region on the node and writes every record into it in
+/// batches, bypassing any local cache.
+fn load_region(contents: &Contents, args: &Args) -> Result<NodeRegion, String> {
     let options = ClientOptions {
         client_name: "pagoda-bench-workload".into(),
         ..ClientOptions::default()
@@ -619,7 +733,8 @@ fn load_pagoda(contents: &Contents, args: &Args) -> Result<Remote, String> {
     let info = client
         .create_region(&name, bytes, RECORD_BYTES as u32)
         .map_err(|e| format!("creating region {name:?}: {e}"))?;
-    let batch = LOAD_BATCH_RECORDS.min(client.batch_pages_max(RECORD_BYTES));
+    let node = NodeRegion { client, name };
+    let batch = LOAD_BATCH_RECORDS.min(node.client.batch_pages_max(RECORD_BYTES));
     let mut data = vec![0u8; batch * RECORD_BYTES];
     let mut list = Vec::with_capacity(batch);
     let mut first = 0u64;
@@ -630,19 +745,47 @@ fn load_pagoda(contents: &Contents, args: &Args) -> Result<Remote, String> {
         for (record, chunk) in list.iter().zip(data.chunks_exact_mut(RECORD_BYTES)) {
             contents.fill(*record, chunk);
         }
-        client
+        node.client
             .write_pages(&info, &list, &data[..count * RECORD_BYTES])
             .map_err(|e| format!("loading records {first}..: {e}"))?;
         first += count as u64;
     }
-    let region = client
-        .open_region(&name, RegionOptions::with_cache_bytes(args.cache_bytes))
-        .map_err(|e| format!("opening region {name:?}: {e}"))?;
+    Ok(node)
+}
+
+fn load_pagoda(contents: &Contents, args: &Args) -> Result<Remote, String> {
+    let node = load_region(contents, args)?;
+    let region = node
+        .client
+        .open_region(
+            &node.name,
+            RegionOptions::with_cache_bytes(args.cache_bytes),
+        )
+        .map_err(|e| format!("opening region {:?}: {e}", node.name))?;
     Ok(Remote {
-        client,
         region,
-        name,
+        _node: node,
     })
+}
+
+/// Loads the records like [`load_pagoda`] and maps the region with a local
+/// budget of `--cache`.
+fn load_mapped(contents: &Contents, args: &Args) -> Result<Memory, String> {
+    let node = load_region(contents, args)?;
+    // The handle's own page cache goes unused once the region is mapped
+    // (the mapping holds its pages in a tier of its own), so it gets one
+    // page rather than memory the cgroup would count against the mapping.
+    let region = node
+        .client
+        .open_region(
+            &node.name,
+            RegionOptions::with_cache_bytes(RECORD_BYTES as u64),
+        )
+        .map_err(|e| format!("opening region {:?}: {e}", node.name))?;
+    let mapping = region
+        .map(MapOptions::with_local_bytes(args.cache_bytes))
+        .map_err(|e| format!("mapping region {:?}: {e}", node.name))?;
+    Ok(Memory::mapped(mapping, node))
 }
 
 // ------------------------------------------------------- the operation loop
@@ -883,6 +1026,19 @@ fn cgroup_report() -> serde_json::Value {
     })
 }
 
+/// The share of the measured operations whose page was local, from a
+/// backend's counters over the phase: the cache's hits and misses, or for a
+/// mapping (whose hits no code sees) one less the pages it brought in per
+/// operation, since every operation touches exactly one page.
+fn hit_ratio(counters: &serde_json::Value, ops: u64) -> Option<f64> {
+    let count = |name: &str| counters.get(name).and_then(serde_json::Value::as_u64);
+    if let (Some(hits), Some(misses)) = (count("hits"), count("misses")) {
+        return Some(hits as f64 / ((hits + misses) as f64).max(1.0));
+    }
+    let fetched = count("pages_fetched")? + count("pages_zero_filled")?;
+    Some(1.0 - (fetched as f64 / (ops as f64).max(1.0)).min(1.0))
+}
+
 fn percentile(histogram: &Histogram<u64>, quantile: f64) -> u64 {
     if histogram.is_empty() {
         0
@@ -906,12 +1062,13 @@ fn run(args: &Args) -> Result<(), String> {
     let mut backend: Box<dyn Records> = match args.backend {
         Backend::Local | Backend::Swap => Box::new(load_memory(&contents)?),
         Backend::Pagoda => Box::new(load_pagoda(&contents, args)?),
+        Backend::Mapped => Box::new(load_mapped(&contents, args)?),
     };
     let load_seconds = load_began.elapsed().as_secs_f64();
     // Every backend starts with the same records local: the last `fraction`
     // of the dataset, which is what the kernel keeps resident after the swap
-    // backend's sequential load, and what Pagoda's cache holds after reading
-    // them (its bulk load bypasses the cache).
+    // backend's sequential load, and what Pagoda's cache or a mapping's
+    // local tier holds after reading them (the bulk load bypasses both).
     let prime_began = Instant::now();
     let resident = ((args.records as f64 * args.fraction) as u64).min(args.records);
     let mut scratch = vec![0u8; PRIME_CHUNK_RECORDS * RECORD_BYTES];
@@ -976,10 +1133,14 @@ fn run(args: &Args) -> Result<(), String> {
         let counters = match (&counters_before, &counters_after) {
             (serde_json::Value::Object(b), serde_json::Value::Object(a)) => {
                 let mut d = delta(a, b);
-                d["frames"] = a["frames"].clone();
-                let hits = d["hits"].as_u64().unwrap_or(0) as f64;
-                let misses = d["misses"].as_u64().unwrap_or(0) as f64;
-                d["hit_ratio"] = (hits / (hits + misses).max(1.0)).into();
+                for level in LEVEL_COUNTERS {
+                    if let Some(value) = a.get(level) {
+                        d[level] = value.clone();
+                    }
+                }
+                if let Some(ratio) = hit_ratio(&d, measured.ops) {
+                    d["hit_ratio"] = ratio.into();
+                }
                 d
             }
             _ => serde_json::Value::Null,
