@@ -45,6 +45,7 @@ mapping: mapped-region faults beside remote reads, mapped hits beside plain load
   --hit-rounds N         rounds of the hit loops (default 15)
   --random-loads N       loads per random hit loop (default 4000000)
   --fault-threads N      fault threads per mapping (default: the product's, 4)
+  --fault-spin-us N      the first fault thread's spin after a fault (default: the product's)
   --client-spin-us N     client spin budget (default: the product's, 50)
   --node-spin-us N       node connection spin budget (default: the product's, 50)
   --raw-spin-us N        raw polling ends spin this long before blocking (default 2000)
@@ -168,6 +169,7 @@ fn main() {
             "hit-rounds",
             "random-loads",
             "fault-threads",
+            "fault-spin-us",
             "client-spin-us",
             "node-spin-us",
             "raw-spin-us",
@@ -200,9 +202,14 @@ fn main() {
         Duration::from_micros(flags.number("node-spin-us", pagoda_node::server::SPIN_US_DEFAULT));
     let raw_spin = Duration::from_micros(flags.number("raw-spin-us", 2_000));
     let seconds_max = Duration::from_secs(flags.number("seconds-max", 40));
+    let fault_spin = Duration::from_micros(flags.number(
+        "fault-spin-us",
+        MapOptions::default().spin.as_micros() as u64,
+    ));
     let map_options = |local_bytes: u64| MapOptions {
         local_bytes,
         fault_threads,
+        spin: fault_spin,
         ..MapOptions::default()
     };
 
@@ -500,6 +507,7 @@ fn main() {
             "evict_bytes": evict_bytes, "evict_local_bytes": evict_local_bytes,
             "hit_bytes": hit_bytes, "hit_rounds": hit_rounds, "random_loads": random_loads,
             "fault_threads": fault_threads,
+            "fault_spin_us": fault_spin.as_micros() as u64,
             "client_spin_us": client_spin.as_micros() as u64,
             "node_spin_us": node_spin.as_micros() as u64,
             "raw_spin_us": raw_spin.as_micros() as u64,
