@@ -73,6 +73,8 @@ workload: the headline comparison's workload (local memory, kernel swap, Pagoda)
                                 (default: all, in that order)
   --cache SIZE                  pagoda: the region's local cache; mapped: the
                                 mapping's local budget (required for both)
+  --fault-spin-us N             mapped: the first fault thread's spin after a fault
+                                (default: the product's, MapOptions::spin)
   --fraction F                  local memory as a fraction of the dataset (a label,
                                 and the warm-up's operation bound; default 1)
   --node ADDR                   pagoda, mapped: the memory node (default 127.0.0.1:7070)
@@ -173,6 +175,8 @@ struct Args {
     records: u64,
     workloads: Vec<Workload>,
     cache_bytes: u64,
+    /// mapped: the first fault thread's spin (`MapOptions::spin`).
+    fault_spin_us: Option<u64>,
     fraction: f64,
     node: String,
     duration: Duration,
@@ -212,6 +216,7 @@ impl Args {
         let mut dataset = 4u64 << 30;
         let mut workloads = Workload::ALL.to_vec();
         let mut cache_bytes = None;
+        let mut fault_spin_us = None;
         let mut fraction = 1.0f64;
         let mut node = "127.0.0.1:7070".to_string();
         let mut duration = 10.0f64;
@@ -246,6 +251,7 @@ impl Args {
                     })
                 }
                 "--label" => label = Some(value),
+                "--fault-spin-us" => fault_spin_us = Some(number(&value)? as u64),
                 "--records" => records = Some(number(&value)? as u64),
                 "--dataset" => dataset = parse_size(&value)?,
                 "--workloads" => {
@@ -304,6 +310,7 @@ impl Args {
             records,
             workloads,
             cache_bytes,
+            fault_spin_us,
             fraction,
             node,
             duration: Duration::from_secs_f64(duration),
@@ -783,7 +790,12 @@ fn load_mapped(contents: &Contents, args: &Args) -> Result<Memory, String> {
         )
         .map_err(|e| format!("opening region {:?}: {e}", node.name))?;
     let mapping = region
-        .map(MapOptions::with_local_bytes(args.cache_bytes))
+        .map(MapOptions {
+            spin: args.fault_spin_us.map_or(MapOptions::default().spin, |us| {
+                std::time::Duration::from_micros(us)
+            }),
+            ..MapOptions::with_local_bytes(args.cache_bytes)
+        })
         .map_err(|e| format!("mapping region {:?}: {e}", node.name))?;
     Ok(Memory::mapped(mapping, node))
 }
