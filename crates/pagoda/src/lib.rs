@@ -112,8 +112,9 @@ pub use connection::PendingCall;
 pub use connection::Reply;
 pub use error::ClientError;
 pub use mapping::{
-    Access, FAULT_SPIN_US_DEFAULT, FAULT_THREADS_DEFAULT, FaultMode, LOCAL_PAGES_MIN, MapOptions,
-    Mapping, MappingStats, Protection, Verdict, Violation, ViolationHandler,
+    Access, DirtyTracking, FAULT_SPIN_US_DEFAULT, FAULT_THREADS_DEFAULT, FaultMode,
+    LOCAL_PAGES_MIN, MapOptions, Mapping, MappingStats, Protection, Verdict, Violation,
+    ViolationHandler,
 };
 pub use pagoda_cache::CacheStats;
 pub use pagoda_cache::policy::PolicyKind;

@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pagoda::{
-    Access, Client, ClientError, ClientOptions, FaultMode, LOCAL_PAGES_MIN, MapOptions, Mapping,
-    Protection, Region, RegionOptions, Verdict, Violation,
+    Access, Client, ClientError, ClientOptions, DirtyTracking, FaultMode, LOCAL_PAGES_MIN,
+    MapOptions, Mapping, Protection, Region, RegionOptions, Verdict, Violation,
 };
 use pagoda_node::Node;
 use rand::rngs::StdRng;
@@ -113,6 +113,17 @@ impl Setup {
 fn map(region: Region, local_pages: u64) -> Mapping {
     region
         .map(MapOptions::with_local_bytes(local_pages * PAGE_U64))
+        .unwrap()
+}
+
+/// Maps `region` as `map`, with stores found by write-protect faults
+/// (what read-only protection needs).
+fn map_faulting(region: Region, local_pages: u64) -> Mapping {
+    region
+        .map(MapOptions {
+            dirty_tracking: DirtyTracking::Faults,
+            ..MapOptions::with_local_bytes(local_pages * PAGE_U64)
+        })
         .unwrap()
 }
 
@@ -659,7 +670,7 @@ fn assert_one_violation(
 fn store_to_a_read_only_page_calls_the_handler() {
     let setup = setup();
     let name = "readonly-pages";
-    let mapping = Arc::new(map(setup.region(name, 64), 16));
+    let mapping = Arc::new(map_faulting(setup.region(name, 64), 16));
     let calls = recorder(&mapping);
     store(&mapping, 3 * PAGE_U64, 0xaaaa);
     mapping
@@ -961,7 +972,7 @@ fn child_violation(scenario: &str) {
     let region = client
         .open_region(&name, RegionOptions::with_cache_bytes(1 << 20))
         .unwrap();
-    let mapping = map(region, 16);
+    let mapping = map_faulting(region, 16);
     store(&mapping, 3 * PAGE_U64, 0x3333);
     say(&format!("base {}", mapping.as_ptr() as usize));
     if scenario == "signal" {

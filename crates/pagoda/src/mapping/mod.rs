@@ -114,6 +114,8 @@ pub struct MapOptions {
     pub fault_mode: FaultMode,
     /// The eviction policy of the local tier.
     pub policy: PolicyKind,
+    /// How stores are found; see [`DirtyTracking`].
+    pub dirty_tracking: DirtyTracking,
     /// How long the first fault thread keeps looking for the next fault
     /// (spinning) after serving one, before it sleeps: a fault that comes
     /// meanwhile costs no thread wakeup. Zero never spins.
@@ -127,6 +129,7 @@ impl Default for MapOptions {
             fault_threads: FAULT_THREADS_DEFAULT,
             fault_mode: FaultMode::Auto,
             policy: PolicyKind::default(),
+            dirty_tracking: DirtyTracking::default(),
             spin: Duration::from_micros(FAULT_SPIN_US_DEFAULT),
         }
     }
@@ -140,6 +143,25 @@ impl MapOptions {
             ..MapOptions::default()
         }
     }
+}
+
+/// How a mapping learns which pages were written since their last
+/// write-back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DirtyTracking {
+    /// The kernel resolves the first store to a clean page by itself and
+    /// records it (`UFFD_FEATURE_WP_ASYNC`, Linux 6.7); evictions and
+    /// flushes read the record (`PAGEMAP_SCAN`). No fault per first store,
+    /// but [`Protection::ReadOnly`] cannot be enforced (a store to a
+    /// protected page is resolved without asking). Falls back to `Faults`
+    /// on an older kernel, and a mapping of a region open for reading only
+    /// always uses `Faults`.
+    #[default]
+    Kernel,
+    /// The first store to each clean page is a write-protect fault served
+    /// by a fault thread (about the cost of a minor fault). Needed for
+    /// [`Protection::ReadOnly`].
+    Faults,
 }
 
 /// What an application may do with a range of a mapping.
@@ -327,6 +349,9 @@ impl Table {
 struct Shared {
     region: Region,
     uffd: uffd::Uffd,
+    /// With kernel-resolved write protection: where written pages are
+    /// read from.
+    pagemap: Option<uffd::Pagemap>,
     memfd: OwnedFd,
     /// The application's mapping.
     user: *mut u8,
@@ -443,7 +468,16 @@ impl Mapping {
                 "a mapping needs at least one fault thread".into(),
             ));
         }
-        let uffd = uffd::Uffd::open(options.fault_mode).map_err(ClientError::Unsupported)?;
+        let want_async = options.dirty_tracking == DirtyTracking::Kernel && !region.is_read_only();
+        let uffd =
+            uffd::Uffd::open(options.fault_mode, want_async).map_err(ClientError::Unsupported)?;
+        let pagemap = if uffd.wp_async {
+            Some(uffd::Pagemap::open().map_err(|error| {
+                ClientError::Unsupported(format!("opening /proc/self/pagemap: {error}"))
+            })?)
+        } else {
+            None
+        };
         // SAFETY: memfd_create takes a NUL-terminated name and flags.
         let memfd = unsafe { libc::memfd_create(c"pagoda-mapping".as_ptr(), libc::MFD_CLOEXEC) };
         if memfd < 0 {
@@ -519,6 +553,7 @@ impl Mapping {
         let read_only = region.is_read_only();
         let shared = Arc::new(Shared {
             uffd,
+            pagemap,
             memfd,
             user,
             shadow,
@@ -718,8 +753,8 @@ fn probe_continue_wp() -> Result<(), String> {
     PROBED
         .get_or_init(|| {
             let os_page = page_size_of_system();
-            let uffd = uffd::Uffd::open(FaultMode::UserModeOnly)
-                .or_else(|_| uffd::Uffd::open(FaultMode::Auto))?;
+            let uffd = uffd::Uffd::open(FaultMode::UserModeOnly, false)
+                .or_else(|_| uffd::Uffd::open(FaultMode::Auto, false))?;
             // SAFETY: as in `Mapping::new`, for one page.
             unsafe {
                 let fd = libc::memfd_create(c"pagoda-probe".as_ptr(), libc::MFD_CLOEXEC);
@@ -1229,8 +1264,7 @@ impl Shared {
                     if state & MAPPED != 0 {
                         if zaps < ZAPS_PER_EVICTION_MAX {
                             zaps += 1;
-                            self.zap(table.frame_page[index]);
-                            table.frame_state[index] &= !MAPPED;
+                            self.zap(table, frame);
                             table.zapped_by[index] = eviction;
                         }
                         return false;
@@ -1253,17 +1287,60 @@ impl Shared {
         victims
     }
 
-    /// Unmaps a page for the application, keeping it in the memfd: its
-    /// next access is a minor fault.
-    fn zap(&self, page: u64) {
+    /// Unmaps a frame's page for the application, keeping it in the
+    /// memfd: its next access is a minor fault. With kernel-resolved write
+    /// protection, whether it was written is read just after: a page
+    /// zapped after a store reads as written, one zapped while protected
+    /// does not, and no store can come between (an access now faults, and
+    /// its fault thread waits for the table lock this caller holds).
+    fn zap(&self, table: &mut Table, frame: FrameId) {
+        let page = table.frame_page[frame as usize];
+        let address = self.page_address(page);
         // SAFETY: a page-aligned range of the application's mapping.
-        unsafe {
-            libc::madvise(
-                self.page_address(page).cast(),
-                self.page_size,
-                libc::MADV_DONTNEED,
-            )
+        unsafe { libc::madvise(address.cast(), self.page_size, libc::MADV_DONTNEED) };
+        table.frame_state[frame as usize] &= !MAPPED;
+        if let Some(pagemap) = &self.pagemap {
+            let mut written = false;
+            // SAFETY: the end of the page is within the mapping.
+            let end = unsafe { address.add(self.page_size) };
+            if let Err(error) = pagemap.take_written(address, end, |_, _| written = true) {
+                // Not knowing, count it written: a needless write-back
+                // rather than a lost one.
+                tracing::warn!(region = %self.region.name(), %error, "PAGEMAP_SCAN failed");
+                written = true;
+            }
+            if written {
+                table.frame_state[frame as usize] |= DIRTY;
+            }
+        }
+    }
+
+    /// Marks dirty every resident page written since the last time (with
+    /// kernel-resolved write protection; the pages are protected again).
+    fn take_written(&self, table: &mut Table) -> Result<(), ClientError> {
+        let Some(pagemap) = &self.pagemap else {
+            return Ok(());
         };
+        let base = self.user as usize;
+        let page_size = self.page_size;
+        // SAFETY: one past the end of the mapping.
+        let end = unsafe { self.user.add(self.len) };
+        pagemap
+            .take_written(self.user, end, |start, stop| {
+                let first = ((start - base) / page_size) as u64;
+                let last = ((stop - 1 - base) / page_size) as u64;
+                for page in first..=last {
+                    if let Some(&frame) = table.pages.get(&page) {
+                        table.frame_state[frame as usize] |= DIRTY;
+                    }
+                }
+            })
+            .map_err(|error| {
+                ClientError::Io(std::io::Error::new(
+                    error.kind(),
+                    format!("finding the written pages (PAGEMAP_SCAN): {error}"),
+                ))
+            })
     }
 
     /// Frees a page's memory: its next access is a missing fault.
@@ -1307,6 +1384,9 @@ impl Shared {
     fn flush(&self) -> Result<(), ClientError> {
         let _flushing = self.flush_lock.lock();
         let mut table = self.table.lock();
+        // With kernel-resolved write protection, the pages written since
+        // the last look are read (and protected again) first.
+        self.take_written(&mut table)?;
         // Dirty pages being evicted are being written by their eviction:
         // waited for below. The others are written here.
         let mut evicting: Vec<(usize, u64, u32)> = Vec::new();
@@ -1329,6 +1409,9 @@ impl Shared {
         // mapped pages.
         dirty.sort_unstable_by_key(|&(_, page)| page);
         let mut run: Option<(u64, u64)> = None;
+        // (Pages the kernel tracks were protected again by the scan; a
+        // page mapped writable on a store fault counts as written there.)
+        let tracked = self.pagemap.is_some();
         let protect_run = |run: (u64, u64)| {
             let _ = self.uffd.write_protect(
                 self.page_address(run.0),
@@ -1337,7 +1420,7 @@ impl Shared {
             );
         };
         for &(frame, page) in &dirty {
-            if table.frame_state[frame as usize] & MAPPED == 0 {
+            if tracked || table.frame_state[frame as usize] & MAPPED == 0 {
                 continue;
             }
             run = match run {
@@ -1399,6 +1482,13 @@ impl Shared {
                 range.start, range.end, self.len
             )));
         }
+        if protection == Protection::ReadOnly && self.pagemap.is_some() {
+            return Err(ClientError::InvalidArgument(
+                "read-only protection needs a mapping whose stores fault: map with \
+                 MapOptions { dirty_tracking: DirtyTracking::Faults, .. }"
+                    .into(),
+            ));
+        }
         let (start, end) = (range.start / page_size, range.end / page_size);
         let mut table = self.table.lock();
         table.set_protection(start, end, protection);
@@ -1422,10 +1512,7 @@ impl Shared {
                 continue;
             }
             match protection {
-                Protection::Guard => {
-                    self.zap(page);
-                    table.frame_state[frame as usize] &= !MAPPED;
-                }
+                Protection::Guard => self.zap(&mut table, frame),
                 Protection::ReadOnly => {
                     let _ = self
                         .uffd
@@ -1549,5 +1636,73 @@ impl Region {
             start = next;
         }
         Ok(Some(unstored))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Guards the kernel behaviour kernel-resolved dirty tracking relies on
+    // (`zap`): a page zapped after a store is reported written by
+    // PAGEMAP_SCAN, one zapped while still protected is not, and the scan
+    // protects what it reports, so a second scan reports nothing.
+    #[test]
+    fn a_zapped_page_tells_whether_it_was_written() {
+        let page = page_size_of_system();
+        let Ok(uffd) = uffd::Uffd::open(FaultMode::Auto, true) else {
+            panic!("no userfaultfd here");
+        };
+        assert!(uffd.wp_async, "this kernel has no UFFD_FEATURE_WP_ASYNC");
+        let pagemap = uffd::Pagemap::open().unwrap();
+        // SAFETY: a memfd and two mappings of four pages of it, used only
+        // here, as `Mapping::new` sets them up.
+        unsafe {
+            let fd = libc::memfd_create(c"pagoda-test".as_ptr(), libc::MFD_CLOEXEC);
+            assert!(fd >= 0);
+            let fd = OwnedFd::from_raw_fd(fd);
+            assert_eq!(
+                libc::ftruncate(fd.as_raw_fd(), (4 * page) as libc::off_t),
+                0
+            );
+            let map = || {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4 * page,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    0,
+                )
+                .cast::<u8>()
+            };
+            let user = map();
+            let shadow = map();
+            uffd.register(user, 4 * page).unwrap();
+            for index in 0..4 {
+                *shadow.add(index * page) = 1;
+                uffd.continue_range(user.add(index * page), page, true)
+                    .unwrap();
+            }
+            let scan = || {
+                let mut found = Vec::new();
+                pagemap
+                    .take_written(user, user.add(4 * page), |start, end| {
+                        found.push(((start - user as usize) / page, (end - user as usize) / page))
+                    })
+                    .unwrap();
+                found
+            };
+            assert_eq!(scan(), []);
+            *user.add(page) = 5;
+            assert_eq!(scan(), [(1, 2)]);
+            *user.add(2 * page) = 5;
+            libc::madvise(user.add(2 * page).cast(), page, libc::MADV_DONTNEED);
+            libc::madvise(user.add(3 * page).cast(), page, libc::MADV_DONTNEED);
+            assert_eq!(scan(), [(2, 3)]);
+            assert_eq!(scan(), []);
+            libc::munmap(user.cast(), 4 * page);
+            libc::munmap(shadow.cast(), 4 * page);
+        }
     }
 }

@@ -48,6 +48,10 @@ pub(crate) const FEATURE_MISSING_SHMEM: u64 = 1 << 5;
 pub(crate) const FEATURE_THREAD_ID: u64 = 1 << 8;
 pub(crate) const FEATURE_MINOR_SHMEM: u64 = 1 << 10;
 pub(crate) const FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
+/// The kernel resolves write-protect faults itself (Linux 6.7): a store to
+/// a protected page makes it writable and marks it written, with no
+/// message; `PAGEMAP_SCAN` finds the written pages.
+pub(crate) const FEATURE_WP_ASYNC: u64 = 1 << 15;
 
 const REGISTER_MODE_MISSING: u64 = 1 << 0;
 const REGISTER_MODE_WP: u64 = 1 << 1;
@@ -143,6 +147,9 @@ pub(crate) struct Uffd {
     fd: OwnedFd,
     /// Whether faults taken in kernel mode are delivered too.
     pub(crate) kernel_faults: bool,
+    /// Whether write-protect faults are resolved by the kernel
+    /// ([`FEATURE_WP_ASYNC`]).
+    pub(crate) wp_async: bool,
 }
 
 /// Everything a mapping needs from the kernel's userfaultfd.
@@ -165,7 +172,16 @@ fn unprivileged_setting() -> String {
 impl Uffd {
     /// Opens a userfaultfd as `mode` asks and enables the features a
     /// mapping needs, or says which setting or kernel version is missing.
-    pub(crate) fn open(mode: FaultMode) -> Result<Uffd, String> {
+    /// With `wp_async`, write-protect faults are resolved by the kernel if
+    /// it can (see [`Uffd::wp_async`]).
+    pub(crate) fn open(mode: FaultMode, wp_async: bool) -> Result<Uffd, String> {
+        if wp_async && let Ok(uffd) = Uffd::open_with(mode, FEATURES_REQUIRED | FEATURE_WP_ASYNC) {
+            return Ok(uffd);
+        }
+        Uffd::open_with(mode, FEATURES_REQUIRED)
+    }
+
+    fn open_with(mode: FaultMode, features: u64) -> Result<Uffd, String> {
         let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
         let syscall = |extra: libc::c_int| -> Result<OwnedFd, i32> {
             // SAFETY: userfaultfd(2) takes flags and returns a new fd.
@@ -244,7 +260,7 @@ impl Uffd {
         };
         let mut api = UffdioApi {
             api: UFFD_API,
-            features: FEATURES_REQUIRED,
+            features,
             ioctls: 0,
         };
         // SAFETY: UFFDIO_API reads and writes the structure given.
@@ -255,7 +271,11 @@ impl Uffd {
                 io::Error::last_os_error()
             ));
         }
-        Ok(Uffd { fd, kernel_faults })
+        Ok(Uffd {
+            fd,
+            kernel_faults,
+            wp_async: features & FEATURE_WP_ASYNC != 0,
+        })
     }
 
     pub(crate) fn raw(&self) -> RawFd {
@@ -379,5 +399,95 @@ fn check(result: libc::c_int) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// `PAGEMAP_SCAN` on `/proc/self/pagemap` (Linux 6.7): the pages of a
+/// range written since they were last write-protected (`PAGE_IS_WRITTEN`,
+/// under `UFFD_FEATURE_WP_ASYNC`), write-protected again in the same call
+/// (`PM_SCAN_WP_MATCHING`).
+pub(crate) struct Pagemap {
+    fd: OwnedFd,
+}
+
+#[repr(C)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+const PAGEMAP_SCAN: u64 =
+    (IOC_WRITE_READ << 30) | ((std::mem::size_of::<PmScanArg>() as u64) << 16) | (0x66 << 8) | 16;
+const _: () = assert!(PAGEMAP_SCAN == 0xC060_6610);
+
+impl Pagemap {
+    pub(crate) fn open() -> io::Result<Pagemap> {
+        let file = std::fs::File::open("/proc/self/pagemap")?;
+        Ok(Pagemap { fd: file.into() })
+    }
+
+    /// Calls `written(start, end)` for each run of pages in `[start, end)`
+    /// written since they were last protected, after protecting them
+    /// again.
+    pub(crate) fn take_written(
+        &self,
+        start: *mut u8,
+        end: *mut u8,
+        mut written: impl FnMut(usize, usize),
+    ) -> io::Result<()> {
+        let mut regions = [PageRegion::default(); 64];
+        let mut from = start as u64;
+        let end = end as u64;
+        while from < end {
+            let mut arg = PmScanArg {
+                size: std::mem::size_of::<PmScanArg>() as u64,
+                flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+                start: from,
+                end,
+                walk_end: 0,
+                vec: regions.as_mut_ptr() as u64,
+                vec_len: regions.len() as u64,
+                max_pages: 0,
+                category_inverted: 0,
+                category_mask: PAGE_IS_WRITTEN,
+                category_anyof_mask: 0,
+                return_mask: PAGE_IS_WRITTEN,
+            };
+            // SAFETY: PAGEMAP_SCAN reads the argument and writes at most
+            // `vec_len` regions into `regions`.
+            let found = unsafe { libc::ioctl(self.fd.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+            if found < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            for region in &regions[..found as usize] {
+                written(region.start as usize, region.end as usize);
+            }
+            if arg.walk_end <= from {
+                break;
+            }
+            from = arg.walk_end;
+        }
+        Ok(())
     }
 }
