@@ -352,25 +352,14 @@ pub(crate) fn serve_request(
             entries,
         } => {
             let region = catalog.by_id(region)?;
-            let replication = crate::cluster::check_writable(shared, &region)?;
-            let forward = replication
-                .as_deref()
-                .map(|r| (r, ReplicateKind::Journal, ctx.payload));
-            if let Some(replication) = &replication {
-                replication.wait_for_room()?;
-            }
-            let directs = in_order(&region, epoch, lsn, forward, || {
-                node_journal::apply(shared, &region, commit_id, &entries)
-            })?;
-            answer_write(
+            numbered_write(
                 shared,
                 &region,
                 ctx,
-                replication,
-                directs,
-                request_id,
-                lsn,
+                ReplicateKind::Journal,
+                (epoch, lsn, request_id),
                 out,
+                || node_journal::apply(shared, &region, commit_id, &entries),
             )?;
         }
         Request::RegionChecksum {
@@ -405,25 +394,14 @@ pub(crate) fn serve_request(
             data,
         } => {
             let region = catalog.by_id(region)?;
-            let replication = crate::cluster::check_writable(shared, &region)?;
-            let forward = replication
-                .as_deref()
-                .map(|r| (r, ReplicateKind::Pages, ctx.payload));
-            if let Some(replication) = &replication {
-                replication.wait_for_room()?;
-            }
-            let directs = in_order(&region, epoch, lsn, forward, || {
-                region.write_pages(pages, data)
-            })?;
-            answer_write(
+            numbered_write(
                 shared,
                 &region,
                 ctx,
-                replication,
-                directs,
-                request_id,
-                lsn,
+                ReplicateKind::Pages,
+                (epoch, lsn, request_id),
                 out,
+                || region.write_pages(pages, data),
             )?;
         }
         Request::NodeStat => Response::NodeStat(NodeStat {
@@ -437,6 +415,38 @@ pub(crate) fn serve_request(
         .encode(out, request_id, 0),
     }
     Ok(())
+}
+
+/// A numbered write (`WritePages`, `ApplyJournal`; `at` is its writer
+/// epoch, log position and request id): checked against the region's role
+/// and lease, applied in log order (`apply`), forwarded to the replicas as
+/// `kind`, and answered (at once, or once the `sync` replicas have it).
+fn numbered_write(
+    shared: &Shared,
+    region: &Region,
+    ctx: &mut Dispatch<'_>,
+    kind: ReplicateKind,
+    at: (u64, u64, u64),
+    out: &mut Vec<u8>,
+    apply: impl FnOnce() -> Result<(), NodeError>,
+) -> Result<(), NodeError> {
+    let (epoch, lsn, request_id) = at;
+    let replication = crate::cluster::check_writable(shared, region)?;
+    let forward = replication.as_deref().map(|r| (r, kind, ctx.payload));
+    if let Some(replication) = &replication {
+        replication.wait_for_room()?;
+    }
+    let directs = in_order(region, epoch, lsn, forward, apply)?;
+    answer_write(
+        shared,
+        region,
+        ctx,
+        replication,
+        directs,
+        request_id,
+        lsn,
+        out,
+    )
 }
 
 /// Applies mutating request `lsn` of a writer at `epoch` with `apply`, in
