@@ -352,12 +352,7 @@ struct Shared {
     /// With kernel-resolved write protection: where written pages are
     /// read from.
     pagemap: Option<uffd::Pagemap>,
-    memfd: OwnedFd,
-    /// The application's mapping.
-    user: *mut u8,
-    /// The fault threads' view of the same pages.
-    shadow: *mut u8,
-    len: usize,
+    tier: Tier,
     page_size: usize,
     segment_pages: u64,
     read_only: bool,
@@ -411,7 +406,7 @@ impl std::fmt::Debug for Mapping {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mapping")
             .field("region", &self.shared.region.name())
-            .field("len", &self.shared.len)
+            .field("len", &self.shared.tier.len)
             .finish()
     }
 }
@@ -478,73 +473,16 @@ impl Mapping {
         } else {
             None
         };
-        // SAFETY: memfd_create takes a NUL-terminated name and flags.
-        let memfd = unsafe { libc::memfd_create(c"pagoda-mapping".as_ptr(), libc::MFD_CLOEXEC) };
-        if memfd < 0 {
-            return Err(os_error("memfd_create"));
-        }
-        // SAFETY: a new fd this function owns.
-        let memfd = unsafe { OwnedFd::from_raw_fd(memfd) };
-        // SAFETY: ftruncate on an fd this function owns.
-        if unsafe { libc::ftruncate(memfd.as_raw_fd(), len as libc::off_t) } != 0 {
-            return Err(os_error("sizing the mapping's memfd"));
-        }
-        let map = || -> Result<*mut u8, ClientError> {
-            // SAFETY: a new shared mapping of the memfd; nothing else
-            // refers to the address range yet.
-            let address = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_NORESERVE,
-                    memfd.as_raw_fd(),
-                    0,
-                )
-            };
-            if address == libc::MAP_FAILED {
-                return Err(os_error("mapping the region's address range"));
-            }
-            Ok(address.cast())
-        };
-        let user = map()?;
-        let shadow = match map() {
-            Ok(shadow) => shadow,
-            Err(error) => {
-                // SAFETY: the mapping made just above.
-                unsafe { libc::munmap(user.cast(), len) };
-                return Err(error);
-            }
-        };
-        let unmap_both = || {
-            // SAFETY: the mappings made above, referred to by nothing else.
-            unsafe {
-                libc::munmap(user.cast(), len);
-                libc::munmap(shadow.cast(), len);
-            }
-        };
-        // A child process must not inherit the mappings: its copy would
-        // not be registered with the userfaultfd, so its first access to a
-        // page not held locally would read zeros.
-        // SAFETY: madvise on the two mappings made above.
-        unsafe {
-            libc::madvise(user.cast(), len, libc::MADV_DONTFORK);
-            libc::madvise(shadow.cast(), len, libc::MADV_DONTFORK);
-        }
-        if let Err(error) = uffd.register(user, len) {
-            unmap_both();
+        let tier = Tier::new(len).map_err(ClientError::Io)?;
+        if let Err(error) = uffd.register(tier.user, len) {
             return Err(ClientError::Unsupported(format!(
                 "registering the mapping with userfaultfd: {error}"
             )));
         }
-        if let Err(error) = probe_continue_wp() {
-            unmap_both();
-            return Err(ClientError::Unsupported(error));
-        }
+        probe_continue_wp().map_err(ClientError::Unsupported)?;
         // SAFETY: eventfd takes an initial value and flags.
         let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if stop < 0 {
-            unmap_both();
             return Err(os_error("eventfd"));
         }
         // SAFETY: a new fd this function owns.
@@ -554,10 +492,7 @@ impl Mapping {
         let shared = Arc::new(Shared {
             uffd,
             pagemap,
-            memfd,
-            user,
-            shadow,
-            len,
+            tier,
             page_size,
             segment_pages: (pagoda_wire::limits::SEGMENT_BYTES / page_size as u64).max(1),
             read_only,
@@ -619,35 +554,35 @@ impl Mapping {
 
     /// The first byte of the mapping.
     pub fn as_ptr(&self) -> *const u8 {
-        self.shared.user
+        self.shared.tier.user
     }
 
     /// The first byte of the mapping, for stores.
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.shared.user
+        self.shared.tier.user
     }
 
     /// Its length in bytes (the region's size).
     pub fn len(&self) -> usize {
-        self.shared.len
+        self.shared.tier.len
     }
 
     /// Whether the mapping is empty (never: regions are not).
     pub fn is_empty(&self) -> bool {
-        self.shared.len == 0
+        self.shared.tier.len == 0
     }
 
     /// The whole region, for loads.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the mapping is `len` bytes, readable, and lives as long
         // as `self`; see "Aliasing" above.
-        unsafe { std::slice::from_raw_parts(self.shared.user, self.shared.len) }
+        unsafe { std::slice::from_raw_parts(self.shared.tier.user, self.shared.tier.len) }
     }
 
     /// The whole region, for loads and stores.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as `as_slice`, and `&mut self` makes this view exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.shared.user, self.shared.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.shared.tier.user, self.shared.tier.len) }
     }
 
     /// The whole region as 64-bit words that several threads may load and
@@ -656,7 +591,10 @@ impl Mapping {
         // SAFETY: the mapping is page-aligned and `len` is a multiple of
         // the page size, so of 8; atomics allow shared mutation.
         unsafe {
-            std::slice::from_raw_parts(self.shared.user.cast::<AtomicU64>(), self.shared.len / 8)
+            std::slice::from_raw_parts(
+                self.shared.tier.user.cast::<AtomicU64>(),
+                self.shared.tier.len / 8,
+            )
         }
     }
 
@@ -683,9 +621,23 @@ impl Mapping {
     }
 
     /// Flushes and ends the mapping; the error of the flush, if any.
-    pub fn unmap(self) -> Result<(), ClientError> {
+    pub fn unmap(mut self) -> Result<(), ClientError> {
+        self.close()
+    }
+
+    /// Flushes and stops the fault threads (once: a second call does
+    /// nothing); the error of the flush.
+    fn close(&mut self) -> Result<(), ClientError> {
+        if self.threads.is_empty() {
+            return Ok(());
+        }
         let flushed = self.shared.flush();
-        drop(self);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes to the eventfd the threads poll.
+        unsafe { libc::write(self.shared.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
         flushed
     }
 
@@ -715,23 +667,85 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        if let Err(error) = self.shared.flush() {
+        if let Err(error) = self.close() {
             tracing::warn!(region = %self.shared.region.name(), %error,
                 "flush on unmapping failed; unflushed writes are lost");
-        }
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes to the eventfd the threads poll.
-        unsafe { libc::write(self.shared.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
         }
     }
 }
 
-impl Drop for Shared {
+/// The local tier's memory: a memfd of `len` bytes, sparse, mapped twice
+/// (`MAP_SHARED`): for the application (`user`) and for the fault threads
+/// (`shadow`). Neither mapping is inherited by a child process: its copy
+/// would not be registered with the userfaultfd, so its first access to a
+/// page not held locally would read zeros.
+struct Tier {
+    memfd: OwnedFd,
+    user: *mut u8,
+    shadow: *mut u8,
+    len: usize,
+}
+
+impl Tier {
+    fn new(len: usize) -> std::io::Result<Tier> {
+        let error = |what: &str| {
+            let cause = std::io::Error::last_os_error();
+            std::io::Error::new(cause.kind(), format!("{what}: {cause}"))
+        };
+        // SAFETY: memfd_create takes a NUL-terminated name and flags.
+        let memfd = unsafe { libc::memfd_create(c"pagoda-mapping".as_ptr(), libc::MFD_CLOEXEC) };
+        if memfd < 0 {
+            return Err(error("memfd_create"));
+        }
+        // SAFETY: a new fd this function owns.
+        let memfd = unsafe { OwnedFd::from_raw_fd(memfd) };
+        // SAFETY: ftruncate on an fd this function owns.
+        if unsafe { libc::ftruncate(memfd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(error("sizing the mapping's memfd"));
+        }
+        let map = || -> std::io::Result<*mut u8> {
+            // SAFETY: a new shared mapping of the memfd; nothing else
+            // refers to the address range yet.
+            let address = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_NORESERVE,
+                    memfd.as_raw_fd(),
+                    0,
+                )
+            };
+            if address == libc::MAP_FAILED {
+                return Err(error("mapping the region's address range"));
+            }
+            // SAFETY: madvise on the mapping made just above.
+            unsafe { libc::madvise(address, len, libc::MADV_DONTFORK) };
+            Ok(address.cast())
+        };
+        let user = map()?;
+        let shadow = match map() {
+            Ok(shadow) => shadow,
+            Err(error) => {
+                // SAFETY: the mapping made just above.
+                unsafe { libc::munmap(user.cast(), len) };
+                return Err(error);
+            }
+        };
+        Ok(Tier {
+            memfd,
+            user,
+            shadow,
+            len,
+        })
+    }
+}
+
+impl Drop for Tier {
     fn drop(&mut self) {
-        // SAFETY: the mappings made in `Mapping::new`; the fault threads
-        // have ended and the application's views borrowed the `Mapping`.
+        // SAFETY: the mappings made in `Tier::new`; whoever made this tier
+        // has stopped using them (a mapping's fault threads have ended and
+        // the application's views borrowed the `Mapping`).
         unsafe {
             libc::munmap(self.user.cast(), self.len);
             libc::munmap(self.shadow.cast(), self.len);
@@ -755,47 +769,19 @@ fn probe_continue_wp() -> Result<(), String> {
             let os_page = page_size_of_system();
             let uffd = uffd::Uffd::open(FaultMode::UserModeOnly, false)
                 .or_else(|_| uffd::Uffd::open(FaultMode::Auto, false))?;
-            // SAFETY: as in `Mapping::new`, for one page.
-            unsafe {
-                let fd = libc::memfd_create(c"pagoda-probe".as_ptr(), libc::MFD_CLOEXEC);
-                if fd < 0 {
-                    return Err("memfd_create failed".into());
-                }
-                let fd = OwnedFd::from_raw_fd(fd);
-                if libc::ftruncate(fd.as_raw_fd(), os_page as libc::off_t) != 0 {
-                    return Err("ftruncate failed".into());
-                }
-                let map = |flags| {
-                    libc::mmap(
-                        std::ptr::null_mut(),
-                        os_page,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        flags,
-                        fd.as_raw_fd(),
-                        0,
+            let tier = Tier::new(os_page).map_err(|error| error.to_string())?;
+            uffd.register(tier.user, os_page)
+                .map_err(|error| format!("UFFDIO_REGISTER: {error}"))?;
+            // SAFETY: the first byte of the tier's shadow, used by nothing
+            // else.
+            unsafe { *tier.shadow = 1 };
+            uffd.continue_range(tier.user, os_page, true)
+                .map_err(|error| {
+                    format!(
+                        "this kernel cannot map a page write-protected on a minor fault \
+                         (UFFDIO_CONTINUE_MODE_WP, Linux 6.3 or later): {error}"
                     )
-                };
-                let user = map(libc::MAP_SHARED);
-                let shadow = map(libc::MAP_SHARED);
-                if user == libc::MAP_FAILED || shadow == libc::MAP_FAILED {
-                    return Err("mmap failed".into());
-                }
-                let result = (|| {
-                    uffd.register(user.cast(), os_page)
-                        .map_err(|error| format!("UFFDIO_REGISTER: {error}"))?;
-                    *shadow.cast::<u8>() = 1;
-                    uffd.continue_range(user.cast(), os_page, true)
-                        .map_err(|error| {
-                            format!(
-                                "this kernel cannot map a page write-protected on a minor fault \
-                             (UFFDIO_CONTINUE_MODE_WP, Linux 6.3 or later): {error}"
-                            )
-                        })
-                })();
-                libc::munmap(user, os_page);
-                libc::munmap(shadow, os_page);
-                result
-            }
+                })
         })
         .clone()
 }
@@ -817,13 +803,13 @@ enum Step {
 impl Shared {
     fn page_address(&self, page: u64) -> *mut u8 {
         // SAFETY: callers pass pages of the region, inside the mapping.
-        unsafe { self.user.add(page as usize * self.page_size) }
+        unsafe { self.tier.user.add(page as usize * self.page_size) }
     }
 
     /// The first byte of a page of the shadow.
     fn shadow_address(&self, page: u64) -> *mut u8 {
         // SAFETY: callers pass pages of the region, inside the shadow.
-        unsafe { self.shadow.add(page as usize * self.page_size) }
+        unsafe { self.tier.shadow.add(page as usize * self.page_size) }
     }
 
     /// A page of the shadow, to write back (the caller holds it busy or
@@ -923,8 +909,8 @@ impl Shared {
 
     fn fault(&self, message: &uffd::Message) {
         let address = message.address as usize;
-        let base = self.user as usize;
-        if address < base || address >= base + self.len {
+        let base = self.tier.user as usize;
+        if address < base || address >= base + self.tier.len {
             return;
         }
         let offset = (address - base) as u64;
@@ -1321,12 +1307,12 @@ impl Shared {
         let Some(pagemap) = &self.pagemap else {
             return Ok(());
         };
-        let base = self.user as usize;
+        let base = self.tier.user as usize;
         let page_size = self.page_size;
         // SAFETY: one past the end of the mapping.
-        let end = unsafe { self.user.add(self.len) };
+        let end = unsafe { self.tier.user.add(self.tier.len) };
         pagemap
-            .take_written(self.user, end, |start, stop| {
+            .take_written(self.tier.user, end, |start, stop| {
                 let first = ((start - base) / page_size) as u64;
                 let last = ((stop - 1 - base) / page_size) as u64;
                 for page in first..=last {
@@ -1348,7 +1334,7 @@ impl Shared {
         // SAFETY: fallocate on the mapping's memfd, within its size.
         unsafe {
             libc::fallocate(
-                self.memfd.as_raw_fd(),
+                self.tier.memfd.as_raw_fd(),
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
                 (page * self.page_size as u64) as libc::off_t,
                 self.page_size as libc::off_t,
@@ -1472,14 +1458,14 @@ impl Shared {
     fn protect(&self, range: Range<u64>, protection: Protection) -> Result<(), ClientError> {
         let page_size = self.page_size as u64;
         if range.start > range.end
-            || range.end > self.len as u64
+            || range.end > self.tier.len as u64
             || !range.start.is_multiple_of(page_size)
             || !range.end.is_multiple_of(page_size)
         {
             return Err(ClientError::InvalidArgument(format!(
                 "protect {}..{}: the range must be whole pages of {page_size} bytes within \
                  the region's {} bytes",
-                range.start, range.end, self.len
+                range.start, range.end, self.tier.len
             )));
         }
         if protection == Protection::ReadOnly && self.pagemap.is_some() {
@@ -1655,29 +1641,10 @@ mod tests {
         };
         assert!(uffd.wp_async, "this kernel has no UFFD_FEATURE_WP_ASYNC");
         let pagemap = uffd::Pagemap::open().unwrap();
-        // SAFETY: a memfd and two mappings of four pages of it, used only
-        // here, as `Mapping::new` sets them up.
+        let tier = Tier::new(4 * page).unwrap();
+        let (user, shadow) = (tier.user, tier.shadow);
+        // SAFETY: the tier's mappings, used only here.
         unsafe {
-            let fd = libc::memfd_create(c"pagoda-test".as_ptr(), libc::MFD_CLOEXEC);
-            assert!(fd >= 0);
-            let fd = OwnedFd::from_raw_fd(fd);
-            assert_eq!(
-                libc::ftruncate(fd.as_raw_fd(), (4 * page) as libc::off_t),
-                0
-            );
-            let map = || {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    4 * page,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    fd.as_raw_fd(),
-                    0,
-                )
-                .cast::<u8>()
-            };
-            let user = map();
-            let shadow = map();
             uffd.register(user, 4 * page).unwrap();
             for index in 0..4 {
                 *shadow.add(index * page) = 1;
@@ -1701,8 +1668,6 @@ mod tests {
             libc::madvise(user.add(3 * page).cast(), page, libc::MADV_DONTNEED);
             assert_eq!(scan(), [(2, 3)]);
             assert_eq!(scan(), []);
-            libc::munmap(user.cast(), 4 * page);
-            libc::munmap(shadow.cast(), 4 * page);
         }
     }
 }
