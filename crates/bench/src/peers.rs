@@ -78,6 +78,8 @@ impl Pagoda {
             region_bytes,
             policy,
             batch_pages_max: pagoda_wire::limits::BATCH_PAGES_MAX,
+            // The peers read nothing ahead: compare eviction alone.
+            prefetch: pagoda_cache::PrefetchConfig::off(),
         };
         Pagoda {
             cache: PageCache::new(config, backing),

@@ -10,12 +10,16 @@
 //! backs off and retries one page at a time. That keeps a cache even of a
 //! single frame free of deadlock with any number of threads.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
-use crate::frame::{Attempt, DIRTY, EXCLUSIVE, Frames, NO_PAGE, VALID, backoff};
+use crate::frame::{Attempt, DIRTY, EXCLUSIVE, Frames, NO_PAGE, PREFETCHED, VALID, backoff};
 use crate::policy::{EvictionPolicy, FrameId, PolicyKind};
+use crate::prefetch::{Detector, PrefetchConfig, Written, thread_tag};
 use crate::stats::{CacheStats, StripedCounter};
 use crate::table::PageTable;
 
@@ -29,7 +33,45 @@ pub trait Backing: Send + Sync {
     fn read_pages(&self, pages: &[u64], buffers: &mut [&mut [u8]]) -> Result<(), BackingError>;
     /// Stores each page's contents; returns once they are acknowledged.
     fn write_pages(&self, pages: &[u64], buffers: &[&[u8]]) -> Result<(), BackingError>;
+
+    /// Starts reading `pages` into `buffer` (their bytes, in order) and
+    /// returns without waiting for them, for read-ahead. The default reads
+    /// them at once, so read-ahead works over any backing, only without
+    /// overlapping the fetch with the caller's work.
+    fn start_read(
+        &self,
+        pages: &[u64],
+        mut buffer: Vec<u8>,
+    ) -> Result<Box<dyn ReadAhead>, BackingError> {
+        let page_size = buffer.len() / pages.len().max(1);
+        let mut buffers: Vec<&mut [u8]> = buffer.chunks_mut(page_size.max(1)).collect();
+        self.read_pages(pages, &mut buffers)?;
+        Ok(Box::new(Arrived(Some(buffer))))
+    }
 }
+
+/// A read started by [`Backing::start_read`]. Dropping it abandons the read:
+/// its reply, if it comes, is dropped.
+pub trait ReadAhead: Send {
+    /// The pages' bytes once they have arrived (`Some(Ok)`), the read's
+    /// failure (`Some(Err)`), or `None` while it is in flight. Never waits.
+    /// With `receive`, it may first take in whatever replies the backing
+    /// has received (once per round of polls is enough: it takes them all).
+    fn poll(&mut self, receive: bool) -> Option<Result<Vec<u8>, BackingError>>;
+}
+
+/// A read that completed when it was started.
+struct Arrived(Option<Vec<u8>>);
+
+impl ReadAhead for Arrived {
+    fn poll(&mut self, _receive: bool) -> Option<Result<Vec<u8>, BackingError>> {
+        self.0.take().map(Ok)
+    }
+}
+
+/// Reads the region offsets a page refers to out of its bytes: the
+/// application's reference extractor (see [`PageCache::set_reference_extractor`]).
+pub type Extractor = Arc<dyn Fn(&[u8], &mut Vec<u64>) + Send + Sync>;
 
 /// An error of a cache operation.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +105,8 @@ pub struct CacheConfig {
     pub policy: PolicyKind,
     /// Most pages in one call to the backing store.
     pub batch_pages_max: usize,
+    /// Read-ahead.
+    pub prefetch: PrefetchConfig,
 }
 
 /// Victims taken per eviction when a single frame is needed, so that dirty
@@ -102,7 +146,56 @@ pub struct PageCache<B> {
     evictions: AtomicU64,
     pages_fetched: AtomicU64,
     pages_written_back: AtomicU64,
+    prefetch: Prefetch,
 }
+
+/// A read-ahead in flight.
+struct InFlight {
+    pages: Vec<u64>,
+    read: Box<dyn ReadAhead>,
+    /// Installed only if it arrives by then.
+    deadline: Instant,
+    /// `Written::now` before it was sent.
+    sent: u64,
+}
+
+#[derive(Default)]
+struct Queue {
+    calls: VecDeque<InFlight>,
+    /// Their pages, so a page is never read ahead twice at once.
+    pages: HashSet<u64>,
+}
+
+/// The cache's read-ahead state; see the `prefetch` module.
+struct Prefetch {
+    config: PrefetchConfig,
+    detector: Detector,
+    written: Written,
+    queue: Mutex<Queue>,
+    /// Pages in `queue`: checked without its lock.
+    in_flight: AtomicUsize,
+    /// Most pages in flight at once.
+    in_flight_max: usize,
+    /// The current cap on a stream's window (adapted; at most `depth_max`).
+    depth_cap: AtomicU64,
+    references: RwLock<Option<(Extractor, Duration)>>,
+    issued: AtomicU64,
+    used: AtomicU64,
+    late: AtomicU64,
+    wasted: AtomicU64,
+    refs_invalid: AtomicU64,
+    failed: AtomicU64,
+    /// Installed and wasted since the cap was last adapted.
+    window_installed: AtomicU64,
+    window_wasted: AtomicU64,
+}
+
+/// Read-ahead pages installed between two adaptations of the depth cap.
+const ADAPT_EVERY: u64 = 256;
+/// Smallest depth cap the adaptation goes down to.
+const DEPTH_CAP_MIN: u64 = 4;
+/// Most pages in flight at once, whatever the cache's size.
+const IN_FLIGHT_PAGES_MAX: usize = 4096;
 
 impl<B: Backing> PageCache<B> {
     /// Builds a cache; see [`CacheConfig`].
@@ -136,6 +229,26 @@ impl<B: Backing> PageCache<B> {
             evictions: AtomicU64::new(0),
             pages_fetched: AtomicU64::new(0),
             pages_written_back: AtomicU64::new(0),
+            prefetch: Prefetch {
+                detector: Detector::new(pages),
+                written: Written::new(),
+                queue: Mutex::new(Queue::default()),
+                in_flight: AtomicUsize::new(0),
+                in_flight_max: (frame_count / 4).clamp(1, IN_FLIGHT_PAGES_MAX),
+                depth_cap: AtomicU64::new(
+                    (config.prefetch.depth_max as u64).clamp(1, (frame_count as u64 / 4).max(1)),
+                ),
+                config: config.prefetch,
+                references: RwLock::new(None),
+                issued: AtomicU64::new(0),
+                used: AtomicU64::new(0),
+                late: AtomicU64::new(0),
+                wasted: AtomicU64::new(0),
+                refs_invalid: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                window_installed: AtomicU64::new(0),
+                window_wasted: AtomicU64::new(0),
+            },
         }
     }
 
@@ -168,6 +281,12 @@ impl<B: Backing> PageCache<B> {
             evictions: self.evictions.load(Ordering::Relaxed),
             pages_fetched: self.pages_fetched.load(Ordering::Relaxed),
             pages_written_back: self.pages_written_back.load(Ordering::Relaxed),
+            prefetch_issued: self.prefetch.issued.load(Ordering::Relaxed),
+            prefetch_used: self.prefetch.used.load(Ordering::Relaxed),
+            prefetch_late: self.prefetch.late.load(Ordering::Relaxed),
+            prefetch_wasted: self.prefetch.wasted.load(Ordering::Relaxed),
+            prefetch_failed: self.prefetch.failed.load(Ordering::Relaxed),
+            references_invalid: self.prefetch.refs_invalid.load(Ordering::Relaxed),
         }
     }
 
@@ -211,9 +330,15 @@ impl<B: Backing> PageCache<B> {
                     // SAFETY: the pin excludes writers.
                     let bytes = unsafe { self.frames.bytes(frame) };
                     buf.copy_from_slice(&bytes[start..start + buf.len()]);
-                    self.policy.touch(frame);
+                    let first_use = first_use(meta, &self.prefetch.used);
+                    if !first_use {
+                        self.policy.touch(frame);
+                    }
                     meta.unpin_shared();
                     self.hits.increment();
+                    if first_use {
+                        self.after_access(first, first, false, &[first]);
+                    }
                     return Ok(());
                 }
             }
@@ -257,6 +382,9 @@ impl<B: Backing> PageCache<B> {
         };
         let page_size = self.page_size as u64;
         for page in first..=last {
+            // The backing holds these bytes now: no read-ahead sent before
+            // may install older ones.
+            self.prefetch.written.mark(page);
             let mut spins = 0;
             // One page at a time, holding nothing else: waiting is safe.
             while let Some(frame) = self.table.get(page) {
@@ -286,12 +414,27 @@ impl<B: Backing> PageCache<B> {
         mode: Mode,
         copy: &mut dyn FnMut(u64, FrameId),
     ) -> Result<(), CacheError> {
+        if self.prefetch.in_flight.load(Ordering::Relaxed) > 0 {
+            // A read-ahead of one of these pages may have arrived.
+            self.collect_read_ahead();
+        }
         let mut page = first;
         let mut chunk = self.chunk_pages;
         let mut spins = 0;
+        let mut touched = Vec::new();
+        let mut missed = false;
         while page <= last {
             let count = (chunk as u64).min(last - page + 1) as usize;
-            match self.access_chunk(page, count, mode, offset, len, copy)? {
+            match self.access_chunk(
+                page,
+                count,
+                mode,
+                offset,
+                len,
+                copy,
+                &mut touched,
+                &mut missed,
+            )? {
                 Outcome::Done => {
                     page += count as u64;
                     chunk = self.chunk_pages;
@@ -303,12 +446,16 @@ impl<B: Backing> PageCache<B> {
                 }
             }
         }
+        self.after_access(first, last, missed, &touched);
         Ok(())
     }
 
     /// Pins or locks `count` pages from `first`, loading the missing ones,
     /// copies, and releases. `Retry` means it let everything go because it
-    /// would otherwise have waited while holding pins.
+    /// would otherwise have waited while holding pins. Pages used for the
+    /// first time (fetched now, or read ahead and not used before) are added
+    /// to `touched`; `missed` is set if any was fetched.
+    #[allow(clippy::too_many_arguments)]
     fn access_chunk(
         &self,
         first: u64,
@@ -317,6 +464,8 @@ impl<B: Backing> PageCache<B> {
         offset: u64,
         len: usize,
         copy: &mut dyn FnMut(u64, FrameId),
+        touched: &mut Vec<u64>,
+        missed: &mut bool,
     ) -> Result<Outcome, CacheError> {
         let mut held: Vec<FrameId> = Vec::with_capacity(count);
         let mut misses: Vec<u64> = Vec::new();
@@ -335,7 +484,11 @@ impl<B: Backing> PageCache<B> {
                 };
                 match attempt {
                     Attempt::Acquired => {
-                        self.policy.touch(frame);
+                        if first_use(meta, &self.prefetch.used) {
+                            touched.push(page);
+                        } else {
+                            self.policy.touch(frame);
+                        }
                         self.hits.increment();
                         held.push(frame);
                         break;
@@ -381,6 +534,8 @@ impl<B: Backing> PageCache<B> {
             for (&page, &frame) in misses.iter().zip(&fresh) {
                 self.policy.admit(frame, page);
             }
+            *missed = true;
+            touched.extend_from_slice(&misses);
         }
         for (index, &frame) in held.iter().enumerate() {
             copy(first + index as u64, frame);
@@ -541,6 +696,9 @@ impl<B: Backing> PageCache<B> {
             .filter(|(_, _, state)| state & DIRTY != 0)
             .copied()
             .collect();
+        for &(_, page, _) in &dirty {
+            self.prefetch.written.mark(page);
+        }
         for batch in dirty.chunks(self.batch_pages_max) {
             let pages: Vec<u64> = batch.iter().map(|v| v.1).collect();
             // SAFETY: the victims are exclusive to us.
@@ -572,6 +730,19 @@ impl<B: Backing> PageCache<B> {
         }
         self.evictions
             .fetch_add(victims.len() as u64, Ordering::Relaxed);
+        for &(_, page, _) in &dirty {
+            self.prefetch.written.mark(page);
+        }
+        let wasted = victims
+            .iter()
+            .filter(|(_, _, state)| state & PREFETCHED != 0)
+            .count() as u64;
+        if wasted > 0 {
+            self.prefetch.wasted.fetch_add(wasted, Ordering::Relaxed);
+            self.prefetch
+                .window_wasted
+                .fetch_add(wasted, Ordering::Relaxed);
+        }
         let mut spare = Vec::new();
         for (index, &(frame, page, _)) in victims.iter().enumerate() {
             self.table.remove(page, frame);
@@ -638,12 +809,18 @@ impl<B: Backing> PageCache<B> {
     /// failure sets it again. Unpins them either way.
     fn write_back_pinned(&self, batch: &mut Vec<(FrameId, u64)>) -> Result<(), CacheError> {
         let pages: Vec<u64> = batch.iter().map(|v| v.1).collect();
+        for &page in &pages {
+            self.prefetch.written.mark(page);
+        }
         // SAFETY: the frames are pinned, so no writer touches them.
         let buffers: Vec<&[u8]> = batch
             .iter()
             .map(|v| unsafe { self.frames.bytes(v.0) })
             .collect();
         let result = self.backing.write_pages(&pages, &buffers);
+        for &page in &pages {
+            self.prefetch.written.mark(page);
+        }
         for &(frame, _) in batch.iter() {
             let meta = &self.frames.meta[frame as usize];
             if result.is_err() {
@@ -667,6 +844,325 @@ impl<B: Backing> PageCache<B> {
             .filter(|meta| meta.state.load(Ordering::Relaxed) & DIRTY != 0)
             .count()
     }
+}
+
+impl<B: Backing> PageCache<B> {
+    /// Reads ahead the pages holding `offsets` (bytes into the region): an
+    /// application's hint that it will soon use them. Each page not resident
+    /// and not already on its way is fetched without waiting and installed
+    /// if it arrives within `deadline`; one that does not is fetched on
+    /// demand later, as if no hint had been given. Returns the pages sent.
+    pub fn prefetch(&self, offsets: &[u64], deadline: Duration) -> Result<usize, CacheError> {
+        let page_size = self.page_size as u64;
+        let mut pages = Vec::with_capacity(offsets.len());
+        for &offset in offsets {
+            self.check_range(offset, 1)?;
+            pages.push(offset / page_size);
+        }
+        pages.dedup();
+        let sent = self.read_ahead(pages.into_iter(), deadline);
+        self.collect_read_ahead();
+        Ok(sent)
+    }
+
+    /// Sets (or with `None` clears) the region's reference extractor: when a
+    /// page is used for the first time after it arrived (a demand miss, or
+    /// the first use of a read-ahead page), `extract(bytes, out)` is called
+    /// with its bytes and pushes the region offsets the page refers to; those
+    /// pages are read ahead with `deadline`. Offsets outside the region are
+    /// ignored and counted ([`CacheStats::references_invalid`]). The
+    /// extractor runs on the accessing thread while the page is pinned for
+    /// reading: it must be quick and must not call into this cache.
+    pub fn set_reference_extractor(&self, extract: Option<Extractor>, deadline: Duration) {
+        *self.prefetch.references.write() = extract.map(|extract| (extract, deadline));
+    }
+
+    /// After an access of `first..=last` that used the pages in `touched`
+    /// for the first time (`missed`: some were fetched on demand): feeds the
+    /// stream detector, runs the reference extractor, and sends what they
+    /// ask for.
+    fn after_access(&self, first: u64, last: u64, missed: bool, touched: &[u64]) {
+        if touched.is_empty() {
+            return;
+        }
+        let prefetch = &self.prefetch;
+        if prefetch.config.trend {
+            let cap = prefetch.depth_cap.load(Ordering::Relaxed);
+            if let Some(window) = prefetch
+                .detector
+                .observe(thread_tag(), first, last, missed, cap)
+            {
+                self.read_ahead(window.pages(), prefetch.config.deadline);
+            }
+        }
+        let references = prefetch.references.read().clone();
+        if let Some((extract, deadline)) = references {
+            let mut offsets = Vec::new();
+            for &page in touched {
+                offsets.clear();
+                if !self.with_page(page, &mut |bytes| extract(bytes, &mut offsets)) {
+                    continue;
+                }
+                let page_size = self.page_size as u64;
+                let mut invalid = 0;
+                let targets: Vec<u64> = offsets
+                    .iter()
+                    .filter_map(|&offset| {
+                        if offset < self.region_bytes {
+                            Some(offset / page_size)
+                        } else {
+                            invalid += 1;
+                            None
+                        }
+                    })
+                    .collect();
+                if invalid > 0 {
+                    prefetch.refs_invalid.fetch_add(invalid, Ordering::Relaxed);
+                }
+                self.read_ahead(targets.into_iter(), deadline);
+            }
+        }
+        if prefetch.in_flight.load(Ordering::Relaxed) > 0 {
+            self.collect_read_ahead();
+        }
+    }
+
+    /// Runs `f` on a resident page's bytes under a reader pin; false if the
+    /// page is not resident or busy.
+    fn with_page(&self, page: u64, f: &mut dyn FnMut(&[u8])) -> bool {
+        let Some(frame) = self.table.get(page) else {
+            return false;
+        };
+        let meta = &self.frames.meta[frame as usize];
+        match meta.pin_shared(page) {
+            Attempt::Acquired => {
+                // SAFETY: the pin excludes writers.
+                f(unsafe { self.frames.bytes(frame) });
+                meta.unpin_shared();
+                true
+            }
+            Attempt::Busy | Attempt::Stale => false,
+        }
+    }
+
+    /// Sends reads of those `pages` that are neither resident nor already on
+    /// their way, without waiting, in batches; at most `in_flight_max` pages
+    /// are in flight at once (the rest are not read ahead). Returns the
+    /// pages sent.
+    fn read_ahead(&self, pages: impl Iterator<Item = u64>, deadline: Duration) -> usize {
+        let prefetch = &self.prefetch;
+        let mut chosen = Vec::new();
+        {
+            let mut queue = prefetch.queue.lock();
+            for page in pages {
+                if queue.pages.len() >= prefetch.in_flight_max {
+                    break;
+                }
+                if self.table.get(page).is_some() || !queue.pages.insert(page) {
+                    continue;
+                }
+                chosen.push(page);
+            }
+            prefetch
+                .in_flight
+                .store(queue.pages.len(), Ordering::Relaxed);
+        }
+        if chosen.is_empty() {
+            return 0;
+        }
+        let deadline = Instant::now() + deadline;
+        let mut calls = Vec::new();
+        let mut failed = Vec::new();
+        for batch in chosen.chunks(self.batch_pages_max) {
+            // Taken before the read is sent: a write-back after this moment
+            // voids the read's contents.
+            let sent = prefetch.written.now();
+            let buffer = vec![0u8; batch.len() * self.page_size];
+            match self.backing.start_read(batch, buffer) {
+                Ok(read) => calls.push(InFlight {
+                    pages: batch.to_vec(),
+                    read,
+                    deadline,
+                    sent,
+                }),
+                Err(error) => {
+                    tracing::debug!(%error, pages = batch.len(), "read-ahead not sent");
+                    failed.extend_from_slice(batch);
+                }
+            }
+        }
+        let sent = chosen.len() - failed.len();
+        prefetch.issued.fetch_add(sent as u64, Ordering::Relaxed);
+        prefetch
+            .failed
+            .fetch_add(failed.len() as u64, Ordering::Relaxed);
+        let mut queue = prefetch.queue.lock();
+        for page in &failed {
+            queue.pages.remove(page);
+        }
+        queue.calls.extend(calls);
+        prefetch
+            .in_flight
+            .store(queue.pages.len(), Ordering::Relaxed);
+        sent
+    }
+
+    /// Takes in the read-aheads that have arrived and installs those that
+    /// came by their deadline; drops those past it. Never waits for one.
+    /// Called holding no pin.
+    fn collect_read_ahead(&self) {
+        let prefetch = &self.prefetch;
+        let mut arrived = Vec::new();
+        {
+            let Some(mut queue) = prefetch.queue.try_lock() else {
+                // Another thread is collecting.
+                return;
+            };
+            let now = Instant::now();
+            let mut receive = true;
+            let mut index = 0;
+            while index < queue.calls.len() {
+                let call = &mut queue.calls[index];
+                let polled = call.read.poll(receive);
+                receive = false;
+                match polled {
+                    Some(result) => {
+                        let call = queue.calls.remove(index).expect("in range");
+                        for page in &call.pages {
+                            queue.pages.remove(page);
+                        }
+                        arrived.push((call, result));
+                    }
+                    None if now >= call.deadline => {
+                        // Abandoned: dropping the read drops its reply.
+                        let call = queue.calls.remove(index).expect("in range");
+                        for page in &call.pages {
+                            queue.pages.remove(page);
+                        }
+                        prefetch
+                            .late
+                            .fetch_add(call.pages.len() as u64, Ordering::Relaxed);
+                    }
+                    None => index += 1,
+                }
+            }
+            prefetch
+                .in_flight
+                .store(queue.pages.len(), Ordering::Relaxed);
+        }
+        for (call, result) in arrived {
+            match result {
+                Ok(buffer) if Instant::now() <= call.deadline => {
+                    self.install_read_ahead(&call.pages, &buffer, call.sent)
+                }
+                Ok(_) => {
+                    prefetch
+                        .late
+                        .fetch_add(call.pages.len() as u64, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, pages = call.pages.len(), "read-ahead failed");
+                    prefetch
+                        .failed
+                        .fetch_add(call.pages.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Installs read-ahead pages that are still absent and were not written
+    /// back since the read was sent, each into a frame taken without
+    /// waiting (free, or by eviction). They enter the policy as read-ahead
+    /// pages, marked so that their first use counts as used.
+    fn install_read_ahead(&self, pages: &[u64], buffer: &[u8], sent: u64) {
+        let prefetch = &self.prefetch;
+        let mut dropped = 0u64;
+        let mut installed = 0u64;
+        for (index, (&page, bytes)) in pages
+            .iter()
+            .zip(buffer.chunks_exact(self.page_size))
+            .enumerate()
+        {
+            if self.table.get(page).is_some() || prefetch.written.since(page, sent) {
+                dropped += 1;
+                continue;
+            }
+            let mut fresh = Vec::with_capacity(1);
+            let acquired = self.acquire_frames(1, &mut fresh);
+            let Some(&frame) = fresh.first().filter(|_| acquired.is_ok()) else {
+                self.free_frames(&fresh);
+                dropped += (pages.len() - index) as u64;
+                break;
+            };
+            let meta = &self.frames.meta[frame as usize];
+            meta.page.store(page, Ordering::Release);
+            if !self.table.install(page, frame) {
+                meta.page.store(NO_PAGE, Ordering::Release);
+                self.free_frames(&fresh);
+                dropped += 1;
+                continue;
+            }
+            // A write-back that began after the check above and finished
+            // before the install: its mark is visible now.
+            if prefetch.written.since(page, sent) {
+                self.table.remove(page, frame);
+                meta.page.store(NO_PAGE, Ordering::Release);
+                self.free_frames(&fresh);
+                dropped += 1;
+                continue;
+            }
+            // SAFETY: the frame is exclusive to us and not yet valid.
+            unsafe { self.frames.bytes_mut(frame) }.copy_from_slice(bytes);
+            meta.set(VALID | PREFETCHED);
+            self.policy.admit_prefetched(frame, page);
+            installed += 1;
+        }
+        prefetch.late.fetch_add(dropped, Ordering::Relaxed);
+        self.pages_fetched.fetch_add(installed, Ordering::Relaxed);
+        let window = prefetch
+            .window_installed
+            .fetch_add(installed, Ordering::Relaxed)
+            + installed;
+        if window >= ADAPT_EVERY {
+            self.adapt_depth_cap();
+        }
+    }
+
+    /// Halves the streams' depth cap when more than a quarter of the pages
+    /// read ahead lately were evicted unused, doubles it (up to the
+    /// configured most) when fewer than one in sixteen were.
+    fn adapt_depth_cap(&self) {
+        let prefetch = &self.prefetch;
+        let installed = prefetch.window_installed.swap(0, Ordering::Relaxed);
+        let wasted = prefetch.window_wasted.swap(0, Ordering::Relaxed);
+        if installed == 0 {
+            return;
+        }
+        let most =
+            (prefetch.config.depth_max as u64).clamp(1, (self.frames.meta.len() as u64 / 4).max(1));
+        let cap = prefetch.depth_cap.load(Ordering::Relaxed);
+        let next = if wasted * 4 > installed {
+            (cap / 2).max(DEPTH_CAP_MIN.min(most))
+        } else if wasted * 16 < installed {
+            (cap * 2).min(most)
+        } else {
+            cap
+        };
+        prefetch.depth_cap.store(next, Ordering::Relaxed);
+    }
+}
+
+/// Whether this access is the first use of a read-ahead page: clears the
+/// mark (only one thread sees it set) and counts the page as used. The
+/// caller holds a pin or the frame's EXCLUSIVE bit.
+#[inline]
+fn first_use(meta: &crate::frame::Frame, used: &AtomicU64) -> bool {
+    let first = meta.state.load(Ordering::Relaxed) & PREFETCHED != 0
+        && meta.state.fetch_and(!PREFETCHED, Ordering::AcqRel) & PREFETCHED != 0;
+    if first {
+        used.fetch_add(1, Ordering::Relaxed);
+    }
+    first
 }
 
 /// The part of `[offset, offset+len)` inside `page`: as a range of the

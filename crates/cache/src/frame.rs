@@ -6,6 +6,7 @@
 //! bit  32     EXCLUSIVE  one thread owns the frame: loading, writing or evicting it
 //! bit  33     VALID      the frame holds its page's contents
 //! bit  34     DIRTY      the contents differ from the backing store
+//! bit  35     PREFETCHED read ahead and not used yet
 //! ```
 //!
 //! Readers add a pin only while EXCLUSIVE is clear; EXCLUSIVE is taken only
@@ -23,6 +24,7 @@ pub const PINS: u64 = (1 << 32) - 1;
 pub const EXCLUSIVE: u64 = 1 << 32;
 pub const VALID: u64 = 1 << 33;
 pub const DIRTY: u64 = 1 << 34;
+pub const PREFETCHED: u64 = 1 << 35;
 
 /// One frame's metadata.
 pub struct Frame {

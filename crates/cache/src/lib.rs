@@ -9,8 +9,10 @@ mod cache;
 mod frame;
 pub mod memory;
 pub mod policy;
+mod prefetch;
 mod stats;
 mod table;
 
-pub use cache::{Backing, BackingError, CacheConfig, CacheError, PageCache};
+pub use cache::{Backing, BackingError, CacheConfig, CacheError, Extractor, PageCache, ReadAhead};
+pub use prefetch::{PREFETCH_DEADLINE_DEFAULT, PREFETCH_DEPTH_DEFAULT, PrefetchConfig};
 pub use stats::CacheStats;

@@ -66,6 +66,20 @@ pub struct CacheStats {
     pub pages_fetched: u64,
     /// Pages written back to the backing store.
     pub pages_written_back: u64,
+    /// Pages read ahead (sent).
+    pub prefetch_issued: u64,
+    /// Read-ahead pages used after they were installed.
+    pub prefetch_used: u64,
+    /// Read-ahead pages not installed: past their deadline, or the page was
+    /// fetched on demand or written back meanwhile.
+    pub prefetch_late: u64,
+    /// Read-ahead pages evicted before any use.
+    pub prefetch_wasted: u64,
+    /// Read-ahead pages whose read failed (or could not be sent).
+    pub prefetch_failed: u64,
+    /// Offsets a reference extractor gave that lie outside the region
+    /// (ignored).
+    pub references_invalid: u64,
 }
 
 impl CacheStats {

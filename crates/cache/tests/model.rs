@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use pagoda_cache::memory::MemoryBacking;
 use pagoda_cache::policy::PolicyKind;
-use pagoda_cache::{CacheConfig, PageCache};
+use pagoda_cache::{CacheConfig, PageCache, PrefetchConfig};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 
@@ -19,6 +19,7 @@ fn cache(region_pages: usize, frames: usize, batch: usize) -> PageCache<MemoryBa
             region_bytes: (region_pages * PAGE) as u64,
             policy: PolicyKind::default(),
             batch_pages_max: batch,
+            prefetch: PrefetchConfig::default(),
         },
         MemoryBacking::new(region_pages * PAGE, PAGE),
     )
@@ -81,6 +82,96 @@ proptest! {
         }
         cache.flush().unwrap();
         prop_assert_eq!(cache.backing().snapshot(), model);
+    }
+}
+
+#[derive(Clone, Debug)]
+enum AheadOp {
+    Read {
+        offset: usize,
+        len: usize,
+    },
+    Write {
+        offset: usize,
+        len: usize,
+        seed: u8,
+    },
+    /// Reads `count` pages one at a time from `page` (a stream).
+    Run {
+        page: usize,
+        count: usize,
+    },
+    Hint {
+        page: usize,
+    },
+    Flush,
+    /// Lets read-aheads in flight arrive.
+    Sleep,
+}
+
+fn ahead_op(pages: usize) -> impl Strategy<Value = AheadOp> {
+    let region = pages * PAGE;
+    let span = (0..region, 1..3 * PAGE)
+        .prop_map(move |(offset, len)| (offset, len.max(1).min(region - offset)));
+    prop_oneof![
+        3 => span.clone().prop_map(|(offset, len)| AheadOp::Read { offset, len }),
+        3 => (span, any::<u8>()).prop_map(|((offset, len), seed)| AheadOp::Write { offset, len, seed }),
+        2 => (0..pages, 1..12usize).prop_map(|(page, count)| AheadOp::Run { page, count }),
+        2 => (0..pages).prop_map(|page| AheadOp::Hint { page }),
+        1 => Just(AheadOp::Flush),
+        1 => Just(AheadOp::Sleep),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    // Guards read-ahead against the model: streams, hints and writes mixed,
+    // with read-aheads that arrive a millisecond after they are sent (so
+    // writes, write-backs and evictions happen while they are in flight),
+    // at cache sizes from one frame up. A read-ahead that installed stale
+    // contents, or lost a write, shows as a read that differs.
+    #[test]
+    fn cache_with_read_ahead_matches_model(frames in 1usize..12, ops in prop::collection::vec(ahead_op(24), 1..60)) {
+        let pages = 24;
+        let region = pages * PAGE;
+        let cache = cache(pages, frames, 4);
+        cache.backing().set_read_ahead_delay(Some(std::time::Duration::from_millis(1)));
+        let mut model = vec![0u8; region];
+        for op in ops {
+            match op {
+                AheadOp::Read { offset, len } => {
+                    let mut buf = vec![0u8; len];
+                    cache.read_at(offset as u64, &mut buf).unwrap();
+                    prop_assert_eq!(&buf[..], &model[offset..offset + len]);
+                }
+                AheadOp::Write { offset, len, seed } => {
+                    let data = pattern(len, seed);
+                    cache.write_at(offset as u64, &data).unwrap();
+                    model[offset..offset + len].copy_from_slice(&data);
+                }
+                AheadOp::Run { page, count } => {
+                    for page in page..(page + count).min(pages) {
+                        let mut buf = vec![0u8; PAGE];
+                        cache.read_at((page * PAGE) as u64, &mut buf).unwrap();
+                        prop_assert_eq!(&buf[..], &model[page * PAGE..(page + 1) * PAGE]);
+                    }
+                }
+                AheadOp::Hint { page } => {
+                    cache.prefetch(&[(page * PAGE) as u64], std::time::Duration::from_millis(50)).unwrap();
+                }
+                AheadOp::Flush => {
+                    cache.flush().unwrap();
+                    prop_assert_eq!(cache.backing().snapshot(), model.clone());
+                }
+                AheadOp::Sleep => std::thread::sleep(std::time::Duration::from_millis(2)),
+            }
+        }
+        cache.flush().unwrap();
+        prop_assert_eq!(cache.backing().snapshot(), model.clone());
+        let mut whole = vec![0u8; region];
+        cache.read_at(0, &mut whole).unwrap();
+        prop_assert_eq!(whole, model);
     }
 }
 

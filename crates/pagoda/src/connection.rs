@@ -68,6 +68,9 @@ struct Slot {
     done: AtomicBool,
     reply: Mutex<Option<Result<Reply, ClientError>>>,
     thread: Thread,
+    /// Whether `thread` waits for the reply (a read-ahead's issuer does not),
+    /// and so may be handed the reader role.
+    waits: bool,
     /// Where page data in the reply should land, so that the reader copies it
     /// once, straight into the caller's buffers, instead of into a `Vec` first.
     sink: Mutex<Option<Sink>>,
@@ -352,6 +355,7 @@ impl Connection {
             done: AtomicBool::new(false),
             reply: Mutex::new(None),
             thread: std::thread::current(),
+            waits: true,
             sink: Mutex::new(sink),
         });
         self.pending.lock().insert(id, slot.clone());
@@ -401,6 +405,7 @@ impl Connection {
             done: AtomicBool::new(false),
             reply: Mutex::new(None),
             thread: waiter,
+            waits: true,
             sink: Mutex::new(None),
         });
         self.pending.lock().insert(id, slot.clone());
@@ -413,6 +418,7 @@ impl Connection {
         Ok(PendingCall {
             slot,
             connection: None,
+            id,
         })
     }
 
@@ -449,31 +455,7 @@ impl Connection {
                             // reader role: no other thread may take a slot
                             // (and write into its buffers) between the error
                             // and the draining of the pending map.
-                            let timed_out = matches!(
-                                &error,
-                                WireError::Io(io) if matches!(
-                                    io.kind(),
-                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                                )
-                            );
-                            let reason = match error {
-                                _ if timed_out => format!("no reply within {:?}", self.timeout),
-                                WireError::Closed => "the node closed the connection".to_owned(),
-                                // A TLS record (an alert or a handshake)
-                                // where a frame should be.
-                                WireError::BadMagic { found }
-                                    if matches!(found & 0xff, 0x15 | 0x16)
-                                        && (found >> 8) & 0xff == 0x03 =>
-                                {
-                                    "the node speaks TLS and this client connected without it: \
-                                     give the node's CA (TlsOptions; pagoda --tls-ca or \
-                                     PAGODA_TLS_CA)"
-                                        .to_owned()
-                                }
-                                other => other.to_string(),
-                            };
-                            self.fail(reason);
-                            if timed_out {
+                            if self.read_failed(error) {
                                 return Err(ClientError::Timeout(self.timeout));
                             }
                             break;
@@ -482,7 +464,7 @@ impl Connection {
                 }
                 // Pass the reader role on to someone still waiting.
                 drop(reader);
-                if let Some(next) = self.pending.lock().values().next() {
+                if let Some(next) = self.pending.lock().values().find(|slot| slot.waits) {
                     next.thread.unpark();
                 }
                 continue;
@@ -495,6 +477,124 @@ impl Connection {
             } else {
                 permit = None;
                 std::thread::park_timeout(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Fails the connection after a failed read; returns whether the read
+    /// timed out. Called by the reader, still holding the role.
+    fn read_failed(&self, error: WireError) -> bool {
+        let timed_out = matches!(
+            &error,
+            WireError::Io(io) if matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        );
+        let reason = match error {
+            _ if timed_out => format!("no reply within {:?}", self.timeout),
+            WireError::Closed => "the node closed the connection".to_owned(),
+            // A TLS record (an alert or a handshake) where a frame should be.
+            WireError::BadMagic { found }
+                if matches!(found & 0xff, 0x15 | 0x16) && (found >> 8) & 0xff == 0x03 =>
+            {
+                "the node speaks TLS and this client connected without it: \
+                 give the node's CA (TlsOptions; pagoda --tls-ca or PAGODA_TLS_CA)"
+                    .to_owned()
+            }
+            other => other.to_string(),
+        };
+        self.fail(reason);
+        timed_out
+    }
+
+    /// Sends one request whose `PagesData` reply is copied straight into
+    /// `buffer` (when its size matches), and returns without waiting. The
+    /// reply is collected with [`Connection::poll`]; until then, or until
+    /// [`Connection::abandon`], `buffer` must stay where it is and untouched:
+    /// the caller keeps it, and the `ReadAhead` that owns both drops the
+    /// call before the buffer.
+    pub fn send_into(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>, u64),
+        buffer: &mut [u8],
+    ) -> Result<PendingCall, ClientError> {
+        self.check_failed()?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot {
+            done: AtomicBool::new(false),
+            reply: Mutex::new(None),
+            thread: std::thread::current(),
+            waits: false,
+            sink: Mutex::new(Some(Sink {
+                parts: vec![(buffer.as_mut_ptr(), buffer.len())],
+            })),
+        });
+        self.pending.lock().insert(id, slot.clone());
+        if let Err(error) = self.write_request(encode, id) {
+            let reason = format!("sending a request: {error}");
+            if self.pending.lock().remove(&id).is_none() {
+                let _ = self.wait(&slot);
+            }
+            self.fail(reason.clone());
+            return Err(ClientError::Disconnected(reason));
+        }
+        Ok(PendingCall {
+            slot,
+            connection: None,
+            id,
+        })
+    }
+
+    /// The reply to `call` if it has arrived; `None` while it is still in
+    /// flight. With `receive`, it first reads (without waiting) whatever the
+    /// socket holds, when no other thread is reading it, and hands every
+    /// reply to its caller.
+    pub fn poll(&self, call: &PendingCall, receive: bool) -> Option<Result<Reply, ClientError>> {
+        let slot = &call.slot;
+        if receive
+            && !slot.done.load(Ordering::Acquire)
+            && let Some(mut reader) = self.reader.try_lock()
+        {
+            while !slot.done.load(Ordering::Acquire) {
+                match reader.poll_frame() {
+                    Ok(Some(frame)) => {
+                        self.dispatch(frame.header.request_id, frame.header.opcode, frame.payload)
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        self.read_failed(error);
+                        break;
+                    }
+                }
+            }
+            drop(reader);
+            // A waiter may have found the role taken meanwhile and parked.
+            if let Some(next) = self.pending.lock().values().find(|slot| slot.waits) {
+                next.thread.unpark();
+            }
+        }
+        if slot.done.load(Ordering::Acquire) {
+            return slot.reply.lock().take();
+        }
+        None
+    }
+
+    /// Gives up on `call`: its reply, if it comes, is dropped. Returns once
+    /// no reader can write into the call's buffer any more.
+    pub fn abandon(&self, call: &PendingCall) {
+        if self.pending.lock().remove(&call.id).is_some() {
+            return;
+        }
+        // A reader took the slot and may be copying into the buffer; it
+        // completes the slot right after. Spinning is bounded by one copy.
+        let mut spins = 0u32;
+        while !call.slot.done.load(Ordering::Acquire) {
+            spins += 1;
+            if spins < 1024 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
             }
         }
     }
@@ -556,6 +656,8 @@ impl Connection {
 #[derive(Clone)]
 pub struct PendingCall {
     slot: Arc<Slot>,
+    /// Its request id, to take it out of the pending map.
+    id: u64,
     /// The connection it was sent on, when sent through the client's link
     /// (which may have moved to another connection since).
     connection: Option<Arc<Connection>>,

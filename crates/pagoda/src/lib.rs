@@ -116,8 +116,10 @@ pub use mapping::{
     LOCAL_PAGES_MIN, MapOptions, Mapping, MappingStats, Protection, Verdict, Violation,
     ViolationHandler,
 };
-pub use pagoda_cache::CacheStats;
 pub use pagoda_cache::policy::PolicyKind;
+pub use pagoda_cache::{
+    CacheStats, PREFETCH_DEADLINE_DEFAULT, PREFETCH_DEPTH_DEFAULT, PrefetchConfig,
+};
 /// The cluster coordinator's crate (its `Coordinator` trait and records),
 /// for [`Client::connect_coordinator`].
 pub use pagoda_cluster;

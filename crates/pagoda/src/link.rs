@@ -471,6 +471,20 @@ impl Link {
         Ok(call.on(connection))
     }
 
+    /// Sends a page read whose reply lands in `buffer`, without waiting, on
+    /// the current connection; never repeated and never reconnecting (a
+    /// read-ahead is dropped rather than delayed). See
+    /// [`Connection::send_into`] for the buffer's contract.
+    pub(crate) fn send_into(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>, u64),
+        buffer: &mut [u8],
+    ) -> Result<PendingCall, ClientError> {
+        let (connection, _) = self.current();
+        let call = connection.send_into(encode, buffer)?;
+        Ok(call.on(connection))
+    }
+
     /// Waits for the reply to a request sent with [`Link::send`].
     pub(crate) fn wait_for(&self, call: &PendingCall) -> Result<Reply, ClientError> {
         match call.connection() {

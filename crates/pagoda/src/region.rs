@@ -4,11 +4,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pagoda_cache::policy::PolicyKind;
-use pagoda_cache::{Backing, BackingError, CacheConfig, CacheStats, PageCache};
+use pagoda_cache::{
+    Backing, BackingError, CacheConfig, CacheStats, PageCache, PrefetchConfig, ReadAhead,
+};
 use pagoda_wire::limits::{PAGE_BYTES_MAX, PAGE_BYTES_MIN, REGION_BYTES_MAX};
 use pagoda_wire::message::{encode_read_pages, encode_write_pages};
 use pagoda_wire::{OpenMode, RegionInfo, Response};
 
+use crate::connection::PendingCall;
 use crate::error::ClientError;
 use crate::link::{Link, RegionBinding, Retry};
 use crate::transaction::{
@@ -31,6 +34,10 @@ pub struct RegionOptions {
     /// In `Local` mode, persist commits that arrive during a persist
     /// together (on by default; off gives one persist per commit).
     pub journal_coalesce: bool,
+    /// Read-ahead of sequential and strided streams (on by default; see
+    /// [`PrefetchConfig`]). Hints ([`Region::prefetch`]) and a reference
+    /// extractor ([`Region::set_reference_extractor`]) work either way.
+    pub prefetch: PrefetchConfig,
 }
 
 /// Default local cache size: 64 MiB.
@@ -43,6 +50,7 @@ impl Default for RegionOptions {
             policy: PolicyKind::default(),
             durability: Durability::default(),
             journal_coalesce: true,
+            prefetch: PrefetchConfig::default(),
         }
     }
 }
@@ -178,6 +186,26 @@ impl Backing for RemotePages {
         Ok(())
     }
 
+    fn start_read(
+        &self,
+        pages: &[u64],
+        mut buffer: Vec<u8>,
+    ) -> Result<Box<dyn ReadAhead>, BackingError> {
+        // Committed records go out first, as before a demand fetch.
+        if let Some(shipping) = &self.shipping {
+            shipping.send_pending()?;
+        }
+        let region = self.binding.id();
+        let call = self.link.send_into(
+            |out, id| encode_read_pages(out, id, 0, region, pages),
+            &mut buffer,
+        )?;
+        Ok(Box::new(RemoteRead {
+            call,
+            buffer: Some(buffer),
+        }))
+    }
+
     fn write_pages(&self, pages: &[u64], buffers: &[&[u8]]) -> Result<(), BackingError> {
         let log = self.log.as_ref().ok_or_else(|| {
             ClientError::InvalidArgument("the region is open for reading only".into())
@@ -200,6 +228,51 @@ impl Backing for RemotePages {
         }
         written?;
         Ok(())
+    }
+}
+
+/// A read-ahead sent to the node: its reply lands in `buffer`.
+struct RemoteRead {
+    call: PendingCall,
+    /// `None` once handed out.
+    buffer: Option<Vec<u8>>,
+}
+
+impl ReadAhead for RemoteRead {
+    fn poll(&mut self, receive: bool) -> Option<Result<Vec<u8>, BackingError>> {
+        self.buffer.as_ref()?;
+        let connection = self.call.connection().expect("sent through the link");
+        let reply = match connection.poll(&self.call, receive)? {
+            Ok(reply) => reply,
+            Err(error) => {
+                self.buffer = None;
+                return Some(Err(error.into()));
+            }
+        };
+        let buffer = self.buffer.take().expect("checked above");
+        if reply.delivered() {
+            return Some(Ok(buffer));
+        }
+        Some(Err(match reply.pages_data() {
+            Ok(data) => ClientError::Protocol(format!(
+                "asked for {} bytes of pages, got {}",
+                buffer.len(),
+                data.len()
+            )),
+            Err(error) => error,
+        }
+        .into()))
+    }
+}
+
+impl Drop for RemoteRead {
+    fn drop(&mut self) {
+        // Still in flight: no reader may write into the buffer once it goes.
+        if self.buffer.is_some()
+            && let Some(connection) = self.call.connection()
+        {
+            connection.abandon(&self.call);
+        }
     }
 }
 
@@ -337,6 +410,7 @@ impl Region {
             region_bytes: info.size,
             policy: options.policy,
             batch_pages_max: link.batch_pages_max(page_size),
+            prefetch: options.prefetch,
         };
         let shipping = match &options.durability {
             Durability::Local { journal_dir } => Some(Shipping::open(
@@ -616,9 +690,47 @@ impl Region {
         }
     }
 
-    /// The local cache's counters.
+    /// The local cache's counters, read-ahead's included.
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.stats()
+    }
+
+    /// Hints that the bytes at `offsets` will be used soon: their pages are
+    /// fetched now, without waiting, and kept if they arrive within
+    /// `deadline`. One that does not is dropped and fetched on demand when
+    /// used, as if no hint had been given; nothing ever waits for a hint.
+    /// Returns the pages sent (those not resident and not already on their
+    /// way). An offset outside the region is an error.
+    pub fn prefetch(
+        &self,
+        offsets: &[u64],
+        deadline: std::time::Duration,
+    ) -> Result<usize, ClientError> {
+        Ok(self.cache.prefetch(offsets, deadline)?)
+    }
+
+    /// Tells the region which pages refer to which: when a page is used for
+    /// the first time after it arrived, `extract(bytes, out)` pushes onto
+    /// `out` the region offsets the page refers to (the record ids of an
+    /// index page, the children of a tree node), and those pages are read
+    /// ahead with `deadline`, as [`Region::prefetch`] does. Offsets outside
+    /// the region are ignored and counted in
+    /// [`CacheStats::references_invalid`]. The extractor runs on the
+    /// accessing thread while the page is pinned: it must be quick and must
+    /// not call into this region.
+    pub fn set_reference_extractor(
+        &self,
+        extract: impl Fn(&[u8], &mut Vec<u64>) + Send + Sync + 'static,
+        deadline: std::time::Duration,
+    ) {
+        self.cache
+            .set_reference_extractor(Some(Arc::new(extract)), deadline);
+    }
+
+    /// Removes the reference extractor.
+    pub fn clear_reference_extractor(&self) {
+        self.cache
+            .set_reference_extractor(None, std::time::Duration::ZERO);
     }
 
     /// The local cache's eviction policy.

@@ -335,6 +335,63 @@ impl<R: SpinRead> FrameReader<R> {
         Ok(Frame { header, payload })
     }
 
+    /// Reads the next frame if it is whole in the buffer or completes with
+    /// reads that need not wait; `Ok(None)` otherwise, keeping any part of
+    /// it that arrived for the next call. Never blocks: a client collects
+    /// replies it does not want to wait for (prefetches) this way. Errors are
+    /// those of [`FrameReader::read_frame`].
+    pub fn poll_frame(&mut self) -> Result<Option<Frame<'_>>, WireError> {
+        if self.consumed_on_next > 0 {
+            self.start += self.consumed_on_next;
+            self.consumed_on_next = 0;
+            self.frame_began = None;
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        loop {
+            let have = self.end - self.start;
+            let needed = if have >= HEADER_BYTES {
+                let header = FrameHeader::parse(&self.header_bytes())?;
+                if header.payload_len as usize > self.payload_limit {
+                    return Err(WireError::FrameTooLarge {
+                        length: header.payload_len as usize,
+                        limit: self.payload_limit,
+                    });
+                }
+                HEADER_BYTES + header.payload_len as usize
+            } else {
+                HEADER_BYTES
+            };
+            if have >= HEADER_BYTES && have >= needed {
+                // Whole: read_frame returns it without reading.
+                return self.read_frame().map(Some);
+            }
+            if self.buffer.len() - self.start < needed {
+                self.compact();
+                if self.buffer.len() < needed {
+                    self.buffer
+                        .resize(needed.next_power_of_two().max(needed), 0);
+                }
+            }
+            let end = self.end;
+            match self.stream.read_nonblocking(&mut self.buffer[end..])? {
+                None => return Ok(None),
+                Some(0) => {
+                    if self.end == self.start {
+                        return Err(WireError::Closed);
+                    }
+                    return Err(WireError::Truncated {
+                        received: self.end - self.start,
+                        expected: needed,
+                    });
+                }
+                Some(count) => self.end += count,
+            }
+        }
+    }
+
     /// Makes sure `needed` bytes from `start` are buffered, reading as needed.
     /// `needed` is bounded by the frame limit, checked from the header first.
     fn fill_to(&mut self, needed: usize) -> Result<(), WireError> {
@@ -510,6 +567,36 @@ mod tests {
             .expect("a frame that began is waited for");
         assert_eq!(frame.header.request_id, 4);
         drop(writer.join().unwrap());
+    }
+
+    // Guards the non-blocking read: nothing there gives None at once, a
+    // frame arriving in pieces is kept across calls and returned whole, two
+    // frames in one read come out one per call, and the stream's end is an
+    // error.
+    #[test]
+    fn poll_frame_never_waits_and_keeps_partial_frames() {
+        use std::io::Write;
+        let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut reader = FrameReader::new(theirs, Duration::ZERO);
+        let began = Instant::now();
+        assert!(reader.poll_frame().unwrap().is_none());
+        assert!(began.elapsed() < Duration::from_millis(100));
+        let bytes = frame(7, &[9u8; 70_000]);
+        ours.write_all(&bytes[..5]).unwrap();
+        assert!(reader.poll_frame().unwrap().is_none());
+        ours.write_all(&bytes[5..40_000]).unwrap();
+        assert!(reader.poll_frame().unwrap().is_none());
+        let mut rest = bytes[40_000..].to_vec();
+        rest.extend(frame(8, b"next"));
+        ours.write_all(&rest).unwrap();
+        let whole = reader.poll_frame().unwrap().expect("complete now");
+        assert_eq!(whole.header.request_id, 7);
+        assert!(whole.payload.iter().all(|&b| b == 9) && whole.payload.len() == 70_000);
+        let next = reader.poll_frame().unwrap().expect("buffered");
+        assert_eq!((next.header.request_id, next.payload), (8, &b"next"[..]));
+        assert!(reader.poll_frame().unwrap().is_none());
+        drop(ours);
+        assert!(matches!(reader.poll_frame(), Err(WireError::Closed)));
     }
 
     // Guards truncation: a stream that ends mid-frame is reported as such.

@@ -35,6 +35,14 @@ pub type FrameId = u32;
 pub trait EvictionPolicy: Send + Sync {
     /// Records that the page `key` now occupies `frame`.
     fn admit(&self, frame: FrameId, key: u64);
+    /// Records that the page `key`, read ahead and not yet used, now
+    /// occupies `frame`. It has not been referenced, so a policy with a
+    /// probationary queue keeps it there whatever its history (a scan read
+    /// ahead must not displace the frequently used set); its first use is
+    /// not reported as a hit.
+    fn admit_prefetched(&self, frame: FrameId, key: u64) {
+        self.admit(frame, key);
+    }
     /// Records a hit on a resident frame. Lock-free.
     fn touch(&self, frame: FrameId);
     /// Chooses and forgets a victim frame; see the trait documentation.
