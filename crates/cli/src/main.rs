@@ -275,7 +275,9 @@ fn given_on_command_line(matches: &clap::ArgMatches, id: &str) -> bool {
 }
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = Cli::command()
+        .mut_subcommand("node", node::with_defaults_in_help)
+        .get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     let node_on_command_line = given_on_command_line(&matches, "node");
     // Commands that embed a node keep its log quiet unless asked otherwise.

@@ -6,169 +6,272 @@
 //! which regions would lose what, and serves again. Signal it again once the
 //! storage is mended; SIGQUIT stops it anyway, abandoning those changes, and
 //! exits with a failure status.
+//!
+//! Every setting comes from one of four places, the first that has it
+//! winning: the command-line flag, the environment variable
+//! `PAGODA_NODE_<FLAG>` (`PAGODA_NODE_CAPACITY`), the `--config` file (TOML,
+//! each key the flag's long name: `capacity = "4GiB"`), the default.
+//! [`NodeSettings`] is all of them at once: clap fills it from flags and
+//! environment, serde from the file, and layering them is merging their
+//! TOML tables, so a setting needs no code of its own to take part.
+//! `--print-config` prints the layered result, which reads back as itself.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pagoda_node::{Node, NodeConfig, StorageConfig};
 
-use crate::size::{format_bytes, parse_size};
+use crate::size::{Size, format_bytes};
 
 /// Arguments of `pagoda node`: run a node, or with a subcommand look at one.
 #[derive(clap::Args, Debug)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct NodeArgs {
     #[command(subcommand)]
     command: Option<NodeCommand>,
+    /// Read settings from this TOML file: each key is a flag's long name
+    /// (`capacity = "4GiB"`, `data-dir = "/var/lib/pagoda"`, `peer =
+    /// ["10.0.0.2:7070"]`). Flags and PAGODA_NODE_* variables override it.
+    #[arg(long, env = "PAGODA_NODE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective settings (flags over environment over --config
+    /// file over defaults) as a TOML file for --config, and exit without
+    /// starting the node.
+    #[arg(long)]
+    print_config: bool,
+    #[command(flatten)]
+    settings: NodeSettings,
+}
+
+/// Every setting of `pagoda node`, each `None` where its source says
+/// nothing. The TOML keys are the flags' long names (kebab-case); the
+/// environment variables are `PAGODA_NODE_` and the flag in upper snake
+/// case. No field holds a secret (the token lives in `--token-file`, S3
+/// credentials in `AWS_*` variables), so a printed configuration hides
+/// nothing and reads back whole.
+#[derive(clap::Args, serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeSettings {
     /// The address to listen on. A non-loopback address requires --token-file
     /// (or credentials) and TLS (--tls-cert, --tls-key) or --insecure-no-tls.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    listen: SocketAddr,
+    #[arg(
+        long,
+        env = "PAGODA_NODE_LISTEN",
+        value_name = "IP:PORT",
+        value_parser = parse_socket_address
+    )]
+    #[serde(
+        default,
+        deserialize_with = "deserialize_socket_address",
+        skip_serializing_if = "Option::is_none"
+    )]
+    listen: Option<SocketAddr>,
     /// RAM for region pages, like 4GiB. Regions may add up to more (thin
     /// provisioning); a write that needs a segment beyond it fails with an
-    /// out-of-memory error.
-    #[arg(long, value_parser = parse_size, value_name = "SIZE", required = true)]
-    capacity: Option<u64>,
-    /// Where the node keeps its region metadata.
-    #[arg(long, value_name = "DIR", required = true)]
+    /// out-of-memory error. Required.
+    #[arg(long, env = "PAGODA_NODE_CAPACITY", value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capacity: Option<Size>,
+    /// Where the node keeps its region metadata; created if missing.
+    /// Required.
+    #[arg(long, env = "PAGODA_NODE_DATA_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
     /// A file holding a shared token: the credential `default`, with admin
     /// on every region. Named credentials: `pagoda token`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "PAGODA_NODE_TOKEN_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     token_file: Option<PathBuf>,
     /// How long the holder of a region's writer role may send nothing
     /// before another client may take the role over, in seconds.
-    #[arg(long, default_value_t = pagoda_node::server::WRITER_LEASE_MS_DEFAULT / 1000, value_name = "SECONDS")]
-    writer_lease: u64,
+    #[arg(long, env = "PAGODA_NODE_WRITER_LEASE", value_name = "SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    writer_lease: Option<u64>,
     /// How long a connection spins on non-blocking reads before it sleeps, in
     /// microseconds (0 to never spin).
-    #[arg(long, default_value_t = pagoda_node::server::SPIN_US_DEFAULT)]
-    spin_us: u64,
+    #[arg(long, env = "PAGODA_NODE_SPIN_US", value_name = "US")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spin_us: Option<u64>,
     /// Most connections served at once.
-    #[arg(long, default_value_t = pagoda_node::server::CONNECTIONS_MAX_DEFAULT)]
-    connections_max: usize,
+    #[arg(long, env = "PAGODA_NODE_CONNECTIONS_MAX", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connections_max: Option<usize>,
     /// Most connections that may be authenticating at once; a new one beyond
     /// that closes the one that has been authenticating longest.
-    #[arg(long, default_value_t = pagoda_node::server::HANDSHAKES_MAX_DEFAULT)]
-    handshakes_max: usize,
+    #[arg(long, env = "PAGODA_NODE_HANDSHAKES_MAX", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handshakes_max: Option<usize>,
     /// Node-wide memory for connection buffers beyond each connection's
     /// baseline (large frames and replies), like 256MiB. A request that
     /// cannot get its buffers within a second is answered "busy".
-    #[arg(long, value_parser = parse_size, value_name = "SIZE", default_value = "256MiB")]
-    connection_memory: u64,
+    #[arg(long, env = "PAGODA_NODE_CONNECTION_MEMORY", value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connection_memory: Option<Size>,
     /// How long a frame that has begun to arrive, or a reply that has begun
     /// to be written, may take before the connection is closed, in
     /// milliseconds.
-    #[arg(long, default_value_t = pagoda_node::server::FRAME_TIMEOUT_MS_DEFAULT, value_name = "MS")]
-    frame_timeout_ms: u64,
+    #[arg(long, env = "PAGODA_NODE_FRAME_TIMEOUT_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frame_timeout_ms: Option<u64>,
     /// Serve TLS with this certificate chain (PEM); with --tls-key. Required
     /// on a non-loopback address unless --insecure-no-tls. The files are
     /// re-read when they change, so a renewed certificate needs no restart.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(long, env = "PAGODA_NODE_TLS_CERT", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, env = "PAGODA_NODE_TLS_KEY", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     tls_key: Option<PathBuf>,
     /// Require client certificates signed by the authorities in this PEM
     /// file.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, env = "PAGODA_NODE_TLS_CA", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     tls_ca: Option<PathBuf>,
     /// Listen on a non-loopback address without TLS: tokens, proofs and
     /// pages travel in clear.
-    #[arg(long, conflicts_with = "tls_cert")]
-    insecure_no_tls: bool,
+    #[arg(
+        long,
+        env = "PAGODA_NODE_INSECURE_NO_TLS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    insecure_no_tls: Option<bool>,
     /// Speak TLS to other nodes (a recovery's source, a region's replicas),
     /// trusting the authorities in this PEM file; this node's --tls-cert and
     /// --tls-key are its client certificate where the peer requires one.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "PAGODA_NODE_PEER_TLS_CA", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     peer_tls_ca: Option<PathBuf>,
     /// Where checkpoints go: a directory, file:///path, or s3://bucket/prefix
     /// (endpoint and credentials from AWS_ENDPOINT_URL, AWS_REGION,
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP). Default:
     /// the `checkpoints` directory in the data dir. `none` disables
     /// checkpoints.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, env = "PAGODA_NODE_STORAGE", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     storage: Option<String>,
     /// Checkpoint every region with dirty pages this often, in seconds
     /// (0: only on request).
-    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
-    checkpoint_interval: u64,
+    #[arg(long, env = "PAGODA_NODE_CHECKPOINT_INTERVAL", value_name = "SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint_interval: Option<u64>,
     /// How long a graceful stop retries failed checkpoints before it gives up
     /// and goes on serving, in seconds.
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
-    stop_retry: u64,
+    #[arg(long, env = "PAGODA_NODE_STOP_RETRY", value_name = "SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_retry: Option<u64>,
     /// Start even if the catalog and storage disagree: with `regions.meta`
     /// missing from a data dir a node has used, start with no regions; with a
     /// region's newest checkpoint gone from storage, roll it back to the
     /// newest one left. Without it the node refuses to start and says why.
-    #[arg(long)]
-    accept_storage_mismatch: bool,
+    #[arg(
+        long,
+        env = "PAGODA_NODE_ACCEPT_STORAGE_MISMATCH",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accept_storage_mismatch: Option<bool>,
     /// A node this one may connect to, as a recovery's source or as a
-    /// replicated region's replica (repeat for several). Without any, only
-    /// addresses on this host's loopback.
-    #[arg(long = "peer", value_name = "HOST:PORT")]
-    peers: Vec<String>,
+    /// replicated region's replica (repeat for several, or separate them
+    /// with commas). Without any, only addresses on this host's loopback.
+    #[arg(
+        long = "peer",
+        env = "PAGODA_NODE_PEER",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "peer", skip_serializing_if = "Option::is_none")]
+    peers: Option<Vec<String>>,
     /// The credential this node authenticates as to a recovery's source
     /// (with the token the recovery carries, or this node's --token-file)
     /// and to a region's replicas (with this node's --token-file).
-    #[arg(long, default_value = pagoda::DEFAULT_CREDENTIAL, value_name = "NAME")]
-    peer_credential: String,
+    #[arg(long, env = "PAGODA_NODE_PEER_CREDENTIAL", value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_credential: Option<String>,
     /// Checkpoints kept per region; older ones are garbage-collected.
-    #[arg(long, default_value_t = pagoda_node::server::CHECKPOINT_RETAIN_DEFAULT)]
-    checkpoint_retain: usize,
+    #[arg(long, env = "PAGODA_NODE_CHECKPOINT_RETAIN", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint_retain: Option<usize>,
     /// Replication: how long an in-sync replica may leave a write
     /// unacknowledged before its primary drops it from the in-sync set
     /// (`sync` writes then go on without it); a replica that hears nothing
     /// from its primary for half of it counts itself out of sync. In
     /// milliseconds, at least 400 (four heartbeats).
-    #[arg(long, default_value_t = pagoda_node::server::REPLICA_TIMEOUT_MS_DEFAULT, value_name = "MS")]
-    replica_timeout: u64,
+    #[arg(long, env = "PAGODA_NODE_REPLICA_TIMEOUT", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica_timeout: Option<u64>,
     /// Replication: the most bytes of recent writes a primary keeps per
     /// region, so that a replica that fell behind or reconnects receives only
     /// what it missed; one further behind is rebuilt by segment digests. At
-    /// least 1MiB.
-    #[arg(long, value_parser = parse_size, value_name = "SIZE", default_value = "64MiB")]
-    replication_log_bytes: u64,
+    /// least 1MiB, and at least --replication-lag-bytes.
+    #[arg(long, env = "PAGODA_NODE_REPLICATION_LOG_BYTES", value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replication_log_bytes: Option<Size>,
     /// Replication, `async` mode: the most bytes an in-sync replica may lag
     /// behind its primary before writes wait for it.
-    #[arg(long, value_parser = parse_size, value_name = "SIZE", default_value = "16MiB")]
-    replication_lag_bytes: u64,
+    #[arg(long, env = "PAGODA_NODE_REPLICATION_LAG_BYTES", value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replication_lag_bytes: Option<Size>,
     /// Serve Prometheus metrics on this address (`GET /metrics`), e.g.
     /// 127.0.0.1:9070; port 0 picks a free one. Off by default. The endpoint
     /// has no authentication: a non-loopback address also needs
     /// --metrics-allow-remote.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        env = "PAGODA_NODE_METRICS",
+        value_name = "IP:PORT",
+        value_parser = parse_socket_address
+    )]
+    #[serde(
+        default,
+        deserialize_with = "deserialize_socket_address",
+        skip_serializing_if = "Option::is_none"
+    )]
     metrics: Option<SocketAddr>,
     /// Serve metrics on a non-loopback --metrics address, to anyone who can
     /// reach it.
-    #[arg(long, requires = "metrics")]
-    metrics_allow_remote: bool,
+    #[arg(
+        long,
+        env = "PAGODA_NODE_METRICS_ALLOW_REMOTE",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_allow_remote: Option<bool>,
     /// The cluster coordinator this node registers with and records its
     /// regions in: `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (an etcd
     /// cluster; prefix `pagoda` by default) or `embedded:DIR` (a file in a
     /// directory shared by the nodes of one machine). Default: the embedded
     /// one in the data dir (one node, no failover).
-    #[arg(long, value_name = "ENDPOINT")]
+    #[arg(long, env = "PAGODA_NODE_COORDINATOR", value_name = "ENDPOINT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     coordinator: Option<String>,
     /// The node's lease in the coordinator, in milliseconds: the node counts
     /// as failed, and its regions fail over, once it has not renewed it for
     /// this long. At least 1000; rounded up to whole seconds for etcd, whose
     /// leases are whole seconds.
-    #[arg(long, default_value_t = pagoda_node::config::LEASE_MS_DEFAULT, value_name = "MS")]
-    lease_ms: u64,
+    #[arg(long, env = "PAGODA_NODE_LEASE_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_ms: Option<u64>,
     /// With a shared --coordinator: how long a replica's node may be gone
     /// from the cluster before the primary builds a new replica on another
     /// live node (the most free bytes first), to restore the replica count,
-    /// in milliseconds.
-    #[arg(
-        long,
-        default_value_t = pagoda_node::config::REPLACE_REPLICA_AFTER_MS_DEFAULT,
-        value_name = "MS"
-    )]
-    replace_replica_after_ms: u64,
+    /// in milliseconds. At least --lease-ms.
+    #[arg(long, env = "PAGODA_NODE_REPLACE_REPLICA_AFTER_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replace_replica_after_ms: Option<u64>,
 }
 
 /// The shortest --replica-timeout: a replica counts itself out of sync
@@ -182,6 +285,13 @@ const REPLICATION_LOG_BYTES_MIN: u64 = 1 << 20;
 /// The shortest --lease-ms: etcd grants leases in whole seconds, at least
 /// one.
 const LEASE_MS_MIN: u64 = pagoda_cluster::LEASE_MIN.as_millis() as u64;
+
+/// The longest --lease-ms (an hour): a node that failed would keep its
+/// regions from failing over for longer than that.
+const LEASE_MS_MAX: u64 = 3_600_000;
+
+/// The largest --config file read: a node's settings take a few KiB.
+const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
 
 /// Subcommands of `pagoda node`.
 #[derive(clap::Subcommand, Debug)]
@@ -197,93 +307,363 @@ enum NodeCommand {
     },
 }
 
+impl NodeSettings {
+    /// The defaults: what a setting is when no flag, variable or file gives
+    /// it. Settings that are off unless given (TLS, metrics, peers, a
+    /// coordinator, a storage other than the data dir's) stay `None`.
+    pub fn defaults() -> NodeSettings {
+        use pagoda_node::config as defaults;
+        NodeSettings {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 7070))),
+            writer_lease: Some(defaults::WRITER_LEASE_MS_DEFAULT / 1000),
+            spin_us: Some(defaults::SPIN_US_DEFAULT),
+            connections_max: Some(defaults::CONNECTIONS_MAX_DEFAULT),
+            handshakes_max: Some(defaults::HANDSHAKES_MAX_DEFAULT),
+            connection_memory: Some(Size(defaults::CONNECTION_MEMORY_BYTES_DEFAULT as u64)),
+            frame_timeout_ms: Some(defaults::FRAME_TIMEOUT_MS_DEFAULT),
+            insecure_no_tls: Some(false),
+            checkpoint_interval: Some(60),
+            stop_retry: Some(30),
+            accept_storage_mismatch: Some(false),
+            peer_credential: Some(pagoda::DEFAULT_CREDENTIAL.to_owned()),
+            checkpoint_retain: Some(defaults::CHECKPOINT_RETAIN_DEFAULT),
+            replica_timeout: Some(defaults::REPLICA_TIMEOUT_MS_DEFAULT),
+            replication_log_bytes: Some(Size(defaults::REPLICATION_LOG_BYTES_DEFAULT as u64)),
+            replication_lag_bytes: Some(Size(defaults::REPLICATION_LAG_BYTES_DEFAULT as u64)),
+            metrics_allow_remote: Some(false),
+            lease_ms: Some(defaults::LEASE_MS_DEFAULT),
+            replace_replica_after_ms: Some(defaults::REPLACE_REPLICA_AFTER_MS_DEFAULT),
+            ..NodeSettings::default()
+        }
+    }
+
+    /// The settings as a TOML table, one key per setting given.
+    fn table(&self) -> Result<toml::Table, String> {
+        toml::Table::try_from(self).map_err(|e| format!("writing the settings as TOML: {e}"))
+    }
+
+    /// Layers `layers`, lowest first: each setting is the one of the last
+    /// layer that gives it.
+    fn layered(layers: &[&NodeSettings]) -> Result<NodeSettings, String> {
+        let mut table = toml::Table::new();
+        for layer in layers {
+            table.extend(layer.table()?);
+        }
+        table
+            .try_into()
+            .map_err(|e| format!("reading the layered settings back: {e}"))
+    }
+
+    /// Reads a `--config` file. Its keys must be settings' names; the
+    /// values are read as the flags' are (`"4GiB"` for a size).
+    pub fn read(path: &Path) -> Result<NodeSettings, String> {
+        let context = format!("--config {}", path.display());
+        let metadata = std::fs::metadata(path).map_err(|e| format!("{context}: {e}"))?;
+        if metadata.len() > CONFIG_FILE_BYTES_MAX {
+            return Err(format!(
+                "{context}: the file is {} bytes; a node's settings take a few KiB (at most {})",
+                metadata.len(),
+                format_bytes(CONFIG_FILE_BYTES_MAX)
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{context}: {e}"))?;
+        NodeSettings::parse(&text).map_err(|e| format!("{context}: {e}"))
+    }
+
+    /// Parses the text of a `--config` file.
+    fn parse(text: &str) -> Result<NodeSettings, String> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let keys = setting_names();
+        for key in table.keys() {
+            if keys.contains(key) {
+                continue;
+            }
+            let kebab = key.replace('_', "-");
+            let hint = if keys.contains(&kebab) {
+                format!("did you mean `{kebab}`? ")
+            } else {
+                String::new()
+            };
+            return Err(format!(
+                "unknown key `{key}` ({hint}the keys are the long flags of `pagoda node`, \
+                 without the dashes: `pagoda node --help` lists them)"
+            ));
+        }
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// The settings as a `--config` file.
+    pub fn to_toml(&self) -> Result<String, String> {
+        toml::to_string(self).map_err(|e| format!("writing the settings as TOML: {e}"))
+    }
+
+    /// The node's configuration: these settings (layered over the
+    /// defaults) read and checked, every flag against the others. Reads the
+    /// token file and resolves the --peer names; touches nothing else (the
+    /// node checks its data dir and storage when it starts).
+    pub fn node_config(&self) -> Result<NodeConfig, String> {
+        let Some(Size(capacity)) = self.capacity else {
+            return Err(missing("capacity", "4GiB"));
+        };
+        let Some(data_dir) = self.data_dir.clone() else {
+            return Err(missing("data-dir", "/var/lib/pagoda"));
+        };
+        self.check_combinations()?;
+        let mut config = NodeConfig::new(given(&self.listen), capacity, data_dir);
+        config.spin = Duration::from_micros(given(&self.spin_us));
+        config.connections_max = given(&self.connections_max);
+        config.handshakes_max = given(&self.handshakes_max);
+        config.connection_memory_bytes =
+            bytes("connection-memory", given(&self.connection_memory))?;
+        config.frame_timeout = Duration::from_millis(given(&self.frame_timeout_ms));
+        if let (Some(cert_file), Some(key_file)) = (&self.tls_cert, &self.tls_key) {
+            config.tls = Some(pagoda_node::TlsConfig {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                client_ca_file: self.tls_ca.clone(),
+            });
+        }
+        config.insecure_no_tls = given(&self.insecure_no_tls);
+        config.peer_tls = self.peer_tls_ca.as_ref().map(|ca_file| pagoda::TlsOptions {
+            ca_file: ca_file.clone(),
+            cert_file: self.tls_cert.clone(),
+            key_file: self.tls_key.clone(),
+            server_name: None,
+        });
+        config.storage = match self.storage.as_deref() {
+            Some("none") => None,
+            // The parser's messages quote the URL and say what is wrong.
+            Some(url) => Some(StorageConfig::parse(url).map_err(|error| match error {
+                pagoda_node::NodeError::Config(message) => message,
+                other => format!("--storage {url}: {other}"),
+            })?),
+            None => Some(StorageConfig::Dir(config.data_dir.join("checkpoints"))),
+        };
+        let checkpoint_interval = given(&self.checkpoint_interval);
+        config.checkpoint_interval =
+            (checkpoint_interval > 0).then(|| Duration::from_secs(checkpoint_interval));
+        config.checkpoint_retain = given(&self.checkpoint_retain);
+        config.accept_storage_mismatch = given(&self.accept_storage_mismatch);
+        config.peer_credential = given(&self.peer_credential);
+        for peer in self.peers.iter().flatten() {
+            use std::net::ToSocketAddrs;
+            crate::check_address("--peer", peer)?;
+            let addresses = peer
+                .to_socket_addrs()
+                .map_err(|e| format!("--peer {peer}: {e}"))?;
+            config.peers.extend(addresses);
+        }
+        if let Some(path) = &self.token_file {
+            config.token = Some(crate::read_token(path)?);
+        }
+        config.writer_lease = Duration::from_secs(given(&self.writer_lease));
+        config.replica_timeout = Duration::from_millis(given(&self.replica_timeout));
+        config.replication_log_bytes =
+            bytes("replication-log-bytes", given(&self.replication_log_bytes))?;
+        config.replication_lag_bytes =
+            bytes("replication-lag-bytes", given(&self.replication_lag_bytes))?;
+        config.metrics = self.metrics;
+        config.metrics_allow_remote = given(&self.metrics_allow_remote);
+        config.lease = Duration::from_millis(given(&self.lease_ms));
+        config.replace_replica_after = Duration::from_millis(given(&self.replace_replica_after_ms));
+        config.coordinator = self.coordinator.clone();
+        Ok(config)
+    }
+
+    /// Checks each setting's bounds and the settings against each other,
+    /// wherever each came from (a flag's `requires` in clap would see only
+    /// the command line). Each message names the flags to change.
+    fn check_combinations(&self) -> Result<(), String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err("--tls-cert needs --tls-key, the certificate's private key".into());
+            }
+            (None, Some(_)) => {
+                return Err("--tls-key needs --tls-cert, the certificate it is the key of".into());
+            }
+            _ => {}
+        }
+        if self.tls_ca.is_some() && self.tls_cert.is_none() {
+            return Err(
+                "--tls-ca (require client certificates) needs --tls-cert and --tls-key: only a \
+                 node that serves TLS can ask for client certificates"
+                    .into(),
+            );
+        }
+        if given(&self.insecure_no_tls) && self.tls_cert.is_some() {
+            return Err(
+                "--insecure-no-tls and --tls-cert contradict each other: give one of them".into(),
+            );
+        }
+        if given(&self.metrics_allow_remote) && self.metrics.is_none() {
+            return Err("--metrics-allow-remote needs --metrics HOST:PORT".into());
+        }
+        if given(&self.writer_lease) == 0 {
+            return Err("--writer-lease must be at least 1 second".into());
+        }
+        let replica_timeout = given(&self.replica_timeout);
+        if replica_timeout < REPLICA_TIMEOUT_MS_MIN {
+            return Err(format!(
+                "--replica-timeout must be at least {REPLICA_TIMEOUT_MS_MIN} ms: a replica counts \
+                 itself out of sync after half of it without a heartbeat, and they come every {} ms",
+                pagoda_node::replication::HEARTBEAT.as_millis()
+            ));
+        }
+        let Size(log_bytes) = given(&self.replication_log_bytes);
+        if log_bytes < REPLICATION_LOG_BYTES_MIN {
+            return Err(format!(
+                "--replication-log-bytes must be at least {}",
+                format_bytes(REPLICATION_LOG_BYTES_MIN)
+            ));
+        }
+        let Size(lag_bytes) = given(&self.replication_lag_bytes);
+        if lag_bytes > log_bytes {
+            return Err(format!(
+                "--replication-lag-bytes {} is more than --replication-log-bytes {}: an async \
+                 replica allowed to lag that far would need writes the log no longer keeps, and \
+                 a rebuild; raise --replication-log-bytes to at least {0} or lower \
+                 --replication-lag-bytes",
+                Size(lag_bytes),
+                Size(log_bytes)
+            ));
+        }
+        let lease_ms = given(&self.lease_ms);
+        if lease_ms < LEASE_MS_MIN {
+            return Err(format!(
+                "--lease-ms {lease_ms} is too short: at least {LEASE_MS_MIN} ms (etcd leases are \
+                 whole seconds, at least one)"
+            ));
+        }
+        if lease_ms > LEASE_MS_MAX {
+            return Err(format!(
+                "--lease-ms {lease_ms} is too long: at most {LEASE_MS_MAX} ms (an hour); a failed \
+                 node's regions fail over only once its lease lapses"
+            ));
+        }
+        let replace_after_ms = given(&self.replace_replica_after_ms);
+        if replace_after_ms < lease_ms {
+            return Err(format!(
+                "--replace-replica-after-ms {replace_after_ms} is shorter than --lease-ms \
+                 {lease_ms}: one late lease renewal (a pause, a brief partition) would rebuild a \
+                 whole replica; give --replace-replica-after-ms at least {lease_ms}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The value of a setting that has a default: set once the defaults are
+/// layered under the given settings, which [`run`] does first.
+fn given<T: Clone>(value: &Option<T>) -> T {
+    value
+        .clone()
+        .expect("every setting with a default is set once the defaults are layered under it")
+}
+
+/// Parses an address to listen on (--listen, --metrics): an IP address
+/// and a port, with the missing part named rather than "invalid socket
+/// address syntax".
+fn parse_socket_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let example = "for example 127.0.0.1:7070";
+    if text
+        .trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+        || !text.contains(':')
+    {
+        return Err(format!("the port is missing ({example})"));
+    }
+    let (host, port) = text.rsplit_once(':').expect("the text holds a colon");
+    if port.parse::<u16>().is_err() {
+        return Err(format!("{port:?} is not a port ({example})"));
+    }
+    Err(format!(
+        "{host:?} is not an IP address; a node listens on an address of this host \
+         ({example}, or 0.0.0.0:{port} for all of them)"
+    ))
+}
+
+/// Reads an address to listen on from the config file, as the flag does.
+fn deserialize_socket_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    parse_socket_address(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// A size setting in bytes, as the node keeps it.
+fn bytes(flag: &str, Size(bytes): Size) -> Result<usize, String> {
+    usize::try_from(bytes).map_err(|_| format!("--{flag} {} is too large", Size(bytes)))
+}
+
+/// The message for a required setting that nothing gave.
+fn missing(key: &str, example: &str) -> String {
+    let variable = format!("PAGODA_NODE_{}", key.replace('-', "_").to_ascii_uppercase());
+    format!(
+        "--{key} is missing: give --{key} {example}, set {variable}, or write \
+         `{key} = \"{example}\"` in the --config file"
+    )
+}
+
+/// The names of the settings: the long flags of `pagoda node`, which are
+/// also the keys of its config file.
+fn setting_names() -> Vec<String> {
+    use clap::Args;
+    NodeSettings::augment_args(clap::Command::new("settings"))
+        .get_arguments()
+        .filter_map(|arg| arg.get_long().map(str::to_owned))
+        .collect()
+}
+
+/// Appends each setting's default to its help, as clap would for a
+/// `default_value`: the settings have none in clap (a default there would
+/// hide the config file's value), so [`NodeSettings::defaults`] says them.
+pub fn with_defaults_in_help(command: clap::Command) -> clap::Command {
+    let Ok(defaults) = NodeSettings::defaults().table() else {
+        return command;
+    };
+    let ids: Vec<(String, clap::Id)> = command
+        .get_arguments()
+        .filter_map(|arg| Some((arg.get_long()?.to_owned(), arg.get_id().clone())))
+        .collect();
+    ids.into_iter().fold(command, |command, (long, id)| {
+        let Some(value) = defaults.get(&long) else {
+            return command;
+        };
+        let value = match value {
+            toml::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        command.mut_arg(id, |arg| {
+            let help = arg
+                .get_help()
+                .map(|help| help.to_string())
+                .unwrap_or_default();
+            arg.help(format!("{help} [default: {value}]"))
+        })
+    })
+}
+
 pub fn run(args: NodeArgs, log_format: crate::LogFormat) -> Result<(), String> {
     if let Some(NodeCommand::Stat { json, node }) = &args.command {
         return stat(node, *json);
     }
-    let capacity = args
-        .capacity
-        .expect("clap requires --capacity without a subcommand");
-    let data_dir = args
-        .data_dir
-        .clone()
-        .expect("clap requires --data-dir without a subcommand");
-    let mut config = NodeConfig::new(args.listen, capacity, data_dir);
-    config.spin = Duration::from_micros(args.spin_us);
-    config.connections_max = args.connections_max;
-    config.handshakes_max = args.handshakes_max;
-    config.connection_memory_bytes = usize::try_from(args.connection_memory)
-        .map_err(|_| "--connection-memory is too large".to_string())?;
-    config.frame_timeout = Duration::from_millis(args.frame_timeout_ms);
-    if let (Some(cert_file), Some(key_file)) = (&args.tls_cert, &args.tls_key) {
-        config.tls = Some(pagoda_node::TlsConfig {
-            cert_file: cert_file.clone(),
-            key_file: key_file.clone(),
-            client_ca_file: args.tls_ca.clone(),
-        });
-    }
-    config.insecure_no_tls = args.insecure_no_tls;
-    config.peer_tls = args.peer_tls_ca.as_ref().map(|ca_file| pagoda::TlsOptions {
-        ca_file: ca_file.clone(),
-        cert_file: args.tls_cert.clone(),
-        key_file: args.tls_key.clone(),
-        server_name: None,
-    });
-    config.storage = match args.storage.as_deref() {
-        Some("none") => None,
-        Some(url) => Some(StorageConfig::parse(url).map_err(|e| e.to_string())?),
-        None => Some(StorageConfig::Dir(config.data_dir.join("checkpoints"))),
+    let file = match &args.config {
+        Some(path) => NodeSettings::read(path)?,
+        None => NodeSettings::default(),
     };
-    config.checkpoint_interval =
-        (args.checkpoint_interval > 0).then(|| Duration::from_secs(args.checkpoint_interval));
-    config.checkpoint_retain = args.checkpoint_retain;
-    config.accept_storage_mismatch = args.accept_storage_mismatch;
-    config.peer_credential = args.peer_credential.clone();
-    for peer in &args.peers {
-        use std::net::ToSocketAddrs;
-        crate::check_address("--peer", peer)?;
-        let addresses = peer
-            .to_socket_addrs()
-            .map_err(|e| format!("--peer {peer}: {e}"))?;
-        config.peers.extend(addresses);
+    let settings = NodeSettings::layered(&[&NodeSettings::defaults(), &file, &args.settings])?;
+    let config = settings.node_config()?;
+    if args.print_config {
+        print!("{}", settings.to_toml()?);
+        return Ok(());
     }
-    if let Some(path) = &args.token_file {
-        config.token = Some(crate::read_token(path)?);
-    }
-    if args.writer_lease == 0 {
-        return Err("--writer-lease must be at least 1 second".into());
-    }
-    config.writer_lease = Duration::from_secs(args.writer_lease);
-    if args.replica_timeout < REPLICA_TIMEOUT_MS_MIN {
-        return Err(format!(
-            "--replica-timeout must be at least {REPLICA_TIMEOUT_MS_MIN} ms: a replica counts \
-             itself out of sync after half of it without a heartbeat, and they come every {} ms",
-            pagoda_node::replication::HEARTBEAT.as_millis()
-        ));
-    }
-    config.replica_timeout = Duration::from_millis(args.replica_timeout);
-    if args.replication_log_bytes < REPLICATION_LOG_BYTES_MIN {
-        return Err(format!(
-            "--replication-log-bytes must be at least {}",
-            format_bytes(REPLICATION_LOG_BYTES_MIN)
-        ));
-    }
-    config.replication_log_bytes = usize::try_from(args.replication_log_bytes)
-        .map_err(|_| "--replication-log-bytes is too large".to_string())?;
-    config.replication_lag_bytes = usize::try_from(args.replication_lag_bytes)
-        .map_err(|_| "--replication-lag-bytes is too large".to_string())?;
-    config.metrics = args.metrics;
-    config.metrics_allow_remote = args.metrics_allow_remote;
-    if args.lease_ms < LEASE_MS_MIN {
-        return Err(format!(
-            "--lease-ms {} is too short: at least {LEASE_MS_MIN} ms (etcd leases are whole \
-             seconds, at least one)",
-            args.lease_ms
-        ));
-    }
-    config.lease = Duration::from_millis(args.lease_ms);
-    config.replace_replica_after = Duration::from_millis(args.replace_replica_after_ms);
-    config.coordinator = args.coordinator.clone();
+    let capacity = config.capacity_bytes;
     let stop = Arc::new(AtomicBool::new(false));
     let abandon = Arc::new(AtomicBool::new(false));
     // SIGPWR: the host's power is failing (a UPS says so): stop as for
@@ -303,7 +683,10 @@ pub fn run(args: NodeArgs, log_format: crate::LogFormat) -> Result<(), String> {
         "pagoda node listening on {} with {} for pages, checkpoints in {}; stop with Ctrl-C",
         node.local_addr(),
         format_bytes(capacity),
-        args.storage.as_deref().unwrap_or("<data dir>/checkpoints")
+        settings
+            .storage
+            .as_deref()
+            .unwrap_or("<data dir>/checkpoints")
     );
     // With JSON logs every line on stderr is JSON, the announcement too.
     match log_format {
@@ -331,7 +714,7 @@ pub fn run(args: NodeArgs, log_format: crate::LogFormat) -> Result<(), String> {
         }
         stop.store(false, Ordering::SeqCst);
         eprintln!("shutting down: finishing requests in flight, then checkpointing");
-        match node.try_stop(Duration::from_secs(args.stop_retry)) {
+        match node.try_stop(Duration::from_secs(given(&settings.stop_retry))) {
             Ok(()) => return Ok(()),
             Err(unsaved) => eprintln!(
                 "ERROR: refusing to stop: {unsaved} The node serves again. Mend the storage \
@@ -376,4 +759,159 @@ fn stat(address: &crate::NodeAddress, json: bool) -> Result<(), String> {
         println!("requests        {}", stat.requests);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings with every field given, none at its default.
+    fn every_setting() -> NodeSettings {
+        NodeSettings {
+            listen: Some(SocketAddr::from(([127, 0, 0, 2], 7171))),
+            capacity: Some(Size(3 << 30)),
+            data_dir: Some(PathBuf::from("/var/lib/pagoda")),
+            token_file: Some(PathBuf::from("/etc/pagoda/token")),
+            writer_lease: Some(61),
+            spin_us: Some(51),
+            connections_max: Some(513),
+            handshakes_max: Some(65),
+            connection_memory: Some(Size(257 << 20)),
+            frame_timeout_ms: Some(30_001),
+            tls_cert: Some(PathBuf::from("/etc/pagoda/cert.pem")),
+            tls_key: Some(PathBuf::from("/etc/pagoda/key.pem")),
+            tls_ca: Some(PathBuf::from("/etc/pagoda/clients.pem")),
+            insecure_no_tls: Some(true),
+            peer_tls_ca: Some(PathBuf::from("/etc/pagoda/peers.pem")),
+            storage: Some("s3://bucket/prefix".into()),
+            checkpoint_interval: Some(61),
+            stop_retry: Some(31),
+            accept_storage_mismatch: Some(true),
+            peers: Some(vec!["10.0.0.2:7070".into(), "node-3:7070".into()]),
+            peer_credential: Some("replicator".into()),
+            checkpoint_retain: Some(3),
+            replica_timeout: Some(2001),
+            replication_log_bytes: Some(Size(65 << 20)),
+            replication_lag_bytes: Some(Size(17 << 20)),
+            metrics: Some(SocketAddr::from(([0, 0, 0, 0], 9070))),
+            metrics_allow_remote: Some(true),
+            coordinator: Some("etcd://10.0.0.9:2379".into()),
+            lease_ms: Some(3001),
+            replace_replica_after_ms: Some(30_001),
+        }
+    }
+
+    // Guards "the keys are the flags": every flag of `pagoda node` is a key
+    // of the file and the other way round, and its variable is
+    // PAGODA_NODE_ and the flag in upper snake case.
+    #[test]
+    fn every_flag_is_a_key_with_its_variable() {
+        use clap::Args;
+        let command = NodeSettings::augment_args(clap::Command::new("settings"));
+        let mut flags: Vec<String> = Vec::new();
+        for arg in command.get_arguments() {
+            let long = arg.get_long().expect("every setting is a long flag");
+            let variable = format!("PAGODA_NODE_{}", long.replace('-', "_").to_uppercase());
+            assert_eq!(
+                arg.get_env().and_then(|env| env.to_str()),
+                Some(variable.as_str()),
+                "--{long}"
+            );
+            flags.push(long.to_owned());
+        }
+        let mut keys: Vec<String> = every_setting().table().unwrap().keys().cloned().collect();
+        flags.sort();
+        keys.sort();
+        assert_eq!(flags, keys);
+        assert_eq!(setting_names().len(), keys.len());
+    }
+
+    // Guards the round trip: every setting written as TOML reads back as
+    // itself, sizes in their exact spelling.
+    #[test]
+    fn settings_round_trip_through_toml() {
+        let settings = every_setting();
+        let text = settings.to_toml().unwrap();
+        assert!(text.contains("capacity = \"3GiB\"\n"), "{text}");
+        assert!(
+            text.contains("peer = [\"10.0.0.2:7070\", \"node-3:7070\"]\n"),
+            "{text}"
+        );
+        assert_eq!(NodeSettings::parse(&text).unwrap(), settings);
+    }
+
+    // Guards the layering: a later layer wins where it says something and
+    // leaves the rest to the ones below.
+    #[test]
+    fn later_layers_win_setting_by_setting() {
+        let file = NodeSettings {
+            capacity: Some(Size(1 << 30)),
+            spin_us: Some(7),
+            ..NodeSettings::default()
+        };
+        let command_line = NodeSettings {
+            capacity: Some(Size(2 << 30)),
+            ..NodeSettings::default()
+        };
+        let layered =
+            NodeSettings::layered(&[&NodeSettings::defaults(), &file, &command_line]).unwrap();
+        assert_eq!(layered.capacity, Some(Size(2 << 30)));
+        assert_eq!(layered.spin_us, Some(7));
+        assert_eq!(
+            layered.connections_max,
+            NodeSettings::defaults().connections_max
+        );
+        assert_eq!(layered.data_dir, None);
+    }
+
+    // Guards the defaults: with capacity and data dir given, they make a
+    // valid configuration, the one `NodeConfig::new` describes.
+    #[test]
+    fn defaults_make_a_valid_configuration() {
+        let given = NodeSettings {
+            capacity: Some(Size(64 << 20)),
+            data_dir: Some(PathBuf::from("/tmp/pagoda")),
+            ..NodeSettings::default()
+        };
+        let settings = NodeSettings::layered(&[&NodeSettings::defaults(), &given]).unwrap();
+        let config = settings.node_config().unwrap();
+        let expected = NodeConfig::new(
+            SocketAddr::from(([127, 0, 0, 1], 7070)),
+            64 << 20,
+            PathBuf::from("/tmp/pagoda"),
+        );
+        assert_eq!(config.spin, expected.spin);
+        assert_eq!(config.writer_lease, expected.writer_lease);
+        assert_eq!(
+            config.connection_memory_bytes,
+            expected.connection_memory_bytes
+        );
+        assert_eq!(config.replica_timeout, expected.replica_timeout);
+        assert_eq!(config.lease, expected.lease);
+        assert_eq!(config.replace_replica_after, expected.replace_replica_after);
+        assert_eq!(config.checkpoint_interval, Some(Duration::from_secs(60)));
+    }
+
+    // Guards the words for a bad address to listen on: what is missing,
+    // said once (clap or the file's excerpt quotes the value).
+    #[test]
+    fn listen_addresses_name_what_is_missing() {
+        assert_eq!(
+            parse_socket_address("localhost"),
+            Err("the port is missing (for example 127.0.0.1:7070)".into())
+        );
+        assert_eq!(
+            parse_socket_address("[::1]"),
+            Err("the port is missing (for example 127.0.0.1:7070)".into())
+        );
+        assert_eq!(
+            parse_socket_address("127.0.0.1:x"),
+            Err("\"x\" is not a port (for example 127.0.0.1:7070)".into())
+        );
+        assert!(
+            parse_socket_address("localhost:7070")
+                .unwrap_err()
+                .starts_with("\"localhost\" is not an IP address")
+        );
+    }
 }

@@ -24,7 +24,9 @@ const UNITS: [(&str, u64); 9] = [
     ("B", 1),
 ];
 
-/// Parses a size; errors say what was wrong and how to write it.
+/// Parses a size; errors say what was wrong and how to write it, without
+/// repeating the text: clap's message and the config file's excerpt quote
+/// it already.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
@@ -33,13 +35,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let (digits, unit) = text.split_at(split);
     let unit = unit.trim();
     if digits.is_empty() {
-        return Err(format!(
-            "{text:?} is not a size: expected a number with an optional unit, like 64MiB"
-        ));
+        return Err("not a size: expected a number with an optional unit, like 64MiB".into());
     }
     let number: u64 = digits
         .parse()
-        .map_err(|_| format!("{text:?}: the number is too large"))?;
+        .map_err(|_| "the number is too large (at most 2^64 bytes)".to_string())?;
     let multiplier = if unit.is_empty() {
         1
     } else if let Some((_, multiplier)) = UNITS
@@ -59,19 +59,76 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             _ => 4,
         };
         return Err(format!(
-            "{text:?} is ambiguous: write {number}{letter}iB for binary units \
+            "the unit is ambiguous: write {number}{letter}iB for binary units \
              ({number} * 2^{}) or {number}{letter}B for decimal ones ({number} * 10^{})",
             10 * power,
             3 * power
         ));
     } else {
         return Err(format!(
-            "{text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB, or KB, MB, GB, TB)"
+            "unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB, or KB, MB, GB, TB)"
         ));
     };
     number
         .checked_mul(multiplier)
-        .ok_or_else(|| format!("{text:?} is too large"))
+        .ok_or_else(|| "the size is too large (at most 2^64 bytes)".to_string())
+}
+
+/// A size setting of `pagoda node`: read with [`parse_size`] from a flag,
+/// an environment variable or the config file (where a bare integer is
+/// bytes too), and written back exactly ([`format_size_exact`]), so that a
+/// printed configuration reads back as the same bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl std::str::FromStr for Size {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Size, String> {
+        parse_size(text).map(Size)
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format_size_exact(self.0))
+    }
+}
+
+impl serde::Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Size, D::Error> {
+        struct SizeVisitor;
+
+        impl serde::de::Visitor<'_> for SizeVisitor {
+            type Value = Size;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size like \"64MiB\" or a number of bytes")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Size, E> {
+                parse_size(text).map(Size).map_err(E::custom)
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, bytes: u64) -> Result<Size, E> {
+                Ok(Size(bytes))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, bytes: i64) -> Result<Size, E> {
+                u64::try_from(bytes)
+                    .map(Size)
+                    .map_err(|_| E::custom(format!("{bytes} is not a size: it is negative")))
+            }
+        }
+
+        deserializer.deserialize_any(SizeVisitor)
+    }
 }
 
 /// A size as written on the command line and what it means.

@@ -26,6 +26,7 @@ pub mod error;
 mod metrics;
 pub mod node;
 mod node_journal;
+pub mod preflight;
 pub mod recovery;
 pub mod region;
 pub mod replication;

@@ -190,6 +190,9 @@ impl Node {
                 "the checkpoint interval must be positive".into(),
             ));
         }
+        // Before anything writes the data dir or the storage: a directory
+        // that cannot be written fails here, named, with the fix.
+        crate::preflight::check(&config)?;
         let membership = crate::cluster::Membership::open(&config)?;
         let arena = Arc::new(Arena::new(config.capacity_bytes, SEGMENT_BYTES)?);
         let missing = if config.accept_storage_mismatch {
