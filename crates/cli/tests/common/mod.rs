@@ -1,5 +1,6 @@
 //! Helpers shared by the tests of the `pagoda` binary.
 
+pub mod http;
 pub mod model;
 pub mod writer;
 
