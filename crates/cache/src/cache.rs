@@ -179,6 +179,8 @@ struct Prefetch {
     /// The current cap on a stream's window (adapted; at most `depth_max`).
     depth_cap: AtomicU64,
     references: RwLock<Option<(Extractor, Duration)>>,
+    /// Reply buffers back from installed read-aheads, for reuse.
+    spare_buffers: Mutex<Vec<Vec<u8>>>,
     issued: AtomicU64,
     used: AtomicU64,
     late: AtomicU64,
@@ -196,6 +198,10 @@ const ADAPT_EVERY: u64 = 256;
 const DEPTH_CAP_MIN: u64 = 4;
 /// Most pages in flight at once, whatever the cache's size.
 const IN_FLIGHT_PAGES_MAX: usize = 4096;
+/// Uses of read-ahead pages between two collections of replies.
+const COLLECT_EVERY_USES: u64 = 8;
+/// Reply buffers kept for reuse (a fresh one costs a page fault per page).
+const SPARE_BUFFERS_MAX: usize = 16;
 
 impl<B: Backing> PageCache<B> {
     /// Builds a cache; see [`CacheConfig`].
@@ -240,6 +246,7 @@ impl<B: Backing> PageCache<B> {
                 ),
                 config: config.prefetch,
                 references: RwLock::new(None),
+                spare_buffers: Mutex::new(Vec::new()),
                 issued: AtomicU64::new(0),
                 used: AtomicU64::new(0),
                 late: AtomicU64::new(0),
@@ -886,13 +893,14 @@ impl<B: Backing> PageCache<B> {
             return;
         }
         let prefetch = &self.prefetch;
+        let mut sent = 0;
         if prefetch.config.trend {
             let cap = prefetch.depth_cap.load(Ordering::Relaxed);
             if let Some(window) = prefetch
                 .detector
                 .observe(thread_tag(), first, last, missed, cap)
             {
-                self.read_ahead(window.pages(), prefetch.config.deadline);
+                sent += self.read_ahead(window.pages(), prefetch.config.deadline);
             }
         }
         let references = prefetch.references.read().clone();
@@ -919,10 +927,21 @@ impl<B: Backing> PageCache<B> {
                 if invalid > 0 {
                     prefetch.refs_invalid.fetch_add(invalid, Ordering::Relaxed);
                 }
-                self.read_ahead(targets.into_iter(), deadline);
+                sent += self.read_ahead(targets.into_iter(), deadline);
             }
         }
-        if prefetch.in_flight.load(Ordering::Relaxed) > 0 {
+        // Replies are taken in after a miss, after sending, and on every
+        // few uses of read-ahead pages: often enough to stay ahead of a
+        // stream (a window is a quarter or more of its depth), rarely enough
+        // that a stream of hits does not pay a system call each.
+        if prefetch.in_flight.load(Ordering::Relaxed) > 0
+            && (missed
+                || sent > 0
+                || prefetch
+                    .used
+                    .load(Ordering::Relaxed)
+                    .is_multiple_of(COLLECT_EVERY_USES))
+        {
             self.collect_read_ahead();
         }
     }
@@ -977,7 +996,8 @@ impl<B: Backing> PageCache<B> {
             // Taken before the read is sent: a write-back after this moment
             // voids the read's contents.
             let sent = prefetch.written.now();
-            let buffer = vec![0u8; batch.len() * self.page_size];
+            let mut buffer = prefetch.spare_buffers.lock().pop().unwrap_or_default();
+            buffer.resize(batch.len() * self.page_size, 0);
             match self.backing.start_read(batch, buffer) {
                 Ok(read) => calls.push(InFlight {
                     pages: batch.to_vec(),
@@ -1052,13 +1072,18 @@ impl<B: Backing> PageCache<B> {
         }
         for (call, result) in arrived {
             match result {
-                Ok(buffer) if Instant::now() <= call.deadline => {
-                    self.install_read_ahead(&call.pages, &buffer, call.sent)
-                }
-                Ok(_) => {
-                    prefetch
-                        .late
-                        .fetch_add(call.pages.len() as u64, Ordering::Relaxed);
+                Ok(buffer) => {
+                    if Instant::now() <= call.deadline {
+                        self.install_read_ahead(&call.pages, &buffer, call.sent);
+                    } else {
+                        prefetch
+                            .late
+                            .fetch_add(call.pages.len() as u64, Ordering::Relaxed);
+                    }
+                    let mut spare = prefetch.spare_buffers.lock();
+                    if spare.len() < SPARE_BUFFERS_MAX {
+                        spare.push(buffer);
+                    }
                 }
                 Err(error) => {
                     tracing::debug!(%error, pages = call.pages.len(), "read-ahead failed");
@@ -1076,29 +1101,32 @@ impl<B: Backing> PageCache<B> {
     /// pages, marked so that their first use counts as used.
     fn install_read_ahead(&self, pages: &[u64], buffer: &[u8], sent: u64) {
         let prefetch = &self.prefetch;
-        let mut dropped = 0u64;
-        let mut installed = 0u64;
-        for (index, (&page, bytes)) in pages
+        let wanted: Vec<(u64, &[u8])> = pages
             .iter()
+            .copied()
             .zip(buffer.chunks_exact(self.page_size))
-            .enumerate()
-        {
-            if self.table.get(page).is_some() || prefetch.written.since(page, sent) {
-                dropped += 1;
-                continue;
-            }
-            let mut fresh = Vec::with_capacity(1);
-            let acquired = self.acquire_frames(1, &mut fresh);
-            let Some(&frame) = fresh.first().filter(|_| acquired.is_ok()) else {
-                self.free_frames(&fresh);
-                dropped += (pages.len() - index) as u64;
+            .filter(|&(page, _)| {
+                self.table.get(page).is_none() && !prefetch.written.since(page, sent)
+            })
+            .collect();
+        let mut dropped = (pages.len() - wanted.len()) as u64;
+        let mut installed = 0u64;
+        // All the frames at once, so that evictions go in batches too.
+        let mut fresh = Vec::with_capacity(wanted.len());
+        if let Err(error) = self.acquire_frames(wanted.len(), &mut fresh) {
+            tracing::debug!(%error, "no frames for read-ahead");
+        }
+        let mut spare = Vec::new();
+        for (index, &(page, bytes)) in wanted.iter().enumerate() {
+            let Some(&frame) = fresh.get(index) else {
+                dropped += (wanted.len() - index) as u64;
                 break;
             };
             let meta = &self.frames.meta[frame as usize];
             meta.page.store(page, Ordering::Release);
             if !self.table.install(page, frame) {
                 meta.page.store(NO_PAGE, Ordering::Release);
-                self.free_frames(&fresh);
+                spare.push(frame);
                 dropped += 1;
                 continue;
             }
@@ -1107,7 +1135,7 @@ impl<B: Backing> PageCache<B> {
             if prefetch.written.since(page, sent) {
                 self.table.remove(page, frame);
                 meta.page.store(NO_PAGE, Ordering::Release);
-                self.free_frames(&fresh);
+                spare.push(frame);
                 dropped += 1;
                 continue;
             }
@@ -1116,6 +1144,9 @@ impl<B: Backing> PageCache<B> {
             meta.set(VALID | PREFETCHED);
             self.policy.admit_prefetched(frame, page);
             installed += 1;
+        }
+        if !spare.is_empty() {
+            self.free_frames(&spare);
         }
         prefetch.late.fetch_add(dropped, Ordering::Relaxed);
         self.pages_fetched.fetch_add(installed, Ordering::Relaxed);

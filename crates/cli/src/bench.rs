@@ -94,6 +94,9 @@ pub struct BenchArgs {
     /// Seed for the workload's random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Turn off the region's read-ahead of sequential and strided streams.
+    #[arg(long)]
+    no_prefetch: bool,
 }
 
 /// The figures `pagoda bench` reports; the JSON field names are documented in
@@ -121,6 +124,12 @@ pub struct BenchReport {
     pub hit_ratio: f64,
     pub bytes_fetched: u64,
     pub bytes_written_back: u64,
+    /// Pages read ahead, used after arriving, arrived too late (or were
+    /// fetched on demand first), and evicted unused.
+    pub prefetch_issued: u64,
+    pub prefetch_used: u64,
+    pub prefetch_late: u64,
+    pub prefetch_wasted: u64,
 }
 
 /// Picks pages for one thread.
@@ -265,7 +274,17 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, String> {
             prefill(&client, &info, !args.json)?;
         }
         let region = client
-            .open_region(&name, RegionOptions::with_cache_bytes(args.cache))
+            .open_region(
+                &name,
+                RegionOptions {
+                    prefetch: if args.no_prefetch {
+                        pagoda::PrefetchConfig::off()
+                    } else {
+                        pagoda::PrefetchConfig::default()
+                    },
+                    ..RegionOptions::with_cache_bytes(args.cache)
+                },
+            )
             .map_err(crate::client_error)?;
         measure(args, Arc::new(region))
     })();
@@ -422,6 +441,10 @@ fn measure(args: &BenchArgs, region: Arc<Region>) -> Result<BenchReport, String>
         },
         bytes_fetched: (after.pages_fetched - before.pages_fetched) * page_bytes,
         bytes_written_back: (after.pages_written_back - before.pages_written_back) * page_bytes,
+        prefetch_issued: after.prefetch_issued - before.prefetch_issued,
+        prefetch_used: after.prefetch_used - before.prefetch_used,
+        prefetch_late: after.prefetch_late - before.prefetch_late,
+        prefetch_wasted: after.prefetch_wasted - before.prefetch_wasted,
     })
 }
 
@@ -456,6 +479,17 @@ fn print_report(report: &BenchReport) {
         "{:<22} {:>14}",
         "written back",
         format_bytes(report.bytes_written_back)
+    );
+    println!(
+        "{:<22} {:>14}",
+        "read ahead (pages)",
+        format!(
+            "{} ({} used, {} late, {} wasted)",
+            report.prefetch_issued,
+            report.prefetch_used,
+            report.prefetch_late,
+            report.prefetch_wasted
+        )
     );
 }
 

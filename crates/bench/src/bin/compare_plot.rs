@@ -27,7 +27,7 @@ compare_plot: check, tabulate and plot bench/compare.sh results
   --table FILE     where to write the markdown table (default: stdout only)";
 
 /// The workloads in the order they are shown.
-const WORKLOADS: [&str; 5] = ["kv90", "kv50", "uniform90", "scan", "chase"];
+const WORKLOADS: [&str; 6] = ["kv90", "kv50", "uniform90", "scan", "chase", "indirect"];
 /// The limited backends in the order they are shown; `local` is the baseline.
 const LIMITED: [&str; 4] = ["swap", "zswap", "pagoda", "mapped"];
 /// Bar colours: swap, zswap, pagoda, mapped.

@@ -29,6 +29,14 @@
 //! - `chase`: pointer chasing: every record's first word holds the index of
 //!   the next record of one random cycle through all records, and each read's
 //!   successor is taken from the bytes just read.
+//! - `indirect`: index pages read in order, each followed by the records it
+//!   lists (an inverted list, or the probe side of a hash join). Every
+//!   [`INDEX_EVERY`]th record is an index page: its words 2.., taken modulo
+//!   the number of records (and moved off index pages), are
+//!   [`INDIRECT_FANOUT`] record ids in random order. With `--references`, a
+//!   Pagoda region is given a reference extractor that knows this layout (an
+//!   index page is one whose own id, word 1, is a multiple of
+//!   `INDEX_EVERY`), so touching an index page reads its records ahead.
 //!
 //! Record contents never change: an update writes the record's own contents
 //! again (a whole 4 KiB store that dirties the page like any other update). So
@@ -54,7 +62,7 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use pagoda::{Client, ClientOptions, MapOptions, Mapping, Region, RegionOptions};
+use pagoda::{Client, ClientOptions, MapOptions, Mapping, PrefetchConfig, Region, RegionOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -69,10 +77,16 @@ workload: the headline comparison's workload (local memory, kernel swap, Pagoda)
                                 into the process (loads and stores, page faults)
   --dataset SIZE                dataset size, e.g. 4GiB (default 4GiB); or
   --records N                   number of 4 KiB records
-  --workloads LIST              comma-separated, from kv90,kv50,uniform90,scan,chase
-                                (default: all, in that order)
+  --workloads LIST              comma-separated, from kv90,kv50,uniform90,scan,chase,
+                                indirect (default: all, in that order)
   --cache SIZE                  pagoda: the region's local cache; mapped: the
                                 mapping's local budget (required for both)
+  --prefetch on|off             pagoda: the region's trend read-ahead (default on)
+  --references                  pagoda: while `indirect` runs, give the region a
+                                reference extractor that reads an index page's
+                                record ids
+  --loopback                    measure one loopback stream's bandwidth first and
+                                report it with every workload (bytes/s)
   --fault-spin-us N             mapped: the first fault thread's spin after a fault
                                 (default: the product's, MapOptions::spin)
   --fraction F                  local memory as a fraction of the dataset (a label,
@@ -107,6 +121,12 @@ const DATA_SEED: u64 = 0x5eed_da7a;
 const PRIME_CHUNK_RECORDS: usize = 64;
 /// Highest latency the histogram records, in nanoseconds (60 s).
 const LATENCY_NS_MAX: u64 = 60_000_000_000;
+/// Record ids an index page lists in the `indirect` workload (words 2..).
+const INDIRECT_FANOUT: usize = 128;
+/// Every this many records, one is an index page of the `indirect` workload.
+const INDEX_EVERY: u64 = 64;
+/// How long a read-ahead of the records an index page lists may take.
+const REFERENCES_DEADLINE: Duration = Duration::from_millis(20);
 
 fn main() {
     let args = match Args::parse(std::env::args().skip(1).collect()) {
@@ -139,15 +159,17 @@ enum Workload {
     Uniform90,
     Scan,
     Chase,
+    Indirect,
 }
 
 impl Workload {
-    const ALL: [Workload; 5] = [
+    const ALL: [Workload; 6] = [
         Workload::Kv90,
         Workload::Kv50,
         Workload::Uniform90,
         Workload::Scan,
         Workload::Chase,
+        Workload::Indirect,
     ];
 
     fn name(self) -> &'static str {
@@ -157,6 +179,7 @@ impl Workload {
             Workload::Uniform90 => "uniform90",
             Workload::Scan => "scan",
             Workload::Chase => "chase",
+            Workload::Indirect => "indirect",
         }
     }
 
@@ -164,7 +187,7 @@ impl Workload {
         match self {
             Workload::Kv90 | Workload::Uniform90 => 0.9,
             Workload::Kv50 => 0.5,
-            Workload::Scan | Workload::Chase => 1.0,
+            Workload::Scan | Workload::Chase | Workload::Indirect => 1.0,
         }
     }
 }
@@ -185,6 +208,11 @@ struct Args {
     check_ops: u64,
     seed: u64,
     json: bool,
+    /// pagoda: trend read-ahead on.
+    prefetch: bool,
+    /// pagoda: the `indirect` reference extractor.
+    references: bool,
+    loopback: bool,
 }
 
 /// Parses `4096`, `64MiB`, `4GiB`, `1.5GiB`, `2G`.
@@ -225,10 +253,21 @@ impl Args {
         let mut check_ops = 20_000u64;
         let mut seed = 42u64;
         let mut json = false;
+        let mut prefetch = true;
+        let mut references = false;
+        let mut loopback = false;
         let mut iter = argv.into_iter();
         while let Some(flag) = iter.next() {
             if flag == "--json" {
                 json = true;
+                continue;
+            }
+            if flag == "--references" {
+                references = true;
+                continue;
+            }
+            if flag == "--loopback" {
+                loopback = true;
                 continue;
             }
             if flag == "--help" || flag == "-h" {
@@ -251,6 +290,13 @@ impl Args {
                     })
                 }
                 "--label" => label = Some(value),
+                "--prefetch" => {
+                    prefetch = match value.as_str() {
+                        "on" => true,
+                        "off" => false,
+                        other => return Err(format!("--prefetch {other:?}: on or off")),
+                    }
+                }
                 "--fault-spin-us" => fault_spin_us = Some(number(&value)? as u64),
                 "--records" => records = Some(number(&value)? as u64),
                 "--dataset" => dataset = parse_size(&value)?,
@@ -319,6 +365,9 @@ impl Args {
             check_ops,
             seed,
             json,
+            prefetch,
+            references,
+            loopback,
         })
     }
 }
@@ -443,6 +492,26 @@ impl Contents {
         }
     }
 
+    /// The records a page lists if it is an index page of the `indirect`
+    /// workload (its id, word 1, a multiple of [`INDEX_EVERY`]): its words
+    /// 2.. modulo the number of records, each moved off index pages.
+    fn listed(page: &[u8], records: u64, out: &mut Vec<u64>) {
+        let word = |index: usize| {
+            u64::from_le_bytes(page[index * 8..index * 8 + 8].try_into().expect("8 bytes"))
+        };
+        if !word(1).is_multiple_of(INDEX_EVERY) {
+            return;
+        }
+        out.extend((2..2 + INDIRECT_FANOUT).map(|index| {
+            let record = word(index) % records;
+            if record.is_multiple_of(INDEX_EVERY) {
+                (record + 1) % records
+            } else {
+                record
+            }
+        }));
+    }
+
     /// The record after `record` on the pointer-chasing cycle.
     fn next(&self, record: u64) -> u64 {
         let position = self.cycle.invert(record);
@@ -495,6 +564,9 @@ trait Records {
     fn counters(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+    /// Turns the `indirect` workload's reference extractor on or off (only
+    /// a Pagoda region has one; it is on only while `indirect` runs).
+    fn references(&mut self, _on: bool) {}
 }
 
 /// Records in memory this process reaches by plain loads and stores: the
@@ -675,6 +747,7 @@ impl Drop for NodeRegion {
 struct Remote {
     region: Region,
     _node: NodeRegion,
+    records: u64,
 }
 
 impl Records for Remote {
@@ -703,6 +776,24 @@ impl Records for Remote {
             .map_err(|e| format!("read of records {first}..: {e}"))
     }
 
+    fn references(&mut self, on: bool) {
+        if !on {
+            self.region.clear_reference_extractor();
+            return;
+        }
+        let records = self.records;
+        self.region.set_reference_extractor(
+            move |page, out| {
+                let start = out.len();
+                Contents::listed(page, records, out);
+                for offset in &mut out[start..] {
+                    *offset *= RECORD_BYTES as u64;
+                }
+            },
+            REFERENCES_DEADLINE,
+        );
+    }
+
     fn counters(&self) -> serde_json::Value {
         let stats = self.region.cache_stats();
         serde_json::json!({
@@ -712,6 +803,12 @@ impl Records for Remote {
             "evictions": stats.evictions,
             "pages_fetched": stats.pages_fetched,
             "pages_written_back": stats.pages_written_back,
+            "prefetch_issued": stats.prefetch_issued,
+            "prefetch_used": stats.prefetch_used,
+            "prefetch_late": stats.prefetch_late,
+            "prefetch_wasted": stats.prefetch_wasted,
+            "prefetch_failed": stats.prefetch_failed,
+            "references_invalid": stats.references_invalid,
         })
     }
 }
@@ -766,12 +863,20 @@ fn load_pagoda(contents: &Contents, args: &Args) -> Result<Remote, String> {
         .client
         .open_region(
             &node.name,
-            RegionOptions::with_cache_bytes(args.cache_bytes),
+            RegionOptions {
+                prefetch: if args.prefetch {
+                    PrefetchConfig::default()
+                } else {
+                    PrefetchConfig::off()
+                },
+                ..RegionOptions::with_cache_bytes(args.cache_bytes)
+            },
         )
         .map_err(|e| format!("opening region {:?}: {e}", node.name))?;
     Ok(Remote {
         region,
         _node: node,
+        records: contents.records,
     })
 }
 
@@ -810,8 +915,13 @@ struct Ops {
     zipf: Option<Zipf<f64>>,
     /// Scatters Zipf ranks over the dataset so hot records are not neighbours.
     scatter: Permutation,
-    /// The scan's next record, or the walk's next record.
+    /// The scan's next record, or the walk's next record, or the
+    /// `indirect` workload's index page.
     cursor: u64,
+    /// `indirect`: the records the current index page lists, and the next
+    /// one to read (`listed.len()`: read the next index page).
+    listed: Vec<u64>,
+    position: usize,
 }
 
 impl Ops {
@@ -834,6 +944,8 @@ impl Ops {
             zipf,
             scatter: Permutation::new(records, seed ^ 0x5ca7),
             cursor,
+            listed: Vec::with_capacity(INDIRECT_FANOUT),
+            position: 0,
         })
     }
 
@@ -858,6 +970,19 @@ impl Ops {
                 (record, false)
             }
             Workload::Chase => (self.cursor, false),
+            Workload::Indirect => {
+                if self.position < self.listed.len() {
+                    self.position += 1;
+                    return (self.listed[self.position - 1], false);
+                }
+                // The next index page; `after_read` takes its list.
+                let record = self.cursor;
+                self.cursor = (self.cursor + INDEX_EVERY) % self.records;
+                self.cursor -= self.cursor % INDEX_EVERY;
+                self.listed.clear();
+                self.position = 0;
+                (record, false)
+            }
         }
     }
 
@@ -866,6 +991,9 @@ impl Ops {
     fn after_read(&mut self, page: &Page) {
         if self.workload == Workload::Chase {
             self.cursor = page.word(0);
+        }
+        if self.workload == Workload::Indirect && self.listed.is_empty() {
+            Contents::listed(&page.0, self.records, &mut self.listed);
         }
     }
 }
@@ -1096,8 +1224,20 @@ fn run(args: &Args) -> Result<(), String> {
         "workload: loaded in {load_seconds:.1} s, primed {resident} records in {prime_seconds:.1} s"
     );
     let warmup_ops = ((args.records as f64 * args.fraction) as u64).max(1);
+    // One stream in 1 MiB writes for a second (at most 16 GiB): the
+    // bandwidth the scan is measured against.
+    let loopback = args
+        .loopback
+        .then(|| pagoda_bench::raw::stream_bandwidth(Duration::from_secs(1), 1 << 20, 16 << 30));
+    if let Some(bytes_per_s) = loopback {
+        eprintln!(
+            "workload: one loopback stream: {:.2} GB/s",
+            bytes_per_s / 1e9
+        );
+    }
     let stdout = std::io::stdout();
     for &workload in &args.workloads {
+        backend.references(args.references && workload == Workload::Indirect);
         let mut ops = Ops::new(workload, &contents, args.seed)?;
         let mut histogram =
             Histogram::<u64>::new_with_bounds(1, LATENCY_NS_MAX, 3).map_err(|e| e.to_string())?;
@@ -1189,6 +1329,8 @@ fn run(args: &Args) -> Result<(), String> {
             "load_seconds": load_seconds,
             "prime_seconds": prime_seconds,
             "cgroup": cgroup_report(),
+            "loopback_bytes_per_s": loopback,
+            "bytes_per_s": throughput * RECORD_BYTES as f64,
         });
         let mut out = stdout.lock();
         if args.json {
