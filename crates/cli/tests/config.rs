@@ -488,3 +488,78 @@ fn the_deploy_example_is_a_valid_config() {
         assert!(help.contains(&format!("--{key} ")), "--{key} is not a flag");
     }
 }
+
+/// A read-only tmpfs mounted on a temporary directory, unmounted when
+/// dropped.
+struct ReadOnlyMount {
+    dir: tempfile::TempDir,
+}
+
+impl ReadOnlyMount {
+    /// Mounts it; the tests run as root (README: "so run it as root"), and
+    /// fail rather than skip when they cannot mount.
+    fn new() -> ReadOnlyMount {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("running mount (this test needs root)");
+        assert!(
+            status.success(),
+            "mounting a read-only tmpfs (this test needs root)"
+        );
+        ReadOnlyMount { dir }
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+// Guards the write probes: a data dir or a storage directory that exists
+// but cannot be written (a read-only file system, where root's rights do
+// not help) fails the start, naming the directory and what to check.
+#[test]
+fn unwritable_directories_fail_the_start() {
+    let mount = ReadOnlyMount::new();
+    let dir = tempfile::tempdir().unwrap();
+    let error = failure(
+        node_command()
+            .args(["--capacity", "64MiB", "--data-dir"])
+            .arg(mount.dir.path()),
+    );
+    assert_eq!(
+        error.trim_end(),
+        format!(
+            "error: configuration: data dir {} is not writable (Read-only file system (os error \
+             30)); give --data-dir a directory this user can create and write, or let this user \
+             write it",
+            mount.dir.path().display()
+        )
+    );
+
+    let error = failure(
+        node_command()
+            .args(["--capacity", "64MiB", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--storage")
+            .arg(mount.dir.path()),
+    );
+    assert!(
+        error.starts_with(&format!(
+            "error: configuration: storage {} is not usable (",
+            mount.dir.path().display()
+        )),
+        "{error}"
+    );
+    assert!(error.contains("writing _pagoda/probe-"), "{error}");
+    assert!(error.contains("Read-only file system"), "{error}");
+    assert!(
+        error.contains("check its address, bucket and credentials"),
+        "{error}"
+    );
+    assert_eq!(error.lines().count(), 1, "{error}");
+}

@@ -4,9 +4,9 @@
 //!
 //! - the data dir can be created and written (a probe file is written and
 //!   removed);
-//! - so can a storage directory (the backend itself, whatever it is, is
-//!   proved usable by `Storage::open_checked`, which writes, reads back and
-//!   deletes a probe object);
+//! - a storage directory can be created (whether it can be written, the
+//!   backend's own probe finds out next, whatever the backend:
+//!   `Storage::open_checked` writes, reads back and deletes a probe object);
 //! - the capacity fits the host's RAM. Only a warning: regions are
 //!   thin-provisioned, so a node may promise more than it has until they
 //!   fill.
@@ -29,7 +29,7 @@ const PROBE_FILE_NAME: &str = ".pagoda-probe";
 pub fn check(config: &NodeConfig) -> Result<(), NodeError> {
     check_writable_dir(&config.data_dir, "data dir", "--data-dir")?;
     if let Some(StorageConfig::Dir(dir)) = &config.storage {
-        check_writable_dir(dir, "storage dir", "--storage")?;
+        create_dir(dir, "storage dir", "--storage")?;
     }
     let host_memory_bytes = std::fs::read_to_string(MEMINFO_PATH)
         .ok()
@@ -46,29 +46,8 @@ pub fn check(config: &NodeConfig) -> Result<(), NodeError> {
 /// removing a probe file. `what` names the directory in messages and
 /// `flag` the setting to change.
 pub fn check_writable_dir(dir: &Path, what: &str, flag: &str) -> Result<(), NodeError> {
+    create_dir(dir, what, flag)?;
     let shown = dir.display();
-    let fix = format!("give {flag} a directory this user can create and write");
-    if dir.exists() && !dir.is_dir() {
-        return Err(NodeError::Config(format!(
-            "{what} {shown} is a file, not a directory; {fix}"
-        )));
-    }
-    if let Err(error) = std::fs::create_dir_all(dir) {
-        // Under a file, the OS says "not a directory" without saying which
-        // path is the file: name it.
-        let file = dir
-            .ancestors()
-            .skip(1)
-            .find(|ancestor| ancestor.exists())
-            .filter(|ancestor| !ancestor.is_dir());
-        return Err(NodeError::Config(match file {
-            Some(file) => format!(
-                "{what} {shown} cannot be created: {} is a file, not a directory; {fix}",
-                file.display()
-            ),
-            None => format!("{what} {shown} cannot be created ({error}); {fix}"),
-        }));
-    }
     let probe = dir.join(PROBE_FILE_NAME);
     let written = std::fs::OpenOptions::new()
         .write(true)
@@ -78,15 +57,51 @@ pub fn check_writable_dir(dir: &Path, what: &str, flag: &str) -> Result<(), Node
         .and_then(|mut file| file.write_all(b"pagoda probe"));
     if let Err(error) = written {
         return Err(NodeError::Config(format!(
-            "{what} {shown} is not writable ({error}); {fix}, or let this user write it"
+            "{what} {shown} is not writable ({error}); {}, or let this user write it",
+            fix(flag)
         )));
     }
     std::fs::remove_file(&probe).map_err(|error| {
         NodeError::Config(format!(
-            "{what} {shown}: the probe file {} cannot be removed ({error}); {fix}",
-            probe.display()
+            "{what} {shown}: the probe file {} cannot be removed ({error}); {}",
+            probe.display(),
+            fix(flag)
         ))
     })
+}
+
+/// Creates `dir` if it is missing; a file where it or a parent should be
+/// is named.
+pub fn create_dir(dir: &Path, what: &str, flag: &str) -> Result<(), NodeError> {
+    let shown = dir.display();
+    if dir.exists() && !dir.is_dir() {
+        return Err(NodeError::Config(format!(
+            "{what} {shown} is a file, not a directory; {}",
+            fix(flag)
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|error| {
+        // Under a file, the OS says "not a directory" without saying which
+        // path is the file: name it.
+        let file = dir
+            .ancestors()
+            .skip(1)
+            .find(|ancestor| ancestor.exists())
+            .filter(|ancestor| !ancestor.is_dir());
+        NodeError::Config(match file {
+            Some(file) => format!(
+                "{what} {shown} cannot be created: {} is a file, not a directory; {}",
+                file.display(),
+                fix(flag)
+            ),
+            None => format!("{what} {shown} cannot be created ({error}); {}", fix(flag)),
+        })
+    })
+}
+
+/// What to do about a directory the node cannot use.
+fn fix(flag: &str) -> String {
+    format!("give {flag} a directory this user can create and write")
 }
 
 /// The host's RAM from the text of `/proc/meminfo` (`MemTotal:  N kB`).
