@@ -83,6 +83,7 @@
 //! ```
 
 mod checksum;
+pub mod client_metrics;
 mod cluster;
 mod connection;
 mod error;
@@ -440,6 +441,9 @@ impl Client {
             }
         };
         self.open_regions.add(region.cache());
+        if self.open_regions.start_metrics_once() {
+            client_metrics::start(Arc::downgrade(&self.open_regions));
+        }
         Ok(region)
     }
 

@@ -11,6 +11,7 @@ use pagoda_wire::limits::{PAGE_BYTES_MAX, PAGE_BYTES_MIN, REGION_BYTES_MAX};
 use pagoda_wire::message::{encode_read_pages, encode_write_pages};
 use pagoda_wire::{OpenMode, RegionInfo, Response};
 
+use crate::client_metrics::RegionHistograms;
 use crate::connection::PendingCall;
 use crate::error::ClientError;
 use crate::link::{Link, RegionBinding, Retry};
@@ -167,6 +168,8 @@ pub(crate) struct RemotePages {
     /// In `Local` mode: committed records go out before any fetch, so the
     /// fetch sees them.
     shipping: Option<Arc<Shipping>>,
+    /// Fetch and write-back latency, for the application's metrics.
+    histograms: RegionHistograms,
 }
 
 impl Backing for RemotePages {
@@ -180,9 +183,11 @@ impl Backing for RemotePages {
         };
         let region = || self.binding.id();
         let batch = self.link.batch_pages_max(self.page_size);
+        let began = std::time::Instant::now();
         for (pages, buffers) in pages.chunks(batch).zip(buffers.chunks_mut(batch)) {
             fetch(&self.link, &region, pages, buffers, &before)?;
         }
+        self.histograms.fetch.record(began.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -213,6 +218,7 @@ impl Backing for RemotePages {
         // A region whose writer lease is lost writes nothing more, not even
         // pages dirtied before (another host may hold the region now).
         self.binding.check_lease()?;
+        let began = std::time::Instant::now();
         let written = write_pages(
             &self.link,
             log,
@@ -227,6 +233,9 @@ impl Backing for RemotePages {
             self.binding.check_lease()?;
         }
         written?;
+        self.histograms
+            .write_back
+            .record(began.elapsed().as_secs_f64());
         Ok(())
     }
 }
@@ -431,6 +440,7 @@ impl Region {
             binding,
             page_size,
             shipping,
+            histograms: RegionHistograms::new(&info.name),
         };
         Ok(Region {
             cache: Arc::new(PageCache::new(config, backing)),

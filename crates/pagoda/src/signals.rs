@@ -61,9 +61,17 @@ impl Default for FlushOnSignal {
 #[derive(Default)]
 pub(crate) struct OpenRegions {
     caches: Mutex<Vec<Weak<RegionCache>>>,
+    /// Whether the client's metrics thread has been started.
+    metrics_started: AtomicBool,
 }
 
 impl OpenRegions {
+    /// True the first time it is called: the caller starts the metrics
+    /// thread.
+    pub(crate) fn start_metrics_once(&self) -> bool {
+        !self.metrics_started.swap(true, Ordering::AcqRel)
+    }
+
     /// Adds a region handle's cache (and forgets those of dropped ones).
     pub(crate) fn add(&self, cache: &Arc<RegionCache>) {
         let mut caches = self.caches.lock();
@@ -71,7 +79,7 @@ impl OpenRegions {
         caches.push(Arc::downgrade(cache));
     }
 
-    fn live(&self) -> Vec<Arc<RegionCache>> {
+    pub(crate) fn live(&self) -> Vec<Arc<RegionCache>> {
         self.caches
             .lock()
             .iter()
