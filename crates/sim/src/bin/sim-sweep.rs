@@ -142,6 +142,8 @@ fn main() -> ExitCode {
     let mut lru_best = 0;
     let mut lru_best_kept = 0;
     let mut failures = Vec::new();
+    // Per cache size: pairs, pairs within a point, worst gap (points).
+    let mut by_size = vec![(0, 0, f64::NEG_INFINITY); arguments.ratios.len()];
     for result in &results {
         for (size, row) in result.ratios.iter().enumerate() {
             let best = row[lru].min(row[arc]).min(row[s3fifo]);
@@ -161,7 +163,11 @@ fn main() -> ExitCode {
             }
             println!(" {:+.2} |", gap * 100.0);
             pairs += 1;
+            let size_row = &mut by_size[size];
+            size_row.0 += 1;
+            size_row.2 = size_row.2.max(gap * 100.0);
             if gap <= 0.01 {
+                size_row.1 += 1;
                 within += 1;
             } else {
                 failures.push(format!(
@@ -188,6 +194,17 @@ fn main() -> ExitCode {
             format!(" Outside: {}.", failures.join(", "))
         }
     );
+    let per_size: Vec<String> = by_size
+        .iter()
+        .zip(&arguments.ratios)
+        .map(|(&(pairs, within, worst), ratio)| {
+            format!(
+                "{}%: {within} of {pairs} (worst {worst:+.2})",
+                ratio * 100.0
+            )
+        })
+        .collect();
+    println!("Goal 1 by size: {}.", per_size.join("; "));
     println!(
         "Goal 2: where lru is the best of the three, within 1 point of it on {lru_best_kept} of {lru_best} pairs."
     );
