@@ -1041,6 +1041,23 @@ mod tests {
         );
     }
 
+    // Guards the hot horizon's arithmetic and the test it feeds: unknown
+    // until the first hot reclaim (no page is turned away), then a running
+    // average that moves by a sixteenth of each sample's distance.
+    #[test]
+    fn hot_horizon_averages_idle_reclaims() {
+        let mut shard = Shard::new(0, 1, 10);
+        assert!(!shard.outlives_hot(u64::MAX));
+        shard.observe_hot_idle(160);
+        assert_eq!(shard.hot_horizon, Some(160));
+        shard.observe_hot_idle(0);
+        assert_eq!(shard.hot_horizon, Some(150));
+        shard.observe_hot_idle(1_750);
+        assert_eq!(shard.hot_horizon, Some(150 - 9 + 109));
+        assert!(shard.outlives_hot(251));
+        assert!(!shard.outlives_hot(250));
+    }
+
     // Guards that pinned frames are skipped, stay resident, and are evicted
     // once they can be claimed.
     #[test]
