@@ -64,6 +64,14 @@
 //! to cold with the bit set, cold-ghost hits to hot under the rule below);
 //! only the split ignores it.
 //!
+//! One more rule covers what no proportion can: while a shard warms up (until
+//! its hot queue is reclaimed for the first time), cold pages beyond the
+//! target move to hot instead of being evicted. Hot is empty then, so they
+//! displace nothing; if the workload is a loop larger than the cache they
+//! stay and hit on every round (where LRU, ARC and S3-FIFO miss every time),
+//! and otherwise they carry no access bit and are the first pages the first
+//! hot reclaims take.
+//!
 //! # Admission from far back: the test period
 //!
 //! A cold-ghost hit admits its page straight to hot, which pays only if hot
@@ -84,16 +92,10 @@
 //! cold-ghost hit beyond the adaptation window whose reuse distance exceeds
 //! the horizon is admitted as a new page, to cold; within the window (recent
 //! evictions, the LRU-friendly case, where the ARC rule does well) the page
-//! goes to hot as before. Both counters live under the shard lock; a hit
-//! still only sets a bit.
-//!
-//! One more rule covers what no proportion can: while a shard warms up (until
-//! its hot queue is reclaimed for the first time), cold pages beyond the
-//! target move to hot instead of being evicted. Hot is empty then, so they
-//! displace nothing; if the workload is a loop larger than the cache they
-//! stay and hit on every round (where LRU, ARC and S3-FIFO miss every time),
-//! and otherwise they carry no access bit and are the first pages the first
-//! hot reclaims take.
+//! goes to hot as before. The clock is the count of victim searches, which
+//! `victim` already kept to spread its searches over the shards; the horizon
+//! and each page's last-use stamp live under the shard lock, set by the
+//! sweep; a hit still only sets a bit.
 //!
 //! # Concurrency
 //!
