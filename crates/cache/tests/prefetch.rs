@@ -262,3 +262,37 @@ fn read_ahead_under_a_one_page_budget_cannot_deadlock() {
         assert_eq!(read_page(&cache, page), (page, 40));
     }
 }
+
+// Guards that read-ahead cannot flush the frequently used set: a hot set of
+// 40 pages used over and over, then a loop of 400 pages (more than the
+// 256-page cache, less than cache plus ghost, so its pages come back from
+// the ghost) scanned four times; afterwards the hot set hits as well with
+// read-ahead as without it.
+#[test]
+fn a_scan_read_ahead_does_not_flush_the_hot_set() {
+    let mut missed = Vec::new();
+    for config in [PrefetchConfig::off(), PrefetchConfig::default()] {
+        let cache = cache(4000, 256, config);
+        let hot: Vec<u64> = (0..40).map(|i| 3500 + i * 11).collect();
+        for _ in 0..20 {
+            for &page in &hot {
+                read_page(&cache, page);
+            }
+        }
+        for _ in 0..4 {
+            for page in 0..400 {
+                read_page(&cache, page);
+            }
+        }
+        let before = cache.stats().misses;
+        for &page in &hot {
+            assert_eq!(read_page(&cache, page), (page, 0));
+        }
+        missed.push(cache.stats().misses - before);
+    }
+    let (off, on) = (missed[0], missed[1]);
+    assert!(
+        on <= off + 2 && on <= 10,
+        "the scan read ahead pushed out {on} of 40 hot pages ({off} without read-ahead)"
+    );
+}

@@ -786,6 +786,25 @@ impl EvictionPolicy for TwoPhase {
         shard.push_back(queue, slot);
     }
 
+    fn admit_prefetched(&self, frame: FrameId, key: u64) {
+        // Read ahead and not used yet: nothing says it will be used twice,
+        // whatever the ghost remembers of it (a scan that is read ahead
+        // would otherwise pass straight into hot on its second round). It
+        // starts in cold as a new page, its access bit clear; its first use
+        // is its admission's access (the cache does not report it), so only
+        // a second use promotes it. Its ghost entry goes, unused for
+        // adaptation.
+        let _ = self.take_ghost(key);
+        let mut shard = self.shard_of(frame).lock();
+        self.accessed[frame as usize].store(false, Ordering::Relaxed);
+        let slot = shard.slot(frame);
+        shard.nodes[slot as usize].key = key;
+        shard.nodes[slot as usize].credit = 0;
+        shard.nodes[slot as usize].filler = false;
+        shard.nodes[slot as usize].used_at = self.evictions.load(Ordering::Relaxed);
+        shard.push_back(Queue::Cold, slot);
+    }
+
     #[inline]
     fn touch(&self, frame: FrameId) {
         let bit = &self.accessed[frame as usize];
