@@ -10,7 +10,7 @@
 //! backs off and retries one page at a time. That keeps a cache even of a
 //! single frame free of deadlock with any number of threads.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -163,7 +163,7 @@ struct InFlight {
 struct Queue {
     calls: VecDeque<InFlight>,
     /// Their pages, so a page is never read ahead twice at once.
-    pages: HashSet<u64>,
+    pages: rustc_hash::FxHashSet<u64>,
 }
 
 /// The cache's read-ahead state; see the `prefetch` module.

@@ -32,7 +32,7 @@ pub struct PrefetchConfig {
 }
 
 /// Default most pages a stream reads ahead.
-pub const PREFETCH_DEPTH_DEFAULT: usize = 256;
+pub const PREFETCH_DEPTH_DEFAULT: usize = 1024;
 /// Default deadline of a trend read-ahead.
 pub const PREFETCH_DEADLINE_DEFAULT: Duration = Duration::from_millis(50);
 

@@ -82,6 +82,8 @@ workload: the headline comparison's workload (local memory, kernel swap, Pagoda)
   --cache SIZE                  pagoda: the region's local cache; mapped: the
                                 mapping's local budget (required for both)
   --prefetch on|off             pagoda: the region's trend read-ahead (default on)
+  --prefetch-depth N            pagoda: most pages a stream reads ahead (default:
+                                the product's, PrefetchConfig::default)
   --references                  pagoda: while `indirect` runs, give the region a
                                 reference extractor that reads an index page's
                                 record ids
@@ -210,6 +212,8 @@ struct Args {
     json: bool,
     /// pagoda: trend read-ahead on.
     prefetch: bool,
+    /// pagoda: `PrefetchConfig::depth_max`, if given.
+    prefetch_depth: Option<usize>,
     /// pagoda: the `indirect` reference extractor.
     references: bool,
     loopback: bool,
@@ -254,6 +258,7 @@ impl Args {
         let mut seed = 42u64;
         let mut json = false;
         let mut prefetch = true;
+        let mut prefetch_depth = None;
         let mut references = false;
         let mut loopback = false;
         let mut iter = argv.into_iter();
@@ -290,6 +295,7 @@ impl Args {
                     })
                 }
                 "--label" => label = Some(value),
+                "--prefetch-depth" => prefetch_depth = Some(number(&value)? as usize),
                 "--prefetch" => {
                     prefetch = match value.as_str() {
                         "on" => true,
@@ -366,6 +372,7 @@ impl Args {
             seed,
             json,
             prefetch,
+            prefetch_depth,
             references,
             loopback,
         })
@@ -864,10 +871,12 @@ fn load_pagoda(contents: &Contents, args: &Args) -> Result<Remote, String> {
         .open_region(
             &node.name,
             RegionOptions {
-                prefetch: if args.prefetch {
-                    PrefetchConfig::default()
-                } else {
-                    PrefetchConfig::off()
+                prefetch: PrefetchConfig {
+                    trend: args.prefetch,
+                    depth_max: args
+                        .prefetch_depth
+                        .unwrap_or(PrefetchConfig::default().depth_max),
+                    ..PrefetchConfig::default()
                 },
                 ..RegionOptions::with_cache_bytes(args.cache_bytes)
             },
