@@ -8,6 +8,7 @@ mod quickstart;
 mod region;
 mod size;
 mod token;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +61,9 @@ enum Command {
     /// Look at a cluster through its coordinator: live nodes, regions and
     /// their primaries, replicas and replication lag.
     Cluster(cluster::ClusterArgs),
+    /// Watch a node live: RAM, requests and bytes per second, and each
+    /// region's use, traffic, role and last checkpoint, redrawn in place.
+    Top(top::TopArgs),
 }
 
 /// Where to find a node and how to authenticate, for client commands.
@@ -283,6 +287,9 @@ fn main() -> ExitCode {
     // Commands that embed a node keep its log quiet unless asked otherwise.
     let default_level = match cli.command {
         Command::Quickstart(_) | Command::Bench(_) | Command::Sim(_) => "warn",
+        // The live view says itself when the node goes away; the client's
+        // warnings would only scribble over it.
+        Command::Top(_) => "error",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PAGODA_LOG")
@@ -307,6 +314,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Quickstart(args) => quickstart::run(args),
         Command::Token(args) => token::run(args),
+        Command::Top(args) => top::run(args),
         Command::Sim(args) => match pagoda_sim::run(&args) {
             Ok(report) => {
                 if args.json {

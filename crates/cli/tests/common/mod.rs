@@ -109,6 +109,32 @@ impl NodeProcess {
     }
 }
 
+#[allow(dead_code)]
+impl NodeProcess {
+    /// Starts `pagoda node --listen addr --capacity 64MiB --data-dir DIR`
+    /// with `extra` arguments, on a given address (to start a node again
+    /// where one was).
+    pub fn start_at(addr: &str, data_dir: &std::path::Path, extra: &[&str]) -> NodeProcess {
+        let mut command = pagoda();
+        command
+            .args([
+                "node",
+                "--listen",
+                addr,
+                "--capacity",
+                "64MiB",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra);
+        let child = spawn_node(command, std::time::Duration::from_secs(30));
+        NodeProcess {
+            child,
+            addr: addr.to_owned(),
+        }
+    }
+}
+
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
