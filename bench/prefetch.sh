@@ -6,7 +6,8 @@
 #   bash bench/prefetch.sh [--dataset 1GiB] [--fraction 0.25] [--rounds 3]
 #        [--duration S] [--out DIR] [--no-build]
 #
-# Per round, each on a fresh region of the same node:
+# Per round, each on a fresh region of the same node (`off` first in odd
+# rounds, last in even ones):
 #   off   --prefetch off                  scan, chase, kv90, indirect
 #   on    --prefetch on --references      scan, chase, kv90, indirect
 #   plain --prefetch on                   indirect (no reference extractor)
@@ -84,10 +85,13 @@ run() {
         >> "$RESULTS" 2>> "$OUT/workload.log" || die "run $label failed; see $OUT/workload.log"
 }
 
+# Odd rounds run `off` first, even rounds last, so that neither side always
+# runs on a node (and machine) the other has just warmed.
 for round in $(seq 1 "$ROUNDS"); do
-    run off --prefetch off --workloads scan,chase,kv90,indirect
+    [ $((round % 2)) = 1 ] && run off --prefetch off --workloads scan,chase,kv90,indirect
     run on --prefetch on --references --workloads scan,chase,kv90,indirect
     run plain --prefetch on --workloads indirect
+    [ $((round % 2)) = 0 ] && run off --prefetch off --workloads scan,chase,kv90,indirect
 done
 
 python3 - "$RESULTS" <<'EOF'

@@ -198,6 +198,8 @@ const ADAPT_EVERY: u64 = 256;
 const DEPTH_CAP_MIN: u64 = 4;
 /// Most pages in flight at once, whatever the cache's size.
 const IN_FLIGHT_PAGES_MAX: usize = 4096;
+/// Pages in the first request of a read-ahead; later ones double.
+const FIRST_BATCH_PAGES: usize = 8;
 /// Uses of read-ahead pages between two collections of replies.
 const COLLECT_EVERY_USES: u64 = 8;
 /// Reply buffers kept for reuse (a fresh one costs a page fault per page).
@@ -867,7 +869,7 @@ impl<B: Backing> PageCache<B> {
             pages.push(offset / page_size);
         }
         pages.dedup();
-        let sent = self.read_ahead(pages.into_iter(), deadline);
+        let sent = self.read_ahead(pages.into_iter(), deadline, true);
         self.collect_read_ahead();
         Ok(sent)
     }
@@ -900,7 +902,7 @@ impl<B: Backing> PageCache<B> {
                 .detector
                 .observe(thread_tag(), first, last, missed, cap)
             {
-                sent += self.read_ahead(window.pages(), prefetch.config.deadline);
+                sent += self.read_ahead(window.pages(), prefetch.config.deadline, false);
             }
         }
         let references = prefetch.references.read().clone();
@@ -927,7 +929,7 @@ impl<B: Backing> PageCache<B> {
                 if invalid > 0 {
                     prefetch.refs_invalid.fetch_add(invalid, Ordering::Relaxed);
                 }
-                sent += self.read_ahead(targets.into_iter(), deadline);
+                sent += self.read_ahead(targets.into_iter(), deadline, true);
             }
         }
         // Replies are taken in after a miss, after sending, and on every
@@ -968,7 +970,12 @@ impl<B: Backing> PageCache<B> {
     /// their way, without waiting, in batches; at most `in_flight_max` pages
     /// are in flight at once (the rest are not read ahead). Returns the
     /// pages sent.
-    fn read_ahead(&self, pages: impl Iterator<Item = u64>, deadline: Duration) -> usize {
+    fn read_ahead(
+        &self,
+        pages: impl Iterator<Item = u64>,
+        deadline: Duration,
+        graded: bool,
+    ) -> usize {
         let prefetch = &self.prefetch;
         let mut chosen = Vec::new();
         {
@@ -992,7 +999,25 @@ impl<B: Backing> PageCache<B> {
         let deadline = Instant::now() + deadline;
         let mut calls = Vec::new();
         let mut failed = Vec::new();
-        for batch in chosen.chunks(self.batch_pages_max) {
+        // Graded (hints and references, used right away and in order): the
+        // first pages go in a small request that arrives soon, the rest in
+        // requests doubling in size up to the batch limit. A stream's window
+        // is sent ahead of need, whole (large requests reach the
+        // connection's bandwidth).
+        let mut batches = Vec::new();
+        let mut rest = &chosen[..];
+        let mut size = if graded {
+            FIRST_BATCH_PAGES.min(self.batch_pages_max)
+        } else {
+            self.batch_pages_max
+        };
+        while !rest.is_empty() {
+            let (batch, tail) = rest.split_at(size.min(rest.len()));
+            batches.push(batch);
+            rest = tail;
+            size = (size * 2).min(self.batch_pages_max);
+        }
+        for batch in batches {
             // Taken before the read is sent: a write-back after this moment
             // voids the read's contents.
             let sent = prefetch.written.now();
