@@ -88,10 +88,10 @@ run() {
 # Odd rounds run `off` first, even rounds last, so that neither side always
 # runs on a node (and machine) the other has just warmed.
 for round in $(seq 1 "$ROUNDS"); do
-    [ $((round % 2)) = 1 ] && run off --prefetch off --workloads scan,chase,kv90,indirect
+    if [ $((round % 2)) = 1 ]; then run off --prefetch off --workloads scan,chase,kv90,indirect; fi
     run on --prefetch on --references --workloads scan,chase,kv90,indirect
     run plain --prefetch on --workloads indirect
-    [ $((round % 2)) = 0 ] && run off --prefetch off --workloads scan,chase,kv90,indirect
+    if [ $((round % 2)) = 0 ]; then run off --prefetch off --workloads scan,chase,kv90,indirect; fi
 done
 
 python3 - "$RESULTS" <<'EOF'
