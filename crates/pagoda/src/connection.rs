@@ -339,23 +339,35 @@ impl Connection {
         encode: impl FnOnce(&mut Vec<u8>, u64),
         buffers: &mut [&mut [u8]],
     ) -> Result<Reply, ClientError> {
+        let sink = (!buffers.is_empty()).then(|| Sink {
+            parts: buffers
+                .iter_mut()
+                .map(|buffer| (buffer.as_mut_ptr(), buffer.len()))
+                .collect(),
+        });
+        let (_, slot) = self.issue(encode, std::thread::current(), true, sink)?;
+        self.wait(&slot)
+    }
+
+    /// Registers a slot for a new request (woken on `thread`; `waits`: its
+    /// thread waits for the reply and may be handed the reader role; `sink`:
+    /// where page data goes) and sends the request. If sending fails the
+    /// connection fails, and the slot is out of every reader's reach before
+    /// this returns (so the sink's buffers may go).
+    fn issue(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>, u64),
+        thread: Thread,
+        waits: bool,
+        sink: Option<Sink>,
+    ) -> Result<(u64, Arc<Slot>), ClientError> {
         self.check_failed()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let sink = if buffers.is_empty() {
-            None
-        } else {
-            Some(Sink {
-                parts: buffers
-                    .iter_mut()
-                    .map(|buffer| (buffer.as_mut_ptr(), buffer.len()))
-                    .collect(),
-            })
-        };
         let slot = Arc::new(Slot {
             done: AtomicBool::new(false),
             reply: Mutex::new(None),
-            thread: std::thread::current(),
-            waits: true,
+            thread,
+            waits,
             sink: Mutex::new(sink),
         });
         self.pending.lock().insert(id, slot.clone());
@@ -369,7 +381,7 @@ impl Connection {
             self.fail(reason.clone());
             return Err(ClientError::Disconnected(reason));
         }
-        self.wait(&slot)
+        Ok((id, slot))
     }
 
     /// Encodes a request and writes it, whole, under the writer lock: what
@@ -399,22 +411,7 @@ impl Connection {
         encode: impl FnOnce(&mut Vec<u8>, u64),
         waiter: std::thread::Thread,
     ) -> Result<PendingCall, ClientError> {
-        self.check_failed()?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::new(Slot {
-            done: AtomicBool::new(false),
-            reply: Mutex::new(None),
-            thread: waiter,
-            waits: true,
-            sink: Mutex::new(None),
-        });
-        self.pending.lock().insert(id, slot.clone());
-        if let Err(error) = self.write_request(encode, id) {
-            let reason = format!("sending a request: {error}");
-            self.pending.lock().remove(&id);
-            self.fail(reason.clone());
-            return Err(ClientError::Disconnected(reason));
-        }
+        let (id, slot) = self.issue(encode, waiter, true, None)?;
         Ok(PendingCall {
             slot,
             connection: None,
@@ -519,26 +516,10 @@ impl Connection {
         encode: impl FnOnce(&mut Vec<u8>, u64),
         buffer: &mut [u8],
     ) -> Result<PendingCall, ClientError> {
-        self.check_failed()?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::new(Slot {
-            done: AtomicBool::new(false),
-            reply: Mutex::new(None),
-            thread: std::thread::current(),
-            waits: false,
-            sink: Mutex::new(Some(Sink {
-                parts: vec![(buffer.as_mut_ptr(), buffer.len())],
-            })),
-        });
-        self.pending.lock().insert(id, slot.clone());
-        if let Err(error) = self.write_request(encode, id) {
-            let reason = format!("sending a request: {error}");
-            if self.pending.lock().remove(&id).is_none() {
-                let _ = self.wait(&slot);
-            }
-            self.fail(reason.clone());
-            return Err(ClientError::Disconnected(reason));
-        }
+        let sink = Sink {
+            parts: vec![(buffer.as_mut_ptr(), buffer.len())],
+        };
+        let (id, slot) = self.issue(encode, std::thread::current(), false, Some(sink))?;
         Ok(PendingCall {
             slot,
             connection: None,

@@ -206,10 +206,8 @@ impl<R: SpinRead> FrameReader<R> {
         self.end - self.start - self.consumed_on_next
     }
 
-    /// Reads the next frame's header (waiting for it as needed) and checks
-    /// it, without consuming the frame: the next [`FrameReader::read_frame`]
-    /// or [`FrameReader::skip_frame`] returns or drops this frame.
-    pub fn next_header(&mut self) -> Result<FrameHeader, WireError> {
+    /// Drops the frame handed out last, and rewinds an empty buffer.
+    fn drop_consumed(&mut self) {
         if self.consumed_on_next > 0 {
             self.start += self.consumed_on_next;
             self.consumed_on_next = 0;
@@ -219,9 +217,20 @@ impl<R: SpinRead> FrameReader<R> {
             self.start = 0;
             self.end = 0;
         }
+    }
+
+    /// Reads the next frame's header (waiting for it as needed) and checks
+    /// it, without consuming the frame: the next [`FrameReader::read_frame`]
+    /// or [`FrameReader::skip_frame`] returns or drops this frame.
+    pub fn next_header(&mut self) -> Result<FrameHeader, WireError> {
+        self.drop_consumed();
         self.fill_to(HEADER_BYTES)?;
-        let header_bytes = self.header_bytes();
-        let header = FrameHeader::parse(&header_bytes)?;
+        self.buffered_header()
+    }
+
+    /// The header at the front of the buffer (which holds one), checked.
+    fn buffered_header(&self) -> Result<FrameHeader, WireError> {
+        let header = FrameHeader::parse(&self.header_bytes())?;
         if header.payload_len as usize > self.payload_limit {
             return Err(WireError::FrameTooLarge {
                 length: header.payload_len as usize,
@@ -341,26 +350,11 @@ impl<R: SpinRead> FrameReader<R> {
     /// replies it does not want to wait for (prefetches) this way. Errors are
     /// those of [`FrameReader::read_frame`].
     pub fn poll_frame(&mut self) -> Result<Option<Frame<'_>>, WireError> {
-        if self.consumed_on_next > 0 {
-            self.start += self.consumed_on_next;
-            self.consumed_on_next = 0;
-            self.frame_began = None;
-        }
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
+        self.drop_consumed();
         loop {
             let have = self.end - self.start;
             let needed = if have >= HEADER_BYTES {
-                let header = FrameHeader::parse(&self.header_bytes())?;
-                if header.payload_len as usize > self.payload_limit {
-                    return Err(WireError::FrameTooLarge {
-                        length: header.payload_len as usize,
-                        limit: self.payload_limit,
-                    });
-                }
-                HEADER_BYTES + header.payload_len as usize
+                HEADER_BYTES + self.buffered_header()?.payload_len as usize
             } else {
                 HEADER_BYTES
             };

@@ -711,6 +711,22 @@ impl TwoPhase {
         &self.ghosts[(mix(key) % self.ghosts.len() as u64) as usize].0
     }
 
+    /// Readies `frame`'s node for page `key` (not yet queued): its access
+    /// bit cleared under the shard lock, before the frame is queued, so a
+    /// hit on the frame's previous page cannot count for the new one; no
+    /// credit; stamped used now. Returns its slot and the clock.
+    fn place(&self, shard: &mut Shard, frame: FrameId, key: u64) -> (u32, u64) {
+        self.accessed[frame as usize].store(false, Ordering::Relaxed);
+        let slot = shard.slot(frame);
+        let now = self.evictions.load(Ordering::Relaxed);
+        let node = &mut shard.nodes[slot as usize];
+        node.key = key;
+        node.credit = 0;
+        node.filler = false;
+        node.used_at = now;
+        (slot, now)
+    }
+
     /// Looks `key` up in the ghosts and forgets it there. Returns where it was
     /// found, the step by which the cold target should move (ARC's rule:
     /// one frame, or more when the other ghost is the larger one) or no step
@@ -738,15 +754,7 @@ impl EvictionPolicy for TwoPhase {
     fn admit(&self, frame: FrameId, key: u64) {
         let ghost_hit = self.take_ghost(key);
         let mut shard = self.shard_of(frame).lock();
-        // Clear the bit under the shard lock, before the frame is queued, so a
-        // hit on the frame's previous page cannot count for the new one.
-        self.accessed[frame as usize].store(false, Ordering::Relaxed);
-        let slot = shard.slot(frame);
-        shard.nodes[slot as usize].key = key;
-        shard.nodes[slot as usize].credit = 0;
-        shard.nodes[slot as usize].filler = false;
-        let now = self.evictions.load(Ordering::Relaxed);
-        shard.nodes[slot as usize].used_at = now;
+        let (slot, now) = self.place(&mut shard, frame, key);
         // Each shard sees a 1/shards share of the ghost hits and moves its own
         // target by the full step. Relative to its size that is shards times
         // a single policy's step at 1/shards the rate, so the split adapts
@@ -796,12 +804,7 @@ impl EvictionPolicy for TwoPhase {
         // adaptation.
         let _ = self.take_ghost(key);
         let mut shard = self.shard_of(frame).lock();
-        self.accessed[frame as usize].store(false, Ordering::Relaxed);
-        let slot = shard.slot(frame);
-        shard.nodes[slot as usize].key = key;
-        shard.nodes[slot as usize].credit = 0;
-        shard.nodes[slot as usize].filler = false;
-        shard.nodes[slot as usize].used_at = self.evictions.load(Ordering::Relaxed);
+        let (slot, _) = self.place(&mut shard, frame, key);
         shard.push_back(Queue::Cold, slot);
     }
 
