@@ -328,3 +328,29 @@ fn sim_reports_hand_computed_misses_as_json() {
     assert!(!output.status.success());
     assert!(text(&output).contains("missing.trace"), "{}", text(&output));
 }
+
+// Guards the README's `pagoda sim` line: the sample trace ships with the
+// repository, and replaying it prints the figures the README promises.
+#[test]
+fn sim_replays_the_shipped_sample_trace() {
+    let trace = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../sim/traces/zipfscan.trace.gz"
+    );
+    let output = pagoda()
+        .args([
+            "sim",
+            "--trace",
+            trace,
+            "--cache-ratio",
+            "0.1",
+            "--policy",
+            "two-phase",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("requests        84000"), "{stdout}");
+    assert!(stdout.contains("miss ratio"), "{stdout}");
+}
