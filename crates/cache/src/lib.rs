@@ -5,6 +5,8 @@
 //! wire protocol; tests implement it with [`memory::MemoryBacking`]), and an
 //! [`policy::EvictionPolicy`] chooses which pages leave.
 
+#![warn(missing_docs)]
+
 mod cache;
 mod frame;
 pub mod memory;

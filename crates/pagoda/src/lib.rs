@@ -82,6 +82,8 @@
 //! # Ok::<(), pagoda::ClientError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod checksum;
 pub mod client_metrics;
 mod cluster;

@@ -8,6 +8,8 @@
 //! frame reader for byte streams that spins briefly before it blocks ([`io`]).
 //! It knows nothing of regions' storage, caches or the command line.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod checksum;
 pub mod error;
