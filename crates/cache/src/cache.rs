@@ -363,6 +363,51 @@ impl<B: Backing> PageCache<B> {
         self.access(offset, len, first, last, Mode::Read, &mut copy)
     }
 
+    /// Reads `buf.len()` bytes at `offset` if every page they cover is
+    /// resident and free to read right now; returns false (with `buf` in an
+    /// unspecified state) otherwise, having waited for nothing and fetched
+    /// nothing. For callers that must not block (an async runtime's thread):
+    /// a hit is served in place, anything else goes where blocking is fine.
+    pub fn try_read_resident(&self, offset: u64, buf: &mut [u8]) -> Result<bool, CacheError> {
+        let Some((first, last)) = self.page_span(offset, buf.len())? else {
+            return Ok(true);
+        };
+        let page_size = self.page_size as u64;
+        let mut pinned: Vec<FrameId> = Vec::with_capacity((last - first + 1) as usize);
+        let mut complete = true;
+        for page in first..=last {
+            let Some(frame) = self.table.get(page) else {
+                complete = false;
+                break;
+            };
+            match self.frames.meta[frame as usize].pin_shared(page) {
+                Attempt::Acquired => pinned.push(frame),
+                Attempt::Busy | Attempt::Stale => {
+                    complete = false;
+                    break;
+                }
+            }
+        }
+        if complete {
+            for (index, &frame) in pinned.iter().enumerate() {
+                let page = first + index as u64;
+                let (range, in_page) = overlap(offset, buf.len(), page, page_size);
+                // SAFETY: the pin excludes writers.
+                let bytes = unsafe { self.frames.bytes(frame) };
+                buf[range].copy_from_slice(&bytes[in_page]);
+                let meta = &self.frames.meta[frame as usize];
+                if !first_use(meta, &self.prefetch.used) {
+                    self.policy.touch(frame);
+                }
+            }
+            self.hits.add(pinned.len() as u64);
+        }
+        for &frame in &pinned {
+            self.frames.meta[frame as usize].unpin_shared();
+        }
+        Ok(complete)
+    }
+
     /// Writes `buf` at `offset`. The pages stay dirty in the cache until they
     /// are evicted or flushed.
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), CacheError> {

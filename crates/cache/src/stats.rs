@@ -42,6 +42,13 @@ impl StripedCounter {
         self.stripes[stripe].0.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `count`.
+    #[inline]
+    pub fn add(&self, count: u64) {
+        let stripe = STRIPE.with(|s| s.get());
+        self.stripes[stripe].0.fetch_add(count, Ordering::Relaxed);
+    }
+
     /// The total.
     pub fn sum(&self) -> u64 {
         self.stripes

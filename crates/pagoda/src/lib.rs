@@ -84,6 +84,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "tokio")]
+pub mod asynchronous;
 mod checksum;
 pub mod client_metrics;
 mod cluster;
