@@ -202,8 +202,10 @@ const IN_FLIGHT_PAGES_MAX: usize = 4096;
 const FIRST_BATCH_PAGES: usize = 8;
 /// Uses of read-ahead pages between two collections of replies.
 const COLLECT_EVERY_USES: u64 = 8;
-/// Reply buffers kept for reuse (a fresh one costs a page fault per page).
+/// Reply buffers kept for reuse (a fresh one costs a page fault per page),
+/// and the largest kept: at most 16 MiB held between read-aheads.
 const SPARE_BUFFERS_MAX: usize = 16;
+const SPARE_BUFFER_BYTES_MAX: usize = 1 << 20;
 
 impl<B: Backing> PageCache<B> {
     /// Builds a cache; see [`CacheConfig`].
@@ -1151,7 +1153,9 @@ impl<B: Backing> PageCache<B> {
                             .fetch_add(call.pages.len() as u64, Ordering::Relaxed);
                     }
                     let mut spare = prefetch.spare_buffers.lock();
-                    if spare.len() < SPARE_BUFFERS_MAX {
+                    if spare.len() < SPARE_BUFFERS_MAX
+                        && buffer.capacity() <= SPARE_BUFFER_BYTES_MAX
+                    {
                         spare.push(buffer);
                     }
                 }
