@@ -255,6 +255,7 @@ pub(crate) fn render(shared: &Shared, metrics: &Metrics) -> String {
     let mut dirty = Vec::with_capacity(regions.len());
     let mut resident = Vec::with_capacity(regions.len());
     let mut age = Vec::with_capacity(regions.len());
+    let mut journal = Vec::with_capacity(regions.len());
     let mut lag = Vec::new();
     let mut in_sync = Vec::new();
     for region in &regions {
@@ -263,6 +264,11 @@ pub(crate) fn render(shared: &Shared, metrics: &Metrics) -> String {
         let last = region.last_checkpoint();
         let since = last.as_ref().map_or(0, |mark| mark.start_seq);
         dirty.push((labels.clone(), region.dirty_count(since) as f64));
+        // Shipped transaction records kept until a checkpoint covers them.
+        let unreleased = region.journal().map_or(0, |journal| {
+            journal.durable_id().saturating_sub(journal.released_id())
+        });
+        journal.push((labels.clone(), unreleased as f64));
         resident.push((
             labels.clone(),
             region.segments_allocated() as f64 * segment_bytes,
@@ -292,6 +298,11 @@ pub(crate) fn render(shared: &Shared, metrics: &Metrics) -> String {
         "pagoda_node_region_resident_bytes",
         "RAM the region's allocated segments hold.",
         &resident,
+    );
+    gauge(
+        "pagoda_node_region_journal_records",
+        "Transaction records in the region's node journal that no checkpoint covers yet.",
+        &journal,
     );
     gauge(
         "pagoda_node_region_checkpoint_age_seconds",

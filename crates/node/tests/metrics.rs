@@ -407,3 +407,43 @@ fn primary_reports_its_replicas_lag_and_sync() {
         "the replica holds the region"
     );
 }
+
+// Guards the journal-lag gauge: transaction records shipped to the node
+// (`Durability::Remote`) count until a checkpoint covers them, and a region
+// without a journal reports 0.
+#[test]
+fn journal_records_count_until_a_checkpoint_covers_them() {
+    let data = tempfile::tempdir().unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let node = start(data.path(), storage.path());
+    let metrics = node.metrics_addr().expect("metrics are on");
+    let client = Client::connect(node.local_addr(), ClientOptions::default()).unwrap();
+    client
+        .create_region("journaled", 64 * PAGE as u64, PAGE as u32)
+        .unwrap();
+    client
+        .create_region("plain", 64 * PAGE as u64, PAGE as u32)
+        .unwrap();
+    let region = client
+        .open_region(
+            "journaled",
+            pagoda::RegionOptions {
+                durability: pagoda::Durability::Remote,
+                ..pagoda::RegionOptions::with_cache_bytes(16 * PAGE as u64)
+            },
+        )
+        .unwrap();
+    for round in 0..3u64 {
+        region
+            .transaction(|tx| tx.write_at(round * 100, &round.to_le_bytes()))
+            .unwrap();
+    }
+    let lag = |scrape: &Scrape, name: &str| {
+        scrape.value("pagoda_node_region_journal_records", &[("region", name)])
+    };
+    let scrape = scrape(metrics);
+    assert_eq!(lag(&scrape, "journaled"), 3.0);
+    assert_eq!(lag(&scrape, "plain"), 0.0);
+    client.checkpoint("journaled", false).unwrap();
+    assert_eq!(lag(&self::scrape(metrics), "journaled"), 0.0);
+}
