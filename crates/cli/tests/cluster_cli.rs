@@ -56,6 +56,9 @@ impl Cluster {
                 &self.endpoint,
                 "--lease-ms",
                 lease_ms,
+                // Never shorter than the lease (the node refuses that).
+                "--replace-replica-after-ms",
+                &lease_ms.parse::<u64>().unwrap_or(0).max(30_000).to_string(),
                 "--data-dir",
             ])
             .arg(&data_dir);
