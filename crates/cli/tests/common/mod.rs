@@ -91,21 +91,7 @@ impl NodeProcess {
     /// Starts `pagoda node --listen ADDR --capacity 64MiB --data-dir DIR`
     /// with `extra` arguments.
     pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> NodeProcess {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut command = pagoda();
-        command
-            .args([
-                "node",
-                "--listen",
-                &addr,
-                "--capacity",
-                "64MiB",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(extra);
-        let child = spawn_node(command, std::time::Duration::from_secs(30));
-        NodeProcess { child, addr }
+        NodeProcess::start_at(&format!("127.0.0.1:{}", free_port()), data_dir, extra)
     }
 }
 
