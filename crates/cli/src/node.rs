@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use pagoda_node::{Node, NodeConfig, StorageConfig};
+use pagoda_node::{Node, NodeConfig, S3Settings, StorageConfig};
 
 use crate::size::{Size, format_bytes};
 
@@ -49,9 +49,9 @@ pub struct NodeArgs {
 /// Every setting of `pagoda node`, each `None` where its source says
 /// nothing. The TOML keys are the flags' long names (kebab-case); the
 /// environment variables are `PAGODA_NODE_` and the flag in upper snake
-/// case. No field holds a secret (the token lives in `--token-file`, S3
-/// credentials in `AWS_*` variables), so a printed configuration hides
-/// nothing and reads back whole.
+/// case. No field holds a secret (the token lives in `--token-file`, the S3
+/// secret key in `--s3-secret-access-key-file` or `AWS_SECRET_ACCESS_KEY`),
+/// so a printed configuration hides nothing and reads back whole.
 #[derive(clap::Args, serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NodeSettings {
@@ -150,13 +150,46 @@ pub struct NodeSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     peer_tls_ca: Option<PathBuf>,
     /// Where checkpoints go: a directory, file:///path, or s3://bucket/prefix
-    /// (endpoint and credentials from AWS_ENDPOINT_URL, AWS_REGION,
-    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP). Default:
-    /// the `checkpoints` directory in the data dir. `none` disables
-    /// checkpoints.
+    /// (endpoint and credentials from the --s3-* settings, else from
+    /// AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP). Default: the `checkpoints`
+    /// directory in the data dir. `none` disables checkpoints.
     #[arg(long, env = "PAGODA_NODE_STORAGE", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     storage: Option<String>,
+    /// The S3 endpoint URL, for S3-compatible stores other than AWS
+    /// (overrides AWS_ENDPOINT_URL). Only with --storage s3://...
+    #[arg(long, env = "PAGODA_NODE_S3_ENDPOINT", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3_endpoint: Option<String>,
+    /// The S3 region (overrides AWS_REGION).
+    #[arg(long, env = "PAGODA_NODE_S3_REGION", value_name = "REGION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3_region: Option<String>,
+    /// The S3 access key id (overrides AWS_ACCESS_KEY_ID).
+    #[arg(long, env = "PAGODA_NODE_S3_ACCESS_KEY_ID", value_name = "ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3_access_key_id: Option<String>,
+    /// A file holding the S3 secret access key and nothing else (overrides
+    /// AWS_SECRET_ACCESS_KEY; a file, so no setting holds the secret).
+    #[arg(
+        long,
+        env = "PAGODA_NODE_S3_SECRET_ACCESS_KEY_FILE",
+        value_name = "FILE"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3_secret_access_key_file: Option<PathBuf>,
+    /// Allow a plain-HTTP S3 endpoint (overrides AWS_ALLOW_HTTP).
+    #[arg(
+        long,
+        env = "PAGODA_NODE_S3_ALLOW_HTTP",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3_allow_http: Option<bool>,
     /// Checkpoint every region with dirty pages this often, in seconds
     /// (0: only on request).
     #[arg(long, env = "PAGODA_NODE_CHECKPOINT_INTERVAL", value_name = "SECONDS")]
@@ -439,6 +472,25 @@ impl NodeSettings {
             })?),
             None => Some(StorageConfig::Dir(config.data_dir.join("checkpoints"))),
         };
+        let s3 = S3Settings {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key_file: self.s3_secret_access_key_file.clone(),
+            allow_http: self.s3_allow_http,
+        };
+        match &mut config.storage {
+            Some(StorageConfig::S3 { settings, .. }) => *settings = s3,
+            _ if !s3.is_empty() => {
+                return Err(format!(
+                    "the --s3-* settings apply only to S3 storage, but --storage is {}",
+                    self.storage
+                        .as_deref()
+                        .unwrap_or("the default checkpoints directory")
+                ));
+            }
+            _ => {}
+        }
         let checkpoint_interval = given(&self.checkpoint_interval);
         config.checkpoint_interval =
             (checkpoint_interval > 0).then(|| Duration::from_secs(checkpoint_interval));
@@ -784,6 +836,11 @@ mod tests {
             insecure_no_tls: Some(true),
             peer_tls_ca: Some(PathBuf::from("/etc/pagoda/peers.pem")),
             storage: Some("s3://bucket/prefix".into()),
+            s3_endpoint: Some("http://127.0.0.1:9000".into()),
+            s3_region: Some("eu-central-1".into()),
+            s3_access_key_id: Some("pagoda".into()),
+            s3_secret_access_key_file: Some(PathBuf::from("/etc/pagoda/s3-secret")),
+            s3_allow_http: Some(true),
             checkpoint_interval: Some(61),
             stop_retry: Some(31),
             accept_storage_mismatch: Some(true),
@@ -890,6 +947,56 @@ mod tests {
         assert_eq!(config.lease, expected.lease);
         assert_eq!(config.replace_replica_after, expected.replace_replica_after);
         assert_eq!(config.checkpoint_interval, Some(Duration::from_secs(60)));
+    }
+
+    // Guards the S3 settings: given with S3 storage they reach the storage
+    // configuration; given with any other storage they are refused, naming
+    // the storage, rather than silently ignored.
+    #[test]
+    fn s3_settings_reach_s3_storage_only() {
+        let given = NodeSettings {
+            capacity: Some(Size(64 << 20)),
+            data_dir: Some(PathBuf::from("/tmp/pagoda")),
+            storage: Some("s3://bucket/prefix".into()),
+            s3_endpoint: Some("http://127.0.0.1:9000".into()),
+            s3_secret_access_key_file: Some(PathBuf::from("/etc/pagoda/s3-secret")),
+            s3_allow_http: Some(true),
+            ..NodeSettings::default()
+        };
+        let settings = NodeSettings::layered(&[&NodeSettings::defaults(), &given]).unwrap();
+        match settings.node_config().unwrap().storage {
+            Some(StorageConfig::S3 {
+                bucket,
+                prefix,
+                settings,
+            }) => {
+                assert_eq!((bucket.as_str(), prefix.as_str()), ("bucket", "prefix"));
+                assert_eq!(
+                    settings,
+                    S3Settings {
+                        endpoint: Some("http://127.0.0.1:9000".into()),
+                        secret_access_key_file: Some(PathBuf::from("/etc/pagoda/s3-secret")),
+                        allow_http: Some(true),
+                        ..S3Settings::default()
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        for storage in [None, Some("/srv/checkpoints")] {
+            let given = NodeSettings {
+                storage: storage.map(str::to_owned),
+                s3_region: Some("eu-central-1".into()),
+                ..given.clone()
+            };
+            let settings = NodeSettings::layered(&[&NodeSettings::defaults(), &given]).unwrap();
+            let error = settings.node_config().unwrap_err();
+            assert!(
+                error.contains("apply only to S3 storage")
+                    && error.contains(storage.unwrap_or("default checkpoints directory")),
+                "{error}"
+            );
+        }
     }
 
     // Guards the words for a bad address to listen on: what is missing,

@@ -38,5 +38,5 @@ pub mod write_log;
 pub use config::NodeConfig;
 pub use error::{NodeError, StorageCause};
 pub use node::{Node, Unsaved, UnsavedRegion};
-pub use storage::StorageConfig;
+pub use storage::{S3Settings, StorageConfig};
 pub use tls::TlsConfig;

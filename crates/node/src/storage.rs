@@ -38,14 +38,16 @@ pub enum StorageConfig {
     /// A local directory, fsynced.
     Dir(PathBuf),
     /// An S3-compatible bucket and key prefix, from `s3://bucket/prefix`.
-    /// Endpoint, region and credentials come from the environment
-    /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`, ...).
+    /// Endpoint, region and credentials come from `settings` where given,
+    /// else from the environment (`AWS_ENDPOINT_URL`, `AWS_REGION`,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`, ...).
     S3 {
         /// The bucket.
         bucket: String,
         /// The key prefix (may be empty).
         prefix: String,
+        /// Settings that override the environment's.
+        settings: S3Settings,
     },
     /// A store built by the caller (tests use this to inject faults).
     Custom {
@@ -54,6 +56,86 @@ pub enum StorageConfig {
         /// How to name it in logs and errors.
         description: String,
     },
+}
+
+/// S3 settings given to the node itself (flags or its configuration file)
+/// rather than through `AWS_*` variables; each one given overrides its
+/// variable. The secret key is read from a file, so no setting holds a
+/// secret and a printed configuration hides nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct S3Settings {
+    /// The endpoint URL, for S3-compatible stores other than AWS
+    /// (`AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    /// The region (`AWS_REGION`).
+    pub region: Option<String>,
+    /// The access key id (`AWS_ACCESS_KEY_ID`).
+    pub access_key_id: Option<String>,
+    /// A file holding the secret access key (`AWS_SECRET_ACCESS_KEY`);
+    /// surrounding whitespace is ignored.
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Allow a plain-HTTP endpoint (`AWS_ALLOW_HTTP`).
+    pub allow_http: Option<bool>,
+}
+
+impl S3Settings {
+    /// Whether no setting is given (everything comes from the environment).
+    pub fn is_empty(&self) -> bool {
+        *self == S3Settings::default()
+    }
+
+    /// `builder` with these settings applied over what it already has.
+    fn apply(
+        &self,
+        mut builder: object_store::aws::AmazonS3Builder,
+    ) -> Result<object_store::aws::AmazonS3Builder, NodeError> {
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(region) = &self.region {
+            builder = builder.with_region(region);
+        }
+        if let Some(id) = &self.access_key_id {
+            builder = builder.with_access_key_id(id);
+        }
+        if let Some(path) = &self.secret_access_key_file {
+            let secret = read_secret(path)?;
+            builder = builder.with_secret_access_key(secret);
+        }
+        if let Some(allow) = self.allow_http {
+            builder = builder.with_allow_http(allow);
+        }
+        Ok(builder)
+    }
+}
+
+/// The largest secret key file read (a key is 40 characters).
+const SECRET_FILE_BYTES_MAX: u64 = 4096;
+
+/// Reads a secret access key file: one key, surrounding whitespace ignored.
+fn read_secret(path: &FsPath) -> Result<String, NodeError> {
+    use std::io::Read;
+    let context = || format!("reading the S3 secret access key file {}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| NodeError::io(context(), e))?;
+    let mut text = String::new();
+    file.take(SECRET_FILE_BYTES_MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| NodeError::io(context(), e))?;
+    if text.len() as u64 > SECRET_FILE_BYTES_MAX {
+        return Err(NodeError::Config(format!(
+            "the S3 secret access key file {} is larger than {SECRET_FILE_BYTES_MAX} bytes; \
+             it should hold only the key",
+            path.display()
+        )));
+    }
+    let secret = text.trim();
+    if secret.is_empty() || secret.contains(char::is_whitespace) {
+        return Err(NodeError::Config(format!(
+            "the S3 secret access key file {} should hold one key and nothing else",
+            path.display()
+        )));
+    }
+    Ok(secret.to_owned())
 }
 
 impl fmt::Debug for StorageConfig {
@@ -75,6 +157,7 @@ impl StorageConfig {
             return Ok(StorageConfig::S3 {
                 bucket: bucket.to_owned(),
                 prefix: prefix.trim_matches('/').to_owned(),
+                settings: S3Settings::default(),
             });
         }
         if let Some((scheme, _)) = text.split_once("://")
@@ -95,7 +178,7 @@ impl StorageConfig {
     pub fn describe(&self) -> String {
         match self {
             StorageConfig::Dir(path) => path.display().to_string(),
-            StorageConfig::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+            StorageConfig::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
             StorageConfig::Custom { description, .. } => description.clone(),
         }
     }
@@ -152,8 +235,14 @@ impl Storage {
                 dir = Some(durable.clone());
                 durable
             }
-            StorageConfig::S3 { bucket, prefix } => {
-                let s3 = object_store::aws::AmazonS3Builder::from_env()
+            StorageConfig::S3 {
+                bucket,
+                prefix,
+                settings,
+            } => {
+                let builder = object_store::aws::AmazonS3Builder::from_env();
+                let s3 = settings
+                    .apply(builder)?
                     .with_bucket_name(bucket)
                     .build()
                     .map_err(|e| NodeError::Config(format!("storage {description}: {e}")))?;
@@ -206,7 +295,9 @@ impl Storage {
         let unusable = |error: NodeError| {
             NodeError::Config(format!(
                 "storage {} is not usable ({error}); check its address, bucket and credentials \
-                 (for S3: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
+                 (for S3: --s3-endpoint, --s3-region, --s3-access-key-id, \
+                 --s3-secret-access-key-file or AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, \
+                 AWS_SECRET_ACCESS_KEY)",
                 self.description
             ))
         };
@@ -538,12 +629,39 @@ impl ObjectStore for DurableDir {
 mod tests {
     use super::*;
 
+    // Guards the S3 secret key file: one key, whitespace around it
+    // ignored; an empty, multi-word, oversized or missing file refused
+    // with its name.
+    #[test]
+    fn reads_secret_key_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "  abc/DEF+123\n").unwrap();
+        assert_eq!(read_secret(&path).unwrap(), "abc/DEF+123");
+        for bad in ["", " \n", "two words", "one\ntwo"] {
+            std::fs::write(&path, bad).unwrap();
+            let error = read_secret(&path).unwrap_err().to_string();
+            assert!(
+                error.contains("one key and nothing else"),
+                "{bad:?}: {error}"
+            );
+        }
+        std::fs::write(&path, "x".repeat(5000)).unwrap();
+        let error = read_secret(&path).unwrap_err().to_string();
+        assert!(error.contains("larger than 4096 bytes"), "{error}");
+        let error = read_secret(&dir.path().join("absent"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("absent"), "{error}");
+    }
+
     // Guards the `--storage` parser: each accepted form and the errors.
     #[test]
     fn parses_storage_urls() {
         assert!(matches!(
             StorageConfig::parse("s3://bucket/a/b/").unwrap(),
-            StorageConfig::S3 { bucket, prefix } if bucket == "bucket" && prefix == "a/b"
+            StorageConfig::S3 { bucket, prefix, settings }
+                if bucket == "bucket" && prefix == "a/b" && settings.is_empty()
         ));
         assert!(matches!(
             StorageConfig::parse("s3://bucket").unwrap(),
