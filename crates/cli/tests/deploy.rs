@@ -614,3 +614,83 @@ fn prometheus_example_is_valid() {
         "{containerfile}"
     );
 }
+
+/// The crates `cargo install pagoda-cli` needs, all of which must package.
+const PUBLISHED: [&str; 8] = [
+    "pagoda",
+    "pagoda-cache",
+    "pagoda-cli",
+    "pagoda-cluster",
+    "pagoda-journal",
+    "pagoda-node",
+    "pagoda-sim",
+    "pagoda-wire",
+];
+
+// Guards publishing: every crate the pagoda command depends on, and the
+// command's own, packages as crates.io would take it (a version on every
+// path dependency, a license and a description), and the research and
+// benchmark crates stay unpublished.
+#[test]
+fn crates_package_for_publishing() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = tempfile::tempdir().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(&cargo)
+        .current_dir(&root)
+        .args([
+            "package",
+            "--workspace",
+            "--no-verify",
+            "--allow-dirty",
+            "--offline",
+            "--exclude",
+            "pagoda-bench",
+            "--exclude",
+            "pagoda-fuzz",
+            "--target-dir",
+        ])
+        .arg(target.path())
+        .output()
+        .unwrap();
+    succeed(&output, "cargo package");
+    let mut packaged: Vec<String> = std::fs::read_dir(target.path().join("package"))
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            Some(name.strip_suffix(".crate")?.rsplit_once('-')?.0.to_owned())
+        })
+        .collect();
+    packaged.sort();
+    assert_eq!(packaged, PUBLISHED);
+
+    let output = Command::new(&cargo)
+        .current_dir(&root)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .output()
+        .unwrap();
+    let metadata: serde_json::Value =
+        serde_json::from_str(&succeed(&output, "cargo metadata")).unwrap();
+    for package in metadata["packages"].as_array().unwrap() {
+        let name = package["name"].as_str().unwrap();
+        let publish = &package["publish"];
+        if PUBLISHED.contains(&name) {
+            assert!(publish.is_null(), "{name} must be publishable: {publish}");
+            for field in ["license", "description"] {
+                assert!(package[field].is_string(), "{name} has no {field}");
+            }
+        } else {
+            assert_eq!(
+                publish,
+                &serde_json::json!([]),
+                "{name} must not be published"
+            );
+        }
+    }
+}
