@@ -1,9 +1,11 @@
 //! Pagoda's memory node.
 //!
-//! A node holds the pages of regions in RAM. RAM is reserved up front as one
-//! [`arena::Arena`] of fixed-size segments (2 MiB); a region's segment is
-//! taken from the arena on the region's first write to it (thin provisioning),
-//! and pages never written read as zeros. Region metadata lives in the
+//! A node holds the pages of regions in RAM. Its capacity is counted by the
+//! [`arena::Arena`] in fixed-size segments (2 MiB); each region keeps its
+//! pages in a memory file of its own ([`region_memory::RegionMemory`], which
+//! co-located clients may map read-only), and a segment is counted and backed
+//! with memory on the region's first write to it (thin provisioning); pages
+//! never written read as zeros. Region metadata lives in the
 //! [`catalog::Catalog`], persisted in the data dir. A [`node::Node`] accepts
 //! connections, one thread each, and [`server`] serves their requests.
 //!
@@ -29,6 +31,7 @@ mod node_journal;
 pub mod preflight;
 pub mod recovery;
 pub mod region;
+pub mod region_memory;
 pub mod replication;
 pub mod server;
 pub mod storage;

@@ -35,11 +35,16 @@ use parking_lot::{Mutex, RwLock};
 
 use pagoda_journal::Journal;
 
-use crate::arena::{Arena, SegmentSlot};
+use crate::arena::Arena;
 use crate::checkpoint::Manifest;
 use crate::error::NodeError;
+use crate::region_memory::RegionMemory;
 use crate::replication::Role;
 use crate::write_log::WriteLog;
+
+/// A segment's number in its region, in its table entry while the segment
+/// holds memory.
+type SegmentSlot = u32;
 
 const NO_SEGMENT: SegmentSlot = SegmentSlot::MAX;
 
@@ -66,6 +71,7 @@ pub fn validate_shape(size: u64, page_size: u32) -> Result<(), NodeError> {
 
 /// A segment table entry.
 struct Segment {
+    /// The segment's number while it holds memory; `NO_SEGMENT` before.
     slot: SegmentSlot,
     /// Per page, the sequence number of its last write; empty while no slot
     /// is allocated.
@@ -216,6 +222,8 @@ pub struct Region {
     info: RegionInfo,
     uid: u64,
     arena: Arc<Arena>,
+    /// The region's pages and the metadata co-located clients read.
+    memory: RegionMemory,
     segments: SegmentTable,
     pages_per_segment: u64,
     segments_allocated: AtomicU64,
@@ -264,6 +272,7 @@ impl Region {
         Ok(Region {
             pages_per_segment: segment_bytes / info.page_size as u64,
             segments: SegmentTable::new(segment_count as usize)?,
+            memory: RegionMemory::new(info.size, info.page_size, segment_bytes as usize)?,
             info,
             uid,
             arena,
@@ -328,6 +337,11 @@ impl Region {
     /// The region's role in replication.
     pub fn role(&self) -> &Mutex<Role> {
         &self.role
+    }
+
+    /// The region's memory files (for co-located clients).
+    pub fn memory(&self) -> &RegionMemory {
+        &self.memory
     }
 
     /// The region's description.
@@ -495,8 +509,8 @@ impl Region {
         // segment because pages never straddle segments.
         unsafe {
             std::slice::from_raw_parts(
-                self.arena
-                    .segment_pointer(segment.slot)
+                self.memory
+                    .segment_pointer(segment.slot as usize)
                     .add(index * page_size),
                 page_size,
             )
@@ -571,8 +585,8 @@ impl Region {
     /// Allocates every segment the pages lie in, before anything is written.
     fn allocate(&self, pages: impl Iterator<Item = u64>) -> Result<(), NodeError> {
         for page in pages {
-            let (segment, _) = self.locate(page);
-            let entry = self.segments.get_or_allocate(segment)?;
+            let (number, _) = self.locate(page);
+            let entry = self.segments.get_or_allocate(number)?;
             if entry.read().slot != NO_SEGMENT {
                 continue;
             }
@@ -583,7 +597,12 @@ impl Region {
                 seqs.try_reserve_exact(pages)
                     .map_err(|_| metadata_allocation_failed(pages * 8))?;
                 seqs.resize(pages, 0);
-                segment.slot = self.arena.allocate()?;
+                self.arena.allocate()?;
+                if let Err(error) = self.memory.allocate(number) {
+                    self.arena.release();
+                    return Err(error);
+                }
+                segment.slot = number as SegmentSlot;
                 segment.seqs = seqs.into_boxed_slice();
                 self.segments_allocated.fetch_add(1, Ordering::Relaxed);
             }
@@ -620,17 +639,20 @@ impl Region {
             let saved = self.page_bytes(&segment, index).into();
             segment.saved.push((index as u32, saved));
         }
+        // Co-located readers retry or ask the node while the bytes change.
+        self.memory.begin_write(segment.slot as usize);
         // SAFETY: the slot is allocated to this region, the write lock makes
         // this the only access, and the bytes lie inside the page.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
-                self.arena
-                    .segment_pointer(segment.slot)
+                self.memory
+                    .segment_pointer(segment.slot as usize)
                     .add(index * page_size + offset),
                 bytes.len(),
             );
         }
+        self.memory.end_write(segment.slot as usize);
         if seq != 0 {
             segment.seqs[index] = seq;
             segment.max_seq = segment.max_seq.max(seq);
@@ -804,7 +826,10 @@ impl Region {
                 // lock is held (excluding writers), and `length` is at most
                 // the segment size.
                 let bytes = unsafe {
-                    std::slice::from_raw_parts(self.arena.segment_pointer(segment.slot), length)
+                    std::slice::from_raw_parts(
+                        self.memory.segment_pointer(segment.slot as usize),
+                        length,
+                    )
                 };
                 return *blake3::hash(bytes).as_bytes();
             }
@@ -825,7 +850,10 @@ impl Region {
                 // lock is held (excluding writers), and `length` is at most
                 // the segment size.
                 let bytes = unsafe {
-                    std::slice::from_raw_parts(self.arena.segment_pointer(segment.slot), length)
+                    std::slice::from_raw_parts(
+                        self.memory.segment_pointer(segment.slot as usize),
+                        length,
+                    )
                 };
                 out.extend_from_slice(bytes);
             }
@@ -967,9 +995,10 @@ enum Track {
 impl Drop for Region {
     fn drop(&mut self) {
         for (_, segment) in self.segments.allocated_from(0) {
-            let slot = segment.read().slot;
-            if slot != NO_SEGMENT {
-                self.arena.release(slot);
+            // The memory itself goes back to the kernel when `memory` drops,
+            // whoever still maps it.
+            if segment.read().slot != NO_SEGMENT {
+                self.arena.release();
             }
         }
     }
