@@ -69,7 +69,7 @@ pub fn create_written_region(client: &Client, name: &str, bytes: u64) -> RegionI
 /// is allocated before anything is timed.
 pub fn write_whole_region(client: &Client, info: &RegionInfo) {
     let pages = info.size / PAGE_BYTES as u64;
-    let batch = PREWRITE_BATCH_PAGES.min(client.batch_pages_max(PAGE_BYTES));
+    let batch = PREWRITE_BATCH_PAGES.min(client.raw().batch_pages_max(PAGE_BYTES));
     let mut data = vec![0u8; batch * PAGE_BYTES];
     let began = Instant::now();
     let mut first = 0u64;
@@ -80,6 +80,7 @@ pub fn write_whole_region(client: &Client, info: &RegionInfo) {
             page.fill((first + index as u64) as u8);
         }
         client
+            .raw()
             .write_pages(info, &list, &data[..count * PAGE_BYTES])
             .expect("pre-writing the region");
         first += count as u64;

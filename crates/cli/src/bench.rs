@@ -298,7 +298,7 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, String> {
 pub fn prefill(client: &Client, info: &pagoda::RegionInfo, show: bool) -> Result<(), String> {
     let page_size = info.page_size as usize;
     let pages = info.size / page_size as u64;
-    let batch = client.batch_pages_max(page_size).min(256) as u64;
+    let batch = client.raw().batch_pages_max(page_size).min(256) as u64;
     let bar = if show {
         indicatif::ProgressBar::new(info.size)
     } else {
@@ -323,6 +323,7 @@ pub fn prefill(client: &Client, info: &pagoda::RegionInfo, show: bool) -> Result
             page.fill(((first + index as u64) % 251) as u8 + 1);
         }
         client
+            .raw()
             .write_pages(info, &list, &data[..count as usize * page_size])
             .map_err(|e| format!("prefilling the region: {e}"))?;
         bar.inc(count * page_size as u64);

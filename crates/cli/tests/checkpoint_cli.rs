@@ -162,7 +162,7 @@ fn write_pages(client: &Client, info: &RegionInfo, model: &mut [u32], pages: &[u
         for &page in batch {
             push_page(&mut data, page, version);
         }
-        client.write_pages(info, batch, &data).unwrap();
+        client.raw().write_pages(info, batch, &data).unwrap();
         for &page in batch {
             model[page as usize] = version;
         }
@@ -181,7 +181,7 @@ fn differences(client: &Client, info: &RegionInfo, models: &[&[u32]]) -> Vec<(us
     let all: Vec<u64> = (0..page_count).collect();
     for batch in all.chunks(BATCH_PAGES) {
         let actual = &mut actual[..batch.len() * PAGE_BYTES];
-        client.read_pages(info, batch, actual).unwrap();
+        client.raw().read_pages(info, batch, actual).unwrap();
         for (index, &page) in batch.iter().enumerate() {
             let got = &actual[index * PAGE_BYTES..(index + 1) * PAGE_BYTES];
             for (model, (differing, examples)) in models.iter().zip(&mut results) {
@@ -362,6 +362,7 @@ fn checkpoint_and_recover_between_two_nodes() {
     let mut page = Vec::new();
     push_page(&mut page, 0, 3);
     let error = client_a
+        .raw()
         .write_pages(&info, &[0], &page)
         .expect_err("a write to the moved region's old copy");
     assert_eq!(error.code(), Some(ErrorCode::ReadOnly), "{error}");

@@ -61,7 +61,10 @@ fn checksum_prints_documented_json_and_text() {
     // A write into segment 1 changes that segment's digest and the whole.
     let client = Client::connect(node.addr.as_str(), ClientOptions::default()).unwrap();
     let info = client.stat_region("sums").unwrap().info;
-    client.write_pages(&info, &[600], &[7u8; 4096]).unwrap();
+    client
+        .raw()
+        .write_pages(&info, &[600], &[7u8; 4096])
+        .unwrap();
     let after = run_json(
         &["region", "checksum", "sums", "--segments", "--json"],
         &node.addr,

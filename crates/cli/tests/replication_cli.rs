@@ -222,7 +222,7 @@ fn write_batch(
 ) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match client.write_pages(info, pages, data) {
+        match client.raw().write_pages(info, pages, data) {
             Ok(()) => return Ok(()),
             Err(error)
                 if batch == 0
@@ -434,6 +434,7 @@ fn replicas_json_and_promote_refusals() {
     assert!(text(&output).contains("sync replicas"), "{}", text(&output));
     let region = client(primary).stat_region("r").unwrap().info;
     client(primary)
+        .raw()
         .write_pages(&region, &[0, 1, 2], &[7u8; 3 * PAGE])
         .unwrap();
 
@@ -631,7 +632,10 @@ fn a_writer_resuming_its_epoch_after_failover_keeps_the_region_writable() {
     };
     let writer = Client::connect(old_primary.as_str(), options).unwrap();
     let info = writer.stat_region("resume").unwrap().info;
-    writer.write_pages(&info, &[0], &page_bytes(0, 1)).unwrap();
+    writer
+        .raw()
+        .write_pages(&info, &[0], &page_bytes(0, 1))
+        .unwrap();
 
     nodes[0].kill();
     let output = run(&["region", "promote", "resume"], &new_primary);
@@ -644,7 +648,7 @@ fn a_writer_resuming_its_epoch_after_failover_keeps_the_region_writable() {
 
     // The writer's connection died with the old primary: it reconnects,
     // is sent to the new primary, resumes its epoch there, and writes.
-    let written = writer.write_pages(&info, &[1], &page_bytes(1, 1));
+    let written = writer.raw().write_pages(&info, &[1], &page_bytes(1, 1));
     let set = replicas_json("resume", &new_primary);
     assert!(
         written.is_ok(),

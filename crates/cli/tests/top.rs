@@ -75,8 +75,8 @@ fn traffic(addr: &str, region: &str, stop: Arc<AtomicBool>) -> JoinHandle<u64> {
         while !stop.load(Ordering::Relaxed) && began.elapsed().as_secs() < TRAFFIC_S_MAX {
             let batch: Vec<u64> = (0..4).map(|i| (next + i) % pages).collect();
             next = (next + 4) % pages;
-            client.write_pages(&info, &batch, &data).unwrap();
-            client.read_pages(&info, &batch, &mut out).unwrap();
+            client.raw().write_pages(&info, &batch, &data).unwrap();
+            client.raw().read_pages(&info, &batch, &mut out).unwrap();
             assert_eq!(out, data, "pages read back differ from those written");
             moved += 8;
         }
@@ -286,7 +286,10 @@ fn once_prints_one_frame_with_checkpoints() {
     let admin = client(&setup.node.addr);
     let saved = admin.create_region("saved", 4 << 20, 4096).unwrap();
     admin.create_region("unsaved", 4 << 20, 4096).unwrap();
-    admin.write_pages(&saved, &[0, 1], &[3; 8192]).unwrap();
+    admin
+        .raw()
+        .write_pages(&saved, &[0, 1], &[3; 8192])
+        .unwrap();
     let checkpoint = admin.checkpoint("saved", false).unwrap();
 
     let output = top(&setup, &["--once", "--interval", "100ms"])

@@ -322,7 +322,7 @@ fn recover(
             break (manifest, None);
         };
         let since = Since::Checkpoint(manifest.as_ref().map_or(0, |m| m.number));
-        match source.client.dirty_pages(source.region.id, since) {
+        match source.client.raw().dirty_pages(source.region.id, since) {
             Ok(list) => break (manifest, Some(list)),
             Err(pagoda::ClientError::Remote {
                 code: pagoda::ErrorCode::CheckpointUnknown,
@@ -455,6 +455,7 @@ fn fill(
         copy_ranges(&source, region, &ranges, job)?;
         let (next, next_mark) = source
             .client
+            .raw()
             .dirty_pages(source.region.id, Since::Mark(mark))
             .map_err(|e| remote("listing dirty pages at the source", e))?;
         ranges = next;
@@ -468,10 +469,12 @@ fn fill(
     // list since the last mark is the whole rest.
     source
         .client
+        .raw()
         .freeze_region(source.region.id)
         .map_err(|e| remote("freezing the region at the source", e))?;
     let (last, _) = source
         .client
+        .raw()
         .dirty_pages(source.region.id, Since::Mark(mark))
         .map_err(|e| remote("listing dirty pages at the source", e))?;
     let pages: u64 = last.iter().map(|range| range.count as u64).sum();
@@ -524,6 +527,7 @@ fn copy_ranges(
                     let bytes = pages.len() * page_size;
                     let outcome = source
                         .client
+                        .raw()
                         .read_pages(&source.region, pages, &mut buffer[..bytes])
                         .map_err(|e| remote("reading pages from the source", e))
                         .and_then(|()| region.restore_pages(pages, &buffer[..bytes], false));

@@ -251,7 +251,7 @@ fn a_captured_handshake_replayed_on_a_new_connection_fails() {
     let node = node_with_credentials(dir.path());
     let (proxy, sent) = recording_proxy(node.local_addr());
     let client = Client::connect(proxy, options("admin", "admin-token")).unwrap();
-    client.ping(0).unwrap();
+    client.raw().ping(0).unwrap();
     let captured = sent.lock().clone();
     assert!(
         !captured.windows(11).any(|w| w == b"admin-token"),
@@ -285,7 +285,7 @@ fn a_captured_handshake_replayed_on_a_new_connection_fails() {
     replay.expect_closed();
 
     // The real client is still served.
-    client.ping(0).unwrap();
+    client.raw().ping(0).unwrap();
 }
 
 // Guards the proof check: a wrong token, a proof answering another
@@ -326,7 +326,7 @@ fn wrong_proofs_are_refused() {
     let error = Client::connect(node.local_addr(), ClientOptions::default()).unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::Unauthorized), "{error}");
 
-    bystander.ping(0).unwrap();
+    bystander.raw().ping(0).unwrap();
 }
 
 // Guards against telling names apart: an unknown credential gets a challenge
@@ -394,7 +394,7 @@ fn a_read_only_credential_cannot_write() {
     let node = node_with_credentials(dir.path());
     let admin = connect(&node, "admin");
     let info = admin.create_region("data", MIB, PAGE as u32).unwrap();
-    admin.write_pages(&info, &[1], &page(9)).unwrap();
+    admin.raw().write_pages(&info, &[1], &page(9)).unwrap();
 
     let reader = connect(&node, "reader");
     let (code, message) = refusal(reader.open_region("data", RegionOptions::default()));
@@ -402,7 +402,7 @@ fn a_read_only_credential_cannot_write() {
     for part in ["\"reader\"", "\"data\"", "write right", "has read"] {
         assert!(message.contains(part), "{part}: {message}");
     }
-    let (code, _) = refusal(reader.write_pages(&info, &[1], &page(1)));
+    let (code, _) = refusal(reader.raw().write_pages(&info, &[1], &page(1)));
     assert_eq!(code, ErrorCode::Forbidden);
     // Still served, and reads work.
     let region = reader
@@ -434,7 +434,7 @@ fn a_read_only_credential_cannot_write() {
     assert_eq!(opcode, pagoda_wire::Opcode::Pong as u8);
     // Nothing changed.
     let mut back = vec![0u8; PAGE];
-    admin.read_pages(&info, &[1], &mut back).unwrap();
+    admin.raw().read_pages(&info, &[1], &mut back).unwrap();
     assert_eq!(back, page(9));
 }
 
@@ -471,9 +471,10 @@ fn admin_operations_need_admin_and_rights_follow_patterns() {
         app.start_recovery("app-1", None, None, true).map(|_| ()),
         "recover",
     );
-    forbidden(app.freeze_region(app_region.id).map(|_| ()), "freeze");
+    forbidden(app.raw().freeze_region(app_region.id).map(|_| ()), "freeze");
     forbidden(
-        app.dirty_pages(app_region.id, Since::Checkpoint(0))
+        app.raw()
+            .dirty_pages(app_region.id, Since::Checkpoint(0))
             .map(|_| ()),
         "dirty pages",
     );
@@ -505,9 +506,9 @@ fn admin_operations_need_admin_and_rights_follow_patterns() {
     // Reads by id need the right too.
     let logs = connect(&node, "logs");
     let mut buffer = vec![0u8; PAGE];
-    let (code, _) = refusal(logs.read_pages(&app_region, &[0], &mut buffer));
+    let (code, _) = refusal(logs.raw().read_pages(&app_region, &[0], &mut buffer));
     assert_eq!(code, ErrorCode::Forbidden);
-    logs.ping(0).unwrap();
+    logs.raw().ping(0).unwrap();
 }
 
 // Guards revocation: a revoked credential is refused at its next handshake,
@@ -541,8 +542,11 @@ fn a_revoked_credential_is_refused() {
         }
     };
     assert!(message.contains("revoked"), "{message}");
-    assert!(reader.ping(0).is_err(), "the revoked connection stays open");
-    admin.ping(0).unwrap();
+    assert!(
+        reader.raw().ping(0).is_err(),
+        "the revoked connection stays open"
+    );
+    admin.raw().ping(0).unwrap();
     // A credential created while the node runs is accepted at once.
     access::edit_credentials(dir.path(), |credentials| {
         credentials.push(Credential::new(
@@ -608,7 +612,7 @@ fn an_open_node_that_gains_credentials_closes_anonymous_connections() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(Client::connect(node.local_addr(), ClientOptions::default()).is_err());
-    connect(&node, "admin").ping(0).unwrap();
+    connect(&node, "admin").raw().ping(0).unwrap();
     // Removing the file again does not open the node: it accepts no one.
     std::fs::remove_file(dir.path().join(access::CREDENTIALS_FILE_NAME)).unwrap();
     let error = Client::connect(node.local_addr(), ClientOptions::default()).unwrap_err();
@@ -648,7 +652,7 @@ fn a_second_writer_is_refused_until_the_first_lets_go() {
     let (code, message) = refusal(second.open_region("r", RegionOptions::default()));
     assert_eq!(code, ErrorCode::WriterBusy);
     assert!(message.contains("first-writer"), "{message}");
-    let (code, message) = refusal(second.write_pages(&info, &[0], &page(2)));
+    let (code, message) = refusal(second.raw().write_pages(&info, &[0], &page(2)));
     assert_eq!(code, ErrorCode::WriterBusy, "{message}");
     // A raw write without opening at all.
     let mut raw = Raw::connect(node.local_addr());
@@ -736,17 +740,17 @@ fn a_silent_writer_loses_the_role_after_the_lease() {
     let first = Client::connect(node.local_addr(), ClientOptions::default()).unwrap();
     let second = Client::connect(node.local_addr(), ClientOptions::default()).unwrap();
     let info = first.create_region("r", MIB, PAGE as u32).unwrap();
-    first.write_pages(&info, &[0], &page(1)).unwrap();
+    first.raw().write_pages(&info, &[0], &page(1)).unwrap();
     assert_eq!(
-        refusal(second.write_pages(&info, &[0], &page(2))).0,
+        refusal(second.raw().write_pages(&info, &[0], &page(2))).0,
         ErrorCode::WriterBusy
     );
     std::thread::sleep(Duration::from_millis(500));
-    second.write_pages(&info, &[0], &page(2)).unwrap();
-    let (code, message) = refusal(first.write_pages(&info, &[0], &page(3)));
+    second.raw().write_pages(&info, &[0], &page(2)).unwrap();
+    let (code, message) = refusal(first.raw().write_pages(&info, &[0], &page(3)));
     assert_eq!(code, ErrorCode::StaleEpoch, "{message}");
     let mut back = vec![0u8; PAGE];
-    first.read_pages(&info, &[0], &mut back).unwrap();
+    first.raw().read_pages(&info, &[0], &mut back).unwrap();
     assert_eq!(back, page(2));
 }
 
@@ -775,9 +779,9 @@ fn a_recovery_target_proves_rather_than_sends_the_token() {
     };
     let on_source = admin(&source);
     let info = on_source.create_region("moving", MIB, PAGE as u32).unwrap();
-    on_source.write_pages(&info, &[0], &page(1)).unwrap();
+    on_source.raw().write_pages(&info, &[0], &page(1)).unwrap();
     on_source.checkpoint("moving", false).unwrap();
-    on_source.write_pages(&info, &[1], &page(2)).unwrap();
+    on_source.raw().write_pages(&info, &[1], &page(2)).unwrap();
 
     let on_target = admin(&target);
     let proxy_address = proxy.to_string();
@@ -793,7 +797,10 @@ fn a_recovery_target_proves_rather_than_sends_the_token() {
         .unwrap();
     let moved = on_target.stat_region("moving").unwrap().info;
     let mut back = vec![0u8; 2 * PAGE];
-    on_target.read_pages(&moved, &[0, 1], &mut back).unwrap();
+    on_target
+        .raw()
+        .read_pages(&moved, &[0, 1], &mut back)
+        .unwrap();
     assert_eq!(back, [page(1), page(2)].concat());
     let captured = sent.lock().clone();
     assert!(
@@ -826,7 +833,7 @@ fn a_recovery_target_authenticates_as_its_peer_credential() {
     });
     let on_source = connect(&source, "admin");
     let info = on_source.create_region("moving", MIB, PAGE as u32).unwrap();
-    on_source.write_pages(&info, &[0], &page(3)).unwrap();
+    on_source.raw().write_pages(&info, &[0], &page(3)).unwrap();
     drop(on_source);
     let on_target = connect(&target, "admin");
     let source_address = source.local_addr().to_string();
@@ -842,7 +849,7 @@ fn a_recovery_target_authenticates_as_its_peer_credential() {
         .unwrap();
     let moved = on_target.stat_region("moving").unwrap().info;
     let mut back = vec![0u8; PAGE];
-    on_target.read_pages(&moved, &[0], &mut back).unwrap();
+    on_target.raw().read_pages(&moved, &[0], &mut back).unwrap();
     assert_eq!(back, page(3));
 }
 
@@ -861,7 +868,7 @@ fn failed_handshakes_are_answered_after_a_pause() {
         let (opcode, payload) = raw.handshake("admin", b"wrong-token");
         assert_eq!(error_of(opcode, &payload).0, ErrorCode::Unauthorized);
         raw.expect_closed();
-        bystander.ping(0).unwrap();
+        bystander.raw().ping(0).unwrap();
     }
     assert!(
         began.elapsed() >= access::FAILED_HANDSHAKE_DELAY * 3,

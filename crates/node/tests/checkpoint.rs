@@ -48,7 +48,7 @@ fn read_all(client: &Client, info: &RegionInfo) -> Vec<u8> {
     let mut out = vec![0u8; PAGES as usize * PAGE];
     for (chunk, buffer) in out.chunks_mut(256 * PAGE).enumerate() {
         let pages: Vec<u64> = (chunk as u64 * 256..chunk as u64 * 256 + 256).collect();
-        client.read_pages(info, &pages, buffer).unwrap();
+        client.raw().read_pages(info, &pages, buffer).unwrap();
     }
     out
 }
@@ -91,6 +91,7 @@ fn checkpoints_are_points_in_time_while_a_writer_runs() {
     for page in 0..PAGES {
         version += 1;
         writer_client
+            .raw()
             .write_pages(&info, &[page], &page_bytes(page, version))
             .unwrap();
         history.push((page, version));
@@ -112,6 +113,7 @@ fn checkpoints_are_points_in_time_while_a_writer_runs() {
                     let page = rng.gen_range(0..PAGES);
                     version += 1;
                     client
+                        .raw()
                         .write_pages(&info, &[page], &page_bytes(page, version))
                         .unwrap();
                     written.push((page, version));
@@ -180,7 +182,7 @@ fn recovery_with_writers_matches_the_model() {
     for chunk in 0..PAGES / 256 {
         let pages: Vec<u64> = (chunk * 256..chunk * 256 + 256).collect();
         let data: Vec<u8> = pages.iter().flat_map(|&p| page_bytes(p, 1)).collect();
-        client.write_pages(&info, &pages, &data).unwrap();
+        client.raw().write_pages(&info, &pages, &data).unwrap();
     }
     client.checkpoint("m", false).unwrap();
     // 10% of the pages change after the baseline.
@@ -190,6 +192,7 @@ fn recovery_with_writers_matches_the_model() {
         let page = rng.gen_range(0..PAGES);
         model[page as usize] += 1;
         client
+            .raw()
             .write_pages(&info, &[page], &page_bytes(page, model[page as usize]))
             .unwrap();
     }
@@ -204,7 +207,10 @@ fn recovery_with_writers_matches_the_model() {
                 for n in 0..1_000_000u64 {
                     let page = rng.gen_range(0..PAGES / 2) * 2 + writer;
                     let version = 1_000_000 * (writer + 1) + n;
-                    match client.write_pages(&info, &[page], &page_bytes(page, version)) {
+                    match client
+                        .raw()
+                        .write_pages(&info, &[page], &page_bytes(page, version))
+                    {
                         Ok(()) => acknowledged.push((page, version)),
                         Err(pagoda::ClientError::Remote {
                             code: pagoda::ErrorCode::ReadOnly,
@@ -279,18 +285,23 @@ fn restart_reloads_the_latest_baseline() {
         client.create_region("never", 1 << 20, PAGE as u32).unwrap();
         for page in (0..PAGES).step_by(3) {
             client
+                .raw()
                 .write_pages(&info, &[page], &page_bytes(page, 5))
                 .unwrap();
         }
         client.checkpoint("k", false).unwrap();
         for page in (0..PAGES).step_by(7) {
             client
+                .raw()
                 .write_pages(&info, &[page], &page_bytes(page, 6))
                 .unwrap();
         }
         let second = client.checkpoint("k", false).unwrap();
         assert_eq!(second.number, 2);
-        client.write_pages(&info, &[1], &page_bytes(1, 99)).unwrap();
+        client
+            .raw()
+            .write_pages(&info, &[1], &page_bytes(1, 99))
+            .unwrap();
         expected = read_all(&client, &info);
         node.shutdown();
     }

@@ -87,7 +87,7 @@ fn version_of(bytes: &[u8]) -> u64 {
 fn write(client: &Client, info: &RegionInfo, pages: &[u64], version: u64, model: &mut [u64]) {
     for chunk in pages.chunks(256) {
         let data: Vec<u8> = chunk.iter().flat_map(|&p| page_bytes(p, version)).collect();
-        client.write_pages(info, chunk, &data).unwrap();
+        client.raw().write_pages(info, chunk, &data).unwrap();
         for &page in chunk {
             model[page as usize] = version;
         }
@@ -100,7 +100,7 @@ fn read_all(client: &Client, info: &RegionInfo) -> Vec<u8> {
     for (chunk, buffer) in out.chunks_mut(256 * PAGE).enumerate() {
         let first = chunk as u64 * 256;
         let list: Vec<u64> = (first..first + (buffer.len() / PAGE) as u64).collect();
-        client.read_pages(info, &list, buffer).unwrap();
+        client.raw().read_pages(info, &list, buffer).unwrap();
     }
     out
 }
@@ -281,7 +281,9 @@ fn assert_damaged(data_dir: &Path, storage: StorageConfig, name: &str, key: &str
     let stat = client.stat_region(name).unwrap();
     assert_eq!(stat.state, RegionState::Damaged, "{stat:?}");
     let (code, message) = refused(
-        client.read_pages(&stat.info, &[0, 1], &mut vec![0; 2 * PAGE]),
+        client
+            .raw()
+            .read_pages(&stat.info, &[0, 1], &mut vec![0; 2 * PAGE]),
         "reading a damaged region",
     );
     assert_eq!(code, ErrorCode::RegionUnavailable, "{message}");
@@ -293,7 +295,9 @@ fn assert_damaged(data_dir: &Path, storage: StorageConfig, name: &str, key: &str
     let (code, message) = refused(client.checkpoint(name, true), "checkpointing it");
     assert_eq!(code, ErrorCode::RegionUnavailable, "{message}");
     let (code, message) = refused(
-        client.write_pages(&stat.info, &[0], &page_bytes(0, 77)),
+        client
+            .raw()
+            .write_pages(&stat.info, &[0], &page_bytes(0, 77)),
         "writing it",
     );
     assert_eq!(code, ErrorCode::RegionUnavailable, "{message}");
@@ -630,7 +634,7 @@ fn failed_puts_fail_the_checkpoint_and_keep_the_previous_baseline() {
     });
     write(&client, &info, &[200], 3, &mut model);
     let mut page = vec![0u8; PAGE];
-    client.read_pages(&info, &[200], &mut page).unwrap();
+    client.raw().read_pages(&info, &[200], &mut page).unwrap();
     assert_eq!(version_of(&page), 3, "a read during the checkpoint");
     store.hold.store(false, Ordering::SeqCst);
     let (code, message) = refused(attempt.join().unwrap(), "a checkpoint whose put fails");
@@ -1147,7 +1151,10 @@ fn s3_recovery_with_writers_matches_the_model() {
                 for n in 0..1_000_000u64 {
                     let page = rng.gen_range(0..pages / 2) * 2 + writer;
                     let version = 1_000_000 * (writer + 1) + n;
-                    match client.write_pages(&info, &[page], &page_bytes(page, version)) {
+                    match client
+                        .raw()
+                        .write_pages(&info, &[page], &page_bytes(page, version))
+                    {
                         Ok(()) => acknowledged.push((page, version)),
                         Err(ClientError::Remote {
                             code: ErrorCode::ReadOnly,

@@ -85,7 +85,7 @@ fn write(client: &Client, info: &RegionInfo, pages: &[u64], version: u8) {
         .iter()
         .flat_map(|&page| page_bytes(page, version))
         .collect();
-    client.write_pages(info, pages, &data).unwrap();
+    client.raw().write_pages(info, pages, &data).unwrap();
 }
 
 /// The region's bytes as a reader sees them.
@@ -95,7 +95,7 @@ fn read_all(client: &Client, info: &RegionInfo) -> Vec<u8> {
     for (chunk, buffer) in out.chunks_mut(1024 * PAGE).enumerate() {
         let first = chunk as u64 * 1024;
         let list: Vec<u64> = (first..(first + 1024).min(pages)).collect();
-        client.read_pages(info, &list, buffer).unwrap();
+        client.raw().read_pages(info, &list, buffer).unwrap();
     }
     out
 }
@@ -163,6 +163,7 @@ fn an_unwritten_region_equals_one_written_with_zeros() {
     let infos = pair.create("zeros", size);
     let pages: Vec<u64> = (0..size / PAGE as u64).collect();
     pair.client(1)
+        .raw()
         .write_pages(&infos[1], &pages, &vec![0u8; size as usize])
         .unwrap();
     assert_eq!(

@@ -188,10 +188,10 @@ fn a_dropped_replica_leaves_the_recorded_in_sync_set_before_a_write_is_answered(
     create(&cluster, "s", 64);
     let writer = cluster.client(0);
     let info = writer.stat_region("s").unwrap().info;
-    writer.write_pages(&info, &[1], &page(1)).unwrap();
+    writer.raw().write_pages(&info, &[1], &page(1)).unwrap();
     let lost = cluster.addrs[2].to_string();
     cluster.nodes[2] = None;
-    writer.write_pages(&info, &[2], &page(2)).unwrap();
+    writer.raw().write_pages(&info, &[2], &page(2)).unwrap();
     let record = cluster.record("s").unwrap();
     assert_eq!(
         record.in_sync,
@@ -200,7 +200,7 @@ fn a_dropped_replica_leaves_the_recorded_in_sync_set_before_a_write_is_answered(
     );
     // Back, rebuilt and caught up: recorded in sync again.
     cluster.restart(2);
-    writer.write_pages(&info, &[3], &page(3)).unwrap();
+    writer.raw().write_pages(&info, &[3], &page(3)).unwrap();
     eventually("the restarted replica is recorded in sync", || {
         let record = cluster.record("s").unwrap();
         record.in_sync.contains(&lost) && record.in_sync.len() == 2
@@ -253,6 +253,7 @@ fn a_stopping_primary_hands_its_lead_to_an_in_sync_replica() {
     let mut back = vec![0u8; PAGE];
     for (page_index, &version) in model.iter().enumerate().filter(|(_, v)| **v != 0) {
         fresh
+            .raw()
             .read_pages(&info, &[page_index as u64], &mut back)
             .unwrap();
         assert!(
@@ -276,6 +277,7 @@ fn a_lost_replica_is_replaced_on_another_node() {
     let info = writer.stat_region("l").unwrap().info;
     for i in 0..64u64 {
         writer
+            .raw()
             .write_pages(&info, &[i * 3 % 256], &page(i + 1))
             .unwrap();
     }
@@ -284,6 +286,7 @@ fn a_lost_replica_is_replaced_on_another_node() {
     cluster.nodes[2] = None;
     for i in 64..128u64 {
         writer
+            .raw()
             .write_pages(&info, &[i * 5 % 256], &page(i + 1))
             .unwrap();
     }
@@ -310,7 +313,7 @@ fn a_lost_replica_is_replaced_on_another_node() {
     let error = cluster.client(2).stat_region("l").unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::RegionNotFound), "{error}");
     // And the region goes on with its new replica set.
-    writer.write_pages(&info, &[7], &page(1000)).unwrap();
+    writer.raw().write_pages(&info, &[7], &page(1000)).unwrap();
     let expected = writer.checksum("l", false).unwrap().digest;
     assert_eq!(
         cluster.client(3).checksum("l", false).unwrap().digest,
@@ -369,7 +372,7 @@ fn a_peer_that_never_answers_does_not_cost_the_primary_its_lease() {
     cluster.nodes[2] = None;
     let writer = cluster.client(0);
     let info = writer.stat_region("p").unwrap().info;
-    writer.write_pages(&info, &[1], &page(1)).unwrap();
+    writer.raw().write_pages(&info, &[1], &page(1)).unwrap();
     let primary = cluster.addrs[0].to_string();
     let began = Instant::now();
     while began.elapsed() < Duration::from_secs(6) {
@@ -388,7 +391,7 @@ fn a_peer_that_never_answers_does_not_cost_the_primary_its_lease() {
         assert_eq!(cluster.record("p").unwrap().primary, primary);
         std::thread::sleep(Duration::from_millis(100));
     }
-    writer.write_pages(&info, &[2], &page(2)).unwrap();
+    writer.raw().write_pages(&info, &[2], &page(2)).unwrap();
     stop.store(true, Ordering::SeqCst);
     holder.join().unwrap();
 }

@@ -36,12 +36,12 @@ fn page_bytes(page: u64, version: u64) -> Vec<u8> {
 
 fn write_pages(client: &Client, info: &RegionInfo, pages: &[u64], version: u64) {
     let data: Vec<u8> = pages.iter().flat_map(|&p| page_bytes(p, version)).collect();
-    client.write_pages(info, pages, &data).unwrap();
+    client.raw().write_pages(info, pages, &data).unwrap();
 }
 
 fn assert_pages(client: &Client, info: &RegionInfo, pages: &[u64], version: u64) {
     let mut out = vec![0u8; pages.len() * PAGE];
-    client.read_pages(info, pages, &mut out).unwrap();
+    client.raw().read_pages(info, pages, &mut out).unwrap();
     for (page, bytes) in pages.iter().zip(out.chunks_exact(PAGE)) {
         assert!(
             bytes == page_bytes(*page, version).as_slice(),
@@ -308,6 +308,7 @@ fn large_regions_cost_little_until_written() {
     assert_pages(&client, &written.info, &[(1u64 << 40) / PAGE as u64 - 1], 1);
     let mut unwritten = vec![1u8; 2 * PAGE];
     client
+        .raw()
         .read_pages(&written.info, &[0, 1 << 20], &mut unwritten)
         .unwrap();
     assert!(
@@ -393,5 +394,5 @@ fn a_recovery_of_an_invalid_name_is_refused() {
             "{error}"
         );
     }
-    client.ping(0).unwrap();
+    client.raw().ping(0).unwrap();
 }

@@ -230,11 +230,14 @@ fn scrape_reports_what_the_node_did() {
         .unwrap();
     let page = vec![7u8; PAGE];
     for number in 0..3 {
-        client.write_pages(&region, &[number], &page).unwrap();
+        client.raw().write_pages(&region, &[number], &page).unwrap();
     }
     let mut out = vec![0u8; PAGE];
     for number in 0..2 {
-        client.read_pages(&region, &[number], &mut out).unwrap();
+        client
+            .raw()
+            .read_pages(&region, &[number], &mut out)
+            .unwrap();
     }
     match client.stat_region("no-such-region") {
         Err(pagoda::ClientError::Remote { code, .. }) => {
@@ -243,7 +246,7 @@ fn scrape_reports_what_the_node_did() {
         other => panic!("expected RegionNotFound, got {other:?}"),
     }
     client.checkpoint("metrics-a", false).unwrap();
-    client.write_pages(&region, &[10], &page).unwrap();
+    client.raw().write_pages(&region, &[10], &page).unwrap();
 
     let scrape = scrape(metrics);
     let requests = |opcode: &str| scrape.value("pagoda_node_requests_total", &[("opcode", opcode)]);
@@ -394,7 +397,10 @@ fn primary_reports_its_replicas_lag_and_sync() {
             pagoda::ReplicationMode::Sync,
         )
         .unwrap();
-    client.write_pages(&region, &[0], &vec![1u8; PAGE]).unwrap();
+    client
+        .raw()
+        .write_pages(&region, &[0], &vec![1u8; PAGE])
+        .unwrap();
     let labels = [("region", "replicated"), ("replica", replica.as_str())];
     let primary = scrape(nodes[0].metrics_addr().unwrap());
     assert_eq!(primary.value("pagoda_node_replica_in_sync", &labels), 1.0);

@@ -112,7 +112,7 @@ fn sync_writes_are_on_every_replica_when_answered() {
     for round in 0..20u64 {
         let pages: Vec<u64> = (0..32).map(|i| (i * 37 + round * 11) % 1024).collect();
         let data: Vec<u8> = pages.iter().flat_map(|&p| page(p + round)).collect();
-        writer.write_pages(&info, &pages, &data).unwrap();
+        writer.raw().write_pages(&info, &pages, &data).unwrap();
         // Answered: both replicas have it, without waiting.
         let expected = digest(&writer, "r");
         for index in 1..3 {
@@ -187,7 +187,7 @@ fn a_restarted_replica_is_rebuilt_by_digests() {
     for chunk in 0..8u64 {
         let pages: Vec<u64> = (chunk * 512..chunk * 512 + 512).step_by(3).collect();
         let data: Vec<u8> = pages.iter().flat_map(|&p| page(p)).collect();
-        writer.write_pages(&info, &pages, &data).unwrap();
+        writer.raw().write_pages(&info, &pages, &data).unwrap();
     }
     let before = digest(&writer, "d");
     assert_eq!(digest(&cluster.client(1), "d"), before);
@@ -204,7 +204,7 @@ fn a_restarted_replica_is_rebuilt_by_digests() {
         writer.replicas("d").unwrap().replicas[0].in_sync
     });
     // And it follows new writes again.
-    writer.write_pages(&info, &[1], &page(99)).unwrap();
+    writer.raw().write_pages(&info, &[1], &page(99)).unwrap();
     assert_eq!(digest(&replica, "d"), digest(&writer, "d"));
 }
 
@@ -218,6 +218,7 @@ fn a_promoted_replica_leads_and_the_old_primary_is_fenced() {
     let info = create(&cluster, "p", 256, ReplicationMode::Sync);
     let writer = cluster.client(0);
     writer
+        .raw()
         .write_pages(&info, &[0, 1], &[page(1), page(2)].concat())
         .unwrap();
     let expected = digest(&writer, "p");
@@ -249,6 +250,7 @@ fn a_promoted_replica_leads_and_the_old_primary_is_fenced() {
         "{status:?}"
     );
     let error = old
+        .raw()
         .write_pages(&info, &[3], &page(4))
         .expect_err("a deposed primary took a write");
     assert!(
@@ -355,7 +357,7 @@ fn a_replica_back_from_a_short_outage_catches_up_from_the_log() {
     let writer = cluster.client(0);
     let before: Vec<u64> = (0..64).collect();
     let data: Vec<u8> = before.iter().flat_map(|&p| page(p)).collect();
-    writer.write_pages(&info, &before, &data).unwrap();
+    writer.raw().write_pages(&info, &before, &data).unwrap();
     eventually("the replica is in sync", || {
         link_of(&writer, "short").in_sync
     });
@@ -370,7 +372,7 @@ fn a_replica_back_from_a_short_outage_catches_up_from_the_log() {
         let pages: Vec<u64> = (0..8).map(|i| (round * 8 + i) % 1024).collect();
         let data: Vec<u8> = pages.iter().flat_map(|&p| page(p + round)).collect();
         // Answered by the primary alone once the replica is dropped.
-        writer.write_pages(&info, &pages, &data).unwrap();
+        writer.raw().write_pages(&info, &pages, &data).unwrap();
         written += data.len() as u64;
         round += 1;
         std::thread::sleep(Duration::from_millis(4));
@@ -419,7 +421,7 @@ fn a_replica_back_from_a_long_outage_gets_only_the_segments_that_differ() {
             .map(|i| segment * pages_per_segment + i * 7)
             .collect();
         let data: Vec<u8> = pages.iter().flat_map(|&p| page(p)).collect();
-        writer.write_pages(&info, &pages, &data).unwrap();
+        writer.raw().write_pages(&info, &pages, &data).unwrap();
     }
     eventually("the replica is in sync", || {
         link_of(&writer, "long").in_sync
@@ -430,7 +432,7 @@ fn a_replica_back_from_a_long_outage_gets_only_the_segments_that_differ() {
         for segment in [2u64, 5] {
             let pages: Vec<u64> = (0..32).map(|i| segment * pages_per_segment + i).collect();
             let data: Vec<u8> = pages.iter().flat_map(|&p| page(p * 3 + round)).collect();
-            writer.write_pages(&info, &pages, &data).unwrap();
+            writer.raw().write_pages(&info, &pages, &data).unwrap();
         }
     }
     proxy.restore();
@@ -458,7 +460,7 @@ fn a_deposed_writer_lands_nothing_anywhere() {
     let cluster = Cluster::with(2, |config| config.writer_lease = Duration::from_millis(200));
     let info = create(&cluster, "w", 64, ReplicationMode::Sync);
     let old_writer = cluster.client(0);
-    old_writer.write_pages(&info, &[0], &page(1)).unwrap();
+    old_writer.raw().write_pages(&info, &[0], &page(1)).unwrap();
     // The replica is promoted while the old primary still runs (a planned
     // switchover, or an operator who believed it dead).
     let replica = cluster.client(1);
@@ -472,13 +474,17 @@ fn a_deposed_writer_lands_nothing_anywhere() {
         .open_region("w", RegionOptions::default())
         .map(|region| region.info().clone())
         .unwrap();
-    new_writer.write_pages(&new_info, &[0], &page(2)).unwrap();
+    new_writer
+        .raw()
+        .write_pages(&new_info, &[0], &page(2))
+        .unwrap();
     // The old writer keeps writing to the old primary: refused there (it is
     // fenced as soon as the new primary reaches it, and until then its
     // entries are refused by the new primary, so no write is acknowledged).
     let mut acknowledged = 0;
     for round in 0..50u64 {
         if old_writer
+            .raw()
             .write_pages(&info, &[1], &page(100 + round))
             .is_ok()
         {
@@ -494,6 +500,7 @@ fn a_deposed_writer_lands_nothing_anywhere() {
         let mut back = vec![0u8; 2 * PAGE];
         cluster
             .client(index)
+            .raw()
             .read_pages(&new_info_for(&cluster, index, "w"), &[0, 1], &mut back)
             .unwrap();
         assert!(
@@ -598,7 +605,10 @@ fn a_running_application_follows_its_region_to_the_promoted_replica() {
     let fresh = cluster.client(1);
     let info = fresh.stat_region("m").unwrap().info;
     for (index, &version) in model.iter().enumerate().filter(|(_, v)| **v != 0) {
-        fresh.read_pages(&info, &[index as u64], &mut back).unwrap();
+        fresh
+            .raw()
+            .read_pages(&info, &[index as u64], &mut back)
+            .unwrap();
         assert!(
             back == page(version),
             "page {index} is not on the new primary"
@@ -640,7 +650,7 @@ fn a_restarted_replica_catches_up_from_the_log_after_its_primarys_checkpoint() {
     for chunk in 0..16u64 {
         let pages: Vec<u64> = (chunk * 128..chunk * 128 + 64).collect();
         let data: Vec<u8> = pages.iter().flat_map(|&p| page(p)).collect();
-        writer.write_pages(&info, &pages, &data).unwrap();
+        writer.raw().write_pages(&info, &pages, &data).unwrap();
     }
     let taken = writer.checkpoint("c", false).unwrap();
     // The replica learns which checkpoint covers it (with the next probe).
@@ -659,7 +669,7 @@ fn a_restarted_replica_catches_up_from_the_log_after_its_primarys_checkpoint() {
     for round in 0..40u64 {
         let pages: Vec<u64> = (0..8).map(|i| (round * 37 + i * 5) % 2048).collect();
         let data: Vec<u8> = pages.iter().flat_map(|&p| page(p * 7 + round)).collect();
-        writer.write_pages(&info, &pages, &data).unwrap();
+        writer.raw().write_pages(&info, &pages, &data).unwrap();
         written += data.len() as u64;
     }
     let addr = cluster.addrs[1];

@@ -336,10 +336,11 @@ fn recovery_between_tls_nodes_uses_the_peer_settings() {
     let page = |p: u64, v: u8| vec![v ^ p as u8; 4096];
     let pages: Vec<u64> = (0..64).collect();
     let data: Vec<u8> = pages.iter().flat_map(|&p| page(p, 1)).collect();
-    client.write_pages(&info, &pages, &data).unwrap();
+    client.raw().write_pages(&info, &pages, &data).unwrap();
     client.checkpoint("moving", false).unwrap();
     // Dirty after the baseline: only the source has these.
     client
+        .raw()
         .write_pages(&info, &[3, 40], &[page(3, 2), page(40, 2)].concat())
         .unwrap();
     drop(client);
@@ -374,7 +375,7 @@ fn recovery_between_tls_nodes_uses_the_peer_settings() {
         .expect("a target with peer TLS recovers from a TLS source");
     let info = target.stat_region("moving").unwrap().info;
     let mut back = vec![0u8; 64 * 4096];
-    target.read_pages(&info, &pages, &mut back).unwrap();
+    target.raw().read_pages(&info, &pages, &mut back).unwrap();
     for &p in &pages {
         let version = if p == 3 || p == 40 { 2 } else { 1 };
         assert!(

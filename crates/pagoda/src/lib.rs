@@ -93,6 +93,7 @@ mod connection;
 mod error;
 mod link;
 mod mapping;
+pub mod raw;
 mod region;
 mod replication;
 mod signals;
@@ -274,7 +275,7 @@ pub struct Client {
     /// The link to the node: the current connection, and how to dial again.
     connection: Arc<Link>,
     /// Regions whose writer role this client took for
-    /// [`Client::write_pages`], by the id the caller holds; held (and taken
+    /// [`raw::Raw::write_pages`], by the id the caller holds; held (and taken
     /// again at each reconnect) as long as the client lives.
     direct_writes: Arc<Mutex<HashMap<u64, Arc<RegionBinding>>>>,
     /// The regions open through this client and its clones, for
@@ -623,83 +624,6 @@ impl Client {
         }
     }
 
-    /// A round trip with a reply of `reply_bytes` bytes.
-    pub fn ping(&self, reply_bytes: u32) -> Result<(), ClientError> {
-        match self.call(&Request::Ping { reply_bytes })?.decode()? {
-            Response::Pong { payload } if payload.len() == reply_bytes as usize => Ok(()),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// Reads pages of a region straight from the node, bypassing any cache;
-    /// `out` receives `pages.len()` pages. For tools and benchmarks.
-    pub fn read_pages(
-        &self,
-        region: &RegionInfo,
-        pages: &[u64],
-        out: &mut [u8],
-    ) -> Result<(), ClientError> {
-        // A region this client holds open may have another id on the node
-        // the client moved to since.
-        let binding = self.connection.binding_of(region);
-        let id = || binding.as_ref().map_or(region.id, |binding| binding.id());
-        region::read_pages(&self.connection, &id, region.page_size as usize, pages, out)
-    }
-
-    /// Writes pages of a region straight to the node, bypassing any cache.
-    /// `data` holds `pages.len()` pages. For tools and benchmarks. The first
-    /// write to a region takes its writer role for this connection (as
-    /// [`Client::open_region`] does) and keeps it until the connection ends.
-    pub fn write_pages(
-        &self,
-        region: &RegionInfo,
-        pages: &[u64],
-        data: &[u8],
-    ) -> Result<(), ClientError> {
-        let held = self.direct_writes.lock().get(&region.id).cloned();
-        let binding = match held {
-            Some(binding) => binding,
-            None => {
-                let (opened, binding) = self.connection.open(&region.name, OpenMode::Write)?;
-                if opened.id != region.id {
-                    self.connection.close(&binding, OpenMode::Write);
-                    return Err(ClientError::Remote {
-                        code: ErrorCode::RegionNotFound,
-                        message: format!(
-                            "region {:?} with id {} is gone (the name now has id {})",
-                            region.name, region.id, opened.id
-                        ),
-                    });
-                }
-                let mut direct_writes = self.direct_writes.lock();
-                match direct_writes.get(&region.id) {
-                    // Another thread took the role first: give this open back.
-                    Some(first) => {
-                        let first = first.clone();
-                        drop(direct_writes);
-                        self.connection.close(&binding, OpenMode::Write);
-                        first
-                    }
-                    None => {
-                        direct_writes.insert(region.id, binding.clone());
-                        binding
-                    }
-                }
-            }
-        };
-        let log = binding.log().expect("a write open has a write log");
-        let page_size = region.page_size as usize;
-        let buffers: Vec<&[u8]> = data.chunks_exact(page_size).collect();
-        region::write_pages(
-            &self.connection,
-            log,
-            &|| binding.id(),
-            page_size,
-            pages,
-            &buffers,
-        )
-    }
-
     /// Takes a checkpoint of a region to the node's storage backend and
     /// returns when it is complete. `full` writes every page rather than
     /// only those dirty since the last checkpoint. The reply waits for the
@@ -772,60 +696,5 @@ impl Client {
             std::thread::sleep(poll);
             status = self.recovery_status(name)?;
         }
-    }
-
-    /// Lists pages of a region written since `since`, as ascending ranges.
-    /// Long lists come in parts; returns every part and the first part's
-    /// mark (pages written after it may be missing: ask again with
-    /// `Since::Mark(mark)`).
-    pub fn dirty_pages(
-        &self,
-        region: u64,
-        since: Since,
-    ) -> Result<(Vec<PageRange>, u64), ClientError> {
-        let mut all = Vec::new();
-        let mut first_mark = None;
-        let mut start_page = 0;
-        loop {
-            let request = Request::DirtyPages {
-                region,
-                since,
-                start_page,
-            };
-            match self.call(&request)?.decode()? {
-                Response::DirtyPageList {
-                    mark,
-                    next_page,
-                    ranges,
-                } => {
-                    first_mark.get_or_insert(mark);
-                    all.extend(ranges);
-                    if next_page == u64::MAX {
-                        return Ok((all, first_mark.expect("set above")));
-                    }
-                    if next_page <= start_page {
-                        return Err(ClientError::Protocol(format!(
-                            "dirty page list does not advance (next page {next_page})"
-                        )));
-                    }
-                    start_page = next_page;
-                }
-                other => return Err(unexpected(&other)),
-            }
-        }
-    }
-
-    /// Makes a region read-only (it moved) and returns the mark after its
-    /// last write.
-    pub fn freeze_region(&self, region: u64) -> Result<u64, ClientError> {
-        match self.call(&Request::FreezeRegion { region })?.decode()? {
-            Response::Mark { mark } => Ok(mark),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// The largest batch of pages of `page_size` one request may carry.
-    pub fn batch_pages_max(&self, page_size: usize) -> usize {
-        self.connection.batch_pages_max(page_size)
     }
 }

@@ -180,7 +180,7 @@ fn regions_are_opened_on_the_primary_their_record_names() {
     for (index, name, seed) in [(0, "on-a", 1), (1, "on-b", 2)] {
         let plain = cluster.client(index);
         let info = plain.stat_region(name).unwrap().info;
-        plain.read_pages(&info, &[0], &mut back).unwrap();
+        plain.raw().read_pages(&info, &[0], &mut back).unwrap();
         assert!(back == page(seed), "{name} is not on its primary");
     }
     // A read-only open goes there too.
@@ -318,7 +318,10 @@ fn a_workload_follows_its_region_to_the_promoted_replica() {
         if version == 0 {
             continue;
         }
-        fresh.read_pages(&info, &[index as u64], &mut back).unwrap();
+        fresh
+            .raw()
+            .read_pages(&info, &[index as u64], &mut back)
+            .unwrap();
         assert!(
             back == page(version),
             "page {index} is not on the new primary"

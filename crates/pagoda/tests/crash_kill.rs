@@ -267,6 +267,7 @@ fn node_image(client: &Client, info: &RegionInfo) -> Vec<u8> {
     let pages: Vec<u64> = (0..PAGES).collect();
     let mut image = vec![0u8; REGION_BYTES as usize];
     client
+        .raw()
         .read_pages(info, &pages, &mut image)
         .expect("reading the region from the node");
     image

@@ -232,7 +232,10 @@ fn run(signal: i32, mib: u64) {
     // cache (and journal).
     let info = plain.stat_region("dirty").unwrap().info;
     let mut back = vec![0u8; PAGE];
-    plain.read_pages(&info, &[pages - 1], &mut back).unwrap();
+    plain
+        .raw()
+        .read_pages(&info, &[pages - 1], &mut back)
+        .unwrap();
     assert!(
         back == vec![0u8; PAGE],
         "the child's last page reached the node before the signal"

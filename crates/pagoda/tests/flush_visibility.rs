@@ -51,7 +51,7 @@ fn assert_node_holds(
     let page_size = info.page_size as usize;
     let pages: Vec<u64> = (0..info.size / page_size as u64).collect();
     let mut raw = vec![0u8; model.len()];
-    client.read_pages(&info, &pages, &mut raw).unwrap();
+    client.raw().read_pages(&info, &pages, &mut raw).unwrap();
     if let Some(at) = raw.iter().zip(model).position(|(a, b)| a != b) {
         panic!(
             "{context}: the node's byte {at} is {}, expected {}",

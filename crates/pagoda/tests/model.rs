@@ -271,7 +271,10 @@ fn sequential_case(page_size: usize, cache_pages: usize, ops: &[Op]) -> Result<(
             Op::Flush => {
                 region.flush().unwrap();
                 let mut on_node = vec![0u8; model.len()];
-                client.read_pages(&info, &all_pages, &mut on_node).unwrap();
+                client
+                    .raw()
+                    .read_pages(&info, &all_pages, &mut on_node)
+                    .unwrap();
                 let difference = first_difference(&on_node, &model);
                 prop_assert!(
                     difference.is_none(),

@@ -209,7 +209,7 @@ fn cutter(proxy: Arc<Proxy>, done: Arc<AtomicBool>) -> std::thread::JoinHandle<u
 fn read_all(client: &Client, info: &pagoda::RegionInfo) -> Vec<u8> {
     let pages: Vec<u64> = (0..info.size / PAGE as u64).collect();
     let mut out = vec![0u8; info.size as usize];
-    client.read_pages(info, &pages, &mut out).unwrap();
+    client.raw().read_pages(info, &pages, &mut out).unwrap();
     out
 }
 
@@ -218,7 +218,7 @@ fn read_all(client: &Client, info: &pagoda::RegionInfo) -> Vec<u8> {
 
 // Guards the write path across reconnects: under a write load from several
 // threads, through a write-back `Region` (evicting and flushing) and through
-// `Client::write_pages`, 20 cuts of the connection make no call fail, and
+// `Raw::write_pages`, 20 cuts of the connection make no call fail, and
 // the node ends with exactly every acknowledged write (numbered writes sent
 // again are applied once, in order).
 #[test]
@@ -278,7 +278,7 @@ fn writes_survive_repeated_cuts() {
     }
     let mut direct_workers = Vec::new();
     for thread in 0..2usize {
-        // Through `Client::write_pages`: whole pages of the thread's own.
+        // Through `Raw::write_pages`: whole pages of the thread's own.
         let client = client.clone();
         let direct = direct.clone();
         let done = done.clone();
@@ -295,6 +295,7 @@ fn writes_survive_repeated_cuts() {
                 let fill = (rng.next() % 251) as u8;
                 let data = vec![fill; PAGE];
                 client
+                    .raw()
                     .write_pages(&direct, &[(first + page) as u64], &data)
                     .unwrap();
                 model[page * PAGE..(page + 1) * PAGE].copy_from_slice(&data);
@@ -461,7 +462,7 @@ fn journaled_transactions_survive_repeated_cuts() {
 
 // Guards reads in flight: a read whose reply the cut connection lost is
 // sent again on the new connection and returns the right bytes, both a
-// `Client::read_pages` and a miss of a read-only `Region`.
+// `Raw::read_pages` and a miss of a read-only `Region`.
 #[test]
 fn a_read_in_flight_during_a_cut_is_sent_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -470,13 +471,16 @@ fn a_read_in_flight_during_a_cut_is_sent_again() {
     let writer = common::client(&node);
     let info = writer.create_region("r", 1 << 20, PAGE as u32).unwrap();
     let data: Vec<u8> = (0..4 * PAGE).map(|i| (i % 253) as u8).collect();
-    writer.write_pages(&info, &[1, 2, 3, 4], &data).unwrap();
+    writer
+        .raw()
+        .write_pages(&info, &[1, 2, 3, 4], &data)
+        .unwrap();
 
     let client = Client::connect(proxy.addr, options()).unwrap();
     let reader = client
         .open_region_read_only("r", RegionOptions::with_cache_bytes(16 * PAGE as u64))
         .unwrap();
-    client.ping(0).unwrap();
+    client.raw().ping(0).unwrap();
     proxy.set_mode(SWALLOW_REPLIES);
     let started = Barrier::new(3);
     std::thread::scope(|scope| {
@@ -484,6 +488,7 @@ fn a_read_in_flight_during_a_cut_is_sent_again() {
             started.wait();
             let mut out = vec![0u8; 4 * PAGE];
             client
+                .raw()
                 .read_pages(&info, &[1, 2, 3, 4], &mut out)
                 .map(|()| out)
         });
@@ -516,7 +521,7 @@ fn a_create_cut_mid_call_is_not_repeated() {
     let proxy = Proxy::start(node.local_addr());
     let client = Client::connect(proxy.addr, options()).unwrap();
     let checker = common::client(&node);
-    client.ping(0).unwrap();
+    client.raw().ping(0).unwrap();
     proxy.set_mode(SWALLOW_REPLIES);
     std::thread::scope(|scope| {
         let create = scope.spawn(|| client.create_region("made", 1 << 20, PAGE as u32));
@@ -574,7 +579,7 @@ fn a_writer_taken_over_while_cut_off_is_fenced() {
         .unwrap();
     region.write_at(0, b"first writer").unwrap();
     region.flush().unwrap();
-    first.write_pages(&info, &[9], &[1u8; PAGE]).unwrap();
+    first.raw().write_pages(&info, &[9], &[1u8; PAGE]).unwrap();
 
     // The first writer's host goes silent; after the lease another client
     // takes the region over and writes.
@@ -602,11 +607,14 @@ fn a_writer_taken_over_while_cut_off_is_fenced() {
     assert!(first.reconnects() >= 1);
     let error = region.write_at(2 * PAGE as u64, b"lost too").unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::StaleEpoch), "{error}");
-    let error = first.write_pages(&info, &[10], &[2u8; PAGE]).unwrap_err();
+    let error = first
+        .raw()
+        .write_pages(&info, &[10], &[2u8; PAGE])
+        .unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::StaleEpoch), "{error}");
     // Reads still work through the fenced client.
     let mut out = vec![0u8; PAGE];
-    first.read_pages(&info, &[9], &mut out).unwrap();
+    first.raw().read_pages(&info, &[9], &mut out).unwrap();
     assert!(out.iter().all(|&b| b == 1));
     drop(region);
 
@@ -674,9 +682,9 @@ fn reconnecting_off_fails_for_good() {
         },
     )
     .unwrap();
-    client.ping(0).unwrap();
+    client.raw().ping(0).unwrap();
     proxy.cut();
-    let error = client.ping(0).unwrap_err();
+    let error = client.raw().ping(0).unwrap_err();
     assert!(error.is_connection_failure(), "{error}");
     assert!(client.list_regions().unwrap_err().is_connection_failure());
     assert_eq!(client.reconnects(), 0);

@@ -122,7 +122,7 @@ fn a_data_dir_serves_one_node_at_a_time() {
     first.shutdown();
     config.capacity_bytes = 8 * MIB;
     let second = Node::start(config).expect("the dir is free after shutdown");
-    common::client(&second).ping(0).unwrap();
+    common::client(&second).raw().ping(0).unwrap();
 }
 
 // Guards against a shutdown that waits for idle clients to hang up: with an
@@ -145,14 +145,14 @@ fn shutdown_returns_while_idle_clients_are_connected() {
         .unwrap();
     region.write_at(5, b"before shutdown").unwrap();
     region.flush().unwrap();
-    idle.ping(0).unwrap();
+    idle.raw().ping(0).unwrap();
     assert_eq!(node.connections(), 2);
 
     assert!(
         shutdown_within_timeout(node),
         "shutdown hung with idle clients connected"
     );
-    assert!(idle.ping(0).is_err(), "a stopped node still answered");
+    assert!(idle.raw().ping(0).is_err(), "a stopped node still answered");
     let mut buf = [0u8; 4];
     assert!(
         region.read_at(3 * MIB, &mut buf).is_err(),
@@ -175,7 +175,7 @@ fn shutdown_returns_while_a_client_is_mid_frame() {
     .encode(&mut frame, 1, 0);
     let mut stream = TcpStream::connect(node.local_addr()).unwrap();
     stream.write_all(&frame[..frame.len() - 3]).unwrap();
-    client.ping(0).unwrap();
+    client.raw().ping(0).unwrap();
     assert!(
         shutdown_within_timeout(node),
         "shutdown hung on a half-sent frame"
@@ -214,7 +214,7 @@ fn shutdown_returns_while_a_client_does_not_read_its_replies() {
     let mut hello_ok = [0u8; HEADER_BYTES + 9];
     stream.read_exact(&mut hello_ok).unwrap();
     assert_eq!(hello_ok[5], Opcode::HelloOk as u8);
-    client.ping(0).unwrap();
+    client.raw().ping(0).unwrap();
     let stopped = shutdown_within_timeout(node);
     drop(stream); // unblocks the node's writer if the shutdown hung
     assert!(

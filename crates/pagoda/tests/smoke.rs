@@ -52,18 +52,22 @@ fn raw_page_reads_deliver_data_or_the_nodes_error() {
     let client = common::client(&node);
     let info = client.create_region("raw", 1 << 20, 4096).unwrap();
     let data: Vec<u8> = (0..2 * 4096).map(|i| (i % 199) as u8).collect();
-    client.write_pages(&info, &[3, 7], &data).unwrap();
+    client.raw().write_pages(&info, &[3, 7], &data).unwrap();
     let mut out = vec![0u8; 2 * 4096];
-    client.read_pages(&info, &[3, 7], &mut out).unwrap();
+    client.raw().read_pages(&info, &[3, 7], &mut out).unwrap();
     assert_eq!(out, data);
     let mut untouched = vec![0xeeu8; 4096];
     let error = client
+        .raw()
         .read_pages(&info, &[256], &mut untouched)
         .unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::OutOfRange), "{error}");
     assert!(untouched.iter().all(|&b| b == 0xee));
     // The connection is still good.
-    client.read_pages(&info, &[7], &mut out[..4096]).unwrap();
+    client
+        .raw()
+        .read_pages(&info, &[7], &mut out[..4096])
+        .unwrap();
     assert_eq!(out[..4096], data[4096..]);
 }
 

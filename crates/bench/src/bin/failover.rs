@@ -653,7 +653,7 @@ impl Handle {
                 Ok(region.peer())
             }
             Handle::Fallback { client, info } => {
-                client.write_pages(info, pages, data)?;
+                client.raw().write_pages(info, pages, data)?;
                 Ok(client.peer())
             }
         }
@@ -827,6 +827,7 @@ fn check_against_model(addr: &str, name: &str, log: &Log) {
     for first in (0..REGION_PAGES).step_by(256) {
         let pages: Vec<u64> = (first..first + 256).collect();
         reader
+            .raw()
             .read_pages(&info, &pages, &mut data)
             .expect("reading the region");
         for (index, &page) in pages.iter().enumerate() {

@@ -321,7 +321,7 @@ fn measure(client: &Client, info: &RegionInfo, rng: &mut FastRng, duration: Dura
     while began.elapsed() < duration {
         let page = rng.below(pages);
         let start = Instant::now();
-        match client.read_pages(info, &[page], &mut buffer) {
+        match client.raw().read_pages(info, &[page], &mut buffer) {
             Ok(()) => {
                 sample.latencies_ns.push(start.elapsed().as_nanos() as u64);
                 assert!(buffer[0] == page as u8, "page {page} read back wrong");

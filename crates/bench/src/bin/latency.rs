@@ -2,9 +2,9 @@
 //!
 //! In one run, interleaved in rounds so that every path sees the same noise:
 //! a raw TCP ping-pong with the byte sizes of a 4 KiB page read (64 B request,
-//! 4 KiB + 32 B reply), blocking and busy-polling; `Client::read_pages` of one
+//! 4 KiB + 32 B reply), blocking and busy-polling; `Raw::read_pages` of one
 //! random page; `Region::read_at` of a random page through a one-page cache
-//! (every read a miss: the product's path); and `Client::ping(4096)`.
+//! (every read a miss: the product's path); and `Raw::ping(4096)`.
 
 use std::time::{Duration, Instant};
 
@@ -31,9 +31,9 @@ latency: QD1 remote 4 KiB read latency beside raw loopback round trips
 const PATHS: [&str; 5] = [
     "raw TCP, blocking reads",
     "raw TCP, busy-polling reads",
-    "Client::read_pages, 1 random page",
+    "Raw::read_pages, 1 random page",
     "Region::read_at, 4 KiB miss (1-page cache)",
-    "Client::ping(4096)",
+    "Raw::ping(4096)",
 ];
 const RAW_BLOCK: usize = 0;
 const RAW_POLL: usize = 1;
@@ -96,12 +96,13 @@ fn main() {
             RAW_BLOCK => raw_block.round_trip(),
             RAW_POLL => raw_poll.round_trip(),
             READ_PAGES => client
+                .raw()
                 .read_pages(&info, &[page], &mut page_buf)
                 .expect("reading a page"),
             REGION_MISS => region
                 .read_at(page * PAGE_BYTES as u64, &mut page_buf)
                 .expect("reading through the region"),
-            _ => client.ping(PAGE_BYTES as u32).expect("a ping"),
+            _ => client.raw().ping(PAGE_BYTES as u32).expect("a ping"),
         }
         let elapsed = began.elapsed().as_nanos() as u64;
         if path == READ_PAGES || path == REGION_MISS {

@@ -6,7 +6,7 @@
 //! - **Misses**, interleaved in rounds (the order rotating each round) so
 //!   that every path sees the same noise: a raw TCP busy-polling ping-pong
 //!   with the byte sizes of a 4 KiB page read (as the `latency` benchmark);
-//!   `Client::read_pages` of one random page; `Region::read_at` of a random
+//!   `Raw::read_pages` of one random page; `Region::read_at` of a random
 //!   4 KiB page through a one-page cache (every read a miss); the first load
 //!   of a page of a mapping whose local tier has room (a missing fault: the
 //!   page is fetched from the node, nothing is evicted); and random loads
@@ -55,7 +55,7 @@ mapping: mapped-region faults beside remote reads, mapped hits beside plain load
 /// The latency rows, in table order.
 const ROWS: [&str; 6] = [
     "raw TCP, busy-polling reads (64 B / 4 KiB + 32 B)",
-    "Client::read_pages, 1 random page",
+    "Raw::read_pages, 1 random page",
     "Region::read_at, 4 KiB miss (1-page cache)",
     "mapped miss: first load, local tier has room",
     "mapped miss: random load, local tier full (evicts)",
@@ -265,6 +265,7 @@ fn main() {
                 let began = Instant::now();
                 if path == READ_PAGES {
                     client
+                        .raw()
                         .read_pages(&info, &[page], &mut page_buf)
                         .expect("reading a page");
                 } else {

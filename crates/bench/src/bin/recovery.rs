@@ -96,6 +96,7 @@ fn write_pages(client: &Client, info: &RegionInfo, pages: &[u64], version: u64) 
             fill_page(buffer, *page, version);
         }
         client
+            .raw()
             .write_pages(info, batch, &data[..batch.len() * PAGE_BYTES])
             .expect("writing pages");
     }
@@ -137,9 +138,11 @@ fn full_copy(source: &Node, target: &Node, name: &str, pages: u64) -> f64 {
                     let first = batch as u64 * BATCH_PAGES as u64;
                     let list: Vec<u64> = (first..(first + BATCH_PAGES as u64).min(pages)).collect();
                     let bytes = list.len() * PAGE_BYTES;
-                    from.read_pages(&info, &list, &mut buffer[..bytes])
+                    from.raw()
+                        .read_pages(&info, &list, &mut buffer[..bytes])
                         .expect("reading from the source");
-                    to.write_pages(&copy, &list, &buffer[..bytes])
+                    to.raw()
+                        .write_pages(&copy, &list, &buffer[..bytes])
                         .expect("writing to the target");
                 }
             });
@@ -309,6 +312,7 @@ fn measure(
         };
         fill_page(&mut expected, page, version);
         target_client
+            .raw()
             .read_pages(&recovered, &[page], &mut got)
             .expect("reading the recovered region");
         assert!(got == expected, "recovered page {page} differs");

@@ -372,6 +372,7 @@ fn batched_cell(
                         let sent = Instant::now();
                         target
                             .client
+                            .raw()
                             .write_pages(&target.info, &list, &buffer)
                             .expect("a batched write");
                         latencies.push(sent.elapsed().as_nanos() as u64);
@@ -419,6 +420,7 @@ fn single_cell(target: &Target, count: usize, seed: u64) -> SingleCell {
         let sent = Instant::now();
         target
             .client
+            .raw()
             .write_pages(&target.info, &page, &buffer)
             .expect("a single-page write");
         latencies.push(sent.elapsed().as_nanos() as u64);
@@ -491,7 +493,7 @@ fn compare_writes(
         .collect();
     let batch = settings
         .batch_pages
-        .min(targets[0].client.batch_pages_max(PAGE_BYTES));
+        .min(targets[0].client.raw().batch_pages_max(PAGE_BYTES));
 
     // batched[in-flight index][setup index] = one cell per round.
     let mut batched: Vec<Vec<Vec<BatchedCell>>> =
@@ -906,7 +908,7 @@ fn run_load(
             );
         }
         let sent = base.elapsed();
-        match client.write_pages(info, &list, &buffer) {
+        match client.raw().write_pages(info, &list, &buffer) {
             Ok(()) => log.writes.push(LoadWrite {
                 sent,
                 answered: base.elapsed(),

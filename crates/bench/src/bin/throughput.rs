@@ -91,9 +91,11 @@ fn run_cell(
                         }
                         match operation {
                             Operation::Read => client
+                                .raw()
                                 .read_pages(info, &list, &mut buffer)
                                 .expect("a batched read"),
                             Operation::Write => client
+                                .raw()
                                 .write_pages(info, &list, &buffer)
                                 .expect("a batched write"),
                         }
@@ -170,7 +172,7 @@ fn main() {
     let node = LocalNode::start(region_bytes * 2, node_spin);
     let clients: Vec<Client> = (0..threads_max).map(|_| node.client(client_spin)).collect();
     let info = create_written_region(&clients[0], "throughput", region_bytes);
-    let batch_limit = clients[0].batch_pages_max(PAGE_BYTES);
+    let batch_limit = clients[0].raw().batch_pages_max(PAGE_BYTES);
     let mut raw_rows = Vec::new();
     let mut cells = Vec::new();
     for operation in [Operation::Read, Operation::Write] {

@@ -122,6 +122,7 @@ fn qd1_p50(side: &Side, samples: usize, rng: &mut FastRng) -> u64 {
             let page = rng.below(pages);
             let began = Instant::now();
             side.client
+                .raw()
                 .read_pages(&side.info, &[page], &mut buffer)
                 .expect("a read");
             let elapsed = began.elapsed().as_nanos() as u64;
@@ -160,10 +161,12 @@ fn throughput(side: &Side, write: bool, batch: usize, in_flight: usize, duration
                                 page.fill((first + offset as u64) as u8);
                             }
                             side.client
+                                .raw()
                                 .write_pages(&side.info, &list, &buffer)
                                 .expect("a batched write");
                         } else {
                             side.client
+                                .raw()
                                 .read_pages(&side.info, &list, &mut buffer)
                                 .expect("a batched read");
                         }

@@ -845,7 +845,7 @@ fn load_region(contents: &Contents, args: &Args) -> Result<NodeRegion, String> {
         .create_region(&name, bytes, RECORD_BYTES as u32)
         .map_err(|e| format!("creating region {name:?}: {e}"))?;
     let node = NodeRegion { client, name };
-    let batch = LOAD_BATCH_RECORDS.min(node.client.batch_pages_max(RECORD_BYTES));
+    let batch = LOAD_BATCH_RECORDS.min(node.client.raw().batch_pages_max(RECORD_BYTES));
     let mut data = vec![0u8; batch * RECORD_BYTES];
     let mut list = Vec::with_capacity(batch);
     let mut first = 0u64;
@@ -857,6 +857,7 @@ fn load_region(contents: &Contents, args: &Args) -> Result<NodeRegion, String> {
             contents.fill(*record, chunk);
         }
         node.client
+            .raw()
             .write_pages(&info, &list, &data[..count * RECORD_BYTES])
             .map_err(|e| format!("loading records {first}..: {e}"))?;
         first += count as u64;

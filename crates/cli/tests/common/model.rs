@@ -56,7 +56,7 @@ pub fn stored_versions(
     let mut data = vec![0u8; 256 * PAGE];
     for first in (0..sent.len() as u64).step_by(256) {
         let pages: Vec<u64> = (first..first + 256).collect();
-        reader.read_pages(&info, &pages, &mut data).unwrap();
+        reader.raw().read_pages(&info, &pages, &mut data).unwrap();
         for (index, &page) in pages.iter().enumerate() {
             let bytes = &data[index * PAGE..(index + 1) * PAGE];
             let version = if bytes.iter().all(|&b| b == 0) {

@@ -74,7 +74,7 @@ impl Handle {
     fn write(&self, pages: &[u64], data: &[u8]) -> Result<SocketAddr, ClientError> {
         match self {
             Handle::Plain { client, info } => {
-                client.write_pages(info, pages, data)?;
+                client.raw().write_pages(info, pages, data)?;
                 Ok(client.peer())
             }
             Handle::Cluster { region, .. } => {
