@@ -305,6 +305,13 @@ pub struct NodeSettings {
     #[arg(long, env = "PAGODA_NODE_REPLACE_REPLICA_AFTER_MS", value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     replace_replica_after_ms: Option<u64>,
+    /// The Unix socket clients on this host connect to, to read regions'
+    /// pages from shared memory without a round trip (co-located access):
+    /// a path, or `off`. Default: `pagoda.sock` in the data dir (skipped,
+    /// with a warning, if that path is too long for a Unix socket).
+    #[arg(long, env = "PAGODA_NODE_LOCAL_SOCKET", value_name = "PATH|off")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local_socket: Option<String>,
 }
 
 /// The shortest --replica-timeout: a replica counts itself out of sync
@@ -519,6 +526,12 @@ impl NodeSettings {
         config.lease = Duration::from_millis(given(&self.lease_ms));
         config.replace_replica_after = Duration::from_millis(given(&self.replace_replica_after_ms));
         config.coordinator = self.coordinator.clone();
+        config.local_socket = match self.local_socket.as_deref() {
+            None => pagoda_node::config::LocalSocket::InDataDir,
+            Some("off") => pagoda_node::config::LocalSocket::Off,
+            Some("") => return Err("--local-socket: give a path, or off".into()),
+            Some(path) => pagoda_node::config::LocalSocket::At(PathBuf::from(path)),
+        };
         Ok(config)
     }
 
@@ -855,6 +868,7 @@ mod tests {
             coordinator: Some("etcd://10.0.0.9:2379".into()),
             lease_ms: Some(3001),
             replace_replica_after_ms: Some(30_001),
+            local_socket: Some("/run/pagoda/pagoda.sock".into()),
         }
     }
 

@@ -1236,7 +1236,9 @@ impl Session {
                     "the connection is authenticated already",
                 );
             }
-            Request::Ping { .. } | Request::NodeStat => return Outcome::Dispatch,
+            Request::Ping { .. } | Request::NodeStat | Request::LocalSocket => {
+                return Outcome::Dispatch;
+            }
             Request::CloseRegion { region } => {
                 self.close_one(*region);
                 Response::Done.encode(out, request_id, 0);
@@ -1313,7 +1315,9 @@ impl Session {
                 }
                 return Outcome::Dispatch;
             }
-            Request::ReadPages { region, .. } | Request::StoredSegments { region, .. } => {
+            Request::ReadPages { region, .. }
+            | Request::StoredSegments { region, .. }
+            | Request::ShareRegion { region } => {
                 return self.check_id(*region, Right::Read, request_id, out);
             }
             Request::DirtyPages { region, .. } | Request::FreezeRegion { region } => {

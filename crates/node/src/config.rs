@@ -101,7 +101,25 @@ pub struct NodeConfig {
     /// from the cluster (its node's lease lapsed) before its primary builds
     /// a new replica on another live node to restore the replica count.
     pub replace_replica_after: Duration,
+    /// Where the node accepts connections from clients on its host, who may
+    /// then read regions' pages from shared memory (`ShareRegion`).
+    pub local_socket: LocalSocket,
 }
+
+/// Where a node's local (Unix) socket is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalSocket {
+    /// `pagoda.sock` in the data dir; if that path is too long for a Unix
+    /// socket, or cannot be bound, the node starts without one and says so.
+    InDataDir,
+    /// No local socket: every client uses TCP.
+    Off,
+    /// This path; the node refuses to start if it cannot bind it.
+    At(PathBuf),
+}
+
+/// The local socket's file name in the data dir.
+pub const LOCAL_SOCKET_FILE: &str = "pagoda.sock";
 
 /// Everything but the token, which a log line must never carry.
 impl std::fmt::Debug for NodeConfig {
@@ -137,6 +155,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("coordinator", &self.coordinator)
             .field("lease", &self.lease)
             .field("replace_replica_after", &self.replace_replica_after)
+            .field("local_socket", &self.local_socket)
             .finish()
     }
 }
@@ -175,6 +194,7 @@ impl NodeConfig {
             coordinator: None,
             lease: Duration::from_millis(LEASE_MS_DEFAULT),
             replace_replica_after: Duration::from_millis(REPLACE_REPLICA_AFTER_MS_DEFAULT),
+            local_socket: LocalSocket::InDataDir,
         }
     }
 }

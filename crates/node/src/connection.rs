@@ -35,12 +35,20 @@
 //! within the same handshake deadline, and the frames travel through
 //! `pagoda_wire::tls`'s halves; a client that starts with a plain frame is
 //! told, in plain, that the node requires TLS. The loop itself is the same.
+//!
+//! **The local socket.** The node also accepts connections on a Unix socket
+//! (`NodeConfig::local_socket`), for clients on its host. They speak the same
+//! protocol and handshake, without TLS (the kernel carries the bytes), and
+//! only they may send `ShareRegion`, whose reply carries the region's memory
+//! files as `SCM_RIGHTS` (see `region_memory` and `docs/design.md`,
+//! "Co-located access").
 
-use std::io::Write;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pagoda_wire::frame::HEADER_BYTES;
@@ -327,8 +335,111 @@ impl LogLimiter {
 // ---------------------------------------------------------------------------
 // Accepting.
 
-pub(crate) fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    let mut next_id = 0u64;
+/// A connection's socket: TCP (perhaps with TLS over it), or the node's
+/// local Unix socket.
+pub(crate) enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Socket {
+    pub(crate) fn try_clone(&self) -> std::io::Result<Socket> {
+        Ok(match self {
+            Socket::Tcp(stream) => Socket::Tcp(stream.try_clone()?),
+            Socket::Unix(stream) => Socket::Unix(stream.try_clone()?),
+        })
+    }
+
+    pub(crate) fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
+        match self {
+            Socket::Tcp(stream) => stream.shutdown(how),
+            Socket::Unix(stream) => stream.shutdown(how),
+        }
+    }
+
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Socket::Tcp(stream) => stream.set_write_timeout(timeout),
+            Socket::Unix(stream) => stream.set_write_timeout(timeout),
+        }
+    }
+
+    fn set_nonblocking(&self, nonblocking: bool) -> std::io::Result<()> {
+        match self {
+            Socket::Tcp(stream) => stream.set_nonblocking(nonblocking),
+            Socket::Unix(stream) => stream.set_nonblocking(nonblocking),
+        }
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Socket::Tcp(stream) => stream.read(buf),
+            Socket::Unix(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Socket::Tcp(stream) => stream.write(buf),
+            Socket::Unix(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SpinRead for Socket {
+    fn read_nonblocking(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        match self {
+            Socket::Tcp(stream) => stream.read_nonblocking(buf),
+            Socket::Unix(stream) => stream.read_nonblocking(buf),
+        }
+    }
+
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Socket::Tcp(stream) => stream.set_read_timeout(timeout),
+            Socket::Unix(stream) => stream.set_read_timeout(timeout),
+        }
+    }
+}
+
+/// What the node accepts connections on.
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    fn accept(&self) -> std::io::Result<(Socket, String)> {
+        match self {
+            Listener::Tcp(listener) => listener
+                .accept()
+                .map(|(stream, peer)| (Socket::Tcp(stream), peer.to_string())),
+            Listener::Unix(listener) => listener
+                .accept()
+                .map(|(stream, _)| (Socket::Unix(stream), "local socket".to_owned())),
+        }
+    }
+
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Listener::Tcp(listener) => listener.as_raw_fd(),
+            Listener::Unix(listener) => listener.as_raw_fd(),
+        }
+    }
+}
+
+/// Connection ids, unique in the process across listeners (and nodes).
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn accept_loop(shared: Arc<Shared>, listener: Listener) {
     while !shared.shutting_down.load(Ordering::SeqCst) {
         shared.failed_handshakes_log.flush();
         let (stream, peer) = match listener.accept() {
@@ -350,14 +461,14 @@ pub(crate) fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        next_id += 1;
-        if let Err(error) = admit(&shared, stream, peer, next_id) {
+        let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = admit(&shared, stream, &peer, id) {
             tracing::warn!(%peer, %error, "could not serve connection");
         }
     }
 }
 
-fn refuse(shared: &Shared, stream: TcpStream, message: &str) {
+fn refuse(shared: &Shared, stream: Socket, message: &str) {
     crate::metrics::count_error(shared, ErrorCode::TooManyConnections);
     let mut out = Vec::new();
     Response::Error {
@@ -370,15 +481,12 @@ fn refuse(shared: &Shared, stream: TcpStream, message: &str) {
     let _ = stream.write_all(&out);
 }
 
-fn admit(
-    shared: &Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    id: u64,
-) -> std::io::Result<()> {
+fn admit(shared: &Arc<Shared>, stream: Socket, peer: &str, id: u64) -> std::io::Result<()> {
     let accepted = Instant::now();
     stream.set_nonblocking(false)?;
-    stream.set_nodelay(true)?;
+    if let Socket::Tcp(tcp) = &stream {
+        tcp.set_nodelay(true)?;
+    }
     // A reply that has begun to be written must be taken by the peer in
     // time; see `write_reply`.
     stream.set_write_timeout(Some(shared.config.frame_timeout))?;
@@ -424,6 +532,7 @@ fn admit(
         },
     );
     let thread_shared = shared.clone();
+    let peer = peer.to_owned();
     let spawned = std::thread::Builder::new()
         .name(format!("pagoda-conn-{id}"))
         .spawn(move || {
@@ -485,45 +594,169 @@ pub(crate) trait ReplyWrite {
     /// Writes all of `bytes`, failing if the peer has not taken them by
     /// `deadline`.
     fn write_reply(&mut self, bytes: &[u8], deadline: Instant) -> std::io::Result<()>;
+
+    /// Writes `bytes` with `files` attached (`SCM_RIGHTS`); only a Unix
+    /// socket can.
+    fn write_reply_with_files(
+        &mut self,
+        bytes: &[u8],
+        files: &[RawFd],
+        deadline: Instant,
+    ) -> std::io::Result<()> {
+        let _ = (bytes, files, deadline);
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "files travel only over a Unix socket",
+        ))
+    }
+}
+
+/// A socket whose writes can time out.
+trait WriteTimeout: Write {
+    fn write_timeout(&self) -> std::io::Result<Option<Duration>>;
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl WriteTimeout for TcpStream {
+    fn write_timeout(&self) -> std::io::Result<Option<Duration>> {
+        TcpStream::write_timeout(self)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_write_timeout(self, timeout)
+    }
+}
+
+impl WriteTimeout for UnixStream {
+    fn write_timeout(&self) -> std::io::Result<Option<Duration>> {
+        UnixStream::write_timeout(self)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        UnixStream::set_write_timeout(self, timeout)
+    }
 }
 
 impl ReplyWrite for TcpStream {
     fn write_reply(&mut self, bytes: &[u8], deadline: Instant) -> std::io::Result<()> {
-        // The socket's write timeout is the frame timeout (set at accept),
-        // so a first write that does not complete at once is bounded; later
-        // ones get what is left of the deadline. A peer that stops reading
-        // therefore holds its reply's memory for at most the frame timeout.
-        let mut rest = bytes;
-        let mut first = true;
-        // The socket's timeout before this call changed it, to restore.
-        let mut preset = None;
-        let result = loop {
-            if rest.is_empty() {
-                break Ok(());
-            }
-            if !first {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break Err(std::io::ErrorKind::TimedOut.into());
-                }
-                if preset.is_none() {
-                    preset = Some(self.write_timeout()?);
-                }
-                self.set_write_timeout(Some(left.max(Duration::from_millis(1))))?;
-            }
-            first = false;
-            match self.write(rest) {
-                Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(count) => rest = &rest[count..],
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(error) => break Err(error),
-            }
-        };
-        if let Some(preset) = preset {
-            self.set_write_timeout(preset)?;
-        }
-        result
+        write_with_deadline(self, bytes, deadline)
     }
+}
+
+impl ReplyWrite for Socket {
+    fn write_reply(&mut self, bytes: &[u8], deadline: Instant) -> std::io::Result<()> {
+        match self {
+            Socket::Tcp(stream) => write_with_deadline(stream, bytes, deadline),
+            Socket::Unix(stream) => write_with_deadline(stream, bytes, deadline),
+        }
+    }
+
+    fn write_reply_with_files(
+        &mut self,
+        bytes: &[u8],
+        files: &[RawFd],
+        deadline: Instant,
+    ) -> std::io::Result<()> {
+        let Socket::Unix(stream) = self else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "files travel only over a Unix socket",
+            ));
+        };
+        // The files go with the first byte; the rest follows as usual.
+        let sent = send_with_files(stream, bytes, files)?;
+        write_with_deadline(stream, &bytes[sent..], deadline)
+    }
+}
+
+/// Most files one reply carries.
+const FILES_PER_REPLY_MAX: usize = 4;
+
+/// Sends `bytes` (at least their first byte) with `files` attached as
+/// `SCM_RIGHTS`; returns how many bytes went.
+fn send_with_files(stream: &UnixStream, bytes: &[u8], files: &[RawFd]) -> std::io::Result<usize> {
+    assert!(!bytes.is_empty() && files.len() <= FILES_PER_REPLY_MAX);
+    let files_bytes = std::mem::size_of_val(files);
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(files_bytes as u32) } as usize;
+    // u64 words keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 16];
+    assert!(space <= std::mem::size_of_val(&control));
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; the fields set below point at live
+    // buffers for the duration of the call.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = space as _;
+    // SAFETY: the control buffer holds one header of `space` bytes, so
+    // CMSG_FIRSTHDR is non-null and its data has room for the files.
+    unsafe {
+        let header = libc::CMSG_FIRSTHDR(&message);
+        (*header).cmsg_level = libc::SOL_SOCKET;
+        (*header).cmsg_type = libc::SCM_RIGHTS;
+        (*header).cmsg_len = libc::CMSG_LEN(files_bytes as u32) as _;
+        std::ptr::copy_nonoverlapping(
+            files.as_ptr().cast::<u8>(),
+            libc::CMSG_DATA(header),
+            files_bytes,
+        );
+    }
+    loop {
+        // SAFETY: a valid socket and a message built above.
+        let sent = unsafe { libc::sendmsg(stream.as_raw_fd(), &message, libc::MSG_NOSIGNAL) };
+        if sent >= 0 {
+            return Ok(sent as usize);
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Writes all of `bytes` to `socket` by `deadline`.
+fn write_with_deadline<S: WriteTimeout>(
+    socket: &mut S,
+    bytes: &[u8],
+    deadline: Instant,
+) -> std::io::Result<()> {
+    // The socket's write timeout is the frame timeout (set at accept),
+    // so a first write that does not complete at once is bounded; later
+    // ones get what is left of the deadline. A peer that stops reading
+    // therefore holds its reply's memory for at most the frame timeout.
+    let mut rest = bytes;
+    let mut first = true;
+    // The socket's timeout before this call changed it, to restore.
+    let mut preset = None;
+    let result = loop {
+        if rest.is_empty() {
+            break Ok(());
+        }
+        if !first {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break Err(std::io::ErrorKind::TimedOut.into());
+            }
+            if preset.is_none() {
+                preset = Some(socket.write_timeout()?);
+            }
+            socket.set_write_timeout(Some(left.max(Duration::from_millis(1))))?;
+        }
+        first = false;
+        match socket.write(rest) {
+            Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(count) => rest = &rest[count..],
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => break Err(error),
+        }
+    };
+    if let Some(preset) = preset {
+        socket.set_write_timeout(preset)?;
+    }
+    result
 }
 
 /// A connection's reply buffer: replies are encoded into it (it derefs to
@@ -547,6 +780,8 @@ pub(crate) struct Out<'a, 'b> {
     page_size_seen: (u64, usize),
     /// Where written reply bytes are counted, if the node keeps metrics.
     metrics: Option<&'a crate::metrics::Metrics>,
+    /// Whether the connection came in on the node's local socket.
+    local: bool,
 }
 
 impl std::ops::Deref for Out<'_, '_> {
@@ -700,14 +935,22 @@ fn is_silent(error: &WireError) -> bool {
 fn serve(
     shared: &Arc<Shared>,
     id: u64,
-    stream: TcpStream,
+    stream: Socket,
     accepted: Instant,
 ) -> Result<(), WireError> {
-    let Some(tls) = &shared.tls else {
-        let mut writer = stream.try_clone()?;
-        return serve_stream(shared, id, stream, &mut writer, accepted);
+    let local = matches!(stream, Socket::Unix(_));
+    let tls = match (&shared.tls, &stream) {
+        (Some(tls), Socket::Tcp(_)) => tls,
+        _ => {
+            // Plain TCP, or the local socket, where the kernel carries the
+            // bytes and TLS would add nothing.
+            let mut writer = stream.try_clone()?;
+            return serve_stream(shared, id, stream, &mut writer, accepted, local);
+        }
     };
-    let mut socket = stream;
+    let Socket::Tcp(mut socket) = stream else {
+        unreachable!("matched above")
+    };
     let deadline = accepted + shared.config.handshake_timeout;
     if speaks_plain_pagoda(&socket, deadline)? {
         // A client without TLS: tell it so in its own protocol, rather than
@@ -737,7 +980,7 @@ fn serve(
     };
     let reader = TlsReader::new(session.clone(), socket.try_clone()?);
     let mut writer = TlsWriter::new(session, socket);
-    serve_stream(shared, id, reader, &mut writer, accepted)
+    serve_stream(shared, id, reader, &mut writer, accepted, false)
 }
 
 /// Whether the peer's first byte is that of a plain Pagoda frame (a TLS
@@ -792,6 +1035,7 @@ fn serve_stream<R: SpinRead>(
     stream: R,
     writer: &mut dyn ReplyWrite,
     accepted: Instant,
+    local: bool,
 ) -> Result<(), WireError> {
     let config = &shared.config;
     let mut lease = Lease {
@@ -822,6 +1066,7 @@ fn serve_stream<R: SpinRead>(
         failed: None,
         page_size_seen: (u64::MAX, 0),
         metrics: shared.metrics.as_ref(),
+        local,
     };
     let mut authenticated = false;
     let mut session = Session::new(shared);
@@ -1032,6 +1277,10 @@ fn handle(
         Outcome::Replied => return After::Continue,
         Outcome::Close => return After::Close,
     }
+    if let Request::ShareRegion { region } = request {
+        share_region(shared, region, request_id, out);
+        return After::Continue;
+    }
     let start = out.len();
     let mut ctx = Dispatch {
         epoch,
@@ -1045,6 +1294,61 @@ fn handle(
         error_reply(shared, out, request_id, error.code(), &error.to_string());
     }
     After::Continue
+}
+
+/// Answers `ShareRegion` (its right was checked by `access`): the reply,
+/// with the region's memory files attached, goes out at once, after what is
+/// buffered, so that the files travel with the reply's first byte.
+fn share_region(shared: &Shared, id: u64, request_id: u64, out: &mut Out<'_, '_>) {
+    if !out.local {
+        error_reply(
+            shared,
+            out,
+            request_id,
+            ErrorCode::NotLocal,
+            "ShareRegion is served only on the node's local socket (a client on the node's host)",
+        );
+        return;
+    }
+    let files = shared.catalog.by_id(id).and_then(|region| {
+        region.check_readable()?;
+        let memory = region.memory();
+        let (data, metadata) = memory.read_only_files()?;
+        Ok((region, data, metadata))
+    });
+    let (region, data, metadata) = match files {
+        Ok(files) => files,
+        Err(error) => {
+            error_reply(shared, out, request_id, error.code(), &error.to_string());
+            return;
+        }
+    };
+    let mut reply = Vec::new();
+    Response::RegionShared {
+        segment_bytes: region.segment_bytes(),
+        data_bytes: region.memory().data_bytes(),
+        metadata_bytes: region.memory().metadata_bytes(),
+    }
+    .encode(&mut reply, request_id, 0);
+    if out.flush().is_err() {
+        return;
+    }
+    let deadline = Instant::now() + out.frame_timeout;
+    let sent = out.writer.write_reply_with_files(
+        &reply,
+        &[data.as_raw_fd(), metadata.as_raw_fd()],
+        deadline,
+    );
+    if let Some(metrics) = out.metrics {
+        metrics.sent(reply.len());
+    }
+    if let Err(error) = sent {
+        out.failed = Some(error);
+    }
+    tracing::debug!(
+        region = region.info().name,
+        "region shared with a local client"
+    );
 }
 
 #[cfg(test)]

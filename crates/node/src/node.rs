@@ -4,7 +4,9 @@
 //! checkpoints run on a thread of their own.
 
 use std::collections::HashMap;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -16,7 +18,8 @@ use parking_lot::Mutex;
 
 use crate::arena::Arena;
 use crate::catalog::{Catalog, MissingCatalog};
-use crate::config::NodeConfig;
+use crate::config::{LOCAL_SOCKET_FILE, LocalSocket, NodeConfig};
+use crate::connection::{Listener, Socket};
 use crate::error::NodeError;
 use crate::recovery::RecoveryJob;
 use crate::storage::Storage;
@@ -35,13 +38,15 @@ const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(2);
 /// A served connection: a handle on its socket (to close it at shutdown) and
 /// its thread.
 pub(crate) struct ConnectionEntry {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Socket,
     pub(crate) thread: Option<JoinHandle<()>>,
 }
 
 pub(crate) struct Shared {
     /// The address the node listens on.
     pub(crate) local_addr: SocketAddr,
+    /// The node's local socket, if it has one.
+    pub(crate) local_socket: Option<PathBuf>,
     pub(crate) config: NodeConfig,
     pub(crate) catalog: Catalog,
     pub(crate) arena: Arc<Arena>,
@@ -57,7 +62,7 @@ pub(crate) struct Shared {
     /// The listener's TLS configuration, if it speaks TLS.
     pub(crate) tls: Option<crate::tls::TlsServer>,
     /// Connections still authenticating, oldest first.
-    pub(crate) handshakes: Mutex<std::collections::BTreeMap<u64, TcpStream>>,
+    pub(crate) handshakes: Mutex<std::collections::BTreeMap<u64, Socket>>,
     /// Rate limit for warnings about failed handshakes.
     pub(crate) failed_handshakes_log: crate::connection::LogLimiter,
     /// The credentials clients authenticate with, reloaded when they change.
@@ -78,6 +83,10 @@ pub struct Node {
     /// Kept so that a stop that could not save everything can serve again.
     listener: TcpListener,
     acceptor: Option<JoinHandle<()>>,
+    /// The local socket's listener, if the node has one (removed from the
+    /// file system when the node is dropped).
+    local_listener: Option<UnixListener>,
+    local_acceptor: Option<JoinHandle<()>>,
     checkpointer: Option<JoinHandle<()>>,
     /// The metrics endpoint, if configured; it stops when the node is
     /// dropped (a refused stop keeps it serving).
@@ -221,6 +230,7 @@ impl Node {
         listener
             .set_nonblocking(true)
             .map_err(|e| NodeError::io("configuring the listener", e))?;
+        let (local_listener, local_socket) = bind_local_socket(&config)?;
         tracing::info!(
             %local_addr,
             capacity_bytes = config.capacity_bytes,
@@ -239,6 +249,7 @@ impl Node {
         let config_metrics = config.metrics.is_some();
         let shared = Arc::new(Shared {
             local_addr,
+            local_socket,
             config,
             catalog,
             arena,
@@ -267,6 +278,8 @@ impl Node {
             local_addr,
             listener,
             acceptor: None,
+            local_listener,
+            local_acceptor: None,
             checkpointer: None,
             metrics,
             agent,
@@ -286,9 +299,25 @@ impl Node {
         self.acceptor = Some(
             std::thread::Builder::new()
                 .name("pagoda-accept".into())
-                .spawn(move || crate::connection::accept_loop(acceptor_shared, listener))
+                .spawn(move || {
+                    crate::connection::accept_loop(acceptor_shared, Listener::Tcp(listener))
+                })
                 .map_err(|e| NodeError::io("spawning the acceptor", e))?,
         );
+        if let Some(local) = &self.local_listener {
+            let local = local
+                .try_clone()
+                .map_err(|e| NodeError::io("sharing the local socket", e))?;
+            let acceptor_shared = self.shared.clone();
+            self.local_acceptor = Some(
+                std::thread::Builder::new()
+                    .name("pagoda-accept-local".into())
+                    .spawn(move || {
+                        crate::connection::accept_loop(acceptor_shared, Listener::Unix(local))
+                    })
+                    .map_err(|e| NodeError::io("spawning the local acceptor", e))?,
+            );
+        }
         self.checkpointer = match self.shared.config.checkpoint_interval {
             Some(interval) if self.shared.storage.is_some() => {
                 let checkpointer_shared = self.shared.clone();
@@ -309,6 +338,11 @@ impl Node {
     /// The address the node listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The path of the node's local socket, if it has one.
+    pub fn local_socket(&self) -> Option<&Path> {
+        self.shared.local_socket.as_deref()
     }
 
     /// The address the metrics endpoint listens on, if the node serves
@@ -390,6 +424,9 @@ impl Node {
         crate::cluster::hand_off(&self.shared, HAND_OFF_TIMEOUT);
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         let _ = acceptor.join();
+        if let Some(local_acceptor) = self.local_acceptor.take() {
+            let _ = local_acceptor.join();
+        }
         if let Some(checkpointer) = self.checkpointer.take() {
             let _ = checkpointer.join();
         }
@@ -455,5 +492,69 @@ impl Drop for Node {
         if let Some(agent) = self.agent.take() {
             agent.join();
         }
+        if let (Some(_), Some(path)) = (self.local_listener.take(), &self.shared.local_socket) {
+            let _ = std::fs::remove_file(path);
+        }
     }
+}
+
+/// Binds the node's local socket as configured; returns the listener and its
+/// path, or neither when the node has none.
+fn bind_local_socket(
+    config: &NodeConfig,
+) -> Result<(Option<UnixListener>, Option<PathBuf>), NodeError> {
+    let (path, required) = match &config.local_socket {
+        LocalSocket::Off => return Ok((None, None)),
+        LocalSocket::InDataDir => (config.data_dir.join(LOCAL_SOCKET_FILE), false),
+        LocalSocket::At(path) => (path.clone(), true),
+    };
+    let bound = bind_unix(&path);
+    match bound {
+        Ok(listener) => {
+            tracing::info!(path = %path.display(), "local socket bound");
+            Ok((Some(listener), Some(path)))
+        }
+        Err(error) if !required => {
+            tracing::warn!(
+                path = %path.display(),
+                %error,
+                "no local socket: co-located clients use TCP (give --local-socket PATH to place it elsewhere)"
+            );
+            Ok((None, None))
+        }
+        Err(error) => Err(NodeError::io(
+            format!("binding the local socket {}", path.display()),
+            error,
+        )),
+    }
+}
+
+fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
+    let length = path.as_os_str().len();
+    if length > pagoda_wire::message::LOCAL_SOCKET_PATH_BYTES_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "the path is {length} bytes, more than a Unix socket's {} allow",
+                pagoda_wire::message::LOCAL_SOCKET_PATH_BYTES_MAX
+            ),
+        ));
+    }
+    // A socket file left by a node that did not stop cleanly: the data dir's
+    // lock (or the operator's choice of path) says it is no longer in use.
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if metadata.file_type().is_socket() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process serves this socket",
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+    }
+    let listener = UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }

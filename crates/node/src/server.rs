@@ -404,6 +404,17 @@ pub(crate) fn serve_request(
                 || region.write_pages(pages, data),
             )?;
         }
+        Request::LocalSocket => {
+            // A path too long for the reply is not one a client could use.
+            let path = shared
+                .local_socket
+                .as_deref()
+                .and_then(|path| path.to_str())
+                .filter(|path| path.len() <= pagoda_wire::message::LOCAL_SOCKET_PATH_BYTES_MAX)
+                .unwrap_or("");
+            Response::LocalSocketPath { path }.encode(out, request_id, 0);
+        }
+        Request::ShareRegion { .. } => unreachable!("served by connection::share_region"),
         Request::NodeStat => Response::NodeStat(NodeStat {
             capacity_bytes: shared.arena.capacity_bytes(),
             used_bytes: shared.arena.used_bytes(),

@@ -84,6 +84,9 @@ pub enum ErrorCode {
     LogRetired = 32,
     /// The region is a replica on this node: writes go to its primary.
     NotPrimary = 33,
+    /// The request is served only on the node's local (Unix) socket: it
+    /// hands out memory, which only a process on the node's host can use.
+    NotLocal = 34,
     /// A code this peer does not know.
     Unknown = 0xffff,
 }
@@ -126,6 +129,7 @@ impl ErrorCode {
             31 => LogGap,
             32 => LogRetired,
             33 => NotPrimary,
+            34 => NotLocal,
             _ => Unknown,
         }
     }
@@ -167,6 +171,7 @@ impl ErrorCode {
             LogGap => "log gap",
             LogRetired => "log position retired",
             NotPrimary => "not the primary",
+            NotLocal => "only on the local socket",
             Unknown => "unknown error",
         }
     }

@@ -77,8 +77,12 @@ pub enum Opcode {
     Replicate = 0x25,
     /// Says which of a region's segments the node holds pages of.
     StoredSegments = 0x26,
+    /// Hands a co-located client a region's memory files (local socket only).
+    ShareRegion = 0x27,
     /// Returns the node's statistics.
     NodeStat = 0x30,
+    /// Asks where the node's local socket is.
+    LocalSocket = 0x31,
     /// Reply to `Hello`.
     HelloOk = 0x81,
     /// Reply to `Ping`.
@@ -112,8 +116,12 @@ pub enum Opcode {
     Mark = 0xa2,
     /// Reply carrying a bit per segment: held by the node or not.
     SegmentMap = 0xa3,
+    /// Reply to `ShareRegion`; the memory files travel beside it.
+    RegionShared = 0xa4,
     /// Reply carrying node statistics.
     NodeStatReply = 0xb0,
+    /// Reply carrying the node's local socket path.
+    LocalSocketPath = 0xb1,
     /// Reply to a request that failed.
     Error = 0xff,
 }
@@ -146,7 +154,9 @@ impl Opcode {
             0x24 => ApplyJournal,
             0x25 => Replicate,
             0x26 => StoredSegments,
+            0x27 => ShareRegion,
             0x30 => NodeStat,
+            0x31 => LocalSocket,
             0x81 => HelloOk,
             0x82 => Pong,
             0x83 => AuthChallenge,
@@ -163,7 +173,9 @@ impl Opcode {
             0xa1 => DirtyPageList,
             0xa2 => Mark,
             0xa3 => SegmentMap,
+            0xa4 => RegionShared,
             0xb0 => NodeStatReply,
+            0xb1 => LocalSocketPath,
             0xff => Error,
             _ => return None,
         })

@@ -180,6 +180,17 @@ pub enum Request<'a> {
     },
     /// Returns the node's statistics.
     NodeStat,
+    /// Asks where the node's local (Unix) socket is, for a client on the
+    /// same host. Answered with `LocalSocketPath`.
+    LocalSocket,
+    /// Asks for a region's memory files, to read its pages from a shared
+    /// mapping. Served only on the node's local socket and only with read
+    /// access to the region; answered with `RegionShared`, the files beside
+    /// it as `SCM_RIGHTS` (see `docs/design.md`, "Co-located access").
+    ShareRegion {
+        /// The region's id.
+        region: u64,
+    },
     /// Takes a checkpoint of a region; the reply comes when it is complete.
     Checkpoint {
         /// The region's name.
@@ -458,6 +469,10 @@ pub enum Since {
 /// 2 MiB segments, in 128 KiB of bits).
 pub const SEGMENT_MAP_BITS_MAX: u32 = 1 << 20;
 
+/// Most bytes of a local socket path (a Unix socket address's path is at
+/// most 108 bytes with its terminating NUL).
+pub const LOCAL_SOCKET_PATH_BYTES_MAX: usize = 107;
+
 /// Most ranges in one `DirtyPageList` reply.
 pub const DIRTY_RANGES_MAX: usize = 256 * 1024;
 
@@ -678,6 +693,21 @@ pub enum Response<'a> {
     },
     /// The node's statistics.
     NodeStat(NodeStat),
+    /// The node's local socket path; empty when it has none.
+    LocalSocketPath {
+        /// The path, at most [`LOCAL_SOCKET_PATH_BYTES_MAX`] bytes.
+        path: &'a str,
+    },
+    /// A region's memory files are attached (`ShareRegion`): first the data
+    /// file, then the metadata file.
+    RegionShared {
+        /// The region's segment size.
+        segment_bytes: u64,
+        /// Bytes of the data file (whole segments).
+        data_bytes: u64,
+        /// Bytes of the metadata file.
+        metadata_bytes: u64,
+    },
     /// A checkpoint completed.
     CheckpointDone(CheckpointInfo),
     /// A recovery's progress.
@@ -919,6 +949,8 @@ impl<'a> Request<'a> {
             Request::ReadPages { .. } => Opcode::ReadPages,
             Request::WritePages { .. } => Opcode::WritePages,
             Request::NodeStat => Opcode::NodeStat,
+            Request::LocalSocket => Opcode::LocalSocket,
+            Request::ShareRegion { .. } => Opcode::ShareRegion,
             Request::Checkpoint { .. } => Opcode::Checkpoint,
             Request::RecoverRegion { .. } => Opcode::RecoverRegion,
             Request::RecoveryStatus { .. } => Opcode::RecoveryStatus,
@@ -1087,7 +1119,8 @@ impl<'a> Request<'a> {
                     payload.extend_from_slice(bytes);
                 }
             }
-            Request::ListRegions | Request::NodeStat => {}
+            Request::ListRegions | Request::NodeStat | Request::LocalSocket => {}
+            Request::ShareRegion { region } => payload.extend_from_slice(&region.to_le_bytes()),
             Request::ReadPages { region, pages } => {
                 payload.extend_from_slice(&region.to_le_bytes());
                 payload.extend_from_slice(&(pages.len() as u32).to_le_bytes());
@@ -1169,6 +1202,10 @@ impl<'a> Request<'a> {
                 data: reader.rest(),
             },
             Opcode::NodeStat => Request::NodeStat,
+            Opcode::LocalSocket => Request::LocalSocket,
+            Opcode::ShareRegion => Request::ShareRegion {
+                region: reader.u64()?,
+            },
             Opcode::Checkpoint => Request::Checkpoint {
                 name: reader.str(REGION_NAME_BYTES_MAX)?,
                 full: reader.bool()?,
@@ -1342,6 +1379,8 @@ impl<'a> Response<'a> {
             Response::Done => Opcode::Done,
             Response::PagesData { .. } => Opcode::PagesData,
             Response::NodeStat(_) => Opcode::NodeStatReply,
+            Response::LocalSocketPath { .. } => Opcode::LocalSocketPath,
+            Response::RegionShared { .. } => Opcode::RegionShared,
             Response::CheckpointDone(_) => Opcode::CheckpointDone,
             Response::Recovery(_) => Opcode::Recovery,
             Response::DirtyPageList { .. } => Opcode::DirtyPageList,
@@ -1524,6 +1563,22 @@ impl<'a> Response<'a> {
             }
             Response::Done => {}
             Response::PagesData { data } => payload.extend_from_slice(data),
+            Response::LocalSocketPath { path } => {
+                assert!(
+                    path.len() <= LOCAL_SOCKET_PATH_BYTES_MAX,
+                    "local socket path exceeds the limit"
+                );
+                put_bytes(payload, path.as_bytes());
+            }
+            Response::RegionShared {
+                segment_bytes,
+                data_bytes,
+                metadata_bytes,
+            } => {
+                for value in [segment_bytes, data_bytes, metadata_bytes] {
+                    payload.extend_from_slice(&value.to_le_bytes());
+                }
+            }
             Response::NodeStat(stat) => {
                 for value in [stat.capacity_bytes, stat.used_bytes, stat.segment_bytes] {
                     payload.extend_from_slice(&value.to_le_bytes());
@@ -1761,6 +1816,14 @@ impl<'a> Response<'a> {
             Opcode::PagesData => Response::PagesData {
                 data: reader.rest(),
             },
+            Opcode::LocalSocketPath => Response::LocalSocketPath {
+                path: reader.str(LOCAL_SOCKET_PATH_BYTES_MAX)?,
+            },
+            Opcode::RegionShared => Response::RegionShared {
+                segment_bytes: reader.u64()?,
+                data_bytes: reader.u64()?,
+                metadata_bytes: reader.u64()?,
+            },
             Opcode::NodeStatReply => Response::NodeStat(NodeStat {
                 capacity_bytes: reader.u64()?,
                 used_bytes: reader.u64()?,
@@ -1839,6 +1902,8 @@ mod tests {
                 data: &data,
             },
             Request::NodeStat,
+            Request::LocalSocket,
+            Request::ShareRegion { region: 7 },
             Request::Checkpoint {
                 name: "r",
                 full: true,
@@ -2019,6 +2084,14 @@ mod tests {
             Response::RegionList(vec![info.clone(), info]),
             Response::Done,
             Response::PagesData { data: &[1, 2, 3] },
+            Response::LocalSocketPath {
+                path: "/var/lib/pagoda/pagoda.sock",
+            },
+            Response::RegionShared {
+                segment_bytes: 2 << 20,
+                data_bytes: 4 << 20,
+                metadata_bytes: 80,
+            },
             Response::NodeStat(NodeStat {
                 capacity_bytes: 1,
                 used_bytes: 2,
