@@ -89,6 +89,7 @@ pub mod asynchronous;
 mod checksum;
 pub mod client_metrics;
 mod cluster;
+mod colocated;
 mod connection;
 mod error;
 mod link;
@@ -114,6 +115,7 @@ use parking_lot::Mutex;
 pub use bytemuck;
 pub use checksum::RegionChecksum;
 pub use cluster::{LEASE_MARGIN_DIVISOR, LEASE_RENEWALS_PER_TTL, WATCH_INTERVAL};
+pub use colocated::{Colocated, Transport};
 pub use connection::PendingCall;
 pub use connection::Reply;
 pub use error::ClientError;
@@ -182,6 +184,11 @@ pub struct ClientOptions {
     /// lets the lease go as long as this host's clock runs at most 10%
     /// slower than the coordinator's. Unused by other clients.
     pub lease: Duration,
+    /// Whether to read pages from shared memory when the node runs on this
+    /// host (co-located access; [`Colocated::Auto`] by default: used when
+    /// the node's address is a loopback one and it has a local socket).
+    /// Writes and everything else still go over the connection.
+    pub colocated: Colocated,
 }
 
 /// Everything but the token, which a log line must never carry.
@@ -197,6 +204,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("reconnect_for", &self.reconnect_for)
             .field("fallback", &self.fallback)
             .field("lease", &self.lease)
+            .field("colocated", &self.colocated)
             .finish()
     }
 }
@@ -225,6 +233,7 @@ impl Default for ClientOptions {
             reconnect_for: Duration::from_secs(RECONNECT_FOR_S_DEFAULT),
             fallback: Vec::new(),
             lease: Duration::from_millis(LEASE_MS_DEFAULT),
+            colocated: Colocated::Auto,
         }
     }
 }
@@ -461,6 +470,13 @@ impl Client {
     /// The address of the node the client is connected to now.
     pub fn peer(&self) -> SocketAddr {
         self.connection.peer()
+    }
+
+    /// How the client reaches the node's pages now: over TCP, TLS, or
+    /// from shared memory on the node's host (co-located; set up when the
+    /// first region is opened, see [`ClientOptions::colocated`]).
+    pub fn transport(&self) -> Transport {
+        self.connection.transport()
     }
 
     /// Sends a request and waits for its reply, sending it again after a

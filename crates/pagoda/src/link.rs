@@ -279,6 +279,8 @@ pub(crate) struct Link {
     /// the opens the client holds.
     regions: Mutex<Vec<Arc<RegionBinding>>>,
     reconnects: AtomicU64,
+    /// The local channel for co-located access, once set up.
+    colocation: crate::colocated::Colocation,
 }
 
 impl Link {
@@ -297,6 +299,7 @@ impl Link {
         let connection = Connection::open(&given[..], &options)?;
         handshake(&connection, &options)?;
         let current = connection.peer();
+        let colocation = crate::colocated::Colocation::new(options.colocated.clone());
         Ok(Link {
             addresses: Mutex::new(Addresses {
                 current,
@@ -310,6 +313,7 @@ impl Link {
             reconnecting: Mutex::new(()),
             regions: Mutex::new(Vec::new()),
             reconnects: AtomicU64::new(0),
+            colocation,
         })
     }
 
@@ -369,6 +373,44 @@ impl Link {
     /// The address of the node the link is connected to.
     pub(crate) fn peer(&self) -> SocketAddr {
         self.current.read().0.peer()
+    }
+
+    /// How the link reaches the node's pages now.
+    pub(crate) fn transport(&self) -> crate::Transport {
+        if self.colocation.is_active() {
+            crate::Transport::Colocated
+        } else if self.options.tls.is_some() {
+            crate::Transport::Tls
+        } else {
+            crate::Transport::Tcp
+        }
+    }
+
+    /// Region `id`'s memory, shared by the node over its local socket, if
+    /// co-located access is allowed and available (see `colocated`).
+    pub(crate) fn share_region(
+        &self,
+        id: u64,
+        page_size: usize,
+        size: u64,
+    ) -> Option<crate::colocated::SharedRegion> {
+        let generation = self.reconnects();
+        let channel =
+            self.colocation
+                .channel(self.peer().ip().is_loopback(), &self.options, || {
+                    let reply = self.call(|out, id| Request::LocalSocket.encode(out, id, 0))?;
+                    match reply.decode()? {
+                        Response::LocalSocketPath { path } => Ok(path.to_owned()),
+                        other => Err(crate::unexpected(&other)),
+                    }
+                })?;
+        match channel.share(id, page_size, size, generation) {
+            Ok(shared) => Some(shared),
+            Err(error) => {
+                tracing::debug!(%error, region = id, "the node did not share the region; its reads stay on the connection");
+                None
+            }
+        }
     }
 
     /// How many times the link connected again.

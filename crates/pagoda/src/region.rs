@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use parking_lot::{Mutex, RwLock};
+
 use pagoda_cache::policy::PolicyKind;
 use pagoda_cache::{
     Backing, BackingError, CacheConfig, CacheStats, PageCache, PrefetchConfig, ReadAhead,
@@ -12,6 +14,7 @@ use pagoda_wire::message::{encode_read_pages, encode_write_pages};
 use pagoda_wire::{OpenMode, RegionInfo, Response};
 
 use crate::client_metrics::RegionHistograms;
+use crate::colocated::SharedRegion;
 use crate::connection::PendingCall;
 use crate::error::ClientError;
 use crate::link::{Link, RegionBinding, Retry};
@@ -22,7 +25,33 @@ use crate::transaction::{
 use crate::write_log::{WriterLog, call_numbered};
 use pagoda_wire::limits::{JOURNAL_BYTES_MAX, JOURNAL_ENTRIES_MAX};
 
-/// How a region is opened.
+/// How a region is opened: the size of its local cache, the cache's
+/// eviction policy, durability and read-ahead. Start from
+/// [`RegionOptions::default`] or [`RegionOptions::with_cache_bytes`].
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let node = pagoda_node::Node::start(pagoda_node::NodeConfig::new(
+/// #     "127.0.0.1:0".parse().unwrap(), 8 << 20, dir.path().into())).unwrap();
+/// # let address = node.local_addr();
+/// use pagoda::{Client, ClientOptions, PolicyKind, RegionOptions};
+///
+/// let client = Client::connect(address, ClientOptions::default())?;
+/// let options = RegionOptions {
+///     policy: PolicyKind::Clock,
+///     ..RegionOptions::with_cache_bytes(4 * 4096) // room for 4 pages
+/// };
+/// let region = client.open_or_create_region("table", 1 << 20, 4096, options)?;
+/// for page in 0..16u64 {
+///     region.write_value(page * 4096, &page)?;
+/// }
+/// // 16 pages written through 4 frames: the others went to the node.
+/// let stats = region.cache_stats();
+/// assert_eq!(stats.frames, 4);
+/// assert!(stats.evictions >= 12);
+/// assert_eq!(region.read_value::<u64>(0)?, 0);
+/// # Ok::<(), pagoda::ClientError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct RegionOptions {
     /// RAM for the local page cache, in bytes (at least one page is used).
@@ -170,6 +199,59 @@ pub(crate) struct RemotePages {
     shipping: Option<Arc<Shipping>>,
     /// Fetch and write-back latency, for the application's metrics.
     histograms: RegionHistograms,
+    /// The region's memory shared by a node on this host (co-located
+    /// access), if it is.
+    shared: RwLock<Option<Arc<SharedRegion>>>,
+    /// When to try sharing the region again after a failed attempt.
+    share_retry_at: Mutex<Option<std::time::Instant>>,
+    region_bytes: u64,
+}
+
+impl RemotePages {
+    /// The region's shared memory if it is current, sharing it (again) if
+    /// allowed and at most once per `colocated::RETRY_AFTER` after a
+    /// failure.
+    fn shared_region(&self) -> Option<Arc<SharedRegion>> {
+        let generation = self.link.reconnects();
+        let id = self.binding.id();
+        if let Some(shared) = &*self.shared.read()
+            && shared.id() == id
+            && shared.is_current(generation)
+        {
+            return Some(shared.clone());
+        }
+        let mut retry_at = self.share_retry_at.lock();
+        let now = std::time::Instant::now();
+        if retry_at.is_some_and(|at| now < at) {
+            return None;
+        }
+        let shared = self
+            .link
+            .share_region(id, self.page_size, self.region_bytes)
+            .map(Arc::new);
+        *retry_at = shared
+            .is_none()
+            .then_some(now + crate::colocated::RETRY_AFTER);
+        *self.shared.write() = shared.clone();
+        shared
+    }
+
+    /// Copies what it can of `pages` from the shared memory into
+    /// `buffers`; returns the indexes of the pages it could not.
+    fn read_shared(
+        &self,
+        shared: &SharedRegion,
+        pages: &[u64],
+        buffers: &mut [&mut [u8]],
+    ) -> Vec<usize> {
+        let mut missing = Vec::new();
+        for (index, (&page, buffer)) in pages.iter().zip(buffers.iter_mut()).enumerate() {
+            if !shared.read_page(page, buffer) {
+                missing.push(index);
+            }
+        }
+        missing
+    }
 }
 
 impl Backing for RemotePages {
@@ -182,8 +264,36 @@ impl Backing for RemotePages {
             None => Ok(()),
         };
         let region = || self.binding.id();
-        let batch = self.link.batch_pages_max(self.page_size);
         let began = std::time::Instant::now();
+        if let Some(shared) = self.shared_region() {
+            // Co-located: committed records are applied by the node before
+            // the pages are read from its memory. Over the connection it is
+            // enough to send them first (the node serves a connection's
+            // requests in order); a read from memory has no such order, so
+            // it waits for their acknowledgement.
+            if let Some(shipping) = &self.shipping {
+                shipping.flush()?;
+            }
+            let missing = self.read_shared(&shared, pages, buffers);
+            if !missing.is_empty() {
+                // A write in progress, or the channel went down: these pages
+                // over the connection.
+                let mut wanted: Vec<u64> = missing.iter().map(|&index| pages[index]).collect();
+                let mut rest: Vec<&mut [u8]> = buffers
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(index, _)| missing.binary_search(index).is_ok())
+                    .map(|(_, buffer)| &mut **buffer)
+                    .collect();
+                let batch = self.link.batch_pages_max(self.page_size);
+                for (pages, buffers) in wanted.chunks_mut(batch).zip(rest.chunks_mut(batch)) {
+                    fetch(&self.link, &region, pages, buffers, &before)?;
+                }
+            }
+            self.histograms.fetch.record(began.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        let batch = self.link.batch_pages_max(self.page_size);
         for (pages, buffers) in pages.chunks(batch).zip(buffers.chunks_mut(batch)) {
             fetch(&self.link, &region, pages, buffers, &before)?;
         }
@@ -199,6 +309,18 @@ impl Backing for RemotePages {
         // Committed records go out first, as before a demand fetch.
         if let Some(shipping) = &self.shipping {
             shipping.send_pending()?;
+        }
+        if let Some(shared) = self.shared_region() {
+            // Co-located: the read completes now, from shared memory (after
+            // the node acknowledged the committed records, as above), or (a
+            // page it could not copy) over the connection.
+            if let Some(shipping) = &self.shipping {
+                shipping.flush()?;
+            }
+            let mut buffers: Vec<&mut [u8]> = buffer.chunks_mut(self.page_size).collect();
+            if self.read_shared(&shared, pages, &mut buffers).is_empty() {
+                return Ok(Box::new(Served(Some(buffer))));
+            }
         }
         let region = self.binding.id();
         let call = self.link.send_into(
@@ -237,6 +359,15 @@ impl Backing for RemotePages {
             .write_back
             .record(began.elapsed().as_secs_f64());
         Ok(())
+    }
+}
+
+/// A read-ahead served from shared memory when it was started.
+struct Served(Option<Vec<u8>>);
+
+impl ReadAhead for Served {
+    fn poll(&mut self, _receive: bool) -> Option<Result<Vec<u8>, BackingError>> {
+        self.0.take().map(Ok)
     }
 }
 
@@ -295,6 +426,28 @@ impl Drop for RemoteRead {
 /// the region's writer role, taken by [`crate::Client::open_region`]); any
 /// number may read it ([`crate::Client::open_region_read_only`]). Caches of
 /// different clients are not kept coherent.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let node = pagoda_node::Node::start(pagoda_node::NodeConfig::new(
+/// #     "127.0.0.1:0".parse().unwrap(), 8 << 20, dir.path().into())).unwrap();
+/// # let address = node.local_addr();
+/// use pagoda::{Client, ClientOptions, RegionOptions};
+///
+/// let client = Client::connect(address, ClientOptions::default())?;
+/// client.create_region("notes", 1 << 20, 4096)?;
+/// let writer = client.open_region("notes", RegionOptions::with_cache_bytes(1 << 20))?;
+/// writer.write_at(4090, b"across a page boundary")?; // any byte range
+/// writer.flush()?; // on the node now, for every reader
+/// // Another client, as another process would, reads with a cold cache.
+/// let other = Client::connect(address, ClientOptions::default())?;
+/// let reader = other.open_region_read_only("notes", RegionOptions::default())?;
+/// let mut back = [0u8; 22];
+/// reader.read_at(4090, &mut back)?;
+/// assert_eq!(&back, b"across a page boundary");
+/// assert!(reader.write_at(0, b"no").is_err(), "opened for reading only");
+/// # Ok::<(), pagoda::ClientError>(())
+/// ```
 pub struct Region {
     info: RegionInfo,
     mode: OpenMode,
@@ -441,7 +594,13 @@ impl Region {
             page_size,
             shipping,
             histograms: RegionHistograms::new(&info.name),
+            shared: RwLock::new(None),
+            share_retry_at: Mutex::new(None),
+            region_bytes: info.size,
         };
+        // Co-located access is set up now rather than at the first miss, so
+        // that `Client::transport` says at once which path reads take.
+        let _ = backing.shared_region();
         Ok(Region {
             cache: Arc::new(PageCache::new(config, backing)),
             info,
@@ -479,15 +638,33 @@ impl Region {
     /// nothing is written. `body` may run more than once (after a conflict
     /// with another transaction), so it should have no other side effects.
     ///
-    /// ```no_run
-    /// # fn f(region: &pagoda::Region) -> Result<(), pagoda::ClientError> {
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let node = pagoda_node::Node::start(pagoda_node::NodeConfig::new(
+    /// #     "127.0.0.1:0".parse().unwrap(), 8 << 20, dir.path().into())).unwrap();
+    /// # let address = node.local_addr();
+    /// use pagoda::{Client, ClientError, ClientOptions, Durability, RegionOptions};
+    ///
+    /// let client = Client::connect(address, ClientOptions::default())?;
+    /// // Remote: a commit returns once the node has persisted it.
+    /// let options = RegionOptions { durability: Durability::Remote, ..RegionOptions::default() };
+    /// let region = client.open_or_create_region("ledger", 1 << 20, 4096, options)?;
+    /// region.write_value(0, &100u64)?;
     /// let left = region.transaction(|tx| {
     ///     let balance = tx.read_value::<u64>(0)? - 10;
     ///     tx.write_value(0, &balance)?;
-    ///     tx.write_value(8192, &10u64)?;
+    ///     tx.write_value(8192, &10u64)?; // another page, in the same commit
     ///     Ok(balance)
     /// })?;
-    /// # Ok(()) }
+    /// assert_eq!(left, 90);
+    /// // A body that fails writes nothing.
+    /// let refused = region.transaction(|tx| {
+    ///     tx.write_value(0, &0u64)?;
+    ///     Err::<(), _>(ClientError::InvalidArgument("overdrawn".into()))
+    /// });
+    /// assert!(refused.is_err());
+    /// assert_eq!(region.read_value::<u64>(0)?, 90);
+    /// # Ok::<(), ClientError>(())
     /// ```
     pub fn transaction<T>(
         &self,
