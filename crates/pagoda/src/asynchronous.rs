@@ -8,20 +8,27 @@
 //! (`spawn_blocking`), as `tokio::fs` does with files. Reads and writes take
 //! and return owned buffers, since a borrowed one cannot cross to the pool.
 //!
-//! ```no_run
-//! # async fn f() -> Result<(), pagoda::ClientError> {
+//! ```
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let node = pagoda_node::Node::start(pagoda_node::NodeConfig::new(
+//! #     "127.0.0.1:0".parse().unwrap(), 8 << 20, dir.path().into())).unwrap();
+//! # let address = node.local_addr().to_string();
+//! # let runtime = tokio::runtime::Runtime::new().unwrap();
+//! # runtime.block_on(async {
 //! use pagoda::asynchronous::AsyncClient;
 //! use pagoda::{ClientOptions, RegionOptions};
 //!
-//! let client = AsyncClient::connect("127.0.0.1:7070", ClientOptions::default()).await?;
-//! client.create_region("events", 1 << 30, 4096).await?;
+//! let client = AsyncClient::connect(address, ClientOptions::default()).await?;
+//! client.create_region("events", 1 << 20, 4096).await?;
 //! let region = client.open_region("events", RegionOptions::default()).await?;
 //! region.write_at(4096, b"hello".to_vec()).await?;
-//! let back = region.read_at(4096, 5).await?;
+//! let back = region.read_at(4096, 5).await?; // resident: served in place
 //! assert_eq!(back, b"hello");
+//! region.write_value(0, 7u32).await?;
+//! assert_eq!(region.read_value::<u32>(0).await?, 7);
 //! region.flush().await?;
-//! # Ok(())
-//! # }
+//! # Ok::<(), pagoda::ClientError>(())
+//! # }).unwrap();
 //! ```
 
 use std::sync::Arc;

@@ -146,7 +146,37 @@ pub use write_log::WriterLog;
 use link::{Link, RegionBinding, retry_of};
 use pagoda_wire::{OpenMode, Request, Response};
 
-/// How a client connects.
+/// How a client connects: its credential, timeouts, reconnects and TLS.
+/// Start from [`ClientOptions::default`] (no token: for a node on loopback
+/// without one) or [`ClientOptions::with_token`], and change what differs.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let mut config = pagoda_node::NodeConfig::new(
+/// #     "127.0.0.1:0".parse().unwrap(), 8 << 20, dir.path().into());
+/// # config.token = Some(b"s3cret".to_vec());
+/// # let node = pagoda_node::Node::start(config).unwrap();
+/// # let address = node.local_addr();
+/// use std::time::Duration;
+///
+/// use pagoda::{Client, ClientOptions, ErrorCode};
+///
+/// // This node requires the token `s3cret` (`pagoda node --token-file`).
+/// let options = ClientOptions {
+///     timeout: Duration::from_secs(5),
+///     reconnect_for: Duration::ZERO, // a failed connection fails the call at once
+///     client_name: "nightly-report".into(),
+///     ..ClientOptions::with_token("s3cret")
+/// };
+/// let client = Client::connect(address, options)?;
+/// assert!(client.list_regions()?.is_empty());
+/// // Without the token the node refuses to serve.
+/// let error = Client::connect(address, ClientOptions::default())
+///     .and_then(|client| client.list_regions())
+///     .unwrap_err();
+/// assert_eq!(error.code(), Some(ErrorCode::Unauthorized));
+/// # Ok::<(), pagoda::ClientError>(())
+/// ```
 #[derive(Clone)]
 pub struct ClientOptions {
     /// The token of the credential to authenticate as, if the node requires
@@ -279,6 +309,30 @@ impl ClientOptions {
 /// A client made with [`Client::connect_cluster`] opens each region on its
 /// primary, through a connection of the region's own, and follows it
 /// through failovers; see that function.
+///
+/// Pages by number, dirty-page lists and other protocol-level calls are
+/// apart, in [`Client::raw`], for tools and tests.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let node = pagoda_node::Node::start(pagoda_node::NodeConfig::new(
+/// #     "127.0.0.1:0".parse().unwrap(), 8 << 20, dir.path().into())).unwrap();
+/// # let address = node.local_addr();
+/// use pagoda::{Client, ClientOptions, RegionOptions};
+///
+/// let client = Client::connect(address, ClientOptions::default())?;
+/// client.create_region("logs", 4 << 20, 4096)?; // 4 MiB in pages of 4 KiB
+/// let region = client.open_region("logs", RegionOptions::default())?;
+/// region.write_at(0, b"first line")?;
+/// region.flush()?;
+/// drop(region);
+/// let names: Vec<String> = client.list_regions()?.into_iter().map(|info| info.name).collect();
+/// assert_eq!(names, ["logs"]);
+/// assert_eq!(client.stat_region("logs")?.info.size, 4 << 20);
+/// client.delete_region("logs")?;
+/// assert!(client.list_regions()?.is_empty());
+/// # Ok::<(), pagoda::ClientError>(())
+/// ```
 #[derive(Clone)]
 pub struct Client {
     /// The link to the node: the current connection, and how to dial again.

@@ -139,7 +139,13 @@ impl LockTable {
     }
 }
 
-/// A transaction in progress; see the module documentation.
+/// A transaction in progress, given to the body of
+/// [`Region::transaction`](crate::Region::transaction) (which shows one):
+/// reads and writes through it are atomic and isolated, and durable as the
+/// region's [`Durability`] says. Byte ranges with
+/// [`Transaction::read_at`] and [`Transaction::write_at`], typed values
+/// with [`Transaction::read_value`] and the like. See the module
+/// documentation.
 pub struct Transaction<'a> {
     pub(crate) region: &'a crate::Region,
     pub(crate) tx: u64,

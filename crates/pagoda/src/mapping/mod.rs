@@ -432,6 +432,29 @@ impl Region {
     /// Needs Linux 6.3 or later (write-protected minor-fault resolution on
     /// shared memory) and a userfaultfd: see [`FaultMode`] for what the
     /// kernel must allow.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let node = pagoda_node::Node::start(pagoda_node::NodeConfig::new(
+    /// #     "127.0.0.1:0".parse().unwrap(), 8 << 20, dir.path().into())).unwrap();
+    /// # let address = node.local_addr();
+    /// use pagoda::{Client, ClientOptions, MapOptions, RegionOptions};
+    ///
+    /// let client = Client::connect(address, ClientOptions::default())?;
+    /// let region = client.open_or_create_region("numbers", 1 << 20, 4096, RegionOptions::default())?;
+    /// // 1 MiB of the region at one address range, 64 KiB of it held locally.
+    /// let mut mapping = region.map(MapOptions::with_local_bytes(64 << 10))?;
+    /// let numbers: &mut [u64] = pagoda::bytemuck::cast_slice_mut(mapping.as_mut_slice());
+    /// for (index, number) in numbers.iter_mut().enumerate() {
+    ///     *number = index as u64 * 3; // plain stores; pages fault in and out
+    /// }
+    /// assert_eq!(numbers.iter().sum::<u64>(), 3 * (131_071 * 131_072 / 2));
+    /// mapping.flush()?; // every page written is on the node
+    /// mapping.unmap()?;
+    /// let region = client.open_region_read_only("numbers", RegionOptions::default())?;
+    /// assert_eq!(region.read_value::<u64>(8 * 1000)?, 3000);
+    /// # Ok::<(), pagoda::ClientError>(())
+    /// ```
     pub fn map(self, options: MapOptions) -> Result<Mapping, ClientError> {
         Mapping::new(self, options)
     }
