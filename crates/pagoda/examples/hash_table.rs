@@ -156,7 +156,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn run(args: &common::Args) -> Result<(), Box<dyn std::error::Error>> {
-    let slots = args.number("slots", 200_000).max(1);
+    let slots = args.number("slots", 100_000).max(1);
     let keys = args.number("keys", slots * 7 / 10);
     if keys > slots {
         return Err(format!("--keys {keys} does not fit in --slots {slots}").into());
