@@ -81,6 +81,17 @@
 //! region.read_slice(1 << 20, &mut scores)?;
 //! # Ok::<(), pagoda::ClientError>(())
 //! ```
+//!
+//! # More
+//!
+//! Each main type's documentation has a runnable example against a node it
+//! starts: [`Client`], [`ClientOptions`], [`Region`], [`RegionOptions`],
+//! [`Region::transaction`], [`Region::read_value`], [`Region::map`] and
+//! [`asynchronous`]. Whole programs are in the crate's `examples/`
+//! (`large_array`, `sort_far`, `transaction`, `hash_table`,
+//! `checkpoint_recovery`). Tools, tests and benchmarks that need the node's
+//! own view of a region (pages by number with no cache, dirty-page lists)
+//! use [`Client::raw`] ([`raw`]); applications use `Region`.
 
 #![warn(missing_docs)]
 
