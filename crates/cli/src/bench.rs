@@ -113,6 +113,9 @@ pub struct BenchReport {
     /// `sync` or `async` with replicas; `None` without.
     pub replication_mode: Option<&'static str>,
     pub policy: String,
+    /// How misses reached the node's pages: `tcp`, `tls` or `colocated`
+    /// (from the node's shared memory, the node being on this host).
+    pub transport: &'static str,
     pub duration_s: f64,
     pub ops: u64,
     pub reads: u64,
@@ -286,7 +289,7 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, String> {
                 },
             )
             .map_err(crate::client_error)?;
-        measure(args, Arc::new(region))
+        measure(args, Arc::new(region), &client)
     })();
     if let Err(error) = client.delete_region(&name) {
         eprintln!("warning: could not delete benchmark region {name:?}: {error}");
@@ -333,7 +336,7 @@ pub fn prefill(client: &Client, info: &pagoda::RegionInfo, show: bool) -> Result
     Ok(())
 }
 
-fn measure(args: &BenchArgs, region: Arc<Region>) -> Result<BenchReport, String> {
+fn measure(args: &BenchArgs, region: Arc<Region>, client: &Client) -> Result<BenchReport, String> {
     let pages = region.len() / region.page_size() as u64;
     let duration = Duration::from_secs_f64(args.duration);
     let warmup = Duration::from_secs_f64(args.warmup);
@@ -427,6 +430,7 @@ fn measure(args: &BenchArgs, region: Arc<Region>) -> Result<BenchReport, String>
         replication_mode: (!args.replicas.is_empty())
             .then(|| pagoda::ReplicationMode::from(args.mode).name()),
         policy: region.policy_name().to_string(),
+        transport: client.transport().name(),
         duration_s: elapsed,
         ops,
         reads,
@@ -451,13 +455,14 @@ fn measure(args: &BenchArgs, region: Arc<Region>) -> Result<BenchReport, String>
 
 fn print_report(report: &BenchReport) {
     println!(
-        "workload {:?}, {} thread(s), region {}, cache {}, pages of {}, policy {}",
+        "workload {:?}, {} thread(s), region {}, cache {}, pages of {}, policy {}, transport {}",
         report.workload,
         report.threads,
         format_bytes(report.region_bytes),
         format_bytes(report.cache_bytes),
         format_bytes(report.page_bytes),
-        report.policy
+        report.policy,
+        report.transport
     );
     if let Some(mode) = report.replication_mode {
         println!("replicated: {} replica(s), {mode}", report.replicas);

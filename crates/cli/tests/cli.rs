@@ -263,6 +263,8 @@ fn bench_json_reports_documented_fields() {
         assert!(report.get(field).is_some(), "missing {field} in {report}");
     }
     assert!(report["ops"].as_u64().unwrap() > 0);
+    // The embedded node runs in this process: misses are co-located.
+    assert_eq!(report["transport"], "colocated");
     let hit_ratio = report["hit_ratio"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&hit_ratio));
 }

@@ -4,11 +4,12 @@
 //! a raw TCP ping-pong with the byte sizes of a 4 KiB page read (64 B request,
 //! 4 KiB + 32 B reply), blocking and busy-polling; `Raw::read_pages` of one
 //! random page; `Region::read_at` of a random page through a one-page cache
-//! (every read a miss: the product's path); and `Raw::ping(4096)`.
+//! (every read a miss: the product's path), over TCP and co-located (the
+//! miss copied from the node's shared memory); and `Raw::ping(4096)`.
 
 use std::time::{Duration, Instant};
 
-use pagoda::RegionOptions;
+use pagoda::{Client, ClientOptions, Colocated, RegionOptions, Transport};
 use pagoda_bench::fixture::{LocalNode, create_written_region};
 use pagoda_bench::raw::{RawPair, Wait};
 use pagoda_bench::report::{Flags, Percentiles, Table, emit, micros, progress};
@@ -28,17 +29,21 @@ latency: QD1 remote 4 KiB read latency beside raw loopback round trips
   --json                print JSON instead of the markdown table";
 
 /// The paths measured, in table order.
-const PATHS: [&str; 5] = [
+const PATHS: [&str; 6] = [
     "raw TCP, blocking reads",
     "raw TCP, busy-polling reads",
     "Raw::read_pages, 1 random page",
-    "Region::read_at, 4 KiB miss (1-page cache)",
+    "Region::read_at, 4 KiB miss over TCP (1-page cache)",
+    "Region::read_at, 4 KiB miss co-located (1-page cache)",
     "Raw::ping(4096)",
 ];
 const RAW_BLOCK: usize = 0;
 const RAW_POLL: usize = 1;
 const READ_PAGES: usize = 2;
 const REGION_MISS: usize = 3;
+const COLOCATED_MISS: usize = 4;
+/// The co-located miss's p50 goal, in nanoseconds.
+const COLOCATED_P50_NS_GOAL: u64 = 2_000;
 
 /// Request and reply sizes of the raw ping-pong: a ReadPages request is a
 /// 32-byte header plus region id, count and one page number (52 bytes), and
@@ -74,7 +79,16 @@ fn main() {
     let seconds_max = Duration::from_secs(flags.number("seconds-max", 50));
 
     let node = LocalNode::start(region_bytes * 2, node_spin);
-    let client = node.client(client_spin);
+    let connect = |colocated| {
+        let options = ClientOptions {
+            spin: client_spin,
+            client_name: "pagoda-bench".into(),
+            colocated,
+            ..ClientOptions::default()
+        };
+        Client::connect(node.addr(), options).expect("the client connects over loopback")
+    };
+    let client = connect(Colocated::Off);
     let info = create_written_region(&client, "latency", region_bytes);
     let region = client
         .open_region(
@@ -82,6 +96,20 @@ fn main() {
             RegionOptions::with_cache_bytes(PAGE_BYTES as u64),
         )
         .expect("opening the region");
+    let colocated_client = connect(Colocated::Auto);
+    let colocated_region = colocated_client
+        .open_region_read_only(
+            "latency",
+            RegionOptions::with_cache_bytes(PAGE_BYTES as u64),
+        )
+        .expect("opening the region co-located");
+    let transports = [client.transport(), colocated_client.transport()];
+    assert_eq!(transports[0], Transport::Tcp);
+    assert_eq!(
+        transports[1],
+        Transport::Colocated,
+        "the node's local socket was not used"
+    );
     let pages = region_bytes / PAGE_BYTES as u64;
     let mut raw_block = RawPair::new(RAW_REQUEST_BYTES, RAW_REPLY_BYTES, Wait::Block);
     let mut raw_poll = RawPair::new(RAW_REQUEST_BYTES, RAW_REPLY_BYTES, Wait::Poll(raw_spin));
@@ -102,10 +130,13 @@ fn main() {
             REGION_MISS => region
                 .read_at(page * PAGE_BYTES as u64, &mut page_buf)
                 .expect("reading through the region"),
+            COLOCATED_MISS => colocated_region
+                .read_at(page * PAGE_BYTES as u64, &mut page_buf)
+                .expect("reading through the co-located region"),
             _ => client.raw().ping(PAGE_BYTES as u32).expect("a ping"),
         }
         let elapsed = began.elapsed().as_nanos() as u64;
-        if path == READ_PAGES || path == REGION_MISS {
+        if path == READ_PAGES || path == REGION_MISS || path == COLOCATED_MISS {
             // Cheap check, outside the timed span, that the right page came.
             assert!(
                 page_buf[0] == page as u8 && page_buf[PAGE_BYTES - 1] == page as u8,
@@ -122,6 +153,7 @@ fn main() {
         }
     }
     let misses_before = region.cache_stats().misses;
+    let colocated_misses_before = colocated_region.cache_stats().misses;
     let mut results: Vec<Vec<u64>> = PATHS.iter().map(|_| Vec::with_capacity(samples)).collect();
     let began = Instant::now();
     let mut round_index = 0;
@@ -141,9 +173,13 @@ fn main() {
         round_index += 1;
     }
     let region_misses = region.cache_stats().misses - misses_before;
+    let colocated_misses = colocated_region.cache_stats().misses - colocated_misses_before;
     let measured = results[REGION_MISS].len() as u64;
     let seconds = began.elapsed().as_secs_f64();
+    // Still co-located at the end: no sample fell back for good.
+    let transports = [transports[0], colocated_client.transport()];
     drop(region);
+    drop(colocated_region);
 
     let summaries: Vec<Percentiles> = results.iter_mut().map(|s| Percentiles::of(s)).collect();
     let poll_p50 = summaries[RAW_POLL].p50_ns.max(1) as f64;
@@ -170,17 +206,31 @@ fn main() {
     let ratio_read_pages = summaries[READ_PAGES].p50_ns as f64 / poll_p50;
     let ratio_region = summaries[REGION_MISS].p50_ns as f64 / poll_p50;
     let verdict = |ratio: f64| if ratio <= 1.5 { "met" } else { "missed" };
+    let colocated_p50 = summaries[COLOCATED_MISS].p50_ns;
+    let colocated_over_tcp = colocated_p50 as f64 / summaries[REGION_MISS].p50_ns.max(1) as f64;
+    let colocated_verdict = if colocated_p50 <= COLOCATED_P50_NS_GOAL {
+        "met"
+    } else {
+        "missed"
+    };
     let markdown = format!(
         "{}\n\
          Goal: QD1 4 KiB read p50 ≤ 1.5× raw polling p50. read_pages: {:.2}× ({}); Region::read_at miss: {:.2}× ({}).\n\
-         Region::read_at misses counted by the cache: {} of {} measured reads.\n\
+         Goal: co-located miss p50 ≤ 2 µs: {} µs ({}); {:.3}× the TCP miss's p50. Transports: {} and {}.\n\
+         Region::read_at misses counted by the caches: {} and {} (co-located) of {} measured reads each.\n\
          Settings: client spin {} µs, node spin {} µs, raw polling spin {} µs, {} rounds of {} per path, {:.1} s measured, region {} MiB.\n",
         table.markdown(),
         ratio_read_pages,
         verdict(ratio_read_pages),
         ratio_region,
         verdict(ratio_region),
+        micros(colocated_p50),
+        colocated_verdict,
+        colocated_over_tcp,
+        transports[0],
+        transports[1],
         region_misses,
+        colocated_misses,
         measured,
         client_spin.as_micros(),
         node_spin.as_micros(),
@@ -204,7 +254,10 @@ fn main() {
             "p50_over_raw_polling_p50": summary.p50_ns as f64 / poll_p50,
         })).collect::<Vec<_>>(),
         "region_misses": region_misses,
+        "colocated_misses": colocated_misses,
         "region_reads": measured,
+        "transports": { "tcp_region": transports[0].name(), "colocated_region": transports[1].name() },
+        "colocated_p50_over_tcp_miss_p50": colocated_over_tcp,
         "seconds": seconds,
     });
     emit(json, &document, &markdown);

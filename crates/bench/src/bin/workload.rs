@@ -7,7 +7,9 @@
 //!   swaps the rest);
 //! - a Pagoda region on a memory node, read and written through its local
 //!   cache with `read_at` and `write_at` (`--backend pagoda`; the cache is
-//!   the size of that limit);
+//!   the size of that limit), its misses over the connection, or copied
+//!   from the node's shared memory (`--backend pagoda-colocated`, the node
+//!   on this host);
 //! - the same kind of region *mapped* into the process (`--backend mapped`:
 //!   `Region::map` with a local budget of that size), reached by plain loads
 //!   and stores that fault its pages in.
@@ -70,7 +72,7 @@ use rand_distr::{Distribution, Zipf};
 const USAGE: &str = "\
 workload: the headline comparison's workload (local memory, kernel swap, Pagoda)
 
-  --backend local|swap|pagoda|mapped
+  --backend local|swap|pagoda|pagoda-colocated|mapped
                                 where the records live (required): local memory,
                                 local memory the kernel may swap, a Pagoda region
                                 read through its cache, or a Pagoda region mapped
@@ -151,6 +153,9 @@ enum Backend {
     Local,
     Swap,
     Pagoda,
+    /// The pagoda backend with co-located access: misses copied from the
+    /// node's shared memory (the node runs on this host).
+    PagodaColocated,
     Mapped,
 }
 
@@ -290,6 +295,7 @@ impl Args {
                         "local" => Backend::Local,
                         "swap" => Backend::Swap,
                         "pagoda" => Backend::Pagoda,
+                        "pagoda-colocated" => Backend::PagodaColocated,
                         "mapped" => Backend::Mapped,
                         other => return Err(format!("unknown backend {other:?}")),
                     })
@@ -343,7 +349,7 @@ impl Args {
             return Err("no workloads".into());
         }
         let cache_bytes = match backend {
-            Backend::Pagoda | Backend::Mapped => {
+            Backend::Pagoda | Backend::PagodaColocated | Backend::Mapped => {
                 cache_bytes.ok_or("--cache is required for pagoda and mapped")?
             }
             Backend::Local | Backend::Swap => 0,
@@ -355,6 +361,7 @@ impl Args {
                     Backend::Local => "local",
                     Backend::Swap => "swap",
                     Backend::Pagoda => "pagoda",
+                    Backend::PagodaColocated => "pagoda-colocated",
                     Backend::Mapped => "mapped",
                 }
                 .into()
@@ -833,6 +840,13 @@ fn load_memory(contents: &Contents) -> Result<Memory, String> {
 fn load_region(contents: &Contents, args: &Args) -> Result<NodeRegion, String> {
     let options = ClientOptions {
         client_name: "pagoda-bench-workload".into(),
+        // The pagoda and mapped backends read over the connection, as they
+        // always did; pagoda-colocated reads misses from shared memory.
+        colocated: if args.backend == Backend::PagodaColocated {
+            pagoda::Colocated::Auto
+        } else {
+            pagoda::Colocated::Off
+        },
         ..ClientOptions::default()
     };
     let client = Client::connect(args.node.as_str(), options)
@@ -1211,7 +1225,7 @@ fn run(args: &Args) -> Result<(), String> {
     let load_began = Instant::now();
     let mut backend: Box<dyn Records> = match args.backend {
         Backend::Local | Backend::Swap => Box::new(load_memory(&contents)?),
-        Backend::Pagoda => Box::new(load_pagoda(&contents, args)?),
+        Backend::Pagoda | Backend::PagodaColocated => Box::new(load_pagoda(&contents, args)?),
         Backend::Mapped => Box::new(load_mapped(&contents, args)?),
     };
     let load_seconds = load_began.elapsed().as_secs_f64();
