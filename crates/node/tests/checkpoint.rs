@@ -110,7 +110,11 @@ fn checkpoints_are_points_in_time_while_a_writer_runs() {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(round);
                 let mut written = Vec::new();
                 while !stop.load(Ordering::Relaxed) && written.len() < 200_000 {
-                    let page = rng.gen_range(0..PAGES);
+                    // Only the first half of the pages: however long a
+                    // checkpoint takes on a loaded machine, the second half
+                    // stays clean, so an incremental checkpoint that wrote
+                    // clean pages shows.
+                    let page = rng.gen_range(0..PAGES / 2);
                     version += 1;
                     client
                         .raw()
@@ -139,8 +143,8 @@ fn checkpoints_are_points_in_time_while_a_writer_runs() {
         } else {
             assert!(!checkpoint.full);
             assert!(
-                checkpoint.pages < PAGES,
-                "an incremental checkpoint writes only dirty pages ({} of {PAGES})",
+                checkpoint.pages <= PAGES / 2,
+                "an incremental checkpoint writes only dirty pages ({} of {PAGES}, of which only the first half were written)",
                 checkpoint.pages
             );
         }

@@ -25,7 +25,7 @@ use pagoda::{
     Client, ClientError, ClientOptions, ErrorCode, RecoveryPhase, RegionInfo, RegionState,
 };
 use pagoda_node::storage::{DurableDir, Storage};
-use pagoda_node::{Node, NodeConfig, StorageConfig};
+use pagoda_node::{Node, NodeConfig, S3Settings, StorageConfig};
 use rand::{Rng, SeedableRng};
 
 const PAGE: usize = 4096;
@@ -1029,6 +1029,43 @@ fn s3_storage(prefix: &str) -> StorageConfig {
 
 /// S3 objects are larger than a directory's: fewer requests to moto.
 const S3_OBJECT_BYTES: usize = 256 * 1024;
+
+// Guards the node's own S3 settings (flags and configuration keys): each
+// one given overrides its `AWS_*` variable (a wrong endpoint given over a
+// right one fails the start, naming the settings to check), and settings
+// alone, with the secret key read from a file, reach the store.
+#[test]
+fn s3_settings_override_the_environment() {
+    let server = s3();
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret_file = secret_dir.path().join("secret");
+    std::fs::write(&secret_file, "test\n").unwrap();
+    let config = |endpoint: &str| match StorageConfig::parse("s3://pagoda/settings").unwrap() {
+        StorageConfig::S3 { bucket, prefix, .. } => StorageConfig::S3 {
+            bucket,
+            prefix,
+            settings: S3Settings {
+                endpoint: Some(endpoint.to_owned()),
+                region: Some("us-east-1".into()),
+                access_key_id: Some("test".into()),
+                secret_access_key_file: Some(secret_file.clone()),
+                allow_http: Some(true),
+            },
+        },
+        other => panic!("{other:?}"),
+    };
+    let storage = Storage::open_checked(&config(&server.endpoint)).unwrap();
+    drop(storage);
+    // Nothing listens on port 9 of loopback here.
+    let error = Storage::open_checked(&config("http://127.0.0.1:9"))
+        .err()
+        .expect("a wrong endpoint given over the right variable was used");
+    let message = error.to_string();
+    assert!(
+        message.contains("is not usable") && message.contains("--s3-endpoint"),
+        "{message}"
+    );
+}
 
 // Guards checkpoints to S3: a full checkpoint, an incremental one and the
 // one a graceful stop takes are reloaded exactly by a restarted node, and a
