@@ -13,9 +13,9 @@
 //! when there are no pins. While a thread holds EXCLUSIVE no other thread
 //! changes the word, so the owner may store it outright.
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::huge::{HugeArray, Zeroed};
 
 /// The page number of a frame that holds no page.
 pub const NO_PAGE: u64 = u64::MAX;
@@ -45,14 +45,11 @@ pub enum Attempt {
     Stale,
 }
 
-impl Frame {
-    fn new() -> Frame {
-        Frame {
-            page: AtomicU64::new(NO_PAGE),
-            state: AtomicU64::new(0),
-        }
-    }
+// SAFETY: two atomics; all zeros is page 0, state 0 (the page is set to
+// `NO_PAGE` before the frame is used), and nothing needs dropping.
+unsafe impl Zeroed for Frame {}
 
+impl Frame {
     /// Adds a reader pin if the frame holds `page` and nobody owns it.
     #[inline]
     pub fn pin_shared(&self, page: u64) -> Attempt {
@@ -168,11 +165,11 @@ pub fn backoff(spins: &mut u32) {
     }
 }
 
-/// The frames' metadata and their page memory, one aligned allocation.
+/// The frames' metadata and their page memory, each an array in huge
+/// pages where the kernel allows (see [`crate::huge`]).
 pub struct Frames {
-    pub meta: Box<[Frame]>,
-    memory: NonNull<u8>,
-    layout: Layout,
+    pub meta: HugeArray<Frame>,
+    memory: HugeArray<u8>,
     page_size: usize,
 }
 
@@ -188,14 +185,13 @@ impl Frames {
     pub fn new(count: usize, page_size: usize) -> Frames {
         assert!(count > 0 && page_size.is_power_of_two());
         let bytes = count.checked_mul(page_size).expect("cache size overflows");
-        let layout = Layout::from_size_align(bytes, page_size.min(4096)).expect("cache layout");
-        // SAFETY: the layout has a non-zero size.
-        let memory = NonNull::new(unsafe { alloc_zeroed(layout) })
-            .unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let meta = HugeArray::<Frame>::zeroed(count);
+        for frame in meta.iter() {
+            frame.page.store(NO_PAGE, Ordering::Relaxed);
+        }
         Frames {
-            meta: (0..count).map(|_| Frame::new()).collect(),
-            memory,
-            layout,
+            meta,
+            memory: HugeArray::zeroed(bytes),
             page_size,
         }
     }
@@ -229,12 +225,5 @@ impl Frames {
                 self.page_size,
             )
         }
-    }
-}
-
-impl Drop for Frames {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { dealloc(self.memory.as_ptr(), self.layout) };
     }
 }

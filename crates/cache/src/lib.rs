@@ -9,6 +9,7 @@
 
 mod cache;
 mod frame;
+mod huge;
 pub mod memory;
 pub mod policy;
 mod prefetch;

@@ -1,37 +1,27 @@
 //! The page table: page number to frame, lock-free for lookups.
 //!
-//! Two levels: a fixed array of leaf pointers, one per 1,024 pages, and leaves
-//! of 1,024 entries allocated on first use. An entry is 0 when the page is not
-//! resident, or the frame id plus one. A region far larger than the cache costs
-//! only the top array (8 bytes per 1,024 pages) plus the leaves it touches.
+//! One flat array with an entry per page of the region, in a mapping the
+//! kernel backs as it is first touched (with huge pages where it can, see
+//! [`crate::huge`]): a lookup is one load, and a region far larger than the
+//! cache costs only the stretches of the table its accesses reach. An entry
+//! is 0 when the page is not resident, or the frame id plus one.
 
-use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::huge::HugeArray;
 use crate::policy::FrameId;
-
-const LEAF_BITS: u32 = 10;
-const LEAF_ENTRIES: usize = 1 << LEAF_BITS;
-
-struct Leaf {
-    entries: [AtomicU32; LEAF_ENTRIES],
-}
 
 /// Page number to frame; see the module documentation.
 pub struct PageTable {
-    leaves: Box<[AtomicPtr<Leaf>]>,
-    pages: u64,
+    entries: HugeArray<AtomicU32>,
 }
 
 impl PageTable {
     /// A table for `pages` pages, all absent.
     pub fn new(pages: u64) -> PageTable {
-        let leaf_count = pages.div_ceil(LEAF_ENTRIES as u64) as usize;
+        let pages = usize::try_from(pages).expect("the region's pages fit the address space");
         PageTable {
-            leaves: (0..leaf_count)
-                .map(|_| AtomicPtr::new(ptr::null_mut()))
-                .collect(),
-            pages,
+            entries: HugeArray::zeroed(pages),
         }
     }
 
@@ -39,39 +29,19 @@ impl PageTable {
     /// it is used; callers confirm it against the frame's own page number.
     #[inline]
     pub fn get(&self, page: u64) -> Option<FrameId> {
-        debug_assert!(page < self.pages);
-        let leaf = self.leaves[(page >> LEAF_BITS) as usize].load(Ordering::Acquire);
-        if leaf.is_null() {
-            return None;
-        }
-        // SAFETY: leaves are never freed while the table lives.
-        let entry = unsafe { &(*leaf).entries[(page as usize) & (LEAF_ENTRIES - 1)] };
-        match entry.load(Ordering::Acquire) {
+        debug_assert!(page < self.entries.len() as u64);
+        match self.entries[page as usize].load(Ordering::Acquire) {
             0 => None,
             value => Some(value - 1),
         }
     }
 
     fn entry(&self, page: u64) -> &AtomicU32 {
-        assert!(page < self.pages, "page {page} beyond the table");
-        let slot = &self.leaves[(page >> LEAF_BITS) as usize];
-        let mut leaf = slot.load(Ordering::Acquire);
-        if leaf.is_null() {
-            let fresh = Box::into_raw(Box::new(Leaf {
-                entries: [const { AtomicU32::new(0) }; LEAF_ENTRIES],
-            }));
-            match slot.compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => leaf = fresh,
-                Err(existing) => {
-                    // SAFETY: `fresh` was never shared.
-                    drop(unsafe { Box::from_raw(fresh) });
-                    leaf = existing;
-                }
-            }
-        }
-        // SAFETY: leaves are never freed while the table lives.
-        unsafe { &(*leaf).entries[(page as usize) & (LEAF_ENTRIES - 1)] }
+        assert!(
+            page < self.entries.len() as u64,
+            "page {page} beyond the table"
+        );
+        &self.entries[page as usize]
     }
 
     /// Maps `page` to `frame` if the page is absent; false if it is present.
@@ -90,18 +60,5 @@ impl PageTable {
             removed.is_ok(),
             "page {page} was not mapped to frame {frame}: {removed:?}"
         );
-    }
-}
-
-impl Drop for PageTable {
-    fn drop(&mut self) {
-        for slot in self.leaves.iter_mut() {
-            let leaf = *slot.get_mut();
-            if !leaf.is_null() {
-                // SAFETY: each leaf was created by Box::into_raw and is freed
-                // once, here, when no reference can remain.
-                drop(unsafe { Box::from_raw(leaf) });
-            }
-        }
     }
 }

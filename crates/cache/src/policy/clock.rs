@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use parking_lot::Mutex;
 
 use super::{EvictionPolicy, FrameId};
+use crate::huge::HugeArray;
 
 const STATE_ABSENT: u8 = 0;
 const STATE_RESIDENT: u8 = 1;
@@ -13,7 +14,7 @@ const STATE_RESIDENT: u8 = 1;
 /// CLOCK (second chance). Hits set a bit without taking a lock; victim
 /// selection takes the hand's lock.
 pub struct Clock {
-    referenced: Box<[AtomicBool]>,
+    referenced: HugeArray<AtomicBool>,
     state: Box<[AtomicU8]>,
     hand: Mutex<usize>,
 }
@@ -24,7 +25,7 @@ impl Clock {
         assert!(frames > 0, "a cache needs at least one frame");
         assert!(frames <= u32::MAX as usize, "frame ids are 32-bit");
         Clock {
-            referenced: (0..frames).map(|_| AtomicBool::new(false)).collect(),
+            referenced: HugeArray::zeroed(frames),
             state: (0..frames).map(|_| AtomicU8::new(STATE_ABSENT)).collect(),
             hand: Mutex::new(0),
         }

@@ -114,6 +114,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use super::{EvictionPolicy, FrameId};
+use crate::huge::HugeArray;
 
 /// Below this many frames per shard, sharding costs more hit ratio than the
 /// contention it removes, so the default configuration uses fewer shards.
@@ -626,7 +627,9 @@ struct Padded<T>(T);
 /// The two-phase eviction policy; see the module documentation.
 pub struct TwoPhase {
     /// One access bit per frame, set by hits without any lock.
-    accessed: Box<[AtomicBool]>,
+    /// In huge pages where the kernel allows: a hit's bit is one more
+    /// random access, and should not be a TLB miss too.
+    accessed: HugeArray<AtomicBool>,
     shards: Box<[Padded<Mutex<Shard>>]>,
     ghosts: Box<[Padded<Mutex<GhostShard>>]>,
     /// Victim searches so far. It is the eviction clock that reuse distances
@@ -664,7 +667,7 @@ impl TwoPhase {
         let ghost_per_shard = ghost_entries.div_ceil(shards);
         let adapt_depth_max = (frames.div_ceil(shards) / ADAPT_WINDOW_DIVISOR) as u64;
         TwoPhase {
-            accessed: (0..frames).map(|_| AtomicBool::new(false)).collect(),
+            accessed: HugeArray::zeroed(frames),
             shards: (0..shards)
                 .map(|index| Padded(Mutex::new(Shard::new(index, shards, frames))))
                 .collect(),
