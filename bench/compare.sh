@@ -17,7 +17,8 @@
 #
 # The limited process is the application: the workload with the swap backend
 # (its records in a plain mapping), the pagoda backend (its records in a region
-# whose local cache is the same fraction of the dataset) or the mapped backend
+# whose local cache is the same fraction of the dataset; pagoda-colocated: the
+# same, its misses copied from the node's shared memory) or the mapped backend
 # (the same region mapped into the process with that local budget, reached by
 # the local backend's very loop over a plain slice). The cgroup limit is
 # fraction x dataset plus a fixed allowance (ALLOWANCE_MIB) for the program, its
@@ -305,11 +306,13 @@ for fraction in $FRACTIONS; do
     # Through its cache the region reads ahead (streams by default, and an
     # index page's records in `indirect`, whose layout the application
     # tells it with --references); a mapping reads nothing ahead yet.
-    for backend in pagoda mapped; do
+    # pagoda-colocated is the pagoda backend reading its misses from the
+    # node's shared memory (the node runs on this host; co-located access).
+    for backend in pagoda pagoda-colocated mapped; do
         start_node "$backend-$fraction"
         make_cgroup "$limit"
         extra=()
-        [ "$backend" = pagoda ] && extra=(--references)
+        [ "$backend" != mapped ] && extra=(--references)
         run "$backend" "$fraction" "$CG" --backend "$backend" \
             --node "127.0.0.1:$PORT" --cache "$cache" "${extra[@]}"
         stop_node

@@ -8,8 +8,9 @@
 //! 2. writes a markdown table of throughput, the ratios of each Pagoda
 //!    backend (`pagoda`: through the region's cache; `mapped`: the region
 //!    mapped into the process) to swap, zswap and local, mapped/pagoda, and
-//!    p50/p99 operation latency, followed by the issue's goals with their
-//!    verdicts;
+//!    p50/p99 operation latency, a table of the co-located backend
+//!    (`pagoda-colocated`: misses copied from the node's shared memory) where
+//!    it ran, followed by the issue's goals with their verdicts;
 //! 3. writes two SVG plots drawn by hand (no plotting dependency):
 //!    `compare-throughput.svg` and `compare-p99.svg`.
 
@@ -29,11 +30,11 @@ compare_plot: check, tabulate and plot bench/compare.sh results
 /// The workloads in the order they are shown.
 const WORKLOADS: [&str; 6] = ["kv90", "kv50", "uniform90", "scan", "chase", "indirect"];
 /// The limited backends in the order they are shown; `local` is the baseline.
-const LIMITED: [&str; 4] = ["swap", "zswap", "pagoda", "mapped"];
-/// Bar colours: swap, zswap, pagoda, mapped.
-const COLOURS: [&str; 4] = ["#d95f02", "#e6ab02", "#1b9e77", "#7570b3"];
+const LIMITED: [&str; 5] = ["swap", "zswap", "pagoda", "pagoda-colocated", "mapped"];
+/// Bar colours: swap, zswap, pagoda, pagoda-colocated, mapped.
+const COLOURS: [&str; 5] = ["#d95f02", "#e6ab02", "#1b9e77", "#66a61e", "#7570b3"];
 /// The backends that run on a Pagoda memory node.
-const PAGODA_BACKENDS: [&str; 2] = ["pagoda", "mapped"];
+const PAGODA_BACKENDS: [&str; 3] = ["pagoda", "pagoda-colocated", "mapped"];
 
 #[derive(Clone, Debug)]
 struct Row {
@@ -408,9 +409,46 @@ fn render_table(rows: &[Row], meta: Option<&Value>) -> String {
             )
         })
         .collect();
+    let colocated: Vec<(&str, f64)> = WORKLOADS
+        .iter()
+        .flat_map(|&workload| fractions.iter().map(move |&fraction| (workload, fraction)))
+        .filter(|&(workload, fraction)| {
+            find(rows, "pagoda-colocated", workload, fraction).is_some()
+        })
+        .collect();
+    if !colocated.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nCo-located (misses copied from the node's shared memory), operations per second, \
+             ratios, and p50 / p99 in µs:\n"
+        );
+        let _ = writeln!(
+            out,
+            "| workload | local memory | zswap | pagoda | pagoda-colocated \
+             | colocated/zswap | colocated/pagoda | colocated p50 / p99 | hit ratio |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (workload, fraction) in colocated {
+            let row = find(rows, "pagoda-colocated", workload, fraction);
+            let zswap = find(rows, "zswap", workload, fraction);
+            let pagoda = find(rows, "pagoda", workload, fraction);
+            let _ = writeln!(
+                out,
+                "| {workload} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                percent(fraction),
+                ops(zswap),
+                ops(pagoda),
+                ops(row),
+                ratio_text(ratio(row, zswap)),
+                ratio_text(ratio(row, pagoda)),
+                latency(row),
+                hit_ratio(row),
+            );
+        }
+    }
     let _ = writeln!(
         out,
-        "\nPagoda's own process (pagoda, mapped) swapped: {}.",
+        "\nPagoda's own process (pagoda, pagoda-colocated, mapped) swapped: {}.",
         if swapped.is_empty() {
             "never (their cgroups' swap counters stayed at 0)".to_string()
         } else {
@@ -452,6 +490,17 @@ fn render_table(rows: &[Row], meta: Option<&Value>) -> String {
         ),
         1.0,
     );
+    if at("pagoda-colocated", "uniform90", 0.25).is_some() {
+        goal(
+            &mut out,
+            "uniform90 at 25%: pagoda-colocated/zswap",
+            ratio(
+                at("pagoda-colocated", "uniform90", 0.25),
+                at("zswap", "uniform90", 0.25),
+            ),
+            2.0,
+        );
+    }
     for workload in WORKLOADS {
         if at("pagoda", workload, 1.0).is_some() {
             goal(
