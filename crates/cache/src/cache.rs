@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 
 use crate::frame::{Attempt, DIRTY, EXCLUSIVE, Frames, NO_PAGE, PREFETCHED, VALID, backoff};
-use crate::policy::{EvictionPolicy, FrameId, PolicyKind};
+use crate::policy::{AccessBits, EvictionPolicy, FrameId, PolicyKind};
 use crate::prefetch::{Detector, PrefetchConfig, Written, thread_tag};
 use crate::stats::{CacheStats, StripedCounter};
 use crate::table::PageTable;
@@ -222,10 +222,15 @@ impl<B: Backing> PageCache<B> {
         assert!(config.batch_pages_max > 0);
         let frame_count = (config.capacity_bytes / page_size as u64).max(1) as usize;
         let pages = config.region_bytes / page_size as u64;
+        let frames = Frames::new(frame_count, page_size);
+        // The policy keeps its access bits in the frames' state words.
+        let policy = config
+            .policy
+            .build_with(AccessBits::Frames(frames.meta.clone()));
         PageCache {
-            frames: Frames::new(frame_count, page_size),
+            frames,
             table: PageTable::new(pages),
-            policy: config.policy.build(frame_count),
+            policy,
             free: Mutex::new((0..frame_count as FrameId).rev().collect()),
             flush_lock: Mutex::new(()),
             backing,
@@ -336,15 +341,13 @@ impl<B: Backing> PageCache<B> {
             // The hit path: one lookup, one pin, one copy, no lock.
             if let Some(frame) = self.table.get(first) {
                 let meta = &self.frames.meta[frame as usize];
-                if let Attempt::Acquired = meta.pin_shared(first) {
+                // The pin also sets the policy's access bit.
+                if let Attempt::Acquired = meta.pin_referencing(first) {
                     let start = (offset - first * page_size) as usize;
                     // SAFETY: the pin excludes writers.
                     let bytes = unsafe { self.frames.bytes(frame) };
                     buf.copy_from_slice(&bytes[start..start + buf.len()]);
                     let first_use = first_use(meta, &self.prefetch.used);
-                    if !first_use {
-                        self.policy.touch(frame);
-                    }
                     meta.unpin_shared();
                     self.hits.increment();
                     if first_use {
@@ -382,7 +385,8 @@ impl<B: Backing> PageCache<B> {
                 complete = false;
                 break;
             };
-            match self.frames.meta[frame as usize].pin_shared(page) {
+            // The pin also sets the policy's access bit.
+            match self.frames.meta[frame as usize].pin_referencing(page) {
                 Attempt::Acquired => pinned.push(frame),
                 Attempt::Busy | Attempt::Stale => {
                     complete = false;
@@ -397,10 +401,7 @@ impl<B: Backing> PageCache<B> {
                 // SAFETY: the pin excludes writers.
                 let bytes = unsafe { self.frames.bytes(frame) };
                 buf[range].copy_from_slice(&bytes[in_page]);
-                let meta = &self.frames.meta[frame as usize];
-                if !first_use(meta, &self.prefetch.used) {
-                    self.policy.touch(frame);
-                }
+                first_use(&self.frames.meta[frame as usize], &self.prefetch.used);
             }
             self.hits.add(pinned.len() as u64);
         }

@@ -7,12 +7,17 @@
 //! bit  33     VALID      the frame holds its page's contents
 //! bit  34     DIRTY      the contents differ from the backing store
 //! bit  35     PREFETCHED read ahead and not used yet
+//! bit  36     REFERENCED used since the eviction policy last looked
 //! ```
 //!
 //! Readers add a pin only while EXCLUSIVE is clear; EXCLUSIVE is taken only
 //! when there are no pins. While a thread holds EXCLUSIVE no other thread
-//! changes the word, so the owner may store it outright.
+//! changes the word except for REFERENCED (the policy's access bit, cleared
+//! by its sweeps at any time), so the owner may store it outright: a bit the
+//! store loses or restores costs the policy one access's worth of accuracy,
+//! never correctness.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::huge::{HugeArray, Zeroed};
@@ -25,6 +30,7 @@ pub const EXCLUSIVE: u64 = 1 << 32;
 pub const VALID: u64 = 1 << 33;
 pub const DIRTY: u64 = 1 << 34;
 pub const PREFETCHED: u64 = 1 << 35;
+pub const REFERENCED: u64 = 1 << 36;
 
 /// One frame's metadata.
 pub struct Frame {
@@ -53,6 +59,19 @@ impl Frame {
     /// Adds a reader pin if the frame holds `page` and nobody owns it.
     #[inline]
     pub fn pin_shared(&self, page: u64) -> Attempt {
+        self.pin(page, false)
+    }
+
+    /// [`Frame::pin_shared`] for a hit: the same compare-and-swap also sets
+    /// REFERENCED, the policy's access bit, unless the page was read ahead
+    /// and this is its first use (which does not count as a reference).
+    #[inline]
+    pub fn pin_referencing(&self, page: u64) -> Attempt {
+        self.pin(page, true)
+    }
+
+    #[inline]
+    fn pin(&self, page: u64, reference: bool) -> Attempt {
         let mut state = self.state.load(Ordering::Acquire);
         loop {
             if state & EXCLUSIVE != 0 {
@@ -62,9 +81,14 @@ impl Frame {
                 return Attempt::Stale;
             }
             debug_assert!(state & PINS < PINS, "pin count overflow");
+            let referenced = if reference && state & PREFETCHED == 0 {
+                REFERENCED
+            } else {
+                0
+            };
             match self.state.compare_exchange_weak(
                 state,
-                state + 1,
+                (state + 1) | referenced,
                 Ordering::Acquire,
                 Ordering::Acquire,
             ) {
@@ -168,7 +192,7 @@ pub fn backoff(spins: &mut u32) {
 /// The frames' metadata and their page memory, each an array in huge
 /// pages where the kernel allows (see [`crate::huge`]).
 pub struct Frames {
-    pub meta: HugeArray<Frame>,
+    pub meta: Arc<HugeArray<Frame>>,
     memory: HugeArray<u8>,
     page_size: usize,
 }
@@ -190,7 +214,7 @@ impl Frames {
             frame.page.store(NO_PAGE, Ordering::Relaxed);
         }
         Frames {
-            meta,
+            meta: Arc::new(meta),
             memory: HugeArray::zeroed(bytes),
             page_size,
         }

@@ -313,3 +313,50 @@ fn adjacent_misses_are_batched() {
     );
     assert_eq!(cache.stats().misses, 12);
 }
+
+// Guards the hit path's reference: a hit served without any lock (one page,
+// resident) sets the policy's access bit through the pin itself, so under
+// CLOCK the page hit survives the next eviction and an unreferenced one
+// goes; and a read-ahead page's first use is not a reference.
+#[test]
+fn hits_are_references_for_the_policy() {
+    for policy in [PolicyKind::Clock, PolicyKind::TwoPhase] {
+        let cache = PageCache::new(
+            CacheConfig {
+                capacity_bytes: (4 * PAGE) as u64,
+                page_size: PAGE,
+                region_bytes: (64 * PAGE) as u64,
+                policy,
+                batch_pages_max: 1,
+                prefetch: PrefetchConfig::off(),
+            },
+            MemoryBacking::new(64 * PAGE, PAGE),
+        );
+        let mut byte = [0u8; 1];
+        let read = |page: u64, byte: &mut [u8; 1]| {
+            cache.read_at(page * PAGE as u64, byte).unwrap();
+        };
+        for page in [10, 20, 30, 40] {
+            read(page, &mut byte);
+        }
+        let misses = cache.stats().misses;
+        // Hit 10 and 30 (lock-free hits), then bring in two new pages.
+        read(10, &mut byte);
+        read(30, &mut byte);
+        assert_eq!(cache.stats().misses, misses, "{policy:?}: those were hits");
+        read(50, &mut byte);
+        read(60, &mut byte);
+        assert_eq!(cache.stats().misses, misses + 2);
+        // The pages hit are still resident; the others went.
+        read(10, &mut byte);
+        read(30, &mut byte);
+        assert_eq!(
+            cache.stats().misses,
+            misses + 2,
+            "{policy:?}: a page hit was evicted before pages never hit"
+        );
+        read(20, &mut byte);
+        read(40, &mut byte);
+        assert_eq!(cache.stats().misses, misses + 4, "{policy:?}");
+    }
+}

@@ -1,12 +1,11 @@
 //! CLOCK, the interim policy: a reference bit per frame and a hand that sweeps
 //! the frames, clearing set bits and evicting the first frame whose bit is clear.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use parking_lot::Mutex;
 
-use super::{EvictionPolicy, FrameId};
-use crate::huge::HugeArray;
+use super::{AccessBits, EvictionPolicy, FrameId};
 
 const STATE_ABSENT: u8 = 0;
 const STATE_RESIDENT: u8 = 1;
@@ -14,7 +13,7 @@ const STATE_RESIDENT: u8 = 1;
 /// CLOCK (second chance). Hits set a bit without taking a lock; victim
 /// selection takes the hand's lock.
 pub struct Clock {
-    referenced: HugeArray<AtomicBool>,
+    referenced: AccessBits,
     state: Box<[AtomicU8]>,
     hand: Mutex<usize>,
 }
@@ -22,10 +21,16 @@ pub struct Clock {
 impl Clock {
     /// Builds a CLOCK over `frames` frames, all absent.
     pub fn new(frames: usize) -> Clock {
+        Clock::with_bits(AccessBits::own(frames))
+    }
+
+    /// Builds a CLOCK over as many frames as `referenced` has bits.
+    pub(crate) fn with_bits(referenced: AccessBits) -> Clock {
+        let frames = referenced.len();
         assert!(frames > 0, "a cache needs at least one frame");
         assert!(frames <= u32::MAX as usize, "frame ids are 32-bit");
         Clock {
-            referenced: HugeArray::zeroed(frames),
+            referenced,
             state: (0..frames).map(|_| AtomicU8::new(STATE_ABSENT)).collect(),
             hand: Mutex::new(0),
         }
@@ -35,18 +40,13 @@ impl Clock {
 impl EvictionPolicy for Clock {
     fn admit(&self, frame: FrameId, _key: u64) {
         let index = frame as usize;
-        self.referenced[index].store(false, Ordering::Relaxed);
+        self.referenced.clear(frame);
         self.state[index].store(STATE_RESIDENT, Ordering::Release);
     }
 
     #[inline]
     fn touch(&self, frame: FrameId) {
-        let bit = &self.referenced[frame as usize];
-        // Read before writing so that a hot frame's cache line is not written
-        // (and bounced between cores) on every hit.
-        if !bit.load(Ordering::Relaxed) {
-            bit.store(true, Ordering::Relaxed);
-        }
+        self.referenced.set(frame);
     }
 
     fn victim(&self, claim: &mut dyn FnMut(FrameId) -> bool) -> Option<FrameId> {
@@ -60,7 +60,8 @@ impl EvictionPolicy for Clock {
             if self.state[index].load(Ordering::Acquire) != STATE_RESIDENT {
                 continue;
             }
-            if self.referenced[index].swap(false, Ordering::Relaxed) {
+            if self.referenced.get(index as FrameId) {
+                self.referenced.clear(index as FrameId);
                 continue;
             }
             if claim(index as FrameId) {

@@ -10,8 +10,79 @@
 mod clock;
 mod two_phase;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 pub use clock::Clock;
 pub use two_phase::{TwoPhase, TwoPhaseConfig};
+
+use crate::frame::{Frame, REFERENCED};
+use crate::huge::HugeArray;
+
+/// Where a policy keeps its per-frame access bits.
+pub(crate) enum AccessBits {
+    /// An array of its own (the simulator, tests, a policy built alone).
+    Own(HugeArray<AtomicBool>),
+    /// The REFERENCED bit of the cache's frame state words. A hit sets it
+    /// with the compare-and-swap that pins the frame, so a hit touches no
+    /// cache line for the policy.
+    Frames(Arc<HugeArray<Frame>>),
+}
+
+impl AccessBits {
+    pub(crate) fn own(frames: usize) -> AccessBits {
+        AccessBits::Own(HugeArray::zeroed(frames))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            AccessBits::Own(bits) => bits.len(),
+            AccessBits::Frames(frames) => frames.len(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, frame: FrameId) -> bool {
+        match self {
+            AccessBits::Own(bits) => bits[frame as usize].load(Ordering::Relaxed),
+            AccessBits::Frames(frames) => {
+                frames[frame as usize].state.load(Ordering::Relaxed) & REFERENCED != 0
+            }
+        }
+    }
+
+    /// Sets the bit; reads first, so that a hot frame's cache line is not
+    /// written (and bounced between cores) on every hit.
+    #[inline]
+    pub(crate) fn set(&self, frame: FrameId) {
+        if self.get(frame) {
+            return;
+        }
+        match self {
+            AccessBits::Own(bits) => bits[frame as usize].store(true, Ordering::Relaxed),
+            AccessBits::Frames(frames) => {
+                frames[frame as usize]
+                    .state
+                    .fetch_or(REFERENCED, Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[inline]
+    pub(crate) fn clear(&self, frame: FrameId) {
+        if !self.get(frame) {
+            return;
+        }
+        match self {
+            AccessBits::Own(bits) => bits[frame as usize].store(false, Ordering::Relaxed),
+            AccessBits::Frames(frames) => {
+                frames[frame as usize]
+                    .state
+                    .fetch_and(!REFERENCED, Ordering::Relaxed);
+            }
+        }
+    }
+}
 
 /// Index of a frame (a page-sized slot) in the local tier. Frames are numbered
 /// `0..frames` where `frames` is the capacity the policy was built with.
@@ -66,9 +137,17 @@ pub enum PolicyKind {
 impl PolicyKind {
     /// Builds a policy of this kind for a cache of `frames` frames.
     pub fn build(self, frames: usize) -> Box<dyn EvictionPolicy> {
+        self.build_with(AccessBits::own(frames))
+    }
+
+    /// Builds a policy of this kind whose access bits are `bits`.
+    pub(crate) fn build_with(self, bits: AccessBits) -> Box<dyn EvictionPolicy> {
         match self {
-            PolicyKind::Clock => Box::new(Clock::new(frames)),
-            PolicyKind::TwoPhase => Box::new(TwoPhase::new(frames)),
+            PolicyKind::Clock => Box::new(Clock::with_bits(bits)),
+            PolicyKind::TwoPhase => Box::new(TwoPhase::with_bits(
+                TwoPhaseConfig::for_frames(bits.len()),
+                bits,
+            )),
         }
     }
 

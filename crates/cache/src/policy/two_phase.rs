@@ -109,12 +109,11 @@
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use super::{EvictionPolicy, FrameId};
-use crate::huge::HugeArray;
+use super::{AccessBits, EvictionPolicy, FrameId};
 
 /// Below this many frames per shard, sharding costs more hit ratio than the
 /// contention it removes, so the default configuration uses fewer shards.
@@ -381,7 +380,7 @@ impl Shard {
     /// number of steps found nothing claimable. `now` is the eviction clock.
     fn evict(
         &mut self,
-        accessed: &[AtomicBool],
+        accessed: &AccessBits,
         claim: &mut dyn FnMut(FrameId) -> bool,
         now: u64,
     ) -> Option<Evicted> {
@@ -406,11 +405,10 @@ impl Shard {
             };
             let slot = self.list_mut(queue).head;
             let frame = self.frame(slot);
-            let bit = &accessed[frame as usize];
-            if bit.load(Ordering::Relaxed) {
+            if accessed.get(frame) {
                 // Second chance. A cold page accessed again is promoted; a hot
                 // one goes round the clock again. Either way the bit is spent.
-                bit.store(false, Ordering::Relaxed);
+                accessed.clear(frame);
                 if queue == Queue::Hot {
                     // A page found referenced sweep after sweep is frequently
                     // used; let it ride out a few quiet sweeps (GCLOCK-style
@@ -627,9 +625,9 @@ struct Padded<T>(T);
 /// The two-phase eviction policy; see the module documentation.
 pub struct TwoPhase {
     /// One access bit per frame, set by hits without any lock.
-    /// In huge pages where the kernel allows: a hit's bit is one more
-    /// random access, and should not be a TLB miss too.
-    accessed: HugeArray<AtomicBool>,
+    /// In the cache, the frames' own state words (a hit's pin sets the
+    /// bit); alone, an array in huge pages.
+    accessed: AccessBits,
     shards: Box<[Padded<Mutex<Shard>>]>,
     ghosts: Box<[Padded<Mutex<GhostShard>>]>,
     /// Victim searches so far. It is the eviction clock that reuse distances
@@ -653,6 +651,14 @@ impl TwoPhase {
     /// If there are no frames, more frames than 32-bit frame ids can number,
     /// or a shard count outside `1..=frames`. These are configuration bugs.
     pub fn with_config(config: TwoPhaseConfig) -> TwoPhase {
+        let bits = AccessBits::own(config.frames);
+        TwoPhase::with_bits(config, bits)
+    }
+
+    /// Builds a two-phase policy whose access bits are `accessed`, one per
+    /// frame of `config`.
+    pub(crate) fn with_bits(config: TwoPhaseConfig, accessed: AccessBits) -> TwoPhase {
+        assert_eq!(accessed.len(), config.frames, "an access bit per frame");
         let TwoPhaseConfig {
             frames,
             shards,
@@ -667,7 +673,7 @@ impl TwoPhase {
         let ghost_per_shard = ghost_entries.div_ceil(shards);
         let adapt_depth_max = (frames.div_ceil(shards) / ADAPT_WINDOW_DIVISOR) as u64;
         TwoPhase {
-            accessed: HugeArray::zeroed(frames),
+            accessed,
             shards: (0..shards)
                 .map(|index| Padded(Mutex::new(Shard::new(index, shards, frames))))
                 .collect(),
@@ -719,7 +725,7 @@ impl TwoPhase {
     /// hit on the frame's previous page cannot count for the new one; no
     /// credit; stamped used now. Returns its slot and the clock.
     fn place(&self, shard: &mut Shard, frame: FrameId, key: u64) -> (u32, u64) {
-        self.accessed[frame as usize].store(false, Ordering::Relaxed);
+        self.accessed.clear(frame);
         let slot = shard.slot(frame);
         let now = self.evictions.load(Ordering::Relaxed);
         let node = &mut shard.nodes[slot as usize];
@@ -789,7 +795,7 @@ impl EvictionPolicy for TwoPhase {
                 // reclaimed: zipf with a shifting hot set, a hot set under a
                 // zigzag sweep).
                 shard.adapt(step);
-                self.accessed[frame as usize].store(true, Ordering::Relaxed);
+                self.accessed.set(frame);
                 Queue::Cold
             }
             None => Queue::Cold,
@@ -813,12 +819,7 @@ impl EvictionPolicy for TwoPhase {
 
     #[inline]
     fn touch(&self, frame: FrameId) {
-        let bit = &self.accessed[frame as usize];
-        // Read before writing so that a hot frame's cache line is not written
-        // (and bounced between cores) on every hit.
-        if !bit.load(Ordering::Relaxed) {
-            bit.store(true, Ordering::Relaxed);
-        }
+        self.accessed.set(frame);
     }
 
     fn victim(&self, claim: &mut dyn FnMut(FrameId) -> bool) -> Option<FrameId> {
