@@ -436,6 +436,9 @@ impl Region {
         let _gate = self.gate.write();
         *self.state_reason.lock() = reason.into();
         self.state.store(state as u8, Ordering::Release);
+        // Co-located clients read only what the node would serve.
+        self.memory
+            .set_open(matches!(state, RegionState::Active | RegionState::ReadOnly));
     }
 
     fn unavailable(&self) -> NodeError {

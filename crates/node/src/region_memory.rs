@@ -29,7 +29,7 @@
 //! |------|-------------------------------------------------------|
 //! | 0    | magic `METADATA_MAGIC`                                |
 //! | 1    | layout version (1)                                    |
-//! | 2    | state: 0 open, 1 closed (the region was deleted)      |
+//! | 2    | state: 0 open, 1 closed (deleted, recovering, damaged) |
 //! | 3    | segment size in bytes                                 |
 //! | 4    | page size in bytes                                    |
 //! | 5    | region size in bytes                                  |
@@ -281,7 +281,10 @@ impl RegionMemory {
     pub fn begin_write(&self, segment: usize) {
         let version = self.version(segment);
         let old = version.load(Ordering::Relaxed);
-        debug_assert!(old != 0 && old.is_multiple_of(2), "segment {segment} version {old}");
+        debug_assert!(
+            old != 0 && old.is_multiple_of(2),
+            "segment {segment} version {old}"
+        );
         version.store(old + 1, Ordering::Relaxed);
         fence(Ordering::Release);
     }
@@ -292,6 +295,13 @@ impl RegionMemory {
         let old = version.load(Ordering::Relaxed);
         debug_assert!(!old.is_multiple_of(2));
         version.store(old + 1, Ordering::Release);
+    }
+
+    /// Marks the files open (the region serves reads) or closed (it is
+    /// recovering or damaged): a co-located client reads a closed region's
+    /// pages over its connection, where the node refuses them.
+    pub fn set_open(&self, open: bool) {
+        self.word(2).store(u64::from(!open), Ordering::Release);
     }
 
     /// Read-only descriptors of the data and metadata files, for a
@@ -374,6 +384,10 @@ mod tests {
         // SAFETY: a valid descriptor and a stat buffer.
         unsafe { libc::fstat(memory.data.as_raw_fd(), &mut stat) };
         assert!(stat.st_blocks > 0, "the allocated segment holds memory");
+        memory.set_open(false);
+        assert_eq!(memory.word(2).load(Ordering::Relaxed), 1, "closed");
+        memory.set_open(true);
+        assert_eq!(memory.word(2).load(Ordering::Relaxed), 0, "open again");
         memory.release(1);
         assert_eq!(memory.version(1).load(Ordering::Relaxed), 0);
         // SAFETY: as above.
