@@ -125,6 +125,30 @@ enum Outcome {
     Retry,
 }
 
+/// The pages one chunk of an access works on: consecutive ones (a range
+/// read or written) or a sorted list of distinct ones ([`PageCache::read_many`]).
+#[derive(Clone, Copy)]
+enum Run<'a> {
+    Range { first: u64, count: usize },
+    List(&'a [u64]),
+}
+
+impl Run<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Run::Range { count, .. } => *count,
+            Run::List(pages) => pages.len(),
+        }
+    }
+
+    fn page(&self, index: usize) -> u64 {
+        match self {
+            Run::Range { first, .. } => first + index as u64,
+            Run::List(pages) => pages[index],
+        }
+    }
+}
+
 /// A concurrent page cache over a backing store; see the module documentation.
 pub struct PageCache<B> {
     frames: Frames,
@@ -351,7 +375,7 @@ impl<B: Backing> PageCache<B> {
                     meta.unpin_shared();
                     self.hits.increment();
                     if first_use {
-                        self.after_access(first, first, false, &[first]);
+                        self.after_access(Some((first, first)), false, &[first]);
                     }
                     return Ok(());
                 }
@@ -483,8 +507,7 @@ impl<B: Backing> PageCache<B> {
         while page <= last {
             let count = (chunk as u64).min(last - page + 1) as usize;
             match self.access_chunk(
-                page,
-                count,
+                Run::Range { first: page, count },
                 mode,
                 offset,
                 len,
@@ -503,11 +526,77 @@ impl<B: Backing> PageCache<B> {
                 }
             }
         }
-        self.after_access(first, last, missed, &touched);
+        self.after_access(Some((first, last)), missed, &touched);
         Ok(())
     }
 
-    /// Pins or locks `count` pages from `first`, loading the missing ones,
+    /// Reads several ranges at once: `reads` holds (offset, buffer) pairs,
+    /// in any order, overlapping or not. The pages none of them has
+    /// resident are fetched together (in requests of up to the batch
+    /// size), so independent misses wait for one round trip rather than
+    /// one each. Every range is checked before anything is read.
+    pub fn read_many(&self, reads: &mut [(u64, &mut [u8])]) -> Result<(), CacheError> {
+        // (page, read) for every page each read covers, in page order.
+        let mut covers: Vec<(u64, usize)> = Vec::new();
+        for (index, (offset, buf)) in reads.iter().enumerate() {
+            if let Some((first, last)) = self.page_span(*offset, buf.len())? {
+                covers.extend((first..=last).map(|page| (page, index)));
+            }
+        }
+        if covers.is_empty() {
+            return Ok(());
+        }
+        covers.sort_unstable();
+        let mut pages: Vec<u64> = covers.iter().map(|&(page, _)| page).collect();
+        pages.dedup();
+        if self.prefetch.in_flight.load(Ordering::Relaxed) > 0 {
+            self.collect_read_ahead();
+        }
+        let frames = &self.frames;
+        let page_size = self.page_size as u64;
+        let mut copy = |page: u64, frame: FrameId| {
+            let start = covers.partition_point(|&(p, _)| p < page);
+            for &(_, index) in covers[start..].iter().take_while(|&&(p, _)| p == page) {
+                let (offset, buf) = &mut reads[index];
+                let (range, in_page) = overlap(*offset, buf.len(), page, page_size);
+                // SAFETY: the frame is pinned for us.
+                let bytes = unsafe { frames.bytes(frame) };
+                buf[range].copy_from_slice(&bytes[in_page]);
+            }
+        };
+        let mut done = 0;
+        let mut chunk = self.chunk_pages;
+        let mut spins = 0;
+        let mut touched = Vec::new();
+        let mut missed = false;
+        while done < pages.len() {
+            let count = chunk.min(pages.len() - done);
+            match self.access_chunk(
+                Run::List(&pages[done..done + count]),
+                Mode::Read,
+                0,
+                0,
+                &mut copy,
+                &mut touched,
+                &mut missed,
+            )? {
+                Outcome::Done => {
+                    done += count;
+                    chunk = self.chunk_pages;
+                    spins = 0;
+                }
+                Outcome::Retry => {
+                    chunk = 1;
+                    backoff(&mut spins);
+                }
+            }
+        }
+        // Scattered pages are no stream: only references are followed.
+        self.after_access(None, missed, &touched);
+        Ok(())
+    }
+
+    /// Pins or locks the pages of `run`, loading the missing ones,
     /// copies, and releases. `Retry` means it let everything go because it
     /// would otherwise have waited while holding pins. Pages used for the
     /// first time (fetched now, or read ahead and not used before) are added
@@ -515,8 +604,7 @@ impl<B: Backing> PageCache<B> {
     #[allow(clippy::too_many_arguments)]
     fn access_chunk(
         &self,
-        first: u64,
-        count: usize,
+        run: Run<'_>,
         mode: Mode,
         offset: u64,
         len: usize,
@@ -524,9 +612,10 @@ impl<B: Backing> PageCache<B> {
         touched: &mut Vec<u64>,
         missed: &mut bool,
     ) -> Result<Outcome, CacheError> {
-        let mut held: Vec<FrameId> = Vec::with_capacity(count);
+        let mut held: Vec<FrameId> = Vec::with_capacity(run.len());
         let mut misses: Vec<u64> = Vec::new();
-        for page in first..first + count as u64 {
+        for index in 0..run.len() {
+            let page = run.page(index);
             let mut spins = 0;
             loop {
                 let Some(frame) = self.table.get(page) else {
@@ -595,7 +684,7 @@ impl<B: Backing> PageCache<B> {
             touched.extend_from_slice(&misses);
         }
         for (index, &frame) in held.iter().enumerate() {
-            copy(first + index as u64, frame);
+            copy(run.page(index), frame);
         }
         self.release(&held, mode, true);
         Ok(Outcome::Done)
@@ -938,13 +1027,15 @@ impl<B: Backing> PageCache<B> {
     /// for the first time (`missed`: some were fetched on demand): feeds the
     /// stream detector, runs the reference extractor, and sends what they
     /// ask for.
-    fn after_access(&self, first: u64, last: u64, missed: bool, touched: &[u64]) {
+    fn after_access(&self, span: Option<(u64, u64)>, missed: bool, touched: &[u64]) {
         if touched.is_empty() {
             return;
         }
         let prefetch = &self.prefetch;
         let mut sent = 0;
-        if prefetch.config.trend {
+        if let Some((first, last)) = span
+            && prefetch.config.trend
+        {
             let cap = prefetch.depth_cap.load(Ordering::Relaxed);
             if let Some(window) = prefetch
                 .detector

@@ -360,3 +360,73 @@ fn hits_are_references_for_the_policy() {
         assert_eq!(cache.stats().misses, misses + 4, "{policy:?}");
     }
 }
+
+// Guards read_many: scattered, overlapping and page-crossing ranges read
+// back what was written (against a model, through a cache far smaller than
+// the region so that some pages are resident and some are fetched); the
+// misses of one call are fetched together; a bad range fails the whole call.
+#[test]
+fn read_many_matches_the_model_and_batches_misses() {
+    let pages = 64;
+    let cache = cache(pages, 8, 16);
+    let mut model = vec![0u8; pages * PAGE];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for round in 0..200 {
+        let offset = rng.gen_range(0..model.len() - 1);
+        let len = rng.gen_range(1..(model.len() - offset).min(3 * PAGE));
+        let data = pattern(len, round as u8);
+        cache.write_at(offset as u64, &data).unwrap();
+        model[offset..offset + len].copy_from_slice(&data);
+        let count = rng.gen_range(1..12);
+        let mut ranges: Vec<(u64, Vec<u8>)> = (0..count)
+            .map(|_| {
+                let offset = rng.gen_range(0..model.len() - 1);
+                let len = rng.gen_range(0..(model.len() - offset).min(2 * PAGE));
+                (offset as u64, vec![0xAAu8; len])
+            })
+            .collect();
+        let mut reads: Vec<(u64, &mut [u8])> = ranges
+            .iter_mut()
+            .map(|(offset, buf)| (*offset, buf.as_mut_slice()))
+            .collect();
+        cache.read_many(&mut reads).unwrap();
+        for (offset, buf) in &ranges {
+            let offset = *offset as usize;
+            assert!(
+                buf[..] == model[offset..offset + buf.len()],
+                "round {round}: {} bytes at {offset}",
+                buf.len()
+            );
+        }
+    }
+
+    let cache = self::cache(64, 32, 16);
+    let calls = |cache: &PageCache<MemoryBacking>| {
+        cache
+            .backing()
+            .read_calls
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut bufs = [[0u8; 8]; 8];
+    let mut reads: Vec<(u64, &mut [u8])> = bufs
+        .iter_mut()
+        .enumerate()
+        .map(|(index, buf)| ((index as u64 * 7 + 3) * PAGE as u64 + 100, &mut buf[..]))
+        .collect();
+    cache.read_many(&mut reads).unwrap();
+    assert_eq!(calls(&cache), 1, "eight scattered misses, one fetch");
+    assert_eq!(cache.stats().misses, 8);
+    // Resident now: no fetch at all.
+    cache.read_many(&mut reads).unwrap();
+    assert_eq!(calls(&cache), 1);
+    assert_eq!(cache.stats().hits, 8);
+    // One range out of bounds: an error, and nothing fetched for the rest.
+    let mut far = [0u8; 2];
+    let mut near = [0u8; 2];
+    let mut bad: Vec<(u64, &mut [u8])> = vec![
+        (60 * PAGE as u64, &mut near[..]),
+        (64 * PAGE as u64 - 1, &mut far[..]),
+    ];
+    assert!(cache.read_many(&mut bad).is_err());
+    assert_eq!(calls(&cache), 1);
+}

@@ -858,6 +858,31 @@ impl Region {
         Ok(self.cache.read_at(offset, buf)?)
     }
 
+    /// Reads several ranges at once, each `(offset, buffer)` filled as
+    /// [`Region::read_at`] would: the pages none of them has in the local
+    /// cache are fetched together, so independent misses (the records a
+    /// lookup needs, the rows of a join) cost one round trip rather than one
+    /// each. Ranges may be in any order and may overlap; if any is outside
+    /// the region, nothing is read and the error says which.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let node = pagoda_node::Node::start(pagoda_node::NodeConfig::new(
+    /// #     "127.0.0.1:0".parse().unwrap(), 32 << 20, dir.path().into())).unwrap();
+    /// # let client = pagoda::Client::connect(node.local_addr(), Default::default())?;
+    /// let options = pagoda::RegionOptions::default();
+    /// let region = client.open_or_create_region("rows", 16 << 20, 4096, options)?;
+    /// region.write_at(4096 * 100, b"row 100")?;
+    /// region.write_at(4096 * 3000, b"row 3000")?;
+    /// let (mut a, mut b) = ([0u8; 7], [0u8; 8]);
+    /// region.read_many(&mut [(4096 * 3000, &mut b[..]), (4096 * 100, &mut a[..])])?;
+    /// assert_eq!((&a, &b), (b"row 100", b"row 3000"));
+    /// # Ok::<(), pagoda::ClientError>(())
+    /// ```
+    pub fn read_many(&self, reads: &mut [(u64, &mut [u8])]) -> Result<(), ClientError> {
+        Ok(self.cache.read_many(reads)?)
+    }
+
     /// Writes `buf` at `offset`; any range within the region. In a
     /// journaled mode (`Local`, `Remote`) this is a one-write transaction.
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), ClientError> {
