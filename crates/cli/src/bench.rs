@@ -29,8 +29,9 @@ pub enum Workload {
 /// Arguments of `pagoda bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Start a node in this process on a loopback port instead of using --node.
-    #[arg(long, conflicts_with = "node")]
+    /// Start a node in this process on a loopback port instead of using
+    /// --node (a PAGODA_NODE in the environment is then ignored).
+    #[arg(long)]
     embedded: bool,
     /// The node's address.
     #[arg(long, env = "PAGODA_NODE")]
@@ -212,6 +213,16 @@ fn check(args: &BenchArgs) -> Result<(), String> {
     }
     if !args.embedded && args.node.is_none() {
         return Err("give --node ADDR or --embedded".into());
+    }
+    // --embedded wins over a node from the environment, not over one given
+    // on the command line (clap cannot tell the two apart).
+    if args.embedded
+        && let Some(node) = &args.node
+        && std::env::var("PAGODA_NODE").ok().as_ref() != Some(node)
+    {
+        return Err(format!(
+            "--embedded starts a node of its own: give it or --node {node}, not both"
+        ));
     }
     crate::region::check_replicas(&args.replicas)?;
     Ok(())

@@ -219,10 +219,20 @@ fn token_is_required_when_configured() {
     }
 }
 
-// Guards `pagoda bench --json`: one JSON object with the documented fields.
+// Guards `pagoda bench --json`: one JSON object with the documented fields;
+// and `--embedded` runs its own node even with PAGODA_NODE exported (it
+// refuses only a --node given beside it).
 #[test]
 fn bench_json_reports_documented_fields() {
+    let both = pagoda()
+        .args(["bench", "--embedded", "--node", "127.0.0.1:1"])
+        .env_remove("PAGODA_NODE")
+        .output()
+        .unwrap();
+    assert!(!both.status.success());
+    assert!(text(&both).contains("not both"), "{}", text(&both));
     let output = pagoda()
+        .env("PAGODA_NODE", "127.0.0.1:1")
         .args([
             "bench",
             "--embedded",
