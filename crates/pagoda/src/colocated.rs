@@ -37,7 +37,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use pagoda_wire::auth::ClientHandshake;
 use pagoda_wire::frame::{FrameHeader, HEADER_BYTES};
 use pagoda_wire::limits::FRAME_PAYLOAD_BYTES_MAX;
 use pagoda_wire::{Request, Response};
@@ -149,22 +148,7 @@ impl LocalChannel {
     }
 
     fn handshake(&self, options: &crate::ClientOptions) -> Result<(), ClientError> {
-        let mut name_end = options
-            .client_name
-            .len()
-            .min(pagoda_wire::limits::CLIENT_NAME_BYTES_MAX);
-        while !options.client_name.is_char_boundary(name_end) {
-            name_end -= 1;
-        }
-        let credential = match &options.token {
-            Some(_) => options.credential.as_str(),
-            None => "",
-        };
-        let handshake = ClientHandshake::new(
-            &options.client_name[..name_end],
-            credential,
-            options.token.clone().unwrap_or_default(),
-        );
+        let handshake = crate::link::client_handshake(options);
         let (opcode, payload, _) = self.call(&handshake.hello())?;
         let proof = match decode(opcode, &payload)? {
             Response::AuthChallenge { salt, node_nonce } => {

@@ -890,10 +890,11 @@ fn open_on(
     }
 }
 
-/// Authenticates on a fresh connection and records the node's limits.
-fn handshake(connection: &Connection, options: &ClientOptions) -> Result<(), ClientError> {
-    // The client name is for the node's logs: a long one is cut to the
-    // limit (at a character boundary) rather than refused.
+/// The handshake's first half for `options`: the client name (for the
+/// node's logs, a long one cut to the limit at a character boundary rather
+/// than refused) and the credential, none without a token (only a node with
+/// none configured accepts that).
+pub(crate) fn client_handshake(options: &ClientOptions) -> ClientHandshake {
     let mut name_end = options
         .client_name
         .len()
@@ -901,18 +902,20 @@ fn handshake(connection: &Connection, options: &ClientOptions) -> Result<(), Cli
     while !options.client_name.is_char_boundary(name_end) {
         name_end -= 1;
     }
-    let client_name = &options.client_name[..name_end];
-    // Without a token the client names no credential: only a node with
-    // none configured accepts it.
     let credential = match &options.token {
         Some(_) => options.credential.as_str(),
         None => "",
     };
-    let handshake = ClientHandshake::new(
-        client_name,
+    ClientHandshake::new(
+        &options.client_name[..name_end],
         credential,
         options.token.clone().unwrap_or_default(),
-    );
+    )
+}
+
+/// Authenticates on a fresh connection and records the node's limits.
+fn handshake(connection: &Connection, options: &ClientOptions) -> Result<(), ClientError> {
+    let handshake = client_handshake(options);
     let hello = handshake.hello();
     let mut reply = connection.call(|out, id| hello.encode(out, id, 0))?;
     let proof = match reply.decode()? {
