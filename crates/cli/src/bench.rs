@@ -98,6 +98,10 @@ pub struct BenchArgs {
     /// Turn off the region's read-ahead of sequential and strided streams.
     #[arg(long)]
     no_prefetch: bool,
+    /// Read pages over TCP even from a node on this machine, instead of
+    /// copying them from its shared memory (the co-located path).
+    #[arg(long)]
+    no_colocated: bool,
 }
 
 /// The figures `pagoda bench` reports; the JSON field names are documented in
@@ -244,6 +248,11 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
 
 /// Runs the benchmark and returns its figures.
 pub fn execute(args: &BenchArgs) -> Result<BenchReport, String> {
+    let colocated = if args.no_colocated {
+        pagoda::Colocated::Off
+    } else {
+        pagoda::Colocated::Auto
+    };
     let mut _embedded: Option<(Node, tempfile::TempDir)> = None;
     let client = if args.embedded {
         let dir = tempfile::tempdir().map_err(|e| format!("creating a temporary data dir: {e}"))?;
@@ -255,18 +264,26 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, String> {
             dir.path().to_path_buf(),
         );
         let node = Node::start(config).map_err(|e| e.to_string())?;
-        let client = Client::connect(node.local_addr(), ClientOptions::default())
-            .map_err(crate::client_error)?;
+        let options = ClientOptions {
+            colocated,
+            ..ClientOptions::default()
+        };
+        let client = Client::connect(node.local_addr(), options).map_err(crate::client_error)?;
         _embedded = Some((node, dir));
         client
     } else {
-        NodeAddress {
+        let address = NodeAddress {
             node: args.node.clone().expect("checked"),
             token_file: args.token_file.clone(),
             credential: args.credential.clone(),
             tls: args.tls.clone(),
-        }
-        .connect()?
+        };
+        let mut options = address.client_options(
+            std::time::Duration::from_secs(pagoda::TIMEOUT_S_DEFAULT),
+            std::time::Duration::from_secs(pagoda::RECONNECT_FOR_S_DEFAULT),
+        )?;
+        options.colocated = colocated;
+        address.connect_options(options)?
     };
     let name = format!("bench-{}-{}", std::process::id(), args.seed);
     let page_size = u32::try_from(args.page_size).map_err(|_| "page size too large".to_string())?;

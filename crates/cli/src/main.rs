@@ -170,6 +170,17 @@ impl NodeAddress {
         timeout: std::time::Duration,
         reconnect_for: std::time::Duration,
     ) -> Result<pagoda::Client, String> {
+        let options = self.client_options(timeout, reconnect_for)?;
+        self.connect_options(options)
+    }
+
+    /// The client options for this node: its credential, token and TLS
+    /// settings, the timeouts given, the rest defaults.
+    pub fn client_options(
+        &self,
+        timeout: std::time::Duration,
+        reconnect_for: std::time::Duration,
+    ) -> Result<pagoda::ClientOptions, String> {
         let mut options = pagoda::ClientOptions {
             timeout,
             reconnect_for,
@@ -180,6 +191,14 @@ impl NodeAddress {
         if let Some(path) = &self.token_file {
             options.token = Some(read_token(path)?);
         }
+        Ok(options)
+    }
+
+    /// Connects with `options` (see [`NodeAddress::client_options`]).
+    pub fn connect_options(
+        &self,
+        options: pagoda::ClientOptions,
+    ) -> Result<pagoda::Client, String> {
         check_address("--node", &self.node)?;
         pagoda::Client::connect(self.node.as_str(), options).map_err(client_error)
     }

@@ -277,6 +277,27 @@ fn bench_json_reports_documented_fields() {
     assert_eq!(report["transport"], "colocated");
     let hit_ratio = report["hit_ratio"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&hit_ratio));
+    // Unless they are told to go over TCP.
+    let output = pagoda()
+        .args([
+            "bench",
+            "--embedded",
+            "--region-size",
+            "8MiB",
+            "--cache",
+            "1MiB",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--no-colocated",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["transport"], "tcp");
 }
 
 // Guards `pagoda sim` as a user runs it: a gzip LIRS trace (with a `*` marker
