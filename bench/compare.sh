@@ -5,7 +5,7 @@
 #
 #   sudo bash bench/compare.sh [--dataset 4GiB] [--quick] [--duration S]
 #        [--warmup S] [--fractions "1 0.5 0.25 0.125"] [--workloads LIST]
-#        [--out DIR] [--plots DIR] [--no-build]
+#        [--out DIR] [--plots DIR] [--no-build] [--hog]
 #
 # As root it creates a swap file on the local disk and one memory cgroup per
 # run (cgroup v1 memory controller or cgroup v2), runs the workload program
@@ -24,6 +24,11 @@
 # fraction x dataset plus a fixed allowance (ALLOWANCE_MIB) for the program, its
 # heap and Pagoda's page table. The memory node runs outside the cgroup: it is
 # the remote memory, one fresh node per Pagoda run.
+#
+# --hog runs the whole matrix on a busy machine: one CPU-bound process per
+# core (a shell busy loop, outside every cgroup, bounded by HOG_TIMEOUT_S and
+# killed on exit) from before the first run to after the last, for every
+# backend alike.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -37,6 +42,9 @@ OUT=""
 PLOTS="$ROOT/docs/plots"
 BUILD=1
 QUICK=0
+HOG=0
+# The most seconds the --hog processes live (they are killed on exit anyway).
+HOG_TIMEOUT_S=${HOG_TIMEOUT_S:-21600}
 # Fixed memory the cgroup allows on top of fraction x dataset, in MiB.
 ALLOWANCE_MIB=${ALLOWANCE_MIB:-64}
 SWAPPINESS=${SWAPPINESS:-60}
@@ -46,7 +54,7 @@ PORT=${PORT:-17170}
 RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-1800}
 ARGS_GIVEN="$*"
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -60,6 +68,7 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift 2 ;;
         --plots) PLOTS=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --hog) HOG=1; shift ;;
         -h|--help) usage ;;
         *) echo "compare: unknown argument $1" >&2; usage ;;
     esac
@@ -116,6 +125,7 @@ ZSWAP_ORIGINAL=""
 NODE_PID=""
 NODE_DIR=""
 RUN_PID=""
+HOG_PIDS=()
 CGROUPS=()
 FAILURES=()
 
@@ -144,6 +154,7 @@ stop_node() {
 
 cleanup() {
     set +e
+    for pid in "${HOG_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
     if [ -n "$RUN_PID" ]; then
         kill -TERM "$RUN_PID" 2>/dev/null
         wait "$RUN_PID" 2>/dev/null
@@ -291,10 +302,18 @@ cat > "$OUT/meta.json" <<EOF
  "cpu_model": "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)",
  "zswap_compressor": "$(cat /sys/module/zswap/parameters/compressor 2>/dev/null)",
  "thp": "$(sed -n "s/.*\[\(.*\)\].*/\1/p" /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)",
+ "hog_processes": $([ "$HOG" = 1 ] && nproc || echo 0),
  "command": "bash bench/compare.sh $ARGS_GIVEN", "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
 EOF
 
 say "dataset $DATASET, $DURATION s per workload, fractions $FRACTIONS, results in $OUT"
+if [ "$HOG" = 1 ]; then
+    for _ in $(seq 1 "$(nproc)"); do
+        timeout "$HOG_TIMEOUT_S" bash -c 'while :; do :; done' &
+        HOG_PIDS+=($!)
+    done
+    say "hog: $(nproc) busy processes, one per core"
+fi
 set_zswap N
 run local 1 "" --backend local
 

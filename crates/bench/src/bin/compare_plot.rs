@@ -300,7 +300,7 @@ fn render_table(rows: &[Row], meta: Option<&Value>) -> String {
             out,
             "Dataset {} of 4 KiB records, {} s measured per cell after a warm-up of up to {} s; \
              memory cgroup v{} (limit = fraction × dataset + {} MiB), swappiness {}, zswap {}; \
-             kernel {}, {} CPUs ({}), {} GiB RAM, THP {}.\n\nCommand: `{}` ({}).\n",
+             kernel {}, {} CPUs ({}), {} GiB RAM, THP {}{}.\n\nCommand: `{}` ({}).\n",
             get("dataset"),
             get("duration_s"),
             get("warmup_s"),
@@ -315,6 +315,12 @@ fn render_table(rows: &[Row], meta: Option<&Value>) -> String {
                 .and_then(Value::as_f64)
                 .map_or(String::new(), |k| format!("{:.0}", k / 1048576.0)),
             get("thp"),
+            match meta.get("hog_processes").and_then(Value::as_u64) {
+                Some(hogs) if hogs > 0 => {
+                    format!("; under a hog: {hogs} CPU-bound processes, one per core")
+                }
+                _ => String::new(),
+            },
             get("command"),
             get("date"),
         );
