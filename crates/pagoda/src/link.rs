@@ -343,6 +343,15 @@ impl Link {
             }
     }
 
+    /// Whether `error` refused a request sent on connection `generation`
+    /// only because the link has replaced that connection since: the new
+    /// connection resumed the writer role, so the old one no longer holds
+    /// it (`NotWriter`). A numbered write refused so is sent again on the
+    /// current connection.
+    pub(crate) fn superseded(&self, error: &ClientError, generation: u64) -> bool {
+        error.code() == Some(ErrorCode::NotWriter) && self.current.read().1 != generation
+    }
+
     /// Moves off the node of connection `generation` (see
     /// [`Link::led_elsewhere`]): pauses for `pause` (which then doubles, up
     /// to a second), drops that connection and reconnects, asking the

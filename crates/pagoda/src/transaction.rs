@@ -636,7 +636,14 @@ impl Shipping {
                 Ok(()) => {}
                 // Sent again meanwhile: wait for that one.
                 Err(_) if !same_call => {}
-                Err(error) if connection_failure(&error) => {
+                // A connection that failed, or one the link has already
+                // replaced: a record it carried that reached the node after
+                // the new connection resumed the writer role is refused
+                // there (NotWriter). Numbered, it is sent again on the
+                // current connection and applied at most once.
+                Err(error)
+                    if connection_failure(&error) || self.link.superseded(&error, generation) =>
+                {
                     drop(state);
                     let reconnected = self.link.reconnect(generation);
                     let mut state = self.state.lock();

@@ -206,6 +206,15 @@ pub(crate) fn call_numbered(
                 log.fence(error.to_string());
                 return Ok(reply);
             }
+            // Refused on a connection the link has replaced since (the new
+            // one resumed the writer role first): sent again on the
+            // current one, with the same number.
+            Err(error)
+                if link.superseded(&error, generation) && reconnects < CALL_RECONNECTS_MAX =>
+            {
+                reconnects += 1;
+                log.check()?;
+            }
             // Not applied as a write of the region's leader: sent again,
             // with the same number, where the region is led now.
             Err(error) if link.led_elsewhere(&error) && began.elapsed() < link.reconnect_for() => {
