@@ -59,6 +59,7 @@ fn options(flags: u8) -> JournalOptions {
         } else {
             OnCorruption::Fail
         },
+        ..JournalOptions::default()
     }
 }
 

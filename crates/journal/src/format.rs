@@ -11,15 +11,26 @@
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 8 | magic, the ASCII bytes `PGJLSEG` followed by one zero byte |
-//! | 8 | 2 | format version, `1` |
+//! | 8 | 2 | format version, `2` (`1` is still read; see below) |
 //! | 10 | 6 | reserved, zero |
 //! | 16 | 8 | segment sequence number (must equal the number in the file name) |
 //! | 24 | 8 | `first_id`: the commit id the first commit record in this segment carries (1 to 2^62) |
 //! | 32 | 4 | CRC-32C (Castagnoli) of bytes 0..32 |
 //! | 36 | 4 | reserved, zero |
 //!
-//! Records follow the header back to back, with no padding, from offset 40 to the end of
-//! the file.
+//! Records follow the header back to back, with no padding, from offset 40. The log in a
+//! segment ends at the first offset that does not hold a valid record; when every byte from
+//! there to the end of the file is zero, that is the segment's clean end, not a hole.
+//!
+//! # Pre-zeroed segments
+//!
+//! The journal keeps the active segment's file written with zeros some way ahead of its
+//! tail (`JournalOptions::preallocate_bytes`, 1 MiB by default, at most to
+//! `segment_bytes`), growing it a chunk at a time before a record would pass the zeroed
+//! end. A record then overwrites blocks that are already allocated and written inside the
+//! file's size, so the persist that covers it (`fdatasync`) writes no file-system metadata;
+//! only the persist after a chunk was added does. Nothing relies on the zeros being
+//! durable: bytes beyond the valid records are never replayed, whatever they hold.
 //!
 //! # Record (a 40-byte header, then a body of `body_bytes` bytes)
 //!
@@ -27,13 +38,13 @@
 //! | --- | --- | --- |
 //! | 0 | 4 | magic, the ASCII bytes `PGJR` |
 //! | 4 | 4 | CRC-32C of the record's bytes from offset 8 to the end of the body |
-//! | 8 | 2 | format version, `1` |
+//! | 8 | 2 | format version, `2` (the segment's version) |
 //! | 10 | 2 | kind: `1` commit, `2` release marker |
 //! | 12 | 4 | `body_bytes`: length of the body |
 //! | 16 | 8 | `id`: a commit's id (1 to 2^62); for a release marker, the id released through |
 //! | 24 | 8 | `durable_through`: the highest commit id whose persist had completed when this record was written |
 //! | 32 | 4 | `entry_count`: number of entries in the body |
-//! | 36 | 4 | reserved, zero |
+//! | 36 | 4 | `segment`: the low 32 bits of the sequence number of the segment the record was written to |
 //!
 //! A commit's body is `entry_count` entries back to back, each:
 //!
@@ -49,8 +60,9 @@
 //!
 //! # What makes a record valid
 //!
-//! A record is valid when: the magic matches; the version is 1; the kind is known; the
-//! reserved field is zero; `40 + body_bytes` is at most the journal's `record_bytes_max`
+//! A record is valid when: the magic matches; the version is its segment's version; the
+//! kind is known; the `segment` field equals the low 32 bits of the sequence number of the
+//! segment it is read from; `40 + body_bytes` is at most the journal's `record_bytes_max`
 //! and the record ends within the file; the CRC matches; the entries exactly fill the
 //! body; a commit's `durable_through` is below its `id`, and a release marker's `id` is
 //! at most its `durable_through`. Every length is checked against `record_bytes_max` and
@@ -59,6 +71,27 @@
 //! Commit ids are assigned in the order records are appended, so along the log (segment by
 //! segment, offset by offset) commit records carry the ids `first_id`, `first_id + 1`, ...
 //! with no gaps. A record whose id breaks this sequence is treated like an invalid one.
+//!
+//! # Why the `segment` field
+//!
+//! A file's bytes beyond the log are not only zeros: a segment file whose space is reused
+//! for a later segment (overwritten from its header on, with a new sequence number) still
+//! holds the old segment's records beyond the new tail, each with a valid CRC. The
+//! `segment` field ties every record to the segment it was written for, so such a stale
+//! record never continues the log, never ends a segment as if it were its clean end, and
+//! never serves as proof of durability (below). A reused file's new sequence number
+//! differs from the one its stale records carry by less than 2^32 (the journal never holds
+//! that many segments), so the low 32 bits tell them apart. The commit-id sequence is a
+//! second, independent guard: stale commits carry ids the log has already passed.
+//!
+//! # Format version 1
+//!
+//! Version 1 is version 2 without the `segment` field (bytes 36..40 of a record are
+//! reserved, zero) and without pre-zeroing. A journal written in version 1 opens: its
+//! segments are read by version 1's rules, its records replayed as usual, and the first
+//! record appended after opening goes to a new version-2 segment (the journal rotates
+//! rather than mix versions in one file). Version-1 segments are removed like any other
+//! once their records are released.
 //!
 //! # Why `durable_through`
 //!
@@ -73,7 +106,11 @@
 //! # Invariants
 //!
 //! - Each record is appended with one write, under the commit lock, right after the
-//!   previous one; commit records carry ascending ids with no gaps along the log.
+//!   previous one; commit records carry ascending ids with no gaps along the log, and each
+//!   carries the sequence number of the segment it is written to.
+//! - The active segment's bytes from its tail to its zeroed end were written as zeros
+//!   (before any persist that covers a record beyond them), or are zero because the file
+//!   was just created or truncated.
 //! - A commit is acknowledged only after a persist that began after its write returned.
 //! - A record's `durable_through` never exceeds the highest commit id a completed persist
 //!   covered when the record was written; the journal's durable id only grows, only
@@ -84,7 +121,8 @@
 //!   the active segment is never removed, so the files present have no gap.
 //! - Before new records are appended after a torn tail, the tail is durably gone
 //!   (later segments removed and the directory persisted, then the segment truncated and
-//!   persisted), so nothing discarded can reappear after a later crash.
+//!   persisted), so nothing discarded can reappear after a later crash. A segment whose
+//!   valid records end in zeros only is not truncated: there is nothing to discard.
 //!
 //! # Assumptions about the media
 //!
@@ -109,8 +147,11 @@ use crate::{CommitId, Entry};
 pub const SEGMENT_MAGIC: [u8; 8] = *b"PGJLSEG\0";
 /// Magic at the start of every record.
 pub const RECORD_MAGIC: [u8; 4] = *b"PGJR";
-/// The format version this crate writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this crate writes.
+pub const FORMAT_VERSION: u16 = 2;
+/// The previous format version, which this crate still reads (records without the
+/// `segment` field); the journal never appends to a segment in this version.
+pub const FORMAT_VERSION_1: u16 = 1;
 /// Bytes in a segment header.
 pub const SEGMENT_HEADER_BYTES: usize = 40;
 /// Bytes in a record header.
@@ -131,6 +172,9 @@ const KIND_RELEASE: u16 = 2;
 /// The parsed header of a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// The segment's format version: [`FORMAT_VERSION`] or [`FORMAT_VERSION_1`]. Its
+    /// records are read by this version's rules.
+    pub version: u16,
     /// The segment's sequence number.
     pub sequence: u64,
     /// The id of the first commit record in the segment.
@@ -138,11 +182,20 @@ pub struct SegmentHeader {
 }
 
 impl SegmentHeader {
+    /// The header of a new segment in the current format.
+    pub fn new(sequence: u64, first_id: CommitId) -> Self {
+        Self {
+            version: FORMAT_VERSION,
+            sequence,
+            first_id,
+        }
+    }
+
     /// Encodes the header.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
         bytes[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        bytes[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes[8..10].copy_from_slice(&self.version.to_le_bytes());
         bytes[16..24].copy_from_slice(&self.sequence.to_le_bytes());
         bytes[24..32].copy_from_slice(&self.first_id.to_le_bytes());
         let crc = crc32c::crc32c(&bytes[0..32]);
@@ -158,7 +211,8 @@ impl SegmentHeader {
         if u32_at(bytes, 32) != crc32c::crc32c(&bytes[0..32]) {
             return Err("segment header checksum mismatch");
         }
-        if u16_at(bytes, 8) != FORMAT_VERSION {
+        let version = u16_at(bytes, 8);
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
             return Err("unknown segment format version");
         }
         if bytes[10..16].iter().chain(&bytes[36..40]).any(|&b| b != 0) {
@@ -169,6 +223,7 @@ impl SegmentHeader {
             return Err("segment header first id is out of range");
         }
         Ok(Self {
+            version,
             sequence: u64_at(bytes, 16),
             first_id,
         })
@@ -207,25 +262,37 @@ impl RecordHeader {
         RECORD_HEADER_BYTES as u64 + u64::from(self.body_bytes)
     }
 
-    /// Decodes and validates a header against `record_bytes_max`; the error says what is
-    /// wrong. Does not check the CRC (that needs the body).
+    /// Decodes and validates a header read from the segment whose format version and
+    /// sequence number are `version` and `sequence`, against `record_bytes_max`; the error
+    /// says what is wrong. Does not check the CRC (that needs the body).
     pub fn decode(
         bytes: &[u8; RECORD_HEADER_BYTES],
         record_bytes_max: u64,
+        version: u16,
+        sequence: u64,
     ) -> Result<Self, &'static str> {
         if bytes[0..4] != RECORD_MAGIC {
             return Err("bad record magic");
         }
-        if u16_at(bytes, 8) != FORMAT_VERSION {
-            return Err("unknown record format version");
+        if u16_at(bytes, 8) != version {
+            return Err("record format version differs from its segment's");
         }
         let kind = match u16_at(bytes, 10) {
             KIND_COMMIT => Kind::Commit,
             KIND_RELEASE => Kind::Release,
             _ => return Err("unknown record kind"),
         };
-        if u32_at(bytes, 36) != 0 {
-            return Err("record reserved bytes are not zero");
+        match version {
+            FORMAT_VERSION => {
+                if u32_at(bytes, 36) != segment_tag(sequence) {
+                    return Err("record belongs to another segment");
+                }
+            }
+            _ => {
+                if u32_at(bytes, 36) != 0 {
+                    return Err("record reserved bytes are not zero");
+                }
+            }
         }
         let header = Self {
             kind,
@@ -329,12 +396,14 @@ pub fn append_entry(
 /// Fills in a commit frame's header. `body_crc` is the CRC of the body alone, as
 /// [`append_entry`] computed it, so sealing costs a 32-byte CRC and a combine, not a pass
 /// over the body: this runs under the commit lock.
+/// `sequence` is the sequence number of the segment the record will be written to.
 pub fn seal_commit(
     frame: &mut [u8],
     id: CommitId,
     durable_through: CommitId,
     entry_count: u32,
     body_crc: u32,
+    sequence: u64,
 ) {
     assert!(
         frame.len() >= RECORD_HEADER_BYTES,
@@ -354,17 +423,31 @@ pub fn seal_commit(
         id,
         durable_through,
         entry_count,
+        sequence,
     );
     let header_crc = crc32c::crc32c(&frame[8..RECORD_HEADER_BYTES]);
     let crc = crc32c::crc32c_combine(header_crc, body_crc, body_bytes);
     frame[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Encodes a release marker: everything through `id` is safe elsewhere.
-pub fn release_marker(id: CommitId, durable_through: CommitId) -> [u8; RECORD_HEADER_BYTES] {
+/// Encodes a release marker: everything through `id` is safe elsewhere. `sequence` is
+/// the sequence number of the segment the marker will be written to.
+pub fn release_marker(
+    id: CommitId,
+    durable_through: CommitId,
+    sequence: u64,
+) -> [u8; RECORD_HEADER_BYTES] {
     assert!(id <= durable_through, "only durable commits are released");
     let mut frame = [0u8; RECORD_HEADER_BYTES];
-    write_header(&mut frame, KIND_RELEASE, 0, id, durable_through, 0);
+    write_header(
+        &mut frame,
+        KIND_RELEASE,
+        0,
+        id,
+        durable_through,
+        0,
+        sequence,
+    );
     let crc = crc32c::crc32c(&frame[8..]);
     frame[4..8].copy_from_slice(&crc.to_le_bytes());
     frame
@@ -377,6 +460,7 @@ fn write_header(
     id: CommitId,
     durable_through: CommitId,
     entry_count: u32,
+    sequence: u64,
 ) {
     frame[0..4].copy_from_slice(&RECORD_MAGIC);
     frame[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -385,7 +469,13 @@ fn write_header(
     frame[16..24].copy_from_slice(&id.to_le_bytes());
     frame[24..32].copy_from_slice(&durable_through.to_le_bytes());
     frame[32..36].copy_from_slice(&entry_count.to_le_bytes());
-    frame[36..40].copy_from_slice(&0u32.to_le_bytes());
+    frame[36..40].copy_from_slice(&segment_tag(sequence).to_le_bytes());
+}
+
+/// What a version-2 record stores to name its segment: the low 32 bits of the segment's
+/// sequence number (truncation intended; see "Why the `segment` field").
+pub fn segment_tag(sequence: u64) -> u32 {
+    sequence as u32
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> u16 {
@@ -408,6 +498,16 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 mod tests {
     use super::*;
 
+    /// The segment the records in these tests are written to.
+    const SEQUENCE: u64 = 7;
+
+    fn decode(
+        bytes: &[u8; RECORD_HEADER_BYTES],
+        record_bytes_max: u64,
+    ) -> Result<RecordHeader, &'static str> {
+        RecordHeader::decode(bytes, record_bytes_max, FORMAT_VERSION, SEQUENCE)
+    }
+
     fn header_of(frame: &[u8]) -> [u8; RECORD_HEADER_BYTES] {
         frame[..RECORD_HEADER_BYTES].try_into().unwrap()
     }
@@ -419,10 +519,10 @@ mod tests {
         let mut crc = 0;
         crc = append_entry(&mut frame, crc, 7, 4096, b"hello");
         crc = append_entry(&mut frame, crc, 8, 0, b"");
-        seal_commit(&mut frame, 42, 40, 2, crc);
+        seal_commit(&mut frame, 42, 40, 2, crc, SEQUENCE);
 
         let bytes = header_of(&frame);
-        let header = RecordHeader::decode(&bytes, 1 << 20).unwrap();
+        let header = decode(&bytes, 1 << 20).unwrap();
         assert_eq!(header.kind, Kind::Commit);
         assert_eq!(header.id, 42);
         assert_eq!(header.durable_through, 40);
@@ -451,13 +551,13 @@ mod tests {
     fn an_empty_commit_and_a_release_marker_round_trip() {
         let mut frame = Vec::new();
         start_frame(&mut frame);
-        seal_commit(&mut frame, 1, 0, 0, 0);
+        seal_commit(&mut frame, 1, 0, 0, 0, SEQUENCE);
         let bytes = header_of(&frame);
-        let header = RecordHeader::decode(&bytes, 1 << 20).unwrap();
+        let header = decode(&bytes, 1 << 20).unwrap();
         assert!(header.crc_matches(&bytes, &[]));
 
-        let marker = release_marker(5, 9);
-        let header = RecordHeader::decode(&marker, 1 << 20).unwrap();
+        let marker = release_marker(5, 9, SEQUENCE);
+        let header = decode(&marker, 1 << 20).unwrap();
         assert_eq!(
             (header.kind, header.id, header.durable_through),
             (Kind::Release, 5, 9)
@@ -470,13 +570,13 @@ mod tests {
         let mut frame = Vec::new();
         start_frame(&mut frame);
         let crc = append_entry(&mut frame, 0, 3, 17, &[0xAB; 33]);
-        seal_commit(&mut frame, 9, 8, 1, crc);
+        seal_commit(&mut frame, 9, 8, 1, crc, SEQUENCE);
         for byte in 0..frame.len() {
             for bit in 0..8 {
                 let mut damaged = frame.clone();
                 damaged[byte] ^= 1 << bit;
                 let bytes = header_of(&damaged);
-                let valid = RecordHeader::decode(&bytes, 1 << 20).is_ok_and(|header| {
+                let valid = decode(&bytes, 1 << 20).is_ok_and(|header| {
                     header.record_bytes() == damaged.len() as u64
                         && header.crc_matches(&bytes, &damaged[RECORD_HEADER_BYTES..])
                 });
@@ -490,28 +590,25 @@ mod tests {
         let mut frame = Vec::new();
         start_frame(&mut frame);
         let crc = append_entry(&mut frame, 0, 0, 0, &[1; 100]);
-        seal_commit(&mut frame, 2, 1, 1, crc);
+        seal_commit(&mut frame, 2, 1, 1, crc, SEQUENCE);
         let bytes = header_of(&frame);
-        assert!(RecordHeader::decode(&bytes, frame.len() as u64).is_ok());
+        assert!(decode(&bytes, frame.len() as u64).is_ok());
         assert_eq!(
-            RecordHeader::decode(&bytes, frame.len() as u64 - 1),
+            decode(&bytes, frame.len() as u64 - 1),
             Err("record length exceeds record_bytes_max")
         );
         // An entry count that could not fit in the body is refused before any Vec is sized.
         let mut lying = bytes;
         lying[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(
-            RecordHeader::decode(&lying, 1 << 20),
+            decode(&lying, 1 << 20),
             Err("entry count does not fit in the body")
         );
     }
 
     #[test]
     fn a_segment_header_round_trips_and_refuses_damage() {
-        let header = SegmentHeader {
-            sequence: 3,
-            first_id: 1000,
-        };
+        let header = SegmentHeader::new(3, 1000);
         let bytes = header.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
         for byte in 0..SEGMENT_HEADER_BYTES {
@@ -519,5 +616,66 @@ mod tests {
             damaged[byte] ^= 0x10;
             assert!(SegmentHeader::decode(&damaged).is_err(), "byte {byte}");
         }
+    }
+
+    /// Guards against a stale record (one written for an earlier segment whose file was
+    /// reused) passing for a record of the segment it is read from, and against a
+    /// version-2 record passing in a version-1 segment or the reverse.
+    #[test]
+    fn a_record_is_valid_only_in_the_segment_and_version_it_was_written_for() {
+        let mut frame = Vec::new();
+        start_frame(&mut frame);
+        let crc = append_entry(&mut frame, 0, 1, 0, b"x");
+        seal_commit(&mut frame, 5, 4, 1, crc, SEQUENCE);
+        let bytes = header_of(&frame);
+        assert!(RecordHeader::decode(&bytes, 1 << 20, FORMAT_VERSION, SEQUENCE).is_ok());
+        for other in [SEQUENCE - 1, SEQUENCE + 1, SEQUENCE + (1 << 31)] {
+            assert_eq!(
+                RecordHeader::decode(&bytes, 1 << 20, FORMAT_VERSION, other),
+                Err("record belongs to another segment"),
+                "read from segment {other}"
+            );
+        }
+        assert_eq!(
+            RecordHeader::decode(&bytes, 1 << 20, FORMAT_VERSION_1, SEQUENCE),
+            Err("record format version differs from its segment's")
+        );
+        let marker = release_marker(3, 4, SEQUENCE);
+        assert_eq!(
+            RecordHeader::decode(&marker, 1 << 20, FORMAT_VERSION, SEQUENCE + 1),
+            Err("record belongs to another segment")
+        );
+
+        // A version-1 record: version 1 and bytes 36..40 zero (CRC over the result).
+        let mut old = frame.clone();
+        old[8..10].copy_from_slice(&FORMAT_VERSION_1.to_le_bytes());
+        old[36..40].fill(0);
+        let crc = crc32c::crc32c(&old[8..]);
+        old[4..8].copy_from_slice(&crc.to_le_bytes());
+        let old_bytes = header_of(&old);
+        let header = RecordHeader::decode(&old_bytes, 1 << 20, FORMAT_VERSION_1, 99).unwrap();
+        assert!(header.crc_matches(&old_bytes, &old[RECORD_HEADER_BYTES..]));
+        assert_eq!(
+            RecordHeader::decode(&old_bytes, 1 << 20, FORMAT_VERSION, 99),
+            Err("record format version differs from its segment's")
+        );
+    }
+
+    #[test]
+    fn a_version_1_segment_header_still_decodes() {
+        let header = SegmentHeader {
+            version: FORMAT_VERSION_1,
+            sequence: 4,
+            first_id: 10,
+        };
+        assert_eq!(SegmentHeader::decode(&header.encode()), Ok(header));
+        let unknown = SegmentHeader {
+            version: 3,
+            ..header
+        };
+        assert_eq!(
+            SegmentHeader::decode(&unknown.encode()),
+            Err("unknown segment format version")
+        );
     }
 }

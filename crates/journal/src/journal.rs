@@ -23,6 +23,12 @@ const RECYCLED_MICRO_JOURNAL_BYTES_MAX: usize = 4 << 20;
 const SPARE_BUFFERS_MAX: usize = 1024;
 /// The smallest segment size accepted (a header and a few small records).
 pub const SEGMENT_BYTES_MIN: u64 = 1024;
+/// The most `JournalOptions::preallocate_bytes` may ask for.
+pub const PREALLOCATE_BYTES_MAX: u64 = 1 << 30;
+/// Bytes of zeros one `write_at` call writes while pre-zeroing.
+const ZERO_WRITE_BYTES: usize = 256 << 10;
+/// The zeros pre-zeroing writes from.
+static ZEROS: [u8; ZERO_WRITE_BYTES] = [0; ZERO_WRITE_BYTES];
 
 /// What recovery does when it finds damage that acknowledged commits lie beyond.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,6 +54,12 @@ pub struct JournalOptions {
     pub record_bytes_max: u64,
     /// What recovery does about damage that acknowledged commits lie beyond.
     pub on_corruption: OnCorruption,
+    /// How far ahead of its tail the active segment is kept written with zeros (never
+    /// past `segment_bytes`, unless a record itself goes further). A record then
+    /// overwrites allocated blocks inside the file's size, so the persist covering it
+    /// needs no file-system metadata write; the file grows, and a persist writes
+    /// metadata, once per this many bytes. 0 appends to a growing file instead.
+    pub preallocate_bytes: u64,
 }
 
 impl Default for JournalOptions {
@@ -57,6 +69,7 @@ impl Default for JournalOptions {
             segment_bytes: 64 << 20,
             record_bytes_max: 64 << 20,
             on_corruption: OnCorruption::Fail,
+            preallocate_bytes: 1 << 20,
         }
     }
 }
@@ -77,6 +90,12 @@ impl JournalOptions {
                 self.segment_bytes
             )));
         }
+        if self.preallocate_bytes > PREALLOCATE_BYTES_MAX {
+            return Err(JournalError::InvalidOptions(format!(
+                "preallocate_bytes is {}; it must be at most {PREALLOCATE_BYTES_MAX}",
+                self.preallocate_bytes
+            )));
+        }
         Ok(())
     }
 }
@@ -94,6 +113,8 @@ pub struct JournalStats {
     pub syncs: u64,
     /// Bytes appended to the log (records, including release markers).
     pub bytes_appended: u64,
+    /// Bytes of zeros written ahead of the tail (see `JournalOptions::preallocate_bytes`).
+    pub bytes_zeroed: u64,
     /// `release_through` calls that released something.
     pub releases: u64,
     /// Segments created by rotation.
@@ -108,6 +129,7 @@ struct Counters {
     persists: AtomicU64,
     syncs: AtomicU64,
     bytes_appended: AtomicU64,
+    bytes_zeroed: AtomicU64,
     releases: AtomicU64,
     segments_created: AtomicU64,
     segments_removed: AtomicU64,
@@ -130,9 +152,14 @@ pub(crate) struct SegmentSpan {
 /// The segment appends go to.
 pub(crate) struct ActiveSegment {
     pub sequence: u64,
+    /// Its format version; the journal appends only to a segment in the current one.
+    pub version: u16,
     pub device: Arc<dyn Device>,
     /// Where the next record goes.
     pub offset: u64,
+    /// Every byte from `offset` up to here is zero (written as zeros, or never written in
+    /// a file that was created or truncated); at least `offset`.
+    pub zeroed_end: u64,
 }
 
 /// What the commit lock guards: the id and the log's tail.
@@ -447,8 +474,9 @@ impl Journal {
             return Err(JournalError::IdsExhausted { id });
         }
         let durable = self.durable_id.load(Ordering::Acquire);
-        format::seal_commit(frame, id, durable, entry_count, body_crc);
-        let device = self.append(&mut log, frame)?;
+        let device = self.append(&mut log, frame, |frame, sequence| {
+            format::seal_commit(frame, id, durable, entry_count, body_crc, sequence);
+        })?;
         log.next_id = id + 1;
         let ticket = log.tickets;
         Arc::get_mut(record)
@@ -466,18 +494,24 @@ impl Journal {
         Ok(())
     }
 
-    /// Appends one encoded record at the log's tail, rotating first if it would overfill
-    /// the active segment. A failed write latches the journal.
+    /// Appends one record at the log's tail, rotating first if it would overfill the
+    /// active segment (or the active segment is in an older format). `seal` fills in the
+    /// record's header once the segment it goes to is known: it is given the frame and
+    /// that segment's sequence number. A failed write latches the journal.
     fn append(
         &self,
         log: &mut MutexGuard<'_, LogState>,
-        frame: &[u8],
+        frame: &mut [u8],
+        seal: impl FnOnce(&mut [u8], u64),
     ) -> Result<Arc<dyn Device>, JournalError> {
         let length = frame.len() as u64;
         let fresh = log.active.offset == format::SEGMENT_HEADER_BYTES as u64;
-        if !fresh && log.active.offset + length > self.options.segment_bytes {
+        let full = !fresh && log.active.offset + length > self.options.segment_bytes;
+        if full || log.active.version != format::FORMAT_VERSION {
             self.rotate(log)?;
         }
+        seal(frame, log.active.sequence);
+        self.zero_ahead(log, length)?;
         let device = Arc::clone(&log.active.device);
         if let Err(error) = device.write_at(log.active.offset, frame) {
             return Err(self.latch(JournalError::io(
@@ -489,9 +523,48 @@ impl Journal {
             )));
         }
         log.active.offset += length;
+        log.active.zeroed_end = log.active.zeroed_end.max(log.active.offset);
         log.tickets += 1;
         Counters::add(&self.counters.bytes_appended, length);
         Ok(device)
+    }
+
+    /// Before a record of `length` bytes goes to the tail: if it would pass the active
+    /// segment's zeroed end, writes zeros from past the record to `preallocate_bytes`
+    /// beyond it (capped at `segment_bytes`), so the records after it overwrite blocks
+    /// already allocated inside the file. The zeros need not be durable for anything to be
+    /// correct (recovery reads nothing beyond the valid records as a record); the persist
+    /// that covers the record writes them, and the file's new size, along with it.
+    fn zero_ahead(
+        &self,
+        log: &mut MutexGuard<'_, LogState>,
+        length: u64,
+    ) -> Result<(), JournalError> {
+        let preallocate = self.options.preallocate_bytes;
+        let active = &mut log.active;
+        let end = active.offset + length;
+        if preallocate == 0 || end <= active.zeroed_end {
+            return Ok(());
+        }
+        let target = (end + preallocate).min(self.options.segment_bytes.max(end));
+        let mut at = end.max(active.zeroed_end);
+        // Bounded: each pass advances `at` by at least one byte toward `target`.
+        while at < target {
+            let piece = (target - at).min(ZERO_WRITE_BYTES as u64);
+            if let Err(error) = active.device.write_at(at, &ZEROS[..piece as usize]) {
+                return Err(self.latch(JournalError::io(
+                    format!(
+                        "writing zeros at byte {at} of journal segment {}",
+                        active.sequence
+                    ),
+                    error,
+                )));
+            }
+            Counters::add(&self.counters.bytes_zeroed, piece);
+            at += piece;
+        }
+        active.zeroed_end = target.max(end);
+        Ok(())
     }
 
     /// Closes the active segment and starts the next. The new segment's header and
@@ -510,10 +583,7 @@ impl Journal {
                 error,
             ))
         })?;
-        let header = SegmentHeader {
-            sequence,
-            first_id: log.next_id,
-        };
+        let header = SegmentHeader::new(sequence, log.next_id);
         device.write_at(0, &header.encode()).map_err(|error| {
             self.latch(JournalError::io(
                 format!("writing the header of journal segment {sequence}"),
@@ -524,8 +594,10 @@ impl Journal {
             &mut log.active,
             ActiveSegment {
                 sequence,
+                version: format::FORMAT_VERSION,
                 device,
                 offset: format::SEGMENT_HEADER_BYTES as u64,
+                zeroed_end: format::SEGMENT_HEADER_BYTES as u64,
             },
         );
         let last_id = log.next_id - 1;
@@ -666,8 +738,11 @@ impl Journal {
         {
             let mut log = self.log.lock();
             self.check_failed()?;
-            let marker = format::release_marker(id, self.durable_id.load(Ordering::Acquire));
-            let device = self.append(&mut log, &marker)?;
+            let durable = self.durable_id.load(Ordering::Acquire);
+            let mut marker = [0u8; format::RECORD_HEADER_BYTES];
+            let device = self.append(&mut log, &mut marker, |marker, sequence| {
+                marker.copy_from_slice(&format::release_marker(id, durable, sequence));
+            })?;
             let ticket = log.tickets;
             let written_id = log.next_id - 1;
             if self.options.coalesce {
@@ -770,6 +845,7 @@ impl Journal {
             persists: load(&self.counters.persists),
             syncs: load(&self.counters.syncs),
             bytes_appended: load(&self.counters.bytes_appended),
+            bytes_zeroed: load(&self.counters.bytes_zeroed),
             releases: load(&self.counters.releases),
             segments_created: load(&self.counters.segments_created),
             segments_removed: load(&self.counters.segments_removed),

@@ -33,7 +33,8 @@ pub mod testing;
 pub use device::{Device, FileDevice, FileStorage, Storage};
 pub use error::JournalError;
 pub use journal::{
-    Journal, JournalOptions, JournalStats, MicroJournal, OnCorruption, SEGMENT_BYTES_MIN,
+    Journal, JournalOptions, JournalStats, MicroJournal, OnCorruption, PREALLOCATE_BYTES_MAX,
+    SEGMENT_BYTES_MIN,
 };
 pub use recovery::{Hole, RecoveryReport};
 

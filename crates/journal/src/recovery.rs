@@ -5,8 +5,11 @@
 //!
 //! 1. Reads the segments in sequence order and keeps the longest valid prefix of the
 //!    log: each segment's header must be valid and continue the commit ids, each record
-//!    must be valid (see `format`), and commit ids must follow one another without a gap.
-//!    The first thing that breaks this is the *hole*.
+//!    must be valid (see `format`; among other things it must name the segment it is
+//!    read from, so stale records in a reused file never count), and commit ids must
+//!    follow one another without a gap. Where a segment's valid records stop and every
+//!    byte after them is zero (the pre-zeroed space ahead of the tail), the segment ends
+//!    cleanly there. The first thing that breaks this is the *hole*.
 //! 2. If there is a hole, decides whether it is a torn tail (a crash cut the log while
 //!    writes were still unpersisted) or damage to bytes that were once durable: it looks
 //!    beyond the hole for a valid record whose `durable_through` is at least `m`, the first
@@ -44,6 +47,8 @@ use crate::{CommitId, JournalError, JournalOptions, OnCorruption, Record};
 
 /// Bytes read at a time while searching beyond a hole for proof of durability.
 const PROOF_SCAN_CHUNK_BYTES: usize = 1 << 20;
+/// Bytes read at a time while checking that a segment holds only zeros after its records.
+const ZERO_CHECK_CHUNK_BYTES: usize = 64 << 10;
 
 /// What recovery found and did, for logs and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -95,8 +100,11 @@ pub(crate) struct Recovered {
 /// A segment recovery read, up to where its valid records end.
 struct Scanned {
     sequence: u64,
+    version: u16,
     device: Arc<dyn Device>,
     end: u64,
+    /// Every byte from `end` to here is zero.
+    zeroed_end: u64,
     last_id: CommitId,
 }
 
@@ -110,10 +118,20 @@ struct Scan {
 }
 
 enum SegmentScan {
-    /// The segment's records run to its end.
-    Clean { end: u64 },
-    /// The valid records end at `offset`.
-    Hole { offset: u64, reason: String },
+    /// The segment's records run to `end`, and every byte from there to the end of the
+    /// file, `zeroed_end`, is zero.
+    Clean {
+        version: u16,
+        end: u64,
+        zeroed_end: u64,
+    },
+    /// The valid records end at `offset`. `version` is the segment header's, if it had a
+    /// valid one.
+    Hole {
+        version: Option<u16>,
+        offset: u64,
+        reason: String,
+    },
 }
 
 enum FrameRead {
@@ -166,13 +184,23 @@ pub(crate) fn recover(
         let outcome = scan_segment(&*device, sequence, options, &mut scan, &mut body)?;
         let last_id = scan.expected.map_or(0, |expected| expected - 1);
         match outcome {
-            SegmentScan::Clean { end } => scanned.push(Scanned {
+            SegmentScan::Clean {
+                version,
+                end,
+                zeroed_end,
+            } => scanned.push(Scanned {
                 sequence,
+                version,
                 device,
                 end,
+                zeroed_end,
                 last_id,
             }),
-            SegmentScan::Hole { offset, reason } => {
+            SegmentScan::Hole {
+                version,
+                offset,
+                reason,
+            } => {
                 if index == 0 && offset == 0 && sequence != 1 {
                     // Segments before this one were removed, which happens only after a
                     // persist covered this segment's header: it was durable once.
@@ -186,10 +214,13 @@ pub(crate) fn recover(
                     });
                 }
                 if offset > 0 {
+                    // Truncated at the hole below, so nothing lies beyond `offset`.
                     scanned.push(Scanned {
                         sequence,
+                        version: version.expect("a hole after records follows a valid header"),
                         device,
                         end: offset,
+                        zeroed_end: offset,
                         last_id,
                     });
                 }
@@ -255,17 +286,16 @@ pub(crate) fn recover(
         let device = storage
             .create(1)
             .map_err(io_error("creating journal segment 1".into()))?;
-        let header = SegmentHeader {
-            sequence: 1,
-            first_id: next_id,
-        };
+        let header = SegmentHeader::new(1, next_id);
         device
             .write_at(0, &header.encode())
             .map_err(io_error("writing the header of journal segment 1".into()))?;
         scanned.push(Scanned {
             sequence: 1,
+            version: format::FORMAT_VERSION,
             device,
             end: format::SEGMENT_HEADER_BYTES as u64,
+            zeroed_end: format::SEGMENT_HEADER_BYTES as u64,
             last_id: next_id - 1,
         });
         report.segment_created = true;
@@ -305,8 +335,10 @@ pub(crate) fn recover(
         sealed,
         active: ActiveSegment {
             sequence: last.sequence,
+            version: last.version,
             device: last.device,
             offset: last.end,
+            zeroed_end: last.zeroed_end,
         },
         report,
     })
@@ -329,10 +361,16 @@ fn scan_segment(
     body: &mut Vec<u8>,
 ) -> Result<SegmentScan, JournalError> {
     let context = |what: &str| format!("{what} journal segment {sequence}");
-    let hole = |offset: u64, reason: String| Ok(SegmentScan::Hole { offset, reason });
+    let headless = |reason: String| {
+        Ok(SegmentScan::Hole {
+            version: None,
+            offset: 0,
+            reason,
+        })
+    };
     let len = device.len().map_err(io_error(context("sizing")))?;
     if len < format::SEGMENT_HEADER_BYTES as u64 {
-        return hole(0, "segment is shorter than its header".into());
+        return headless("segment is shorter than its header".into());
     }
     let mut header_bytes = [0u8; format::SEGMENT_HEADER_BYTES];
     device
@@ -340,14 +378,19 @@ fn scan_segment(
         .map_err(io_error(context("reading the header of")))?;
     let header = match SegmentHeader::decode(&header_bytes) {
         Ok(header) => header,
-        Err(reason) => return hole(0, reason.into()),
+        Err(reason) => return headless(reason.into()),
     };
     if header.sequence != sequence {
-        return hole(
-            0,
-            format!("segment header names sequence {}", header.sequence),
-        );
+        return headless(format!("segment header names sequence {}", header.sequence));
     }
+    let version = header.version;
+    let hole = |offset: u64, reason: String| {
+        Ok(SegmentScan::Hole {
+            version: Some(version),
+            offset,
+            reason,
+        })
+    };
     match scan.expected {
         None => {
             // Everything before the oldest segment was released before it was removed.
@@ -368,11 +411,27 @@ fn scan_segment(
 
     let mut offset = format::SEGMENT_HEADER_BYTES as u64;
     while offset < len {
-        let header = match read_frame(device, offset, len, options.record_bytes_max, body)
-            .map_err(io_error(context("reading")))?
-        {
+        let frame = read_frame(
+            device,
+            (version, sequence),
+            offset,
+            len,
+            options.record_bytes_max,
+            body,
+        )
+        .map_err(io_error(context("reading")))?;
+        let header = match frame {
             FrameRead::Valid(header) => header,
-            FrameRead::Invalid(reason) => return hole(offset, reason.into()),
+            FrameRead::Invalid(reason) => {
+                if is_zero(device, offset, len).map_err(io_error(context("reading")))? {
+                    return Ok(SegmentScan::Clean {
+                        version,
+                        end: offset,
+                        zeroed_end: len,
+                    });
+                }
+                return hole(offset, reason.into());
+            }
         };
         let expected = scan.expected.expect("set from the segment header");
         match header.kind {
@@ -417,14 +476,36 @@ fn scan_segment(
         }
         offset += header.record_bytes();
     }
-    Ok(SegmentScan::Clean { end: len })
+    Ok(SegmentScan::Clean {
+        version,
+        end: len,
+        zeroed_end: len,
+    })
+}
+
+/// Whether every byte of `device` from `offset` to `len` is zero. Reads at most
+/// `len - offset` bytes, a chunk at a time, and stops at the first other byte.
+fn is_zero(device: &dyn Device, offset: u64, len: u64) -> std::io::Result<bool> {
+    let mut chunk = vec![0u8; ZERO_CHECK_CHUNK_BYTES.min((len - offset) as usize)];
+    let mut position = offset;
+    while position < len {
+        let size = (len - position).min(chunk.len() as u64) as usize;
+        device.read_at(position, &mut chunk[..size])?;
+        if chunk[..size].iter().any(|&byte| byte != 0) {
+            return Ok(false);
+        }
+        position += size as u64;
+    }
+    Ok(true)
 }
 
 /// Reads and validates the record at `offset` of a device of `len` bytes, leaving its
-/// body in `body`. Lengths are checked against `record_bytes_max` and `len` before the
+/// body in `body`. `segment` is the format version and sequence number of the segment
+/// the device holds. Lengths are checked against `record_bytes_max` and `len` before the
 /// body buffer is sized.
 fn read_frame(
     device: &dyn Device,
+    segment: (u16, u64),
     offset: u64,
     len: u64,
     record_bytes_max: u64,
@@ -437,7 +518,8 @@ fn read_frame(
     }
     let mut header_bytes = [0u8; format::RECORD_HEADER_BYTES];
     device.read_at(offset, &mut header_bytes)?;
-    let header = match RecordHeader::decode(&header_bytes, record_bytes_max) {
+    let (version, sequence) = segment;
+    let header = match RecordHeader::decode(&header_bytes, record_bytes_max, version, sequence) {
         Ok(header) => header,
         Err(reason) => return Ok(FrameRead::Invalid(reason)),
     };
@@ -486,6 +568,18 @@ fn find_proof(
             .open(sequence)
             .map_err(io_error(context("opening")))?;
         let len = device.len().map_err(io_error(context("sizing")))?;
+        // Records are read by their segment's version; with no readable header, by the
+        // current one (a proof must then also name this segment).
+        let mut header_bytes = [0u8; format::SEGMENT_HEADER_BYTES];
+        let version = if len >= format::SEGMENT_HEADER_BYTES as u64 {
+            device
+                .read_at(0, &mut header_bytes)
+                .map_err(io_error(context("reading")))?;
+            SegmentHeader::decode(&header_bytes).map_or(format::FORMAT_VERSION, |h| h.version)
+        } else {
+            format::FORMAT_VERSION
+        };
+        let segment = (version, sequence);
         let mut position = if sequence == hole.segment {
             hole.offset
         } else {
@@ -509,16 +603,26 @@ fn find_proof(
                 device
                     .read_at(offset, &mut header_bytes)
                     .map_err(io_error(context("reading")))?;
-                let claims_durability =
-                    RecordHeader::decode(&header_bytes, options.record_bytes_max)
-                        .is_ok_and(|header| header.durable_through >= missing_id);
+                let claims_durability = RecordHeader::decode(
+                    &header_bytes,
+                    options.record_bytes_max,
+                    version,
+                    sequence,
+                )
+                .is_ok_and(|header| header.durable_through >= missing_id);
                 if !claims_durability {
                     continue;
                 }
-                if let FrameRead::Valid(header) =
-                    read_frame(&*device, offset, len, options.record_bytes_max, &mut body)
-                        .map_err(io_error(context("reading")))?
-                {
+                let frame = read_frame(
+                    &*device,
+                    segment,
+                    offset,
+                    len,
+                    options.record_bytes_max,
+                    &mut body,
+                )
+                .map_err(io_error(context("reading")))?;
+                if let FrameRead::Valid(header) = frame {
                     return Ok(Some(Proof {
                         segment: sequence,
                         offset,

@@ -17,7 +17,8 @@ use proptest::prelude::*;
 const RECORDS: u64 = 20;
 
 /// A one-segment journal holding `RECORDS` commits, each persisted before the next.
-/// Returns the storage, the records, and where each record starts in the segment.
+/// Returns the storage, the records, and where each record starts in the segment; the
+/// last record ends where the pre-zeroed space begins.
 fn durable_log(seed: u64) -> (CrashStorage, Vec<Arc<Record>>, Vec<u64>) {
     let storage = CrashStorage::new(seed);
     let (journal, _) =
@@ -33,12 +34,19 @@ fn durable_log(seed: u64) -> (CrashStorage, Vec<Arc<Record>>, Vec<u64>) {
     let mut starts = Vec::new();
     let mut offset = format::SEGMENT_HEADER_BYTES;
     while offset < bytes.len() {
-        starts.push(offset as u64);
         let header: [u8; format::RECORD_HEADER_BYTES] = bytes
             [offset..offset + format::RECORD_HEADER_BYTES]
             .try_into()
             .unwrap();
-        offset += RecordHeader::decode(&header, u64::MAX >> 1)
+        if header == [0; format::RECORD_HEADER_BYTES] {
+            assert!(
+                bytes[offset..].iter().all(|&byte| byte == 0),
+                "the log is followed by zeros only"
+            );
+            break;
+        }
+        starts.push(offset as u64);
+        offset += RecordHeader::decode(&header, u64::MAX >> 1, format::FORMAT_VERSION, 1)
             .unwrap()
             .record_bytes() as usize;
     }
@@ -60,7 +68,8 @@ fn salvage() -> JournalOptions {
 #[test]
 fn every_damaged_byte_is_detected() {
     let (storage, records, starts) = durable_log(7);
-    let len = storage.segment_bytes(1).unwrap().len() as u64;
+    let last = *starts.last().unwrap();
+    let len = last + records_bytes(&storage, last);
     let mut rng = SplitMix64::new(7);
     for offset in 0..len {
         let mask = 1 + rng.below(255) as u8;
@@ -135,6 +144,53 @@ fn every_damaged_byte_is_detected() {
     }
 }
 
+/// The size of the record at `offset` of segment 1.
+fn records_bytes(storage: &CrashStorage, offset: u64) -> u64 {
+    let bytes = storage.segment_bytes(1).unwrap();
+    let at = offset as usize;
+    let header: [u8; format::RECORD_HEADER_BYTES] = bytes[at..at + format::RECORD_HEADER_BYTES]
+        .try_into()
+        .unwrap();
+    RecordHeader::decode(&header, u64::MAX >> 1, format::FORMAT_VERSION, 1)
+        .unwrap()
+        .record_bytes()
+}
+
+/// Guards against: a byte that is not zero in the pre-zeroed space after the last record
+/// (a torn write of a record never acknowledged) being replayed, refused as corruption,
+/// or left in place for a later crash to combine with new records. It is a torn tail:
+/// every record is kept, the segment is cut there, and new commits continue after it.
+#[test]
+fn a_stray_byte_in_the_pre_zeroed_space_is_a_torn_tail() {
+    let (storage, records, starts) = durable_log(9);
+    let last = *starts.last().unwrap();
+    let end = last + records_bytes(&storage, last);
+    let len = storage.segment_bytes(1).unwrap().len() as u64;
+    assert!(
+        len > end + 4096,
+        "the segment is pre-zeroed beyond its records"
+    );
+    for offset in [end, end + 1, end + 39, end + 40, (end + len) / 2, len - 1] {
+        let image = storage.fork();
+        image.corrupt(1, offset, 0x01);
+        let (journal, recovered) =
+            Journal::open_with(Arc::new(image.clone()), JournalOptions::default())
+                .unwrap_or_else(|error| panic!("byte {offset}: {error}"));
+        assert_eq!(recovered, records, "byte {offset}");
+        let hole = journal.recovery_report().hole.clone().expect("a torn tail");
+        assert_eq!((hole.segment, hole.offset), (1, end), "byte {offset}");
+        let record = journal
+            .commit(fill(&journal, &transaction(9, tag(2, offset), 50)))
+            .unwrap();
+        drop(journal);
+        let (journal, reopened) =
+            Journal::open_with(Arc::new(image), JournalOptions::default()).unwrap();
+        assert_eq!(journal.recovery_report().hole, None, "byte {offset}");
+        assert_eq!(reopened.len(), records.len() + 1);
+        assert_eq!(reopened.last(), Some(&record), "byte {offset}");
+    }
+}
+
 /// Guards against: the same, on real files: a byte flipped on disk in the middle of a
 /// segment file is reported with its place, and salvage truncates the file there.
 #[test]
@@ -147,15 +203,18 @@ fn damage_in_a_segment_file_is_reported() {
             journal.commit(fill(&journal, &entries)).unwrap()
         })
         .collect();
+    // Where the records end; the pre-zeroed space follows.
+    let end = format::SEGMENT_HEADER_BYTES as u64 + journal.stats().bytes_appended;
     drop(journal);
     let path = dir.path().join("segment-00000000000000000001.log");
     let len = fs::metadata(&path).unwrap().len();
+    assert!(len > end, "the segment is pre-zeroed");
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&path)
         .unwrap();
-    let middle = len / 2;
+    let middle = end / 2;
     let mut byte = [0u8];
     file.read_exact_at(&mut byte, middle).unwrap();
     file.write_all_at(&[byte[0] ^ 0xFF], middle).unwrap();

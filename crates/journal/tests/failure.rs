@@ -8,6 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::{fill, tag, transaction};
+use pagoda_journal::format;
 use pagoda_journal::testing::{CrashMode, CrashStorage, SyncDelay};
 use pagoda_journal::{CommitId, Journal, JournalError, JournalOptions};
 
@@ -82,8 +83,12 @@ fn a_failed_persist_latches_the_journal() {
 fn a_failed_write_latches_the_journal() {
     for mode in CrashMode::ALL {
         let storage = CrashStorage::new(2);
-        let (journal, _) =
-            Journal::open_with(Arc::new(storage.clone()), JournalOptions::default()).unwrap();
+        // No pre-zeroing, so each commit is one write.
+        let options = JournalOptions {
+            preallocate_bytes: 0,
+            ..JournalOptions::default()
+        };
+        let (journal, _) = Journal::open_with(Arc::new(storage.clone()), options).unwrap();
         storage.fail_writes(2, 1);
         assert_eq!(commit(&journal, 0).unwrap(), 1);
         assert_eq!(commit(&journal, 1).unwrap(), 2);
@@ -96,6 +101,58 @@ fn a_failed_write_latches_the_journal() {
         drop(journal);
         assert_eq!(recovered_ids(&storage, mode), [1, 2], "{mode:?}");
     }
+}
+
+/// Guards against: a failed write of the zeros ahead of the tail (pre-zeroing) being
+/// ignored, so that the commit it was made for, or a later one, is acknowledged by a
+/// journal that no longer knows what its file holds.
+#[test]
+fn a_failed_zero_write_latches_the_journal() {
+    for mode in CrashMode::ALL {
+        let storage = CrashStorage::new(2);
+        let (journal, _) =
+            Journal::open_with(Arc::new(storage.clone()), JournalOptions::default()).unwrap();
+        assert_eq!(commit(&journal, 0).unwrap(), 1);
+        let zeroed = journal.stats().bytes_zeroed;
+        assert!(zeroed > 0, "the first commit zeroed ahead of the tail");
+        // Large commits fill the zeroed space with one write each; the first write of the
+        // commit that passes it is a write of zeros, and it fails.
+        let record_bytes =
+            (format::RECORD_HEADER_BYTES + format::ENTRY_HEADER_BYTES) as u64 + LARGE_BYTES as u64;
+        let fitting = JournalOptions::default().preallocate_bytes / record_bytes;
+        let writes = storage.stats().writes;
+        storage.fail_writes(fitting, 1);
+        let mut acknowledged = vec![1];
+        let failed = (1..u64::MAX)
+            .take(100_000)
+            .find_map(|sequence| match commit_large(&journal, sequence) {
+                Ok(id) => {
+                    acknowledged.push(id);
+                    None
+                }
+                Err(error) => Some(error),
+            })
+            .expect("the tail passed the zeroed space");
+        assert!(matches!(failed, JournalError::Io { .. }), "{failed}");
+        assert_eq!(storage.stats().writes, writes + fitting + 1);
+        assert_eq!(acknowledged.len() as u64, fitting + 1);
+        assert_eq!(journal.stats().bytes_zeroed, zeroed, "{mode:?}");
+        assert!(matches!(
+            commit(&journal, 0),
+            Err(JournalError::Failed { .. })
+        ));
+        drop(journal);
+        assert_eq!(recovered_ids(&storage, mode), acknowledged, "{mode:?}");
+    }
+}
+
+const LARGE_BYTES: usize = 64 << 10;
+
+/// Commits one entry of `LARGE_BYTES` and returns its id.
+fn commit_large(journal: &Journal, sequence: u64) -> Result<CommitId, JournalError> {
+    let mut micro_journal = journal.begin();
+    micro_journal.push(sequence, 0, &[0xC3; LARGE_BYTES]);
+    journal.commit(micro_journal).map(|record| record.id)
 }
 
 /// Guards against: followers waiting on a leader whose persist fails being told their
@@ -190,14 +247,11 @@ fn no_commit_beyond_the_highest_id() {
 
     let storage = CrashStorage::new(5);
     let device = storage.create(1).unwrap();
-    let header = SegmentHeader {
-        sequence: 1,
-        first_id: COMMIT_ID_MAX,
-    };
+    let header = SegmentHeader::new(1, COMMIT_ID_MAX);
     let mut frame = Vec::new();
     format::start_frame(&mut frame);
     let body_crc = format::append_entry(&mut frame, 0, 1, 0, b"last");
-    format::seal_commit(&mut frame, COMMIT_ID_MAX, 0, 1, body_crc);
+    format::seal_commit(&mut frame, COMMIT_ID_MAX, 0, 1, body_crc, 1);
     device.write_at(0, &header.encode()).unwrap();
     device
         .write_at(format::SEGMENT_HEADER_BYTES as u64, &frame)
