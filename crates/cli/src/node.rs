@@ -75,6 +75,16 @@ pub struct NodeSettings {
     #[arg(long, env = "PAGODA_NODE_CAPACITY", value_name = "SIZE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     capacity: Option<Size>,
+    /// A directory on SSD for the bulk tier: cold segments are paged out to
+    /// a file there when RAM runs short, so the node holds RAM plus
+    /// --bulk-capacity. Needs --bulk-capacity. Off by default.
+    #[arg(long, env = "PAGODA_NODE_BULK_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bulk_dir: Option<PathBuf>,
+    /// Bytes the bulk tier may hold on disk, like 64GiB. Needs --bulk-dir.
+    #[arg(long, env = "PAGODA_NODE_BULK_CAPACITY", value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bulk_capacity: Option<Size>,
     /// Where the node keeps its region metadata; created if missing.
     /// Required.
     #[arg(long, env = "PAGODA_NODE_DATA_DIR", value_name = "DIR")]
@@ -526,6 +536,21 @@ impl NodeSettings {
         config.lease = Duration::from_millis(given(&self.lease_ms));
         config.replace_replica_after = Duration::from_millis(given(&self.replace_replica_after_ms));
         config.coordinator = self.coordinator.clone();
+        config.bulk = match (&self.bulk_dir, self.bulk_capacity) {
+            (Some(dir), Some(Size(capacity_bytes))) => Some(pagoda_node::bulk::BulkConfig {
+                dir: dir.clone(),
+                capacity_bytes,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err("--bulk-dir needs --bulk-capacity, like 64GiB".into());
+            }
+            (None, Some(_)) => {
+                return Err(
+                    "--bulk-capacity needs --bulk-dir, a directory on SSD for the bulk tier".into(),
+                );
+            }
+        };
         config.local_socket = match self.local_socket.as_deref() {
             None => pagoda_node::config::LocalSocket::InDataDir,
             Some("off") => pagoda_node::config::LocalSocket::Off,
@@ -804,6 +829,12 @@ fn stat(address: &crate::NodeAddress, json: bool) -> Result<(), String> {
                 "regions": stat.regions,
                 "connections": stat.connections,
                 "requests": stat.requests,
+                "bulk_capacity_bytes": stat.bulk_capacity_bytes,
+                "bulk_used_bytes": stat.bulk_used_bytes,
+                "bulk_referenced_bytes": stat.bulk_referenced_bytes,
+                "bulk_zero_bytes": stat.bulk_zero_bytes,
+                "segments_paged_out": stat.segments_paged_out,
+                "segments_paged_in": stat.segments_paged_in,
             })
         );
     } else {
@@ -822,6 +853,22 @@ fn stat(address: &crate::NodeAddress, json: bool) -> Result<(), String> {
         println!("regions         {}", stat.regions);
         println!("connections     {}", stat.connections);
         println!("requests        {}", stat.requests);
+        if stat.bulk_capacity_bytes > 0 {
+            let saved = stat.bulk_zero_bytes
+                + stat
+                    .bulk_referenced_bytes
+                    .saturating_sub(stat.bulk_used_bytes);
+            println!(
+                "bulk tier       {} of {} used; {} saved by zero and duplicate pages",
+                format_bytes(stat.bulk_used_bytes),
+                format_bytes(stat.bulk_capacity_bytes),
+                format_bytes(saved)
+            );
+            println!(
+                "paging          {} segments out, {} in since start",
+                stat.segments_paged_out, stat.segments_paged_in
+            );
+        }
     }
     Ok(())
 }

@@ -190,6 +190,9 @@ fn stat_json(stat: &RegionStat) -> serde_json::Value {
         "dirty_pages": stat.dirty_pages,
         "uid": format!("{:016x}", stat.uid),
         "metadata_bytes": stat.metadata_bytes,
+        "segments_paged_out": stat.segments_paged_out,
+        "bulk_bytes": stat.bulk_bytes,
+        "bulk_zero_bytes": stat.bulk_zero_bytes,
     })
 }
 
@@ -459,6 +462,14 @@ pub fn run(mut args: RegionArgs, node_on_command_line: bool) -> Result<(), Strin
                     format_bytes(stat.resident_bytes),
                     stat.segments_allocated
                 );
+                if stat.segments_paged_out > 0 {
+                    println!(
+                        "on disk         {} in {} segments ({} of it zero pages, stored as nothing)",
+                        format_bytes(stat.bulk_bytes),
+                        stat.segments_paged_out,
+                        format_bytes(stat.bulk_zero_bytes)
+                    );
+                }
                 println!("metadata        {}", format_bytes(stat.metadata_bytes));
                 println!("pages read      {}", stat.pages_read);
                 println!("pages written   {}", stat.pages_written);

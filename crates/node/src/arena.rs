@@ -5,10 +5,27 @@
 //! read; the arena is the one place that counts how many segments all
 //! regions hold together, and refuses a segment beyond the node's capacity
 //! (`OutOfMemory`).
+//!
+//! With a bulk tier (see `bulk`), the arena also holds it, and a segment
+//! asked for when RAM is full is made room for by paging a cold segment out
+//! ([`Arena::reserve`], through the node's pager); out of memory is then
+//! reported only when both tiers are full.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
+use parking_lot::Mutex;
+
+use crate::bulk::BulkStore;
 use crate::error::NodeError;
+use crate::region::Region;
+
+/// Times [`Arena::reserve`] pages a segment out for room before it gives up.
+const RECLAIM_TRIES: usize = 16;
+
+/// Pages one cold segment out to the bulk tier; `Ok(false)` when none could
+/// be.
+pub type Reclaimer = Box<dyn Fn() -> Result<bool, NodeError> + Send + Sync>;
 
 /// The node's page capacity; see the module documentation.
 pub struct Arena {
@@ -17,6 +34,32 @@ pub struct Arena {
     segment_bytes: usize,
     segments: u64,
     used: AtomicU64,
+    bulk: Option<BulkStore>,
+    reclaimer: OnceLock<Reclaimer>,
+    /// Every region whose segments the arena counts, for the pager.
+    regions: Mutex<Vec<Weak<Region>>>,
+}
+
+/// A segment's worth of RAM, counted; given back when dropped unless
+/// [`Reservation::keep`] says it is now in use.
+#[must_use = "a reservation is given back when dropped"]
+pub struct Reservation<'a> {
+    arena: Option<&'a Arena>,
+}
+
+impl Reservation<'_> {
+    /// The segment is in use: it stays counted until [`Arena::release`].
+    pub fn keep(mut self) {
+        self.arena = None;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(arena) = self.arena {
+            arena.release();
+        }
+    }
 }
 
 impl Arena {
@@ -40,7 +83,88 @@ impl Arena {
             segment_bytes: segment_bytes as usize,
             segments,
             used: AtomicU64::new(0),
+            bulk: None,
+            reclaimer: OnceLock::new(),
+            regions: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The arena with a bulk tier behind it.
+    pub fn with_bulk(mut self, bulk: BulkStore) -> Arena {
+        self.bulk = Some(bulk);
+        self
+    }
+
+    /// The bulk tier, if the node has one.
+    pub fn bulk(&self) -> Option<&BulkStore> {
+        self.bulk.as_ref()
+    }
+
+    /// Sets what makes room when RAM is full (the node's pager), once.
+    pub fn set_reclaimer(&self, reclaimer: Reclaimer) {
+        let _ = self.reclaimer.set(reclaimer);
+    }
+
+    /// Records a region whose segments the arena counts (the pager looks
+    /// for cold segments among them).
+    pub fn register(&self, region: &Arc<Region>) {
+        let mut regions = self.regions.lock();
+        regions.retain(|region| region.strong_count() > 0);
+        regions.push(Arc::downgrade(region));
+    }
+
+    /// The regions alive now.
+    pub fn regions(&self) -> Vec<Arc<Region>> {
+        self.regions
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// Segments of RAM in all.
+    pub fn segments(&self) -> u64 {
+        self.segments
+    }
+
+    /// Segments of RAM in use.
+    pub fn used_segments(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more segment, paging cold segments out to the bulk tier
+    /// while RAM is full. The caller must hold no segment's lock (the pager
+    /// takes others'). `OutOfMemory` without a bulk tier; `TiersFull` when
+    /// nothing more could be paged out.
+    pub fn reserve(&self) -> Result<Reservation<'_>, NodeError> {
+        let mut tries = 0;
+        loop {
+            match self.allocate() {
+                Ok(()) => return Ok(Reservation { arena: Some(self) }),
+                Err(error) => {
+                    let (Some(bulk), Some(reclaim)) = (&self.bulk, self.reclaimer.get()) else {
+                        return Err(error);
+                    };
+                    tries += 1;
+                    let freed = tries <= RECLAIM_TRIES && reclaim()?;
+                    if !freed {
+                        if let Some(reason) = bulk.failure() {
+                            return Err(NodeError::BulkFailed(reason));
+                        }
+                        let stat = bulk.stat();
+                        if stat.used_bytes + self.segment_bytes as u64 <= stat.capacity_bytes {
+                            // The bulk tier has room: every segment in RAM
+                            // is pinned by a write in progress.
+                            return Err(error);
+                        }
+                        return Err(NodeError::TiersFull {
+                            ram_bytes: self.capacity_bytes,
+                            bulk_bytes: stat.capacity_bytes,
+                        });
+                    }
+                }
+            }
+        }
     }
 
     /// Bytes per segment.

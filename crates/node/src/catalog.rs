@@ -244,6 +244,7 @@ impl Catalog {
                 );
             }
             let region = Arc::new(region);
+            arena.register(&region);
             if state
                 .by_name
                 .insert(region.info().name.clone(), region.clone())
@@ -324,6 +325,7 @@ impl Catalog {
             region.set_state(initial, "");
         }
         let region = Arc::new(region);
+        self.arena.register(&region);
         state.next_id = next_id;
         state.by_name.insert(name.to_owned(), region.clone());
         state.by_id.insert(info.id, region.clone());

@@ -477,7 +477,10 @@ pub fn checkpoint(
     let mut result = Ok(());
     for number in 0..region.segment_count() {
         let before = pages.len();
-        region.snapshot_segment(number, &mut pages, &mut data);
+        if let Err(error) = region.snapshot_segment(number, &mut pages, &mut data) {
+            result = Err(error);
+            break;
+        }
         debug_assert!(pages[before..].is_sorted());
         // Split at the object size so objects stay near their target.
         while pages.len() >= object_pages {

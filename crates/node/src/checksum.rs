@@ -65,7 +65,10 @@ pub(crate) fn region_checksum(
                 "start segment {start_segment}: the whole region's digest starts at segment 0"
             )));
         }
-        let digest = region_digest((0..segment_count).map(|number| region.segment_digest(number)));
+        let digests = (0..segment_count)
+            .map(|number| region.segment_digest(number))
+            .collect::<Result<Vec<_>, _>>()?;
+        let digest = region_digest(digests.into_iter());
         return Ok(Response::Checksum {
             segment_bytes,
             segment_count,
@@ -81,8 +84,8 @@ pub(crate) fn region_checksum(
     }
     let end = segment_count.min(start_segment + CHECKSUM_SEGMENTS_MAX as u64);
     let segments: Vec<(u64, Digest)> = (start_segment..end)
-        .map(|number| (number, region.segment_digest(number)))
-        .collect();
+        .map(|number| Ok((number, region.segment_digest(number)?)))
+        .collect::<Result<_, NodeError>>()?;
     // Only a reply that covers every segment can carry the region digest.
     let digest = if start_segment == 0 && end == segment_count {
         region_digest(segments.iter().map(|(_, digest)| *digest))

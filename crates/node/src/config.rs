@@ -16,6 +16,9 @@ pub struct NodeConfig {
     pub capacity_bytes: u64,
     /// Where the catalog lives.
     pub data_dir: PathBuf,
+    /// The bulk tier on SSD behind RAM, if any: cold segments go there when
+    /// RAM runs short (see `bulk`).
+    pub bulk: Option<crate::bulk::BulkConfig>,
     /// The shared token clients must present; required on non-loopback
     /// addresses.
     pub token: Option<Vec<u8>>,
@@ -167,6 +170,7 @@ impl NodeConfig {
             listen,
             capacity_bytes,
             data_dir,
+            bulk: None,
             token: None,
             spin: Duration::from_micros(SPIN_US_DEFAULT),
             connections_max: CONNECTIONS_MAX_DEFAULT,

@@ -35,6 +35,38 @@ pub enum NodeError {
         /// Bytes per segment.
         segment_bytes: u64,
     },
+    /// Both of the node's tiers are full: RAM, and the bulk tier on disk.
+    #[error(
+        "out of memory: the node's RAM ({ram_bytes} bytes) and its bulk tier ({bulk_bytes} bytes) \
+         are both full"
+    )]
+    TiersFull {
+        /// The node's RAM for pages.
+        ram_bytes: u64,
+        /// The bulk tier's capacity.
+        bulk_bytes: u64,
+    },
+    /// The bulk tier has no room for a segment's new blocks.
+    #[error("the bulk tier is full ({capacity_bytes} bytes)")]
+    BulkFull {
+        /// Its capacity.
+        capacity_bytes: u64,
+    },
+    /// A write to the bulk tier failed; it takes no more pages.
+    #[error("the bulk tier failed: {0}")]
+    BulkFailed(String),
+    /// A block read from the bulk tier does not match its checksum.
+    #[error("bulk tier {path}: block {block} does not match its checksum")]
+    BulkCorrupt {
+        /// The bulk file.
+        path: String,
+        /// The block.
+        block: u64,
+    },
+    /// A request lost a race too many times in a row (a segment kept moving
+    /// between tiers); it may be sent again.
+    #[error("busy: {0}")]
+    Contended(String),
     /// The node could not allocate memory for a region's metadata.
     #[error("out of memory: the node could not allocate {bytes} bytes for region metadata")]
     MetadataAllocation {
@@ -210,9 +242,12 @@ impl NodeError {
             }
             NodeError::RegionExists(_) => ErrorCode::RegionExists,
             NodeError::OutOfRange { .. } => ErrorCode::OutOfRange,
-            NodeError::OutOfMemory { .. } | NodeError::MetadataAllocation { .. } => {
-                ErrorCode::OutOfMemory
-            }
+            NodeError::OutOfMemory { .. }
+            | NodeError::TiersFull { .. }
+            | NodeError::BulkFull { .. }
+            | NodeError::MetadataAllocation { .. } => ErrorCode::OutOfMemory,
+            NodeError::BulkCorrupt { .. } => ErrorCode::Corrupt,
+            NodeError::Contended(_) => ErrorCode::Busy,
             NodeError::InvalidArgument(_) | NodeError::PeerNotAllowed(_) => {
                 ErrorCode::InvalidArgument
             }
@@ -232,6 +267,7 @@ impl NodeError {
             NodeError::LogRetired { .. } => ErrorCode::LogRetired,
             NodeError::NotPrimary { .. } => ErrorCode::NotPrimary,
             NodeError::MetadataFailed(_)
+            | NodeError::BulkFailed(_)
             | NodeError::Journal { .. }
             | NodeError::Peer { .. }
             | NodeError::Corrupt { .. }

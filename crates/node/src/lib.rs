@@ -5,7 +5,9 @@
 //! pages in a memory file of its own ([`region_memory::RegionMemory`], which
 //! co-located clients may map read-only), and a segment is counted and backed
 //! with memory on the region's first write to it (thin provisioning); pages
-//! never written read as zeros. Region metadata lives in the
+//! never written read as zeros. With a [`bulk`] tier, cold segments are
+//! paged out to a file on SSD when RAM runs short ([`tiering`] picks them)
+//! and come back on access. Region metadata lives in the
 //! [`catalog::Catalog`], persisted in the data dir. A [`node::Node`] accepts
 //! connections, one thread each, and [`server`] serves their requests.
 //!
@@ -17,6 +19,7 @@
 
 pub mod access;
 pub mod arena;
+pub mod bulk;
 pub mod catalog;
 pub mod checkpoint;
 mod checkpointing;
@@ -35,6 +38,7 @@ pub mod region_memory;
 pub mod replication;
 pub mod server;
 pub mod storage;
+pub mod tiering;
 mod tls;
 pub mod write_log;
 

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
     pub(crate) catalog: Catalog,
     pub(crate) arena: Arc<Arena>,
+    /// The pager, when the node has a bulk tier.
+    pub(crate) pager: Option<Arc<crate::tiering::Pager>>,
     pub(crate) storage: Option<Storage>,
     /// Recoveries run on this node, by region name.
     pub(crate) recoveries: Mutex<HashMap<String, Arc<RecoveryJob>>>,
@@ -88,6 +90,7 @@ pub struct Node {
     local_listener: Option<UnixListener>,
     local_acceptor: Option<JoinHandle<()>>,
     checkpointer: Option<JoinHandle<()>>,
+    pager_thread: Option<JoinHandle<()>>,
     /// The metrics endpoint, if configured; it stops when the node is
     /// dropped (a refused stop keeps it serving).
     metrics: Option<crate::metrics::Endpoint>,
@@ -203,7 +206,24 @@ impl Node {
         // that cannot be written fails here, named, with the fix.
         crate::preflight::check(&config)?;
         let membership = crate::cluster::Membership::open(&config)?;
-        let arena = Arc::new(Arena::new(config.capacity_bytes, SEGMENT_BYTES)?);
+        let mut arena = Arena::new(config.capacity_bytes, SEGMENT_BYTES)?;
+        if let Some(bulk) = &config.bulk {
+            let store = crate::bulk::BulkStore::open(bulk)?;
+            tracing::info!(
+                path = %store.path().display(),
+                capacity_bytes = bulk.capacity_bytes,
+                direct_io = store.direct(),
+                "bulk tier ready"
+            );
+            arena = arena.with_bulk(store);
+        }
+        let arena = Arc::new(arena);
+        // Before the regions load: a baseline larger than RAM pages out as
+        // it loads.
+        let pager = match arena.bulk() {
+            Some(_) => Some(crate::tiering::Pager::install(arena.clone())?),
+            None => None,
+        };
         let missing = if config.accept_storage_mismatch {
             MissingCatalog::StartEmpty
         } else {
@@ -253,6 +273,7 @@ impl Node {
             config,
             catalog,
             arena,
+            pager,
             storage,
             recoveries: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
@@ -283,7 +304,14 @@ impl Node {
             checkpointer: None,
             metrics,
             agent,
+            pager_thread: None,
         };
+        node.pager_thread = node
+            .shared
+            .pager
+            .as_ref()
+            .map(|pager| pager.spawn())
+            .transpose()?;
         node.serve()?;
         Ok(node)
     }
@@ -491,6 +519,12 @@ impl Drop for Node {
         self.shared.membership.stop();
         if let Some(agent) = self.agent.take() {
             agent.join();
+        }
+        if let Some(pager) = &self.shared.pager {
+            pager.stop();
+        }
+        if let Some(thread) = self.pager_thread.take() {
+            let _ = thread.join();
         }
         if let (Some(_), Some(path)) = (self.local_listener.take(), &self.shared.local_socket) {
             let _ = std::fs::remove_file(path);

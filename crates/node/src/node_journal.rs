@@ -30,7 +30,7 @@ pub(crate) fn apply(
     entries: &[(u64, &[u8])],
 ) -> Result<(), NodeError> {
     let _order = region.journal_lock.lock();
-    region.prepare_bytes(entries)?;
+    let pinned = region.prepare_bytes(entries)?;
     // Opened on the first record; the region's journal lock, held, makes
     // this the only opener.
     let journal = match region.journal() {
@@ -64,7 +64,7 @@ pub(crate) fn apply(
         ),
         error: e,
     })?;
-    region.write_bytes(entries, committed.id)
+    region.write_bytes(entries, committed.id, pinned)
 }
 
 /// Opens the journal of every region that has one and applies its records
@@ -89,8 +89,8 @@ pub(crate) fn replay(data_dir: &std::path::Path, catalog: &Catalog) {
                         .iter()
                         .map(|entry| (entry.offset, entry.data.as_slice()))
                         .collect();
-                    region.prepare_bytes(&entries)?;
-                    region.write_bytes(&entries, record.id)?;
+                    let pinned = region.prepare_bytes(&entries)?;
+                    region.write_bytes(&entries, record.id, pinned)?;
                 }
                 Ok((journal, records.len()))
             });

@@ -24,8 +24,24 @@
 //! has not visited yet first saves the old bytes beside the segment; the
 //! checkpoint takes the saved copy instead. Either way it sees every page as
 //! it was at its start, while writers go on.
+//!
+//! **Tiers.** A segment is *unwritten* (no memory; reads as zeros),
+//! *resident* (its pages in the region's memory file), or *paged out* (its
+//! pages in the node's bulk tier, one block reference each per 4 KiB, see
+//! `bulk`): the entry is the one indirection that says where the segment's
+//! pages are, and moving them between tiers rewrites only it. Write numbers
+//! stay in the entry whatever the tier, so checkpoints, replication and
+//! recovery see the same dirty pages. Reads of a paged-out segment are
+//! served from the bulk tier under the entry's shared lock (which blocks no
+//! other segment, and no reader of this one); anything that changes a
+//! segment's bytes first pages it back in ([`Region::allocate`]), and holds
+//! a *pin* on it for the rest of its batch, so the pager cannot page it out
+//! between the check and the write. The pager (`tiering`) pages out only
+//! segments without pins, copying the bytes under the shared lock and
+//! writing them to the bulk tier under no lock at all; it commits the move
+//! only if the segment did not change meanwhile (`changes`).
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use pagoda_wire::limits::{BATCH_BYTES_MAX, PAGE_BYTES_MAX, PAGE_BYTES_MIN, REGION_BYTES_MAX};
@@ -36,6 +52,7 @@ use parking_lot::{Mutex, RwLock};
 use pagoda_journal::Journal;
 
 use crate::arena::Arena;
+use crate::bulk::{AlignedBuf, BLOCK_BYTES, BlockRef, ZERO_BLOCK};
 use crate::checkpoint::Manifest;
 use crate::error::NodeError;
 use crate::region_memory::RegionMemory;
@@ -71,10 +88,25 @@ pub fn validate_shape(size: u64, page_size: u32) -> Result<(), NodeError> {
 
 /// A segment table entry.
 struct Segment {
-    /// The segment's number while it holds memory; `NO_SEGMENT` before.
+    /// The segment's number while it holds memory (resident); `NO_SEGMENT`
+    /// while unwritten or paged out.
     slot: SegmentSlot,
-    /// Per page, the sequence number of its last write; empty while no slot
-    /// is allocated.
+    /// While paged out: a bulk-tier block per [`BLOCK_BYTES`] of the
+    /// segment.
+    paged_out: Option<Box<[BlockRef]>>,
+    /// The memory file's version of the segment when it was paged out (a
+    /// page-in resumes above it).
+    last_version: u64,
+    /// Bumped by every change to the segment's bytes or tier: a page-out
+    /// commits only if it did not move while the bytes were written out.
+    changes: u64,
+    /// Accesses lately (decayed by the pager): how warm the segment is.
+    usage: AtomicU32,
+    /// Batches about to write into the segment: while non-zero it is not
+    /// paged out.
+    pins: AtomicU32,
+    /// Per page, the sequence number of its last write; empty while the
+    /// segment is unwritten.
     seqs: Box<[u64]>,
     /// The highest number in `seqs`.
     max_seq: u64,
@@ -89,10 +121,69 @@ impl Segment {
     fn empty() -> Segment {
         Segment {
             slot: NO_SEGMENT,
+            paged_out: None,
+            last_version: 0,
+            changes: 0,
+            usage: AtomicU32::new(0),
+            pins: AtomicU32::new(0),
             seqs: Box::new([]),
             max_seq: 0,
             saved: Vec::new(),
             visited: 0,
+        }
+    }
+
+    fn is_resident(&self) -> bool {
+        self.slot != NO_SEGMENT
+    }
+
+    /// Holds pages in either tier (written at least once).
+    fn is_stored(&self) -> bool {
+        self.slot != NO_SEGMENT || self.paged_out.is_some()
+    }
+
+    /// Counts an access for the pager's measure of warmth.
+    fn touch(&self) {
+        if self.usage.load(Ordering::Relaxed) < USAGE_MAX {
+            self.usage.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Where [`Segment::usage`] stops counting.
+const USAGE_MAX: u32 = 1 << 20;
+
+/// Times a batch tries to make a segment resident before it gives up (each
+/// try loses only to a concurrent page-out of the same segment).
+const RESIDENT_TRIES: usize = 64;
+
+/// A segment's tier and warmth, as [`Region::segment_usage`] reports them.
+#[derive(Clone, Copy, Debug)]
+pub struct SegmentUsage {
+    /// The segment's number.
+    pub number: usize,
+    /// Accesses lately.
+    pub usage: u32,
+    /// In RAM (else paged out).
+    pub resident: bool,
+    /// Pinned by a batch in progress (not to be paged out now).
+    pub pinned: bool,
+}
+
+/// Pins on the segments a batch writes into, taken by [`Region::allocate`]
+/// once each is resident, and given back when dropped.
+#[must_use = "the pins keep the batch's segments resident until it is written"]
+pub struct Pinned<'a> {
+    region: &'a Region,
+    segments: Vec<usize>,
+}
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        for &number in &self.segments {
+            if let Some(entry) = self.region.segments.get(number) {
+                entry.read().pins.fetch_sub(1, Ordering::Release);
+            }
         }
     }
 }
@@ -227,6 +318,10 @@ pub struct Region {
     segments: SegmentTable,
     pages_per_segment: u64,
     segments_allocated: AtomicU64,
+    segments_paged_out: AtomicU64,
+    /// Block references of the paged-out segments: all, and all-zero ones.
+    bulk_blocks: AtomicU64,
+    bulk_zero_blocks: AtomicU64,
     pages_read: AtomicU64,
     pages_written: AtomicU64,
     /// The last sequence number handed out.
@@ -277,6 +372,9 @@ impl Region {
             uid,
             arena,
             segments_allocated: AtomicU64::new(0),
+            segments_paged_out: AtomicU64::new(0),
+            bulk_blocks: AtomicU64::new(0),
+            bulk_zero_blocks: AtomicU64::new(0),
             pages_read: AtomicU64::new(0),
             pages_written: AtomicU64::new(0),
             seq: AtomicU64::new(BASELINE_SEQ),
@@ -393,7 +491,7 @@ impl Region {
             if index >= count {
                 break;
             }
-            if entry.read().slot != NO_SEGMENT {
+            if entry.read().is_stored() {
                 bits[(index / 8) as usize] |= 1 << (index % 8);
             }
         }
@@ -408,6 +506,21 @@ impl Region {
     /// Segments currently holding RAM.
     pub fn segments_allocated(&self) -> u64 {
         self.segments_allocated.load(Ordering::Relaxed)
+    }
+
+    /// Segments whose pages are in the bulk tier.
+    pub fn segments_paged_out(&self) -> u64 {
+        self.segments_paged_out.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the region's pages in the bulk tier, and of those the bytes
+    /// of all-zero blocks (which take no space there).
+    pub fn bulk_bytes(&self) -> (u64, u64) {
+        let block = BLOCK_BYTES as u64;
+        (
+            self.bulk_blocks.load(Ordering::Relaxed) * block,
+            self.bulk_zero_blocks.load(Ordering::Relaxed) * block,
+        )
     }
 
     /// Pages read since the node started.
@@ -489,11 +602,24 @@ impl Region {
             )));
         }
         out.reserve(reply_bytes);
+        let mut scratch = None;
         for page in pages.iter() {
             let (segment, index) = self.locate(page);
             match self.segments.get(segment).map(|entry| entry.read()) {
-                Some(segment) if segment.slot != NO_SEGMENT => {
+                Some(segment) if segment.is_resident() => {
+                    segment.touch();
                     out.extend_from_slice(self.page_bytes(&segment, index))
+                }
+                Some(segment) if segment.paged_out.is_some() => {
+                    segment.touch();
+                    let buffer = match &mut scratch {
+                        Some(buffer) => buffer,
+                        None => scratch.insert(AlignedBuf::new(page_size)?),
+                    };
+                    // Under the entry's shared lock: it holds the blocks'
+                    // references; other segments and readers go on.
+                    self.read_paged_out(&segment, index, buffer)?;
+                    out.extend_from_slice(buffer);
                 }
                 _ => out.resize(out.len() + page_size, 0),
             }
@@ -518,6 +644,26 @@ impl Region {
                 page_size,
             )
         }
+    }
+
+    /// Reads page `index` of a paged-out segment from the bulk tier into
+    /// `out` (one page, aligned). The caller holds the entry's lock.
+    fn read_paged_out(
+        &self,
+        segment: &Segment,
+        index: usize,
+        out: &mut [u8],
+    ) -> Result<(), NodeError> {
+        let refs = segment.paged_out.as_ref().expect("a paged-out segment");
+        let per_page = self.info.page_size as usize / BLOCK_BYTES;
+        self.bulk()?
+            .read(&refs[index * per_page..(index + 1) * per_page], out)
+    }
+
+    fn bulk(&self) -> Result<&crate::bulk::BulkStore, NodeError> {
+        self.arena.bulk().ok_or_else(|| {
+            NodeError::Config("a paged-out segment on a node without a bulk tier".into())
+        })
     }
 
     /// Writes the named pages from `data`. Checks every page and allocates
@@ -562,7 +708,7 @@ impl Region {
         }
         let _gate = self.gate.read();
         self.check_writable(track)?;
-        self.allocate(pages.clone())?;
+        let _pinned = self.allocate(pages.clone())?;
         let seq = match track {
             Track::Baseline => BASELINE_SEQ,
             Track::Write | Track::Restore => self.seq.fetch_add(1, Ordering::Relaxed) + 1,
@@ -585,32 +731,221 @@ impl Region {
         }
     }
 
-    /// Allocates every segment the pages lie in, before anything is written.
-    fn allocate(&self, pages: impl Iterator<Item = u64>) -> Result<(), NodeError> {
+    /// Makes every segment the pages lie in resident (allocating unwritten
+    /// ones, paging paged-out ones back in) and pins it, before anything is
+    /// written. The caller holds no entry's lock.
+    pub(crate) fn allocate(
+        &self,
+        pages: impl Iterator<Item = u64>,
+    ) -> Result<Pinned<'_>, NodeError> {
+        let mut pinned = Pinned {
+            region: self,
+            segments: Vec::new(),
+        };
         for page in pages {
             let (number, _) = self.locate(page);
-            let entry = self.segments.get_or_allocate(number)?;
-            if entry.read().slot != NO_SEGMENT {
+            if pinned.segments.contains(&number) {
                 continue;
             }
-            let mut segment = entry.write();
-            if segment.slot == NO_SEGMENT {
-                let pages = self.pages_per_segment as usize;
-                let mut seqs = Vec::new();
-                seqs.try_reserve_exact(pages)
-                    .map_err(|_| metadata_allocation_failed(pages * 8))?;
-                seqs.resize(pages, 0);
-                self.arena.allocate()?;
-                if let Err(error) = self.memory.allocate(number) {
-                    self.arena.release();
-                    return Err(error);
-                }
-                segment.slot = number as SegmentSlot;
-                segment.seqs = seqs.into_boxed_slice();
-                self.segments_allocated.fetch_add(1, Ordering::Relaxed);
-            }
+            self.make_resident(number)?;
+            pinned.segments.push(number);
         }
-        Ok(())
+        Ok(pinned)
+    }
+
+    /// Makes segment `number` resident and takes a pin on it.
+    fn make_resident(&self, number: usize) -> Result<(), NodeError> {
+        let entry = self.segments.get_or_allocate(number)?;
+        for _ in 0..RESIDENT_TRIES {
+            {
+                let segment = entry.read();
+                if segment.is_resident() {
+                    // Under the shared lock: a page-out commits under the
+                    // exclusive one, and then sees the pin.
+                    segment.pins.fetch_add(1, Ordering::Acquire);
+                    return Ok(());
+                }
+            }
+            // RAM first, holding no entry's lock: making room may page out
+            // other segments, of this region too.
+            let reservation = self.arena.reserve()?;
+            let paged_out = {
+                let segment = entry.read();
+                segment
+                    .paged_out
+                    .as_ref()
+                    .map(|refs| (refs.clone(), segment.changes))
+            };
+            // The blocks are read under no lock; the move commits only if
+            // the segment is still paged out with the same blocks.
+            let bytes = match &paged_out {
+                Some((refs, _)) => {
+                    let mut buffer = AlignedBuf::new(refs.len() * BLOCK_BYTES)?;
+                    self.bulk()?.read(refs, &mut buffer)?;
+                    Some(buffer)
+                }
+                None => None,
+            };
+            let mut segment = entry.write();
+            if segment.is_resident() {
+                // Someone else made it resident meanwhile.
+                continue;
+            }
+            match (&bytes, &paged_out) {
+                (None, None) if segment.paged_out.is_none() => {
+                    let pages = self.pages_per_segment as usize;
+                    let mut seqs = Vec::new();
+                    seqs.try_reserve_exact(pages)
+                        .map_err(|_| metadata_allocation_failed(pages * 8))?;
+                    seqs.resize(pages, 0);
+                    self.memory.allocate(number, 0)?;
+                    segment.seqs = seqs.into_boxed_slice();
+                }
+                (Some(bytes), Some((refs, changes)))
+                    if segment.changes == *changes && segment.paged_out.is_some() =>
+                {
+                    self.memory.allocate(number, segment.last_version)?;
+                    self.memory.begin_write(number);
+                    // SAFETY: the segment's memory was just allocated to this
+                    // region, the write lock makes this the only access, and
+                    // the buffer is the segment's length.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            bytes.as_ptr(),
+                            self.memory.segment_pointer(number),
+                            bytes.len(),
+                        );
+                    }
+                    self.memory.end_write(number);
+                    segment.paged_out = None;
+                    self.forget_blocks(refs);
+                    self.segments_paged_out.fetch_sub(1, Ordering::Relaxed);
+                }
+                // The segment moved while its blocks were read: again.
+                _ => continue,
+            }
+            reservation.keep();
+            segment.slot = number as SegmentSlot;
+            segment.changes += 1;
+            segment.pins.fetch_add(1, Ordering::Acquire);
+            self.segments_allocated.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        Err(NodeError::Contended(format!(
+            "segment {number} of region {:?} kept moving between tiers",
+            self.info.name
+        )))
+    }
+
+    /// Gives back a paged-out segment's block references.
+    fn forget_blocks(&self, refs: &[BlockRef]) {
+        let bulk = self
+            .arena
+            .bulk()
+            .expect("paged out, so the node has a bulk tier");
+        bulk.release(refs);
+        bulk.uncount(refs);
+        let zeros = refs.iter().filter(|&&block| block == ZERO_BLOCK).count() as u64;
+        self.bulk_blocks
+            .fetch_sub(refs.len() as u64, Ordering::Relaxed);
+        self.bulk_zero_blocks.fetch_sub(zeros, Ordering::Relaxed);
+    }
+
+    /// Pages segment `number` out to the bulk tier if it is resident and
+    /// unpinned; `Ok(false)` if it was not (or changed while its bytes were
+    /// written out, or the bulk tier is full). `buffer` is a segment's worth
+    /// of scratch. Takes only this segment's lock, and no lock across I/O.
+    pub fn page_out(&self, number: usize, buffer: &mut AlignedBuf) -> Result<bool, NodeError> {
+        let bulk = self.bulk()?;
+        let Some(entry) = self.segments.get(number) else {
+            return Ok(false);
+        };
+        let segment_bytes = self.arena.segment_bytes();
+        assert_eq!(buffer.len(), segment_bytes);
+        let changes = {
+            let segment = entry.read();
+            if !segment.is_resident() || segment.pins.load(Ordering::Acquire) > 0 {
+                return Ok(false);
+            }
+            // SAFETY: the segment is resident in this region, the shared
+            // lock excludes writers, and the buffer is a segment long.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.memory.segment_pointer(number),
+                    buffer.as_mut_ptr(),
+                    segment_bytes,
+                );
+            }
+            segment.changes
+        };
+        let refs = match bulk.store(buffer) {
+            Ok(refs) => refs,
+            Err(NodeError::BulkFull { .. }) => return Ok(false),
+            Err(error) => return Err(error),
+        };
+        let mut segment = entry.write();
+        if !segment.is_resident()
+            || segment.pins.load(Ordering::Acquire) > 0
+            || segment.changes != changes
+        {
+            drop(segment);
+            bulk.release(&refs);
+            bulk.uncount(&refs);
+            return Ok(false);
+        }
+        let zeros = refs.iter().filter(|&&block| block == ZERO_BLOCK).count() as u64;
+        self.bulk_blocks
+            .fetch_add(refs.len() as u64, Ordering::Relaxed);
+        self.bulk_zero_blocks.fetch_add(zeros, Ordering::Relaxed);
+        segment.last_version = self.memory.page_out(number);
+        segment.slot = NO_SEGMENT;
+        segment.paged_out = Some(refs);
+        segment.changes += 1;
+        self.segments_allocated.fetch_sub(1, Ordering::Relaxed);
+        self.segments_paged_out.fetch_add(1, Ordering::Relaxed);
+        self.arena.release();
+        Ok(true)
+    }
+
+    /// Every stored segment's tier and warmth; with `decay`, halves each
+    /// warmth afterwards (the pager's periodic pass).
+    pub fn segment_usage(&self, decay: bool) -> Vec<SegmentUsage> {
+        let mut usages = Vec::new();
+        for (number, entry) in self.segments.allocated_from(0) {
+            let segment = entry.read();
+            if !segment.is_stored() {
+                continue;
+            }
+            let usage = if decay {
+                segment
+                    .usage
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u / 2))
+                    .expect("always Some")
+            } else {
+                segment.usage.load(Ordering::Relaxed)
+            };
+            usages.push(SegmentUsage {
+                number,
+                usage,
+                resident: segment.is_resident(),
+                pinned: segment.pins.load(Ordering::Relaxed) > 0,
+            });
+        }
+        usages
+    }
+
+    /// Pages segment `number` back in if it is paged out (the pager's
+    /// promotion of a warm segment); `Ok(false)` if it was not.
+    pub fn page_in(&self, number: usize) -> Result<bool, NodeError> {
+        let Some(entry) = self.segments.get(number) else {
+            return Ok(false);
+        };
+        if entry.read().paged_out.is_none() {
+            return Ok(false);
+        }
+        self.make_resident(number)?;
+        entry.read().pins.fetch_sub(1, Ordering::Release);
+        Ok(true)
     }
 
     /// Writes `bytes` at `offset` within `page` (whose segment is allocated),
@@ -632,10 +967,12 @@ impl Region {
             .get(segment)
             .expect("the segment was allocated before the write")
             .write();
-        assert_ne!(
-            segment.slot, NO_SEGMENT,
-            "segment allocated above was released"
+        assert!(
+            segment.is_resident(),
+            "segment pinned resident above was paged out"
         );
+        segment.changes += 1;
+        segment.touch();
         let old = segment.seqs[index];
         if snapshot_id != 0 && segment.visited != snapshot_id && old > from && old <= to {
             // The running snapshot still needs this page as it was.
@@ -662,10 +999,10 @@ impl Region {
         }
     }
 
-    /// Checks byte-range writes (a journal record's) and allocates the
-    /// segments they need, so that [`Region::write_bytes`] cannot fail after
-    /// the record is persisted.
-    pub fn prepare_bytes(&self, entries: &[(u64, &[u8])]) -> Result<(), NodeError> {
+    /// Checks byte-range writes (a journal record's) and makes the segments
+    /// they need resident, pinned until [`Region::write_bytes`] consumes the
+    /// pins, so that it cannot fail after the record is persisted.
+    pub fn prepare_bytes(&self, entries: &[(u64, &[u8])]) -> Result<Pinned<'_>, NodeError> {
         for &(offset, bytes) in entries {
             let end = offset.checked_add(bytes.len() as u64);
             if end.is_none_or(|end| end > self.info.size) {
@@ -690,9 +1027,15 @@ impl Region {
     }
 
     /// Applies byte-range writes (a journal record's, `journal_id` in the
-    /// node's journal of this region) as one batch. Call
-    /// [`Region::prepare_bytes`] first.
-    pub fn write_bytes(&self, entries: &[(u64, &[u8])], journal_id: u64) -> Result<(), NodeError> {
+    /// node's journal of this region) as one batch, into the segments
+    /// [`Region::prepare_bytes`] pinned.
+    pub fn write_bytes(
+        &self,
+        entries: &[(u64, &[u8])],
+        journal_id: u64,
+        pinned: Pinned<'_>,
+    ) -> Result<(), NodeError> {
+        debug_assert!(std::ptr::eq(pinned.region, self));
         let _gate = self.gate.read();
         self.check_writable(Track::Write)?;
         let page_size = self.info.page_size as u64;
@@ -814,7 +1157,7 @@ impl Region {
     /// size, only the region's bytes in it. An unwritten segment hashes as
     /// zeros of that length. The segment's entry lock is held shared while
     /// it is hashed, as `read_pages` does, so no write tears it.
-    pub fn segment_digest(&self, number: u64) -> [u8; 32] {
+    pub fn segment_digest(&self, number: u64) -> Result<[u8; 32], NodeError> {
         assert!(
             number < self.segments.count as u64,
             "segment {number} beyond the region's {}",
@@ -822,45 +1165,52 @@ impl Region {
         );
         let segment_bytes = self.arena.segment_bytes() as u64;
         let length = (self.info.size - number * segment_bytes).min(segment_bytes) as usize;
-        if let Some(entry) = self.segments.get(number as usize) {
-            let segment = entry.read();
-            if segment.slot != NO_SEGMENT {
-                // SAFETY: the slot is allocated to this region, the entry's
-                // lock is held (excluding writers), and `length` is at most
-                // the segment size.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(
-                        self.memory.segment_pointer(segment.slot as usize),
-                        length,
-                    )
-                };
-                return *blake3::hash(bytes).as_bytes();
-            }
+        let mut digest = None;
+        self.with_segment_bytes(number as usize, length, |bytes| {
+            digest = Some(*blake3::hash(bytes).as_bytes())
+        })?;
+        Ok(digest.unwrap_or_else(|| crate::checksum::zero_digest(length)))
+    }
+
+    /// Calls `f` with the first `length` bytes of segment `number` under the
+    /// entry's shared lock, read from the bulk tier if it is paged out; not
+    /// at all for an unwritten segment (zeros).
+    fn with_segment_bytes(
+        &self,
+        number: usize,
+        length: usize,
+        f: impl FnOnce(&[u8]),
+    ) -> Result<(), NodeError> {
+        let Some(entry) = self.segments.get(number) else {
+            return Ok(());
+        };
+        let segment = entry.read();
+        if segment.is_resident() {
+            // SAFETY: the slot is allocated to this region, the entry's lock
+            // is held (excluding writers), and `length` is at most the
+            // segment size.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    self.memory.segment_pointer(segment.slot as usize),
+                    length,
+                )
+            };
+            f(bytes);
+        } else if let Some(refs) = &segment.paged_out {
+            let mut buffer = AlignedBuf::new(refs.len() * BLOCK_BYTES)?;
+            self.bulk()?.read(refs, &mut buffer)?;
+            f(&buffer[..length]);
         }
-        crate::checksum::zero_digest(length)
+        Ok(())
     }
 
     /// Appends segment `number`'s bytes as a reader sees them to `out`
     /// (nothing for an unwritten segment, which reads as zeros), under the
     /// segment's entry lock.
-    pub fn copy_segment(&self, number: usize, out: &mut Vec<u8>) {
+    pub fn copy_segment(&self, number: usize, out: &mut Vec<u8>) -> Result<(), NodeError> {
         let segment_bytes = self.arena.segment_bytes() as u64;
         let length = (self.info.size - number as u64 * segment_bytes).min(segment_bytes) as usize;
-        if let Some(entry) = self.segments.get(number) {
-            let segment = entry.read();
-            if segment.slot != NO_SEGMENT {
-                // SAFETY: the slot is allocated to this region, the entry's
-                // lock is held (excluding writers), and `length` is at most
-                // the segment size.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(
-                        self.memory.segment_pointer(segment.slot as usize),
-                        length,
-                    )
-                };
-                out.extend_from_slice(bytes);
-            }
-        }
+        self.with_segment_bytes(number, length, |bytes| out.extend_from_slice(bytes))
     }
 
     /// Replaces segment `number`'s pages with `bytes` (a replica's rebuild):
@@ -889,7 +1239,7 @@ impl Region {
             if self
                 .segments
                 .get(number as usize)
-                .is_none_or(|e| e.read().slot == NO_SEGMENT)
+                .is_none_or(|e| !e.read().is_stored())
             {
                 // Unwritten here too: zeros already.
                 return Ok(());
@@ -916,21 +1266,27 @@ impl Region {
 
     /// Appends to `pages` and `data` the snapshot's pages of segment
     /// `number`, as they were at the snapshot's start, in page order.
-    pub fn snapshot_segment(&self, number: usize, pages: &mut Vec<u64>, data: &mut Vec<u8>) {
+    pub fn snapshot_segment(
+        &self,
+        number: usize,
+        pages: &mut Vec<u64>,
+        data: &mut Vec<u8>,
+    ) -> Result<(), NodeError> {
         let (id, from, to) = *self.snapshot.read();
         assert_ne!(id, 0, "no snapshot is running");
         // A segment whose chunk was never allocated holds no page yet, and
         // one allocated from now on holds none the snapshot covers.
         let Some(entry) = self.segments.get(number) else {
-            return;
+            return Ok(());
         };
         let mut segment = entry.write();
         segment.visited = id;
         let saved = std::mem::take(&mut segment.saved);
-        if segment.slot == NO_SEGMENT || (segment.max_seq <= from && saved.is_empty()) {
-            return;
+        if !segment.is_stored() || (segment.max_seq <= from && saved.is_empty()) {
+            return Ok(());
         }
         let base = number as u64 * self.pages_per_segment;
+        let mut scratch = None;
         for index in 0..segment.seqs.len() {
             let seq = segment.seqs[index];
             if let Some((_, bytes)) = saved.iter().find(|(i, _)| *i as usize == index) {
@@ -938,9 +1294,21 @@ impl Region {
                 data.extend_from_slice(bytes);
             } else if seq > from && seq <= to {
                 pages.push(base + index as u64);
-                data.extend_from_slice(self.page_bytes(&segment, index));
+                if segment.is_resident() {
+                    data.extend_from_slice(self.page_bytes(&segment, index));
+                } else {
+                    // Paged out: read under the entry's lock, which a
+                    // writer would need anyway to page the segment in.
+                    let buffer = match &mut scratch {
+                        Some(buffer) => buffer,
+                        None => scratch.insert(AlignedBuf::new(self.info.page_size as usize)?),
+                    };
+                    self.read_paged_out(&segment, index, buffer)?;
+                    data.extend_from_slice(buffer);
+                }
             }
         }
+        Ok(())
     }
 
     /// Ends the running snapshot, dropping any saved pages.
@@ -1000,10 +1368,87 @@ impl Drop for Region {
         for (_, segment) in self.segments.allocated_from(0) {
             // The memory itself goes back to the kernel when `memory` drops,
             // whoever still maps it.
-            if segment.read().slot != NO_SEGMENT {
+            let segment = segment.read();
+            if segment.is_resident() {
                 self.arena.release();
+            } else if let Some(refs) = &segment.paged_out {
+                self.forget_blocks(refs);
             }
         }
+    }
+}
+
+impl Region {
+    /// Loads `pages` from the region's baseline straight into its memory:
+    /// makes their segment resident, then lets `fill` write the pages' bytes
+    /// in place (the whole run, in page order) under the segment's lock and
+    /// seqlock, so no reader sees them before `fill` returns. They are then
+    /// numbered [`BASELINE_SEQ`] and counted as written, as
+    /// `restore_pages(.., true)` does. If `fill` fails, the run's pages are
+    /// zeroed (nothing unverified stays in memory), keep their numbers, and
+    /// its error is returned. The run must lie within one segment.
+    pub(crate) fn restore_with(
+        &self,
+        pages: std::ops::Range<u64>,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), NodeError>,
+    ) -> Result<(), NodeError> {
+        if pages.is_empty() {
+            return Ok(());
+        }
+        self.check_in_range(std::iter::once(pages.end - 1))?;
+        let (number, first) = self.locate(pages.start);
+        assert_eq!(
+            self.locate(pages.end - 1).0,
+            number,
+            "pages {pages:?} span segments"
+        );
+        let count = (pages.end - pages.start) as usize;
+        let page_size = self.info.page_size as usize;
+        let _gate = self.gate.read();
+        self.check_writable(Track::Baseline)?;
+        let _pinned = self.allocate(std::iter::once(pages.start))?;
+        let (snapshot_id, from, to) = *self.snapshot.read();
+        let mut segment = self
+            .segments
+            .get(number)
+            .expect("the segment was allocated above")
+            .write();
+        assert!(
+            segment.is_resident(),
+            "segment pinned resident above was paged out"
+        );
+        // A page-out that copied the bytes before this fill must not commit.
+        segment.changes += 1;
+        for index in first..first + count {
+            let old = segment.seqs[index];
+            if snapshot_id != 0 && segment.visited != snapshot_id && old > from && old <= to {
+                // The running snapshot still needs this page as it was.
+                let saved = self.page_bytes(&segment, index).into();
+                segment.saved.push((index as u32, saved));
+            }
+        }
+        let slot = segment.slot as usize;
+        // Co-located readers retry or ask the node while the bytes change.
+        self.memory.begin_write(slot);
+        // SAFETY: the slot is allocated to this region, the write lock makes
+        // this the only access, and the run lies inside the segment.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.memory.segment_pointer(slot).add(first * page_size),
+                count * page_size,
+            )
+        };
+        let result = fill(bytes);
+        if result.is_err() {
+            bytes.fill(0);
+        }
+        self.memory.end_write(slot);
+        result?;
+        segment.seqs[first..first + count].fill(BASELINE_SEQ);
+        segment.max_seq = segment.max_seq.max(BASELINE_SEQ);
+        self.pages_written
+            .fetch_add(count as u64, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -1056,6 +1501,96 @@ mod tests {
         region.read_pages(list(&page_bytes), &mut out).unwrap();
         assert!(out[..4096].iter().all(|&b| b == 0));
         assert!(out[4096..].iter().all(|&b| b == 7));
+    }
+
+    fn bulk_region(size: u64, ram: u64, bulk: u64) -> (tempfile::TempDir, Arc<Arena>, Region) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::bulk::BulkStore::open(&crate::bulk::BulkConfig {
+            dir: dir.path().to_path_buf(),
+            capacity_bytes: bulk,
+        })
+        .unwrap();
+        let arena = Arc::new(Arena::new(ram, 2 << 20).unwrap().with_bulk(store));
+        let info = RegionInfo {
+            id: 1,
+            size,
+            page_size: 4096,
+            name: "r".into(),
+        };
+        let region = Region::new(info, 1, arena.clone()).unwrap();
+        (dir, arena, region)
+    }
+
+    fn read(region: &Region, page: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        region.read_pages(list(&pages(&[page])), &mut out).unwrap();
+        out
+    }
+
+    // Guards the move between tiers: a paged-out segment gives its RAM
+    // back, reads the same from the bulk tier (zero pages as nothing), keeps
+    // its write numbers, and a write pages it back in with the bytes intact.
+    #[test]
+    fn a_paged_out_segment_reads_the_same_and_pages_back_in_on_write() {
+        let (_dir, arena, region) = bulk_region(8 << 20, 8 << 20, 16 << 20);
+        region
+            .write_pages(list(&pages(&[0])), &[0u8; 4096])
+            .unwrap();
+        region
+            .write_pages(list(&pages(&[1, 2])), &[5u8; 8192])
+            .unwrap();
+        let dirty = region.dirty_count(0);
+        let mut buffer = AlignedBuf::new(2 << 20).unwrap();
+        assert!(region.page_out(0, &mut buffer).unwrap());
+        assert!(!region.page_out(0, &mut buffer).unwrap(), "already out");
+        assert_eq!(arena.used_bytes(), 0, "its RAM went back");
+        assert_eq!(region.segments_paged_out(), 1);
+        let bulk = arena.bulk().unwrap().stat();
+        assert_eq!(
+            bulk.used_bytes, 4096,
+            "pages 1 and 2 are one block; zeros none"
+        );
+        assert_eq!(region.bulk_bytes(), (2 << 20, (2 << 20) - 8192));
+        assert_eq!(read(&region, 0), vec![0u8; 4096]);
+        assert_eq!(read(&region, 2), vec![5u8; 4096]);
+        assert_eq!(read(&region, 3), vec![0u8; 4096]);
+        assert_eq!(region.dirty_count(0), dirty, "write numbers survive");
+        region
+            .write_pages(list(&pages(&[3])), &[6u8; 4096])
+            .unwrap();
+        assert_eq!(region.segments_paged_out(), 0);
+        assert_eq!(arena.used_bytes(), 2 << 20);
+        assert_eq!(arena.bulk().unwrap().stat().used_bytes, 0, "blocks freed");
+        assert_eq!(read(&region, 1), vec![5u8; 4096]);
+        assert_eq!(read(&region, 3), vec![6u8; 4096]);
+        assert_eq!(region.dirty_count(0), dirty + 1);
+    }
+
+    // Guards room-making: with RAM for one segment, writing a second pages
+    // the first out through the pager, and both read back.
+    #[test]
+    fn a_full_ram_pages_out_for_a_write() {
+        let (_dir, arena, region) = bulk_region(8 << 20, 2 << 20, 16 << 20);
+        let region = Arc::new(region);
+        arena.register(&region);
+        let pager = crate::tiering::Pager::install(arena.clone()).unwrap();
+        region
+            .write_pages(list(&pages(&[0])), &[1u8; 4096])
+            .unwrap();
+        region
+            .write_pages(list(&pages(&[512])), &[2u8; 4096])
+            .unwrap();
+        assert_eq!(pager.stat().paged_out, 1);
+        assert_eq!(read(&region, 0), vec![1u8; 4096]);
+        assert_eq!(read(&region, 512), vec![2u8; 4096]);
+        // A batch over both segments cannot have both resident: refused
+        // whole, nothing written.
+        let error = region
+            .write_pages(list(&pages(&[1, 513])), &[3u8; 8192])
+            .unwrap_err();
+        assert!(matches!(error, NodeError::OutOfMemory { .. }), "{error}");
+        assert_eq!(read(&region, 1), vec![0u8; 4096]);
+        assert_eq!(read(&region, 513), vec![0u8; 4096]);
     }
 
     // Guards the all-or-nothing rule: a batch that runs out of segments or

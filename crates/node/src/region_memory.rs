@@ -19,8 +19,11 @@
 //! mapping allocates a page into the file, and a reader in another process
 //! must never take a page torn by a write in progress. So the metadata file
 //! holds, per segment, a 64-bit version: 0 the segment holds no memory (its
-//! pages read as zeros, and a reader must not touch the data file there), odd
-//! a write in progress, even and non-zero stable. The node changes a version
+//! pages read as zeros, and a reader must not touch the data file there),
+//! [`PAGED_OUT`] (1) the segment's pages are in the node's bulk tier (a
+//! reader must ask the node), any other odd value a write in progress, even
+//! and non-zero stable. A segment paged back in resumes above the version it
+//! had before, so a reader never mistakes one residency for another. The node changes a version
 //! only under the segment's lock in the region's table (see `region`), and
 //! bumps it around every change to the segment's bytes: writes, recovery
 //! loads, restores, and release. The layout (little-endian 64-bit words):
@@ -61,6 +64,8 @@ pub const METADATA_MAGIC: u64 = u64::from_le_bytes(*b"PGDSHM01");
 pub const METADATA_LAYOUT: u64 = 1;
 /// Words before the segment versions.
 pub const METADATA_HEADER_WORDS: usize = 8;
+/// The version of a segment whose pages are in the bulk tier.
+pub const PAGED_OUT: u64 = 1;
 /// Bytes of the data file the node maps at a time.
 pub const WINDOW_BYTES: usize = 1 << 30;
 
@@ -198,9 +203,12 @@ impl RegionMemory {
     }
 
     /// Maps the window holding `segment` if it is not yet, and backs the
-    /// segment with memory; then marks it present (readable by clients).
+    /// segment with memory; then marks it present (readable by clients) with
+    /// a version above `after` (0 for a segment never held; what
+    /// [`RegionMemory::page_out`] returned for one paged back in, whose
+    /// bytes the caller then writes under [`RegionMemory::begin_write`]).
     /// The caller holds the segment's lock exclusively.
-    pub fn allocate(&self, segment: usize) -> Result<(), NodeError> {
+    pub fn allocate(&self, segment: usize, after: u64) -> Result<(), NodeError> {
         let window = segment * self.segment_bytes / WINDOW_BYTES;
         if self.windows[window].get().is_none() {
             let offset = window * WINDOW_BYTES;
@@ -224,9 +232,28 @@ impl RegionMemory {
             )
         };
         let version = self.version(segment);
-        debug_assert_eq!(version.load(Ordering::Relaxed), 0);
-        version.store(2, Ordering::Release);
+        debug_assert!(matches!(version.load(Ordering::Relaxed), 0 | PAGED_OUT));
+        debug_assert!(after.is_multiple_of(2));
+        version.store(after + 2, Ordering::Release);
         Ok(())
+    }
+
+    /// Gives a segment's memory back to the kernel because its pages went to
+    /// the bulk tier: clients ask the node for them from now on. Returns the
+    /// version it had, for [`RegionMemory::allocate`] to resume above. The
+    /// caller holds the segment's lock exclusively and no reference into it.
+    pub fn page_out(&self, segment: usize) -> u64 {
+        let version = self.version(segment);
+        let old = version.load(Ordering::Relaxed);
+        debug_assert!(
+            old >= 2 && old.is_multiple_of(2),
+            "segment {segment} version {old}"
+        );
+        version.store(old | 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.punch(segment * self.segment_bytes, self.segment_bytes);
+        version.store(PAGED_OUT, Ordering::Release);
+        old
     }
 
     /// Gives a segment's memory back to the kernel; its pages read as zeros
@@ -372,7 +399,7 @@ mod tests {
         let memory = RegionMemory::new(8 << 20, 4096, 2 << 20).unwrap();
         assert_eq!(memory.word(0).load(Ordering::Relaxed), METADATA_MAGIC);
         assert_eq!(memory.version(1).load(Ordering::Relaxed), 0);
-        memory.allocate(1).unwrap();
+        memory.allocate(1, 0).unwrap();
         assert_eq!(memory.version(1).load(Ordering::Relaxed), 2);
         memory.begin_write(1);
         assert_eq!(memory.version(1).load(Ordering::Relaxed), 3);

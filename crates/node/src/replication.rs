@@ -1345,11 +1345,16 @@ fn rebuild(
         if replication.stop.load(Ordering::SeqCst) {
             return Err(SendError::Refused("stopped".into()));
         }
-        if region.segment_digest(number as u64) == theirs.segments[number] {
+        let digest = region
+            .segment_digest(number as u64)
+            .map_err(|error| SendError::Refused(error.to_string()))?;
+        if digest == theirs.segments[number] {
             continue;
         }
         let mut body = (number as u64).to_le_bytes().to_vec();
-        region.copy_segment(number, &mut body);
+        region
+            .copy_segment(number, &mut body)
+            .map_err(|error| SendError::Refused(error.to_string()))?;
         segments += 1;
         bytes += body.len() as u64;
         link.state.lock().rebuilt_bytes += body.len() as u64;
@@ -2026,7 +2031,7 @@ pub(crate) fn receive(
                 // keeps a node journal, which its checkpoints release.
                 Ok(Request::ApplyJournal { entries, .. }) => region
                     .prepare_bytes(&entries)
-                    .and_then(|()| region.write_bytes(&entries, 0)),
+                    .and_then(|pinned| region.write_bytes(&entries, 0, pinned)),
                 Ok(_) => unreachable!("decoded as ApplyJournal"),
                 Err(error) => Err(NodeError::InvalidArgument(format!(
                     "journal entry: {error}"

@@ -212,6 +212,9 @@ pub(crate) fn serve_request(
                 dirty_pages: region.dirty_count(last.as_ref().map_or(0, |mark| mark.start_seq)),
                 uid: region.uid(),
                 metadata_bytes: region.metadata_bytes(),
+                segments_paged_out: region.segments_paged_out(),
+                bulk_bytes: region.bulk_bytes().0,
+                bulk_zero_bytes: region.bulk_bytes().1,
             })
             .encode(out, request_id, 0);
         }
@@ -415,15 +418,33 @@ pub(crate) fn serve_request(
             Response::LocalSocketPath { path }.encode(out, request_id, 0);
         }
         Request::ShareRegion { .. } => unreachable!("served by connection::share_region"),
-        Request::NodeStat => Response::NodeStat(NodeStat {
-            capacity_bytes: shared.arena.capacity_bytes(),
-            used_bytes: shared.arena.used_bytes(),
-            segment_bytes: shared.arena.segment_bytes() as u64,
-            regions: catalog.len() as u32,
-            connections: shared.connection_count.load(Ordering::Relaxed),
-            requests: shared.requests.load(Ordering::Relaxed),
-        })
-        .encode(out, request_id, 0),
+        Request::NodeStat => {
+            let bulk = shared
+                .arena
+                .bulk()
+                .map(|bulk| bulk.stat())
+                .unwrap_or_default();
+            let pager = shared
+                .pager
+                .as_ref()
+                .map(|pager| pager.stat())
+                .unwrap_or_default();
+            Response::NodeStat(NodeStat {
+                capacity_bytes: shared.arena.capacity_bytes(),
+                used_bytes: shared.arena.used_bytes(),
+                segment_bytes: shared.arena.segment_bytes() as u64,
+                regions: catalog.len() as u32,
+                connections: shared.connection_count.load(Ordering::Relaxed),
+                requests: shared.requests.load(Ordering::Relaxed),
+                bulk_capacity_bytes: bulk.capacity_bytes,
+                bulk_used_bytes: bulk.used_bytes,
+                bulk_referenced_bytes: bulk.referenced_bytes,
+                bulk_zero_bytes: bulk.zero_bytes,
+                segments_paged_out: pager.paged_out,
+                segments_paged_in: pager.paged_in,
+            })
+            .encode(out, request_id, 0)
+        }
     }
     Ok(())
 }

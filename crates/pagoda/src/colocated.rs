@@ -20,9 +20,10 @@
 //! are in the segment and its version is even again, so a miss after an
 //! acknowledged write sees it.
 //!
-//! **When the mapping is not used.** A segment whose version stays odd (a
-//! write in progress) for a few retries, or changes during the copy, is read
-//! over the socket instead, and so is everything while the local channel is
+//! **When the mapping is not used.** A segment the node has paged out to
+//! its bulk tier (version 1), or whose version stays odd (a write in
+//! progress) for a few retries, or changes during the copy, is read over
+//! the socket instead, and so is everything while the local channel is
 //! down: a watcher thread notices the node closing it (a node that stops or
 //! dies closes every connection) and marks every mapping from it stale at
 //! once. A mapping is also dropped when the region's connection reconnects
@@ -89,6 +90,10 @@ impl std::fmt::Display for Transport {
 
 /// Bytes of the data file mapped at a time.
 pub const WINDOW_BYTES: usize = 1 << 30;
+/// The version of a segment whose pages the node has paged out to its bulk
+/// tier (see the node's `region_memory`): read over the connection.
+const PAGED_OUT: u64 = 1;
+
 /// Times a read retries a segment whose version is odd or changed before it
 /// asks the node instead.
 const SEQLOCK_RETRIES: usize = 8;
@@ -538,6 +543,10 @@ impl SharedRegion {
                 // (reading a hole would allocate memory into it).
                 out.fill(0);
                 return true;
+            }
+            if before == PAGED_OUT {
+                // In the node's bulk tier, not in the file: ask the node.
+                return false;
             }
             if before % 2 == 1 {
                 std::hint::spin_loop();

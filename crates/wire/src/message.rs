@@ -622,6 +622,12 @@ pub struct RegionStat {
     /// Bytes of node RAM the region's metadata takes besides its pages (it
     /// grows with the segments written, not with the region's size).
     pub metadata_bytes: u64,
+    /// Segments whose pages are in the node's bulk tier (on disk).
+    pub segments_paged_out: u64,
+    /// Bytes of the region's pages in the bulk tier.
+    pub bulk_bytes: u64,
+    /// Of those, bytes of all-zero blocks, which take no space.
+    pub bulk_zero_bytes: u64,
 }
 
 /// The node's statistics.
@@ -639,6 +645,19 @@ pub struct NodeStat {
     pub connections: u32,
     /// Requests served since start.
     pub requests: u64,
+    /// The bulk tier's capacity in bytes (0: the node has none).
+    pub bulk_capacity_bytes: u64,
+    /// Bytes of distinct blocks stored in the bulk tier.
+    pub bulk_used_bytes: u64,
+    /// Bytes of non-zero pages paged out, every reference counted: what
+    /// the bulk tier would hold without storing identical blocks once.
+    pub bulk_referenced_bytes: u64,
+    /// Bytes of all-zero pages paged out, which take no space.
+    pub bulk_zero_bytes: u64,
+    /// Segments paged out to the bulk tier since start.
+    pub segments_paged_out: u64,
+    /// Segments paged back into RAM since start.
+    pub segments_paged_in: u64,
 }
 
 /// A reply, decoded from a frame whose opcode is a reply opcode.
@@ -1471,6 +1490,9 @@ impl<'a> Response<'a> {
                     stat.dirty_pages,
                     stat.uid,
                     stat.metadata_bytes,
+                    stat.segments_paged_out,
+                    stat.bulk_bytes,
+                    stat.bulk_zero_bytes,
                 ] {
                     payload.extend_from_slice(&value.to_le_bytes());
                 }
@@ -1586,6 +1608,16 @@ impl<'a> Response<'a> {
                 payload.extend_from_slice(&stat.regions.to_le_bytes());
                 payload.extend_from_slice(&stat.connections.to_le_bytes());
                 payload.extend_from_slice(&stat.requests.to_le_bytes());
+                for value in [
+                    stat.bulk_capacity_bytes,
+                    stat.bulk_used_bytes,
+                    stat.bulk_referenced_bytes,
+                    stat.bulk_zero_bytes,
+                    stat.segments_paged_out,
+                    stat.segments_paged_in,
+                ] {
+                    payload.extend_from_slice(&value.to_le_bytes());
+                }
             }
             Response::Error { code, message } => {
                 payload.extend_from_slice(&(*code as u16).to_le_bytes());
@@ -1688,6 +1720,9 @@ impl<'a> Response<'a> {
                 dirty_pages: reader.u64()?,
                 uid: reader.u64()?,
                 metadata_bytes: reader.u64()?,
+                segments_paged_out: reader.u64()?,
+                bulk_bytes: reader.u64()?,
+                bulk_zero_bytes: reader.u64()?,
             }),
             Opcode::CheckpointDone => Response::CheckpointDone(CheckpointInfo {
                 number: reader.u64()?,
@@ -1831,6 +1866,12 @@ impl<'a> Response<'a> {
                 regions: reader.u32()?,
                 connections: reader.u32()?,
                 requests: reader.u64()?,
+                bulk_capacity_bytes: reader.u64()?,
+                bulk_used_bytes: reader.u64()?,
+                bulk_referenced_bytes: reader.u64()?,
+                bulk_zero_bytes: reader.u64()?,
+                segments_paged_out: reader.u64()?,
+                segments_paged_in: reader.u64()?,
             }),
             Opcode::Error => Response::Error {
                 code: ErrorCode::from_u16(reader.u16()?),
@@ -2040,6 +2081,9 @@ mod tests {
                 dirty_pages: 7,
                 uid: 0x1234_5678_9abc_def1,
                 metadata_bytes: 65_536,
+                segments_paged_out: 2,
+                bulk_bytes: 4 << 20,
+                bulk_zero_bytes: 1 << 20,
             }),
             Response::CheckpointDone(CheckpointInfo {
                 number: 1,
@@ -2099,6 +2143,12 @@ mod tests {
                 regions: 4,
                 connections: 5,
                 requests: 6,
+                bulk_capacity_bytes: 7,
+                bulk_used_bytes: 8,
+                bulk_referenced_bytes: 9,
+                bulk_zero_bytes: 10,
+                segments_paged_out: 11,
+                segments_paged_in: 12,
             }),
             Response::Error {
                 code: ErrorCode::OutOfRange,

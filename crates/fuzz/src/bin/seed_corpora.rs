@@ -166,6 +166,9 @@ fn response_frames() -> Vec<(String, Vec<u8>)> {
                 dirty_pages: 1,
                 uid: 0x1234,
                 metadata_bytes: 4096,
+                segments_paged_out: 1,
+                bulk_bytes: 2 << 20,
+                bulk_zero_bytes: 4096,
             }),
         ),
         (
@@ -183,6 +186,12 @@ fn response_frames() -> Vec<(String, Vec<u8>)> {
                 regions: 1,
                 connections: 1,
                 requests: 9,
+                bulk_capacity_bytes: 16 << 20,
+                bulk_used_bytes: 4096,
+                bulk_referenced_bytes: 8192,
+                bulk_zero_bytes: 0,
+                segments_paged_out: 1,
+                segments_paged_in: 0,
             }),
         ),
         (

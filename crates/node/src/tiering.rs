@@ -1,0 +1,258 @@
+//! The pager: which segments stay in RAM and which go to the bulk tier.
+//!
+//! **Warmth.** Every read or write of a segment counts one access in its
+//! table entry; every pass ([`PASS_MS`]) the pager halves every count, so a
+//! count is a decayed measure of recent accesses (about twice the accesses
+//! per pass, for a steady rate).
+//!
+//! **Watermarks.** RAM is kept below a high watermark: a pass that finds more
+//! segments in use than [`high_watermark`] pages the coldest unpinned ones
+//! out until use falls to [`low_watermark`], so that allocations find room
+//! without waiting. An allocation that finds RAM full anyway makes room
+//! itself, through [`Pager::reclaim_one`] (installed as the arena's
+//! reclaimer): the coldest segment of the last pass's ranking is paged out.
+//!
+//! **Promotion.** A paged-out segment is read from the bulk tier in place;
+//! it comes back into RAM when a pass finds it warm: into free RAM below the
+//! low watermark, or in exchange for a resident segment that is markedly
+//! colder (its warmth below half the paged-out one's), at most
+//! [`EXCHANGES_PER_PASS`] per pass so a shifting workload cannot keep the
+//! disk busy with moves alone. Writes page a segment in at once (see
+//! `region`).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::arena::Arena;
+use crate::bulk::AlignedBuf;
+use crate::error::NodeError;
+use crate::region::Region;
+
+/// Milliseconds between passes.
+pub const PASS_MS: u64 = 100;
+/// Most exchanges of a cold resident segment for a warm paged-out one per
+/// pass (64 segments of 2 MiB: 128 MiB each way).
+pub const EXCHANGES_PER_PASS: usize = 64;
+/// The least warmth at which a paged-out segment is brought back.
+const PROMOTE_MIN: u32 = 2;
+/// Rankings a reclaim tries before it reports that nothing can go.
+const RANKS_PER_RECLAIM: usize = 4;
+
+/// RAM segments in use above which a pass pages out: all but 1/32 (with
+/// fewer than 32 segments, passes never page out; allocations make room).
+pub fn high_watermark(segments: u64) -> u64 {
+    segments - segments / 32
+}
+
+/// What a pass that pages out brings RAM use down to (all but 1/16), and
+/// the use below which it promotes warm segments into free RAM.
+pub fn low_watermark(segments: u64) -> u64 {
+    segments - segments / 16
+}
+
+/// The pager's counts, for the node's statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PagerStat {
+    /// Segments paged out since the node started.
+    pub paged_out: u64,
+    /// Segments paged back in since the node started.
+    pub paged_in: u64,
+}
+
+/// The pager; see the module documentation.
+pub struct Pager {
+    arena: Arc<Arena>,
+    /// A segment's worth of scratch: one page-out at a time.
+    buffer: Mutex<AlignedBuf>,
+    /// Resident segments of the last ranking with their warmth then,
+    /// warmest first (taken from the end).
+    victims: Mutex<Vec<(Weak<Region>, usize, u32)>>,
+    paged_out: AtomicU64,
+    paged_in: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Pager {
+    /// A pager for `arena` (which has a bulk tier), installed as its
+    /// reclaimer.
+    pub fn install(arena: Arc<Arena>) -> Result<Arc<Pager>, NodeError> {
+        let pager = Arc::new(Pager {
+            buffer: Mutex::new(AlignedBuf::new(arena.segment_bytes())?),
+            arena: arena.clone(),
+            victims: Mutex::new(Vec::new()),
+            paged_out: AtomicU64::new(0),
+            paged_in: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&pager);
+        arena.set_reclaimer(Box::new(move || match weak.upgrade() {
+            Some(pager) => pager.reclaim_one(),
+            None => Ok(false),
+        }));
+        Ok(pager)
+    }
+
+    /// Runs a pass every [`PASS_MS`] on a thread of its own until
+    /// [`Pager::stop`].
+    pub fn spawn(self: &Arc<Self>) -> Result<JoinHandle<()>, NodeError> {
+        let pager = self.clone();
+        std::thread::Builder::new()
+            .name("pagoda-pager".into())
+            .spawn(move || {
+                while !pager.stop.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(PASS_MS));
+                    if let Err(error) = pager.pass() {
+                        tracing::warn!(%error, "the pager's pass failed");
+                    }
+                }
+            })
+            .map_err(|e| NodeError::io("spawning the pager", e))
+    }
+
+    /// Ends the thread [`Pager::spawn`] started (at its next pass).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// The pager's counts.
+    pub fn stat(&self) -> PagerStat {
+        PagerStat {
+            paged_out: self.paged_out.load(Ordering::Relaxed),
+            paged_in: self.paged_in.load(Ordering::Relaxed),
+        }
+    }
+
+    fn page_out(&self, region: &Region, number: usize) -> Result<bool, NodeError> {
+        let mut buffer = self.buffer.lock();
+        let moved = region.page_out(number, &mut buffer)?;
+        if moved {
+            self.paged_out.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(moved)
+    }
+
+    fn page_in(&self, region: &Region, number: usize) -> Result<bool, NodeError> {
+        let moved = region.page_in(number)?;
+        if moved {
+            self.paged_in.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(moved)
+    }
+
+    /// Pages out one cold segment for an allocation that found RAM full;
+    /// `Ok(false)` when none could go (all pinned, or the bulk tier full).
+    pub fn reclaim_one(&self) -> Result<bool, NodeError> {
+        let mut ranked = 0;
+        loop {
+            let victim = self.victims.lock().pop();
+            let Some((region, number, _)) = victim else {
+                // Victims of a ranking may be gone, or pinned for a moment
+                // (a page-in in progress pins its segment): rank again a few
+                // times before giving up.
+                if ranked == RANKS_PER_RECLAIM {
+                    return Ok(false);
+                }
+                if ranked > 0 {
+                    std::thread::yield_now();
+                }
+                self.rank(false);
+                ranked += 1;
+                continue;
+            };
+            let Some(region) = region.upgrade() else {
+                continue;
+            };
+            if self.page_out(&region, number)? {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Ranks every stored segment of every region; keeps the resident,
+    /// unpinned ones as victims (coldest last) and returns the paged-out
+    /// ones, warmest first.
+    fn rank(&self, decay: bool) -> Vec<(Arc<Region>, usize, u32)> {
+        let mut resident = Vec::new();
+        let mut paged_out = Vec::new();
+        for region in self.arena.regions() {
+            for usage in region.segment_usage(decay) {
+                if usage.resident {
+                    if !usage.pinned {
+                        resident.push((Arc::downgrade(&region), usage.number, usage.usage));
+                    }
+                } else {
+                    paged_out.push((region.clone(), usage.number, usage.usage));
+                }
+            }
+        }
+        resident.sort_by_key(|&(_, _, usage)| std::cmp::Reverse(usage));
+        *self.victims.lock() = resident;
+        paged_out.sort_by_key(|&(_, _, usage)| std::cmp::Reverse(usage));
+        paged_out
+    }
+
+    /// One pass: decay, page out down to the low watermark if above the high
+    /// one, promote warm paged-out segments; see the module documentation.
+    pub fn pass(&self) -> Result<(), NodeError> {
+        // Warmth as it was before this pass's decay.
+        let warm = self.rank(true);
+        let segments = self.arena.segments();
+        let (high, low) = (high_watermark(segments), low_watermark(segments));
+        if self.arena.used_segments() > high {
+            while self.arena.used_segments() > low {
+                if !self.reclaim_one()? {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        let mut exchanges = 0;
+        for (region, number, usage) in warm {
+            if usage < PROMOTE_MIN {
+                break;
+            }
+            if self.arena.used_segments() >= low {
+                // Only in exchange for a markedly colder resident segment.
+                if exchanges == EXCHANGES_PER_PASS {
+                    break;
+                }
+                let Some(colder) = self.coldest_below(usage / 2) else {
+                    break;
+                };
+                let (victim, victim_number) = colder;
+                if !self.page_out(&victim, victim_number)? {
+                    continue;
+                }
+                exchanges += 1;
+            }
+            match self.page_in(&region, number) {
+                Ok(_) => {}
+                // Both tiers full, or the pages are being moved: next pass.
+                Err(NodeError::TiersFull { .. } | NodeError::Contended(_)) => break,
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// The coldest victim of the ranking, if its warmth is below `below`.
+    fn coldest_below(&self, below: u32) -> Option<(Arc<Region>, usize)> {
+        let mut victims = self.victims.lock();
+        while let Some(&(ref region, number, usage)) = victims.last() {
+            if usage >= below {
+                // Warmer than asked: so is every victim before it.
+                return None;
+            }
+            let region = region.upgrade();
+            victims.pop();
+            if let Some(region) = region {
+                return Some((region, number));
+            }
+        }
+        None
+    }
+}
