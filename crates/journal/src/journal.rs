@@ -6,6 +6,8 @@ use std::mem;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
@@ -29,6 +31,10 @@ pub const PREALLOCATE_BYTES_MAX: u64 = 1 << 30;
 const ZERO_WRITE_BYTES: usize = 256 << 10;
 /// The zeros pre-zeroing writes from.
 static ZEROS: [u8; ZERO_WRITE_BYTES] = [0; ZERO_WRITE_BYTES];
+/// The longest a leader waits for committers still writing before it persists.
+const GATHER_WAIT_US_MAX: u64 = 1000;
+/// The most times a gathering leader yields its CPU before it persists anyway.
+const GATHER_YIELDS_MAX: u32 = 10_000;
 
 /// What recovery does when it finds damage that acknowledged commits lie beyond.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -190,6 +196,22 @@ struct SyncState {
     syncing: bool,
 }
 
+/// Counts a thread inside `commit` or `release_through` for as long as it lives.
+struct Inside<'a>(&'a AtomicU64);
+
+impl<'a> Inside<'a> {
+    fn enter(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A reusable transaction buffer. Take one with [`Journal::begin`], add writes with
 /// [`MicroJournal::push`], and hand it to [`Journal::commit`]. Entries are encoded into
 /// the log format as they are pushed, so committing only stamps the id and writes.
@@ -327,6 +349,14 @@ pub struct Journal {
     free: Mutex<FreeList>,
     /// Every commit id up to this one is durable. Only grows, and only after a persist.
     durable_id: AtomicU64,
+    /// Threads inside `commit` or `release_through` (between entering and returning).
+    committers: AtomicU64,
+    /// Copies of `SyncState::written_ticket` and `durable_ticket`, for a gathering leader
+    /// to read without the lock; each is stored under the lock when its original changes.
+    written_ticket: AtomicU64,
+    durable_ticket: AtomicU64,
+    /// How long the last persist took, in nanoseconds.
+    persist_ns_last: AtomicU64,
     released_id: AtomicU64,
     failed: AtomicBool,
     failure: Mutex<Option<String>>,
@@ -390,6 +420,10 @@ impl Journal {
             inflight: Mutex::new(records.iter().cloned().collect()),
             free: Mutex::new(FreeList::default()),
             durable_id: AtomicU64::new(durable_id),
+            committers: AtomicU64::new(0),
+            written_ticket: AtomicU64::new(0),
+            durable_ticket: AtomicU64::new(0),
+            persist_ns_last: AtomicU64::new(0),
             released_id: AtomicU64::new(recovered.released_id),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
@@ -456,6 +490,7 @@ impl Journal {
         body_crc: u32,
     ) -> Result<(), JournalError> {
         self.check_failed()?;
+        let _inside = Inside::enter(&self.committers);
         let record_bytes = frame.len() as u64;
         if record_bytes > self.options.record_bytes_max {
             return Err(JournalError::RecordTooLarge {
@@ -636,8 +671,11 @@ impl Journal {
     ///
     /// Coalescing: at most one leader persists at a time (`syncing`). Committers that
     /// publish while it runs wait; when it ends, one of them leads the next persist, which
-    /// covers all of them, at once and without any added delay. A lone committer finds
-    /// no persist running and leads exactly one.
+    /// covers all of them. Before it reads its target, a leader briefly waits for threads
+    /// inside `commit` that have not written yet (`gather`), bounded by half the last
+    /// persist's duration. A lone committer finds no persist running and nobody else
+    /// inside, and leads exactly one persist without any added delay. Gathering only
+    /// moves the moment the target is read; everything above holds for any target.
     ///
     /// Failure: if a persist fails, or any write failed meanwhile, the leader does not
     /// advance `durable_ticket` and the journal is latched; every waiter then sees the
@@ -654,6 +692,7 @@ impl Journal {
             sync.written_ticket = ticket;
             sync.written_id = id;
             sync.written_device = Some(device);
+            self.written_ticket.store(ticket, Ordering::Release);
         }
         loop {
             if sync.durable_ticket >= ticket {
@@ -667,6 +706,9 @@ impl Journal {
                 continue;
             }
             sync.syncing = true;
+            if self.options.coalesce {
+                MutexGuard::unlocked(&mut sync, || self.gather());
+            }
             let target_ticket = sync.written_ticket;
             let target_id = sync.written_id;
             let target_device = sync
@@ -676,12 +718,17 @@ impl Journal {
             let sealed = mem::take(&mut sync.sealed);
             let directory = mem::replace(&mut sync.directory_dirty, false);
             let result = MutexGuard::unlocked(&mut sync, || {
-                self.persist(&sealed, directory, &*target_device)
+                let started = Instant::now();
+                let result = self.persist(&sealed, directory, &*target_device);
+                let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.persist_ns_last.store(took, Ordering::Relaxed);
+                result
             });
             sync.syncing = false;
             let outcome = match result {
                 Ok(()) if !self.failed.load(Ordering::Acquire) => {
                     sync.durable_ticket = target_ticket;
+                    self.durable_ticket.store(target_ticket, Ordering::Release);
                     self.durable_id.fetch_max(target_id, Ordering::AcqRel);
                     Counters::add(&self.counters.persists, 1);
                     Ok(())
@@ -692,6 +739,35 @@ impl Journal {
             self.persisted.notify_all();
             outcome?;
             debug_assert!(sync.durable_ticket >= ticket, "the leader covered itself");
+        }
+    }
+
+    /// Before a leader picks what its persist covers: waits, yielding the CPU, while some
+    /// thread inside `commit` has not written its record yet, so that one persist covers
+    /// it too, instead of it missing this persist and paying for the next.
+    ///
+    /// Without this, committers on a busy machine split into two cohorts that alternate:
+    /// the one a persist releases is still waking up when the next persist begins, with
+    /// only the other. A thread is counted from entering `commit` to returning, and has at
+    /// most one record not yet durable, so while the threads inside outnumber the records
+    /// written and not yet durable, someone is about to write one (or is still returning
+    /// from the last persist). A lone committer never waits: it is the only one inside,
+    /// with its record written. The wait is bounded by half the last persist's duration
+    /// (and `GATHER_WAIT_US_MAX`), so it never costs more than a persist would save.
+    fn gather(&self) {
+        let persist_ns_last = self.persist_ns_last.load(Ordering::Relaxed);
+        let bound = Duration::from_nanos(persist_ns_last / 2)
+            .min(Duration::from_micros(GATHER_WAIT_US_MAX));
+        let started = Instant::now();
+        for _ in 0..GATHER_YIELDS_MAX {
+            let pending = self
+                .written_ticket
+                .load(Ordering::Acquire)
+                .saturating_sub(self.durable_ticket.load(Ordering::Acquire));
+            if self.committers.load(Ordering::Acquire) <= pending || started.elapsed() >= bound {
+                return;
+            }
+            thread::yield_now();
         }
     }
 
@@ -736,6 +812,7 @@ impl Journal {
             return Err(JournalError::ReleaseBeyondDurable { id, durable });
         }
         {
+            let _inside = Inside::enter(&self.committers);
             let mut log = self.log.lock();
             self.check_failed()?;
             let durable = self.durable_id.load(Ordering::Acquire);
