@@ -882,6 +882,8 @@ mod tests {
         NodeSettings {
             listen: Some(SocketAddr::from(([127, 0, 0, 2], 7171))),
             capacity: Some(Size(3 << 30)),
+            bulk_dir: Some(PathBuf::from("/ssd/pagoda")),
+            bulk_capacity: Some(Size(64 << 30)),
             data_dir: Some(PathBuf::from("/var/lib/pagoda")),
             token_file: Some(PathBuf::from("/etc/pagoda/token")),
             writer_lease: Some(61),
@@ -1008,6 +1010,51 @@ mod tests {
         assert_eq!(config.lease, expected.lease);
         assert_eq!(config.replace_replica_after, expected.replace_replica_after);
         assert_eq!(config.checkpoint_interval, Some(Duration::from_secs(60)));
+    }
+
+    // Guards the bulk tier's flags: off by default, both given reach the
+    // node's configuration, one without the other is refused naming it.
+    #[test]
+    fn bulk_settings_come_in_pairs() {
+        let base = NodeSettings {
+            capacity: Some(Size(64 << 20)),
+            data_dir: Some(PathBuf::from("/tmp/pagoda")),
+            ..NodeSettings::default()
+        };
+        let config = |given: &NodeSettings| {
+            NodeSettings::layered(&[&NodeSettings::defaults(), given])
+                .unwrap()
+                .node_config()
+        };
+        assert!(config(&base).unwrap().bulk.is_none(), "off by default");
+        let both = NodeSettings {
+            bulk_dir: Some(PathBuf::from("/ssd/pagoda")),
+            bulk_capacity: Some(Size(1 << 30)),
+            ..base.clone()
+        };
+        let bulk = config(&both).unwrap().bulk.unwrap();
+        assert_eq!(
+            (bulk.dir, bulk.capacity_bytes),
+            (PathBuf::from("/ssd/pagoda"), 1 << 30)
+        );
+        let dir_only = NodeSettings {
+            bulk_capacity: None,
+            ..both.clone()
+        };
+        assert!(
+            config(&dir_only)
+                .unwrap_err()
+                .contains("--bulk-dir needs --bulk-capacity")
+        );
+        let capacity_only = NodeSettings {
+            bulk_dir: None,
+            ..both
+        };
+        assert!(
+            config(&capacity_only)
+                .unwrap_err()
+                .contains("--bulk-capacity needs --bulk-dir")
+        );
     }
 
     // Guards the S3 settings: given with S3 storage they reach the storage

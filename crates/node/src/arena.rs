@@ -38,6 +38,8 @@ pub struct Arena {
     reclaimer: OnceLock<Reclaimer>,
     /// Every region whose segments the arena counts, for the pager.
     regions: Mutex<Vec<Weak<Region>>>,
+    paged_out: AtomicU64,
+    paged_in: AtomicU64,
 }
 
 /// A segment's worth of RAM, counted; given back when dropped unless
@@ -86,6 +88,8 @@ impl Arena {
             bulk: None,
             reclaimer: OnceLock::new(),
             regions: Mutex::new(Vec::new()),
+            paged_out: AtomicU64::new(0),
+            paged_in: AtomicU64::new(0),
         })
     }
 
@@ -120,6 +124,20 @@ impl Arena {
             .iter()
             .filter_map(Weak::upgrade)
             .collect()
+    }
+
+    /// Counts a segment paged out to the bulk tier, or back in.
+    pub fn count_paging(&self, out: bool) {
+        let counter = if out { &self.paged_out } else { &self.paged_in };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Segments paged out to the bulk tier, and back in, since the start.
+    pub fn paging(&self) -> (u64, u64) {
+        (
+            self.paged_out.load(Ordering::Relaxed),
+            self.paged_in.load(Ordering::Relaxed),
+        )
     }
 
     /// Segments of RAM in all.

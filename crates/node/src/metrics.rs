@@ -239,6 +239,37 @@ pub(crate) fn render(shared: &Shared, metrics: &Metrics) -> String {
         "RAM holding regions' segments.",
         &one(shared.arena.used_bytes() as f64),
     );
+    if let Some(bulk) = shared.arena.bulk() {
+        let stat = bulk.stat();
+        gauge(
+            "pagoda_node_bulk_capacity_bytes",
+            "Bytes the bulk tier on disk may hold.",
+            &one(stat.capacity_bytes as f64),
+        );
+        gauge(
+            "pagoda_node_bulk_used_bytes",
+            "Bytes of distinct blocks in the bulk tier.",
+            &one(stat.used_bytes as f64),
+        );
+        gauge(
+            "pagoda_node_bulk_saved_bytes",
+            "Bytes the bulk tier saves by storing zero pages as nothing and identical pages once.",
+            &one(stat.saved_bytes() as f64),
+        );
+    }
+    if shared.arena.bulk().is_some() {
+        let (paged_out, paged_in) = shared.arena.paging();
+        gauge(
+            "pagoda_node_segments_paged_out",
+            "Segments paged out to the bulk tier since the node started.",
+            &one(paged_out as f64),
+        );
+        gauge(
+            "pagoda_node_segments_paged_in",
+            "Segments paged back into RAM since the node started.",
+            &one(paged_in as f64),
+        );
+    }
     let regions = shared.catalog.regions();
     gauge(
         "pagoda_node_regions",

@@ -468,8 +468,12 @@ impl Region {
     /// numbers. It grows with the segments written, not with the region's
     /// size.
     pub fn metadata_bytes(&self) -> u64 {
+        let blocks = self.arena.segment_bytes() / BLOCK_BYTES;
         self.segments.bytes()
-            + self.segments_allocated() * self.pages_per_segment * std::mem::size_of::<u64>() as u64
+            + (self.segments_allocated() + self.segments_paged_out())
+                * self.pages_per_segment
+                * std::mem::size_of::<u64>() as u64
+            + self.segments_paged_out() * (blocks * std::mem::size_of::<BlockRef>()) as u64
     }
 
     /// Pages per segment.
@@ -820,6 +824,7 @@ impl Region {
                     segment.paged_out = None;
                     self.forget_blocks(refs);
                     self.segments_paged_out.fetch_sub(1, Ordering::Relaxed);
+                    self.arena.count_paging(false);
                 }
                 // The segment moved while its blocks were read: again.
                 _ => continue,
@@ -904,6 +909,7 @@ impl Region {
         self.segments_allocated.fetch_sub(1, Ordering::Relaxed);
         self.segments_paged_out.fetch_add(1, Ordering::Relaxed);
         self.arena.release();
+        self.arena.count_paging(true);
         Ok(true)
     }
 
@@ -1573,14 +1579,14 @@ mod tests {
         let (_dir, arena, region) = bulk_region(8 << 20, 2 << 20, 16 << 20);
         let region = Arc::new(region);
         arena.register(&region);
-        let pager = crate::tiering::Pager::install(arena.clone()).unwrap();
+        let _pager = crate::tiering::Pager::install(arena.clone()).unwrap();
         region
             .write_pages(list(&pages(&[0])), &[1u8; 4096])
             .unwrap();
         region
             .write_pages(list(&pages(&[512])), &[2u8; 4096])
             .unwrap();
-        assert_eq!(pager.stat().paged_out, 1);
+        assert_eq!(arena.paging(), (1, 0));
         assert_eq!(read(&region, 0), vec![1u8; 4096]);
         assert_eq!(read(&region, 512), vec![2u8; 4096]);
         // A batch over both segments cannot have both resident: refused

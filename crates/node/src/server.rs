@@ -424,11 +424,7 @@ pub(crate) fn serve_request(
                 .bulk()
                 .map(|bulk| bulk.stat())
                 .unwrap_or_default();
-            let pager = shared
-                .pager
-                .as_ref()
-                .map(|pager| pager.stat())
-                .unwrap_or_default();
+            let (paged_out, paged_in) = shared.arena.paging();
             Response::NodeStat(NodeStat {
                 capacity_bytes: shared.arena.capacity_bytes(),
                 used_bytes: shared.arena.used_bytes(),
@@ -440,8 +436,8 @@ pub(crate) fn serve_request(
                 bulk_used_bytes: bulk.used_bytes,
                 bulk_referenced_bytes: bulk.referenced_bytes,
                 bulk_zero_bytes: bulk.zero_bytes,
-                segments_paged_out: pager.paged_out,
-                segments_paged_in: pager.paged_in,
+                segments_paged_out: paged_out,
+                segments_paged_in: paged_in,
             })
             .encode(out, request_id, 0)
         }

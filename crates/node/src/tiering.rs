@@ -20,7 +20,7 @@
 //! disk busy with moves alone. Writes page a segment in at once (see
 //! `region`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -54,15 +54,6 @@ pub fn low_watermark(segments: u64) -> u64 {
     segments - segments / 16
 }
 
-/// The pager's counts, for the node's statistics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PagerStat {
-    /// Segments paged out since the node started.
-    pub paged_out: u64,
-    /// Segments paged back in since the node started.
-    pub paged_in: u64,
-}
-
 /// The pager; see the module documentation.
 pub struct Pager {
     arena: Arc<Arena>,
@@ -71,8 +62,6 @@ pub struct Pager {
     /// Resident segments of the last ranking with their warmth then,
     /// warmest first (taken from the end).
     victims: Mutex<Vec<(Weak<Region>, usize, u32)>>,
-    paged_out: AtomicU64,
-    paged_in: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -84,8 +73,6 @@ impl Pager {
             buffer: Mutex::new(AlignedBuf::new(arena.segment_bytes())?),
             arena: arena.clone(),
             victims: Mutex::new(Vec::new()),
-            paged_out: AtomicU64::new(0),
-            paged_in: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&pager);
@@ -118,29 +105,8 @@ impl Pager {
         self.stop.store(true, Ordering::Release);
     }
 
-    /// The pager's counts.
-    pub fn stat(&self) -> PagerStat {
-        PagerStat {
-            paged_out: self.paged_out.load(Ordering::Relaxed),
-            paged_in: self.paged_in.load(Ordering::Relaxed),
-        }
-    }
-
     fn page_out(&self, region: &Region, number: usize) -> Result<bool, NodeError> {
-        let mut buffer = self.buffer.lock();
-        let moved = region.page_out(number, &mut buffer)?;
-        if moved {
-            self.paged_out.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(moved)
-    }
-
-    fn page_in(&self, region: &Region, number: usize) -> Result<bool, NodeError> {
-        let moved = region.page_in(number)?;
-        if moved {
-            self.paged_in.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(moved)
+        region.page_out(number, &mut self.buffer.lock())
     }
 
     /// Pages out one cold segment for an allocation that found RAM full;
@@ -229,7 +195,7 @@ impl Pager {
                 }
                 exchanges += 1;
             }
-            match self.page_in(&region, number) {
+            match region.page_in(number) {
                 Ok(_) => {}
                 // Both tiers full, or the pages are being moved: next pass.
                 Err(NodeError::TiersFull { .. } | NodeError::Contended(_)) => break,

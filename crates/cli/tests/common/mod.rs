@@ -101,6 +101,17 @@ impl NodeProcess {
     /// with `extra` arguments, on a given address (to start a node again
     /// where one was).
     pub fn start_at(addr: &str, data_dir: &std::path::Path, extra: &[&str]) -> NodeProcess {
+        NodeProcess::start_sized(addr, "64MiB", data_dir, extra)
+    }
+
+    /// Starts `pagoda node --listen addr --capacity CAPACITY --data-dir DIR`
+    /// with `extra` arguments.
+    pub fn start_sized(
+        addr: &str,
+        capacity: &str,
+        data_dir: &std::path::Path,
+        extra: &[&str],
+    ) -> NodeProcess {
         let mut command = pagoda();
         command
             .args([
@@ -108,7 +119,7 @@ impl NodeProcess {
                 "--listen",
                 addr,
                 "--capacity",
-                "64MiB",
+                capacity,
                 "--data-dir",
             ])
             .arg(data_dir)
