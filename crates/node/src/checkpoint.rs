@@ -733,35 +733,24 @@ fn load_object(
     }
     let head_bytes = OBJECT_HEADER_BYTES + object.pages as usize * INDEX_ENTRY_BYTES;
     let data_start = head_bytes as u64;
-    // The header and index, then every live run, in one ranged read.
-    let mut ranges = Vec::with_capacity(object.runs.len() + 1);
-    ranges.push(0..head_bytes as u64);
+    // The header and index, then every live run: planned, so that a remote
+    // store fetches them in as few requests as it can.
+    let mut plan = Vec::with_capacity(object.runs.len() + 1);
+    plan.push(0..head_bytes as u64);
     for &[_, index, count] in &object.runs {
         let start = data_start + index * page_size as u64;
-        ranges.push(start..start + count * page_size as u64);
+        plan.push(start..start + count * page_size as u64);
     }
-    let parts = storage.block_on(async {
-        let meta = storage
-            .store()
-            .head(&key)
-            .await
-            .map_err(|e| NodeError::Storage {
-                context: format!("reading {key}"),
-                cause: StorageCause::from(&e),
-            })?;
-        if meta.size != object.bytes {
-            return Err(corrupt(format!(
-                "{} bytes, the manifest says {} (truncated?)",
-                meta.size, object.bytes
-            )));
-        }
-        storage.get_ranges(&key, &ranges).await
-    })?;
-    let read_bytes: u64 = parts.iter().map(|part| part.len() as u64).sum();
-    let head = &parts[0];
-    if head.len() != head_bytes {
-        return Err(corrupt("short read of the header".into()));
+    let mut reader = storage.open_object(&key, &plan)?;
+    if reader.size() != object.bytes {
+        return Err(corrupt(format!(
+            "{} bytes, the manifest says {} (truncated?)",
+            reader.size(),
+            object.bytes
+        )));
     }
+    let mut head = vec![0u8; head_bytes];
+    reader.read_into(0, &mut head, &mut |_| Ok(()))?;
     if &head[..8] != OBJECT_MAGIC {
         return Err(corrupt("bad magic".into()));
     }
@@ -809,38 +798,51 @@ fn load_object(
             u32::from_le_bytes(index[at + 8..at + 12].try_into().unwrap()),
         )
     };
-    // Verified and copied in chunks small enough to stay in the CPU's
-    // cache between the checksum and the copy. A failure part-way leaves the
-    // region partly loaded, which the caller then marks damaged.
-    const CHUNK_PAGES: u64 = 64;
-    let mut batch_pages = Vec::with_capacity(CHUNK_PAGES as usize);
-    for (&[first, index_start, count], part) in object.runs.iter().zip(&parts[1..]) {
-        if part.len() != count as usize * page_size {
-            return Err(corrupt("short read of a run".into()));
+    // Each run is read straight into the region's memory, a piece per
+    // segment it covers, and each page is verified as soon as it lands,
+    // while it is still in the CPU's cache: one pass over the bytes besides
+    // the read itself. The region keeps a piece's pages unnumbered (and
+    // zeroes them) unless every one of them verifies. A failure part-way
+    // leaves the region partly loaded, which the caller then marks damaged.
+    let pages_per_segment = region.pages_per_segment();
+    let mut read_bytes = head_bytes as u64;
+    for &[first, index_start, count] in &object.runs {
+        for offset in 0..count {
+            let (page, _) = entry(index_start + offset);
+            if page != first + offset {
+                return Err(corrupt(format!(
+                    "index entry {} is page {page}, the manifest says {}",
+                    index_start + offset,
+                    first + offset
+                )));
+            }
         }
         let mut done = 0;
         while done < count {
-            let chunk = CHUNK_PAGES.min(count - done);
-            batch_pages.clear();
-            for offset in done..done + chunk {
-                let (page, crc) = entry(index_start + offset);
-                if page != first + offset {
-                    return Err(corrupt(format!(
-                        "index entry {} is page {page}, the manifest says {}",
-                        index_start + offset,
-                        first + offset
-                    )));
-                }
-                let bytes = &part[offset as usize * page_size..(offset as usize + 1) * page_size];
-                if crc32c::crc32c(bytes) != crc {
-                    return Err(corrupt(format!("page {page} checksum mismatch")));
-                }
-                batch_pages.push(page);
-            }
-            let bytes = &part[done as usize * page_size..(done + chunk) as usize * page_size];
-            region.restore_pages(&batch_pages, bytes, true)?;
-            progress.loaded(chunk, 0);
-            done += chunk;
+            let start = first + done;
+            let segment_end = (start / pages_per_segment + 1) * pages_per_segment;
+            let piece = (segment_end - start).min(count - done);
+            let at = data_start + (index_start + done) * page_size as u64;
+            let entries = index_start + done;
+            region.restore_with(start..start + piece, |bytes| {
+                let mut verified = 0u64;
+                reader.read_into(at, bytes, &mut |landed| {
+                    while (verified + 1) as usize * page_size <= landed.len() {
+                        let from = verified as usize * page_size;
+                        let (page, crc) = entry(entries + verified);
+                        if crc32c::crc32c(&landed[from..from + page_size]) != crc {
+                            return Err(corrupt(format!("page {page} checksum mismatch")));
+                        }
+                        verified += 1;
+                    }
+                    Ok(())
+                })?;
+                assert_eq!(verified, piece, "every page of the piece verified");
+                Ok(())
+            })?;
+            progress.loaded(piece, 0);
+            read_bytes += piece * page_size as u64;
+            done += piece;
         }
     }
     progress.loaded(0, read_bytes);

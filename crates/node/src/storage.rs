@@ -11,22 +11,28 @@
 //! it, renames it into place and fsyncs the directory, so an object the store
 //! reported written survives a crash of the machine, and a checkpoint's
 //! manifest, written last, can only name objects that are durable.
+//!
+//! Loading a baseline reads objects through [`ObjectReader`] straight into
+//! the caller's memory (a region's segment), with no buffer in between: a
+//! directory's files with positioned reads, any other store's objects as
+//! ranged GETs whose bodies are copied in as they stream.
 
 use std::fmt;
 use std::io::Write;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMode,
+    GetOptions, GetRange, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMode,
     PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
@@ -451,6 +457,69 @@ impl Storage {
             .map_err(|e| self.failed(format!("reading {key}"), e))
     }
 
+    /// Opens an object for reading parts of it straight into the caller's
+    /// memory. `plan` names the byte ranges the caller will read, in
+    /// ascending order: a remote store fetches ranges closer than
+    /// [`COALESCE_GAP_BYTES`] in one request (reads outside the plan are
+    /// fetched on their own). Call from outside the storage runtime.
+    pub fn open_object(
+        &self,
+        key: &Path,
+        plan: &[Range<u64>],
+    ) -> Result<ObjectReader<'_>, NodeError> {
+        let source = match &self.dir {
+            Some(dir) => {
+                let path = dir
+                    .inner
+                    .path_to_filesystem(key)
+                    .map_err(|e| self.failed(format!("locating {key}"), e))?;
+                let opened = std::fs::File::open(&path).and_then(|file| {
+                    let meta = file.metadata()?;
+                    Ok((file, meta))
+                });
+                let (file, meta) = match opened {
+                    Ok(opened) => opened,
+                    Err(error) => {
+                        let cause = if error.kind() == std::io::ErrorKind::NotFound {
+                            StorageCause::NotFound
+                        } else {
+                            StorageCause::Failed(error.to_string())
+                        };
+                        return Err(NodeError::Storage {
+                            context: format!("reading {key} ({})", self.description),
+                            cause,
+                        });
+                    }
+                };
+                if !meta.is_file() {
+                    return Err(NodeError::Storage {
+                        context: format!("reading {key} ({})", self.description),
+                        cause: StorageCause::NotFound,
+                    });
+                }
+                (meta.len(), Source::File(file))
+            }
+            None => {
+                let meta = self
+                    .block_on(self.store.head(key))
+                    .map_err(|e| self.failed(format!("reading {key}"), e))?;
+                (
+                    meta.size,
+                    Source::Remote {
+                        spans: coalesce(plan),
+                        body: None,
+                    },
+                )
+            }
+        };
+        Ok(ObjectReader {
+            storage: self,
+            key: key.clone(),
+            size: source.0,
+            source: source.1,
+        })
+    }
+
     /// Lists the objects under `prefix`.
     pub async fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>, NodeError> {
         let mut stream = self.store.list(Some(prefix));
@@ -474,6 +543,209 @@ impl Storage {
             context: format!("{context} ({})", self.description),
             cause: StorageCause::from(&error),
         }
+    }
+}
+
+/// Bytes of one positioned read from a directory store: 64 pages of 4 KiB,
+/// few enough that they are still in the CPU's cache when the caller
+/// verifies them right after they land.
+pub const READ_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Planned ranges of an object closer than this are fetched from a remote
+/// store in one request, the bytes between them read and dropped
+/// (`object_store`'s own default for `get_ranges`).
+pub const COALESCE_GAP_BYTES: u64 = 1024 * 1024;
+
+/// Ascending ranges merged where the gap between them is at most
+/// [`COALESCE_GAP_BYTES`].
+fn coalesce(plan: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut spans: Vec<Range<u64>> = Vec::with_capacity(plan.len());
+    for range in plan.iter().filter(|range| !range.is_empty()) {
+        match spans.last_mut() {
+            Some(last)
+                if range.start >= last.start
+                    && range.start <= last.end.saturating_add(COALESCE_GAP_BYTES) =>
+            {
+                last.end = last.end.max(range.end);
+            }
+            _ => spans.push(range.clone()),
+        }
+    }
+    spans
+}
+
+/// An object opened by [`Storage::open_object`]: reads parts of it into
+/// memory the caller provides, telling the caller as bytes land so it can
+/// verify them while they are in the CPU's cache.
+pub struct ObjectReader<'a> {
+    storage: &'a Storage,
+    key: Path,
+    size: u64,
+    source: Source,
+}
+
+/// Where an [`ObjectReader`]'s bytes come from.
+enum Source {
+    /// A directory store's file, read with positioned reads.
+    File(std::fs::File),
+    /// Any other store: ranged GETs whose bodies stream in.
+    Remote {
+        /// The spans to fetch: the plan, coalesced.
+        spans: Vec<Range<u64>>,
+        /// The body being streamed, if any.
+        body: Option<Body>,
+    },
+}
+
+/// A ranged GET's body, part-way consumed.
+struct Body {
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    /// The object offset of the next byte (the first of `pending`).
+    position: u64,
+    /// The end of the range asked for.
+    end: u64,
+    /// What is left of the last chunk received.
+    pending: Bytes,
+}
+
+impl ObjectReader<'_> {
+    /// The object's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Fills `out` with the object's bytes from `offset` on, calling
+    /// `landed` with the part filled so far each time more has arrived (at
+    /// most [`READ_CHUNK_BYTES`] more from a directory; a network chunk from
+    /// a remote store). An error from `landed` stops the read and is
+    /// returned. Reads from a remote store should ascend, as planned.
+    pub fn read_into(
+        &mut self,
+        offset: u64,
+        out: &mut [u8],
+        landed: &mut dyn FnMut(&[u8]) -> Result<(), NodeError>,
+    ) -> Result<(), NodeError> {
+        let failed = |detail: String| NodeError::Storage {
+            context: format!("reading {} ({})", self.key, self.storage.description),
+            cause: StorageCause::Failed(detail),
+        };
+        let end = offset
+            .checked_add(out.len() as u64)
+            .filter(|&end| end <= self.size)
+            .ok_or_else(|| {
+                failed(format!(
+                    "bytes {offset}..+{} lie beyond its {} bytes",
+                    out.len(),
+                    self.size
+                ))
+            })?;
+        match &mut self.source {
+            Source::File(file) => {
+                let mut filled = 0;
+                while filled < out.len() {
+                    let take = (out.len() - filled).min(READ_CHUNK_BYTES);
+                    let at = offset + filled as u64;
+                    file.read_exact_at(&mut out[filled..filled + take], at)
+                        .map_err(|error| {
+                            failed(if error.kind() == std::io::ErrorKind::UnexpectedEof {
+                                format!(
+                                    "it ends before byte {} (cut while read?)",
+                                    at + take as u64
+                                )
+                            } else {
+                                error.to_string()
+                            })
+                        })?;
+                    filled += take;
+                    landed(&out[..filled])?;
+                }
+                Ok(())
+            }
+            Source::Remote { spans, body } => {
+                let covers = |body: &Body| body.position <= offset && end <= body.end;
+                let body = match body {
+                    Some(body) if covers(body) => body,
+                    _ => {
+                        let span = spans
+                            .iter()
+                            .find(|span| span.start <= offset && end <= span.end)
+                            .cloned()
+                            .unwrap_or(offset..end);
+                        body.insert(self.storage.get_body(&self.key, span)?)
+                    }
+                };
+                let mut filled = 0;
+                // Each pass takes a chunk, skips bytes before `offset`, or
+                // copies: at most one pass per byte and one per chunk.
+                while filled < out.len() {
+                    if body.pending.is_empty() {
+                        let chunk = match self.storage.block_on(body.stream.next()) {
+                            Some(Ok(chunk)) => chunk,
+                            Some(Err(e)) => {
+                                return Err(self
+                                    .storage
+                                    .failed(format!("reading {}", self.key), e));
+                            }
+                            None => {
+                                return Err(failed(format!(
+                                    "the body ended at byte {}, before {}",
+                                    body.position, body.end
+                                )));
+                            }
+                        };
+                        if body.position + chunk.len() as u64 > body.end {
+                            return Err(failed(format!(
+                                "the body runs past byte {} asked for",
+                                body.end
+                            )));
+                        }
+                        body.pending = chunk;
+                        continue;
+                    }
+                    if body.position < offset {
+                        let skip = (offset - body.position).min(body.pending.len() as u64);
+                        body.pending.advance(skip as usize);
+                        body.position += skip;
+                        continue;
+                    }
+                    let take = body.pending.len().min(out.len() - filled);
+                    out[filled..filled + take].copy_from_slice(&body.pending[..take]);
+                    body.pending.advance(take);
+                    body.position += take as u64;
+                    filled += take;
+                    landed(&out[..filled])?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Storage {
+    /// Starts a ranged GET of `span` of an object.
+    fn get_body(&self, key: &Path, span: Range<u64>) -> Result<Body, NodeError> {
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(span.clone())),
+            ..GetOptions::default()
+        };
+        let result = self
+            .block_on(self.store.get_opts(key, options))
+            .map_err(|e| self.failed(format!("reading {key}"), e))?;
+        if result.range != span {
+            return Err(NodeError::Storage {
+                context: format!("reading {key} ({})", self.description),
+                cause: StorageCause::Failed(format!(
+                    "asked for bytes {span:?}, the store sent {:?}",
+                    result.range
+                )),
+            });
+        }
+        Ok(Body {
+            stream: result.into_stream(),
+            position: span.start,
+            end: span.end,
+            pending: Bytes::new(),
+        })
     }
 }
 

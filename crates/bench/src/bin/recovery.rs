@@ -20,6 +20,11 @@
 //!
 //! The page cache is dropped (`/proc/sys/vm/drop_caches`, needs root) before
 //! the baseline read and the recovery, so both read the disk.
+//!
+//! With `--repeat N` the baseline read and the recovery run N times each,
+//! alternating (read, recovery, read, recovery, ...), and the table shows
+//! their medians; `--recovery-only` skips the full copy, the raw writes and
+//! the incremental checkpoint, for quick comparisons of the load path.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -38,6 +43,9 @@ checkpoint throughput
   --dirty LIST       dirty percentages (default 1,10,50)
   --dir PATH         where storage and data dirs go (default: a temporary dir under /work)
   --no-drop-caches   do not drop the page cache before reads from storage
+  --repeat N         baseline reads and recoveries per fraction, alternating;
+                     medians are shown (default 1)
+  --recovery-only    skip the full copy, raw writes and incremental checkpoint
   --json             print JSON instead of the markdown table";
 
 /// Pages per request when filling or copying a region.
@@ -45,22 +53,48 @@ const BATCH_PAGES: usize = 256;
 /// Requests in flight when copying.
 const COPY_THREADS: usize = 4;
 
+/// How one run measures.
+struct Settings {
+    region_bytes: u64,
+    drop_caches: bool,
+    /// Baseline reads and recoveries per dirty fraction.
+    repeat: usize,
+    /// Skip the full copy, the raw writes and the incremental checkpoint.
+    recovery_only: bool,
+}
+
 struct Row {
     dirty_percent: u64,
     dirty_pages: u64,
     full_checkpoint_s: f64,
     full_checkpoint_bytes: u64,
-    raw_writes_s: f64,
-    full_copy_s: f64,
-    baseline_read_s: f64,
+    /// `None` with `--recovery-only` (as are the full copy and the
+    /// incremental checkpoint).
+    raw_writes_s: Option<f64>,
+    full_copy_s: Option<f64>,
+    /// Each baseline read, in the order run.
+    baseline_read_s: Vec<f64>,
     baseline_read_bytes: u64,
-    recovery_s: f64,
-    recovery_baseline_s: f64,
+    /// Each recovery, in the order run (each after the read of the same
+    /// index).
+    recovery_s: Vec<f64>,
+    recovery_baseline_s: Vec<f64>,
     recovery_storage_bytes: u64,
     recovery_source_bytes: u64,
-    incremental_s: f64,
-    incremental_pages: u64,
-    incremental_bytes: u64,
+    incremental: Option<(f64, u64, u64)>,
+}
+
+/// The median of some seconds (the mean of the middle two for an even
+/// count).
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[middle]
+    } else {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    }
 }
 
 fn start_node(dir: &std::path::Path, name: &str, storage: &std::path::Path, capacity: u64) -> Node {
@@ -220,10 +254,11 @@ fn raw_file_writes(dir: &std::path::Path, bytes: u64) -> f64 {
 fn measure(
     dir: &std::path::Path,
     storage_dir: &std::path::Path,
-    region_bytes: u64,
+    settings: &Settings,
     percent: u64,
-    drop: bool,
 ) -> Row {
+    let region_bytes = settings.region_bytes;
+    let drop = settings.drop_caches;
     let pages = region_bytes / PAGE_BYTES as u64;
     let capacity = region_bytes + (64 << 20);
     let source = start_node(dir, &format!("source-{percent}"), storage_dir, capacity);
@@ -241,8 +276,10 @@ fn measure(
         region_bytes >> 20,
         began.elapsed().as_secs_f64()
     ));
-    drop_caches(drop);
-    let raw_s = raw_file_writes(dir, region_bytes);
+    let raw_writes_s = (!settings.recovery_only).then(|| {
+        drop_caches(drop);
+        raw_file_writes(dir, region_bytes)
+    });
     drop_caches(drop);
     let full = source_client
         .checkpoint(&name, true)
@@ -264,39 +301,68 @@ fn measure(
     dirty.sort_unstable();
     write_pages(&source_client, &info, &dirty, 2);
 
-    let full_copy_s = full_copy(&source, &target, &name, pages);
-    progress(&format!("{percent}%: full copy in {full_copy_s:.2} s"));
-    drop_caches(drop);
-    let (baseline_read_s, baseline_read_bytes) = baseline_read(storage_dir, &name);
-    progress(&format!(
-        "{percent}%: baseline read {} MiB in {baseline_read_s:.2} s",
-        baseline_read_bytes >> 20
-    ));
-    drop_caches(drop);
+    let full_copy_s = (!settings.recovery_only).then(|| {
+        let seconds = full_copy(&source, &target, &name, pages);
+        progress(&format!("{percent}%: full copy in {seconds:.2} s"));
+        seconds
+    });
     let target_client = client(&target);
-    let recover_began = Instant::now();
-    let mut baseline_loaded_s = None;
-    let done = target_client
-        .recover(
-            &name,
-            Some(&source.local_addr().to_string()),
-            None,
-            false,
-            Duration::from_millis(10),
-            |progress| {
-                if progress.phase != pagoda::RecoveryPhase::Baseline && baseline_loaded_s.is_none()
-                {
-                    baseline_loaded_s = Some(recover_began.elapsed().as_secs_f64());
-                }
-            },
-        )
-        .expect("recovery");
-    let recovery_s = done.elapsed_ms as f64 / 1000.0;
-    progress(&format!(
-        "{percent}%: recovery in {recovery_s:.2} s ({} MiB from storage, {} MiB from the source)",
-        done.storage_bytes >> 20,
-        done.source_bytes >> 20
-    ));
+    let mut baseline_read_s = Vec::with_capacity(settings.repeat);
+    let mut baseline_read_bytes = 0;
+    let mut recovery_s = Vec::with_capacity(settings.repeat);
+    let mut recovery_baseline_s = Vec::with_capacity(settings.repeat);
+    let mut done = None;
+    for round in 0..settings.repeat {
+        if round > 0 {
+            // Frozen first: deleting an active region would purge the
+            // baseline the next round loads.
+            let previous = target_client.stat_region(&name).expect("stat").info;
+            target_client
+                .raw()
+                .freeze_region(previous.id)
+                .expect("freezing the recovered region");
+            target_client
+                .delete_region(&name)
+                .expect("deleting the recovered region before the next round");
+        }
+        drop_caches(drop);
+        let (read_s, read_bytes) = baseline_read(storage_dir, &name);
+        progress(&format!(
+            "{percent}%: baseline read {} MiB in {read_s:.2} s",
+            read_bytes >> 20
+        ));
+        baseline_read_s.push(read_s);
+        baseline_read_bytes = read_bytes;
+        drop_caches(drop);
+        let recover_began = Instant::now();
+        let mut baseline_loaded_s = None;
+        let recovered = target_client
+            .recover(
+                &name,
+                Some(&source.local_addr().to_string()),
+                None,
+                false,
+                Duration::from_millis(10),
+                |progress| {
+                    if progress.phase != pagoda::RecoveryPhase::Baseline
+                        && baseline_loaded_s.is_none()
+                    {
+                        baseline_loaded_s = Some(recover_began.elapsed().as_secs_f64());
+                    }
+                },
+            )
+            .expect("recovery");
+        let seconds = recovered.elapsed_ms as f64 / 1000.0;
+        progress(&format!(
+            "{percent}%: recovery in {seconds:.2} s ({} MiB from storage, {} MiB from the source)",
+            recovered.storage_bytes >> 20,
+            recovered.source_bytes >> 20
+        ));
+        recovery_s.push(seconds);
+        recovery_baseline_s.push(baseline_loaded_s.unwrap_or(seconds));
+        done = Some(recovered);
+    }
+    let done = done.expect("--repeat is at least 1");
     // Spot-check the recovered contents against what was written.
     let mut expected = vec![0u8; PAGE_BYTES];
     let mut got = vec![0u8; PAGE_BYTES];
@@ -317,14 +383,21 @@ fn measure(
             .expect("reading the recovered region");
         assert!(got == expected, "recovered page {page} differs");
     }
-    let incremental = target_client
-        .checkpoint(&name, false)
-        .expect("incremental checkpoint");
-    progress(&format!(
-        "{percent}%: incremental checkpoint of {} pages in {:.2} s",
-        incremental.pages,
-        incremental.micros as f64 / 1e6
-    ));
+    let incremental = (!settings.recovery_only).then(|| {
+        let incremental = target_client
+            .checkpoint(&name, false)
+            .expect("incremental checkpoint");
+        progress(&format!(
+            "{percent}%: incremental checkpoint of {} pages in {:.2} s",
+            incremental.pages,
+            incremental.micros as f64 / 1e6
+        ));
+        (
+            incremental.micros as f64 / 1e6,
+            incremental.pages,
+            incremental.bytes,
+        )
+    });
     target_client
         .delete_region(&name)
         .expect("delete on the target");
@@ -336,18 +409,21 @@ fn measure(
         dirty_pages,
         full_checkpoint_s: full.micros as f64 / 1e6,
         full_checkpoint_bytes: full.bytes,
-        raw_writes_s: raw_s,
+        raw_writes_s,
         full_copy_s,
         baseline_read_s,
         baseline_read_bytes,
         recovery_s,
-        recovery_baseline_s: baseline_loaded_s.unwrap_or(recovery_s),
+        recovery_baseline_s,
         recovery_storage_bytes: done.storage_bytes,
         recovery_source_bytes: done.source_bytes,
-        incremental_s: incremental.micros as f64 / 1e6,
-        incremental_pages: incremental.pages,
-        incremental_bytes: incremental.bytes,
+        incremental,
     }
+}
+
+/// Seconds with two decimals, or `-` for a step not run.
+fn seconds(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |value| format!("{value:.2}"))
 }
 
 fn gbps(bytes: u64, seconds: f64) -> String {
@@ -356,17 +432,27 @@ fn gbps(bytes: u64, seconds: f64) -> String {
 
 fn main() {
     let flags = Flags::parse(
-        &["json", "no-drop-caches"],
-        &["region-mib", "dirty", "dir"],
+        &["json", "no-drop-caches", "recovery-only"],
+        &["region-mib", "dirty", "dir", "repeat"],
         USAGE,
     );
-    let region_bytes = flags.number::<u64>("region-mib", 4096) << 20;
+    let settings = Settings {
+        region_bytes: flags.number::<u64>("region-mib", 4096) << 20,
+        drop_caches: !flags.switch("no-drop-caches"),
+        repeat: flags.number::<usize>("repeat", 1),
+        recovery_only: flags.switch("recovery-only"),
+    };
+    let region_bytes = settings.region_bytes;
+    let drop = settings.drop_caches;
     let percents = flags.numbers::<u64>("dirty", &[1, 10, 50]);
     if percents.iter().any(|&p| p == 0 || p > 100) {
         eprintln!("error: --dirty percentages must be 1 to 100");
         std::process::exit(2);
     }
-    let drop = !flags.switch("no-drop-caches");
+    if !(1..=100).contains(&settings.repeat) {
+        eprintln!("error: --repeat must be 1 to 100");
+        std::process::exit(2);
+    }
     let temporary = match flags.values_get("dir") {
         Some(dir) => tempfile::tempdir_in(dir),
         None => tempfile::tempdir_in("/work"),
@@ -375,7 +461,7 @@ fn main() {
     let storage_dir = temporary.path().join("storage");
     let rows: Vec<Row> = percents
         .iter()
-        .map(|&percent| measure(temporary.path(), &storage_dir, region_bytes, percent, drop))
+        .map(|&percent| measure(temporary.path(), &storage_dir, &settings, percent))
         .collect();
 
     let mut table = Table::new(&[
@@ -392,21 +478,24 @@ fn main() {
         "incremental GB/s",
     ]);
     for row in &rows {
+        let recovery_s = median(&row.recovery_s);
         table.row(vec![
             format!("{}%", row.dirty_percent),
-            format!("{:.2}", row.full_copy_s),
-            format!("{:.2}", row.baseline_read_s),
-            format!("{:.2}", row.recovery_s),
-            format!("{:.2}", row.recovery_baseline_s),
-            format!("{:.2}", row.recovery_s / row.baseline_read_s),
-            format!("{:.2}", row.recovery_s / row.full_copy_s),
+            seconds(row.full_copy_s),
+            format!("{:.2}", median(&row.baseline_read_s)),
+            format!("{recovery_s:.2}"),
+            format!("{:.2}", median(&row.recovery_baseline_s)),
+            format!("{:.2}", recovery_s / median(&row.baseline_read_s)),
+            seconds(row.full_copy_s.map(|full| recovery_s / full)),
             format!("{}", row.recovery_source_bytes >> 20),
             format!(
                 "{:.3}",
                 row.recovery_source_bytes as f64 / region_bytes as f64
             ),
-            format!("{:.3}", row.incremental_s),
-            gbps(row.incremental_bytes, row.incremental_s),
+            row.incremental
+                .map_or_else(|| "-".into(), |(s, _, _)| format!("{s:.3}")),
+            row.incremental
+                .map_or_else(|| "-".into(), |(s, _, bytes)| gbps(bytes, s)),
         ]);
     }
     let mut checkpoints = Table::new(&[
@@ -422,24 +511,27 @@ fn main() {
             format!("before {}%", row.dirty_percent),
             format!("{:.2}", row.full_checkpoint_s),
             gbps(row.full_checkpoint_bytes, row.full_checkpoint_s),
-            format!("{:.2}", row.raw_writes_s),
-            gbps(region_bytes, row.raw_writes_s),
-            format!(
-                "{:.2}",
+            seconds(row.raw_writes_s),
+            row.raw_writes_s
+                .map_or_else(|| "-".into(), |raw| gbps(region_bytes, raw)),
+            seconds(row.raw_writes_s.map(|raw| {
                 (row.full_checkpoint_bytes as f64 / row.full_checkpoint_s)
-                    / (region_bytes as f64 / row.raw_writes_s)
-            ),
+                    / (region_bytes as f64 / raw)
+            })),
         ]);
     }
     let markdown = format!(
-        "Region {} MiB, 4 KiB pages; page cache dropped before reads from storage: {drop}.\n\n{}\n{}",
+        "Region {} MiB, 4 KiB pages; page cache dropped before reads from storage: {drop}; \
+         baseline reads and recoveries per fraction: {} (medians shown).\n\n{}\n{}",
         region_bytes >> 20,
+        settings.repeat,
         table.markdown(),
         checkpoints.markdown()
     );
     let document = serde_json::json!({
         "region_bytes": region_bytes,
         "drop_caches": drop,
+        "repeat": settings.repeat,
         "rows": rows.iter().map(|row| serde_json::json!({
             "dirty_percent": row.dirty_percent,
             "dirty_pages": row.dirty_pages,
@@ -447,15 +539,17 @@ fn main() {
             "full_checkpoint_bytes": row.full_checkpoint_bytes,
             "raw_file_writes_s": row.raw_writes_s,
             "full_copy_s": row.full_copy_s,
-            "baseline_read_s": row.baseline_read_s,
+            "baseline_read_s": median(&row.baseline_read_s),
+            "baseline_read_samples_s": row.baseline_read_s,
             "baseline_read_bytes": row.baseline_read_bytes,
-            "recovery_s": row.recovery_s,
-            "recovery_baseline_phase_s": row.recovery_baseline_s,
+            "recovery_s": median(&row.recovery_s),
+            "recovery_samples_s": row.recovery_s,
+            "recovery_baseline_phase_s": median(&row.recovery_baseline_s),
             "recovery_storage_bytes": row.recovery_storage_bytes,
             "recovery_source_bytes": row.recovery_source_bytes,
-            "incremental_checkpoint_s": row.incremental_s,
-            "incremental_checkpoint_pages": row.incremental_pages,
-            "incremental_checkpoint_bytes": row.incremental_bytes,
+            "incremental_checkpoint_s": row.incremental.map(|(s, _, _)| s),
+            "incremental_checkpoint_pages": row.incremental.map(|(_, pages, _)| pages),
+            "incremental_checkpoint_bytes": row.incremental.map(|(_, _, bytes)| bytes),
         })).collect::<Vec<_>>(),
     });
     emit(flags.switch("json"), &document, &markdown);
