@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::device::{Device, FileStorage, Storage};
 use crate::format::{self, SegmentHeader};
@@ -194,6 +194,9 @@ struct SyncState {
     durable_ticket: u64,
     /// A leader is persisting.
     syncing: bool,
+    /// Threads waiting for the running persist to end, each woken by the leader when it
+    /// does (one per waiting thread at most).
+    sleepers: Vec<thread::Thread>,
 }
 
 /// Counts a thread inside `commit` or `release_through` for as long as it lives.
@@ -337,8 +340,9 @@ pub struct Journal {
     /// The commit lock.
     log: Mutex<LogState>,
     sync: Mutex<SyncState>,
-    /// Signalled when a persist ends.
-    persisted: Condvar,
+    /// Counts the persists that ended (successfully or not); a waiting thread sleeps
+    /// until it changes.
+    persists_ended: AtomicU64,
     /// Held around every `sync` and `sync_directory` call, so no two run at once: with
     /// concurrent fsyncs on one file, Linux reports a writeback error to only one of them.
     persist_lock: Mutex<()>,
@@ -413,8 +417,9 @@ impl Journal {
                 directory_dirty: false,
                 durable_ticket: 0,
                 syncing: false,
+                sleepers: Vec::new(),
             }),
-            persisted: Condvar::new(),
+            persists_ended: AtomicU64::new(0),
             persist_lock: Mutex::new(()),
             reclaim_lock: Mutex::new(()),
             inflight: Mutex::new(records.iter().cloned().collect()),
@@ -677,6 +682,13 @@ impl Journal {
     /// inside, and leads exactly one persist without any added delay. Gathering only
     /// moves the moment the target is read; everything above holds for any target.
     ///
+    /// Waiting: a committer that finds a persist running registers itself and sleeps
+    /// with no lock held. When the persist ends, the leader stores `durable_ticket`,
+    /// bumps `persists_ended`, and wakes every sleeper itself, so they wake in parallel
+    /// (a condition variable would hand them the lock one after another); a sleeper
+    /// whose ticket is covered returns without taking the lock again, and the others
+    /// take it to lead or wait for the next persist.
+    ///
     /// Failure: if a persist fails, or any write failed meanwhile, the leader does not
     /// advance `durable_ticket` and the journal is latched; every waiter then sees the
     /// latch and returns an error, and no later persist can mark anything durable,
@@ -702,7 +714,22 @@ impl Journal {
                 return Err(self.failed_error());
             }
             if sync.syncing {
-                self.persisted.wait(&mut sync);
+                // Sleep until this persist ends, without the lock: the leader wakes every
+                // sleeper directly, and one whose record it covered returns without
+                // taking the lock again.
+                let ended = self.persists_ended.load(Ordering::Acquire);
+                sync.sleepers.push(thread::current());
+                drop(sync);
+                // Bounded by the running persist: its leader bumps `persists_ended` and
+                // then unparks every sleeper. `park` may return early; the loop re-checks.
+                while self.persists_ended.load(Ordering::Acquire) == ended {
+                    thread::park();
+                }
+                // `durable_ticket` was stored before `persists_ended` moved.
+                if self.durable_ticket.load(Ordering::Acquire) >= ticket {
+                    return Ok(());
+                }
+                sync = self.sync.lock();
                 continue;
             }
             sync.syncing = true;
@@ -736,9 +763,17 @@ impl Journal {
                 Ok(()) => Err(self.failed_error()),
                 Err(error) => Err(self.latch(error)),
             };
-            self.persisted.notify_all();
-            outcome?;
-            debug_assert!(sync.durable_ticket >= ticket, "the leader covered itself");
+            self.persists_ended.fetch_add(1, Ordering::AcqRel);
+            let sleepers = mem::take(&mut sync.sleepers);
+            debug_assert!(
+                outcome.is_err() || sync.durable_ticket >= ticket,
+                "the leader covered itself"
+            );
+            drop(sync);
+            for sleeper in sleepers {
+                sleeper.unpark();
+            }
+            return outcome;
         }
     }
 
