@@ -27,6 +27,10 @@ const SPARE_BUFFERS_MAX: usize = 1024;
 pub const SEGMENT_BYTES_MIN: u64 = 1024;
 /// The most `JournalOptions::preallocate_bytes` may ask for.
 pub const PREALLOCATE_BYTES_MAX: u64 = 1 << 30;
+/// The least a segment is zeroed ahead of its tail at a time (if `preallocate_bytes`
+/// allows that much). A segment is zeroed ahead by as much as it holds, between this and
+/// `preallocate_bytes`, so a journal that sees little traffic keeps a small file.
+const ZERO_AHEAD_BYTES_MIN: u64 = 64 << 10;
 /// Bytes of zeros one `write_at` call writes while pre-zeroing.
 const ZERO_WRITE_BYTES: usize = 256 << 10;
 /// The zeros pre-zeroing writes from.
@@ -60,11 +64,13 @@ pub struct JournalOptions {
     pub record_bytes_max: u64,
     /// What recovery does about damage that acknowledged commits lie beyond.
     pub on_corruption: OnCorruption,
-    /// How far ahead of its tail the active segment is kept written with zeros (never
-    /// past `segment_bytes`, unless a record itself goes further). A record then
+    /// How far ahead of its tail, at most, the active segment is kept written with zeros
+    /// (never past `segment_bytes`, unless a record itself goes further). A record then
     /// overwrites allocated blocks inside the file's size, so the persist covering it
     /// needs no file-system metadata write; the file grows, and a persist writes
-    /// metadata, once per this many bytes. 0 appends to a growing file instead.
+    /// metadata, once per chunk of zeros. A chunk is as large as the segment already is,
+    /// from 64 KiB up to this, so a quiet journal's file stays small. 0 appends to a
+    /// growing file instead.
     pub preallocate_bytes: u64,
 }
 
@@ -570,9 +576,10 @@ impl Journal {
     }
 
     /// Before a record of `length` bytes goes to the tail: if it would pass the active
-    /// segment's zeroed end, writes zeros from past the record to `preallocate_bytes`
-    /// beyond it (capped at `segment_bytes`), so the records after it overwrite blocks
-    /// already allocated inside the file. The zeros need not be durable for anything to be
+    /// segment's zeroed end, writes zeros from past the record to some way beyond it (as
+    /// far as the segment already reaches, at least `ZERO_AHEAD_BYTES_MIN`, at most
+    /// `preallocate_bytes`, and never past `segment_bytes`), so the records after it
+    /// overwrite blocks already allocated inside the file. The zeros need not be durable for anything to be
     /// correct (recovery reads nothing beyond the valid records as a record); the persist
     /// that covers the record writes them, and the file's new size, along with it.
     fn zero_ahead(
@@ -586,7 +593,8 @@ impl Journal {
         if preallocate == 0 || end <= active.zeroed_end {
             return Ok(());
         }
-        let target = (end + preallocate).min(self.options.segment_bytes.max(end));
+        let ahead = end.max(ZERO_AHEAD_BYTES_MIN).min(preallocate);
+        let target = (end + ahead).min(self.options.segment_bytes.max(end));
         let mut at = end.max(active.zeroed_end);
         // Bounded: each pass advances `at` by at least one byte toward `target`.
         while at < target {

@@ -119,7 +119,9 @@ fn a_failed_zero_write_latches_the_journal() {
         // commit that passes it is a write of zeros, and it fails.
         let record_bytes =
             (format::RECORD_HEADER_BYTES + format::ENTRY_HEADER_BYTES) as u64 + LARGE_BYTES as u64;
-        let fitting = JournalOptions::default().preallocate_bytes / record_bytes;
+        let tail = format::SEGMENT_HEADER_BYTES as u64 + journal.stats().bytes_appended;
+        let zeroed_end = storage.segment_bytes(1).unwrap().len() as u64;
+        let fitting = (zeroed_end - tail) / record_bytes;
         let writes = storage.stats().writes;
         storage.fail_writes(fitting, 1);
         let mut acknowledged = vec![1];
