@@ -671,6 +671,23 @@ impl LoadProgress for () {
     fn loaded(&self, _pages: u64, _bytes: u64) {}
 }
 
+/// `manifest` with the pages in `pages` (sorted) taken out of its objects'
+/// live runs: the baseline to load when those pages come from elsewhere (a
+/// recovery copies the pages dirty since the checkpoint from the source).
+pub fn without_pages(manifest: &Manifest, pages: &[u64]) -> Manifest {
+    debug_assert!(pages.is_sorted());
+    let objects = supersede(&manifest.objects, pages);
+    let live = objects
+        .iter()
+        .flat_map(|object| object.runs.iter().map(|run| run[2]))
+        .sum();
+    Manifest {
+        objects,
+        pages: live,
+        ..manifest.clone()
+    }
+}
+
 /// Loads the baseline `manifest` describes into `region`, reading objects in
 /// parallel and verifying everything (see the module documentation).
 pub fn load_baseline(
@@ -919,7 +936,14 @@ pub fn purge(storage: &Storage, name: &str) -> Result<(), NodeError> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use pagoda_wire::{RegionInfo, RegionState};
+
     use super::*;
+    use crate::arena::Arena;
+    use crate::region::BASELINE_SEQ;
+    use crate::storage::StorageConfig;
 
     // Guards the run arithmetic that the baseline's correctness rests on.
     #[test]
@@ -1046,5 +1070,157 @@ mod tests {
         let mut outside = manifest.clone();
         outside.objects[0].runs = vec![[255, 0, 2]];
         assert!(Manifest::decode("m", &outside.encode()).is_err());
+    }
+
+    /// What a region made for the load tests holds: every page of
+    /// `region`, unwritten segments as zeros.
+    fn contents(region: &Region) -> Vec<u8> {
+        let segment_bytes = (region.pages_per_segment() * region.info().page_size as u64) as usize;
+        let mut out = Vec::new();
+        for number in 0..region.segment_count() {
+            let before = out.len();
+            region.copy_segment(number, &mut out).unwrap();
+            if out.len() == before {
+                let length = (region.info().size as usize - before).min(segment_bytes);
+                out.resize(before + length, 0);
+            }
+        }
+        out
+    }
+
+    fn page_bytes(page: u64, version: u8) -> Vec<u8> {
+        let mut bytes = vec![version; 4096];
+        bytes[..8].copy_from_slice(&page.to_le_bytes());
+        bytes
+    }
+
+    /// A region of three segments (2 MiB of 4 KiB pages, the last segment
+    /// partly), written whole, checkpointed into one object (so its run
+    /// spans every segment boundary), then pages 500..530 (across the
+    /// first boundary) rewritten and checkpointed incrementally.
+    fn two_checkpoints() -> (
+        tempfile::TempDir,
+        Storage,
+        Arc<Arena>,
+        RegionInfo,
+        Manifest,
+        Vec<u8>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&StorageConfig::Dir(dir.path().to_path_buf())).unwrap();
+        let arena = Arc::new(Arena::new(64 << 20, 2 << 20).unwrap());
+        let pages = 1300u64;
+        let info = RegionInfo {
+            id: 1,
+            size: pages * 4096,
+            page_size: 4096,
+            name: "load".into(),
+        };
+        let region = Region::new(info.clone(), 9, arena.clone()).unwrap();
+        let mut model = Vec::new();
+        for page in 0..pages {
+            let bytes = page_bytes(page, 1);
+            region.restore_pages(&[page], &bytes, false).unwrap();
+            model.extend_from_slice(&bytes);
+        }
+        let settings = CheckpointSettings {
+            object_bytes: OBJECT_BYTES_DEFAULT,
+            retain: 2,
+        };
+        let (_, full) = checkpoint(&storage, &region, true, settings, None).unwrap();
+        assert_eq!((full.objects.len(), full.objects[0].runs.len()), (1, 1));
+        region.checkpoint_completed(CheckpointMark {
+            number: full.number,
+            start_seq: region.mark(),
+            started: full.started(),
+            journal_through: 0,
+        });
+        for page in 500..530u64 {
+            let bytes = page_bytes(page, 2);
+            region.restore_pages(&[page], &bytes, false).unwrap();
+            model[page as usize * 4096..(page as usize + 1) * 4096].copy_from_slice(&bytes);
+        }
+        let (_, incremental) = checkpoint(&storage, &region, false, settings, Some(&full)).unwrap();
+        assert_eq!(incremental.objects.len(), 2, "{incremental:?}");
+        (dir, storage, arena, info, incremental, model)
+    }
+
+    fn recovering(info: &RegionInfo, arena: &Arc<Arena>) -> Region {
+        let region = Region::new(info.clone(), 9, arena.clone()).unwrap();
+        region.set_state(RegionState::Recovering, "loading");
+        region
+    }
+
+    // Guards the load straight into segment memory: runs that cross segment
+    // boundaries (a full checkpoint's, and an incremental one's that cut it)
+    // load to exactly the pages written, every page numbered as loaded from
+    // the baseline (none dirty since it) and counted once; and a baseline
+    // loaded without some pages leaves exactly those unwritten.
+    #[test]
+    fn runs_across_segments_load_in_place() {
+        let (_dir, storage, arena, info, manifest, model) = two_checkpoints();
+        let region = recovering(&info, &arena);
+        load_baseline(&storage, &region, &manifest, &()).unwrap();
+        assert!(contents(&region) == model, "the loaded region differs");
+        assert_eq!(region.dirty_count(0), 1300, "every page loaded once");
+        assert_eq!(region.dirty_count(BASELINE_SEQ), 0, "none dirty");
+        assert_eq!(region.segments_allocated(), 3);
+
+        let skipped: Vec<u64> = (505..520).chain(1290..1300).collect();
+        let rest = without_pages(&manifest, &skipped);
+        assert_eq!(rest.pages, 1300 - skipped.len() as u64);
+        let region = recovering(&info, &arena);
+        load_baseline(&storage, &region, &rest, &()).unwrap();
+        let mut expected = model.clone();
+        for &page in &skipped {
+            expected[page as usize * 4096..(page as usize + 1) * 4096].fill(0);
+        }
+        assert!(
+            contents(&region) == expected,
+            "skipped pages must stay unwritten"
+        );
+        assert_eq!(region.dirty_count(0), rest.pages);
+    }
+
+    // Guards verification in the same pass as the read: a flipped bit in a
+    // page of the second segment fails the load with that page's checksum
+    // error naming the object, and the piece it was read into (the rest of
+    // its run within that segment) is left zeroed and unnumbered rather
+    // than holding unverified bytes.
+    #[test]
+    fn a_corrupted_page_fails_the_load_and_leaves_nothing_unverified() {
+        let (dir, storage, arena, info, manifest, model) = two_checkpoints();
+        let full = manifest
+            .objects
+            .iter()
+            .find(|object| object.pages == 1300)
+            .expect("the full checkpoint's object");
+        let path = dir.path().join(&full.key);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let data_start = OBJECT_HEADER_BYTES + 1300 * INDEX_ENTRY_BYTES;
+        bytes[data_start + 700 * 4096 + 100] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let region = recovering(&info, &arena);
+        match load_baseline(&storage, &region, &manifest, &()) {
+            Err(NodeError::CorruptObject { key, detail }) => {
+                assert_eq!(key, full.key);
+                assert_eq!(detail, "page 700 checksum mismatch");
+            }
+            other => panic!("expected the checksum error, got {other:?}"),
+        }
+        // The damaged page's piece: its run from 530 (after the pages the
+        // incremental checkpoint took out) to the segment's end at 1024.
+        let loaded = contents(&region);
+        let piece = 530 * 4096..1024 * 4096;
+        assert!(loaded[piece.clone()].iter().all(|&byte| byte == 0));
+        for page in (0..500).chain(1024..1300) {
+            let at = page * 4096..(page + 1) * 4096;
+            assert!(
+                loaded[at.clone()] == model[at.clone()] || loaded[at].iter().all(|&b| b == 0),
+                "page {page} holds bytes it was never given"
+            );
+        }
+        assert!(region.dirty_count(0) <= 1300 - (1024 - 530));
     }
 }

@@ -432,11 +432,11 @@ fn fill(
             .store(manifest.number, Ordering::Relaxed);
         job.baseline_age_ms
             .store(manifest.age().as_millis() as u64, Ordering::Relaxed);
-        job.baseline_pages.store(manifest.pages, Ordering::Relaxed);
-        checkpoint::load_baseline(storage, region, manifest, job)?;
     }
     let Some(source) = source else {
         let manifest = manifest.expect("checked by the caller");
+        job.baseline_pages.store(manifest.pages, Ordering::Relaxed);
+        checkpoint::load_baseline(storage, region, manifest, job)?;
         return Ok(format!(
             "recovered from the baseline alone: checkpoint {} taken {:.1} s before recovery began; \
              writes after it are lost",
@@ -444,15 +444,43 @@ fn fill(
             job.baseline_age_ms.load(Ordering::Relaxed) as f64 / 1000.0
         ));
     };
-    let path = job.phase.lock().1.clone();
-    job.set_phase(RecoveryPhase::Source, path);
     let (mut ranges, mut mark) = first_list.expect("listed with the source");
-    let mut rounds = 0;
+    let first_pages: u64 = ranges.iter().map(|range| range.count as u64).sum();
+    job.source_pages.fetch_add(first_pages, Ordering::Relaxed);
+    match manifest {
+        Some(manifest) => {
+            // The pages dirty since the checkpoint are copied from the
+            // source whatever the baseline holds for them: load only the
+            // rest of the baseline, and copy them at the same time. The two
+            // write disjoint pages, so the region ends the same whichever
+            // finishes first, and the copy hides behind the storage reads.
+            let dirty = dirty_pages(region, &ranges)?;
+            let rest = checkpoint::without_pages(manifest, &dirty);
+            // The progress still counts the whole baseline; the pages left
+            // to the source are done with as far as it goes.
+            job.baseline_pages.store(manifest.pages, Ordering::Relaxed);
+            job.baseline_pages_done
+                .fetch_add(manifest.pages.saturating_sub(rest.pages), Ordering::Relaxed);
+            std::thread::scope(|scope| {
+                let copy = scope.spawn(|| copy_ranges(&source, region, &ranges, job));
+                let loaded = checkpoint::load_baseline(storage, region, &rest, job);
+                let copied = copy
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                loaded.and(copied)
+            })?;
+            let path = job.phase.lock().1.clone();
+            job.set_phase(RecoveryPhase::Source, path);
+        }
+        None => {
+            let path = job.phase.lock().1.clone();
+            job.set_phase(RecoveryPhase::Source, path);
+            copy_ranges(&source, region, &ranges, job)?;
+        }
+    }
+    // Catch-up rounds: the pages written at the source since the last list.
+    let mut rounds = 1;
     loop {
-        rounds += 1;
-        let pages: u64 = ranges.iter().map(|range| range.count as u64).sum();
-        job.source_pages.fetch_add(pages, Ordering::Relaxed);
-        copy_ranges(&source, region, &ranges, job)?;
         let (next, next_mark) = source
             .client
             .raw()
@@ -464,6 +492,9 @@ fn fill(
             break;
         }
         mark = next_mark;
+        rounds += 1;
+        job.source_pages.fetch_add(pending, Ordering::Relaxed);
+        copy_ranges(&source, region, &ranges, job)?;
     }
     // Freeze the source: no write completes there after this, so one more
     // list since the last mark is the whole rest.
@@ -485,6 +516,26 @@ fn fill(
         job.source_pages_done.load(Ordering::Relaxed),
         rounds + 1
     ))
+}
+
+/// The pages of the source's dirty list, sorted and distinct. A list naming
+/// a page beyond the region is refused (it bounds the list by the region).
+fn dirty_pages(region: &Region, ranges: &[PageRange]) -> Result<Vec<u64>, NodeError> {
+    let page_count = region.page_count();
+    let mut pages = Vec::new();
+    for range in ranges {
+        let end = range.start.saturating_add(range.count as u64);
+        if end > page_count {
+            return Err(NodeError::InvalidArgument(format!(
+                "the source lists pages {}..{end} as dirty, beyond the region's {page_count}",
+                range.start
+            )));
+        }
+        pages.extend(range.start..end);
+    }
+    pages.sort_unstable();
+    pages.dedup();
+    Ok(pages)
 }
 
 /// Copies pages from the source, several reads in flight.
