@@ -44,6 +44,10 @@ struct Arguments {
     /// Committer counts.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
     threads: Vec<usize>,
+    /// How far ahead of the tail segments are kept zeroed (`JournalOptions::preallocate_bytes`;
+    /// 0 appends to a growing file). Default: the journal's default.
+    #[arg(long)]
+    preallocate_bytes: Option<u64>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -100,9 +104,13 @@ fn run_cell(
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }
+    let defaults = JournalOptions::default();
     let options = JournalOptions {
         coalesce,
-        ..JournalOptions::default()
+        preallocate_bytes: arguments
+            .preallocate_bytes
+            .unwrap_or(defaults.preallocate_bytes),
+        ..defaults
     };
     let (journal, _) = Journal::open(dir, options)?;
     let page = vec![0xA5u8; PAGE_BYTES];
@@ -214,11 +222,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .tempdir_in(&parent)?;
     if !arguments.json {
         println!(
-            "journal commit throughput in {} ({} s per cell, median of {}, at most {} commits per cell)\n",
+            "journal commit throughput in {} ({} s per cell, median of {}, at most {} commits per cell, preallocate_bytes {})\n",
             root.path().display(),
             arguments.seconds,
             arguments.repeats,
-            arguments.commits_max
+            arguments.commits_max,
+            arguments
+                .preallocate_bytes
+                .unwrap_or(JournalOptions::default().preallocate_bytes)
         );
         println!(
             "| transaction | committers | coalescing on (tx/s) | off (tx/s) | on/off | commits per persist (on) |"
@@ -287,6 +298,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "seconds_per_cell": arguments.seconds,
             "repeats": arguments.repeats,
             "commits_max": arguments.commits_max,
+            "preallocate_bytes": arguments.preallocate_bytes.unwrap_or(JournalOptions::default().preallocate_bytes),
             "directory": root.path().display().to_string(),
             "cells": cells,
         });
