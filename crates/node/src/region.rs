@@ -94,6 +94,11 @@ struct Segment {
     /// While paged out: a bulk-tier block per [`BLOCK_BYTES`] of the
     /// segment.
     paged_out: Option<Box<[BlockRef]>>,
+    /// While resident after a page-in, until its first change: the blocks it
+    /// was paged in from, still the segment's bytes, and the value of
+    /// `changes` they match. Paging the segment out again then writes
+    /// nothing.
+    clean_copy: Option<(Box<[BlockRef]>, u64)>,
     /// The memory file's version of the segment when it was paged out (a
     /// page-in resumes above it).
     last_version: u64,
@@ -110,9 +115,9 @@ struct Segment {
     seqs: Box<[u64]>,
     /// The highest number in `seqs`.
     max_seq: u64,
-    /// Pages (index in the segment, old bytes) saved for the running
+    /// Pages (index in the segment, old contents) saved for the running
     /// snapshot before they were overwritten.
-    saved: Vec<(u32, Box<[u8]>)>,
+    saved: Vec<(u32, Saved)>,
     /// The id of the last snapshot that visited this segment.
     visited: u64,
 }
@@ -122,6 +127,7 @@ impl Segment {
         Segment {
             slot: NO_SEGMENT,
             paged_out: None,
+            clean_copy: None,
             last_version: 0,
             changes: 0,
             usage: AtomicU32::new(0),
@@ -148,6 +154,15 @@ impl Segment {
             self.usage.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// A page's old contents kept for the running snapshot.
+enum Saved {
+    /// Copied out of RAM.
+    Bytes(Box<[u8]>),
+    /// The bulk-tier blocks it had while paged out: their references are
+    /// held until the snapshot reads them, then given back.
+    Blocks(Box<[BlockRef]>),
 }
 
 /// Where [`Segment::usage`] stops counting.
@@ -712,14 +727,18 @@ impl Region {
         }
         let _gate = self.gate.read();
         self.check_writable(track)?;
-        let _pinned = self.allocate(pages.clone())?;
+        let (_pinned, paged_out) = self.prepare_whole_pages(pages.clone())?;
+        // Pages of paged-out segments are stored in the bulk tier first, as
+        // new blocks: the only step that can fail, and it changes no page.
+        let mut stored = self.store_in_bulk(pages.clone(), data, &paged_out)?;
         let seq = match track {
             Track::Baseline => BASELINE_SEQ,
             Track::Write | Track::Restore => self.seq.fetch_add(1, Ordering::Relaxed) + 1,
         };
         let snapshot = *self.snapshot.read();
-        for (page, bytes) in pages.zip(data.chunks_exact(page_size)) {
-            self.write_piece(page, 0, bytes, seq, snapshot);
+        for (at, (page, bytes)) in pages.zip(data.chunks_exact(page_size)).enumerate() {
+            let blocks = stored.as_mut().and_then(|stored| stored[at].take());
+            self.write_piece(page, 0, bytes, seq, snapshot, blocks);
         }
         self.pages_written
             .fetch_add(count as u64, Ordering::Relaxed);
@@ -733,6 +752,71 @@ impl Region {
             (RegionState::Recovering, Track::Baseline | Track::Restore) => Ok(()),
             (RegionState::Recovering | RegionState::Damaged, _) => Err(self.unavailable()),
         }
+    }
+
+    /// For a batch of whole pages: pins every segment the pages lie in that
+    /// is resident or unwritten (allocating the latter), and returns those
+    /// that are paged out, whose pages go to the bulk tier in place.
+    fn prepare_whole_pages(
+        &self,
+        pages: impl Iterator<Item = u64>,
+    ) -> Result<(Pinned<'_>, Vec<usize>), NodeError> {
+        let mut pinned = Pinned {
+            region: self,
+            segments: Vec::new(),
+        };
+        let mut paged_out = Vec::new();
+        for page in pages {
+            let (number, _) = self.locate(page);
+            if pinned.segments.contains(&number) || paged_out.contains(&number) {
+                continue;
+            }
+            let is_paged_out = self
+                .segments
+                .get(number)
+                .is_some_and(|entry| entry.read().paged_out.is_some());
+            if is_paged_out {
+                paged_out.push(number);
+            } else {
+                self.make_resident(number)?;
+                pinned.segments.push(number);
+            }
+        }
+        Ok((pinned, paged_out))
+    }
+
+    /// Stores the pages of `data` that lie in `paged_out` segments in the
+    /// bulk tier, in one batch; per page of the batch, its new blocks (none
+    /// for pages elsewhere). `None` when no page is paged out.
+    #[allow(clippy::type_complexity)]
+    fn store_in_bulk(
+        &self,
+        pages: impl Iterator<Item = u64>,
+        data: &[u8],
+        paged_out: &[usize],
+    ) -> Result<Option<Vec<Option<Box<[BlockRef]>>>>, NodeError> {
+        if paged_out.is_empty() {
+            return Ok(None);
+        }
+        let page_size = self.info.page_size as usize;
+        let chosen: Vec<usize> = pages
+            .enumerate()
+            .filter(|&(_, page)| paged_out.contains(&self.locate(page).0))
+            .map(|(at, _)| at)
+            .collect();
+        let mut buffer = AlignedBuf::new(chosen.len() * page_size)?;
+        for (slot, &at) in chosen.iter().enumerate() {
+            buffer[slot * page_size..(slot + 1) * page_size]
+                .copy_from_slice(&data[at * page_size..(at + 1) * page_size]);
+        }
+        let refs = self.bulk()?.store(&buffer)?;
+        let per_page = page_size / BLOCK_BYTES;
+        let mut stored: Vec<Option<Box<[BlockRef]>>> =
+            (0..data.len() / page_size).map(|_| None).collect();
+        for (slot, &at) in chosen.iter().enumerate() {
+            stored[at] = Some(refs[slot * per_page..(slot + 1) * per_page].into());
+        }
+        Ok(Some(stored))
     }
 
     /// Makes every segment the pages lie in resident (allocating unwritten
@@ -821,8 +905,10 @@ impl Region {
                         );
                     }
                     self.memory.end_write(number);
-                    segment.paged_out = None;
-                    self.forget_blocks(refs);
+                    let refs = segment.paged_out.take().expect("checked above");
+                    self.uncount_paged_out(&refs);
+                    // Kept: until the segment changes, they are its bytes.
+                    segment.clean_copy = Some((refs, segment.changes + 1));
                     self.segments_paged_out.fetch_sub(1, Ordering::Relaxed);
                     self.arena.count_paging(false);
                 }
@@ -844,16 +930,39 @@ impl Region {
 
     /// Gives back a paged-out segment's block references.
     fn forget_blocks(&self, refs: &[BlockRef]) {
+        self.uncount_paged_out(refs);
+        self.release_blocks(refs);
+    }
+
+    /// Gives back block references (a segment's, or a page's).
+    fn release_blocks(&self, refs: &[BlockRef]) {
         let bulk = self
             .arena
             .bulk()
-            .expect("paged out, so the node has a bulk tier");
+            .expect("blocks, so the node has a bulk tier");
         bulk.release(refs);
         bulk.uncount(refs);
+    }
+
+    /// Takes a paged-out segment's blocks out of the region's figures.
+    fn uncount_paged_out(&self, refs: &[BlockRef]) {
         let zeros = refs.iter().filter(|&&block| block == ZERO_BLOCK).count() as u64;
         self.bulk_blocks
             .fetch_sub(refs.len() as u64, Ordering::Relaxed);
         self.bulk_zero_blocks.fetch_sub(zeros, Ordering::Relaxed);
+    }
+
+    /// Drops a resident segment's clean copy once it no longer matches
+    /// (the caller holds the entry exclusively).
+    fn drop_stale_copy(&self, segment: &mut Segment) {
+        if segment
+            .clean_copy
+            .as_ref()
+            .is_some_and(|(_, at)| *at != segment.changes)
+        {
+            let (refs, _) = segment.clean_copy.take().expect("checked");
+            self.release_blocks(&refs);
+        }
     }
 
     /// Pages segment `number` out to the bulk tier if it is resident and
@@ -871,6 +980,14 @@ impl Region {
             let segment = entry.read();
             if !segment.is_resident() || segment.pins.load(Ordering::Acquire) > 0 {
                 return Ok(false);
+            }
+            if segment
+                .clean_copy
+                .as_ref()
+                .is_some_and(|(_, at)| *at == segment.changes)
+            {
+                drop(segment);
+                return Ok(self.page_out_clean(entry));
             }
             // SAFETY: the segment is resident in this region, the shared
             // lock excludes writers, and the buffer is a segment long.
@@ -898,6 +1015,33 @@ impl Region {
             bulk.uncount(&refs);
             return Ok(false);
         }
+        if let Some((stale, _)) = segment.clean_copy.take() {
+            self.release_blocks(&stale);
+        }
+        self.commit_page_out(&mut segment, number, refs);
+        Ok(true)
+    }
+
+    /// Pages out a resident segment whose clean copy still matches it: no
+    /// I/O, only the move. `false` if it changed or was pinned meanwhile.
+    fn page_out_clean(&self, entry: &RwLock<Segment>) -> bool {
+        let mut segment = entry.write();
+        let number = segment.slot as usize;
+        let matches = segment
+            .clean_copy
+            .as_ref()
+            .is_some_and(|(_, at)| *at == segment.changes);
+        if !segment.is_resident() || segment.pins.load(Ordering::Acquire) > 0 || !matches {
+            return false;
+        }
+        let (refs, _) = segment.clean_copy.take().expect("checked");
+        self.commit_page_out(&mut segment, number, refs);
+        true
+    }
+
+    /// Moves a resident segment to the bulk tier, whose blocks `refs` hold
+    /// its bytes (the caller holds the entry exclusively).
+    fn commit_page_out(&self, segment: &mut Segment, number: usize, refs: Box<[BlockRef]>) {
         let zeros = refs.iter().filter(|&&block| block == ZERO_BLOCK).count() as u64;
         self.bulk_blocks
             .fetch_add(refs.len() as u64, Ordering::Relaxed);
@@ -910,7 +1054,6 @@ impl Region {
         self.segments_paged_out.fetch_add(1, Ordering::Relaxed);
         self.arena.release();
         self.arena.count_paging(true);
-        Ok(true)
     }
 
     /// Every stored segment's tier and warmth; with `decay`, halves each
@@ -954,8 +1097,10 @@ impl Region {
         Ok(true)
     }
 
-    /// Writes `bytes` at `offset` within `page` (whose segment is allocated),
-    /// saving the page first if the running snapshot still needs it.
+    /// Writes `bytes` at `offset` within `page` (whose segment is pinned
+    /// resident, or was paged out when `blocks`, the page's new contents,
+    /// were stored in the bulk tier), saving the page first if the running
+    /// snapshot still needs it.
     fn write_piece(
         &self,
         page: u64,
@@ -963,6 +1108,7 @@ impl Region {
         bytes: &[u8],
         seq: u64,
         snapshot: (u64, u64, u64),
+        blocks: Option<Box<[BlockRef]>>,
     ) {
         let (snapshot_id, from, to) = snapshot;
         let page_size = self.info.page_size as usize;
@@ -973,16 +1119,56 @@ impl Region {
             .get(segment)
             .expect("the segment was allocated before the write")
             .write();
-        assert!(
-            segment.is_resident(),
-            "segment pinned resident above was paged out"
-        );
         segment.changes += 1;
         segment.touch();
         let old = segment.seqs[index];
-        if snapshot_id != 0 && segment.visited != snapshot_id && old > from && old <= to {
+        let snapshot_needs_it =
+            snapshot_id != 0 && segment.visited != snapshot_id && old > from && old <= to;
+        if !segment.is_resident() {
+            // Paged out since before the batch: the page's new blocks take
+            // the place of its old ones, in the bulk tier.
+            let blocks = blocks.expect("a page of a paged-out segment was stored first");
+            debug_assert_eq!(offset, 0);
+            let per_page = page_size / BLOCK_BYTES;
+            let refs = segment
+                .paged_out
+                .as_mut()
+                .expect("not resident, so paged out");
+            let slot = &mut refs[index * per_page..(index + 1) * per_page];
+            let zeros =
+                |refs: &[BlockRef]| refs.iter().filter(|&&b| b == ZERO_BLOCK).count() as u64;
+            self.bulk_zero_blocks
+                .fetch_sub(zeros(slot), Ordering::Relaxed);
+            self.bulk_zero_blocks
+                .fetch_add(zeros(&blocks), Ordering::Relaxed);
+            let old_blocks: Box<[BlockRef]> = (&*slot).into();
+            slot.copy_from_slice(&blocks);
+            if snapshot_needs_it {
+                segment
+                    .saved
+                    .push((index as u32, Saved::Blocks(old_blocks)));
+            } else {
+                let bulk = self
+                    .arena
+                    .bulk()
+                    .expect("paged out, so the node has a bulk tier");
+                bulk.release(&old_blocks);
+                bulk.uncount(&old_blocks);
+            }
+            if seq != 0 {
+                segment.seqs[index] = seq;
+                segment.max_seq = segment.max_seq.max(seq);
+            }
+            return;
+        }
+        if let Some(blocks) = blocks {
+            // Paged back in meanwhile: the stored blocks are not needed.
+            self.release_blocks(&blocks);
+        }
+        self.drop_stale_copy(&mut segment);
+        if snapshot_needs_it {
             // The running snapshot still needs this page as it was.
-            let saved = self.page_bytes(&segment, index).into();
+            let saved = Saved::Bytes(self.page_bytes(&segment, index).into());
             segment.saved.push((index as u32, saved));
         }
         // Co-located readers retry or ask the node while the bytes change.
@@ -1056,7 +1242,7 @@ impl Region {
                 let within = (at % page_size) as usize;
                 let take = rest.len().min(page_size as usize - within);
                 let (head, tail) = rest.split_at(take);
-                self.write_piece(page, within, head, seq, snapshot);
+                self.write_piece(page, within, head, seq, snapshot, None);
                 pieces += 1;
                 at += take as u64;
                 rest = tail;
@@ -1288,28 +1474,52 @@ impl Region {
         let mut segment = entry.write();
         segment.visited = id;
         let saved = std::mem::take(&mut segment.saved);
-        if !segment.is_stored() || (segment.max_seq <= from && saved.is_empty()) {
-            return Ok(());
-        }
+        let result = if !segment.is_stored() || (segment.max_seq <= from && saved.is_empty()) {
+            Ok(())
+        } else {
+            self.snapshot_pages(number, &segment, &saved, (from, to), pages, data)
+        };
+        drop(segment);
+        self.release_saved(saved);
+        result
+    }
+
+    /// [`Region::snapshot_segment`]'s pages: the saved ones as they were,
+    /// the others in `(from, to]` as they are.
+    fn snapshot_pages(
+        &self,
+        number: usize,
+        segment: &Segment,
+        saved: &[(u32, Saved)],
+        (from, to): (u64, u64),
+        pages: &mut Vec<u64>,
+        data: &mut Vec<u8>,
+    ) -> Result<(), NodeError> {
         let base = number as u64 * self.pages_per_segment;
         let mut scratch = None;
         for index in 0..segment.seqs.len() {
             let seq = segment.seqs[index];
-            if let Some((_, bytes)) = saved.iter().find(|(i, _)| *i as usize == index) {
-                pages.push(base + index as u64);
-                data.extend_from_slice(bytes);
-            } else if seq > from && seq <= to {
-                pages.push(base + index as u64);
-                if segment.is_resident() {
-                    data.extend_from_slice(self.page_bytes(&segment, index));
-                } else {
-                    // Paged out: read under the entry's lock, which a
-                    // writer would need anyway to page the segment in.
+            let old = saved.iter().find(|(i, _)| *i as usize == index);
+            if old.is_none() && (seq <= from || seq > to) {
+                continue;
+            }
+            pages.push(base + index as u64);
+            match old {
+                Some((_, Saved::Bytes(bytes))) => data.extend_from_slice(bytes),
+                None if segment.is_resident() => {
+                    data.extend_from_slice(self.page_bytes(segment, index))
+                }
+                // From the bulk tier, under the entry's lock (which a writer
+                // would need too).
+                _ => {
                     let buffer = match &mut scratch {
                         Some(buffer) => buffer,
                         None => scratch.insert(AlignedBuf::new(self.info.page_size as usize)?),
                     };
-                    self.read_paged_out(&segment, index, buffer)?;
+                    match old {
+                        Some((_, Saved::Blocks(blocks))) => self.bulk()?.read(blocks, buffer)?,
+                        _ => self.read_paged_out(segment, index, buffer)?,
+                    }
                     data.extend_from_slice(buffer);
                 }
             }
@@ -1324,7 +1534,18 @@ impl Region {
         for (_, entry) in self.segments.allocated_from(0) {
             let mut segment = entry.write();
             if !segment.saved.is_empty() {
-                segment.saved = Vec::new();
+                self.release_saved(std::mem::take(&mut segment.saved));
+            }
+        }
+    }
+
+    /// Gives back the bulk-tier blocks of saved pages.
+    fn release_saved(&self, saved: Vec<(u32, Saved)>) {
+        for (_, old) in saved {
+            if let Saved::Blocks(blocks) = old {
+                let bulk = self.arena.bulk().expect("saved blocks, so a bulk tier");
+                bulk.release(&blocks);
+                bulk.uncount(&blocks);
             }
         }
     }
@@ -1374,7 +1595,11 @@ impl Drop for Region {
         for (_, segment) in self.segments.allocated_from(0) {
             // The memory itself goes back to the kernel when `memory` drops,
             // whoever still maps it.
-            let segment = segment.read();
+            let mut segment = segment.write();
+            self.release_saved(std::mem::take(&mut segment.saved));
+            if let Some((refs, _)) = segment.clean_copy.take() {
+                self.release_blocks(&refs);
+            }
             if segment.is_resident() {
                 self.arena.release();
             } else if let Some(refs) = &segment.paged_out {
@@ -1429,7 +1654,7 @@ impl Region {
             let old = segment.seqs[index];
             if snapshot_id != 0 && segment.visited != snapshot_id && old > from && old <= to {
                 // The running snapshot still needs this page as it was.
-                let saved = self.page_bytes(&segment, index).into();
+                let saved = Saved::Bytes(self.page_bytes(&segment, index).into());
                 segment.saved.push((index as u32, saved));
             }
         }
@@ -1535,9 +1760,11 @@ mod tests {
 
     // Guards the move between tiers: a paged-out segment gives its RAM
     // back, reads the same from the bulk tier (zero pages as nothing), keeps
-    // its write numbers, and a write pages it back in with the bytes intact.
+    // its write numbers; a whole-page write lands in the bulk tier in place
+    // (no page-in), and a partial write pages it back in with the bytes
+    // intact.
     #[test]
-    fn a_paged_out_segment_reads_the_same_and_pages_back_in_on_write() {
+    fn a_paged_out_segment_reads_the_same_and_takes_writes() {
         let (_dir, arena, region) = bulk_region(8 << 20, 8 << 20, 16 << 20);
         region
             .write_pages(list(&pages(&[0])), &[0u8; 4096])
@@ -1551,9 +1778,10 @@ mod tests {
         assert!(!region.page_out(0, &mut buffer).unwrap(), "already out");
         assert_eq!(arena.used_bytes(), 0, "its RAM went back");
         assert_eq!(region.segments_paged_out(), 1);
-        let bulk = arena.bulk().unwrap().stat();
+        let bulk = || arena.bulk().unwrap().stat();
         assert_eq!(
-            bulk.used_bytes, 4096,
+            bulk().used_bytes,
+            4096,
             "pages 1 and 2 are one block; zeros none"
         );
         assert_eq!(region.bulk_bytes(), (2 << 20, (2 << 20) - 8192));
@@ -1561,15 +1789,97 @@ mod tests {
         assert_eq!(read(&region, 2), vec![5u8; 4096]);
         assert_eq!(read(&region, 3), vec![0u8; 4096]);
         assert_eq!(region.dirty_count(0), dirty, "write numbers survive");
+        // Whole pages: in place.
         region
-            .write_pages(list(&pages(&[3])), &[6u8; 4096])
+            .write_pages(list(&pages(&[3, 2])), &[[6u8; 4096], [7u8; 4096]].concat())
             .unwrap();
-        assert_eq!(region.segments_paged_out(), 0);
-        assert_eq!(arena.used_bytes(), 2 << 20);
-        assert_eq!(arena.bulk().unwrap().stat().used_bytes, 0, "blocks freed");
+        assert_eq!((region.segments_paged_out(), arena.used_bytes()), (1, 0));
+        assert_eq!(bulk().used_bytes, 3 * 4096);
+        assert_eq!(region.bulk_bytes(), (2 << 20, (2 << 20) - 3 * 4096));
         assert_eq!(read(&region, 1), vec![5u8; 4096]);
+        assert_eq!(read(&region, 2), vec![7u8; 4096]);
         assert_eq!(read(&region, 3), vec![6u8; 4096]);
         assert_eq!(region.dirty_count(0), dirty + 1);
+        // A byte range: paged in.
+        let entries = [(3 * 4096 + 10, &[9u8; 3][..])];
+        let pinned = region.prepare_bytes(&entries).unwrap();
+        region.write_bytes(&entries, 1, pinned).unwrap();
+        assert_eq!(
+            (region.segments_paged_out(), arena.used_bytes()),
+            (0, 2 << 20)
+        );
+        assert_eq!(bulk().used_bytes, 0, "blocks freed");
+        let mut expected = vec![6u8; 4096];
+        expected[10..13].fill(9);
+        assert_eq!(read(&region, 3), expected);
+        assert_eq!(read(&region, 2), vec![7u8; 4096]);
+    }
+
+    // Guards the clean copy: a segment paged back in keeps its blocks, so
+    // paging it out again unchanged writes nothing; once written, the copy
+    // is dropped and the next page-out stores the new bytes.
+    #[test]
+    fn a_segment_paged_in_and_out_unchanged_writes_nothing() {
+        let (_dir, arena, region) = bulk_region(8 << 20, 8 << 20, 16 << 20);
+        region
+            .write_pages(list(&pages(&[7])), &[3u8; 4096])
+            .unwrap();
+        let mut buffer = AlignedBuf::new(2 << 20).unwrap();
+        assert!(region.page_out(0, &mut buffer).unwrap());
+        assert!(region.page_in(0).unwrap());
+        let bulk = || arena.bulk().unwrap().stat();
+        assert_eq!(bulk().used_bytes, 4096, "the copy is kept");
+        // Scribble over the scratch buffer: a page-out that used it would
+        // store garbage, which the read below would see.
+        buffer.fill(0xee);
+        assert!(region.page_out(0, &mut buffer).unwrap());
+        assert_eq!(read(&region, 7), vec![3u8; 4096]);
+        assert!(region.page_in(0).unwrap());
+        let entries = [(7 * 4096, &[4u8; 2][..])];
+        let pinned = region.prepare_bytes(&entries).unwrap();
+        region.write_bytes(&entries, 1, pinned).unwrap();
+        assert_eq!(bulk().used_bytes, 0, "a change drops the copy");
+        assert!(region.page_out(0, &mut buffer).unwrap());
+        let mut expected = vec![3u8; 4096];
+        expected[..2].fill(4);
+        assert_eq!(read(&region, 7), expected);
+        assert_eq!(arena.paging(), (3, 2));
+    }
+
+    // Guards copy-on-write across tiers: a snapshot taken while a paged-out
+    // page is overwritten in place sees the page as it was (its old blocks
+    // held until read), and the held blocks are given back afterwards.
+    #[test]
+    fn a_snapshot_keeps_a_paged_out_page_overwritten_in_place() {
+        let (_dir, arena, region) = bulk_region(8 << 20, 8 << 20, 16 << 20);
+        region
+            .write_pages(list(&pages(&[5])), &[1u8; 4096])
+            .unwrap();
+        let mut buffer = AlignedBuf::new(2 << 20).unwrap();
+        assert!(region.page_out(0, &mut buffer).unwrap());
+        let (to, _) = region.begin_snapshot(1, 0);
+        assert!(to > 0);
+        region
+            .write_pages(list(&pages(&[5])), &[2u8; 4096])
+            .unwrap();
+        assert_eq!(
+            arena.bulk().unwrap().stat().used_bytes,
+            2 * 4096,
+            "old block held"
+        );
+        let (mut snapshot_pages, mut data) = (Vec::new(), Vec::new());
+        region
+            .snapshot_segment(0, &mut snapshot_pages, &mut data)
+            .unwrap();
+        region.end_snapshot();
+        assert_eq!(snapshot_pages, vec![5]);
+        assert_eq!(data, vec![1u8; 4096], "the page as it was at the start");
+        assert_eq!(
+            arena.bulk().unwrap().stat().used_bytes,
+            4096,
+            "old block released"
+        );
+        assert_eq!(read(&region, 5), vec![2u8; 4096]);
     }
 
     // Guards room-making: with RAM for one segment, writing a second pages
@@ -1589,14 +1899,20 @@ mod tests {
         assert_eq!(arena.paging(), (1, 0));
         assert_eq!(read(&region, 0), vec![1u8; 4096]);
         assert_eq!(read(&region, 512), vec![2u8; 4096]);
-        // A batch over both segments cannot have both resident: refused
-        // whole, nothing written.
-        let error = region
+        // Whole pages over both segments: the paged-out one takes its page
+        // in place.
+        region
             .write_pages(list(&pages(&[1, 513])), &[3u8; 8192])
-            .unwrap_err();
+            .unwrap();
+        assert_eq!(arena.paging(), (1, 0));
+        assert_eq!(read(&region, 1), vec![3u8; 4096]);
+        // Byte ranges over both need both resident: refused whole, nothing
+        // written.
+        let entries = [(2 * 4096, &[4u8; 8][..]), (514 * 4096, &[4u8; 8][..])];
+        let error = region.prepare_bytes(&entries).map(drop).unwrap_err();
         assert!(matches!(error, NodeError::OutOfMemory { .. }), "{error}");
-        assert_eq!(read(&region, 1), vec![0u8; 4096]);
-        assert_eq!(read(&region, 513), vec![0u8; 4096]);
+        assert_eq!(read(&region, 2), vec![0u8; 4096]);
+        assert_eq!(read(&region, 514), vec![0u8; 4096]);
     }
 
     // Guards the all-or-nothing rule: a batch that runs out of segments or

@@ -15,7 +15,7 @@
 //! **Promotion.** A paged-out segment is read from the bulk tier in place;
 //! it comes back into RAM when a pass finds it warm: into free RAM below the
 //! low watermark, or in exchange for a resident segment that is markedly
-//! colder (its warmth below half the paged-out one's), at most
+//! colder (its warmth below a quarter of the paged-out one's), at most
 //! [`EXCHANGES_PER_PASS`] per pass so a shifting workload cannot keep the
 //! disk busy with moves alone. Writes page a segment in at once (see
 //! `region`).
@@ -33,12 +33,16 @@ use crate::error::NodeError;
 use crate::region::Region;
 
 /// Milliseconds between passes.
-pub const PASS_MS: u64 = 100;
+pub const PASS_MS: u64 = 200;
 /// Most exchanges of a cold resident segment for a warm paged-out one per
-/// pass (64 segments of 2 MiB: 128 MiB each way).
-pub const EXCHANGES_PER_PASS: usize = 64;
+/// pass (8 segments of 2 MiB: 16 MiB each way, 80 MiB/s at most).
+pub const EXCHANGES_PER_PASS: usize = 8;
 /// The least warmth at which a paged-out segment is brought back.
-const PROMOTE_MIN: u32 = 2;
+const PROMOTE_MIN: u32 = 8;
+/// How much warmer than the resident segment it replaces a paged-out one
+/// must be: exchanges between segments of about the same warmth would only
+/// move bytes.
+const EXCHANGE_FACTOR: u32 = 4;
 /// Rankings a reclaim tries before it reports that nothing can go.
 const RANKS_PER_RECLAIM: usize = 4;
 
@@ -186,7 +190,7 @@ impl Pager {
                 if exchanges == EXCHANGES_PER_PASS {
                     break;
                 }
-                let Some(colder) = self.coldest_below(usage / 2) else {
+                let Some(colder) = self.coldest_below(usage / EXCHANGE_FACTOR) else {
                     break;
                 };
                 let (victim, victim_number) = colder;

@@ -1,0 +1,440 @@
+//! The node's bulk tier, three measurements in one run:
+//!
+//! 1. **Zipf 0.99 over a region four times the node's RAM**: single-page
+//!    reads (90 %) and writes (10 %) from two client threads over TCP, on a
+//!    node with RAM for a quarter of the region plus a bulk tier, against the
+//!    same workload on a node with RAM for all of it; the two alternate round
+//!    by round. Hot pages either *clustered* (rank r is page r: the hot pages
+//!    share segments) or *scattered* (ranks mapped to pages by a fixed random
+//!    permutation: every segment holds hot pages).
+//! 2. **The bulk-tier miss**: a read of one 4 KiB page of a paged-out segment,
+//!    in process (`Region::read_pages`, no network), against a raw direct
+//!    (`O_DIRECT`) 4 KiB `pread` of a file on the same disk, alternating.
+//! 3. **Space**: regions of zero pages and of identical contents paged out.
+//!
+//! `cargo run --release -p pagoda-bench --bin bulk [-- --region-mib N --seconds S --rounds N --dir DIR --json]`
+
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pagoda::{Client, ClientOptions, Colocated, RegionInfo};
+use pagoda_bench::report::{self, Flags, Percentiles, Table};
+use pagoda_node::arena::Arena;
+use pagoda_node::bulk::{AlignedBuf, BulkConfig, BulkStore};
+use pagoda_node::region::Region;
+use pagoda_node::{Node, NodeConfig};
+use pagoda_wire::RegionInfo as WireInfo;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::Distribution;
+
+const USAGE: &str = "usage: bulk [--region-mib N (1024)] [--seconds S (10)] [--rounds N (3)] \
+                     [--threads N (2)] [--write-percent P (10)] [--misses N (2000)] \
+                     [--dir DIR (/work/bulk-bench)] [--json]";
+const PAGE: usize = 4096;
+const MIB: u64 = 1 << 20;
+const SEGMENT: u64 = 2 * MIB;
+
+fn options() -> ClientOptions {
+    ClientOptions {
+        timeout: Duration::from_secs(120),
+        colocated: Colocated::Off,
+        ..ClientOptions::default()
+    }
+}
+
+fn page_bytes(page: u64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(PAGE);
+    while bytes.len() < PAGE {
+        bytes.extend_from_slice(&page.to_le_bytes());
+        bytes.extend_from_slice(&0x5eedu64.to_le_bytes());
+    }
+    bytes
+}
+
+fn fill(client: &Client, info: &RegionInfo, pages: u64) {
+    for first in (0..pages).step_by(256) {
+        let list: Vec<u64> = (first..(first + 256).min(pages)).collect();
+        let data: Vec<u8> = list.iter().flat_map(|&p| page_bytes(p)).collect();
+        client.raw().write_pages(info, &list, &data).expect("fill");
+    }
+}
+
+struct Workload {
+    /// Page of each Zipf rank (rank 0 hottest).
+    pages_by_rank: Vec<u64>,
+    /// Share of operations that write, in percent.
+    write_percent: u32,
+}
+
+impl Workload {
+    fn new(pages: u64, scattered: bool, write_percent: u32) -> Workload {
+        let mut pages_by_rank: Vec<u64> = (0..pages).collect();
+        if scattered {
+            use rand::seq::SliceRandom;
+            pages_by_rank.shuffle(&mut StdRng::seed_from_u64(0x5ca7));
+        }
+        Workload {
+            pages_by_rank,
+            write_percent,
+        }
+    }
+}
+
+/// Operations per second over `seconds`, `threads` threads sharing one
+/// client (a region takes one writing connection at a time).
+fn run(client: &Arc<Client>, workload: &Arc<Workload>, threads: usize, seconds: u64) -> f64 {
+    let write_percent = workload.write_percent;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..threads)
+        .map(|thread| {
+            let (stop, done, workload) = (stop.clone(), done.clone(), workload.clone());
+            let client = client.clone();
+            std::thread::spawn(move || {
+                let info = client.stat_region("z").expect("stat").info;
+                let pages = workload.pages_by_rank.len() as u64;
+                let zipf = rand_distr::Zipf::new(pages, 0.99).expect("zipf");
+                let mut rng = StdRng::seed_from_u64(thread as u64 * 7919 + 1);
+                let mut buffer = vec![0u8; PAGE];
+                let mut count = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let rank = (zipf.sample(&mut rng) as u64 - 1).min(pages - 1);
+                    let page = workload.pages_by_rank[rank as usize];
+                    if rng.gen_range(0..100) < write_percent {
+                        client
+                            .raw()
+                            .write_pages(&info, &[page], &page_bytes(page))
+                            .expect("write");
+                    } else {
+                        client
+                            .raw()
+                            .read_pages(&info, &[page], &mut buffer)
+                            .expect("read");
+                    }
+                    count += 1;
+                }
+                done.fetch_add(count, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    let began = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, Ordering::Relaxed);
+    for handle in handles {
+        handle.join().expect("client thread");
+    }
+    done.load(Ordering::Relaxed) as f64 / began.elapsed().as_secs_f64()
+}
+
+fn node(dir: &Path, ram: u64, bulk: Option<u64>) -> Node {
+    let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap(), ram, dir.join("data"));
+    config.storage = None;
+    config.bulk = bulk.map(|capacity_bytes| BulkConfig {
+        dir: dir.join("bulk"),
+        capacity_bytes,
+    });
+    Node::start(config).expect("node starts")
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn zipf_matrix(flags: &Flags, root: &Path, table: &mut Table, json: &mut Vec<serde_json::Value>) {
+    let region = flags.number("region-mib", 1024u64) * MIB;
+    let seconds = flags.number("seconds", 10u64);
+    let rounds = flags.number("rounds", 3usize);
+    let threads = flags.number("threads", 2usize);
+    let pages = region / PAGE as u64;
+    for scattered in [false, true] {
+        let name = if scattered { "scattered" } else { "clustered" };
+        let bulk_dir = root.join(format!("tiered-{name}"));
+        let ram_dir = root.join(format!("ram-{name}"));
+        let _ = std::fs::remove_dir_all(&bulk_dir);
+        let _ = std::fs::remove_dir_all(&ram_dir);
+        let tiered = node(&bulk_dir, region / 4, Some(region * 2));
+        let all_ram = node(&ram_dir, region + 64 * MIB, None);
+        let clients: Vec<Arc<Client>> = [&tiered, &all_ram]
+            .iter()
+            .map(|node| Arc::new(Client::connect(node.local_addr(), options()).expect("connect")))
+            .collect();
+        for client in &clients {
+            let info = client
+                .create_region("z", region, PAGE as u32)
+                .expect("create");
+            report::progress(&format!("filling {} MiB", region / MIB));
+            fill(client, &info, pages);
+        }
+        let (tiered_client, ram_client) = (&clients[0], &clients[1]);
+        let workload = Arc::new(Workload::new(
+            pages,
+            scattered,
+            flags.number("write-percent", 10u32),
+        ));
+        // Warm-up: the tiered node's pager learns the hot segments.
+        report::progress(&format!("{name}: warming up"));
+        run(tiered_client, &workload, threads, seconds);
+        run(ram_client, &workload, threads, seconds.min(3));
+        let (mut with_bulk, mut with_ram) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            report::progress(&format!("{name}: round {}", round + 1));
+            with_bulk.push(run(tiered_client, &workload, threads, seconds));
+            with_ram.push(run(ram_client, &workload, threads, seconds));
+        }
+        let stat = tiered_client.node_stat().expect("node stat");
+        let (bulk, ram) = (median(&mut with_bulk), median(&mut with_ram));
+        table.row(vec![
+            name.into(),
+            format!("{} MiB", region / MIB),
+            format!("{bulk:.0}"),
+            format!("{ram:.0}"),
+            format!("{:.2}", bulk / ram),
+            format!("{} / {}", stat.segments_paged_out, stat.segments_paged_in),
+        ]);
+        json.push(serde_json::json!({
+            "placement": name, "region_bytes": region, "tiered_ops": bulk, "all_ram_ops": ram,
+            "ratio": bulk / ram, "segments_paged_out": stat.segments_paged_out,
+            "segments_paged_in": stat.segments_paged_in,
+        }));
+        drop(clients);
+        drop(tiered);
+        drop(all_ram);
+        let _ = std::fs::remove_dir_all(&bulk_dir);
+        let _ = std::fs::remove_dir_all(&ram_dir);
+    }
+}
+
+/// Microseconds of bulk-tier page reads and raw direct reads, alternating.
+fn misses(flags: &Flags, root: &Path) -> (Percentiles, Percentiles) {
+    let count = flags.number("misses", 2000usize);
+    let dir = root.join("misses");
+    let _ = std::fs::remove_dir_all(&dir);
+    let region_bytes = 256 * MIB;
+    let store = BulkStore::open(&BulkConfig {
+        dir: dir.join("bulk"),
+        capacity_bytes: region_bytes * 2,
+    })
+    .expect("bulk tier");
+    let arena = Arc::new(
+        Arena::new(region_bytes, SEGMENT)
+            .expect("arena")
+            .with_bulk(store),
+    );
+    let info = WireInfo {
+        id: 1,
+        size: region_bytes,
+        page_size: PAGE as u32,
+        name: "m".into(),
+    };
+    let region = Region::new(info, 1, arena.clone()).expect("region");
+    let pages = region_bytes / PAGE as u64;
+    let list = |pages: &[u64]| {
+        let mut payload = 0u64.to_le_bytes().to_vec();
+        payload.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+        for page in pages {
+            payload.extend_from_slice(&page.to_le_bytes());
+        }
+        payload
+    };
+    let mut buffer = AlignedBuf::new(SEGMENT as usize).expect("buffer");
+    for first in (0..pages).step_by(256) {
+        let batch: Vec<u64> = (first..first + 256).collect();
+        let data: Vec<u8> = batch.iter().flat_map(|&p| page_bytes(p)).collect();
+        region.restore_pages(&batch, &data, false).expect("write");
+    }
+    for segment in 0..(region_bytes / SEGMENT) as usize {
+        assert!(region.page_out(segment, &mut buffer).expect("page out"));
+    }
+    // The raw file: as large as the bulk file's data, on the same disk.
+    let raw_path = dir.join("raw.data");
+    let raw = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&raw_path)
+        .expect("raw file");
+    let chunk = AlignedBuf::new(SEGMENT as usize).expect("chunk");
+    for at in (0..region_bytes).step_by(SEGMENT as usize) {
+        raw.write_all_at(&chunk, at).expect("raw fill");
+    }
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut raw_buffer = AlignedBuf::new(PAGE).expect("raw buffer");
+    let (mut tier, mut direct) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    let mut out = Vec::with_capacity(PAGE);
+    for _ in 0..count {
+        let page = rng.gen_range(0..pages);
+        let payload = list(&[page]);
+        let request = pagoda_wire::Request::decode(0x20, &payload).expect("a page list");
+        let pagoda_wire::Request::ReadPages {
+            pages: page_list, ..
+        } = request
+        else {
+            unreachable!("decoded as ReadPages")
+        };
+        out.clear();
+        let began = Instant::now();
+        region.read_pages(page_list, &mut out).expect("bulk read");
+        tier.push(began.elapsed().as_nanos() as u64);
+        assert!(out == page_bytes(page), "page {page} read back wrong");
+        let at = rng.gen_range(0..pages) * PAGE as u64;
+        let began = Instant::now();
+        raw.read_exact_at(&mut raw_buffer, at).expect("raw read");
+        direct.push(began.elapsed().as_nanos() as u64);
+    }
+    assert_eq!(region.segments_paged_out(), region_bytes / SEGMENT);
+    drop(region);
+    let _ = std::fs::remove_dir_all(&dir);
+    (Percentiles::of(&mut tier), Percentiles::of(&mut direct))
+}
+
+/// Bytes used in the bulk tier for zero-heavy and duplicate-heavy data.
+fn space(root: &Path) -> Vec<(String, u64, u64, u64)> {
+    let dir = root.join("space");
+    let _ = std::fs::remove_dir_all(&dir);
+    let tiered = node(&dir, 8 * MIB, Some(1024 * MIB));
+    let client = Client::connect(tiered.local_addr(), options()).expect("connect");
+    let size = 64 * MIB;
+    let pages = size / PAGE as u64;
+    let mut rows = Vec::new();
+    // Bytes paged out and bulk bytes used since `before` (the same pair).
+    let mut measure = |label: &str, client: &Client, before: (u64, u64)| {
+        let stat = client.node_stat().expect("stat");
+        let out = stat.bulk_referenced_bytes + stat.bulk_zero_bytes;
+        rows.push((
+            label.to_owned(),
+            out - before.0,
+            stat.bulk_used_bytes - before.1,
+            stat.used_bytes,
+        ));
+        (out, stat.bulk_used_bytes)
+    };
+    // Half the pages zero, half distinct.
+    let info = client
+        .create_region("half-zero", size, PAGE as u32)
+        .expect("create");
+    for first in (0..pages).step_by(256) {
+        let list: Vec<u64> = (first..first + 256).collect();
+        let data: Vec<u8> = list
+            .iter()
+            .flat_map(|&p| {
+                if p % 2 == 0 {
+                    vec![0; PAGE]
+                } else {
+                    page_bytes(p)
+                }
+            })
+            .collect();
+        client
+            .raw()
+            .write_pages(&info, &list, &data)
+            .expect("write");
+    }
+    // Push it out: another region as large.
+    let filler = client
+        .create_region("filler", size, PAGE as u32)
+        .expect("create");
+    fill(&client, &filler, pages);
+    let before = measure(
+        "half zero pages (64 MiB) + a 64 MiB filler",
+        &client,
+        (0, 0),
+    );
+    // Four identical regions.
+    for copy in 0..4 {
+        let info = client
+            .create_region(&format!("copy-{copy}"), size, PAGE as u32)
+            .expect("create");
+        fill(&client, &info, pages);
+    }
+    measure(
+        "four identical 64 MiB regions (of the filler's contents)",
+        &client,
+        before,
+    );
+    drop(tiered);
+    let _ = std::fs::remove_dir_all(&dir);
+    rows
+}
+
+fn main() {
+    let flags = Flags::parse(
+        &["json"],
+        &[
+            "region-mib",
+            "seconds",
+            "rounds",
+            "threads",
+            "misses",
+            "dir",
+            "write-percent",
+        ],
+        USAGE,
+    );
+    let root = PathBuf::from(flags.values_get("dir").unwrap_or("/work/bulk-bench"));
+    std::fs::create_dir_all(&root).expect("bench dir");
+    let mut markdown = String::new();
+
+    report::progress("bulk-tier misses against raw direct reads");
+    let (tier, direct) = misses(&flags, &root);
+    let mut table = Table::new(&["read", "samples", "p50 µs", "p99 µs", "mean µs"]);
+    for (name, p) in [
+        ("bulk tier page (in process)", tier),
+        ("raw O_DIRECT 4 KiB pread", direct),
+    ] {
+        table.row(vec![
+            name.into(),
+            p.samples.to_string(),
+            report::micros(p.p50_ns),
+            report::micros(p.p99_ns),
+            report::micros(p.mean_ns),
+        ]);
+    }
+    markdown.push_str(&table.markdown());
+    markdown.push_str(&format!(
+        "\nbulk miss p50 / raw p50: {:.2}\n\n",
+        tier.p50_ns as f64 / direct.p50_ns as f64
+    ));
+
+    report::progress("space");
+    let rows = space(&root);
+    let mut table = Table::new(&["data", "paged out", "bulk tier used", "RAM used"]);
+    for (label, written, used, ram) in &rows {
+        table.row(vec![
+            label.clone(),
+            format!("{} MiB", written / MIB),
+            format!("{:.1} MiB", *used as f64 / MIB as f64),
+            format!("{} MiB", ram / MIB),
+        ]);
+    }
+    markdown.push_str(&table.markdown());
+    markdown.push('\n');
+
+    report::progress("Zipf 0.99 over four times the RAM");
+    let mut table = Table::new(&[
+        "hot pages",
+        "region",
+        "¼ RAM + bulk, ops/s",
+        "all RAM, ops/s",
+        "ratio",
+        "segments out / in",
+    ]);
+    let mut zipf = Vec::new();
+    zipf_matrix(&flags, &root, &mut table, &mut zipf);
+    markdown.push_str(&table.markdown());
+
+    let document = serde_json::json!({
+        "misses": {"bulk": tier, "raw_direct": direct},
+        "space": rows.iter().map(|(label, written, used, ram)| serde_json::json!({
+            "data": label, "paged_out_bytes": written, "bulk_used_bytes": used, "ram_used_bytes": ram
+        })).collect::<Vec<_>>(),
+        "zipf": zipf,
+    });
+    report::emit(flags.switch("json"), &document, &markdown);
+}
