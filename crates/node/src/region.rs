@@ -148,9 +148,11 @@ impl Segment {
         self.slot != NO_SEGMENT || self.paged_out.is_some()
     }
 
-    /// Counts an access for the pager's measure of warmth.
-    fn touch(&self) {
-        if self.usage.load(Ordering::Relaxed) < USAGE_MAX {
+    /// Counts an access for the pager's measure of warmth (only on a node
+    /// with a bulk tier: elsewhere nothing reads it, and the count would only
+    /// bounce the entry's cache line between connection threads).
+    fn touch(&self, tiered: bool) {
+        if tiered && self.usage.load(Ordering::Relaxed) < USAGE_MAX {
             self.usage.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -334,6 +336,8 @@ pub struct Region {
     pages_per_segment: u64,
     segments_allocated: AtomicU64,
     segments_paged_out: AtomicU64,
+    /// Whether the node has a bulk tier (and so counts accesses).
+    tiered: bool,
     /// Block references of the paged-out segments: all, and all-zero ones.
     bulk_blocks: AtomicU64,
     bulk_zero_blocks: AtomicU64,
@@ -375,6 +379,7 @@ pub struct Region {
 impl Region {
     /// A region with no segments allocated: every page reads as zeros.
     pub fn new(info: RegionInfo, uid: u64, arena: Arc<Arena>) -> Result<Region, NodeError> {
+        let tiered = arena.bulk().is_some();
         validate_shape(info.size, info.page_size)?;
         let segment_bytes = arena.segment_bytes() as u64;
         assert!(segment_bytes >= info.page_size as u64);
@@ -388,6 +393,7 @@ impl Region {
             arena,
             segments_allocated: AtomicU64::new(0),
             segments_paged_out: AtomicU64::new(0),
+            tiered,
             bulk_blocks: AtomicU64::new(0),
             bulk_zero_blocks: AtomicU64::new(0),
             pages_read: AtomicU64::new(0),
@@ -626,11 +632,11 @@ impl Region {
             let (segment, index) = self.locate(page);
             match self.segments.get(segment).map(|entry| entry.read()) {
                 Some(segment) if segment.is_resident() => {
-                    segment.touch();
+                    segment.touch(self.tiered);
                     out.extend_from_slice(self.page_bytes(&segment, index))
                 }
                 Some(segment) if segment.paged_out.is_some() => {
-                    segment.touch();
+                    segment.touch(self.tiered);
                     let buffer = match &mut scratch {
                         Some(buffer) => buffer,
                         None => scratch.insert(AlignedBuf::new(page_size)?),
@@ -1120,7 +1126,7 @@ impl Region {
             .expect("the segment was allocated before the write")
             .write();
         segment.changes += 1;
-        segment.touch();
+        segment.touch(self.tiered);
         let old = segment.seqs[index];
         let snapshot_needs_it =
             snapshot_id != 0 && segment.visited != snapshot_id && old > from && old <= to;
