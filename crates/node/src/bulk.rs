@@ -32,6 +32,10 @@
 //! checkpoints and journal as they did before the bulk tier existed (see
 //! `docs/design.md`, "The bulk tier").
 //!
+//! **Room.** The file is allocated at its full capacity when the node
+//! starts (`fallocate`), so a disk without room fails the start, and no
+//! page-out can later find the disk full.
+//!
 //! **Failure.** A failed write latches the tier failed: nothing more is
 //! paged out to it (the node then reports out of memory when RAM is full),
 //! and the segment whose write failed stays in RAM, so nothing is lost.
@@ -39,6 +43,7 @@
 use std::alloc::Layout;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -193,13 +198,13 @@ impl BulkStore {
         let blocks = config.capacity_bytes / BLOCK_BYTES as u64;
         if blocks == 0 {
             return Err(NodeError::Config(format!(
-                "bulk capacity {} bytes is less than one block of {BLOCK_BYTES} bytes",
+                "--bulk-capacity {} bytes is less than one block of {BLOCK_BYTES} bytes",
                 config.capacity_bytes
             )));
         }
         if blocks >= ZERO_BLOCK as u64 {
             return Err(NodeError::Config(format!(
-                "bulk capacity {} bytes exceeds the limit of {} bytes",
+                "--bulk-capacity {} bytes exceeds the limit of {} bytes",
                 config.capacity_bytes,
                 (ZERO_BLOCK as u64 - 1) * BLOCK_BYTES as u64
             )));
@@ -231,6 +236,22 @@ impl BulkStore {
                 return Err(NodeError::io(format!("creating {}", path.display()), error));
             }
         };
+        // The whole capacity now: a disk without room for it fails the
+        // start, saying so, rather than a page-out later.
+        let bytes = blocks * BLOCK_BYTES as u64;
+        // SAFETY: a valid descriptor; the result is checked.
+        let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, bytes as libc::off_t) };
+        if result != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                tracing::info!(path = %path.display(), "the bulk file cannot be preallocated; it grows as pages go out");
+            } else {
+                return Err(NodeError::Config(format!(
+                    "reserving {bytes} bytes for the bulk tier in {}: {error} (give a smaller --bulk-capacity, or a --bulk-dir with room)",
+                    config.dir.display()
+                )));
+            }
+        }
         let mut checksums = Vec::new();
         checksums
             .try_reserve_exact(blocks as usize)
@@ -650,6 +671,23 @@ mod tests {
             store.read(refs, &mut out).unwrap();
             assert_eq!(&out[..], &buffer(fills)[..]);
         }
+    }
+
+    // Guards the room check: a capacity the disk cannot hold fails the open,
+    // naming the setting to change, and a capacity it can is reserved.
+    #[test]
+    fn the_capacity_is_reserved_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |capacity_bytes| BulkConfig {
+            dir: dir.path().to_path_buf(),
+            capacity_bytes,
+        };
+        // 4 TiB: within the tier's limit, beyond this disk.
+        let error = BulkStore::open(&config(1 << 42)).map(drop).unwrap_err();
+        assert!(error.to_string().contains("--bulk-capacity"), "{error}");
+        let store = BulkStore::open(&config(64 * BLOCK_BYTES as u64)).unwrap();
+        let metadata = std::fs::metadata(store.path()).unwrap();
+        assert_eq!(metadata.len(), 64 * BLOCK_BYTES as u64);
     }
 
     // Guards the checksum: a block changed on disk behind the tier's back
