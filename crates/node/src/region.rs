@@ -1741,6 +1741,15 @@ mod tests {
     }
 
     fn bulk_region(size: u64, ram: u64, bulk: u64) -> (tempfile::TempDir, Arc<Arena>, Region) {
+        bulk_region_paged(size, ram, bulk, 4096)
+    }
+
+    fn bulk_region_paged(
+        size: u64,
+        ram: u64,
+        bulk: u64,
+        page_size: u32,
+    ) -> (tempfile::TempDir, Arc<Arena>, Region) {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::bulk::BulkStore::open(&crate::bulk::BulkConfig {
             dir: dir.path().to_path_buf(),
@@ -1751,11 +1760,43 @@ mod tests {
         let info = RegionInfo {
             id: 1,
             size,
-            page_size: 4096,
+            page_size,
             name: "r".into(),
         };
         let region = Region::new(info, 1, arena.clone()).unwrap();
         (dir, arena, region)
+    }
+
+    // Guards pages larger than a block: a 64 KiB page is sixteen blocks,
+    // read, written in place and paged back in whole, and a 2 MiB page (a
+    // whole segment) likewise.
+    #[test]
+    fn large_pages_span_blocks_in_the_bulk_tier() {
+        for page_size in [64 << 10, 2 << 20] {
+            let (_dir, arena, region) = bulk_region_paged(8 << 20, 8 << 20, 32 << 20, page_size);
+            let page = |fill: u8| {
+                let mut bytes = vec![fill; page_size as usize];
+                bytes[page_size as usize - 1] = fill.wrapping_add(1);
+                bytes
+            };
+            let read = |number: u64| {
+                let mut out = Vec::new();
+                region
+                    .read_pages(list(&pages(&[number])), &mut out)
+                    .unwrap();
+                out
+            };
+            region.write_pages(list(&pages(&[0])), &page(1)).unwrap();
+            let mut buffer = AlignedBuf::new(2 << 20).unwrap();
+            assert!(region.page_out(0, &mut buffer).unwrap());
+            assert_eq!(read(0), page(1), "page size {page_size}");
+            region.write_pages(list(&pages(&[0])), &page(2)).unwrap();
+            assert_eq!(region.segments_paged_out(), 1, "written in place");
+            assert_eq!(read(0), page(2), "page size {page_size}");
+            assert!(region.page_in(0).unwrap());
+            assert_eq!(read(0), page(2), "page size {page_size}");
+            assert_eq!(arena.paging(), (1, 1));
+        }
     }
 
     fn read(region: &Region, page: u64) -> Vec<u8> {
