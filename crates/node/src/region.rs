@@ -871,11 +871,18 @@ impl Region {
                     .map(|refs| (refs.clone(), segment.changes))
             };
             // The blocks are read under no lock; the move commits only if
-            // the segment is still paged out with the same blocks.
+            // the segment is still paged out with the same blocks. A block
+            // released and reused meanwhile fails its checksum: that read
+            // counts only if the segment did not change.
             let bytes = match &paged_out {
-                Some((refs, _)) => {
+                Some((refs, changes)) => {
                     let mut buffer = AlignedBuf::new(refs.len() * BLOCK_BYTES)?;
-                    self.bulk()?.read(refs, &mut buffer)?;
+                    if let Err(error) = self.bulk()?.read(refs, &mut buffer) {
+                        if entry.read().changes == *changes {
+                            return Err(error);
+                        }
+                        continue;
+                    }
                     Some(buffer)
                 }
                 None => None,
