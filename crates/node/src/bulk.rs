@@ -27,10 +27,15 @@
 //! cache, which would defeat the point of paging them out; where it does not
 //! (tmpfs), the tier works through the page cache and says so in the log.
 //!
-//! **What a restart keeps.** Nothing yet: the index lives in RAM, the file is
-//! recreated empty at start, and a region's pages come back from its
-//! checkpoints and journal as they did before the bulk tier existed (see
-//! `docs/design.md`, "The bulk tier").
+//! **What a restart keeps.** The index lives in RAM. A graceful stop, once
+//! every region is checkpointed, pages the regions out and saves the index
+//! (`bulk.index`: the blocks in use with their checksums and digests, each
+//! region's segments with their blocks, and a CRC32C over it all); the next
+//! start reads and removes it, takes the blocks over, and serves those
+//! regions from here at once (see `tiering`). Without an intact index (a
+//! crash, a damaged file) the file is recreated empty, and regions reload
+//! from their checkpoints and journals (see `docs/design.md`, "The bulk
+//! tier").
 //!
 //! **Room.** The file is allocated at its full capacity when the node
 //! starts (`fallocate`), so a disk without room fails the start, and no
@@ -191,10 +196,159 @@ fn is_zero(block: &[u8]) -> bool {
     head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
+/// The index file a graceful stop leaves in the bulk dir.
+pub const INDEX_FILE_NAME: &str = "bulk.index";
+const INDEX_MAGIC: &[u8; 8] = b"PGDBIDX1";
+/// The largest index file read (a larger one is ignored as damaged).
+const INDEX_BYTES_MAX: u64 = 1 << 30;
+
+/// A region's paged-out segments, as a graceful stop saved them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedRegion {
+    /// The region's uid.
+    pub uid: u64,
+    /// The checkpoint its pages are exactly.
+    pub checkpoint: u64,
+    /// Its size and page size.
+    pub size: u64,
+    /// Its page size.
+    pub page_size: u32,
+    /// Its segments, each with a block per 4 KiB.
+    pub segments: Vec<(u32, Box<[BlockRef]>)>,
+}
+
+/// What a graceful stop left in the bulk dir: the blocks in use (with their
+/// checksums and digests) and each saved region's segments.
+#[derive(Debug, Default)]
+pub struct SavedIndex {
+    blocks: Vec<(BlockRef, u32, Digest)>,
+    /// The regions saved.
+    pub regions: Vec<SavedRegion>,
+}
+
+/// Reads and removes the index a graceful stop left; `None` (logged) when
+/// there is none, or it is damaged, or it is for another capacity.
+fn read_index(config: &BulkConfig) -> Option<SavedIndex> {
+    let path = config.dir.join(INDEX_FILE_NAME);
+    let bytes = match std::fs::metadata(&path) {
+        Ok(metadata) if metadata.len() <= INDEX_BYTES_MAX => std::fs::read(&path),
+        Ok(_) => Err(std::io::Error::other("larger than any index")),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => Err(error),
+    };
+    // Whatever it holds, it describes the tier only until the node writes.
+    let removed = std::fs::remove_file(&path).and_then(|()| File::open(&config.dir)?.sync_all());
+    let parsed = bytes
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| parse_index(&bytes, config.capacity_bytes / BLOCK_BYTES as u64));
+    match (parsed, removed) {
+        (Ok(index), Ok(())) => Some(index),
+        (Err(problem), _) => {
+            tracing::warn!(path = %path.display(), problem, "ignoring the bulk index; regions reload from their checkpoints");
+            None
+        }
+        (Ok(_), Err(error)) => {
+            tracing::warn!(path = %path.display(), %error, "could not remove the bulk index; regions reload from their checkpoints");
+            None
+        }
+    }
+}
+
+fn parse_index(bytes: &[u8], capacity_blocks: u64) -> Result<SavedIndex, String> {
+    let (body, crc) = bytes
+        .split_last_chunk::<4>()
+        .ok_or("shorter than its checksum")?;
+    if crc32c::crc32c(body) != u32::from_le_bytes(*crc) {
+        return Err("checksum mismatch".into());
+    }
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let piece = body.get(at..at + n).ok_or("truncated")?;
+        at += n;
+        Ok(piece)
+    };
+    if take(8)? != INDEX_MAGIC {
+        return Err("bad magic".into());
+    }
+    let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let u32_of = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    if u64_of(take(8)?) != capacity_blocks {
+        return Err("written for another --bulk-capacity".into());
+    }
+    let used = u64_of(take(8)?);
+    if used > capacity_blocks {
+        return Err(format!("{used} blocks in use, more than the tier holds"));
+    }
+    let mut index = SavedIndex::default();
+    for _ in 0..used {
+        let block = u32_of(take(4)?);
+        if block as u64 >= capacity_blocks {
+            return Err(format!("block {block} beyond the tier"));
+        }
+        let crc = u32_of(take(4)?);
+        let digest: Digest = take(16)?.try_into().expect("16 bytes");
+        index.blocks.push((block, crc, digest));
+    }
+    let known: std::collections::HashSet<BlockRef> =
+        index.blocks.iter().map(|&(block, _, _)| block).collect();
+    let regions = u64_of(take(8)?);
+    for _ in 0..regions {
+        let uid = u64_of(take(8)?);
+        let checkpoint = u64_of(take(8)?);
+        let size = u64_of(take(8)?);
+        let page_size = u32_of(take(4)?);
+        let segments = u64_of(take(8)?);
+        let mut region = SavedRegion {
+            uid,
+            checkpoint,
+            size,
+            page_size,
+            segments: Vec::new(),
+        };
+        for _ in 0..segments {
+            let number = u32_of(take(4)?);
+            let count = u32_of(take(4)?) as usize;
+            let refs: Box<[BlockRef]> = take(count.checked_mul(4).ok_or("too many refs")?)?
+                .chunks_exact(4)
+                .map(u32_of)
+                .collect();
+            if let Some(block) = refs
+                .iter()
+                .find(|&&b| b != ZERO_BLOCK && !known.contains(&b))
+            {
+                return Err(format!("region {uid:#x} names block {block}, not in use"));
+            }
+            region.segments.push((number, refs));
+        }
+        index.regions.push(region);
+    }
+    if at != body.len() {
+        return Err("trailing bytes".into());
+    }
+    Ok(index)
+}
+
 impl BulkStore {
-    /// Creates the bulk file afresh in `config.dir` (a file left by an
-    /// earlier run is replaced: see "What a restart keeps").
-    pub fn open(config: &BulkConfig) -> Result<BulkStore, NodeError> {
+    /// Opens the bulk tier in `config.dir`: with the blocks a graceful stop
+    /// saved, if it left an intact index for a file of this capacity (the
+    /// index is removed as it is read: it describes the tier only until the
+    /// node writes again); else afresh, replacing any file left.
+    pub fn open(config: &BulkConfig) -> Result<(BulkStore, Option<SavedIndex>), NodeError> {
+        let mut saved = read_index(config);
+        let file_bytes = std::fs::metadata(config.dir.join(FILE_NAME)).map_or(0, |m| m.len());
+        let capacity = config.capacity_bytes / BLOCK_BYTES as u64 * BLOCK_BYTES as u64;
+        if saved.is_some() && file_bytes != capacity {
+            tracing::warn!(
+                dir = %config.dir.display(),
+                "the bulk file does not match its index; regions reload from their checkpoints"
+            );
+            saved = None;
+        }
+        let store = BulkStore::open_file(config, saved.is_none())?;
+        Ok((store, saved))
+    }
+
+    fn open_file(config: &BulkConfig, afresh: bool) -> Result<BulkStore, NodeError> {
         let blocks = config.capacity_bytes / BLOCK_BYTES as u64;
         if blocks == 0 {
             return Err(NodeError::Config(format!(
@@ -217,7 +371,7 @@ impl BulkStore {
                 .read(true)
                 .write(true)
                 .create(true)
-                .truncate(true)
+                .truncate(afresh)
                 .custom_flags(flags)
                 .open(&path)
         };
@@ -510,6 +664,111 @@ impl BulkStore {
         Ok(())
     }
 
+    /// Takes over the blocks of a saved index that the regions the node
+    /// restored still reference (`kept`: every reference of theirs); the rest
+    /// are free.
+    pub fn adopt(&self, saved: &SavedIndex, kept: &[&[BlockRef]]) {
+        let mut index = self.index.lock();
+        assert!(index.meta.is_empty(), "adopted into a fresh tier");
+        let known: HashMap<BlockRef, (u32, Digest)> = saved
+            .blocks
+            .iter()
+            .map(|&(block, crc, digest)| (block, (crc, digest)))
+            .collect();
+        let mut refs: HashMap<BlockRef, u32> = HashMap::new();
+        let (mut referenced, mut zeros) = (0u64, 0u64);
+        for &block in kept.iter().flat_map(|refs| refs.iter()) {
+            if block == ZERO_BLOCK {
+                zeros += 1;
+            } else {
+                referenced += 1;
+                *refs.entry(block).or_default() += 1;
+            }
+        }
+        let highest = refs
+            .keys()
+            .copied()
+            .max()
+            .map_or(0, |block| block as usize + 1);
+        index.meta.reserve(highest);
+        for block in 0..highest as BlockRef {
+            let count = refs.get(&block).copied().unwrap_or(0);
+            let (crc, digest) = known.get(&block).copied().unwrap_or((0, [0; 16]));
+            let published = count > 0 && !index.by_digest.contains_key(&digest);
+            if published {
+                index.by_digest.insert(digest, block);
+            }
+            index.meta.push(BlockMeta {
+                refs: count,
+                digest,
+                published,
+            });
+            if count > 0 {
+                self.checksums[block as usize].store(crc, Ordering::Relaxed);
+            } else {
+                index.free.push(block);
+            }
+        }
+        self.used_blocks.store(refs.len() as u64, Ordering::Relaxed);
+        self.referenced_blocks.store(referenced, Ordering::Relaxed);
+        self.zero_blocks.store(zeros, Ordering::Relaxed);
+    }
+
+    /// Writes the index of the tier as it is now, for the next start (a
+    /// graceful stop, after every region's pages went out): the bulk file is
+    /// flushed first, the index written beside it and renamed into place.
+    pub fn save_index(&self, regions: &[SavedRegion]) -> Result<(), NodeError> {
+        self.file
+            .sync_data()
+            .map_err(|e| NodeError::io(format!("flushing {}", self.path.display()), e))?;
+        let mut out = Vec::new();
+        out.extend_from_slice(INDEX_MAGIC);
+        out.extend_from_slice(&(self.blocks as u64).to_le_bytes());
+        {
+            let index = self.index.lock();
+            let used: Vec<(usize, &BlockMeta)> = index
+                .meta
+                .iter()
+                .enumerate()
+                .filter(|(_, meta)| meta.refs > 0)
+                .collect();
+            out.extend_from_slice(&(used.len() as u64).to_le_bytes());
+            for (block, meta) in used {
+                out.extend_from_slice(&(block as u32).to_le_bytes());
+                out.extend_from_slice(&self.checksums[block].load(Ordering::Relaxed).to_le_bytes());
+                out.extend_from_slice(&meta.digest);
+            }
+        }
+        out.extend_from_slice(&(regions.len() as u64).to_le_bytes());
+        for region in regions {
+            for value in [region.uid, region.checkpoint, region.size] {
+                out.extend_from_slice(&value.to_le_bytes());
+            }
+            out.extend_from_slice(&region.page_size.to_le_bytes());
+            out.extend_from_slice(&(region.segments.len() as u64).to_le_bytes());
+            for (number, refs) in &region.segments {
+                out.extend_from_slice(&number.to_le_bytes());
+                out.extend_from_slice(&(refs.len() as u32).to_le_bytes());
+                for block in refs.iter() {
+                    out.extend_from_slice(&block.to_le_bytes());
+                }
+            }
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        let dir = self.path.parent().expect("the bulk file is in a dir");
+        let staging = dir.join(format!("{INDEX_FILE_NAME}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut file = File::create(&staging)?;
+            std::io::Write::write_all(&mut file, &out)?;
+            file.sync_all()?;
+            std::fs::rename(&staging, dir.join(INDEX_FILE_NAME))?;
+            File::open(dir)?.sync_all()
+        };
+        write()
+            .map_err(|e| NodeError::io(format!("writing the bulk index in {}", dir.display()), e))
+    }
+
     /// The reference count of `block` (tests).
     #[cfg(test)]
     fn refs(&self, block: BlockRef) -> u32 {
@@ -523,7 +782,7 @@ mod tests {
 
     fn store(blocks: u64) -> (tempfile::TempDir, BulkStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = BulkStore::open(&BulkConfig {
+        let (store, _) = BulkStore::open(&BulkConfig {
             dir: dir.path().to_path_buf(),
             capacity_bytes: blocks * BLOCK_BYTES as u64,
         })
@@ -685,9 +944,53 @@ mod tests {
         // 4 TiB: within the tier's limit, beyond this disk.
         let error = BulkStore::open(&config(1 << 42)).map(drop).unwrap_err();
         assert!(error.to_string().contains("--bulk-capacity"), "{error}");
-        let store = BulkStore::open(&config(64 * BLOCK_BYTES as u64)).unwrap();
+        let (store, _) = BulkStore::open(&config(64 * BLOCK_BYTES as u64)).unwrap();
         let metadata = std::fs::metadata(store.path()).unwrap();
         assert_eq!(metadata.len(), 64 * BLOCK_BYTES as u64);
+    }
+
+    // Guards the restart index: what a stop saves parses back to the same
+    // regions and blocks, and any truncation or changed byte is refused
+    // (never a panic, never a partial index).
+    #[test]
+    fn the_index_round_trips_and_damage_is_refused() {
+        let (dir, store) = store(16);
+        let refs = store.store(&buffer(&[1, 0, 2, 1])).unwrap();
+        let region = SavedRegion {
+            uid: 7,
+            checkpoint: 3,
+            size: 16 << 20,
+            page_size: 4096,
+            segments: vec![(5, refs.clone())],
+        };
+        store.save_index(std::slice::from_ref(&region)).unwrap();
+        let bytes = std::fs::read(dir.path().join(INDEX_FILE_NAME)).unwrap();
+        let parsed = parse_index(&bytes, 16).unwrap();
+        assert_eq!(parsed.regions, vec![region]);
+        assert_eq!(parsed.blocks.len(), 2);
+        assert!(parse_index(&bytes, 32).is_err(), "another capacity");
+        for cut in 0..bytes.len() {
+            assert!(parse_index(&bytes[..cut], 16).is_err(), "cut at {cut}");
+        }
+        for at in (0..bytes.len()).step_by(3) {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x40;
+            assert!(parse_index(&damaged, 16).is_err(), "byte {at} changed");
+        }
+        // Adopted by a new tier: the blocks read back as stored.
+        drop(store);
+        let (again, saved) = BulkStore::open(&BulkConfig {
+            dir: dir.path().to_path_buf(),
+            capacity_bytes: 16 * BLOCK_BYTES as u64,
+        })
+        .unwrap();
+        let saved = saved.expect("the index was read");
+        assert!(!dir.path().join(INDEX_FILE_NAME).exists(), "consumed");
+        again.adopt(&saved, &[&refs]);
+        assert_eq!(again.stat().used_bytes, 2 * BLOCK_BYTES as u64);
+        let mut out = AlignedBuf::new(4 * BLOCK_BYTES).unwrap();
+        again.read(&refs, &mut out).unwrap();
+        assert_eq!(&out[..], &buffer(&[1, 0, 2, 1])[..]);
     }
 
     // Guards the checksum: a block changed on disk behind the tier's back

@@ -185,11 +185,22 @@ pub(crate) fn reload(
             }
         }
         let loaded = latest.and_then(|manifest| match manifest {
+            // Restored from the bulk tier at exactly this checkpoint: its
+            // pages are there already.
+            Some(manifest) if region.restored_checkpoint() == manifest.number => Ok(Some(manifest)),
             Some(manifest) => {
+                if region.restored_checkpoint() != 0 {
+                    region.forget_restored();
+                }
                 checkpoint::load_baseline(storage, &region, &manifest, &())?;
                 Ok(Some(manifest))
             }
-            None => Ok(None),
+            None => {
+                if region.restored_checkpoint() != 0 {
+                    region.forget_restored();
+                }
+                Ok(None)
+            }
         });
         match loaded {
             Ok(Some(manifest)) => {

@@ -207,8 +207,10 @@ impl Node {
         crate::preflight::check(&config)?;
         let membership = crate::cluster::Membership::open(&config)?;
         let mut arena = Arena::new(config.capacity_bytes, SEGMENT_BYTES)?;
+        let mut saved_index = None;
         if let Some(bulk) = &config.bulk {
-            let store = crate::bulk::BulkStore::open(bulk)?;
+            let (store, saved) = crate::bulk::BulkStore::open(bulk)?;
+            saved_index = saved;
             tracing::info!(
                 path = %store.path().display(),
                 capacity_bytes = bulk.capacity_bytes,
@@ -230,6 +232,11 @@ impl Node {
             MissingCatalog::Refuse
         };
         let catalog = Catalog::open_with(&config.data_dir, arena.clone(), missing)?;
+        if let Some(saved) = &saved_index
+            && config.storage.is_some()
+        {
+            restore_from_bulk(&arena, &catalog, saved);
+        }
         let credentials =
             crate::access::CredentialStore::open(&config.data_dir, config.token.as_deref())?;
         let writers = crate::access::WriterRoles::new(config.writer_lease);
@@ -240,6 +247,14 @@ impl Node {
             .transpose()?;
         if let Some(storage) = &storage {
             checkpointing::reload(storage, &catalog, config.accept_storage_mismatch)?;
+        }
+        if let Some(pager) = &pager
+            && catalog
+                .regions()
+                .iter()
+                .any(|region| region.restored_checkpoint() != 0)
+        {
+            pager.start_loading();
         }
         node_journal::replay(&config.data_dir, &catalog);
         let listener = TcpListener::bind(config.listen)
@@ -494,6 +509,20 @@ impl Node {
             let errors = checkpointing::checkpoint_dirty(&self.shared, None);
             let unsaved = self.unsaved(&errors);
             if unsaved.regions.is_empty() {
+                // Everything is checkpointed: the regions may wait in the
+                // bulk tier for the next start.
+                match crate::tiering::save_for_restart(
+                    &self.shared.arena,
+                    self.shared.pager.as_deref(),
+                ) {
+                    Ok(0) => {}
+                    Ok(regions) => {
+                        tracing::info!(regions, "regions saved in the bulk tier for the next start")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not save the regions in the bulk tier; the next start reloads them from storage")
+                    }
+                }
                 tracing::info!(local_addr = %self.local_addr, "node stopped");
                 return Ok(());
             }
@@ -528,6 +557,49 @@ impl Drop for Node {
         }
         if let (Some(_), Some(path)) = (self.local_listener.take(), &self.shared.local_socket) {
             let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Takes over what a graceful stop left in the bulk tier: every saved region
+/// still in the catalog with the same shape and its newest checkpoint the
+/// saved one is set up paged out (the reload then skips its baseline); the
+/// blocks of the others are freed.
+fn restore_from_bulk(arena: &Arena, catalog: &Catalog, saved: &crate::bulk::SavedIndex) {
+    let bulk = arena.bulk().expect("a saved index, so a bulk tier");
+    let mut kept = Vec::new();
+    let mut restored = Vec::new();
+    for entry in &saved.regions {
+        let Ok(region) = catalog.by_uid(entry.uid) else {
+            continue;
+        };
+        let info = region.info();
+        if info.size == entry.size
+            && info.page_size == entry.page_size
+            && region.durable_checkpoint() == entry.checkpoint
+            && region.state() == RegionState::Active
+        {
+            kept.push(&entry.segments[..]);
+            restored.push((region, entry));
+        }
+    }
+    let refs: Vec<&[crate::bulk::BlockRef]> = kept
+        .iter()
+        .flat_map(|segments| segments.iter().map(|(_, refs)| &refs[..]))
+        .collect();
+    bulk.adopt(saved, &refs);
+    for (region, entry) in restored {
+        match region.restore_paged_out(&entry.segments, entry.checkpoint) {
+            Ok(()) => tracing::info!(
+                name = region.info().name,
+                checkpoint = entry.checkpoint,
+                segments = entry.segments.len(),
+                "region restored from the bulk tier; it serves now and loads in the background"
+            ),
+            Err(error) => {
+                tracing::warn!(name = region.info().name, %error, "region not restored from the bulk tier");
+                region.forget_restored();
+            }
         }
     }
 }

@@ -338,6 +338,9 @@ pub struct Region {
     segments_paged_out: AtomicU64,
     /// Whether the node has a bulk tier (and so counts accesses).
     tiered: bool,
+    /// The checkpoint its pages were restored from the bulk tier at, by a
+    /// restart after a graceful stop (0: not).
+    restored_checkpoint: AtomicU64,
     /// Block references of the paged-out segments: all, and all-zero ones.
     bulk_blocks: AtomicU64,
     bulk_zero_blocks: AtomicU64,
@@ -394,6 +397,7 @@ impl Region {
             segments_allocated: AtomicU64::new(0),
             segments_paged_out: AtomicU64::new(0),
             tiered,
+            restored_checkpoint: AtomicU64::new(0),
             bulk_blocks: AtomicU64::new(0),
             bulk_zero_blocks: AtomicU64::new(0),
             pages_read: AtomicU64::new(0),
@@ -1067,6 +1071,87 @@ impl Region {
         self.segments_paged_out.fetch_add(1, Ordering::Relaxed);
         self.arena.release();
         self.arena.count_paging(true);
+    }
+
+    /// The region's paged-out segments, each with its blocks (what a
+    /// graceful stop saves in the bulk tier's index).
+    pub fn paged_out_segments(&self) -> Vec<(u32, Box<[BlockRef]>)> {
+        self.segments
+            .allocated_from(0)
+            .filter_map(|(number, entry)| {
+                let segment = entry.read();
+                segment
+                    .paged_out
+                    .as_ref()
+                    .map(|refs| (number as u32, refs.clone()))
+            })
+            .collect()
+    }
+
+    /// Sets up segments a graceful stop left paged out in the bulk tier,
+    /// holding checkpoint `checkpoint` exactly: their pages count as loaded
+    /// from that baseline. The region serves them at once; the pager brings
+    /// them into RAM in the background. The caller has adopted the blocks.
+    pub fn restore_paged_out(
+        &self,
+        segments: &[(u32, Box<[BlockRef]>)],
+        checkpoint: u64,
+    ) -> Result<(), NodeError> {
+        let blocks = self.arena.segment_bytes() / BLOCK_BYTES;
+        for (number, refs) in segments {
+            let number = *number as usize;
+            if number >= self.segments.count || refs.len() != blocks {
+                return Err(NodeError::InvalidArgument(format!(
+                    "saved segment {number} of {} blocks does not fit region {:?}",
+                    refs.len(),
+                    self.info.name
+                )));
+            }
+        }
+        for (number, refs) in segments {
+            let entry = self.segments.get_or_allocate(*number as usize)?;
+            let mut segment = entry.write();
+            assert!(!segment.is_stored(), "restored into a fresh region");
+            let pages = self.pages_per_segment as usize;
+            let mut seqs = Vec::new();
+            seqs.try_reserve_exact(pages)
+                .map_err(|_| metadata_allocation_failed(pages * 8))?;
+            seqs.resize(pages, BASELINE_SEQ);
+            segment.seqs = seqs.into_boxed_slice();
+            segment.max_seq = BASELINE_SEQ;
+            let zeros = refs.iter().filter(|&&block| block == ZERO_BLOCK).count() as u64;
+            self.bulk_blocks
+                .fetch_add(refs.len() as u64, Ordering::Relaxed);
+            self.bulk_zero_blocks.fetch_add(zeros, Ordering::Relaxed);
+            self.memory.mark_paged_out(*number as usize);
+            segment.paged_out = Some(refs.clone());
+            self.segments_paged_out.fetch_add(1, Ordering::Relaxed);
+        }
+        self.restored_checkpoint
+            .store(checkpoint, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The checkpoint the region's pages were restored from the bulk tier
+    /// at (0: they were not).
+    pub fn restored_checkpoint(&self) -> u64 {
+        self.restored_checkpoint.load(Ordering::Relaxed)
+    }
+
+    /// Forgets segments restored from the bulk tier (their checkpoint turned
+    /// out not to be the region's baseline): the region is empty again, to
+    /// be loaded from storage.
+    pub fn forget_restored(&self) {
+        for (number, entry) in self.segments.allocated_from(0) {
+            let mut segment = entry.write();
+            if let Some(refs) = segment.paged_out.take() {
+                self.forget_blocks(&refs);
+                self.memory.mark_unwritten(number);
+                self.segments_paged_out.fetch_sub(1, Ordering::Relaxed);
+                *segment = Segment::empty();
+            }
+        }
+        self.restored_checkpoint.store(0, Ordering::Relaxed);
     }
 
     /// Every stored segment's tier and warmth; with `decay`, halves each
@@ -1758,7 +1843,7 @@ mod tests {
         page_size: u32,
     ) -> (tempfile::TempDir, Arc<Arena>, Region) {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::bulk::BulkStore::open(&crate::bulk::BulkConfig {
+        let (store, _) = crate::bulk::BulkStore::open(&crate::bulk::BulkConfig {
             dir: dir.path().to_path_buf(),
             capacity_bytes: bulk,
         })

@@ -238,6 +238,20 @@ impl RegionMemory {
         Ok(())
     }
 
+    /// Marks a segment that holds no memory as paged out (restored from the
+    /// bulk tier at start).
+    pub fn mark_paged_out(&self, segment: usize) {
+        let version = self.version(segment);
+        debug_assert_eq!(version.load(Ordering::Relaxed), 0);
+        version.store(PAGED_OUT, Ordering::Release);
+    }
+
+    /// Marks a paged-out segment unwritten again (its restored pages were
+    /// forgotten).
+    pub fn mark_unwritten(&self, segment: usize) {
+        self.version(segment).store(0, Ordering::Release);
+    }
+
     /// Gives a segment's memory back to the kernel because its pages went to
     /// the bulk tier: clients ask the node for them from now on. Returns the
     /// version it had, for [`RegionMemory::allocate`] to resume above. The

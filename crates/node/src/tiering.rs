@@ -19,6 +19,13 @@
 //! [`EXCHANGES_PER_PASS`] per pass so a shifting workload cannot keep the
 //! disk busy with moves alone. Writes page a segment in at once (see
 //! `region`).
+//!
+//! **Restart.** A graceful stop with a bulk tier pages every region whose
+//! pages are exactly its last checkpoint out to the bulk tier and saves the
+//! tier's index ([`save_for_restart`]); the next start takes the blocks over
+//! and serves those regions at once, from the bulk tier, while the pager
+//! *loads* them back into RAM as fast as the disk allows ([`Pager::start_loading`]),
+//! until RAM reaches the low watermark.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -66,6 +73,11 @@ pub struct Pager {
     /// Resident segments of the last ranking with their warmth then,
     /// warmest first (taken from the end).
     victims: Mutex<Vec<(Weak<Region>, usize, u32)>>,
+    /// Loading regions restored from the bulk tier at start.
+    loading: AtomicBool,
+    /// Held for each pass and each step of a load, and by
+    /// [`save_for_restart`], which must see no segment move under it.
+    moving: Mutex<()>,
     stop: AtomicBool,
 }
 
@@ -77,6 +89,8 @@ impl Pager {
             buffer: Mutex::new(AlignedBuf::new(arena.segment_bytes())?),
             arena: arena.clone(),
             victims: Mutex::new(Vec::new()),
+            loading: AtomicBool::new(false),
+            moving: Mutex::new(()),
             stop: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&pager);
@@ -95,13 +109,50 @@ impl Pager {
             .name("pagoda-pager".into())
             .spawn(move || {
                 while !pager.stop.load(Ordering::Acquire) {
+                    if pager.loading.load(Ordering::Acquire) {
+                        let _moving = pager.moving.lock();
+                        pager.load_some();
+                        continue;
+                    }
                     std::thread::sleep(Duration::from_millis(PASS_MS));
+                    let _moving = pager.moving.lock();
                     if let Err(error) = pager.pass() {
                         tracing::warn!(%error, "the pager's pass failed");
                     }
                 }
             })
             .map_err(|e| NodeError::io("spawning the pager", e))
+    }
+
+    /// Starts loading every paged-out segment into RAM, as fast as the disk
+    /// allows, until RAM reaches the low watermark (regions restored from
+    /// the bulk tier at start).
+    pub fn start_loading(&self) {
+        self.loading.store(true, Ordering::Release);
+    }
+
+    /// Pages in a few paged-out segments (warmest first); ends the loading
+    /// when none is left or RAM is at the low watermark.
+    fn load_some(&self) {
+        let low = low_watermark(self.arena.segments());
+        let mut moved = 0;
+        for (region, number, _) in self.rank(false) {
+            if self.arena.used_segments() >= low || moved == 16 {
+                break;
+            }
+            match region.page_in(number) {
+                Ok(true) => moved += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%error, region = region.info().name, "loading a segment failed");
+                    break;
+                }
+            }
+        }
+        if moved == 0 {
+            self.loading.store(false, Ordering::Release);
+            tracing::info!("regions restored from the bulk tier are loaded");
+        }
     }
 
     /// Ends the thread [`Pager::spawn`] started (at its next pass).
@@ -225,4 +276,52 @@ impl Pager {
         }
         None
     }
+}
+
+/// At a graceful stop: pages out every region whose pages are exactly its
+/// last checkpoint (complete in storage, nothing written since) and saves
+/// the bulk tier's index of them, so the next start serves them at once.
+/// Returns how many regions were saved.
+pub fn save_for_restart(arena: &Arena, pager: Option<&Pager>) -> Result<usize, NodeError> {
+    let Some(bulk) = arena.bulk() else {
+        return Ok(0);
+    };
+    // No pass may bring a segment back in while the regions are saved.
+    let _moving = pager.map(|pager| pager.moving.lock());
+    let mut buffer = AlignedBuf::new(arena.segment_bytes())?;
+    let mut saved = Vec::new();
+    'regions: for region in arena.regions() {
+        let Some(mark) = region.last_checkpoint() else {
+            continue;
+        };
+        if region.state() != pagoda_wire::RegionState::Active
+            || mark.number != region.durable_checkpoint()
+            || region.dirty_count(mark.start_seq) > 0
+        {
+            continue;
+        }
+        for usage in region.segment_usage(false) {
+            if usage.resident && !region.page_out(usage.number, &mut buffer)? {
+                // Pinned or changing: not a stopped region after all.
+                continue 'regions;
+            }
+        }
+        if region
+            .segment_usage(false)
+            .iter()
+            .any(|usage| usage.resident)
+        {
+            continue;
+        }
+        let info = region.info();
+        saved.push(crate::bulk::SavedRegion {
+            uid: region.uid(),
+            checkpoint: mark.number,
+            size: info.size,
+            page_size: info.page_size,
+            segments: region.paged_out_segments(),
+        });
+    }
+    bulk.save_index(&saved)?;
+    Ok(saved.len())
 }

@@ -429,3 +429,102 @@ fn full_tiers_refuse_writes_and_the_node_keeps_serving() {
     assert_region(&client, &info, &model, "after a rewrite");
     assert!(client.node_stat().unwrap().bulk_used_bytes <= 6 * MIB);
 }
+
+/// Every data object of region `name` under `storage`, with one byte past
+/// its header flipped: a baseline load of it would fail its checksums.
+fn damage_data_objects(storage: &Path, name: &str) -> usize {
+    let dir = storage.join("regions").join(name).join("data");
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() - 1;
+        bytes[at] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        damaged += 1;
+    }
+    damaged
+}
+
+// Guards the restart from the bulk tier: a graceful stop leaves the regions
+// in the bulk tier with an index, and the next start serves them at once
+// from there (shown by damaging the baseline in storage, which a reload
+// would have refused) and loads them into RAM in the background; a damaged
+// index is ignored (the regions reload from storage), and the index is
+// consumed by the start, so it never describes a later state.
+#[test]
+fn a_graceful_restart_serves_from_the_bulk_tier() {
+    const PAGES: u64 = 12 * SEGMENT_PAGES; // 24 MiB: three times the RAM
+    let root = tempfile::tempdir().unwrap();
+    let storage = root.path().join("storage");
+    let start = || {
+        let mut config = config(root.path(), 8 * MIB, 128 * MIB);
+        config.storage = Some(StorageConfig::Dir(storage.clone()));
+        Node::start(config).unwrap()
+    };
+    let index = root
+        .path()
+        .join("bulk")
+        .join(pagoda_node::bulk::INDEX_FILE_NAME);
+    let node = start();
+    let client = connect(node.local_addr());
+    let info = client
+        .create_region("g", PAGES * PAGE as u64, PAGE as u32)
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let mut model = vec![Content::Zero; PAGES as usize];
+    for chunk in (0..PAGES).collect::<Vec<_>>().chunks(128) {
+        let contents: Vec<Content> = chunk
+            .iter()
+            .map(|&page| Content::random(&mut rng, page, 1))
+            .collect();
+        write(&client, &info, chunk, &contents);
+        for (&page, &content) in chunk.iter().zip(&contents) {
+            model[page as usize] = content;
+        }
+    }
+    drop(client);
+    drop(node);
+    assert!(index.exists(), "a graceful stop saves the index");
+
+    // A damaged index: ignored, the region reloads from storage.
+    let mut bytes = std::fs::read(&index).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(&index, bytes).unwrap();
+    let node = start();
+    assert!(!index.exists(), "the start consumes the index");
+    let client = connect(node.local_addr());
+    assert_region(&client, &info, &model, "reloaded from storage");
+    drop(client);
+    drop(node);
+
+    // An intact index, and a baseline a reload could not use.
+    assert!(damage_data_objects(&storage, "g") > 0);
+    let started = std::time::Instant::now();
+    let node = start();
+    let client = connect(node.local_addr());
+    let mut first = vec![0u8; PAGE];
+    client
+        .raw()
+        .read_pages(&info, &[PAGES - 1], &mut first)
+        .unwrap();
+    let first_read = started.elapsed();
+    assert_eq!(first, model[PAGES as usize - 1].bytes());
+    let stat = client.stat_region("g").unwrap();
+    assert_eq!(stat.state.name(), "active", "{stat:?}");
+    assert!(stat.segments_paged_out > 0, "{stat:?}");
+    assert_region(&client, &info, &model, "restored from the bulk tier");
+    eventually("the background load fills RAM", || {
+        client.node_stat().unwrap().used_bytes >= 6 * MIB
+    });
+    println!("restart to first read: {first_read:?}");
+    // Written after the restart: the next graceful stop checkpoints it (new
+    // objects), and the start after serves it.
+    write(&client, &info, &[3], &[Content::Own(3, 9)]);
+    model[3] = Content::Own(3, 9);
+    drop(client);
+    drop(node);
+    let node = start();
+    let client = connect(node.local_addr());
+    assert_region(&client, &info, &model, "after a write and another restart");
+}

@@ -215,7 +215,7 @@ fn misses(flags: &Flags, root: &Path) -> (Percentiles, Percentiles) {
     let dir = root.join("misses");
     let _ = std::fs::remove_dir_all(&dir);
     let region_bytes = 256 * MIB;
-    let store = BulkStore::open(&BulkConfig {
+    let (store, _) = BulkStore::open(&BulkConfig {
         dir: dir.join("bulk"),
         capacity_bytes: region_bytes * 2,
     })
