@@ -11,6 +11,12 @@
 //!    in process (`Region::read_pages`, no network), against a raw direct
 //!    (`O_DIRECT`) 4 KiB `pread` of a file on the same disk, alternating.
 //! 3. **Space**: regions of zero pages and of identical contents paged out.
+//! 4. **Restart**: a region checkpointed in a storage directory, the node
+//!    stopped gracefully and started again; the time from the start call to
+//!    the first read served and to every segment in RAM, when the start
+//!    finds the bulk tier's index (served at once, loaded in the background)
+//!    against when it does not (the eager reload from the checkpoint), the
+//!    two alternating.
 //!
 //! `cargo run --release -p pagoda-bench --bin bulk [-- --region-mib N --seconds S --rounds N --dir DIR --json]`
 
@@ -33,6 +39,7 @@ use rand_distr::Distribution;
 
 const USAGE: &str = "usage: bulk [--region-mib N (1024)] [--seconds S (10)] [--rounds N (3)] \
                      [--threads N (2)] [--write-percent P (10)] [--misses N (2000)] \
+                     [--restart-mib N (1024)] [--only restart] \
                      [--dir DIR (/work/bulk-bench)] [--json]";
 const PAGE: usize = 4096;
 const MIB: u64 = 1 << 20;
@@ -363,6 +370,95 @@ fn space(root: &Path) -> Vec<(String, u64, u64, u64)> {
     rows
 }
 
+/// Milliseconds from `Node::start` to the first read served, and to the
+/// region wholly in RAM, restarting from the bulk tier's index or without
+/// it, alternating round by round.
+fn restarts(flags: &Flags, root: &Path) -> Vec<(String, f64, f64)> {
+    let size = flags.number("restart-mib", 1024u64) * MIB;
+    let rounds = flags.number("rounds", 3usize);
+    let dir = root.join("restart");
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = || {
+        let mut config = NodeConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            size + 64 * MIB,
+            dir.join("data"),
+        );
+        config.storage = Some(pagoda_node::StorageConfig::Dir(dir.join("storage")));
+        config.checkpoint_interval = None;
+        config.bulk = Some(BulkConfig {
+            dir: dir.join("bulk"),
+            capacity_bytes: size + size / 2,
+        });
+        config
+    };
+    let pages = size / PAGE as u64;
+    {
+        let node = Node::start(config()).expect("node");
+        let client = Client::connect(node.local_addr(), options()).expect("connect");
+        let info = client
+            .create_region("r", size, PAGE as u32)
+            .expect("create");
+        report::progress(&format!("restart: filling {} MiB", size / MIB));
+        fill(&client, &info, pages);
+        report::progress("restart: the first graceful stop (checkpoint, then the bulk index)");
+    }
+    let index = dir.join("bulk").join(pagoda_node::bulk::INDEX_FILE_NAME);
+    let (mut lazy, mut eager) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    for round in 0..rounds {
+        for from_bulk in [true, false] {
+            if !from_bulk {
+                let _ = std::fs::remove_file(&index);
+            }
+            assert_eq!(index.exists(), from_bulk, "round {round}: the index");
+            let began = Instant::now();
+            let node = Node::start(config()).expect("node restarts");
+            let client = Client::connect(node.local_addr(), options()).expect("connect");
+            let info = client.stat_region("r").expect("stat").info;
+            let mut page = vec![0u8; PAGE];
+            client
+                .raw()
+                .read_pages(&info, &[pages - 1], &mut page)
+                .expect("first read");
+            let first = began.elapsed().as_secs_f64() * 1000.0;
+            assert!(page == page_bytes(pages - 1), "the first read is right");
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while client.stat_region("r").expect("stat").segments_paged_out > 0 {
+                assert!(Instant::now() < deadline, "the background load never ends");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let loaded = began.elapsed().as_secs_f64() * 1000.0;
+            report::progress(&format!(
+                "restart round {} {}: first read {first:.0} ms, loaded {loaded:.0} ms",
+                round + 1,
+                if from_bulk {
+                    "from the bulk tier"
+                } else {
+                    "eager reload"
+                }
+            ));
+            let (firsts, loads) = if from_bulk { &mut lazy } else { &mut eager };
+            firsts.push(first);
+            loads.push(loaded);
+            drop(client);
+            drop(node);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    vec![
+        (
+            format!("from the bulk tier's index ({} MiB)", size / MIB),
+            median(&mut lazy.0),
+            median(&mut lazy.1),
+        ),
+        (
+            format!("eager reload from the checkpoint ({} MiB)", size / MIB),
+            median(&mut eager.0),
+            median(&mut eager.1),
+        ),
+    ]
+}
+
 fn main() {
     let flags = Flags::parse(
         &["json"],
@@ -374,6 +470,8 @@ fn main() {
             "misses",
             "dir",
             "write-percent",
+            "restart-mib",
+            "only",
         ],
         USAGE,
     );
@@ -381,6 +479,37 @@ fn main() {
     std::fs::create_dir_all(&root).expect("bench dir");
     let mut markdown = String::new();
 
+    // `--only restart`: the restart alone (it needs the most time and disk).
+    let only_restart = flags.values_get("only") == Some("restart");
+    let mut document = serde_json::Map::new();
+    {
+        report::progress("restart");
+        let rows = restarts(&flags, &root);
+        let mut table = Table::new(&["restart", "first read served, ms", "all in RAM, ms"]);
+        for (label, first, loaded) in &rows {
+            table.row(vec![
+                label.clone(),
+                format!("{first:.0}"),
+                format!("{loaded:.0}"),
+            ]);
+        }
+        markdown.push_str(&table.markdown());
+        markdown.push('\n');
+        document.insert(
+            "restart".into(),
+            rows.iter()
+                .map(|(label, first, loaded)| serde_json::json!({"restart": label, "first_read_ms": first, "loaded_ms": loaded}))
+                .collect(),
+        );
+    }
+    if only_restart {
+        report::emit(
+            flags.switch("json"),
+            &serde_json::Value::Object(document),
+            &markdown,
+        );
+        return;
+    }
     report::progress("bulk-tier misses against raw direct reads");
     let (tier, direct) = misses(&flags, &root);
     let mut table = Table::new(&["read", "samples", "p50 µs", "p99 µs", "mean µs"]);
@@ -429,12 +558,25 @@ fn main() {
     zipf_matrix(&flags, &root, &mut table, &mut zipf);
     markdown.push_str(&table.markdown());
 
-    let document = serde_json::json!({
-        "misses": {"bulk": tier, "raw_direct": direct},
-        "space": rows.iter().map(|(label, written, used, ram)| serde_json::json!({
-            "data": label, "paged_out_bytes": written, "bulk_used_bytes": used, "ram_used_bytes": ram
-        })).collect::<Vec<_>>(),
-        "zipf": zipf,
-    });
-    report::emit(flags.switch("json"), &document, &markdown);
+    document.insert(
+        "misses".into(),
+        serde_json::json!({"bulk": tier, "raw_direct": direct}),
+    );
+    document.insert(
+        "space".into(),
+        rows.iter()
+            .map(|(label, written, used, ram)| {
+                serde_json::json!({
+                    "data": label, "paged_out_bytes": written, "bulk_used_bytes": used,
+                    "ram_used_bytes": ram
+                })
+            })
+            .collect(),
+    );
+    document.insert("zipf".into(), zipf.into());
+    report::emit(
+        flags.switch("json"),
+        &serde_json::Value::Object(document),
+        &markdown,
+    );
 }
