@@ -50,6 +50,10 @@ const PROMOTE_MIN: u32 = 8;
 /// must be: exchanges between segments of about the same warmth would only
 /// move bytes.
 const EXCHANGE_FACTOR: u32 = 4;
+/// Segments a step of the restart's load brings in, and the threads it
+/// uses.
+const LOAD_BATCH: usize = 64;
+const LOAD_THREADS: usize = 4;
 /// Rankings a reclaim tries before it reports that nothing can go.
 const RANKS_PER_RECLAIM: usize = 4;
 
@@ -135,21 +139,39 @@ impl Pager {
     /// when none is left or RAM is at the low watermark.
     fn load_some(&self) {
         let low = low_watermark(self.arena.segments());
-        let mut moved = 0;
-        for (region, number, _) in self.rank(false) {
-            if self.arena.used_segments() >= low || moved == 16 {
-                break;
+        let room = low.saturating_sub(self.arena.used_segments()) as usize;
+        let batch: Vec<(Arc<Region>, usize, u32)> = self
+            .rank(false)
+            .into_iter()
+            .take(room.min(LOAD_BATCH))
+            .collect();
+        // A few at once: the disk serves several reads in parallel.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let moved = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..LOAD_THREADS.min(batch.len()) {
+                scope.spawn(|| {
+                    while let Some((region, number, _)) =
+                        batch.get(next.fetch_add(1, Ordering::Relaxed))
+                    {
+                        if self.arena.used_segments() >= low {
+                            return;
+                        }
+                        match region.page_in(*number) {
+                            Ok(true) => {
+                                moved.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(false) => {}
+                            Err(error) => {
+                                tracing::warn!(%error, region = region.info().name, "loading a segment failed");
+                                return;
+                            }
+                        }
+                    }
+                });
             }
-            match region.page_in(number) {
-                Ok(true) => moved += 1,
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::warn!(%error, region = region.info().name, "loading a segment failed");
-                    break;
-                }
-            }
-        }
-        if moved == 0 {
+        });
+        if moved.into_inner() == 0 {
             self.loading.store(false, Ordering::Release);
             tracing::info!("regions restored from the bulk tier are loaded");
         }

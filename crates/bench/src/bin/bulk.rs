@@ -381,7 +381,8 @@ fn restarts(flags: &Flags, root: &Path) -> Vec<(String, f64, f64)> {
     let config = || {
         let mut config = NodeConfig::new(
             "127.0.0.1:0".parse().unwrap(),
-            size + 64 * MIB,
+            // The pager loads up to 15/16 of RAM: room for all of it.
+            size / 16 * 17 + 64 * MIB,
             dir.join("data"),
         );
         config.storage = Some(pagoda_node::StorageConfig::Dir(dir.join("storage")));
