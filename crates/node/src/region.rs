@@ -33,10 +33,14 @@
 //! stay in the entry whatever the tier, so checkpoints, replication and
 //! recovery see the same dirty pages. Reads of a paged-out segment are
 //! served from the bulk tier under the entry's shared lock (which blocks no
-//! other segment, and no reader of this one); anything that changes a
-//! segment's bytes first pages it back in ([`Region::allocate`]), and holds
-//! a *pin* on it for the rest of its batch, so the pager cannot page it out
-//! between the check and the write. The pager (`tiering`) pages out only
+//! other segment, and no reader of this one). Whole pages written to a
+//! paged-out segment go to the bulk tier in place: stored as new blocks
+//! first (the one step that can fail), then swapped in under the entry's
+//! exclusive lock. Byte-range writes page the segment back in
+//! ([`Region::allocate`]). A write into a resident segment holds a *pin* on
+//! it for the rest of its batch, so the pager cannot page it out between the
+//! check and the write; a segment paged back in keeps its blocks as a clean
+//! copy until its first change. The pager (`tiering`) pages out only
 //! segments without pins, copying the bytes under the shared lock and
 //! writing them to the bulk tier under no lock at all; it commits the move
 //! only if the segment did not change meanwhile (`changes`).

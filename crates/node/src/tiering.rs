@@ -17,8 +17,8 @@
 //! low watermark, or in exchange for a resident segment that is markedly
 //! colder (its warmth below a quarter of the paged-out one's), at most
 //! [`EXCHANGES_PER_PASS`] per pass so a shifting workload cannot keep the
-//! disk busy with moves alone. Writes page a segment in at once (see
-//! `region`).
+//! disk busy with moves alone. Byte-range writes page a segment in at once;
+//! whole-page writes go to the bulk tier in place (see `region`).
 //!
 //! **Restart.** A graceful stop with a bulk tier pages every region whose
 //! pages are exactly its last checkpoint out to the bulk tier and saves the
