@@ -131,14 +131,33 @@ fn kill_9_while_paging_keeps_the_checkpoint_exactly() {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let segment = rng.gen_range(0..PAGES / 512);
+                    // A hot pair of segments that moves on every 40
+                    // steps: the pager brings each new pair in (they are
+                    // paged out, written in place, and warm) in exchange
+                    // for the pair gone cold.
+                    let segment = ((step / 40) as u64 * 2 + rng.gen_range(0..2)) % (PAGES / 512);
                     let pages: Vec<u64> = (0..8)
                         .map(|_| segment * 512 + rng.gen_range(0..512))
                         .collect::<BTreeSet<_>>()
                         .into_iter()
                         .collect();
                     let this = version + step % 7;
-                    if !write(&client, &info, &pages, this) {
+                    let data: Vec<u8> = pages.iter().flat_map(|&p| bytes(p, this)).collect();
+                    let began = Instant::now();
+                    let written = loop {
+                        match client.raw().write_pages(&info, &pages, &data) {
+                            // The previous client's writer role lasts until
+                            // the node sees it gone.
+                            Err(error)
+                                if error.code() == Some(pagoda::ErrorCode::WriterBusy)
+                                    && began.elapsed() < Duration::from_secs(10) =>
+                            {
+                                std::thread::sleep(Duration::from_millis(20))
+                            }
+                            result => break result.is_ok(),
+                        }
+                    };
+                    if !written {
                         break;
                     }
                     acknowledged.fetch_add(1, Ordering::Relaxed);
@@ -158,15 +177,18 @@ fn kill_9_while_paging_keeps_the_checkpoint_exactly() {
                 }
             })
         };
-        // Once pages are moving (each write to a paged-out segment brings it
-        // in and sends another out), at a random moment.
+        // Once segments are moving both ways, at a random moment.
         let started = Instant::now();
-        while acknowledged.load(Ordering::Relaxed) < 3 && !writer.is_finished() {
+        let moving = || {
+            let stat = run_json(&["node", "stat", "--json"], &addr);
+            stat["segments_paged_in"].as_u64().unwrap() > 0
+        };
+        while (acknowledged.load(Ordering::Relaxed) < 3 || !moving()) && !writer.is_finished() {
             assert!(
                 started.elapsed() < Duration::from_secs(60),
-                "the writer is stuck"
+                "no segment came back in within a minute"
             );
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_millis(rng.gen_range(0..1000)));
         let stat = run_json(&["node", "stat", "--json"], &addr);
