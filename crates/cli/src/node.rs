@@ -85,6 +85,12 @@ pub struct NodeSettings {
     #[arg(long, env = "PAGODA_NODE_BULK_CAPACITY", value_name = "SIZE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     bulk_capacity: Option<Size>,
+    /// Threads that read bulk-tier pages into replies while connections go
+    /// on with their next requests, 1 to 256; 0 reads them on each
+    /// connection's own thread (later requests on it then wait). Default 8.
+    #[arg(long, env = "PAGODA_NODE_BULK_READ_THREADS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bulk_read_threads: Option<usize>,
     /// Where the node keeps its region metadata; created if missing.
     /// Required.
     #[arg(long, env = "PAGODA_NODE_DATA_DIR", value_name = "DIR")]
@@ -382,6 +388,7 @@ impl NodeSettings {
             replication_lag_bytes: Some(Size(defaults::REPLICATION_LAG_BYTES_DEFAULT as u64)),
             metrics_allow_remote: Some(false),
             lease_ms: Some(defaults::LEASE_MS_DEFAULT),
+            bulk_read_threads: Some(pagoda_node::bulk::READ_THREADS),
             replace_replica_after_ms: Some(defaults::REPLACE_REPLICA_AFTER_MS_DEFAULT),
             ..NodeSettings::default()
         }
@@ -551,6 +558,14 @@ impl NodeSettings {
                 );
             }
         };
+        config.bulk_read_threads = given(&self.bulk_read_threads);
+        if config.bulk_read_threads > pagoda_node::bulk::READ_THREADS_MAX {
+            return Err(format!(
+                "--bulk-read-threads {} is more than {}",
+                config.bulk_read_threads,
+                pagoda_node::bulk::READ_THREADS_MAX
+            ));
+        }
         config.local_socket = match self.local_socket.as_deref() {
             None => pagoda_node::config::LocalSocket::InDataDir,
             Some("off") => pagoda_node::config::LocalSocket::Off,
@@ -884,6 +899,7 @@ mod tests {
             capacity: Some(Size(3 << 30)),
             bulk_dir: Some(PathBuf::from("/ssd/pagoda")),
             bulk_capacity: Some(Size(64 << 30)),
+            bulk_read_threads: Some(9),
             data_dir: Some(PathBuf::from("/var/lib/pagoda")),
             token_file: Some(PathBuf::from("/etc/pagoda/token")),
             writer_lease: Some(61),
@@ -1054,6 +1070,20 @@ mod tests {
             config(&capacity_only)
                 .unwrap_err()
                 .contains("--bulk-capacity needs --bulk-dir")
+        );
+        assert_eq!(
+            config(&base).unwrap().bulk_read_threads,
+            pagoda_node::bulk::READ_THREADS
+        );
+        let threads = |count| NodeSettings {
+            bulk_read_threads: Some(count),
+            ..base.clone()
+        };
+        assert_eq!(config(&threads(0)).unwrap().bulk_read_threads, 0);
+        assert!(
+            config(&threads(257))
+                .unwrap_err()
+                .contains("--bulk-read-threads 257 is more than 256")
         );
     }
 

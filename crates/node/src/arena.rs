@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use parking_lot::Mutex;
 
 use crate::bulk::BulkStore;
+use crate::bulk_reads::ReadPool;
 use crate::error::NodeError;
 use crate::region::Region;
 
@@ -35,6 +36,8 @@ pub struct Arena {
     segments: u64,
     used: AtomicU64,
     bulk: Option<BulkStore>,
+    /// Reads the bulk tier for connections (see `bulk_reads`).
+    reads: Option<ReadPool>,
     reclaimer: OnceLock<Reclaimer>,
     /// Every region whose segments the arena counts, for the pager.
     regions: Mutex<Vec<Weak<Region>>>,
@@ -86,6 +89,7 @@ impl Arena {
             segments,
             used: AtomicU64::new(0),
             bulk: None,
+            reads: None,
             reclaimer: OnceLock::new(),
             regions: Mutex::new(Vec::new()),
             paged_out: AtomicU64::new(0),
@@ -93,10 +97,18 @@ impl Arena {
         })
     }
 
-    /// The arena with a bulk tier behind it.
-    pub fn with_bulk(mut self, bulk: BulkStore) -> Arena {
+    /// The arena with a bulk tier behind it, and `read_threads` threads to
+    /// read it for connections (0: they read it themselves).
+    pub fn with_bulk(mut self, bulk: BulkStore, read_threads: usize) -> Arena {
         self.bulk = Some(bulk);
+        self.reads = ReadPool::start(read_threads);
         self
+    }
+
+    /// The threads that read the bulk tier for connections, if the node has
+    /// a bulk tier (and they could start).
+    pub(crate) fn reads(&self) -> Option<&ReadPool> {
+        self.reads.as_ref()
     }
 
     /// The bulk tier, if the node has one.

@@ -45,6 +45,7 @@
 //! paged out to it (the node then reports out of memory when RAM is full),
 //! and the segment whose write failed stays in RAM, so nothing is lost.
 
+pub use crate::bulk_reads::{READ_THREADS, READ_THREADS_MAX};
 use std::alloc::Layout;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -629,6 +630,22 @@ impl BulkStore {
                 index.free.push(block);
                 self.used_blocks.fetch_sub(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Takes one more reference on each block of `refs`, which the caller
+    /// holds already (a read that goes on after the segment's lock is given
+    /// up keeps its blocks this way); given back with
+    /// [`BulkStore::release`]. Not counted as paged out.
+    pub fn retain(&self, refs: &[BlockRef]) {
+        let mut index = self.index.lock();
+        for &block in refs {
+            if block == ZERO_BLOCK {
+                continue;
+            }
+            let meta = &mut index.meta[block as usize];
+            assert!(meta.refs > 0, "block {block} retained without a reference");
+            meta.refs += 1;
         }
     }
 

@@ -19,6 +19,10 @@ pub struct NodeConfig {
     /// The bulk tier on SSD behind RAM, if any: cold segments go there when
     /// RAM runs short (see `bulk`).
     pub bulk: Option<crate::bulk::BulkConfig>,
+    /// Threads that read bulk-tier pages into replies while the connections
+    /// go on with their next requests; 0 reads them on the connection's
+    /// thread (see `bulk_reads`).
+    pub bulk_read_threads: usize,
     /// The shared token clients must present; required on non-loopback
     /// addresses.
     pub token: Option<Vec<u8>>,
@@ -131,6 +135,8 @@ impl std::fmt::Debug for NodeConfig {
             .field("listen", &self.listen)
             .field("capacity_bytes", &self.capacity_bytes)
             .field("data_dir", &self.data_dir)
+            .field("bulk", &self.bulk)
+            .field("bulk_read_threads", &self.bulk_read_threads)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("spin", &self.spin)
             .field("connections_max", &self.connections_max)
@@ -199,6 +205,7 @@ impl NodeConfig {
             lease: Duration::from_millis(LEASE_MS_DEFAULT),
             replace_replica_after: Duration::from_millis(REPLACE_REPLICA_AFTER_MS_DEFAULT),
             local_socket: LocalSocket::InDataDir,
+            bulk_read_threads: crate::bulk_reads::READ_THREADS,
         }
     }
 }

@@ -63,6 +63,7 @@ use pagoda_wire::{ErrorCode, Opcode, Request, Response, WireError};
 use parking_lot::{Condvar, Mutex};
 
 use crate::access::{Outcome, Session};
+use crate::bulk_reads::{Completions, IN_FLIGHT_MAX, PendingRead};
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::node::{ACCEPT_POLL_MS, ConnectionEntry, Shared};
@@ -407,6 +408,13 @@ impl SpinRead for Socket {
             Socket::Tcp(stream) => stream.set_read_timeout(timeout),
             Socket::Unix(stream) => stream.set_read_timeout(timeout),
         }
+    }
+
+    fn readiness_fd(&self) -> Option<RawFd> {
+        Some(match self {
+            Socket::Tcp(stream) => stream.as_raw_fd(),
+            Socket::Unix(stream) => stream.as_raw_fd(),
+        })
     }
 }
 
@@ -815,6 +823,22 @@ impl Out<'_, '_> {
         written
     }
 
+    /// Writes one whole reply frame built elsewhere, after what is buffered
+    /// (a failure is latched in `failed`, as for every write).
+    fn send_frame(&mut self, frame: &[u8]) {
+        if self.failed.is_some() || self.flush().is_err() {
+            return;
+        }
+        let deadline = Instant::now() + self.frame_timeout;
+        let written = self.writer.write_reply(frame, deadline);
+        if let Some(metrics) = self.metrics {
+            metrics.sent(frame.len());
+        }
+        if let Err(error) = written {
+            self.failed = Some(error);
+        }
+    }
+
     /// Makes room for a reply of up to `bytes`: writes what is buffered if
     /// it would not fit, and borrows from the budget if the reply alone is
     /// larger than the buffer. `Err` carries the reason to reply `Busy`.
@@ -1071,6 +1095,7 @@ fn serve_stream<R: SpinRead>(
     let mut authenticated = false;
     let mut session = Session::new(shared);
     let mut deferred = Vec::new();
+    let mut fetches = Fetches::default();
     // Whether a primary fed replicas over this connection; its end is
     // recorded for them (see `replication::connection_closed`).
     let replicated = std::cell::Cell::new(false);
@@ -1080,6 +1105,16 @@ fn serve_stream<R: SpinRead>(
         replicated: &replicated,
     };
     loop {
+        // Replies whose pages are being read from the bulk tier go out as
+        // they come in, also while the connection waits for its next request.
+        if fetches.in_flight > 0
+            && let Err(error) = fetches.wait_for_request(shared, &mut reader, &mut out)
+        {
+            return fail(shared, id, authenticated, &mut out, error);
+        }
+        if out.failed.is_some() {
+            return Err(out.failed.take().unwrap().into());
+        }
         // While the connection holds borrowed memory, a wait for the next
         // request longer than the idle time (after the usual spin) gives it
         // back; a busy connection keeps it and pays nothing for the check.
@@ -1122,7 +1157,7 @@ fn serve_stream<R: SpinRead>(
             Err(WireError::Idle { .. }) => {
                 out.shrink();
                 let capacity = reader.shrink_to(read_base);
-                let keep = out.leased + capacity.saturating_sub(read_base);
+                let keep = out.leased + capacity.saturating_sub(read_base) + fetches.bytes;
                 out.lease.shrink_to(keep.min(out.lease.bytes));
                 continue;
             }
@@ -1149,9 +1184,11 @@ fn serve_stream<R: SpinRead>(
             frame.header.epoch,
             id,
             &mut deferred,
+            &mut fetches.started,
             &mut session,
             &mut out,
         );
+        fetches.submit(shared, &mut out);
         if let (Some(metrics), Some(began)) = (&shared.metrics, began) {
             metrics.request(opcode, frame_bytes, began.elapsed());
         }
@@ -1186,7 +1223,146 @@ fn serve_stream<R: SpinRead>(
             out.flush()?;
         }
         if after == After::Close {
+            fetches.finish(shared, &mut out);
+            let _ = out.flush();
             return Ok(());
+        }
+    }
+}
+
+/// A connection's replies whose bulk-tier pages are being read by the
+/// node's pool (see `bulk_reads`).
+#[derive(Default)]
+struct Fetches {
+    /// Made by the request just served, to hand to the pool.
+    started: Vec<PendingRead>,
+    /// Where the pool puts them back; made at the first.
+    completions: Option<Arc<Completions>>,
+    /// Replies in the pool.
+    in_flight: usize,
+    /// Their bytes, borrowed from the connections' memory budget.
+    bytes: usize,
+}
+
+/// The longest a connection with replies in the pool sleeps before it looks
+/// again (it is woken by either event; this only bounds a missed wake-up).
+const FETCH_WAIT_MS: i32 = 100;
+
+impl Fetches {
+    /// Hands the replies the last request made to the pool; each one that
+    /// cannot go (no pool, a full queue, no memory to borrow for it) is read
+    /// here and now.
+    fn submit(&mut self, shared: &Shared, out: &mut Out<'_, '_>) {
+        for read in std::mem::take(&mut self.started) {
+            let read = match self.try_submit(shared, read, out) {
+                Ok(()) => continue,
+                Err(read) => read,
+            };
+            let done = read.complete();
+            self.send(shared, done, out);
+        }
+    }
+
+    fn try_submit(
+        &mut self,
+        shared: &Shared,
+        read: PendingRead,
+        out: &mut Out<'_, '_>,
+    ) -> Result<(), PendingRead> {
+        let Some(pool) = shared.arena.reads() else {
+            return Err(read);
+        };
+        if self.completions.is_none() {
+            match Completions::new() {
+                Ok(completions) => self.completions = Some(completions),
+                Err(error) => {
+                    tracing::warn!(%error, "no event for bulk-tier reads; reading in place");
+                    return Err(read);
+                }
+            }
+        }
+        while self.in_flight >= IN_FLIGHT_MAX {
+            self.wait(None, out, shared);
+        }
+        let bytes = read.frame.len();
+        if !out.lease.take(bytes, Duration::ZERO) {
+            return Err(read);
+        }
+        let completions = self.completions.as_ref().expect("made above");
+        match pool.submit(read, completions) {
+            Ok(()) => {
+                self.in_flight += 1;
+                self.bytes += bytes;
+                Ok(())
+            }
+            Err(read) => {
+                out.lease.shrink_to(out.lease.bytes - bytes);
+                Err(read)
+            }
+        }
+    }
+
+    /// Sends the replies read in so far.
+    fn deliver(&mut self, shared: &Shared, out: &mut Out<'_, '_>) {
+        let Some(completions) = &self.completions else {
+            return;
+        };
+        for done in completions.take() {
+            self.in_flight -= 1;
+            self.bytes -= done.bytes;
+            out.lease.shrink_to(out.lease.bytes - done.bytes);
+            self.send(shared, done, out);
+        }
+    }
+
+    fn send(&self, shared: &Shared, done: crate::bulk_reads::Done, out: &mut Out<'_, '_>) {
+        match done.result {
+            Ok(frame) => out.send_frame(&frame),
+            Err(error) => {
+                error_reply(
+                    shared,
+                    out,
+                    done.request_id,
+                    error.code(),
+                    &error.to_string(),
+                );
+            }
+        }
+    }
+
+    /// Sleeps until a reply is read in (or `stream` is readable), then sends
+    /// what came in.
+    fn wait(&mut self, stream: Option<RawFd>, out: &mut Out<'_, '_>, shared: &Shared) {
+        if let Some(completions) = &self.completions {
+            completions.wait(stream, FETCH_WAIT_MS);
+        }
+        self.deliver(shared, out);
+    }
+
+    /// Sends replies as they are read in until the next request begins to
+    /// arrive (or the stream ends) or none is left in the pool.
+    fn wait_for_request<R: SpinRead>(
+        &mut self,
+        shared: &Shared,
+        reader: &mut FrameReader<R>,
+        out: &mut Out<'_, '_>,
+    ) -> Result<(), WireError> {
+        self.deliver(shared, out);
+        while self.in_flight > 0 && reader.buffered() == 0 && out.failed.is_none() {
+            out.flush()?;
+            if reader.try_fill()? {
+                break;
+            }
+            self.wait(reader.get_ref().readiness_fd(), out, shared);
+        }
+        Ok(())
+    }
+
+    /// Waits for every reply in the pool and sends it (the connection is
+    /// closing after a request that asked for it).
+    fn finish(&mut self, shared: &Shared, out: &mut Out<'_, '_>) {
+        while self.in_flight > 0 && out.failed.is_none() {
+            self.wait(None, out, shared);
         }
     }
 }
@@ -1248,6 +1424,7 @@ fn handle(
     epoch: u64,
     connection: u64,
     deferred: &mut Vec<Deferred>,
+    fetches: &mut Vec<PendingRead>,
     session: &mut Session,
     out: &mut Out<'_, '_>,
 ) -> After {
@@ -1287,6 +1464,7 @@ fn handle(
         payload,
         connection,
         deferred,
+        fetches,
     };
     let served = serve_request(shared, request, request_id, &mut ctx, out);
     if let Err(error) = served {

@@ -20,6 +20,7 @@
 pub mod access;
 pub mod arena;
 pub mod bulk;
+mod bulk_reads;
 pub mod catalog;
 pub mod checkpoint;
 mod checkpointing;

@@ -217,7 +217,7 @@ impl Node {
                 direct_io = store.direct(),
                 "bulk tier ready"
             );
-            arena = arena.with_bulk(store);
+            arena = arena.with_bulk(store, config.bulk_read_threads);
         }
         let arena = Arc::new(arena);
         // Before the regions load: a baseline larger than RAM pages out as

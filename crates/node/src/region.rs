@@ -90,6 +90,55 @@ pub fn validate_shape(size: u64, page_size: u32) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// Pages of a read left to fetch from the bulk tier (see
+/// [`Region::read_pages_deferred`]): where each goes in the reply, and its
+/// blocks, referenced until the fetch is dropped.
+#[must_use = "the pages are zeros in the reply until fetched"]
+pub struct BulkFetch {
+    arena: Arc<Arena>,
+    page_size: usize,
+    /// Per page: its offset in the reply's payload, and its blocks.
+    pages: Vec<(usize, Box<[BlockRef]>)>,
+}
+
+impl BulkFetch {
+    /// Pages to fetch.
+    pub fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Whether there is nothing to fetch.
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    /// Reads every page into its place in `payload` (the reply's payload as
+    /// [`Region::read_pages_deferred`] left it), checking each block's
+    /// checksum; the references go back when `self` is dropped.
+    pub fn run(&self, payload: &mut [u8]) -> Result<(), NodeError> {
+        let bulk = self
+            .arena
+            .bulk()
+            .expect("a fetch is made only of pages in the bulk tier");
+        let mut buffer = AlignedBuf::new(self.page_size)?;
+        for (offset, blocks) in &self.pages {
+            bulk.read(blocks, &mut buffer)?;
+            payload[*offset..*offset + self.page_size].copy_from_slice(&buffer);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BulkFetch {
+    fn drop(&mut self) {
+        if let Some(bulk) = self.arena.bulk() {
+            for (_, blocks) in &self.pages {
+                bulk.release(blocks);
+            }
+        }
+    }
+}
+
 /// A segment table entry.
 struct Segment {
     /// The segment's number while it holds memory (resident); `NO_SEGMENT`
@@ -620,8 +669,38 @@ impl Region {
     }
 
     /// Appends the named pages to `out`, in order. Checks every page first, so
-    /// a request with a bad page appends nothing.
+    /// a request with a bad page appends nothing. Pages in the bulk tier are
+    /// read here, in the caller's thread.
     pub fn read_pages(&self, pages: PageList<'_>, out: &mut Vec<u8>) -> Result<(), NodeError> {
+        self.read_pages_with(pages, out, None)
+    }
+
+    /// Like [`Region::read_pages`], but pages in the bulk tier are left as
+    /// zeros in `out` and returned as a [`BulkFetch`] (`None` when there are
+    /// none) that reads them later, elsewhere: the caller goes on meanwhile.
+    /// The read still sees every page as it is now, since the fetch holds
+    /// references on the blocks (a later write to such a page stores new
+    /// blocks; these stay as they are until the fetch is done).
+    pub fn read_pages_deferred(
+        &self,
+        pages: PageList<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<BulkFetch>, NodeError> {
+        let mut fetch = BulkFetch {
+            arena: self.arena.clone(),
+            page_size: self.info.page_size as usize,
+            pages: Vec::new(),
+        };
+        self.read_pages_with(pages, out, Some(&mut fetch))?;
+        Ok((!fetch.pages.is_empty()).then_some(fetch))
+    }
+
+    fn read_pages_with(
+        &self,
+        pages: PageList<'_>,
+        out: &mut Vec<u8>,
+        mut defer: Option<&mut BulkFetch>,
+    ) -> Result<(), NodeError> {
         self.check_readable()?;
         self.check_in_range(pages.iter())?;
         let count = pages.len();
@@ -635,6 +714,7 @@ impl Region {
             )));
         }
         out.reserve(reply_bytes);
+        let base = out.len();
         let mut scratch = None;
         for page in pages.iter() {
             let (segment, index) = self.locate(page);
@@ -645,6 +725,15 @@ impl Region {
                 }
                 Some(segment) if segment.paged_out.is_some() => {
                     segment.touch(self.tiered);
+                    if let Some(fetch) = defer.as_deref_mut() {
+                        // Under the entry's shared lock: the blocks are the
+                        // page's now, and stay readable once retained.
+                        let blocks = self.page_blocks(&segment, index);
+                        self.bulk()?.retain(blocks);
+                        fetch.pages.push((out.len() - base, blocks.into()));
+                        out.resize(out.len() + page_size, 0);
+                        continue;
+                    }
                     let buffer = match &mut scratch {
                         Some(buffer) => buffer,
                         None => scratch.insert(AlignedBuf::new(page_size)?),
@@ -687,10 +776,14 @@ impl Region {
         index: usize,
         out: &mut [u8],
     ) -> Result<(), NodeError> {
+        self.bulk()?.read(self.page_blocks(segment, index), out)
+    }
+
+    /// The bulk-tier blocks of page `index` of a paged-out segment.
+    fn page_blocks<'a>(&self, segment: &'a Segment, index: usize) -> &'a [BlockRef] {
         let refs = segment.paged_out.as_ref().expect("a paged-out segment");
         let per_page = self.info.page_size as usize / BLOCK_BYTES;
-        self.bulk()?
-            .read(&refs[index * per_page..(index + 1) * per_page], out)
+        &refs[index * per_page..(index + 1) * per_page]
     }
 
     fn bulk(&self) -> Result<&crate::bulk::BulkStore, NodeError> {
@@ -1852,7 +1945,7 @@ mod tests {
             capacity_bytes: bulk,
         })
         .unwrap();
-        let arena = Arc::new(Arena::new(ram, 2 << 20).unwrap().with_bulk(store));
+        let arena = Arc::new(Arena::new(ram, 2 << 20).unwrap().with_bulk(store, 0));
         let info = RegionInfo {
             id: 1,
             size,

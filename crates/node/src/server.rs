@@ -37,6 +37,9 @@ pub(crate) struct Dispatch<'a> {
     pub(crate) connection: u64,
     /// Replies that wait for replicas' acknowledgements.
     pub(crate) deferred: &'a mut Vec<Deferred>,
+    /// Replies whose bulk-tier pages are read off the connection's thread
+    /// (see `bulk_reads`).
+    pub(crate) fetches: &'a mut Vec<crate::bulk_reads::PendingRead>,
 }
 
 /// A write whose reply waits until every in-sync replica has it.
@@ -386,9 +389,18 @@ pub(crate) fn serve_request(
         Request::ReadPages { region, pages } => {
             let region = catalog.by_id(region)?;
             region.check_readable()?;
+            let start = out.len();
             let mut frame = FrameBuilder::begin(out, Opcode::PagesData, request_id, 0);
-            region.read_pages(pages, frame.payload())?;
+            let fetch = region.read_pages_deferred(pages, frame.payload())?;
             frame.finish();
+            if let Some(fetch) = fetch {
+                // Pages in the bulk tier: finished off the connection's thread.
+                ctx.fetches.push(crate::bulk_reads::PendingRead {
+                    request_id,
+                    frame: out.split_off(start),
+                    fetch,
+                });
+            }
         }
         Request::WritePages {
             region,

@@ -306,6 +306,21 @@ impl<'a> FrameBuilder<'a> {
     }
 }
 
+/// Recomputes the checksum of `frame`, one whole frame built by
+/// [`FrameBuilder`] whose payload was changed in place afterwards (a server
+/// fills in pages read later) without changing its length.
+pub fn reseal(frame: &mut [u8]) {
+    assert!(frame.len() >= HEADER_BYTES, "a frame holds its header");
+    let (head, payload) = frame.split_at(HEADER_BYTES);
+    assert_eq!(
+        u32::from_le_bytes(head[8..12].try_into().unwrap()) as usize,
+        payload.len(),
+        "the frame's length is unchanged"
+    );
+    let crc = checksum(head, payload);
+    frame[CHECKSUM_OFFSET..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +340,22 @@ mod tests {
         assert_eq!(header.payload_len, 5);
         assert_eq!(header.request_id, 42);
         assert_eq!(header.epoch, 7);
+        header.verify(&header_bytes, &out[HEADER_BYTES..]).unwrap();
+    }
+
+    // A payload changed in place fails its checksum until resealed.
+    #[test]
+    fn a_resealed_frame_verifies() {
+        let mut out = Vec::new();
+        let mut builder = FrameBuilder::begin(&mut out, Opcode::PagesData, 9, 0);
+        builder.payload().extend_from_slice(&[0u8; 64]);
+        builder.finish();
+        out[HEADER_BYTES + 10] = 0xab;
+        let header_bytes: [u8; HEADER_BYTES] = out[..HEADER_BYTES].try_into().unwrap();
+        let header = FrameHeader::parse(&header_bytes).unwrap();
+        assert!(header.verify(&header_bytes, &out[HEADER_BYTES..]).is_err());
+        reseal(&mut out);
+        let header_bytes: [u8; HEADER_BYTES] = out[..HEADER_BYTES].try_into().unwrap();
         header.verify(&header_bytes, &out[HEADER_BYTES..]).unwrap();
     }
 

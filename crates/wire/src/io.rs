@@ -28,6 +28,13 @@ pub trait SpinRead: Read {
         let _ = timeout;
         Ok(())
     }
+
+    /// The file descriptor that becomes readable when more data may be
+    /// read, for a caller that waits on it together with other events
+    /// (`None`: the stream has none, and such a caller polls).
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 pub(crate) fn recv_dontwait(fd: i32, buf: &mut [u8]) -> io::Result<Option<usize>> {
@@ -53,6 +60,10 @@ impl SpinRead for TcpStream {
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         TcpStream::set_read_timeout(self, timeout)
     }
+
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.as_raw_fd())
+    }
 }
 
 impl SpinRead for std::os::unix::net::UnixStream {
@@ -62,6 +73,10 @@ impl SpinRead for std::os::unix::net::UnixStream {
 
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         std::os::unix::net::UnixStream::set_read_timeout(self, timeout)
+    }
+
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.as_raw_fd())
     }
 }
 
@@ -382,6 +397,30 @@ impl<R: SpinRead> FrameReader<R> {
                     });
                 }
                 Some(count) => self.end += count,
+            }
+        }
+    }
+
+    /// Reads what the stream has now, without waiting: `true` if bytes
+    /// arrived or the stream ended (the next read reports the end), `false`
+    /// if nothing was there. A server waiting for both the next request and
+    /// other work calls it before it sleeps on [`SpinRead::readiness_fd`].
+    pub fn try_fill(&mut self) -> Result<bool, WireError> {
+        self.drop_consumed();
+        if self.end == self.buffer.len() {
+            self.compact();
+            if self.end == self.buffer.len() {
+                // A whole buffer is waiting: no need to read more now.
+                return Ok(true);
+            }
+        }
+        let end = self.end;
+        match self.stream.read_nonblocking(&mut self.buffer[end..])? {
+            None => Ok(false),
+            Some(0) => Ok(true),
+            Some(count) => {
+                self.end += count;
+                Ok(true)
             }
         }
     }

@@ -267,6 +267,13 @@ impl SpinRead for TlsReader {
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.socket.set_read_timeout(timeout)
     }
+
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        // Decrypted bytes still held are handed out by `read_nonblocking`
+        // first (see `FrameReader::try_fill`), so waiting on the socket
+        // misses nothing.
+        Some(self.socket.as_raw_fd())
+    }
 }
 
 /// The write half: encrypts and sends.

@@ -230,7 +230,7 @@ fn misses(flags: &Flags, root: &Path) -> (Percentiles, Percentiles) {
     let arena = Arc::new(
         Arena::new(region_bytes, SEGMENT)
             .expect("arena")
-            .with_bulk(store),
+            .with_bulk(store, 0),
     );
     let info = WireInfo {
         id: 1,
