@@ -193,6 +193,7 @@ fn stat_json(stat: &RegionStat) -> serde_json::Value {
         "segments_paged_out": stat.segments_paged_out,
         "bulk_bytes": stat.bulk_bytes,
         "bulk_zero_bytes": stat.bulk_zero_bytes,
+        "segments_loading": stat.segments_loading,
     })
 }
 
@@ -474,6 +475,12 @@ pub fn run(mut args: RegionArgs, node_on_command_line: bool) -> Result<(), Strin
                 println!("pages read      {}", stat.pages_read);
                 println!("pages written   {}", stat.pages_written);
                 println!("state           {}", stat.state.name());
+                if stat.segments_loading > 0 {
+                    println!(
+                        "loading         {} segments left to load from the baseline (served on first access meanwhile)",
+                        stat.segments_loading
+                    );
+                }
                 if stat.checkpoint == 0 {
                     println!("checkpoint      none");
                 } else {

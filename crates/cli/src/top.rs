@@ -868,6 +868,7 @@ mod tests {
                 segments_paged_out: 0,
                 bulk_bytes: 0,
                 bulk_zero_bytes: 0,
+                segments_loading: 0,
             },
             role: Some(Role {
                 role: ReplicaRole::Solo,

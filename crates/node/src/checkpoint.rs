@@ -410,6 +410,13 @@ pub fn checkpoint(
         (Some(mark), Some(_)) => mark.start_seq,
         _ => 0,
     };
+    if from == 0 {
+        // A full checkpoint holds every page: a region still loading its
+        // baseline lazily loads the rest first. An incremental one need not
+        // wait: pages not loaded yet are not dirty, and its manifest keeps
+        // naming them in the previous baseline's objects.
+        region.ensure_all_loaded()?;
+    }
     // Read before the snapshot starts: every write numbered at or below it
     // has been applied, so the snapshot holds it.
     let lsn = region.log().applied();
@@ -688,6 +695,18 @@ pub fn without_pages(manifest: &Manifest, pages: &[u64]) -> Manifest {
     }
 }
 
+/// Checks that the baseline `manifest` describes has `region`'s shape.
+pub fn check_fits(region: &Region, manifest: &Manifest) -> Result<(), NodeError> {
+    let info = region.info();
+    if manifest.size != info.size || manifest.page_size != info.page_size {
+        return Err(NodeError::InvalidArgument(format!(
+            "baseline of {:?} has {} bytes in pages of {}, the region {} in pages of {}",
+            manifest.name, manifest.size, manifest.page_size, info.size, info.page_size
+        )));
+    }
+    Ok(())
+}
+
 /// Loads the baseline `manifest` describes into `region`, reading objects in
 /// parallel and verifying everything (see the module documentation).
 pub fn load_baseline(
@@ -696,13 +715,7 @@ pub fn load_baseline(
     manifest: &Manifest,
     progress: &dyn LoadProgress,
 ) -> Result<(), NodeError> {
-    let info = region.info();
-    if manifest.size != info.size || manifest.page_size != info.page_size {
-        return Err(NodeError::InvalidArgument(format!(
-            "baseline of {:?} has {} bytes in pages of {}, the region {} in pages of {}",
-            manifest.name, manifest.size, manifest.page_size, info.size, info.page_size
-        )));
-    }
+    check_fits(region, manifest)?;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failure: parking_lot::Mutex<Option<NodeError>> = parking_lot::Mutex::new(None);
     std::thread::scope(|scope| {
@@ -737,133 +750,194 @@ fn load_object(
     object: &ObjectEntry,
     progress: &dyn LoadProgress,
 ) -> Result<(), NodeError> {
-    let corrupt = |detail: String| NodeError::CorruptObject {
-        key: object.key.clone(),
-        detail,
-    };
-    // Keys are stored in their encoded form: parse them, never re-encode
-    // (`Path::from` would turn every `%` into `%25`, naming another object).
-    let key = Path::parse(&object.key).map_err(|e| corrupt(format!("invalid key: {e}")))?;
-    let page_size = manifest.page_size as usize;
     if object.runs.is_empty() {
         return Ok(());
     }
-    let head_bytes = OBJECT_HEADER_BYTES + object.pages as usize * INDEX_ENTRY_BYTES;
-    let data_start = head_bytes as u64;
-    // The header and index, then every live run: planned, so that a remote
-    // store fetches them in as few requests as it can.
-    let mut plan = Vec::with_capacity(object.runs.len() + 1);
-    plan.push(0..head_bytes as u64);
-    for &[_, index, count] in &object.runs {
-        let start = data_start + index * page_size as u64;
-        plan.push(start..start + count * page_size as u64);
-    }
-    let mut reader = storage.open_object(&key, &plan)?;
-    if reader.size() != object.bytes {
-        return Err(corrupt(format!(
-            "{} bytes, the manifest says {} (truncated?)",
-            reader.size(),
-            object.bytes
-        )));
-    }
-    let mut head = vec![0u8; head_bytes];
-    reader.read_into(0, &mut head, &mut |_| Ok(()))?;
-    if &head[..8] != OBJECT_MAGIC {
-        return Err(corrupt("bad magic".into()));
-    }
-    let field32 = |at: usize| u32::from_le_bytes(head[at..at + 4].try_into().unwrap());
-    let field64 = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().unwrap());
-    if crc32c::crc32c(&head[..44]) != field32(44) {
-        return Err(corrupt("header checksum mismatch".into()));
-    }
-    if field32(8) != OBJECT_VERSION {
-        return Err(corrupt(format!("unknown version {}", field32(8))));
-    }
-    let page_size_field = field32(12);
-    if page_size_field != manifest.page_size
-        || !(PAGE_BYTES_MIN..=PAGE_BYTES_MAX).contains(&page_size_field)
-    {
-        return Err(corrupt(format!(
-            "page size {page_size_field}, the manifest says {}",
-            manifest.page_size
-        )));
-    }
-    if field64(16) != manifest.uid || field64(24) != object.checkpoint {
-        return Err(corrupt(format!(
-            "belongs to region uid {:#x} checkpoint {}, the manifest says uid {:#x} checkpoint {}",
-            field64(16),
-            field64(24),
-            manifest.uid,
-            object.checkpoint
-        )));
-    }
-    if field32(32) as u64 != object.pages {
-        return Err(corrupt(format!(
-            "holds {} pages, the manifest says {}",
-            field32(32),
-            object.pages
-        )));
-    }
-    let index = &head[OBJECT_HEADER_BYTES..];
-    if crc32c::crc32c(index) != field32(36) {
-        return Err(corrupt("index checksum mismatch".into()));
-    }
-    let entry = |i: u64| {
-        let at = i as usize * INDEX_ENTRY_BYTES;
-        (
-            u64::from_le_bytes(index[at..at + 8].try_into().unwrap()),
-            u32::from_le_bytes(index[at + 8..at + 12].try_into().unwrap()),
-        )
-    };
+    let mut opened = OpenObject::open(storage, manifest, object, &object.runs)?;
     // Each run is read straight into the region's memory, a piece per
-    // segment it covers, and each page is verified as soon as it lands,
-    // while it is still in the CPU's cache: one pass over the bytes besides
-    // the read itself. The region keeps a piece's pages unnumbered (and
-    // zeroes them) unless every one of them verifies. A failure part-way
-    // leaves the region partly loaded, which the caller then marks damaged.
+    // segment it covers (see `OpenObject::read_pages`). The region keeps a
+    // piece's pages unnumbered (and zeroes them) unless every one of them
+    // verifies. A failure part-way leaves the region partly loaded, which
+    // the caller then marks damaged.
     let pages_per_segment = region.pages_per_segment();
-    let mut read_bytes = head_bytes as u64;
     for &[first, index_start, count] in &object.runs {
-        for offset in 0..count {
-            let (page, _) = entry(index_start + offset);
-            if page != first + offset {
-                return Err(corrupt(format!(
-                    "index entry {} is page {page}, the manifest says {}",
-                    index_start + offset,
-                    first + offset
-                )));
-            }
-        }
         let mut done = 0;
         while done < count {
             let start = first + done;
             let segment_end = (start / pages_per_segment + 1) * pages_per_segment;
             let piece = (segment_end - start).min(count - done);
-            let at = data_start + (index_start + done) * page_size as u64;
-            let entries = index_start + done;
             region.restore_with(start..start + piece, |bytes| {
-                let mut verified = 0u64;
-                reader.read_into(at, bytes, &mut |landed| {
-                    while (verified + 1) as usize * page_size <= landed.len() {
-                        let from = verified as usize * page_size;
-                        let (page, crc) = entry(entries + verified);
-                        if crc32c::crc32c(&landed[from..from + page_size]) != crc {
-                            return Err(corrupt(format!("page {page} checksum mismatch")));
-                        }
-                        verified += 1;
-                    }
-                    Ok(())
-                })?;
-                assert_eq!(verified, piece, "every page of the piece verified");
-                Ok(())
+                opened.read_pages(index_start + done, bytes)
             })?;
             progress.loaded(piece, 0);
-            read_bytes += piece * page_size as u64;
             done += piece;
         }
     }
-    progress.loaded(0, read_bytes);
+    progress.loaded(0, opened.read_bytes);
     Ok(())
+}
+
+/// A data object open for loading: its header and index read and verified
+/// against the manifest, and the index entries of the runs to be read
+/// checked against the pages the manifest says they are. Used by the eager
+/// load (whole objects) and the lazy one (the runs of a few segments).
+pub(crate) struct OpenObject<'a> {
+    key: &'a str,
+    reader: crate::storage::ObjectReader<'a>,
+    /// The object's index (its entries, after the header).
+    index: Vec<u8>,
+    data_start: u64,
+    page_size: usize,
+    /// Bytes read from storage so far.
+    pub(crate) read_bytes: u64,
+}
+
+impl<'a> OpenObject<'a> {
+    /// Opens `object` of `manifest` to read `runs` (each `[first page, first
+    /// index, count]`, within the object's live runs, in ascending order).
+    pub(crate) fn open(
+        storage: &'a Storage,
+        manifest: &Manifest,
+        object: &'a ObjectEntry,
+        runs: &[[u64; 3]],
+    ) -> Result<OpenObject<'a>, NodeError> {
+        let corrupt = |detail: String| NodeError::CorruptObject {
+            key: object.key.clone(),
+            detail,
+        };
+        // Keys are stored in their encoded form: parse them, never re-encode
+        // (`Path::from` would turn every `%` into `%25`, naming another
+        // object).
+        let key = Path::parse(&object.key).map_err(|e| corrupt(format!("invalid key: {e}")))?;
+        let page_size = manifest.page_size as usize;
+        let head_bytes = OBJECT_HEADER_BYTES + object.pages as usize * INDEX_ENTRY_BYTES;
+        let data_start = head_bytes as u64;
+        // The header and index, then every run: planned, so that a remote
+        // store fetches them in as few requests as it can.
+        let mut plan = Vec::with_capacity(runs.len() + 1);
+        plan.push(0..head_bytes as u64);
+        for &[_, index, count] in runs {
+            let start = data_start + index * page_size as u64;
+            plan.push(start..start + count * page_size as u64);
+        }
+        let mut reader = storage.open_object(&key, &plan)?;
+        if reader.size() != object.bytes {
+            return Err(corrupt(format!(
+                "{} bytes, the manifest says {} (truncated?)",
+                reader.size(),
+                object.bytes
+            )));
+        }
+        let mut head = vec![0u8; head_bytes];
+        reader.read_into(0, &mut head, &mut |_| Ok(()))?;
+        if &head[..8] != OBJECT_MAGIC {
+            return Err(corrupt("bad magic".into()));
+        }
+        let field32 = |at: usize| u32::from_le_bytes(head[at..at + 4].try_into().unwrap());
+        let field64 = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().unwrap());
+        if crc32c::crc32c(&head[..44]) != field32(44) {
+            return Err(corrupt("header checksum mismatch".into()));
+        }
+        if field32(8) != OBJECT_VERSION {
+            return Err(corrupt(format!("unknown version {}", field32(8))));
+        }
+        let page_size_field = field32(12);
+        if page_size_field != manifest.page_size
+            || !(PAGE_BYTES_MIN..=PAGE_BYTES_MAX).contains(&page_size_field)
+        {
+            return Err(corrupt(format!(
+                "page size {page_size_field}, the manifest says {}",
+                manifest.page_size
+            )));
+        }
+        if field64(16) != manifest.uid || field64(24) != object.checkpoint {
+            return Err(corrupt(format!(
+                "belongs to region uid {:#x} checkpoint {}, the manifest says uid {:#x} checkpoint {}",
+                field64(16),
+                field64(24),
+                manifest.uid,
+                object.checkpoint
+            )));
+        }
+        if field32(32) as u64 != object.pages {
+            return Err(corrupt(format!(
+                "holds {} pages, the manifest says {}",
+                field32(32),
+                object.pages
+            )));
+        }
+        if crc32c::crc32c(&head[OBJECT_HEADER_BYTES..]) != field32(36) {
+            return Err(corrupt("index checksum mismatch".into()));
+        }
+        let opened = OpenObject {
+            key: &object.key,
+            reader,
+            index: head.split_off(OBJECT_HEADER_BYTES),
+            data_start,
+            page_size,
+            read_bytes: head_bytes as u64,
+        };
+        for &[first, index_start, count] in runs {
+            for offset in 0..count {
+                let (page, _) = opened.entry(index_start + offset);
+                if page != first + offset {
+                    return Err(corrupt(format!(
+                        "index entry {} is page {page}, the manifest says {}",
+                        index_start + offset,
+                        first + offset
+                    )));
+                }
+            }
+        }
+        Ok(opened)
+    }
+
+    /// Index entry `i`: its page number and the page's checksum.
+    fn entry(&self, i: u64) -> (u64, u32) {
+        entry_of(&self.index, i)
+    }
+
+    /// Reads the pages of index entries `first_index..` into `bytes` (whole
+    /// pages, of a run `open` checked), verifying each page as soon as it
+    /// lands, while it is still in the CPU's cache: one pass over the bytes
+    /// besides the read itself.
+    pub(crate) fn read_pages(
+        &mut self,
+        first_index: u64,
+        bytes: &mut [u8],
+    ) -> Result<(), NodeError> {
+        let page_size = self.page_size;
+        debug_assert!(bytes.len().is_multiple_of(page_size));
+        let count = (bytes.len() / page_size) as u64;
+        let at = self.data_start + first_index * page_size as u64;
+        let (index, key) = (&self.index, self.key);
+        let mut verified = 0u64;
+        self.reader.read_into(at, bytes, &mut |landed| {
+            while (verified + 1) as usize * page_size <= landed.len() {
+                let from = verified as usize * page_size;
+                let (page, crc) = entry_of(index, first_index + verified);
+                if crc32c::crc32c(&landed[from..from + page_size]) != crc {
+                    return Err(NodeError::CorruptObject {
+                        key: key.to_owned(),
+                        detail: format!("page {page} checksum mismatch"),
+                    });
+                }
+                verified += 1;
+            }
+            Ok(())
+        })?;
+        assert_eq!(verified, count, "every page of the piece verified");
+        self.read_bytes += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+fn entry_of(index: &[u8], i: u64) -> (u64, u32) {
+    let at = i as usize * INDEX_ENTRY_BYTES;
+    (
+        u64::from_le_bytes(index[at..at + 8].try_into().unwrap()),
+        u32::from_le_bytes(index[at + 8..at + 12].try_into().unwrap()),
+    )
 }
 
 /// Deletes manifests beyond the newest `retain` and every data object older

@@ -2,7 +2,8 @@
 //! (on request, periodically, at a graceful stop), what it records when one
 //! completes (the region's baseline, the catalog's checkpoint number, the
 //! journal records it covers), and the reload of every region's baseline at
-//! start. How a checkpoint is written and loaded is `checkpoint`'s business.
+//! start (lazily by default: see `lazy_load`). How a checkpoint is written
+//! and loaded is `checkpoint`'s business.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use pagoda_wire::RegionState;
 use crate::catalog::Catalog;
 use crate::checkpoint::{self, CheckpointSettings};
 use crate::error::NodeError;
+use crate::lazy_load::Reload;
 use crate::node::{ACCEPT_POLL_MS, Shared};
 use crate::region::{CheckpointMark, Region};
 use crate::storage::Storage;
@@ -141,16 +143,20 @@ pub(crate) fn checkpoint_dirty(
     errors
 }
 
-/// Loads each active region's latest baseline (with its uid) at startup.
+/// Loads each active region's latest baseline (with its uid) at startup:
+/// with [`Reload::Eager`] wholly, before returning; otherwise it only checks
+/// the manifest and puts the region in the loading state (`lazy_load`), and
+/// the node's background loader and the region's first accesses load it.
 /// A region whose baseline fails to load is marked damaged with the reason;
 /// the others serve. A region whose newest checkpoint in storage is older
 /// than the one the catalog recorded (a manifest deleted or lost behind the
 /// node's back) fails the start, naming it, unless `accept_mismatch`: then
 /// it rolls back to the newest checkpoint left, logged as an error.
 pub(crate) fn reload(
-    storage: &Storage,
+    storage: &Arc<Storage>,
     catalog: &Catalog,
     accept_mismatch: bool,
+    mode: Reload,
 ) -> Result<(), NodeError> {
     let mut mismatches = Vec::new();
     for region in catalog.regions() {
@@ -187,13 +193,21 @@ pub(crate) fn reload(
         let loaded = latest.and_then(|manifest| match manifest {
             // Restored from the bulk tier at exactly this checkpoint: its
             // pages are there already.
-            Some(manifest) if region.restored_checkpoint() == manifest.number => Ok(Some(manifest)),
+            Some(manifest) if region.restored_checkpoint() == manifest.number => {
+                Ok(Some((Arc::new(manifest), 0)))
+            }
             Some(manifest) => {
                 if region.restored_checkpoint() != 0 {
                     region.forget_restored();
                 }
-                checkpoint::load_baseline(storage, &region, &manifest, &())?;
-                Ok(Some(manifest))
+                if mode == Reload::Eager {
+                    checkpoint::load_baseline(storage, &region, &manifest, &())?;
+                    return Ok(Some((Arc::new(manifest), 0)));
+                }
+                checkpoint::check_fits(&region, &manifest)?;
+                let manifest = Arc::new(manifest);
+                let segments = crate::lazy_load::begin(storage, &region, manifest.clone())?;
+                Ok(Some((manifest, segments)))
             }
             None => {
                 if region.restored_checkpoint() != 0 {
@@ -203,14 +217,25 @@ pub(crate) fn reload(
             }
         });
         match loaded {
-            Ok(Some(manifest)) => {
-                tracing::info!(
-                    name,
-                    checkpoint = manifest.number,
-                    pages = manifest.pages,
-                    millis = began.elapsed().as_millis() as u64,
-                    "region reloaded from its baseline"
-                );
+            Ok(Some((manifest, loading))) => {
+                if loading > 0 {
+                    tracing::info!(
+                        name,
+                        checkpoint = manifest.number,
+                        pages = manifest.pages,
+                        segments = loading,
+                        millis = began.elapsed().as_millis() as u64,
+                        "region serves; its baseline loads on access and in the background"
+                    );
+                } else {
+                    tracing::info!(
+                        name,
+                        checkpoint = manifest.number,
+                        pages = manifest.pages,
+                        millis = began.elapsed().as_millis() as u64,
+                        "region reloaded from its baseline"
+                    );
+                }
                 region.checkpoint_completed(CheckpointMark {
                     number: manifest.number,
                     start_seq: crate::region::BASELINE_SEQ,
@@ -218,7 +243,7 @@ pub(crate) fn reload(
                     journal_through: 0,
                 });
                 crate::replication::resume_from_baseline(&region, &manifest);
-                region.set_baseline(Arc::new(manifest));
+                region.set_baseline(manifest);
             }
             Ok(None) => tracing::info!(name, "region has no checkpoint; it starts empty"),
             Err(error) => {

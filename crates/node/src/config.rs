@@ -23,6 +23,10 @@ pub struct NodeConfig {
     /// go on with their next requests; 0 reads them on the connection's
     /// thread (see `bulk_reads`).
     pub bulk_read_threads: usize,
+    /// RAM for a cache of hot bulk-tier blocks (pages read often in
+    /// segments paged out as a whole), taken from `capacity_bytes` in whole
+    /// segments; `None`: an eighth of it.
+    pub bulk_cache_bytes: Option<u64>,
     /// The shared token clients must present; required on non-loopback
     /// addresses.
     pub token: Option<Vec<u8>>,
@@ -111,6 +115,9 @@ pub struct NodeConfig {
     /// Where the node accepts connections from clients on its host, who may
     /// then read regions' pages from shared memory (`ShareRegion`).
     pub local_socket: LocalSocket,
+    /// How a start loads the baselines of regions the bulk tier did not
+    /// keep: lazily (serve at once) by default.
+    pub reload: crate::lazy_load::Reload,
 }
 
 /// Where a node's local (Unix) socket is.
@@ -137,6 +144,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("data_dir", &self.data_dir)
             .field("bulk", &self.bulk)
             .field("bulk_read_threads", &self.bulk_read_threads)
+            .field("bulk_cache_bytes", &self.bulk_cache_bytes)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("spin", &self.spin)
             .field("connections_max", &self.connections_max)
@@ -165,6 +173,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("lease", &self.lease)
             .field("replace_replica_after", &self.replace_replica_after)
             .field("local_socket", &self.local_socket)
+            .field("reload", &self.reload)
             .finish()
     }
 }
@@ -206,6 +215,8 @@ impl NodeConfig {
             replace_replica_after: Duration::from_millis(REPLACE_REPLICA_AFTER_MS_DEFAULT),
             local_socket: LocalSocket::InDataDir,
             bulk_read_threads: crate::bulk_reads::READ_THREADS,
+            bulk_cache_bytes: None,
+            reload: crate::lazy_load::Reload::Lazy,
         }
     }
 }

@@ -29,6 +29,7 @@ pub(crate) mod cluster;
 pub mod config;
 mod connection;
 pub mod error;
+pub mod lazy_load;
 mod metrics;
 pub mod node;
 mod node_journal;
@@ -45,6 +46,7 @@ pub mod write_log;
 
 pub use config::NodeConfig;
 pub use error::{NodeError, StorageCause};
+pub use lazy_load::Reload;
 pub use node::{Node, Unsaved, UnsavedRegion};
 pub use storage::{S3Settings, StorageConfig};
 pub use tls::TlsConfig;

@@ -287,6 +287,7 @@ pub(crate) fn render(shared: &Shared, metrics: &Metrics) -> String {
     let mut resident = Vec::with_capacity(regions.len());
     let mut age = Vec::with_capacity(regions.len());
     let mut journal = Vec::with_capacity(regions.len());
+    let mut loading = Vec::with_capacity(regions.len());
     let mut lag = Vec::new();
     let mut in_sync = Vec::new();
     for region in &regions {
@@ -300,6 +301,7 @@ pub(crate) fn render(shared: &Shared, metrics: &Metrics) -> String {
             journal.durable_id().saturating_sub(journal.released_id())
         });
         journal.push((labels.clone(), unreleased as f64));
+        loading.push((labels.clone(), region.segments_loading() as f64));
         resident.push((
             labels.clone(),
             region.segments_allocated() as f64 * segment_bytes,
@@ -334,6 +336,11 @@ pub(crate) fn render(shared: &Shared, metrics: &Metrics) -> String {
         "pagoda_node_region_journal_records",
         "Transaction records in the region's node journal that no checkpoint covers yet.",
         &journal,
+    );
+    gauge(
+        "pagoda_node_region_segments_loading",
+        "Segments of the region still to load from its baseline after a restart.",
+        &loading,
     );
     gauge(
         "pagoda_node_region_checkpoint_age_seconds",

@@ -21,6 +21,7 @@ use crate::catalog::{Catalog, MissingCatalog};
 use crate::config::{LOCAL_SOCKET_FILE, LocalSocket, NodeConfig};
 use crate::connection::{Listener, Socket};
 use crate::error::NodeError;
+use crate::lazy_load::Reload;
 use crate::recovery::RecoveryJob;
 use crate::storage::Storage;
 use crate::{checkpointing, node_journal, replication};
@@ -52,7 +53,7 @@ pub(crate) struct Shared {
     pub(crate) arena: Arc<Arena>,
     /// The pager, when the node has a bulk tier.
     pub(crate) pager: Option<Arc<crate::tiering::Pager>>,
-    pub(crate) storage: Option<Storage>,
+    pub(crate) storage: Option<Arc<Storage>>,
     /// Recoveries run on this node, by region name.
     pub(crate) recoveries: Mutex<HashMap<String, Arc<RecoveryJob>>>,
     pub(crate) shutting_down: AtomicBool,
@@ -91,6 +92,8 @@ pub struct Node {
     local_acceptor: Option<JoinHandle<()>>,
     checkpointer: Option<JoinHandle<()>>,
     pager_thread: Option<JoinHandle<()>>,
+    /// The background loader of regions' baselines after a restart.
+    loader: Option<crate::lazy_load::Loader>,
     /// The metrics endpoint, if configured; it stops when the node is
     /// dropped (a refused stop keeps it serving).
     metrics: Option<crate::metrics::Endpoint>,
@@ -211,13 +214,18 @@ impl Node {
         if let Some(bulk) = &config.bulk {
             let (store, saved) = crate::bulk::BulkStore::open(bulk)?;
             saved_index = saved;
+            let (path, direct_io) = (store.path().to_owned(), store.direct());
+            let cache_bytes = config.bulk_cache_bytes.unwrap_or(config.capacity_bytes / 8);
+            arena = arena.with_bulk(store, config.bulk_read_threads, cache_bytes);
+            let cache = arena.bulk().map_or(0, |bulk| bulk.cache().capacity_blocks());
             tracing::info!(
-                path = %store.path().display(),
+                path = %path.display(),
                 capacity_bytes = bulk.capacity_bytes,
-                direct_io = store.direct(),
+                direct_io,
+                cache_bytes = cache * crate::bulk::BLOCK_BYTES,
+                read_threads = config.bulk_read_threads,
                 "bulk tier ready"
             );
-            arena = arena.with_bulk(store, config.bulk_read_threads);
         }
         let arena = Arc::new(arena);
         // Before the regions load: a baseline larger than RAM pages out as
@@ -244,10 +252,23 @@ impl Node {
             .storage
             .as_ref()
             .map(Storage::open_checked)
-            .transpose()?;
+            .transpose()?
+            .map(Arc::new);
         if let Some(storage) = &storage {
-            checkpointing::reload(storage, &catalog, config.accept_storage_mismatch)?;
+            checkpointing::reload(
+                storage,
+                &catalog,
+                config.accept_storage_mismatch,
+                config.reload,
+            )?;
         }
+        // Before the journal is replayed: its records load the segments they
+        // write on demand, while the loader brings in the rest.
+        let pause = match config.reload {
+            Reload::LazyPaced(pause) => Some(pause),
+            Reload::Lazy | Reload::Eager => None,
+        };
+        let loader = crate::lazy_load::Loader::start(&catalog.regions(), pause)?;
         if let Some(pager) = &pager
             && catalog
                 .regions()
@@ -320,6 +341,7 @@ impl Node {
             metrics,
             agent,
             pager_thread: None,
+            loader: Some(loader),
         };
         node.pager_thread = node
             .shared
@@ -541,6 +563,9 @@ impl Drop for Node {
     fn drop(&mut self) {
         if let Err(unsaved) = self.stop(Duration::ZERO) {
             tracing::error!(%unsaved, "node dropped, losing changes");
+        }
+        if let Some(mut loader) = self.loader.take() {
+            loader.stop();
         }
         if let Some(mut metrics) = self.metrics.take() {
             metrics.stop();

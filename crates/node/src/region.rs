@@ -122,7 +122,7 @@ impl BulkFetch {
             .expect("a fetch is made only of pages in the bulk tier");
         let mut buffer = AlignedBuf::new(self.page_size)?;
         for (offset, blocks) in &self.pages {
-            bulk.read(blocks, &mut buffer)?;
+            bulk.read_page(blocks, &mut buffer)?;
             payload[*offset..*offset + self.page_size].copy_from_slice(&buffer);
         }
         Ok(())
@@ -430,6 +430,8 @@ pub struct Region {
     log: WriteLog,
     /// Its role in replication (solo, primary, replica, fenced).
     role: Mutex<Role>,
+    /// The lazy load of its baseline after a restart, while it runs.
+    loading: crate::lazy_load::Loading,
 }
 
 impl Region {
@@ -470,6 +472,7 @@ impl Region {
             journal: Mutex::new(None),
             log: WriteLog::default(),
             role: Mutex::new(Role::Solo),
+            loading: crate::lazy_load::Loading::new(),
         })
     }
 
@@ -564,6 +567,10 @@ impl Region {
     /// pages; the number of segments described, and where to continue
     /// (`u64::MAX`: the last segment is described).
     pub fn stored_segments(&self, start: u64, max: u32) -> (Vec<u8>, u32, u64) {
+        // A segment not yet loaded from the baseline holds pages all the
+        // same. A load that fails damages the region, which then serves no
+        // one: its map is never used.
+        let _ = self.ensure_all_loaded();
         let total = self.segments.count as u64;
         let first = start.min(total);
         let count = (total - first).min(max as u64);
@@ -718,6 +725,7 @@ impl Region {
         let mut scratch = None;
         for page in pages.iter() {
             let (segment, index) = self.locate(page);
+            self.ensure_loaded(segment)?;
             match self.segments.get(segment).map(|entry| entry.read()) {
                 Some(segment) if segment.is_resident() => {
                     segment.touch(self.tiered);
@@ -725,13 +733,18 @@ impl Region {
                 }
                 Some(segment) if segment.paged_out.is_some() => {
                     segment.touch(self.tiered);
+                    let at = out.len();
+                    out.resize(at + page_size, 0);
+                    let blocks = self.page_blocks(&segment, index);
+                    if self.bulk()?.read_cached(blocks, &mut out[at..]) {
+                        // A hot page: no I/O.
+                        continue;
+                    }
                     if let Some(fetch) = defer.as_deref_mut() {
                         // Under the entry's shared lock: the blocks are the
                         // page's now, and stay readable once retained.
-                        let blocks = self.page_blocks(&segment, index);
                         self.bulk()?.retain(blocks);
-                        fetch.pages.push((out.len() - base, blocks.into()));
-                        out.resize(out.len() + page_size, 0);
+                        fetch.pages.push((at - base, blocks.into()));
                         continue;
                     }
                     let buffer = match &mut scratch {
@@ -741,7 +754,7 @@ impl Region {
                     // Under the entry's shared lock: it holds the blocks'
                     // references; other segments and readers go on.
                     self.read_paged_out(&segment, index, buffer)?;
-                    out.extend_from_slice(buffer);
+                    out[at..].copy_from_slice(buffer);
                 }
                 _ => out.resize(out.len() + page_size, 0),
             }
@@ -776,7 +789,7 @@ impl Region {
         index: usize,
         out: &mut [u8],
     ) -> Result<(), NodeError> {
-        self.bulk()?.read(self.page_blocks(segment, index), out)
+        self.bulk()?.read_page(self.page_blocks(segment, index), out)
     }
 
     /// The bulk-tier blocks of page `index` of a paged-out segment.
@@ -831,6 +844,10 @@ impl Region {
                 data.len(),
                 count * page_size
             )));
+        }
+        // Before the gate: a load may wait, and must not hold up marks.
+        for page in pages.clone() {
+            self.ensure_loaded(self.locate(page).0)?;
         }
         let _gate = self.gate.read();
         self.check_writable(track)?;
@@ -1400,6 +1417,13 @@ impl Region {
                 )));
             }
         }
+        let segment_bytes = self.arena.segment_bytes() as u64;
+        for &(offset, bytes) in entries.iter().filter(|(_, bytes)| !bytes.is_empty()) {
+            let last = (offset + bytes.len() as u64 - 1) / segment_bytes;
+            for number in offset / segment_bytes..=last {
+                self.ensure_loaded(number as usize)?;
+            }
+        }
         let _gate = self.gate.read();
         self.check_writable(Track::Write)?;
         let page_size = self.info.page_size as u64;
@@ -1484,6 +1508,11 @@ impl Region {
         start_page: u64,
         max_ranges: usize,
     ) -> (Vec<PageRange>, u64) {
+        if since < BASELINE_SEQ {
+            // Every page the baseline holds counts: all must be in. A load
+            // that fails damages the region, which then serves no one.
+            let _ = self.ensure_all_loaded();
+        }
         let mut ranges: Vec<PageRange> = Vec::new();
         let first_segment = (start_page / self.pages_per_segment) as usize;
         for (number, entry) in self.segments.allocated_from(first_segment) {
@@ -1520,6 +1549,10 @@ impl Region {
 
     /// Pages written after `since`.
     pub fn dirty_count(&self, since: u64) -> u64 {
+        if since < BASELINE_SEQ {
+            // As in `dirty_ranges`.
+            let _ = self.ensure_all_loaded();
+        }
         self.segments
             .allocated_from(0)
             .map(|(_, entry)| {
@@ -1568,6 +1601,7 @@ impl Region {
         length: usize,
         f: impl FnOnce(&[u8]),
     ) -> Result<(), NodeError> {
+        self.ensure_loaded(number)?;
         let Some(entry) = self.segments.get(number) else {
             return Ok(());
         };
@@ -1618,6 +1652,9 @@ impl Region {
                 bytes.len()
             )));
         }
+        // An unloaded segment would look unwritten, and its baseline load
+        // would come after these pages.
+        self.ensure_loaded(number as usize)?;
         let page_size = self.info.page_size as usize;
         let first = number * self.pages_per_segment;
         let pages: Vec<u64> = (first..first + (length / page_size) as u64).collect();
@@ -1878,6 +1915,100 @@ impl Region {
     }
 }
 
+/// The lazy load of a region's baseline (see `lazy_load`).
+impl Region {
+    /// The region's lazy-load slot.
+    pub(crate) fn loading(&self) -> &crate::lazy_load::Loading {
+        &self.loading
+    }
+
+    /// Segments still to be loaded from the baseline (0: the region is not
+    /// loading).
+    pub fn segments_loading(&self) -> u64 {
+        self.loading.segments_left()
+    }
+
+    /// Returns once segment `number` holds its pages from the baseline the
+    /// region is loading (at once when it is not loading). The caller holds
+    /// no lock of the region.
+    #[inline]
+    pub(crate) fn ensure_loaded(&self, number: usize) -> Result<(), NodeError> {
+        self.loading.ensure(self, number)
+    }
+
+    /// Returns once every segment holds its pages from the baseline, or the
+    /// error the load damaged the region with. The caller holds no lock of
+    /// the region.
+    pub fn ensure_all_loaded(&self) -> Result<(), NodeError> {
+        self.loading.ensure_all(self)
+    }
+
+    /// Loads segment `number`, never stored before, from the baseline:
+    /// allocates its memory with the memory-file version odd, lets `fill`
+    /// write the segment's bytes in place, then publishes the segment under
+    /// its entry's exclusive lock, numbering the pages of `pieces` (indexes
+    /// in the segment) [`BASELINE_SEQ`] and counting them as written. No
+    /// request or co-located reader sees the segment before `fill` returns.
+    /// The caller's claim on the segment (see `lazy_load`) is what makes it
+    /// the only one to touch the memory meanwhile: every request waits for
+    /// the load, and the entry stays empty, so scans (dirty pages, the
+    /// pager, snapshots) pass over the segment rather than wait for the
+    /// storage reads. If `fill` fails, the region's co-located readers are
+    /// shut out (the caller marks it damaged), the memory goes back, and the
+    /// error is returned.
+    pub(crate) fn load_segment(
+        &self,
+        number: usize,
+        pieces: &[std::ops::Range<usize>],
+        fill: impl FnOnce(&mut [u8]) -> Result<(), NodeError>,
+    ) -> Result<(), NodeError> {
+        let entry = self.segments.get_or_allocate(number)?;
+        let reservation = self.arena.reserve()?;
+        let pages = self.pages_per_segment as usize;
+        let mut seqs = Vec::new();
+        seqs.try_reserve_exact(pages)
+            .map_err(|_| metadata_allocation_failed(pages * 8))?;
+        seqs.resize(pages, 0);
+        debug_assert!(!entry.read().is_stored(), "segment {number} loaded twice");
+        self.memory.allocate_for_load(number)?;
+        // SAFETY: the segment's memory was just allocated to this region,
+        // the caller's claim makes this the only access (see above), and
+        // the slice is the segment's length.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.memory.segment_pointer(number),
+                self.arena.segment_bytes(),
+            )
+        };
+        if let Err(error) = fill(bytes) {
+            self.memory.set_open(false);
+            self.memory.release(number);
+            return Err(error);
+        }
+        let mut loaded = 0u64;
+        for piece in pieces {
+            seqs[piece.clone()].fill(BASELINE_SEQ);
+            loaded += piece.len() as u64;
+        }
+        let mut segment = entry.write();
+        assert!(
+            !segment.is_stored(),
+            "segment {number} of region {:?} loaded from its baseline twice",
+            self.info.name
+        );
+        reservation.keep();
+        segment.slot = number as SegmentSlot;
+        segment.seqs = seqs.into_boxed_slice();
+        segment.max_seq = BASELINE_SEQ;
+        segment.changes += 1;
+        self.memory.end_write(number);
+        self.segments_allocated.fetch_add(1, Ordering::Relaxed);
+        drop(segment);
+        self.pages_written.fetch_add(loaded, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1945,7 +2076,7 @@ mod tests {
             capacity_bytes: bulk,
         })
         .unwrap();
-        let arena = Arc::new(Arena::new(ram, 2 << 20).unwrap().with_bulk(store, 0));
+        let arena = Arc::new(Arena::new(ram, 2 << 20).unwrap().with_bulk(store, 0, 0));
         let info = RegionInfo {
             id: 1,
             size,

@@ -209,6 +209,33 @@ impl RegionMemory {
     /// bytes the caller then writes under [`RegionMemory::begin_write`]).
     /// The caller holds the segment's lock exclusively.
     pub fn allocate(&self, segment: usize, after: u64) -> Result<(), NodeError> {
+        self.back(segment)?;
+        let version = self.version(segment);
+        debug_assert!(matches!(version.load(Ordering::Relaxed), 0 | PAGED_OUT));
+        debug_assert!(after.is_multiple_of(2));
+        version.store(after + 2, Ordering::Release);
+        Ok(())
+    }
+
+    /// Like [`RegionMemory::allocate`] for a segment never held, but leaves
+    /// it marked as being written (as [`RegionMemory::begin_write`] does):
+    /// a segment loaded lazily from the baseline is fresh memory, all zeros,
+    /// and no co-located reader may take those for its pages before the
+    /// caller has written them and called [`RegionMemory::end_write`]. The
+    /// caller holds the segment's claim of the lazy load (no one else
+    /// touches the segment until it is published).
+    pub fn allocate_for_load(&self, segment: usize) -> Result<(), NodeError> {
+        self.back(segment)?;
+        let version = self.version(segment);
+        debug_assert!(matches!(version.load(Ordering::Relaxed), 0 | PAGED_OUT));
+        version.store(3, Ordering::Relaxed);
+        fence(Ordering::Release);
+        Ok(())
+    }
+
+    /// Maps the window holding `segment` if it is not yet, and backs the
+    /// segment with memory.
+    fn back(&self, segment: usize) -> Result<(), NodeError> {
         let window = segment * self.segment_bytes / WINDOW_BYTES;
         if self.windows[window].get().is_none() {
             let offset = window * WINDOW_BYTES;
@@ -231,15 +258,12 @@ impl RegionMemory {
                 MADV_POPULATE_WRITE,
             )
         };
-        let version = self.version(segment);
-        debug_assert!(matches!(version.load(Ordering::Relaxed), 0 | PAGED_OUT));
-        debug_assert!(after.is_multiple_of(2));
-        version.store(after + 2, Ordering::Release);
         Ok(())
     }
 
     /// Marks a segment that holds no memory as paged out (restored from the
-    /// bulk tier at start).
+    /// bulk tier at start, or not yet loaded from the baseline): co-located
+    /// clients ask the node for its pages rather than read zeros.
     pub fn mark_paged_out(&self, segment: usize) {
         let version = self.version(segment);
         debug_assert_eq!(version.load(Ordering::Relaxed), 0);

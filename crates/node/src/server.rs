@@ -218,6 +218,7 @@ pub(crate) fn serve_request(
                 segments_paged_out: region.segments_paged_out(),
                 bulk_bytes: region.bulk_bytes().0,
                 bulk_zero_bytes: region.bulk_bytes().1,
+                segments_loading: region.segments_loading(),
             })
             .encode(out, request_id, 0);
         }

@@ -316,8 +316,11 @@ pub fn save_for_restart(arena: &Arena, pager: Option<&Pager>) -> Result<usize, N
         let Some(mark) = region.last_checkpoint() else {
             continue;
         };
+        // A region still loading its baseline lazily holds only part of it
+        // in RAM: the next start loads it from storage again.
         if region.state() != pagoda_wire::RegionState::Active
             || mark.number != region.durable_checkpoint()
+            || region.segments_loading() > 0
             || region.dirty_count(mark.start_seq) > 0
         {
             continue;

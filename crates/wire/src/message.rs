@@ -628,6 +628,10 @@ pub struct RegionStat {
     pub bulk_bytes: u64,
     /// Of those, bytes of all-zero blocks, which take no space.
     pub bulk_zero_bytes: u64,
+    /// Segments still to be loaded from the region's baseline after a
+    /// restart (the node serves meanwhile, loading each on first access;
+    /// 0: nothing left to load).
+    pub segments_loading: u64,
 }
 
 /// The node's statistics.
@@ -1493,6 +1497,7 @@ impl<'a> Response<'a> {
                     stat.segments_paged_out,
                     stat.bulk_bytes,
                     stat.bulk_zero_bytes,
+                    stat.segments_loading,
                 ] {
                     payload.extend_from_slice(&value.to_le_bytes());
                 }
@@ -1723,6 +1728,7 @@ impl<'a> Response<'a> {
                 segments_paged_out: reader.u64()?,
                 bulk_bytes: reader.u64()?,
                 bulk_zero_bytes: reader.u64()?,
+                segments_loading: reader.u64()?,
             }),
             Opcode::CheckpointDone => Response::CheckpointDone(CheckpointInfo {
                 number: reader.u64()?,
@@ -2084,6 +2090,7 @@ mod tests {
                 segments_paged_out: 2,
                 bulk_bytes: 4 << 20,
                 bulk_zero_bytes: 1 << 20,
+                segments_loading: 9,
             }),
             Response::CheckpointDone(CheckpointInfo {
                 number: 1,

@@ -169,6 +169,7 @@ fn response_frames() -> Vec<(String, Vec<u8>)> {
                 segments_paged_out: 1,
                 bulk_bytes: 2 << 20,
                 bulk_zero_bytes: 4096,
+                segments_loading: 0,
             }),
         ),
         (
