@@ -91,6 +91,12 @@ pub struct NodeSettings {
     #[arg(long, env = "PAGODA_NODE_BULK_READ_THREADS", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     bulk_read_threads: Option<usize>,
+    /// RAM for a cache of hot bulk-tier pages (pages read often in segments
+    /// paged out as a whole), like 512MiB; taken from --capacity in whole
+    /// 2 MiB segments, at most half of it. Default: an eighth of --capacity.
+    #[arg(long, env = "PAGODA_NODE_BULK_CACHE", value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bulk_cache: Option<Size>,
     /// Where the node keeps its region metadata; created if missing.
     /// Required.
     #[arg(long, env = "PAGODA_NODE_DATA_DIR", value_name = "DIR")]
@@ -559,6 +565,7 @@ impl NodeSettings {
             }
         };
         config.bulk_read_threads = given(&self.bulk_read_threads);
+        config.bulk_cache_bytes = self.bulk_cache.map(|Size(bytes)| bytes);
         if config.bulk_read_threads > pagoda_node::bulk::READ_THREADS_MAX {
             return Err(format!(
                 "--bulk-read-threads {} is more than {}",
@@ -900,6 +907,7 @@ mod tests {
             bulk_dir: Some(PathBuf::from("/ssd/pagoda")),
             bulk_capacity: Some(Size(64 << 30)),
             bulk_read_threads: Some(9),
+            bulk_cache: Some(Size(96 << 20)),
             data_dir: Some(PathBuf::from("/var/lib/pagoda")),
             token_file: Some(PathBuf::from("/etc/pagoda/token")),
             writer_lease: Some(61),
@@ -1080,6 +1088,12 @@ mod tests {
             ..base.clone()
         };
         assert_eq!(config(&threads(0)).unwrap().bulk_read_threads, 0);
+        assert_eq!(config(&base).unwrap().bulk_cache_bytes, None, "an eighth");
+        let cache = NodeSettings {
+            bulk_cache: Some(Size(32 << 20)),
+            ..base.clone()
+        };
+        assert_eq!(config(&cache).unwrap().bulk_cache_bytes, Some(32 << 20));
         assert!(
             config(&threads(257))
                 .unwrap_err()

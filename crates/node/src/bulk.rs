@@ -37,6 +37,15 @@
 //! from their checkpoints and journals (see `docs/design.md`, "The bulk
 //! tier").
 //!
+//! **Hot blocks in RAM.** A read of a single page also goes through a small
+//! cache of blocks in RAM (an eighth of the node's RAM, see
+//! [`BlockCache`]): tiering moves whole segments, so a page read often in a
+//! segment that is cold as a whole would otherwise go to the disk every
+//! time. Blocks never change while referenced (a write stores new ones), so
+//! a cached block is its block's bytes for as long as it is referenced; only
+//! a reader that holds a reference inserts, and a block's entry is dropped
+//! when its last reference goes, before the block can be reused.
+//!
 //! **Room.** The file is allocated at its full capacity when the node
 //! starts (`fallocate`), so a disk without room fails the start, and no
 //! page-out can later find the disk full.
@@ -139,6 +148,135 @@ struct Index {
     free: Vec<BlockRef>,
 }
 
+/// Shards of the block cache (each its own lock).
+const CACHE_SHARDS: usize = 16;
+
+/// Blocks in RAM for reads of single pages; see the module documentation.
+/// Each shard is a CLOCK over its slots: a hit sets the slot's bit, and
+/// room is made by sweeping to the first slot without it, clearing bits on
+/// the way.
+pub struct BlockCache {
+    shards: Box<[Mutex<CacheShard>]>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+struct CacheShard {
+    slot_of: HashMap<BlockRef, usize>,
+    /// Per slot: the block it holds (`ZERO_BLOCK`: none) and its bit.
+    slots: Vec<(BlockRef, bool)>,
+    bytes: Box<[u8]>,
+    free: Vec<usize>,
+    hand: usize,
+}
+
+impl BlockCache {
+    /// A cache of about `blocks` blocks (none if 0); its memory is
+    /// allocated up front, and an allocation that fails leaves it empty.
+    pub fn new(blocks: usize) -> BlockCache {
+        let per_shard = blocks / CACHE_SHARDS;
+        let shards = (0..if per_shard == 0 { 0 } else { CACHE_SHARDS })
+            .map(|_| {
+                let mut bytes = Vec::new();
+                if bytes.try_reserve_exact(per_shard * BLOCK_BYTES).is_err() {
+                    return None;
+                }
+                bytes.resize(per_shard * BLOCK_BYTES, 0);
+                Some(Mutex::new(CacheShard {
+                    slot_of: HashMap::with_capacity(per_shard),
+                    slots: vec![(ZERO_BLOCK, false); per_shard],
+                    bytes: bytes.into_boxed_slice(),
+                    free: (0..per_shard).rev().collect(),
+                    hand: 0,
+                }))
+            })
+            .collect::<Option<Vec<_>>>()
+            .unwrap_or_default();
+        BlockCache {
+            shards: shards.into_boxed_slice(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Blocks the cache holds at most.
+    pub fn capacity_blocks(&self) -> usize {
+        self.shards.iter().map(|shard| shard.lock().slots.len()).sum()
+    }
+
+    fn shard(&self, block: BlockRef) -> Option<&Mutex<CacheShard>> {
+        if self.shards.is_empty() {
+            return None;
+        }
+        // Consecutive blocks to different shards.
+        Some(&self.shards[block as usize % self.shards.len()])
+    }
+
+    /// Copies `block` into `out` if cached.
+    fn get(&self, block: BlockRef, out: &mut [u8]) -> bool {
+        let Some(shard) = self.shard(block) else {
+            return false;
+        };
+        let mut shard = shard.lock();
+        let Some(&slot) = shard.slot_of.get(&block) else {
+            drop(shard);
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        shard.slots[slot].1 = true;
+        out.copy_from_slice(&shard.bytes[slot * BLOCK_BYTES..(slot + 1) * BLOCK_BYTES]);
+        drop(shard);
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Keeps `bytes` as `block`'s, making room if needed. The caller holds a
+    /// reference to the block and has checked the bytes.
+    fn insert(&self, block: BlockRef, bytes: &[u8]) {
+        let Some(shard) = self.shard(block) else {
+            return;
+        };
+        let mut shard = shard.lock();
+        let shard = &mut *shard;
+        if shard.slot_of.contains_key(&block) {
+            return;
+        }
+        let slot = match shard.free.pop() {
+            Some(slot) => slot,
+            None => {
+                // At most two sweeps: the first clears every bit.
+                let count = shard.slots.len();
+                let mut victim = shard.hand;
+                for _ in 0..2 * count {
+                    let at = shard.hand;
+                    shard.hand = (shard.hand + 1) % count;
+                    if !std::mem::replace(&mut shard.slots[at].1, false) {
+                        victim = at;
+                        break;
+                    }
+                }
+                shard.slot_of.remove(&shard.slots[victim].0);
+                victim
+            }
+        };
+        shard.slots[slot] = (block, false);
+        shard.slot_of.insert(block, slot);
+        shard.bytes[slot * BLOCK_BYTES..(slot + 1) * BLOCK_BYTES].copy_from_slice(bytes);
+    }
+
+    /// Forgets `block` (its last reference went).
+    fn forget(&self, block: BlockRef) {
+        let Some(shard) = self.shard(block) else {
+            return;
+        };
+        let mut shard = shard.lock();
+        if let Some(slot) = shard.slot_of.remove(&block) {
+            shard.slots[slot] = (ZERO_BLOCK, false);
+            shard.free.push(slot);
+        }
+    }
+}
+
 /// The bulk tier; see the module documentation.
 pub struct BulkStore {
     file: File,
@@ -153,6 +291,7 @@ pub struct BulkStore {
     used_blocks: AtomicU64,
     referenced_blocks: AtomicU64,
     zero_blocks: AtomicU64,
+    cache: BlockCache,
 }
 
 /// A buffer aligned for direct I/O.
@@ -452,7 +591,19 @@ impl BulkStore {
             used_blocks: AtomicU64::new(0),
             referenced_blocks: AtomicU64::new(0),
             zero_blocks: AtomicU64::new(0),
+            cache: BlockCache::new(0),
         })
+    }
+
+    /// Gives the tier a cache of `blocks` blocks in RAM for reads of single
+    /// pages (see [`BulkStore::read_page`]); before the tier is in use.
+    pub fn set_cache(&mut self, blocks: usize) {
+        self.cache = BlockCache::new(blocks);
+    }
+
+    /// The cache of blocks in RAM.
+    pub fn cache(&self) -> &BlockCache {
+        &self.cache
     }
 
     /// The bulk file's path.
@@ -622,6 +773,8 @@ impl BulkStore {
             );
             meta.refs -= 1;
             if meta.refs == 0 {
+                // Before the block can be handed out again.
+                self.cache.forget(block);
                 if meta.published {
                     let digest = meta.digest;
                     meta.published = false;
@@ -703,6 +856,38 @@ impl BulkStore {
             at += run;
         }
         Ok(())
+    }
+
+    /// Reads one page's blocks `refs` into `out` like [`BulkStore::read`],
+    /// through the cache of blocks in RAM: cached blocks are copied, the
+    /// others read and then cached. The caller holds the references for the
+    /// whole call (a page-in, which reads without them, uses `read`).
+    pub fn read_page(&self, refs: &[BlockRef], out: &mut [u8]) -> Result<(), NodeError> {
+        assert_eq!(out.len(), refs.len() * BLOCK_BYTES);
+        for (block, out) in refs.iter().zip(out.chunks_exact_mut(BLOCK_BYTES)) {
+            if *block == ZERO_BLOCK {
+                out.fill(0);
+            } else if !self.cache.get(*block, out) {
+                self.read(std::slice::from_ref(block), out)?;
+                self.cache.insert(*block, out);
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies one page's blocks `refs` into `out` if every one is zero or
+    /// cached (no I/O); `false`, with `out` unspecified, if not.
+    pub fn read_cached(&self, refs: &[BlockRef], out: &mut [u8]) -> bool {
+        refs.iter()
+            .zip(out.chunks_exact_mut(BLOCK_BYTES))
+            .all(|(block, out)| {
+                if *block == ZERO_BLOCK {
+                    out.fill(0);
+                    true
+                } else {
+                    self.cache.get(*block, out)
+                }
+            })
     }
 
     /// Takes over the blocks of a saved index that the regions the node
@@ -841,6 +1026,59 @@ mod tests {
             block.fill(fill);
         }
         buf
+    }
+
+    // Guards the block cache's one rule: a cached block is its block's
+    // bytes. A block read (and cached) whose last reference goes is
+    // forgotten, so when its number is reused for other bytes a read returns
+    // those, not the old ones; reads of cached blocks need no disk (the
+    // file's bytes are changed behind the tier's back, and the cached copy
+    // is what comes back); a full cache evicts, and stays within its size.
+    #[test]
+    fn the_block_cache_never_serves_a_freed_block() {
+        let (_dir, mut store) = store(64);
+        store.set_cache(CACHE_SHARDS * 2);
+        assert_eq!(store.cache().capacity_blocks(), CACHE_SHARDS * 2);
+        let first = store.store(&buffer(&[7])).unwrap();
+        let mut out = AlignedBuf::new(BLOCK_BYTES).unwrap();
+        assert!(!store.read_cached(&first, &mut out));
+        store.read_page(&first, &mut out).unwrap();
+        assert!(out.iter().all(|&b| b == 7));
+        // Cached now: the disk is not read again.
+        store
+            .file
+            .write_all_at(&buffer(&[9]), first[0] as u64 * BLOCK_BYTES as u64)
+            .unwrap();
+        let mut cached = AlignedBuf::new(BLOCK_BYTES).unwrap();
+        assert!(store.read_cached(&first, &mut cached));
+        assert!(cached.iter().all(|&b| b == 7));
+        // The last reference goes; the number is reused for other bytes.
+        store.release(&first);
+        store.uncount(&first);
+        let second = store.store(&buffer(&[8])).unwrap();
+        assert_eq!(second, first, "the freed block is reused");
+        assert!(!store.read_cached(&second, &mut cached), "forgotten");
+        store.read_page(&second, &mut out).unwrap();
+        assert!(out.iter().all(|&b| b == 8));
+        // Many more blocks than slots: evicted, never beyond the size.
+        let many = store.store(&buffer(&(10..60).collect::<Vec<u8>>())).unwrap();
+        for _ in 0..3 {
+            for (at, block) in many.iter().enumerate() {
+                store.read_page(std::slice::from_ref(block), &mut out).unwrap();
+                assert!(out.iter().all(|&b| b == 10 + at as u8));
+            }
+        }
+        let held: usize = store
+            .cache()
+            .shards
+            .iter()
+            .map(|shard| shard.lock().slot_of.len())
+            .sum();
+        assert!(held <= CACHE_SHARDS * 2, "{held} blocks cached");
+        // A cache of nothing caches nothing.
+        store.set_cache(0);
+        store.read_page(&second, &mut out).unwrap();
+        assert!(!store.read_cached(&second, &mut out));
     }
 
     // Guards the space rules: zero blocks take nothing, identical blocks

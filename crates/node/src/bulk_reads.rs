@@ -147,7 +147,17 @@ fn serve(receiver: &StdMutex<Receiver<Job>>) {
                 Err(_) => return,
             }
         };
-        let done = job.read.complete();
+        let (request_id, bytes) = (job.read.request_id, job.read.frame.len());
+        // A reply must come back whatever happens: its connection counts it.
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.read.complete()))
+            .unwrap_or_else(|_| Done {
+                request_id,
+                bytes,
+                result: Err(NodeError::io(
+                    "reading pages from the bulk tier",
+                    std::io::Error::other("the reading thread failed unexpectedly"),
+                )),
+            });
         job.done.push(done);
     }
 }

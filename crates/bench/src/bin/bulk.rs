@@ -13,10 +13,13 @@
 //! 3. **Space**: regions of zero pages and of identical contents paged out.
 //! 4. **Restart**: a region checkpointed in a storage directory, the node
 //!    stopped gracefully and started again; the time from the start call to
-//!    the first read served and to every segment in RAM, when the start
-//!    finds the bulk tier's index (served at once, loaded in the background)
-//!    against when it does not (the eager reload from the checkpoint), the
-//!    two alternating.
+//!    the first read served (of the last page, which the background loaders
+//!    reach last) and to every segment in RAM, in three cases that alternate
+//!    round by round: the start finds the bulk tier's index (a graceful
+//!    restart: served at once, loaded in the background); it does not (a
+//!    crash) and loads the baseline from the checkpoint lazily (served at
+//!    once, each segment on first access, the rest in the background); or
+//!    eagerly (`Reload::Eager`: every page in before the node serves).
 //!
 //! `cargo run --release -p pagoda-bench --bin bulk [-- --region-mib N --seconds S --rounds N --dir DIR --json]`
 
@@ -31,7 +34,7 @@ use pagoda_bench::report::{self, Flags, Percentiles, Table};
 use pagoda_node::arena::Arena;
 use pagoda_node::bulk::{AlignedBuf, BulkConfig, BulkStore};
 use pagoda_node::region::Region;
-use pagoda_node::{Node, NodeConfig};
+use pagoda_node::{Node, NodeConfig, Reload};
 use pagoda_wire::RegionInfo as WireInfo;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -39,7 +42,8 @@ use rand_distr::Distribution;
 
 const USAGE: &str = "usage: bulk [--region-mib N (1024)] [--seconds S (10)] [--rounds N (3)] \
                      [--threads N (2)] [--write-percent P (10)] [--misses N (2000)] \
-                     [--restart-mib N (1024)] [--only restart] \
+                     [--restart-mib N (1024)] [--only restart|zipf] \
+                     [--bulk-read-threads N (8)] [--bulk-cache-mib N (an eighth of RAM)] \
                      [--dir DIR (/work/bulk-bench)] [--json]";
 const PAGE: usize = 4096;
 const MIB: u64 = 1 << 20;
@@ -137,9 +141,13 @@ fn run(client: &Arc<Client>, workload: &Arc<Workload>, threads: usize, seconds: 
     done.load(Ordering::Relaxed) as f64 / began.elapsed().as_secs_f64()
 }
 
-fn node(dir: &Path, ram: u64, bulk: Option<u64>) -> Node {
+fn node(dir: &Path, ram: u64, bulk: Option<u64>, flags: &Flags) -> Node {
     let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap(), ram, dir.join("data"));
     config.storage = None;
+    config.bulk_read_threads = flags.number("bulk-read-threads", config.bulk_read_threads);
+    config.bulk_cache_bytes = flags
+        .values_get("bulk-cache-mib")
+        .map(|mib| mib.parse::<u64>().expect("--bulk-cache-mib N") * MIB);
     config.bulk = bulk.map(|capacity_bytes| BulkConfig {
         dir: dir.join("bulk"),
         capacity_bytes,
@@ -150,6 +158,22 @@ fn node(dir: &Path, ram: u64, bulk: Option<u64>) -> Node {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// The Zipf workload's table (markdown) and rows (JSON).
+fn zipf_section(flags: &Flags, root: &Path) -> (String, Vec<serde_json::Value>) {
+    report::progress("Zipf 0.99 over four times the RAM");
+    let mut table = Table::new(&[
+        "hot pages",
+        "region",
+        "¼ RAM + bulk, ops/s",
+        "all RAM, ops/s",
+        "ratio",
+        "segments out / in",
+    ]);
+    let mut zipf = Vec::new();
+    zipf_matrix(flags, root, &mut table, &mut zipf);
+    (table.markdown(), zipf)
 }
 
 fn zipf_matrix(flags: &Flags, root: &Path, table: &mut Table, json: &mut Vec<serde_json::Value>) {
@@ -164,8 +188,8 @@ fn zipf_matrix(flags: &Flags, root: &Path, table: &mut Table, json: &mut Vec<ser
         let ram_dir = root.join(format!("ram-{name}"));
         let _ = std::fs::remove_dir_all(&bulk_dir);
         let _ = std::fs::remove_dir_all(&ram_dir);
-        let tiered = node(&bulk_dir, region / 4, Some(region * 2));
-        let all_ram = node(&ram_dir, region + 64 * MIB, None);
+        let tiered = node(&bulk_dir, region / 4, Some(region * 2), flags);
+        let all_ram = node(&ram_dir, region + 64 * MIB, None, flags);
         let clients: Vec<Arc<Client>> = [&tiered, &all_ram]
             .iter()
             .map(|node| Arc::new(Client::connect(node.local_addr(), options()).expect("connect")))
@@ -230,7 +254,7 @@ fn misses(flags: &Flags, root: &Path) -> (Percentiles, Percentiles) {
     let arena = Arc::new(
         Arena::new(region_bytes, SEGMENT)
             .expect("arena")
-            .with_bulk(store, 0),
+            .with_bulk(store, 0, 0),
     );
     let info = WireInfo {
         id: 1,
@@ -302,10 +326,10 @@ fn misses(flags: &Flags, root: &Path) -> (Percentiles, Percentiles) {
 }
 
 /// Bytes used in the bulk tier for zero-heavy and duplicate-heavy data.
-fn space(root: &Path) -> Vec<(String, u64, u64, u64)> {
+fn space(flags: &Flags, root: &Path) -> Vec<(String, u64, u64, u64)> {
     let dir = root.join("space");
     let _ = std::fs::remove_dir_all(&dir);
-    let tiered = node(&dir, 8 * MIB, Some(1024 * MIB));
+    let tiered = node(&dir, 8 * MIB, Some(1024 * MIB), flags);
     let client = Client::connect(tiered.local_addr(), options()).expect("connect");
     let size = 64 * MIB;
     let pages = size / PAGE as u64;
@@ -378,7 +402,7 @@ fn restarts(flags: &Flags, root: &Path) -> Vec<(String, f64, f64)> {
     let rounds = flags.number("rounds", 3usize);
     let dir = root.join("restart");
     let _ = std::fs::remove_dir_all(&dir);
-    let config = || {
+    let config = |reload: Reload| {
         let mut config = NodeConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             // The pager loads up to 15/16 of RAM: room for all of it.
@@ -391,11 +415,14 @@ fn restarts(flags: &Flags, root: &Path) -> Vec<(String, f64, f64)> {
             dir: dir.join("bulk"),
             capacity_bytes: size + size / 2,
         });
+        config.reload = reload;
+        // All of the RAM for segments: the load is measured, not the cache.
+        config.bulk_cache_bytes = Some(0);
         config
     };
     let pages = size / PAGE as u64;
     {
-        let node = Node::start(config()).expect("node");
+        let node = Node::start(config(Reload::Lazy)).expect("node");
         let client = Client::connect(node.local_addr(), options()).expect("connect");
         let info = client
             .create_region("r", size, PAGE as u32)
@@ -405,15 +432,22 @@ fn restarts(flags: &Flags, root: &Path) -> Vec<(String, f64, f64)> {
         report::progress("restart: the first graceful stop (checkpoint, then the bulk index)");
     }
     let index = dir.join("bulk").join(pagoda_node::bulk::INDEX_FILE_NAME);
-    let (mut lazy, mut eager) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    // Per case: its label, whether the start finds the index, how it reloads
+    // without one, and the first-read and loaded times of each round.
+    let mut cases = [
+        ("from the bulk tier's index (graceful)", true, Reload::Lazy),
+        ("crash: lazy load from the checkpoint", false, Reload::Lazy),
+        ("crash: eager reload from the checkpoint", false, Reload::Eager),
+    ]
+    .map(|(label, from_bulk, reload)| (label, from_bulk, reload, Vec::new(), Vec::new()));
     for round in 0..rounds {
-        for from_bulk in [true, false] {
-            if !from_bulk {
+        for (label, from_bulk, reload, firsts, loads) in cases.iter_mut() {
+            if !*from_bulk {
                 let _ = std::fs::remove_file(&index);
             }
-            assert_eq!(index.exists(), from_bulk, "round {round}: the index");
+            assert_eq!(index.exists(), *from_bulk, "round {round}: the index");
             let began = Instant::now();
-            let node = Node::start(config()).expect("node restarts");
+            let node = Node::start(config(*reload)).expect("node restarts");
             let client = Client::connect(node.local_addr(), options()).expect("connect");
             let info = client.stat_region("r").expect("stat").info;
             let mut page = vec![0u8; PAGE];
@@ -424,40 +458,38 @@ fn restarts(flags: &Flags, root: &Path) -> Vec<(String, f64, f64)> {
             let first = began.elapsed().as_secs_f64() * 1000.0;
             assert!(page == page_bytes(pages - 1), "the first read is right");
             let deadline = Instant::now() + Duration::from_secs(600);
-            while client.stat_region("r").expect("stat").segments_paged_out > 0 {
+            loop {
+                let stat = client.stat_region("r").expect("stat");
+                if stat.segments_paged_out == 0 && stat.segments_loading == 0 {
+                    break;
+                }
                 assert!(Instant::now() < deadline, "the background load never ends");
                 std::thread::sleep(Duration::from_millis(5));
             }
             let loaded = began.elapsed().as_secs_f64() * 1000.0;
             report::progress(&format!(
-                "restart round {} {}: first read {first:.0} ms, loaded {loaded:.0} ms",
+                "restart round {} {label}: first read {first:.0} ms, loaded {loaded:.0} ms",
                 round + 1,
-                if from_bulk {
-                    "from the bulk tier"
-                } else {
-                    "eager reload"
-                }
             ));
-            let (firsts, loads) = if from_bulk { &mut lazy } else { &mut eager };
             firsts.push(first);
             loads.push(loaded);
             drop(client);
+            // Stopped gracefully: a checkpoint (nothing is dirty) and the
+            // bulk index, which the next crash case removes.
             drop(node);
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    vec![
-        (
-            format!("from the bulk tier's index ({} MiB)", size / MIB),
-            median(&mut lazy.0),
-            median(&mut lazy.1),
-        ),
-        (
-            format!("eager reload from the checkpoint ({} MiB)", size / MIB),
-            median(&mut eager.0),
-            median(&mut eager.1),
-        ),
-    ]
+    cases
+        .into_iter()
+        .map(|(label, _, _, mut firsts, mut loads)| {
+            (
+                format!("{label} ({} MiB)", size / MIB),
+                median(&mut firsts),
+                median(&mut loads),
+            )
+        })
+        .collect()
 }
 
 fn main() {
@@ -473,6 +505,8 @@ fn main() {
             "write-percent",
             "restart-mib",
             "only",
+            "bulk-read-threads",
+            "bulk-cache-mib",
         ],
         USAGE,
     );
@@ -483,6 +517,17 @@ fn main() {
     // `--only restart`: the restart alone (it needs the most time and disk).
     let only_restart = flags.values_get("only") == Some("restart");
     let mut document = serde_json::Map::new();
+    // `--only zipf`: the Zipf workload alone.
+    if flags.values_get("only") == Some("zipf") {
+        let (markdown, zipf) = zipf_section(&flags, &root);
+        document.insert("zipf".into(), zipf.into());
+        report::emit(
+            flags.switch("json"),
+            &serde_json::Value::Object(document),
+            &markdown,
+        );
+        return;
+    }
     {
         report::progress("restart");
         let rows = restarts(&flags, &root);
@@ -533,7 +578,7 @@ fn main() {
     ));
 
     report::progress("space");
-    let rows = space(&root);
+    let rows = space(&flags, &root);
     let mut table = Table::new(&["data", "paged out", "bulk tier used", "RAM used"]);
     for (label, written, used, ram) in &rows {
         table.row(vec![
@@ -546,18 +591,8 @@ fn main() {
     markdown.push_str(&table.markdown());
     markdown.push('\n');
 
-    report::progress("Zipf 0.99 over four times the RAM");
-    let mut table = Table::new(&[
-        "hot pages",
-        "region",
-        "¼ RAM + bulk, ops/s",
-        "all RAM, ops/s",
-        "ratio",
-        "segments out / in",
-    ]);
-    let mut zipf = Vec::new();
-    zipf_matrix(&flags, &root, &mut table, &mut zipf);
-    markdown.push_str(&table.markdown());
+    let (zipf_markdown, zipf) = zipf_section(&flags, &root);
+    markdown.push_str(&zipf_markdown);
 
     document.insert(
         "misses".into(),
