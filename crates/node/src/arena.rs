@@ -101,7 +101,12 @@ impl Arena {
     /// it for connections (0: they read it themselves), and a cache of hot
     /// blocks of `cache_bytes` (whole segments, at most half the RAM) taken
     /// from the RAM, where it counts as used.
-    pub fn with_bulk(mut self, mut bulk: BulkStore, read_threads: usize, cache_bytes: u64) -> Arena {
+    pub fn with_bulk(
+        mut self,
+        mut bulk: BulkStore,
+        read_threads: usize,
+        cache_bytes: u64,
+    ) -> Arena {
         let cache_segments = (cache_bytes / self.segment_bytes as u64).min(self.segments / 2);
         bulk.set_cache(cache_segments as usize * (self.segment_bytes / crate::bulk::BLOCK_BYTES));
         self.used.store(cache_segments, Ordering::Relaxed);

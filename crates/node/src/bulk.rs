@@ -201,7 +201,10 @@ impl BlockCache {
 
     /// Blocks the cache holds at most.
     pub fn capacity_blocks(&self) -> usize {
-        self.shards.iter().map(|shard| shard.lock().slots.len()).sum()
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().slots.len())
+            .sum()
     }
 
     fn shard(&self, block: BlockRef) -> Option<&Mutex<CacheShard>> {
@@ -1061,10 +1064,14 @@ mod tests {
         store.read_page(&second, &mut out).unwrap();
         assert!(out.iter().all(|&b| b == 8));
         // Many more blocks than slots: evicted, never beyond the size.
-        let many = store.store(&buffer(&(10..60).collect::<Vec<u8>>())).unwrap();
+        let many = store
+            .store(&buffer(&(10..60).collect::<Vec<u8>>()))
+            .unwrap();
         for _ in 0..3 {
             for (at, block) in many.iter().enumerate() {
-                store.read_page(std::slice::from_ref(block), &mut out).unwrap();
+                store
+                    .read_page(std::slice::from_ref(block), &mut out)
+                    .unwrap();
                 assert!(out.iter().all(|&b| b == 10 + at as u8));
             }
         }

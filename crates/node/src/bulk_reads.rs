@@ -63,13 +63,10 @@ impl PendingRead {
             tests::DELAY_MS.load(std::sync::atomic::Ordering::Relaxed),
         ));
         let bytes = self.frame.len();
-        let result = self
-            .fetch
-            .run(&mut self.frame[HEADER_BYTES..])
-            .map(|()| {
-                pagoda_wire::frame::reseal(&mut self.frame);
-                std::mem::take(&mut self.frame)
-            });
+        let result = self.fetch.run(&mut self.frame[HEADER_BYTES..]).map(|()| {
+            pagoda_wire::frame::reseal(&mut self.frame);
+            std::mem::take(&mut self.frame)
+        });
         Done {
             request_id: self.request_id,
             bytes,
@@ -197,7 +194,13 @@ impl Completions {
         let mut count = [0u8; 8];
         // SAFETY: reads at most 8 bytes into a live buffer (resets the
         // counter; `EAGAIN` when it is zero, which is fine).
-        unsafe { libc::read(self.event.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+        unsafe {
+            libc::read(
+                self.event.as_raw_fd(),
+                count.as_mut_ptr().cast(),
+                count.len(),
+            )
+        };
         std::mem::take(&mut *self.ready.lock())
     }
 
@@ -309,7 +312,10 @@ mod tests {
             overtaken - began
         );
         let expected: Vec<u8> = firsts.iter().flat_map(|&p| page(p, 1)).collect();
-        assert!(old == expected, "the read saw pages other than at its arrival");
+        assert!(
+            old == expected,
+            "the read saw pages other than at its arrival"
+        );
         let mut now = vec![0u8; firsts.len() * PAGE];
         client.raw().read_pages(&info, &firsts, &mut now).unwrap();
         assert!(now == new, "the write after the read was lost");

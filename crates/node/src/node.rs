@@ -217,7 +217,9 @@ impl Node {
             let (path, direct_io) = (store.path().to_owned(), store.direct());
             let cache_bytes = config.bulk_cache_bytes.unwrap_or(config.capacity_bytes / 8);
             arena = arena.with_bulk(store, config.bulk_read_threads, cache_bytes);
-            let cache = arena.bulk().map_or(0, |bulk| bulk.cache().capacity_blocks());
+            let cache = arena
+                .bulk()
+                .map_or(0, |bulk| bulk.cache().capacity_blocks());
             tracing::info!(
                 path = %path.display(),
                 capacity_bytes = bulk.capacity_bytes,

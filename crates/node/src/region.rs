@@ -789,7 +789,8 @@ impl Region {
         index: usize,
         out: &mut [u8],
     ) -> Result<(), NodeError> {
-        self.bulk()?.read_page(self.page_blocks(segment, index), out)
+        self.bulk()?
+            .read_page(self.page_blocks(segment, index), out)
     }
 
     /// The bulk-tier blocks of page `index` of a paged-out segment.

@@ -483,7 +483,9 @@ fn bulk_tier_reads_reach_tls_clients_intact() {
                 let mut versions = vec![0u64; PAGES as usize];
                 let mut state = thread + 1;
                 for step in 0..200u64 {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     let pages: Vec<u64> = (0..8)
                         .map(|i| {
                             let page = (state >> 20).wrapping_add(i * 977) % (PAGES / 3);
@@ -492,10 +494,8 @@ fn bulk_tier_reads_reach_tls_clients_intact() {
                         .filter(|&page| page < PAGES)
                         .collect();
                     if step % 5 == 0 {
-                        let data: Vec<u8> = pages
-                            .iter()
-                            .flat_map(|&p| content(p, step + 1))
-                            .collect();
+                        let data: Vec<u8> =
+                            pages.iter().flat_map(|&p| content(p, step + 1)).collect();
                         client.raw().write_pages(&info, &pages, &data).unwrap();
                         for &page in &pages {
                             versions[page as usize] = step + 1;

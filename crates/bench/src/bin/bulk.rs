@@ -437,7 +437,11 @@ fn restarts(flags: &Flags, root: &Path) -> Vec<(String, f64, f64)> {
     let mut cases = [
         ("from the bulk tier's index (graceful)", true, Reload::Lazy),
         ("crash: lazy load from the checkpoint", false, Reload::Lazy),
-        ("crash: eager reload from the checkpoint", false, Reload::Eager),
+        (
+            "crash: eager reload from the checkpoint",
+            false,
+            Reload::Eager,
+        ),
     ]
     .map(|(label, from_bulk, reload)| (label, from_bulk, reload, Vec::new(), Vec::new()));
     for round in 0..rounds {
