@@ -207,6 +207,15 @@ impl BlockCache {
             .sum()
     }
 
+    /// Lookups that found their block, and lookups that did not, since the
+    /// start.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
     fn shard(&self, block: BlockRef) -> Option<&Mutex<CacheShard>> {
         if self.shards.is_empty() {
             return None;
@@ -1055,6 +1064,7 @@ mod tests {
         let mut cached = AlignedBuf::new(BLOCK_BYTES).unwrap();
         assert!(store.read_cached(&first, &mut cached));
         assert!(cached.iter().all(|&b| b == 7));
+        assert_eq!(store.cache().counts(), (1, 2), "one hit, two misses");
         // The last reference goes; the number is reused for other bytes.
         store.release(&first);
         store.uncount(&first);

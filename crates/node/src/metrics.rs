@@ -256,6 +256,23 @@ pub(crate) fn render(shared: &Shared, metrics: &Metrics) -> String {
             "Bytes the bulk tier saves by storing zero pages as nothing and identical pages once.",
             &one(stat.saved_bytes() as f64),
         );
+        let cache = bulk.cache();
+        let (hits, misses) = cache.counts();
+        gauge(
+            "pagoda_node_bulk_cache_bytes",
+            "RAM for the cache of hot bulk-tier blocks.",
+            &one((cache.capacity_blocks() * crate::bulk::BLOCK_BYTES) as f64),
+        );
+        gauge(
+            "pagoda_node_bulk_cache_hits",
+            "Reads of single bulk-tier blocks served from the cache in RAM since the start.",
+            &one(hits as f64),
+        );
+        gauge(
+            "pagoda_node_bulk_cache_misses",
+            "Reads of single bulk-tier blocks that went to the disk since the start.",
+            &one(misses as f64),
+        );
     }
     if shared.arena.bulk().is_some() {
         let (paged_out, paged_in) = shared.arena.paging();
