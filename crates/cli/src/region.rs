@@ -194,6 +194,7 @@ fn stat_json(stat: &RegionStat) -> serde_json::Value {
         "bulk_bytes": stat.bulk_bytes,
         "bulk_zero_bytes": stat.bulk_zero_bytes,
         "segments_loading": stat.segments_loading,
+        "state_reason": (!stat.state_reason.is_empty()).then_some(&stat.state_reason),
     })
 }
 
@@ -474,7 +475,15 @@ pub fn run(mut args: RegionArgs, node_on_command_line: bool) -> Result<(), Strin
                 println!("metadata        {}", format_bytes(stat.metadata_bytes));
                 println!("pages read      {}", stat.pages_read);
                 println!("pages written   {}", stat.pages_written);
-                println!("state           {}", stat.state.name());
+                if stat.state_reason.is_empty() {
+                    println!("state           {}", stat.state.name());
+                } else {
+                    println!(
+                        "state           {}: {}",
+                        stat.state.name(),
+                        stat.state_reason
+                    );
+                }
                 if stat.segments_loading > 0 {
                     println!(
                         "loading         {} segments left to load from the baseline (served on first access meanwhile)",

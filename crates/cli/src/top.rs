@@ -869,6 +869,7 @@ mod tests {
                 bulk_bytes: 0,
                 bulk_zero_bytes: 0,
                 segments_loading: 0,
+                state_reason: String::new(),
             },
             role: Some(Role {
                 role: ReplicaRole::Solo,

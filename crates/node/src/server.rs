@@ -219,6 +219,7 @@ pub(crate) fn serve_request(
                 bulk_bytes: region.bulk_bytes().0,
                 bulk_zero_bytes: region.bulk_bytes().1,
                 segments_loading: region.segments_loading(),
+                state_reason: region.state_reason(),
             })
             .encode(out, request_id, 0);
         }

@@ -301,6 +301,11 @@ fn a_damaged_baseline_damages_only_its_region() {
     assert_eq!(error.code(), Some(ErrorCode::RegionUnavailable), "{error}");
     let stat = client.stat_region("bad").unwrap();
     assert_eq!(stat.state.name(), "damaged", "{stat:?}");
+    assert!(
+        stat.state_reason.contains("its baseline failed to load")
+            && stat.state_reason.contains("page 3 checksum mismatch"),
+        "region stat names the damage: {stat:?}"
+    );
     let message = error.to_string();
     assert!(
         message.contains("its baseline failed to load") && message.contains("checksum mismatch"),

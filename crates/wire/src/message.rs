@@ -632,6 +632,9 @@ pub struct RegionStat {
     /// restart (the node serves meanwhile, loading each on first access;
     /// 0: nothing left to load).
     pub segments_loading: u64,
+    /// Why the region is in its state (empty while active): for a damaged
+    /// region, what damaged it. At most [`ERROR_MESSAGE_BYTES_MAX`] bytes.
+    pub state_reason: String,
 }
 
 /// The node's statistics.
@@ -1501,6 +1504,7 @@ impl<'a> Response<'a> {
                 ] {
                     payload.extend_from_slice(&value.to_le_bytes());
                 }
+                put_message(payload, &stat.state_reason);
             }
             Response::CheckpointDone(info) => {
                 for value in [info.number, info.pages, info.bytes] {
@@ -1729,6 +1733,7 @@ impl<'a> Response<'a> {
                 bulk_bytes: reader.u64()?,
                 bulk_zero_bytes: reader.u64()?,
                 segments_loading: reader.u64()?,
+                state_reason: reader.str(ERROR_MESSAGE_BYTES_MAX)?.to_owned(),
             }),
             Opcode::CheckpointDone => Response::CheckpointDone(CheckpointInfo {
                 number: reader.u64()?,
@@ -2091,6 +2096,7 @@ mod tests {
                 bulk_bytes: 4 << 20,
                 bulk_zero_bytes: 1 << 20,
                 segments_loading: 9,
+                state_reason: "moved to another node".into(),
             }),
             Response::CheckpointDone(CheckpointInfo {
                 number: 1,

@@ -170,6 +170,7 @@ fn response_frames() -> Vec<(String, Vec<u8>)> {
                 bulk_bytes: 2 << 20,
                 bulk_zero_bytes: 4096,
                 segments_loading: 0,
+                state_reason: String::new(),
             }),
         ),
         (
