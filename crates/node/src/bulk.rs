@@ -138,6 +138,10 @@ struct BlockMeta {
     /// Whether `by_digest` names this block (a block stored while an equal
     /// one was being written is not shared).
     published: bool,
+    /// Taken over from a saved index and not yet published: whole (it was
+    /// written before the index was saved), so [`BulkStore::publish_adopted`]
+    /// may name it in `by_digest`. Cleared when the block is freed.
+    adopted: bool,
 }
 
 struct Index {
@@ -706,6 +710,7 @@ impl BulkStore {
                             refs: 0,
                             digest: [0; 16],
                             published: false,
+                            adopted: false,
                         });
                         (index.meta.len() - 1) as BlockRef
                     }
@@ -785,6 +790,7 @@ impl BulkStore {
             );
             meta.refs -= 1;
             if meta.refs == 0 {
+                meta.adopted = false;
                 // Before the block can be handed out again.
                 self.cache.forget(block);
                 if meta.published {
@@ -932,18 +938,17 @@ impl BulkStore {
         }
         let used = refs.iter().filter(|&&count| count > 0).count();
         index.meta.reserve(highest);
-        index.by_digest.reserve(used);
+        // The digest map (a million random inserts for 4 GiB: most of the
+        // time a takeover took) is built later, by `publish_adopted`, while
+        // the node serves.
         for block in 0..highest as BlockRef {
             let count = refs[block as usize];
             let (crc, digest) = known[block as usize];
-            let published = count > 0 && !index.by_digest.contains_key(&digest);
-            if published {
-                index.by_digest.insert(digest, block);
-            }
             index.meta.push(BlockMeta {
                 refs: count,
                 digest,
-                published,
+                published: false,
+                adopted: count > 0,
             });
             if count > 0 {
                 self.checksums[block as usize].store(crc, Ordering::Relaxed);
@@ -954,6 +959,40 @@ impl BulkStore {
         self.used_blocks.store(used as u64, Ordering::Relaxed);
         self.referenced_blocks.store(referenced, Ordering::Relaxed);
         self.zero_blocks.store(zeros, Ordering::Relaxed);
+    }
+
+    /// Names the blocks [`BulkStore::adopt`] took over in the digest map,
+    /// so that stores share them again; a chunk at a time under the index
+    /// lock, so stores meanwhile wait little (and, until it is done, may
+    /// store a duplicate of an adopted block rather than share it). Returns
+    /// how many blocks it published.
+    pub fn publish_adopted(&self) -> u64 {
+        const CHUNK: usize = 16 * 1024;
+        let mut published = 0;
+        let mut start = 0;
+        loop {
+            let mut index = self.index.lock();
+            let index = &mut *index;
+            let end = (start + CHUNK).min(index.meta.len());
+            if start >= end {
+                return published;
+            }
+            for block in start..end {
+                let meta = &mut index.meta[block];
+                if !meta.adopted {
+                    continue;
+                }
+                meta.adopted = false;
+                if let std::collections::hash_map::Entry::Vacant(entry) =
+                    index.by_digest.entry(meta.digest)
+                {
+                    entry.insert(block as BlockRef);
+                    meta.published = true;
+                    published += 1;
+                }
+            }
+            start = end;
+        }
     }
 
     /// Writes the index of the tier as it is now, for the next start (a
@@ -1291,6 +1330,15 @@ mod tests {
         let mut out = AlignedBuf::new(4 * BLOCK_BYTES).unwrap();
         again.read(&refs, &mut out).unwrap();
         assert_eq!(&out[..], &buffer(&[1, 0, 2, 1])[..]);
+        // Shared again once published, except a block freed before that.
+        again.release(&refs[2..3]);
+        again.uncount(&refs[2..3]);
+        assert_eq!(again.publish_adopted(), 1, "the block of twos was freed");
+        let ones = again.store(&buffer(&[1])).unwrap();
+        assert_eq!(ones[0], refs[0], "the adopted block of ones is shared");
+        let twos = again.store(&buffer(&[2])).unwrap();
+        assert_eq!(again.refs(twos[0]), 1, "a new block of twos");
+        assert_eq!(again.stat().used_bytes, 2 * BLOCK_BYTES as u64);
     }
 
     // Guards the checksum: a block changed on disk behind the tier's back
@@ -1315,3 +1363,4 @@ mod tests {
         );
     }
 }
+

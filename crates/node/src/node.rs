@@ -246,6 +246,25 @@ impl Node {
             && config.storage.is_some()
         {
             restore_from_bulk(&arena, &catalog, saved);
+            // Sharing the adopted blocks again needs their digests mapped:
+            // done while the node serves.
+            let publisher = arena.clone();
+            let spawned = std::thread::Builder::new()
+                .name("pagoda-bulk-publish".into())
+                .spawn(move || {
+                    let began = std::time::Instant::now();
+                    let blocks = publisher.bulk().map_or(0, |bulk| bulk.publish_adopted());
+                    tracing::debug!(
+                        blocks,
+                        millis = began.elapsed().as_millis() as u64,
+                        "adopted bulk-tier blocks shared again"
+                    );
+                });
+            if let Err(error) = spawned {
+                // Only sharing is lost: identical blocks stored from now on
+                // are stored again.
+                tracing::warn!(%error, "could not start sharing the adopted bulk-tier blocks");
+            }
         }
         let credentials =
             crate::access::CredentialStore::open(&config.data_dir, config.token.as_deref())?;
