@@ -321,4 +321,56 @@ mod tests {
         assert!(now == new, "the write after the read was lost");
         drop(node);
     }
+
+    // Guards the error path of a read finished off the connection's thread:
+    // with the bulk file damaged behind the node's back, a read of a page
+    // there is answered with `Corrupt` (never the damaged bytes), and the
+    // same connection goes on serving reads of resident pages.
+    #[test]
+    fn a_damaged_block_answers_its_read_with_an_error_and_the_connection_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            2 * SEGMENT_PAGES * PAGE as u64,
+            dir.path().join("data"),
+        );
+        config.bulk = Some(BulkConfig {
+            dir: dir.path().join("bulk"),
+            capacity_bytes: 64 << 20,
+        });
+        let node = Node::start(config).unwrap();
+        let client = Client::connect(node.local_addr(), ClientOptions::default()).unwrap();
+        let info = client
+            .create_region("r", SEGMENTS * SEGMENT_PAGES * PAGE as u64, PAGE as u32)
+            .unwrap();
+        for segment in 0..SEGMENTS {
+            let pages: Vec<u64> =
+                (segment * SEGMENT_PAGES..(segment + 1) * SEGMENT_PAGES).collect();
+            let data: Vec<u8> = pages.iter().flat_map(|&p| page(p, 1)).collect();
+            client.raw().write_pages(&info, &pages, &data).unwrap();
+        }
+        // Every block on disk overwritten (the node reads with direct I/O,
+        // so it sees this).
+        let file = dir.path().join("bulk").join(crate::bulk::FILE_NAME);
+        let length = std::fs::metadata(&file).unwrap().len();
+        std::fs::write(&file, vec![0x5a; length as usize]).unwrap();
+        let (mut damaged, mut intact) = (0, 0);
+        let mut out = vec![0u8; PAGE];
+        for segment in 0..SEGMENTS {
+            let number = segment * SEGMENT_PAGES + 3;
+            match client.raw().read_pages(&info, &[number], &mut out) {
+                Ok(()) => {
+                    assert!(out == page(number, 1), "page {number} read back wrong");
+                    intact += 1;
+                }
+                Err(error) => {
+                    assert_eq!(error.code(), Some(pagoda::ErrorCode::Corrupt), "{error}");
+                    damaged += 1;
+                }
+            }
+            client.raw().ping(0).unwrap();
+        }
+        assert!(damaged >= SEGMENTS - 2, "{damaged} reads failed");
+        assert!(intact >= 1, "the resident segments read back");
+    }
 }

@@ -1355,6 +1355,11 @@ impl Fetches {
             }
             self.wait(reader.get_ref().readiness_fd(), out, shared);
         }
+        // Error replies for reads that failed were only buffered: out they
+        // go before the thread waits for the next request.
+        if reader.buffered() == 0 {
+            out.flush()?;
+        }
         Ok(())
     }
 
