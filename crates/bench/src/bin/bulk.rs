@@ -13,13 +13,15 @@
 //! 3. **Space**: regions of zero pages and of identical contents paged out.
 //! 4. **Restart**: a region checkpointed in a storage directory, the node
 //!    stopped gracefully and started again; the time from the start call to
-//!    the first read served (of the last page, which the background loaders
-//!    reach last) and to every segment in RAM, in three cases that alternate
-//!    round by round: the start finds the bulk tier's index (a graceful
-//!    restart: served at once, loaded in the background); it does not (a
-//!    crash) and loads the baseline from the checkpoint lazily (served at
-//!    once, each segment on first access, the rest in the background); or
-//!    eagerly (`Reload::Eager`: every page in before the node serves).
+//!    its return, to the first read served (of the last page, which the
+//!    background loaders reach last) and to every segment in RAM, in four
+//!    cases that alternate round by round: the start finds the bulk tier's
+//!    index (a graceful restart: served at once, loaded in the background);
+//!    it does not (a crash) and loads the baseline from the checkpoint lazily
+//!    (served at once, each segment on first access, the rest in the
+//!    background) or eagerly (`Reload::Eager`: every page in before the node
+//!    serves); and the lazy load on a node without a bulk tier (no bulk file
+//!    to recreate at start).
 //!
 //! `cargo run --release -p pagoda-bench --bin bulk [-- --region-mib N --seconds S --rounds N --dir DIR --json]`
 
@@ -394,15 +396,16 @@ fn space(flags: &Flags, root: &Path) -> Vec<(String, u64, u64, u64)> {
     rows
 }
 
-/// Milliseconds from `Node::start` to the first read served, and to the
-/// region wholly in RAM, restarting from the bulk tier's index or without
-/// it, alternating round by round.
-fn restarts(flags: &Flags, root: &Path) -> Vec<(String, f64, f64)> {
+/// Milliseconds from the `Node::start` call to its return, to the first
+/// read served, and to the region wholly in RAM, restarting from the bulk
+/// tier's index or without it (lazily or eagerly), alternating round by
+/// round: per case, the medians.
+fn restarts(flags: &Flags, root: &Path) -> Vec<(String, f64, f64, f64)> {
     let size = flags.number("restart-mib", 1024u64) * MIB;
     let rounds = flags.number("rounds", 3usize);
     let dir = root.join("restart");
     let _ = std::fs::remove_dir_all(&dir);
-    let config = |reload: Reload| {
+    let config = |reload: Reload, bulk: bool| {
         let mut config = NodeConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             // The pager loads up to 15/16 of RAM: room for all of it.
@@ -411,7 +414,7 @@ fn restarts(flags: &Flags, root: &Path) -> Vec<(String, f64, f64)> {
         );
         config.storage = Some(pagoda_node::StorageConfig::Dir(dir.join("storage")));
         config.checkpoint_interval = None;
-        config.bulk = Some(BulkConfig {
+        config.bulk = bulk.then(|| BulkConfig {
             dir: dir.join("bulk"),
             capacity_bytes: size + size / 2,
         });
@@ -422,7 +425,7 @@ fn restarts(flags: &Flags, root: &Path) -> Vec<(String, f64, f64)> {
     };
     let pages = size / PAGE as u64;
     {
-        let node = Node::start(config(Reload::Lazy)).expect("node");
+        let node = Node::start(config(Reload::Lazy, true)).expect("node");
         let client = Client::connect(node.local_addr(), options()).expect("connect");
         let info = client
             .create_region("r", size, PAGE as u32)
@@ -432,26 +435,42 @@ fn restarts(flags: &Flags, root: &Path) -> Vec<(String, f64, f64)> {
         report::progress("restart: the first graceful stop (checkpoint, then the bulk index)");
     }
     let index = dir.join("bulk").join(pagoda_node::bulk::INDEX_FILE_NAME);
-    // Per case: its label, whether the start finds the index, how it reloads
-    // without one, and the first-read and loaded times of each round.
+    // Per case: its label, whether the node has a bulk tier and the start
+    // finds its index, how it reloads without one, and the started,
+    // first-read and loaded times of each round. A node with a bulk tier
+    // recreates its bulk file after a crash (the file's old blocks freed,
+    // its capacity allocated again), which the node without one does not:
+    // that case shows the lazy load's own start.
     let mut cases = [
-        ("from the bulk tier's index (graceful)", true, Reload::Lazy),
-        ("crash: lazy load from the checkpoint", false, Reload::Lazy),
+        (
+            "from the bulk tier's index (graceful)",
+            Some(true),
+            Reload::Lazy,
+        ),
+        (
+            "crash: lazy load from the checkpoint",
+            Some(false),
+            Reload::Lazy,
+        ),
         (
             "crash: eager reload from the checkpoint",
-            false,
+            Some(false),
             Reload::Eager,
         ),
+        ("crash, no bulk tier: lazy load", None, Reload::Lazy),
     ]
-    .map(|(label, from_bulk, reload)| (label, from_bulk, reload, Vec::new(), Vec::new()));
+    .map(|(label, index_kept, reload)| (label, index_kept, reload, [(); 3].map(|_| Vec::new())));
     for round in 0..rounds {
-        for (label, from_bulk, reload, firsts, loads) in cases.iter_mut() {
-            if !*from_bulk {
+        for (label, index_kept, reload, times) in cases.iter_mut() {
+            if *index_kept == Some(false) {
                 let _ = std::fs::remove_file(&index);
             }
-            assert_eq!(index.exists(), *from_bulk, "round {round}: the index");
+            if let Some(kept) = *index_kept {
+                assert_eq!(index.exists(), kept, "round {round}: the index");
+            }
             let began = Instant::now();
-            let node = Node::start(config(*reload)).expect("node restarts");
+            let node = Node::start(config(*reload, index_kept.is_some())).expect("node restarts");
+            let started = began.elapsed().as_secs_f64() * 1000.0;
             let client = Client::connect(node.local_addr(), options()).expect("connect");
             let info = client.stat_region("r").expect("stat").info;
             let mut page = vec![0u8; PAGE];
@@ -472,25 +491,31 @@ fn restarts(flags: &Flags, root: &Path) -> Vec<(String, f64, f64)> {
             }
             let loaded = began.elapsed().as_secs_f64() * 1000.0;
             report::progress(&format!(
-                "restart round {} {label}: first read {first:.0} ms, loaded {loaded:.0} ms",
+                "restart round {} {label}: started {started:.0} ms, first read {first:.0} ms, \
+                 loaded {loaded:.0} ms",
                 round + 1,
             ));
-            firsts.push(first);
-            loads.push(loaded);
+            for (values, value) in times.iter_mut().zip([started, first, loaded]) {
+                values.push(value);
+            }
             drop(client);
-            // Stopped gracefully: a checkpoint (nothing is dirty) and the
-            // bulk index, which the next crash case removes.
+            // Stopped gracefully: a checkpoint (nothing is dirty) and, with
+            // a bulk tier, its index, which the next crash case removes (the
+            // node without one leaves the last index as it was: it still
+            // holds the newest checkpoint).
             drop(node);
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
     cases
         .into_iter()
-        .map(|(label, _, _, mut firsts, mut loads)| {
+        .map(|(label, _, _, mut times)| {
+            let [started, first, loaded] = &mut times;
             (
                 format!("{label} ({} MiB)", size / MIB),
-                median(&mut firsts),
-                median(&mut loads),
+                median(started),
+                median(first),
+                median(loaded),
             )
         })
         .collect()
@@ -535,10 +560,16 @@ fn main() {
     {
         report::progress("restart");
         let rows = restarts(&flags, &root);
-        let mut table = Table::new(&["restart", "first read served, ms", "all in RAM, ms"]);
-        for (label, first, loaded) in &rows {
+        let mut table = Table::new(&[
+            "restart",
+            "node started, ms",
+            "first read served, ms",
+            "all in RAM, ms",
+        ]);
+        for (label, started, first, loaded) in &rows {
             table.row(vec![
                 label.clone(),
+                format!("{started:.0}"),
                 format!("{first:.0}"),
                 format!("{loaded:.0}"),
             ]);
@@ -548,7 +579,7 @@ fn main() {
         document.insert(
             "restart".into(),
             rows.iter()
-                .map(|(label, first, loaded)| serde_json::json!({"restart": label, "first_read_ms": first, "loaded_ms": loaded}))
+                .map(|(label, started, first, loaded)| serde_json::json!({"restart": label, "started_ms": started, "first_read_ms": first, "loaded_ms": loaded}))
                 .collect(),
         );
     }
