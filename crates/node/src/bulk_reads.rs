@@ -189,6 +189,11 @@ impl Completions {
         unsafe { libc::write(self.event.as_raw_fd(), one.as_ptr().cast(), one.len()) };
     }
 
+    /// Whether a reply was read in since the last [`Completions::take`].
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.ready.lock().is_empty()
+    }
+
     /// The replies read in since the last call.
     pub(crate) fn take(&self) -> Vec<Done> {
         let mut count = [0u8; 8];

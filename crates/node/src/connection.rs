@@ -1348,12 +1348,24 @@ impl Fetches {
         out: &mut Out<'_, '_>,
     ) -> Result<(), WireError> {
         self.deliver(shared, out);
+        // Like a read of the socket, the wait spins first (a sleeping
+        // thread's wake-up costs more than a disk read's wait here).
+        let spin_until = Instant::now() + shared.config.spin;
         while self.in_flight > 0 && reader.buffered() == 0 && out.failed.is_none() {
             out.flush()?;
             if reader.try_fill()? {
                 break;
             }
-            self.wait(reader.get_ref().readiness_fd(), out, shared);
+            match &self.completions {
+                Some(completions) if Instant::now() < spin_until => {
+                    if completions.has_ready() {
+                        self.deliver(shared, out);
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                _ => self.wait(reader.get_ref().readiness_fd(), out, shared),
+            }
         }
         // Error replies for reads that failed were only buffered: out they
         // go before the thread waits for the next request.
