@@ -112,6 +112,24 @@ fn fill(client: &Client, name: &str) -> (RegionInfo, Vec<Vec<u8>>) {
     (info, model)
 }
 
+/// The `pagoda_node_region_segments_loading` gauge of region `name`, read
+/// from the node's metrics endpoint.
+fn loading_gauge(metrics: std::net::SocketAddr, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(metrics).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    let prefix = format!("pagoda_node_region_segments_loading{{region=\"{name}\"}} ");
+    let line = body
+        .lines()
+        .find(|line| line.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in the scrape: {body}"));
+    line[prefix.len()..].trim().parse::<f64>().unwrap() as u64
+}
+
 fn segments_loading(client: &Client, name: &str) -> u64 {
     client.stat_region(name).unwrap().segments_loading
 }
@@ -136,12 +154,19 @@ fn a_restarted_node_serves_during_the_lazy_load_and_loses_nothing() {
         filled
     };
 
-    let node = Node::start(config(root.path(), "data", PACED)).unwrap();
+    let mut paced = config(root.path(), "data", PACED);
+    paced.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let node = Node::start(paced).unwrap();
     let client = connect(&node);
     assert_eq!(
         segments_loading(&client, "r"),
         31,
         "every written segment waits to load"
+    );
+    let gauge = loading_gauge(node.metrics_addr().unwrap(), "r");
+    assert!(
+        (1..=31).contains(&gauge),
+        "the metric counts the load: {gauge}"
     );
     // A read in a segment the background loader reaches last: loaded on
     // demand, right away.
