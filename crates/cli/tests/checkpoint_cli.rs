@@ -891,3 +891,80 @@ fn sigquit_abandons_unsaved_changes_with_a_failure_status() {
         node.log()
     );
 }
+
+// Guards journal replay over a lazy reload: byte-range writes committed to
+// the node's journal (not in any checkpoint) and then lost with a `kill -9`
+// are replayed at the next start over the baseline, which loads lazily:
+// each record loads the segments it writes before it is applied, so the
+// baseline never lands over a replayed write. Every page afterwards is the
+// checkpoint's, with the journaled ranges on top.
+#[test]
+fn kill_9_then_the_journal_replays_over_the_lazy_reload() {
+    const PAGE_COUNT: u64 = 16384; // 64 MiB: 32 segments.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let storage = dir.path().join("storage");
+    let storage_arg = storage.to_str().unwrap().to_owned();
+    let flags = ["--storage", &storage_arg, "--checkpoint-interval", "0"];
+    let node = NodeProcess::start(&data, "96MiB", &flags);
+    run_ok(&["region", "create", "r", "--size", "64MiB"], &node.addr);
+    let client = node.client();
+    let info = client.stat_region("r").unwrap().info;
+    let all: Vec<u64> = (0..PAGE_COUNT).collect();
+    let mut model = vec![0u32; PAGE_COUNT as usize];
+    write_pages(&client, &info, &mut model, &all, 1);
+    let report = run_json(&["region", "checkpoint", "r", "--json"], &node.addr);
+    assert_eq!(report["number"], 1, "{report}");
+    let mut expected = Vec::with_capacity(PAGE_COUNT as usize * PAGE_BYTES);
+    for page in 0..PAGE_COUNT {
+        push_page(&mut expected, page, 1);
+    }
+    // Ranges across page and segment boundaries, in segments near the end
+    // (the background loader reaches them last).
+    let journaled = client
+        .open_region(
+            "r",
+            pagoda::RegionOptions {
+                durability: pagoda::Durability::Remote,
+                ..pagoda::RegionOptions::with_cache_bytes(64 * PAGE_BYTES as u64)
+            },
+        )
+        .unwrap();
+    let segment = 512 * PAGE_BYTES as u64;
+    for (index, offset) in [
+        31 * segment - 100,
+        30 * segment + 7 * PAGE_BYTES as u64 - 10,
+        2 * segment + 5,
+        29 * segment,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let bytes = vec![0xc0 | index as u8; 300];
+        journaled.write_at(offset, &bytes).unwrap();
+        expected[offset as usize..offset as usize + bytes.len()].copy_from_slice(&bytes);
+    }
+    drop((journaled, client));
+    node.kill_9();
+
+    let node = NodeProcess::start(&data, "96MiB", &flags);
+    let client = node.client();
+    let mut actual = vec![0u8; BATCH_PAGES * PAGE_BYTES];
+    for batch in all.chunks(BATCH_PAGES) {
+        client.raw().read_pages(&info, batch, &mut actual).unwrap();
+        for (index, &page) in batch.iter().enumerate() {
+            let at = page as usize * PAGE_BYTES;
+            assert!(
+                actual[index * PAGE_BYTES..(index + 1) * PAGE_BYTES]
+                    == expected[at..at + PAGE_BYTES],
+                "page {page} differs from the checkpoint with the journal on top; log:\n{}",
+                node.log()
+            );
+        }
+    }
+    assert!(
+        node.log().contains("journal replayed over the baseline"),
+        "{}",
+        node.log()
+    );
+}
