@@ -7,7 +7,7 @@
 //! (claimed by one thread, which reads it from storage) or *loaded*. A
 //! segment no run of the baseline covers holds no page and is loaded from the
 //! start. A segment is claimed by a compare-and-swap, so it is loaded exactly
-//! once, and it is loaded whole ([`Region::load_segment`]): its memory is
+//! once, and it is loaded whole (`Region::load_segment`): its memory is
 //! allocated with the memory-file version odd, the runs of every object that
 //! cover it are read in and each page verified, and only then is it published
 //! in its table entry, under the entry's exclusive lock. The storage reads
@@ -20,7 +20,7 @@
 //! never be overwritten by the baseline.
 //!
 //! **Who waits.** Every access that resolves a segment for a request calls
-//! [`Region::ensure_loaded`] first, holding no lock of the region: reads
+//! `Region::ensure_loaded` first, holding no lock of the region: reads
 //! (`read_pages`), whole-page and byte-range writes (`write`,
 //! `prepare_bytes`, so journal replay too), a replica's segment rebuild
 //! (`restore_segment`), and segment digests and copies

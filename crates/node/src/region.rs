@@ -44,6 +44,12 @@
 //! segments without pins, copying the bytes under the shared lock and
 //! writing them to the bulk tier under no lock at all; it commits the move
 //! only if the segment did not change meanwhile (`changes`).
+//!
+//! **Lazy load.** After a restart a segment may not be loaded from the
+//! region's baseline yet (see `lazy_load`): its entry is empty until the
+//! loader publishes it whole (`Region::load_segment`). Every request path
+//! calls `Region::ensure_loaded` before it resolves a segment, holding no
+//! lock of the region, so no request ever sees such a segment as unwritten.
 
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};

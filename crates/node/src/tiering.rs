@@ -25,7 +25,9 @@
 //! tier's index ([`save_for_restart`]); the next start takes the blocks over
 //! and serves those regions at once, from the bulk tier, while the pager
 //! *loads* them back into RAM as fast as the disk allows ([`Pager::start_loading`]),
-//! until RAM reaches the low watermark.
+//! until RAM reaches the low watermark. A region still loading its baseline
+//! lazily (see `lazy_load`) is not saved: part of it is in storage only, and
+//! the next start loads it from there again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
