@@ -281,6 +281,64 @@ fn the_background_loader_loads_everything() {
     assert_all(&client, &info, &model, "loaded in the background");
 }
 
+// Guards the claims on segments: readers on four connections, started with
+// the node, race the four background loaders (and each other) for the same
+// segments; every page they read is right, each segment is loaded once (a
+// second load of one would fail its assertion and the read with it), and
+// the load ends with exactly the written segments in RAM.
+#[test]
+fn readers_racing_the_background_loader_read_right() {
+    let root = tempfile::tempdir().unwrap();
+    let (info, model) = {
+        let node = Node::start(config(root.path(), "data", Reload::Lazy)).unwrap();
+        let client = connect(&node);
+        let filled = fill(&client, "c");
+        drop(client);
+        node.shutdown();
+        filled
+    };
+    let node = Node::start(config(root.path(), "data", Reload::Lazy)).unwrap();
+    let model = std::sync::Arc::new(model);
+    let readers: Vec<_> = (0..4u64)
+        .map(|reader| {
+            let client = connect(&node);
+            let (info, model) = (info.clone(), model.clone());
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(reader);
+                let mut out = vec![0u8; 4 * PAGE];
+                for _ in 0..200 {
+                    // Four pages of one segment, from the end backwards for
+                    // some readers, so they meet the loaders part-way.
+                    let segment = rand::Rng::gen_range(&mut rng, 0..32u64);
+                    let segment = if reader % 2 == 0 {
+                        31 - segment
+                    } else {
+                        segment
+                    };
+                    let first = segment * SEGMENT_PAGES + rand::Rng::gen_range(&mut rng, 0..508);
+                    let pages: Vec<u64> = (first..first + 4).collect();
+                    client.raw().read_pages(&info, &pages, &mut out).unwrap();
+                    for (at, &page) in pages.iter().enumerate() {
+                        assert!(
+                            out[at * PAGE..(at + 1) * PAGE] == model[page as usize][..],
+                            "reader {reader}: page {page} differs"
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    let client = connect(&node);
+    eventually("the load ends", || segments_loading(&client, "c") == 0);
+    let stat = client.stat_region("c").unwrap();
+    assert_eq!(stat.segments_allocated, 31, "{stat:?}");
+    assert_eq!(stat.state.name(), "active", "{stat:?}");
+    assert_all(&client, &info, &model, "after the race");
+}
+
 // Guards damage during a lazy load: a flipped byte in a data object of one
 // region's baseline marks that region damaged, with the reason, when the
 // damaged page is loaded (here by a read, which gets the region-unavailable
