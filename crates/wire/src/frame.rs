@@ -356,6 +356,7 @@ mod tests {
         assert!(header.verify(&header_bytes, &out[HEADER_BYTES..]).is_err());
         reseal(&mut out);
         let header_bytes: [u8; HEADER_BYTES] = out[..HEADER_BYTES].try_into().unwrap();
+        let header = FrameHeader::parse(&header_bytes).unwrap();
         header.verify(&header_bytes, &out[HEADER_BYTES..]).unwrap();
     }
 
