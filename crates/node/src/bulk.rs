@@ -33,7 +33,8 @@
 //! region's segments with their blocks, and a CRC32C over it all); the next
 //! start reads and removes it, takes the blocks over, and serves those
 //! regions from here at once (see `tiering`). Without an intact index (a
-//! crash, a damaged file) the file is recreated empty, and regions reload
+//! crash, a damaged file) the tier starts empty (the file is kept, its old
+//! bytes never read), and regions reload
 //! from their checkpoints and journals (see `docs/design.md`, "The bulk
 //! tier").
 //!
@@ -512,7 +513,8 @@ impl BulkStore {
     /// Opens the bulk tier in `config.dir`: with the blocks a graceful stop
     /// saved, if it left an intact index for a file of this capacity (the
     /// index is removed as it is read: it describes the tier only until the
-    /// node writes again); else afresh, replacing any file left.
+    /// node writes again); else afresh: the file is kept as it is (resized to
+    /// the capacity), and nothing in it is read until stored again.
     pub fn open(config: &BulkConfig) -> Result<(BulkStore, Option<SavedIndex>), NodeError> {
         let mut saved = read_index(config);
         let file_bytes = std::fs::metadata(config.dir.join(FILE_NAME)).map_or(0, |m| m.len());
@@ -551,7 +553,11 @@ impl BulkStore {
                 .read(true)
                 .write(true)
                 .create(true)
-                .truncate(afresh)
+                // Started afresh, the old bytes are simply never read (only
+                // blocks stored since are): truncating the file would free
+                // its extents, then `fallocate` take them again (0.8 s for
+                // 6 GiB here, on every start after a crash).
+                .truncate(false)
                 .custom_flags(flags)
                 .open(&path)
         };
@@ -573,6 +579,17 @@ impl BulkStore {
         // The whole capacity now: a disk without room for it fails the
         // start, saying so, rather than a page-out later.
         let bytes = blocks * BLOCK_BYTES as u64;
+        let length = file
+            .metadata()
+            .map_err(|e| NodeError::io(format!("reading {}", path.display()), e))?
+            .len();
+        if length > bytes {
+            // A smaller capacity than last time (only afresh: an index for
+            // another capacity is refused).
+            debug_assert!(afresh);
+            file.set_len(bytes)
+                .map_err(|e| NodeError::io(format!("shrinking {}", path.display()), e))?;
+        }
         // SAFETY: a valid descriptor; the result is checked.
         let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, bytes as libc::off_t) };
         if result != 0 {
