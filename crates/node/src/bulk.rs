@@ -34,9 +34,8 @@
 //! start reads and removes it, takes the blocks over, and serves those
 //! regions from here at once (see `tiering`). Without an intact index (a
 //! crash, a damaged file) the tier starts empty (the file is kept, its old
-//! bytes never read), and regions reload
-//! from their checkpoints and journals (see `docs/design.md`, "The bulk
-//! tier").
+//! bytes never read), and regions reload from their checkpoints and
+//! journals (see `docs/design.md`, "The bulk tier").
 //!
 //! **Hot blocks in RAM.** A read of a single page also goes through a small
 //! cache of blocks in RAM (an eighth of the node's RAM, see
