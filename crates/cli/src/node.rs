@@ -93,7 +93,8 @@ pub struct NodeSettings {
     bulk_read_threads: Option<usize>,
     /// RAM for a cache of hot bulk-tier pages (pages read often in segments
     /// paged out as a whole), like 512MiB; taken from --capacity in whole
-    /// 2 MiB segments, at most half of it. Default: an eighth of --capacity.
+    /// 2 MiB segments, at most half of it (none below 64MiB). Default: a
+    /// quarter of --capacity.
     #[arg(long, env = "PAGODA_NODE_BULK_CACHE", value_name = "SIZE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     bulk_cache: Option<Size>,
@@ -1088,7 +1089,7 @@ mod tests {
             ..base.clone()
         };
         assert_eq!(config(&threads(0)).unwrap().bulk_read_threads, 0);
-        assert_eq!(config(&base).unwrap().bulk_cache_bytes, None, "an eighth");
+        assert_eq!(config(&base).unwrap().bulk_cache_bytes, None, "a quarter");
         let cache = NodeSettings {
             bulk_cache: Some(Size(32 << 20)),
             ..base.clone()

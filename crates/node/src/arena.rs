@@ -21,6 +21,10 @@ use crate::bulk_reads::ReadPool;
 use crate::error::NodeError;
 use crate::region::Region;
 
+/// Segments of RAM below which a node keeps no cache of hot bulk-tier
+/// blocks (64 MiB in segments of 2 MiB).
+pub const CACHE_SEGMENTS_MIN: u64 = 32;
+
 /// Times [`Arena::reserve`] pages a segment out for room before it gives up.
 const RECLAIM_TRIES: usize = 16;
 
@@ -99,15 +103,22 @@ impl Arena {
 
     /// The arena with a bulk tier behind it, `read_threads` threads to read
     /// it for connections (0: they read it themselves), and a cache of hot
-    /// blocks of `cache_bytes` (whole segments, at most half the RAM) taken
-    /// from the RAM, where it counts as used.
+    /// blocks of `cache_bytes` (whole segments, at most half the RAM, none
+    /// below [`CACHE_SEGMENTS_MIN`]) taken from the RAM, where it counts as
+    /// used.
     pub fn with_bulk(
         mut self,
         mut bulk: BulkStore,
         read_threads: usize,
         cache_bytes: u64,
     ) -> Arena {
-        let cache_segments = (cache_bytes / self.segment_bytes as u64).min(self.segments / 2);
+        // A small RAM keeps every segment for pages (write batches pin
+        // theirs): no cache below `CACHE_SEGMENTS_MIN`.
+        let cache_segments = if self.segments < CACHE_SEGMENTS_MIN {
+            0
+        } else {
+            (cache_bytes / self.segment_bytes as u64).min(self.segments / 2)
+        };
         bulk.set_cache(cache_segments as usize * (self.segment_bytes / crate::bulk::BLOCK_BYTES));
         self.used.store(cache_segments, Ordering::Relaxed);
         self.bulk = Some(bulk);

@@ -38,7 +38,7 @@
 //! journals (see `docs/design.md`, "The bulk tier").
 //!
 //! **Hot blocks in RAM.** A read of a single page also goes through a small
-//! cache of blocks in RAM (an eighth of the node's RAM, see
+//! cache of blocks in RAM (a quarter of the node's RAM, see
 //! [`BlockCache`]): tiering moves whole segments, so a page read often in a
 //! segment that is cold as a whole would otherwise go to the disk every
 //! time. Blocks never change while referenced (a write stores new ones), so

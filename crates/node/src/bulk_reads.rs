@@ -254,22 +254,17 @@ mod tests {
         bytes
     }
 
-    // Guards the promise that a read of the bulk tier holds up nothing after
-    // it on its connection: with every disk read slowed to 400 ms, pings and
-    // a write sent on the same connection after such a read are answered
-    // before it; the read still returns the pages as they were when it
-    // arrived (not the write that overtook it), and the next read the new.
-    #[test]
-    fn a_slow_bulk_read_holds_up_nothing_behind_it_on_its_connection() {
-        let dir = tempfile::tempdir().unwrap();
-        // Two segments of RAM for eight: most are in the bulk tier.
+    /// A node with two segments of RAM and a bulk tier in `dir`, and a
+    /// client that wrote a region of eight segments with version-1 pages:
+    /// most of them are in the bulk tier.
+    fn tiered_region(dir: &std::path::Path) -> (Node, Arc<Client>, pagoda::RegionInfo) {
         let mut config = NodeConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             2 * SEGMENT_PAGES * PAGE as u64,
-            dir.path().join("data"),
+            dir.join("data"),
         );
         config.bulk = Some(BulkConfig {
-            dir: dir.path().join("bulk"),
+            dir: dir.join("bulk"),
             capacity_bytes: 64 << 20,
         });
         let node = Node::start(config).unwrap();
@@ -287,6 +282,18 @@ mod tests {
             let data: Vec<u8> = pages.iter().flat_map(|&p| page(p, 1)).collect();
             client.raw().write_pages(&info, &pages, &data).unwrap();
         }
+        (node, client, info)
+    }
+
+    // Guards the promise that a read of the bulk tier holds up nothing after
+    // it on its connection: with every disk read slowed to 400 ms, pings and
+    // a write sent on the same connection after such a read are answered
+    // before it; the read still returns the pages as they were when it
+    // arrived (not the write that overtook it), and the next read the new.
+    #[test]
+    fn a_slow_bulk_read_holds_up_nothing_behind_it_on_its_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, client, info) = tiered_region(dir.path());
         let stat = client.stat_region("r").unwrap();
         assert!(stat.segments_paged_out >= SEGMENTS - 2, "{stat:?}");
         // The first page of every segment: at least six are on disk.
@@ -334,26 +341,7 @@ mod tests {
     #[test]
     fn a_damaged_block_answers_its_read_with_an_error_and_the_connection_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = NodeConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            2 * SEGMENT_PAGES * PAGE as u64,
-            dir.path().join("data"),
-        );
-        config.bulk = Some(BulkConfig {
-            dir: dir.path().join("bulk"),
-            capacity_bytes: 64 << 20,
-        });
-        let node = Node::start(config).unwrap();
-        let client = Client::connect(node.local_addr(), ClientOptions::default()).unwrap();
-        let info = client
-            .create_region("r", SEGMENTS * SEGMENT_PAGES * PAGE as u64, PAGE as u32)
-            .unwrap();
-        for segment in 0..SEGMENTS {
-            let pages: Vec<u64> =
-                (segment * SEGMENT_PAGES..(segment + 1) * SEGMENT_PAGES).collect();
-            let data: Vec<u8> = pages.iter().flat_map(|&p| page(p, 1)).collect();
-            client.raw().write_pages(&info, &pages, &data).unwrap();
-        }
+        let (_node, client, info) = tiered_region(dir.path());
         // Every block on disk overwritten (the node reads with direct I/O,
         // so it sees this).
         let file = dir.path().join("bulk").join(crate::bulk::FILE_NAME);

@@ -25,7 +25,7 @@ pub struct NodeConfig {
     pub bulk_read_threads: usize,
     /// RAM for a cache of hot bulk-tier blocks (pages read often in
     /// segments paged out as a whole), taken from `capacity_bytes` in whole
-    /// segments; `None`: an eighth of it.
+    /// segments; `None`: a quarter of it.
     pub bulk_cache_bytes: Option<u64>,
     /// The shared token clients must present; required on non-loopback
     /// addresses.

@@ -215,7 +215,7 @@ impl Node {
             let (store, saved) = crate::bulk::BulkStore::open(bulk)?;
             saved_index = saved;
             let (path, direct_io) = (store.path().to_owned(), store.direct());
-            let cache_bytes = config.bulk_cache_bytes.unwrap_or(config.capacity_bytes / 8);
+            let cache_bytes = config.bulk_cache_bytes.unwrap_or(config.capacity_bytes / 4);
             arena = arena.with_bulk(store, config.bulk_read_threads, cache_bytes);
             let cache = arena
                 .bulk()

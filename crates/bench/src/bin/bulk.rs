@@ -23,6 +23,9 @@
 //!    serves); and the lazy load on a node without a bulk tier (no bulk file
 //!    to recreate at start).
 //!
+//! With `--cold` (as root) the page cache is emptied before each restart,
+//! so that every case reads from the disk.
+//!
 //! `cargo run --release -p pagoda-bench --bin bulk [-- --region-mib N --seconds S --rounds N --dir DIR --json]`
 
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -44,8 +47,8 @@ use rand_distr::Distribution;
 
 const USAGE: &str = "usage: bulk [--region-mib N (1024)] [--seconds S (10)] [--rounds N (3)] \
                      [--threads N (2)] [--write-percent P (10)] [--misses N (2000)] \
-                     [--restart-mib N (1024)] [--only restart|zipf] \
-                     [--bulk-read-threads N (8)] [--bulk-cache-mib N (an eighth of RAM)] \
+                     [--restart-mib N (1024)] [--only restart|zipf] [--cold] \
+                     [--bulk-read-threads N (8)] [--bulk-cache-mib N (a quarter of RAM)] \
                      [--dir DIR (/work/bulk-bench)] [--json]";
 const PAGE: usize = 4096;
 const MIB: u64 = 1 << 20;
@@ -396,6 +399,15 @@ fn space(flags: &Flags, root: &Path) -> Vec<(String, u64, u64, u64)> {
     rows
 }
 
+/// Empties the kernel's page cache (`--cold`, as root), so that a reload
+/// reads the checkpoint's files from the disk as the bulk tier's load does.
+fn drop_page_cache() {
+    // SAFETY: sync takes no arguments.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n")
+        .expect("--cold drops the page cache: run as root");
+}
+
 /// Milliseconds from the `Node::start` call to its return, to the first
 /// read served, and to the region wholly in RAM, restarting from the bulk
 /// tier's index or without it (lazily or eagerly), alternating round by
@@ -468,6 +480,9 @@ fn restarts(flags: &Flags, root: &Path) -> Vec<(String, f64, f64, f64)> {
             if let Some(kept) = *index_kept {
                 assert_eq!(index.exists(), kept, "round {round}: the index");
             }
+            if flags.switch("cold") {
+                drop_page_cache();
+            }
             let began = Instant::now();
             let node = Node::start(config(*reload, index_kept.is_some())).expect("node restarts");
             let started = began.elapsed().as_secs_f64() * 1000.0;
@@ -523,7 +538,7 @@ fn restarts(flags: &Flags, root: &Path) -> Vec<(String, f64, f64, f64)> {
 
 fn main() {
     let flags = Flags::parse(
-        &["json"],
+        &["json", "cold"],
         &[
             "region-mib",
             "seconds",
