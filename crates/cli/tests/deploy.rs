@@ -389,7 +389,20 @@ fn scrape_of_a_busy_node(dir: &Path) -> String {
     std::fs::create_dir(&primary_dir).unwrap();
     let replica = NodeProcess::start(&replica_dir, &[]);
     let metrics = format!("127.0.0.1:{}", free_port());
-    let primary = NodeProcess::start(&primary_dir, &["--metrics", &metrics]);
+    // With a bulk tier: its series are on the dashboard too.
+    let bulk_dir = dir.join("bulk");
+    let bulk_dir = bulk_dir.to_str().unwrap();
+    let primary = NodeProcess::start(
+        &primary_dir,
+        &[
+            "--metrics",
+            &metrics,
+            "--bulk-dir",
+            bulk_dir,
+            "--bulk-capacity",
+            "64MiB",
+        ],
+    );
     run_ok(
         &[
             "region",
