@@ -59,7 +59,7 @@ use std::alloc::Layout;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
@@ -432,6 +432,21 @@ fn read_index(config: &BulkConfig) -> Option<SavedIndex> {
     }
 }
 
+/// Bytes an unprivileged writer may still allocate in the file system of
+/// `dir`; `None` if it cannot be told.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a valid C string and a buffer statvfs fills on success.
+    if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs succeeded, so it filled the buffer.
+    let stat = unsafe { stat.assume_init() };
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 fn parse_index(bytes: &[u8], capacity_blocks: u64) -> Result<SavedIndex, String> {
     let (body, crc) = bytes
         .split_last_chunk::<4>()
@@ -589,6 +604,23 @@ impl BulkStore {
             file.set_len(bytes)
                 .map_err(|e| NodeError::io(format!("shrinking {}", path.display()), e))?;
         }
+        let refuse = |why: String| {
+            NodeError::Config(format!(
+                "reserving {bytes} bytes for the bulk tier in {}: {why} (give a smaller \
+                 --bulk-capacity, or a --bulk-dir with room)",
+                config.dir.display()
+            ))
+        };
+        // Checked first: a file system may allocate what room it has before
+        // `fallocate` fails, filling the disk for everyone else meanwhile.
+        let held = file
+            .metadata()
+            .map_or(0, |metadata| metadata.blocks() * 512);
+        if let Some(free) = free_bytes(&config.dir)
+            && bytes.saturating_sub(held) > free
+        {
+            return Err(refuse(format!("the file system has {free} bytes free")));
+        }
         // SAFETY: a valid descriptor; the result is checked.
         let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, bytes as libc::off_t) };
         if result != 0 {
@@ -596,10 +628,9 @@ impl BulkStore {
             if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
                 tracing::info!(path = %path.display(), "the bulk file cannot be preallocated; it grows as pages go out");
             } else {
-                return Err(NodeError::Config(format!(
-                    "reserving {bytes} bytes for the bulk tier in {}: {error} (give a smaller --bulk-capacity, or a --bulk-dir with room)",
-                    config.dir.display()
-                )));
+                // Give back whatever it did allocate.
+                let _ = file.set_len(0);
+                return Err(refuse(error.to_string()));
             }
         }
         let mut checksums = Vec::new();
