@@ -699,20 +699,17 @@ impl Region {
         pages: PageList<'_>,
         out: &mut Vec<u8>,
     ) -> Result<Option<BulkFetch>, NodeError> {
-        let mut fetch = BulkFetch {
-            arena: self.arena.clone(),
-            page_size: self.info.page_size as usize,
-            pages: Vec::new(),
-        };
+        // Made at the first paged-out page: the hit path pays nothing.
+        let mut fetch = None;
         self.read_pages_with(pages, out, Some(&mut fetch))?;
-        Ok((!fetch.pages.is_empty()).then_some(fetch))
+        Ok(fetch)
     }
 
     fn read_pages_with(
         &self,
         pages: PageList<'_>,
         out: &mut Vec<u8>,
-        mut defer: Option<&mut BulkFetch>,
+        mut defer: Option<&mut Option<BulkFetch>>,
     ) -> Result<(), NodeError> {
         self.check_readable()?;
         self.check_in_range(pages.iter())?;
@@ -750,7 +747,14 @@ impl Region {
                         // Under the entry's shared lock: the blocks are the
                         // page's now, and stay readable once retained.
                         self.bulk()?.retain(blocks);
-                        fetch.pages.push((at - base, blocks.into()));
+                        fetch
+                            .get_or_insert_with(|| BulkFetch {
+                                arena: self.arena.clone(),
+                                page_size,
+                                pages: Vec::new(),
+                            })
+                            .pages
+                            .push((at - base, blocks.into()));
                         continue;
                     }
                     let buffer = match &mut scratch {
