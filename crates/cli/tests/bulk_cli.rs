@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{NodeProcess, free_port, run_json};
 use pagoda::{Client, ClientOptions, RegionInfo};
+use pagoda_node::tiering::PASS_MS;
 use rand::{Rng, SeedableRng};
 
 const PAGE: usize = 4096;
@@ -127,15 +128,20 @@ fn kill_9_while_paging_keeps_the_checkpoint_exactly() {
             std::thread::spawn(move || {
                 let client = connect(&addr);
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                let began_writing = Instant::now();
                 for step in 0..100_000u32 {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    // A hot pair of segments that moves on every 40
-                    // steps: the pager brings each new pair in (they are
-                    // paged out, written in place, and warm) in exchange
-                    // for the pair gone cold.
-                    let segment = ((step / 40) as u64 * 2 + rng.gen_range(0..2)) % (PAGES / 512);
+                    // A hot pair of segments that moves on every three
+                    // of the pager's passes: the pager brings each new pair
+                    // in (they are paged out, written in place, and warm)
+                    // in exchange for a pair gone cold. (Moved by a step
+                    // count instead, a fast machine cycled through every
+                    // segment within a pass or two, all of them equally
+                    // warm, and nothing was exchanged.)
+                    let pair = began_writing.elapsed().as_millis() / (3 * PASS_MS) as u128;
+                    let segment = (pair as u64 * 2 + rng.gen_range(0..2)) % (PAGES / 512);
                     let pages: Vec<u64> = (0..8)
                         .map(|_| segment * 512 + rng.gen_range(0..512))
                         .collect::<BTreeSet<_>>()
