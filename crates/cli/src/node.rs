@@ -113,8 +113,8 @@ pub struct NodeSettings {
     #[arg(long, env = "PAGODA_NODE_WRITER_LEASE", value_name = "SECONDS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     writer_lease: Option<u64>,
-    /// How long a connection spins on non-blocking reads before it sleeps, in
-    /// microseconds (0 to never spin).
+    /// The most a connection spins on non-blocking reads before it sleeps, in
+    /// microseconds (0 to never spin); the spin adapts below it.
     #[arg(long, env = "PAGODA_NODE_SPIN_US", value_name = "US")]
     #[serde(skip_serializing_if = "Option::is_none")]
     spin_us: Option<u64>,

@@ -30,8 +30,8 @@ pub struct NodeConfig {
     /// The shared token clients must present; required on non-loopback
     /// addresses.
     pub token: Option<Vec<u8>>,
-    /// How long a connection thread spins on non-blocking reads before it
-    /// blocks.
+    /// The most a connection thread spins on non-blocking reads before it
+    /// blocks; the budget adapts below it (`pagoda_wire::spin`).
     pub spin: Duration,
     /// Most connections served at once; further ones are refused.
     pub connections_max: usize,
@@ -226,8 +226,8 @@ impl NodeConfig {
 pub const REPLACE_REPLICA_AFTER_MS_DEFAULT: u64 = 30_000;
 /// Default node lease in the coordinator, in milliseconds.
 pub const LEASE_MS_DEFAULT: u64 = 3_000;
-/// Default spin budget before a blocking read, in microseconds.
-pub const SPIN_US_DEFAULT: u64 = 50;
+/// Default ceiling of the spin before a blocking read, in microseconds.
+pub const SPIN_US_DEFAULT: u64 = 1_000;
 /// Default number of checkpoints kept per region.
 pub const CHECKPOINT_RETAIN_DEFAULT: usize = 2;
 /// Default connection limit.

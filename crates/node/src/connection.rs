@@ -1348,9 +1348,10 @@ impl Fetches {
         out: &mut Out<'_, '_>,
     ) -> Result<(), WireError> {
         self.deliver(shared, out);
-        // Like a read of the socket, the wait spins first (a sleeping
-        // thread's wake-up costs more than a disk read's wait here).
-        let spin_until = Instant::now() + shared.config.spin;
+        // Like a read of the socket, the wait spins first, as long as the
+        // socket's reads do now (a sleeping thread's wake-up costs more than
+        // a disk read's wait here).
+        let spin_until = Instant::now() + reader.spin_budget();
         while self.in_flight > 0 && reader.buffered() == 0 && out.failed.is_none() {
             out.flush()?;
             if reader.try_fill()? {

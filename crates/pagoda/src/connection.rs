@@ -146,6 +146,9 @@ pub struct Connection {
     pending: Mutex<HashMap<u64, Arc<Slot>>>,
     next_id: AtomicU64,
     failed: Mutex<Option<String>>,
+    /// How long a waiter other than the reader spins (the reader's own spin
+    /// adapts in its `FrameReader`): the spin ceiling, at most
+    /// `SPIN_START`.
     spin: Duration,
     /// Waiters other than the reader that are spinning. At most one spins;
     /// the rest park at once, so that on a small machine spinning waiters do
@@ -263,7 +266,7 @@ impl Connection {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             failed: Mutex::new(None),
-            spin: options.spin,
+            spin: options.spin.min(pagoda_wire::spin::SPIN_START),
             spinners: AtomicUsize::new(0),
             timeout: options.timeout,
             batch_bytes_max: AtomicUsize::new(BATCH_BYTES_MAX),

@@ -197,9 +197,12 @@ pub struct ClientOptions {
     /// The name of the credential `token` belongs to; `"default"` (the
     /// node's `--token-file` token) unless told otherwise.
     pub credential: String,
-    /// How long a waiting caller spins before it sleeps. Spinning turns a
-    /// loopback round trip of tens of microseconds into a few; set it to zero
-    /// to save CPU where latency matters less.
+    /// The most a waiting caller spins before it sleeps. Spinning turns a
+    /// loopback round trip of tens of microseconds into about ten; the
+    /// budget adapts below this ceiling (`pagoda_wire::spin`): it grows while
+    /// replies come a little after it runs out, shrinks while the node is
+    /// idle, and stays at 50 µs on a machine with more runnable threads than
+    /// CPUs. Zero never spins, to save CPU where latency matters less.
     pub spin: Duration,
     /// How long to wait for any reply before the connection is declared dead.
     pub timeout: Duration,
@@ -250,8 +253,8 @@ impl std::fmt::Debug for ClientOptions {
     }
 }
 
-/// Default spin budget, in microseconds.
-pub const SPIN_US_DEFAULT: u64 = 50;
+/// Default spin ceiling, in microseconds.
+pub const SPIN_US_DEFAULT: u64 = 1_000;
 /// Default reply timeout, in seconds.
 pub const TIMEOUT_S_DEFAULT: u64 = 30;
 /// Default time to keep reconnecting, in seconds.

@@ -2,10 +2,10 @@
 //!
 //! A [`FrameReader`] buffers what the stream delivers, so that several
 //! pipelined frames cost one read, and hands out one validated frame at a time.
-//! Before it blocks in a read it spins for a configurable budget on
-//! non-blocking reads: on this class of machine a blocking loopback round trip
-//! costs about eight times a polling one, because waking a sleeping thread is
-//! the dominant cost (see BRIEF.md).
+//! Before it blocks in a read it spins on non-blocking reads, for a budget
+//! that adapts below a configured ceiling ([`crate::spin`]): on this class of
+//! machine a blocking loopback round trip costs about eight times a polling
+//! one, because waking a sleeping thread is the dominant cost (see BRIEF.md).
 
 use std::io::{self, Read};
 use std::net::TcpStream;
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::error::WireError;
 use crate::frame::{CHECKSUM_OFFSET, FrameHeader, HEADER_BYTES};
 use crate::limits::FRAME_PAYLOAD_BYTES_MAX;
+use crate::spin::{Spin, SpinStats};
 
 /// A stream that can also be read without blocking.
 pub trait SpinRead: Read {
@@ -125,7 +126,7 @@ pub struct FrameReader<R> {
     start: usize,
     end: usize,
     consumed_on_next: usize,
-    spin: Duration,
+    spin: Spin,
     payload_limit: usize,
     /// No read waits past this instant; what it bounds and its length, for
     /// the error.
@@ -146,7 +147,8 @@ pub struct FrameReader<R> {
 const IDLE_WAIT: &str = "the wait for a frame";
 
 impl<R: SpinRead> FrameReader<R> {
-    /// A reader over `stream` that spins for `spin` before each blocking read.
+    /// A reader over `stream` that spins (for at most `spin`, adapting below
+    /// it) before each blocking read.
     pub fn new(stream: R, spin: Duration) -> Self {
         FrameReader::with_capacity(stream, spin, BUFFER_BYTES_INITIAL)
     }
@@ -160,7 +162,7 @@ impl<R: SpinRead> FrameReader<R> {
             start: 0,
             end: 0,
             consumed_on_next: 0,
-            spin,
+            spin: Spin::new(spin),
             payload_limit: FRAME_PAYLOAD_BYTES_MAX,
             deadline: None,
             frame_timeout: None,
@@ -191,6 +193,17 @@ impl<R: SpinRead> FrameReader<R> {
     /// [`WireError::TimedOut`]. Waiting for a frame to begin is not bounded.
     pub fn set_frame_timeout(&mut self, timeout: Option<Duration>) {
         self.frame_timeout = timeout;
+    }
+
+    /// How long the next read spins before it blocks (the budget learnt,
+    /// cut on a busy machine).
+    pub fn spin_budget(&self) -> Duration {
+        self.spin.current()
+    }
+
+    /// What the spins before reads did so far.
+    pub fn spin_stats(&self) -> SpinStats {
+        self.spin.stats()
     }
 
     /// The buffer's size in bytes.
@@ -479,16 +492,11 @@ impl<R: SpinRead> FrameReader<R> {
     fn read_some(&mut self) -> Result<usize, WireError> {
         let deadline = self.read_deadline();
         let end = self.end;
-        if !self.spin.is_zero() {
-            let began = Instant::now();
-            loop {
-                if let Some(count) = self.stream.read_nonblocking(&mut self.buffer[end..])? {
-                    return Ok(count);
-                }
-                if began.elapsed() >= self.spin {
-                    break;
-                }
-                std::hint::spin_loop();
+        if !self.spin.ceiling().is_zero() {
+            let stream = &mut self.stream;
+            let buffer = &mut self.buffer[end..];
+            if let Some(count) = self.spin.spin(|| stream.read_nonblocking(buffer))? {
+                return Ok(count);
             }
         }
         // An idle bound applies only between frames.
@@ -527,7 +535,10 @@ impl<R: SpinRead> FrameReader<R> {
                 None => {}
             }
             match self.stream.read(&mut self.buffer[end..]) {
-                Ok(count) => return Ok(count),
+                Ok(count) => {
+                    self.spin.woke();
+                    return Ok(count);
+                }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error)
                     if deadline.is_some()

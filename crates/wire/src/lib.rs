@@ -17,6 +17,7 @@ pub mod frame;
 pub mod io;
 pub mod limits;
 pub mod message;
+pub mod spin;
 pub mod tls;
 
 pub use error::{ErrorCode, WireError};
