@@ -14,6 +14,7 @@
 //! 127.0.0.1, and every load loop is bounded both in count and in time.
 
 pub mod fixture;
+pub mod hog;
 pub mod peers;
 pub mod raw;
 pub mod report;

@@ -6,11 +6,19 @@
 //! random page; `Region::read_at` of a random page through a one-page cache
 //! (every read a miss: the product's path), over TCP and co-located (the
 //! miss copied from the node's shared memory); and `Raw::ping(4096)`.
+//!
+//! Between two paths' rounds the program sleeps longer than any end's spin
+//! budget, so that no thread left spinning by one path (the raw polling
+//! server spins 2 ms) takes a core from the next path's round, and each round
+//! starts with a few unrecorded operations, so that no sample pays the wake-up
+//! of a thread that went to sleep while other paths ran. `--hog` runs the
+//! whole measurement beside one CPU-bound process per core.
 
 use std::time::{Duration, Instant};
 
 use pagoda::{Client, ClientOptions, Colocated, RegionOptions, Transport};
 use pagoda_bench::fixture::{LocalNode, create_written_region};
+use pagoda_bench::hog::{Hog, cores};
 use pagoda_bench::raw::{RawPair, Wait};
 use pagoda_bench::report::{Flags, Percentiles, Table, emit, micros, progress};
 use pagoda_bench::{FastRng, PAGE_BYTES};
@@ -26,6 +34,8 @@ latency: QD1 remote 4 KiB read latency beside raw loopback round trips
   --node-spin-us N      node connection spin budget (default: the product's, 50)
   --raw-spin-us N       raw polling ends spin this long before blocking (default 2000)
   --seconds-max N       stop taking rounds after this long (default 50)
+  --round-warmup N      unrecorded operations at the start of each round (default 16)
+  --hog                 one CPU-bound process per core for the whole run
   --json                print JSON instead of the markdown table";
 
 /// The paths measured, in table order.
@@ -53,7 +63,7 @@ const RAW_REPLY_BYTES: usize = PAGE_BYTES + 32;
 
 fn main() {
     let flags = Flags::parse(
-        &["json"],
+        &["json", "hog"],
         &[
             "samples",
             "warmup",
@@ -63,6 +73,7 @@ fn main() {
             "node-spin-us",
             "raw-spin-us",
             "seconds-max",
+            "round-warmup",
         ],
         USAGE,
     );
@@ -77,6 +88,9 @@ fn main() {
         Duration::from_micros(flags.number("node-spin-us", pagoda_node::server::SPIN_US_DEFAULT));
     let raw_spin = Duration::from_micros(flags.number("raw-spin-us", 2_000));
     let seconds_max = Duration::from_secs(flags.number("seconds-max", 50));
+    let round_warmup: usize = flags.number("round-warmup", 16);
+    // Longer than every end's spin, so each round starts with no spinner left.
+    let settle = client_spin.max(node_spin).max(raw_spin) + Duration::from_millis(1);
 
     let node = LocalNode::start(region_bytes * 2, node_spin);
     let connect = |colocated| {
@@ -146,6 +160,10 @@ fn main() {
         elapsed
     };
 
+    // Started before the warm-up, so that the spin budgets see the hog too.
+    let hog = flags
+        .switch("hog")
+        .then(|| Hog::start(cores(), seconds_max * 3 + Duration::from_secs(60)));
     progress(&format!("warming up: {warmup} operations per path"));
     for path in 0..PATHS.len() {
         for _ in 0..warmup {
@@ -165,6 +183,10 @@ fn main() {
         // Rotate the order each round so that no path always follows another.
         for step in 0..PATHS.len() {
             let path = (round_index + step) % PATHS.len();
+            std::thread::sleep(settle);
+            for _ in 0..round_warmup {
+                operation(path);
+            }
             for _ in 0..take {
                 let latency = operation(path);
                 results[path].push(latency);
@@ -176,6 +198,8 @@ fn main() {
     let colocated_misses = colocated_region.cache_stats().misses - colocated_misses_before;
     let measured = results[REGION_MISS].len() as u64;
     let seconds = began.elapsed().as_secs_f64();
+    let hog_processes = hog.as_ref().map_or(0, Hog::processes);
+    drop(hog);
     // Still co-located at the end: no sample fell back for good.
     let transports = [transports[0], colocated_client.transport()];
     drop(region);
@@ -218,7 +242,7 @@ fn main() {
          Goal: QD1 4 KiB read p50 ≤ 1.5× raw polling p50. read_pages: {:.2}× ({}); Region::read_at miss: {:.2}× ({}).\n\
          Goal: co-located miss p50 ≤ 2 µs: {} µs ({}); {:.3}× the TCP miss's p50. Transports: {} and {}.\n\
          Region::read_at misses counted by the caches: {} and {} (co-located) of {} measured reads each.\n\
-         Settings: client spin {} µs, node spin {} µs, raw polling spin {} µs, {} rounds of {} per path, {:.1} s measured, region {} MiB.\n",
+         Settings: client spin {} µs, node spin {} µs, raw polling spin {} µs, {} rounds of {} per path ({} unrecorded first, {} µs of quiet before each), {:.1} s measured, region {} MiB, {} CPU hog processes.\n",
         table.markdown(),
         ratio_read_pages,
         verdict(ratio_read_pages),
@@ -237,8 +261,11 @@ fn main() {
         raw_spin.as_micros(),
         round_index,
         round,
+        round_warmup,
+        settle.as_micros(),
         seconds,
         region_bytes >> 20,
+        hog_processes,
     );
     let document = serde_json::json!({
         "benchmark": "latency",
@@ -248,6 +275,8 @@ fn main() {
             "node_spin_us": node_spin.as_micros() as u64,
             "raw_spin_us": raw_spin.as_micros() as u64,
             "region_bytes": region_bytes,
+            "round_warmup": round_warmup, "settle_us": settle.as_micros() as u64,
+            "hog_processes": hog_processes,
         },
         "paths": PATHS.iter().zip(&summaries).map(|(name, summary)| serde_json::json!({
             "path": name, "latency": summary,
