@@ -27,8 +27,8 @@
 //! whole process), a wait spins at most [`SPIN_BUSY`] and the budget learns
 //! nothing: there a late reply is late because its sender waits for a core,
 //! and a longer spin only keeps it waiting (measured under a CPU hog: a 1 ms
-//! spin took the miss's p99 to 2 ms, where 50 µs kept it near 130 µs; not
-//! spinning at all doubled the median, every reply paying a wake-up).
+//! spin took the miss's p99 to 2 ms, where 50 µs kept it near 130 µs; a cut
+//! to 4 µs doubled the median, nearly every reply paying a wake-up).
 //!
 //! So a quiet machine spins as long as its late replies need, up to the
 //! ceiling, and a busy one spins briefly. The cost of a wrong guess is
