@@ -3,8 +3,9 @@
 //!
 //! In one run, against one in-process node on loopback:
 //!
-//! - **Misses**, interleaved in rounds (the order rotating each round) so
-//!   that every path sees the same noise: a raw TCP busy-polling ping-pong
+//! - **Misses**, interleaved in rounds (the order rotating each round, and a
+//!   pause longer than every spin before each) so that every path sees the
+//!   same noise: a raw TCP busy-polling ping-pong
 //!   with the byte sizes of a 4 KiB page read (as the `latency` benchmark);
 //!   `Raw::read_pages` of one random page; `Region::read_at` of a random
 //!   4 KiB page through a one-page cache (every read a miss); the first load
@@ -202,6 +203,10 @@ fn main() {
         Duration::from_micros(flags.number("node-spin-us", pagoda_node::server::SPIN_US_DEFAULT));
     let raw_spin = Duration::from_micros(flags.number("raw-spin-us", 2_000));
     let seconds_max = Duration::from_secs(flags.number("seconds-max", 40));
+    // Slept before each path's round, longer than every end's spin, so that
+    // no thread left spinning by one path (the raw polling server spins
+    // 2 ms) takes a core from the next path's round.
+    let settle = client_spin.max(node_spin).max(raw_spin) + Duration::from_millis(1);
     let fault_spin = Duration::from_micros(flags.number(
         "fault-spin-us",
         MapOptions::default().spin.as_micros() as u64,
@@ -336,6 +341,7 @@ fn main() {
         // Rotate the order each round so that no path always follows another.
         for step in 0..PATHS {
             let path = (round_index + step) % PATHS;
+            std::thread::sleep(settle);
             for _ in 0..take {
                 let measured = operation(path);
                 if path == EVICTING_PATH {
