@@ -201,7 +201,7 @@ pub struct ClientOptions {
     /// loopback round trip of tens of microseconds into about ten; the
     /// budget adapts below this ceiling (`pagoda_wire::spin`): it grows while
     /// replies come a little after it runs out, shrinks while the node is
-    /// idle, and stays at 50 µs on a machine with more runnable threads than
+    /// idle, and is at most 50 µs on a machine with more runnable threads than
     /// CPUs. Zero never spins, to save CPU where latency matters less.
     pub spin: Duration,
     /// How long to wait for any reply before the connection is declared dead.
