@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::error::WireError;
 use crate::frame::{CHECKSUM_OFFSET, FrameHeader, HEADER_BYTES};
 use crate::limits::FRAME_PAYLOAD_BYTES_MAX;
-use crate::spin::{Spin, SpinStats};
+use crate::spin::Spin;
 
 /// A stream that can also be read without blocking.
 pub trait SpinRead: Read {
@@ -199,11 +199,6 @@ impl<R: SpinRead> FrameReader<R> {
     /// cut on a busy machine).
     pub fn spin_budget(&self) -> Duration {
         self.spin.current()
-    }
-
-    /// What the spins before reads did so far.
-    pub fn spin_stats(&self) -> SpinStats {
-        self.spin.stats()
     }
 
     /// The buffer's size in bytes.

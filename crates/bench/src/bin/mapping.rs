@@ -47,8 +47,8 @@ mapping: mapped-region faults beside remote reads, mapped hits beside plain load
   --random-loads N       loads per random hit loop (default 4000000)
   --fault-threads N      fault threads per mapping (default: the product's, 4)
   --fault-spin-us N      the first fault thread's spin after a fault (default: the product's)
-  --client-spin-us N     client spin budget (default: the product's, 50)
-  --node-spin-us N       node connection spin budget (default: the product's, 50)
+  --client-spin-us N     client spin ceiling (default: the product's, 1000)
+  --node-spin-us N       node connection spin ceiling (default: the product's, 1000)
   --raw-spin-us N        raw polling ends spin this long before blocking (default 2000)
   --seconds-max N        stop taking miss rounds after this long (default 40)
   --json                 print JSON instead of the markdown tables";

@@ -59,8 +59,8 @@ and catch-up after link outages under load
   --load-mib-s R         the write load during outages, MiB/s (default 8)
   --catchup-region-mib N size of the catch-up region (default 1024)
   --hot-mib N            the part of it the load writes (default 256)
-  --client-spin-us N     client spin budget (default: the product's, 50)
-  --node-spin-us N       node connection spin budget (default: the product's, 50)
+  --client-spin-us N     client spin ceiling (default: the product's, 1000)
+  --node-spin-us N       node connection spin ceiling (default: the product's, 1000)
   --no-writes            skip the write comparison
   --no-catchup           skip the outages
   --json                 print JSON instead of the markdown tables";

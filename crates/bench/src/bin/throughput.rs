@@ -25,8 +25,8 @@ throughput: batched 4 KiB page reads and writes over loopback
   --batches LIST        pages per request (default 16,64,256)
   --in-flight LIST      requests in flight (default 1,2,4)
   --region-mib N        region size in MiB (default 1024; node capacity is twice that)
-  --client-spin-us N    client spin budget (default: the product's, 50)
-  --node-spin-us N      node connection spin budget (default: the product's, 50)
+  --client-spin-us N    client spin ceiling (default: the product's, 1000)
+  --node-spin-us N      node connection spin ceiling (default: the product's, 1000)
   --json                print JSON instead of the markdown tables";
 
 /// Most requests one thread makes in one cell, whatever the time.

@@ -23,8 +23,8 @@ tls: the cost of TLS beside plain TCP (QD1 p50 and batched throughput)
   --batch N             pages per batched request (default 256)
   --in-flight N         batched requests in flight, threads on one client (default 2)
   --region-mib N        region size in MiB (default 256)
-  --client-spin-us N    client spin budget (default: the product's, 50)
-  --node-spin-us N      node connection spin budget (default: the product's, 50)
+  --client-spin-us N    client spin ceiling (default: the product's, 1000)
+  --node-spin-us N      node connection spin ceiling (default: the product's, 1000)
   --connections N       idle connections for the memory measurement (default 200)
   --json                print JSON instead of the markdown table";
 
