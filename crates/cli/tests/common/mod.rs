@@ -38,13 +38,37 @@ pub fn text(output: &Output) -> String {
     )
 }
 
-/// A loopback port free at the time of the call.
+/// A loopback port free at the time of the call, never handed out before in
+/// this process, and below the kernel's ephemeral range: a port the kernel
+/// picked for `bind(0)` could be picked again for another test's `bind(0)`
+/// or for an outgoing connection before the server meant for it binds it
+/// (a node failing with "Address already in use").
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .clamp(12_000, 65_535);
+    let (low, span) = (10_000u32, ephemeral_low - 10_000);
+    // Start where another test binary (or a left-over process) is unlikely
+    // to be, and walk the range with a stride prime to its length.
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.subsec_nanos());
+    let mut given = GIVEN.lock().unwrap();
+    let given = given.get_or_insert_with(HashSet::new);
+    for step in 0..span {
+        let port = (low + (seed.wrapping_add(step.wrapping_mul(7_919))) % span) as u16;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port between {low} and {ephemeral_low}");
 }
 
 /// Spawns `command` (a prepared `pagoda node ...`) with its stderr piped and
