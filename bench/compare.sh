@@ -18,7 +18,8 @@
 # The limited process is the application: the workload with the swap backend
 # (its records in a plain mapping), the pagoda backend (its records in a region
 # whose local cache is the same fraction of the dataset; pagoda-colocated: the
-# same, its misses copied from the node's shared memory) or the mapped backend
+# same, its misses copied from the node's shared memory, its cache smaller by
+# the page tables of that mapping, dataset / 512) or the mapped backend
 # (the same region mapped into the process with that local budget, reached by
 # the local backend's very loop over a plain slice). The cgroup limit is
 # fraction x dataset plus a fixed allowance (ALLOWANCE_MIB) for the program, its
@@ -54,7 +55,7 @@ PORT=${PORT:-17170}
 RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-1800}
 ARGS_GIVEN="$*"
 
-usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -293,6 +294,14 @@ limit_for() {
 cache_for() {
     awk -v f="$1" -v d="$DATASET_BYTES" 'BEGIN { printf "%.0f\n", int(f * d / 4096) * 4096 }'
 }
+# pagoda-colocated maps the node's memory of the whole region into the
+# application, whose kernel page tables for it (8 bytes per 4 KiB page
+# touched: dataset / 512) are charged to the application's cgroup; its cache
+# is smaller by that much, so that the same limit holds.
+colocated_cache_for() {
+    awk -v c="$(cache_for "$1")" -v d="$DATASET_BYTES" \
+        'BEGIN { printf "%.0f\n", (c - int(d / 512 / 4096 + 1) * 4096) }'
+}
 
 cat > "$OUT/meta.json" <<EOF
 {"dataset": "$DATASET", "dataset_bytes": $DATASET_BYTES, "duration_s": $DURATION,
@@ -332,8 +341,10 @@ for fraction in $FRACTIONS; do
         make_cgroup "$limit"
         extra=()
         [ "$backend" != mapped ] && extra=(--references)
+        backend_cache=$cache
+        [ "$backend" = pagoda-colocated ] && backend_cache=$(colocated_cache_for "$fraction")
         run "$backend" "$fraction" "$CG" --backend "$backend" \
-            --node "127.0.0.1:$PORT" --cache "$cache" "${extra[@]}"
+            --node "127.0.0.1:$PORT" --cache "$backend_cache" "${extra[@]}"
         stop_node
     done
 

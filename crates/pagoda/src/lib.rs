@@ -133,7 +133,7 @@ pub use error::ClientError;
 pub use mapping::{
     Access, DirtyTracking, FAULT_SPIN_US_DEFAULT, FAULT_THREADS_DEFAULT, FaultMode,
     LOCAL_PAGES_MIN, MapOptions, Mapping, MappingStats, Protection, Verdict, Violation,
-    ViolationHandler,
+    ViolationHandler, ZAPS_PER_EVICTION_MAX,
 };
 pub use pagoda_cache::policy::PolicyKind;
 pub use pagoda_cache::{

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use pagoda::{
     Access, Client, ClientError, ClientOptions, DirtyTracking, FaultMode, LOCAL_PAGES_MIN,
     MapOptions, Mapping, Protection, Region, RegionOptions, Verdict, Violation,
+    ZAPS_PER_EVICTION_MAX,
 };
 use pagoda_node::Node;
 use rand::rngs::StdRng;
@@ -515,6 +516,44 @@ fn only_written_pages_are_written_back() {
 // stored) and reads zeros; once data is flushed, a new mapping fetches the
 // pages of the segments now stored and reads them correctly, while a
 // segment still never written is still filled with zeros.
+// Guards the bound on an eviction round's work: with every page of a full
+// budget mapped (all touched since they came in), the first eviction zaps
+// at most `ZAPS_PER_EVICTION_MAX` pages and then takes mapped candidates
+// as they come, rather than refusing them all and zapping as many again.
+#[test]
+fn an_eviction_round_zaps_a_bounded_number_of_pages() {
+    let setup = setup();
+    let budget = 4 * ZAPS_PER_EVICTION_MAX as u64;
+    let region = setup.region("zaps", budget + SEGMENT_PAGES);
+    let mapping = map(region, budget);
+    for page in 0..budget {
+        assert_eq!(load(&mapping, page * PAGE_U64), 0);
+    }
+    let before = mapping.stats();
+    assert_eq!(before.resident_pages, budget, "{before:?}");
+    assert_eq!(before.pages_zapped, 0, "{before:?}");
+    // One page beyond the budget: one eviction round.
+    assert_eq!(load(&mapping, budget * PAGE_U64), 0);
+    let after = mapping.stats();
+    println!("after one page beyond a full budget: {after:?}");
+    assert!(after.evictions > 0, "{after:?}");
+    // The round's victims (at most 16) are zapped as they are taken, and
+    // the policy offered no more candidates than were zapped or taken
+    // (an earlier version walked the whole queue refusing them).
+    let bound = ZAPS_PER_EVICTION_MAX as u64 + 16;
+    assert!(
+        after.pages_zapped <= bound && after.eviction_candidates <= bound,
+        "one eviction round zapped {} pages of {} offered: {after:?}",
+        after.pages_zapped,
+        after.eviction_candidates
+    );
+    // Every page still reads right, zapped ones by a minor fault.
+    for page in 0..=budget {
+        assert_eq!(load(&mapping, page * PAGE_U64), 0, "page {page}");
+    }
+    mapping.unmap().unwrap();
+}
+
 #[test]
 fn never_stored_pages_are_zero_filled_without_a_fetch() {
     let setup = setup();

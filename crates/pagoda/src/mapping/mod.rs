@@ -30,7 +30,11 @@
 //!   would a busy frame. An access before the policy offers it again takes
 //!   a minor fault, which counts as the policy's hit (`touch`) and maps the
 //!   page back without copying it. A page offered again still unmapped was
-//!   not referenced meanwhile and is evicted. So the two-phase policy sees
+//!   not referenced meanwhile and is evicted. One eviction round zaps at
+//!   most [`ZAPS_PER_EVICTION_MAX`] candidates and takes mapped ones as
+//!   they come after that (a budget whose pages were all touched since
+//!   their last offer, as one just filled, would otherwise be walked
+//!   whole on every eviction). So the two-phase policy sees
 //!   references at the pages it is about to decide on, and the cost (one
 //!   minor fault per referenced candidate) grows with the eviction rate,
 //!   not with the hit rate: a mapping whose pages all fit takes no fault
@@ -92,10 +96,10 @@ pub const LOCAL_PAGES_MIN: u64 = 4;
 /// Victims taken per eviction when one frame is needed, so that dirty
 /// victims are written back in batches.
 const EVICT_BATCH_PAGES: usize = 16;
-/// Most pages one eviction round zaps (see the module documentation)
-/// before it refuses mapped candidates without zapping them; bounds the
-/// time a fault waits for an eviction.
-const ZAPS_PER_EVICTION_MAX: usize = 256;
+/// Most mapped candidates one eviction round zaps and refuses (see the
+/// module documentation); past it a mapped candidate is zapped and taken.
+/// Bounds the time a fault waits for an eviction.
+pub const ZAPS_PER_EVICTION_MAX: usize = 256;
 /// Messages read from the userfaultfd at once.
 const MESSAGES_PER_READ: usize = 16;
 /// How long a fault thread waits for a busy page before it looks again.
@@ -266,6 +270,12 @@ pub struct MappingStats {
     /// Minor faults: a page held locally mapped back after the policy
     /// looked at it (the policy's hits).
     pub minor_faults: u64,
+    /// Pages unmapped for the application (kept locally) so that their
+    /// next access tells the policy they are used; see [`Region::map`].
+    pub pages_zapped: u64,
+    /// Frames the eviction policy offered as victims (each taken, zapped
+    /// and refused, or passed over as busy): the eviction's work.
+    pub eviction_candidates: u64,
     /// Write-protect faults: first writes to clean pages.
     pub write_faults: u64,
     /// Pages written back to the node (evictions and flushes).
@@ -368,6 +378,8 @@ struct Shared {
     pages_fetched: AtomicU64,
     pages_zero_filled: AtomicU64,
     minor_faults: AtomicU64,
+    pages_zapped: AtomicU64,
+    eviction_candidates: AtomicU64,
     write_faults: AtomicU64,
     pages_written_back: AtomicU64,
     evictions: AtomicU64,
@@ -539,6 +551,8 @@ impl Mapping {
             pages_fetched: AtomicU64::new(0),
             pages_zero_filled: AtomicU64::new(0),
             minor_faults: AtomicU64::new(0),
+            pages_zapped: AtomicU64::new(0),
+            eviction_candidates: AtomicU64::new(0),
             write_faults: AtomicU64::new(0),
             pages_written_back: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -1250,35 +1264,48 @@ impl Shared {
     }
 
     /// Victims from the policy, marked busy; mapped candidates are zapped
-    /// and refused (see the module documentation).
+    /// and refused (see the module documentation) until the round has
+    /// zapped [`ZAPS_PER_EVICTION_MAX`] pages or looked at twice as many
+    /// candidates: past that every candidate that is not busy is taken
+    /// (a mapped one zapped first), so that a round's work is bounded by
+    /// that number, not by the budget's size.
     fn choose_victims(&self, table: &mut Table) -> Vec<FrameId> {
-        // Pages zapped by this eviction are not taken by it: they must
-        // have the time of a round of the policy's queue to be referenced
-        // (a minor fault), or the zap would teach the policy nothing. Only
-        // if nothing else can be taken (every page was mapped: the first
-        // evictions) are they taken after all.
+        // Pages zapped by this eviction are not taken by it while it may
+        // still choose: they must have the time of a round of the policy's
+        // queue to be referenced (a minor fault), or the zap would teach
+        // the policy nothing. Once the round's work is spent, or if
+        // nothing else can be taken (every page was mapped: the first
+        // evictions), they are taken after all.
         table.eviction += 1;
         let eviction = table.eviction;
         let batch = (table.frame_state.len() / 16).clamp(1, EVICT_BATCH_PAGES);
         let mut victims = Vec::new();
+        let mut candidates = 0usize;
         for fresh_allowed in [false, true] {
             let mut zaps = 0usize;
             while victims.len() < batch {
                 let claimed = self.policy.victim(&mut |frame| {
+                    candidates += 1;
                     let index = frame as usize;
                     let state = table.frame_state[index];
                     if state & (BUSY | FLUSHING) != 0 {
                         return false;
                     }
+                    // Refusing every mapped page would have the policy walk
+                    // its whole queue (every page of a budget that just
+                    // filled is mapped) on every eviction, and refusing the
+                    // round's zapped pages would have it offer them again
+                    // and again.
+                    let spent =
+                        zaps >= ZAPS_PER_EVICTION_MAX || candidates > 2 * ZAPS_PER_EVICTION_MAX;
                     if state & MAPPED != 0 {
-                        if zaps < ZAPS_PER_EVICTION_MAX {
+                        self.zap(table, frame);
+                        if !spent {
                             zaps += 1;
-                            self.zap(table, frame);
                             table.zapped_by[index] = eviction;
+                            return false;
                         }
-                        return false;
-                    }
-                    if table.zapped_by[index] == eviction && !fresh_allowed {
+                    } else if table.zapped_by[index] == eviction && !fresh_allowed && !spent {
                         return false;
                     }
                     table.frame_state[index] |= BUSY;
@@ -1293,6 +1320,8 @@ impl Shared {
                 break;
             }
         }
+        self.eviction_candidates
+            .fetch_add(candidates as u64, Ordering::Relaxed);
         victims
     }
 
@@ -1308,6 +1337,7 @@ impl Shared {
         // SAFETY: a page-aligned range of the application's mapping.
         unsafe { libc::madvise(address.cast(), self.page_size, libc::MADV_DONTNEED) };
         table.frame_state[frame as usize] &= !MAPPED;
+        self.pages_zapped.fetch_add(1, Ordering::Relaxed);
         if let Some(pagemap) = &self.pagemap {
             let mut written = false;
             // SAFETY: the end of the page is within the mapping.
@@ -1546,6 +1576,8 @@ impl Shared {
             pages_fetched: self.pages_fetched.load(Ordering::Relaxed),
             pages_zero_filled: self.pages_zero_filled.load(Ordering::Relaxed),
             minor_faults: self.minor_faults.load(Ordering::Relaxed),
+            pages_zapped: self.pages_zapped.load(Ordering::Relaxed),
+            eviction_candidates: self.eviction_candidates.load(Ordering::Relaxed),
             write_faults: self.write_faults.load(Ordering::Relaxed),
             pages_written_back: self.pages_written_back.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
