@@ -20,8 +20,9 @@
 # whose local cache is the same fraction of the dataset; pagoda-colocated: the
 # same, its misses copied from the node's shared memory, its cache smaller by
 # the page tables of that mapping, dataset / 512) or the mapped backend
-# (the same region mapped into the process with that local budget, reached by
-# the local backend's very loop over a plain slice). The cgroup limit is
+# (the same region mapped into the process with that local budget less the
+# page tables of its two views, 2 x dataset / 512, reached by the local
+# backend's very loop over a plain slice). The cgroup limit is
 # fraction x dataset plus a fixed allowance (ALLOWANCE_MIB) for the program, its
 # heap and Pagoda's page table. The memory node runs outside the cgroup: it is
 # the remote memory, one fresh node per Pagoda run.
@@ -55,7 +56,7 @@ PORT=${PORT:-17170}
 RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-1800}
 ARGS_GIVEN="$*"
 
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -294,13 +295,14 @@ limit_for() {
 cache_for() {
     awk -v f="$1" -v d="$DATASET_BYTES" 'BEGIN { printf "%.0f\n", int(f * d / 4096) * 4096 }'
 }
-# pagoda-colocated maps the node's memory of the whole region into the
-# application, whose kernel page tables for it (8 bytes per 4 KiB page
-# touched: dataset / 512) are charged to the application's cgroup; its cache
-# is smaller by that much, so that the same limit holds.
-colocated_cache_for() {
-    awk -v c="$(cache_for "$1")" -v d="$DATASET_BYTES" \
-        'BEGIN { printf "%.0f\n", (c - int(d / 512 / 4096 + 1) * 4096) }'
+# Page tables charged to the application's cgroup beyond its cache, 8 bytes
+# per 4 KiB page of the dataset for each view of the whole region:
+# pagoda-colocated maps the node's memory (one view), mapped its local tier
+# twice (the application's view and the fault threads'). Their cache is
+# smaller by that much, so that the same limit holds.
+cache_less_views() {
+    awk -v c="$(cache_for "$1")" -v d="$DATASET_BYTES" -v v="$2" \
+        'BEGIN { printf "%.0f\n", (c - v * int(d / 512 / 4096 + 1) * 4096) }'
 }
 
 cat > "$OUT/meta.json" <<EOF
@@ -341,8 +343,11 @@ for fraction in $FRACTIONS; do
         make_cgroup "$limit"
         extra=()
         [ "$backend" != mapped ] && extra=(--references)
-        backend_cache=$cache
-        [ "$backend" = pagoda-colocated ] && backend_cache=$(colocated_cache_for "$fraction")
+        case $backend in
+            pagoda-colocated) backend_cache=$(cache_less_views "$fraction" 1) ;;
+            mapped) backend_cache=$(cache_less_views "$fraction" 2) ;;
+            *) backend_cache=$cache ;;
+        esac
         run "$backend" "$fraction" "$CG" --backend "$backend" \
             --node "127.0.0.1:$PORT" --cache "$backend_cache" "${extra[@]}"
         stop_node
