@@ -270,8 +270,9 @@ pub struct MappingStats {
     /// Minor faults: a page held locally mapped back after the policy
     /// looked at it (the policy's hits).
     pub minor_faults: u64,
-    /// Pages unmapped for the application (kept locally) so that their
-    /// next access tells the policy they are used; see [`Region::map`].
+    /// Pages unmapped for the application while kept locally: by an
+    /// eviction, so that a next access tells the policy they are used (see
+    /// [`Region::map`]), or made guard pages.
     pub pages_zapped: u64,
     /// Frames the eviction policy offered as victims (each taken, zapped
     /// and refused, or passed over as busy): the eviction's work.
