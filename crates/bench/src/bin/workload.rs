@@ -725,6 +725,8 @@ impl Records for Memory {
                     "pages_fetched": stats.pages_fetched,
                     "pages_zero_filled": stats.pages_zero_filled,
                     "minor_faults": stats.minor_faults,
+                    "pages_zapped": stats.pages_zapped,
+                    "eviction_candidates": stats.eviction_candidates,
                     "write_faults": stats.write_faults,
                     "pages_written_back": stats.pages_written_back,
                     "evictions": stats.evictions,
