@@ -109,11 +109,19 @@ impl Spin {
     /// How long the next wait spins: the budget, or at most [`SPIN_BUSY`]
     /// on a busy machine.
     pub fn current(&self) -> Duration {
-        if !self.ceiling.is_zero() && (self.busy)() {
+        self.now().1
+    }
+
+    /// Whether the machine is busy (not asked with a zero ceiling, which
+    /// never spins), and how long a wait spins now.
+    fn now(&self) -> (bool, Duration) {
+        let busy = !self.ceiling.is_zero() && (self.busy)();
+        let budget = if busy {
             self.budget.min(SPIN_BUSY)
         } else {
             self.budget
-        }
+        };
+        (busy, budget)
     }
 
     /// The most a wait ever spins.
@@ -135,13 +143,10 @@ impl Spin {
         mut poll: impl FnMut() -> Result<Option<T>, E>,
     ) -> Result<Option<T>, E> {
         self.ran_out = None;
-        let busy = !self.ceiling.is_zero() && (self.busy)();
-        let budget = if busy {
+        let (busy, budget) = self.now();
+        if busy {
             self.stats.busy += 1;
-            self.budget.min(SPIN_BUSY)
-        } else {
-            self.budget
-        };
+        }
         if budget.is_zero() {
             // A zero ceiling: never spin, and nothing to learn.
             return poll();
