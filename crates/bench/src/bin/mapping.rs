@@ -45,7 +45,10 @@ mapping: mapped-region faults beside remote reads, mapped hits beside plain load
   --hit-mib N            size of the all-local mapping and of the Vec (default 64)
   --hit-rounds N         rounds of the hit loops (default 15)
   --random-loads N       loads per random hit loop (default 4000000)
-  --fault-threads N      fault threads per mapping (default: the product's, 4)
+  --fault-mode M         signal (faults served on the faulting thread) or threads (by fault
+                         threads; FaultMode::Auto) (default: the product's)
+  --fault-threads N      fault threads per mapping with --fault-mode threads (default: the
+                         product's, 4)
   --fault-spin-us N      the first fault thread's spin after a fault (default: the product's)
   --client-spin-us N     client spin ceiling (default: the product's, 1000)
   --node-spin-us N       node connection spin ceiling (default: the product's, 1000)
@@ -175,6 +178,7 @@ fn main() {
             "node-spin-us",
             "raw-spin-us",
             "seconds-max",
+            "fault-mode",
         ],
         USAGE,
     );
@@ -211,9 +215,19 @@ fn main() {
         "fault-spin-us",
         MapOptions::default().spin.as_micros() as u64,
     ));
+    let fault_mode = match flags.values_get("fault-mode") {
+        None => pagoda::FaultMode::default(),
+        Some("signal") => pagoda::FaultMode::Signal,
+        Some("threads") => pagoda::FaultMode::Auto,
+        Some(other) => {
+            eprintln!("mapping: --fault-mode is signal or threads, not {other:?}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
     let map_options = |local_bytes: u64| MapOptions {
         local_bytes,
         fault_threads,
+        fault_mode,
         spin: fault_spin,
         ..MapOptions::default()
     };

@@ -93,6 +93,8 @@ workload: the headline comparison's workload (local memory, kernel swap, Pagoda)
                                 report it with every workload (bytes/s)
   --fault-spin-us N             mapped: the first fault thread's spin after a fault
                                 (default: the product's, MapOptions::spin)
+  --fault-mode M                mapped: signal (faults served on the faulting thread)
+                                or threads (by fault threads) (default: the product's)
   --fraction F                  local memory as a fraction of the dataset (a label,
                                 and the warm-up's operation bound; default 1)
   --node ADDR                   pagoda, mapped: the memory node (default 127.0.0.1:7070)
@@ -207,6 +209,8 @@ struct Args {
     cache_bytes: u64,
     /// mapped: the first fault thread's spin (`MapOptions::spin`).
     fault_spin_us: Option<u64>,
+    /// mapped: `MapOptions::fault_mode`.
+    fault_mode: pagoda::FaultMode,
     fraction: f64,
     node: String,
     duration: Duration,
@@ -254,6 +258,7 @@ impl Args {
         let mut workloads = Workload::ALL.to_vec();
         let mut cache_bytes = None;
         let mut fault_spin_us = None;
+        let mut fault_mode = pagoda::FaultMode::default();
         let mut fraction = 1.0f64;
         let mut node = "127.0.0.1:7070".to_string();
         let mut duration = 10.0f64;
@@ -310,6 +315,15 @@ impl Args {
                     }
                 }
                 "--fault-spin-us" => fault_spin_us = Some(number(&value)? as u64),
+                "--fault-mode" => {
+                    fault_mode = match value.as_str() {
+                        "signal" => pagoda::FaultMode::Signal,
+                        "threads" => pagoda::FaultMode::Auto,
+                        other => {
+                            return Err(format!("--fault-mode {other:?}: signal or threads"));
+                        }
+                    }
+                }
                 "--records" => records = Some(number(&value)? as u64),
                 "--dataset" => dataset = parse_size(&value)?,
                 "--workloads" => {
@@ -370,6 +384,7 @@ impl Args {
             workloads,
             cache_bytes,
             fault_spin_us,
+            fault_mode,
             fraction,
             node,
             duration: Duration::from_secs_f64(duration),
@@ -925,6 +940,7 @@ fn load_mapped(contents: &Contents, args: &Args) -> Result<Memory, String> {
             spin: args.fault_spin_us.map_or(MapOptions::default().spin, |us| {
                 std::time::Duration::from_micros(us)
             }),
+            fault_mode: args.fault_mode,
             ..MapOptions::with_local_bytes(args.cache_bytes)
         })
         .map_err(|e| format!("mapping region {:?}: {e}", node.name))?;

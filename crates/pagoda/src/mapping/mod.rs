@@ -61,6 +61,7 @@
 //! as for a mapped file whose read fails. Its access is never completed
 //! with a wrong value.
 
+mod signal;
 mod uffd;
 
 use std::collections::{BTreeMap, HashMap};
@@ -360,6 +361,8 @@ impl Table {
 struct Shared {
     region: Region,
     uffd: uffd::Uffd,
+    /// Faults are served on the faulting thread ([`FaultMode::Signal`]).
+    on_faulting_thread: bool,
     /// With kernel-resolved write protection: where written pages are
     /// read from.
     pagemap: Option<uffd::Pagemap>,
@@ -413,6 +416,35 @@ unsafe impl Sync for Shared {}
 pub struct Mapping {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    closed: bool,
+}
+
+/// A fault, as a fault thread reads it from the userfaultfd or the signal
+/// handler learns it.
+struct Fault {
+    address: usize,
+    access: Access,
+    /// Whether the page was mapped write-protected; `None` when the kernel
+    /// did not say (a fault served on its thread), to be told from the
+    /// page's state.
+    write_protect: Option<bool>,
+    /// The faulting thread.
+    thread: u32,
+}
+
+impl Fault {
+    fn from_message(message: &uffd::Message) -> Fault {
+        Fault {
+            address: message.address as usize,
+            access: if message.flags & uffd::PAGEFAULT_FLAG_WRITE != 0 {
+                Access::Write
+            } else {
+                Access::Read
+            },
+            write_protect: Some(message.flags & uffd::PAGEFAULT_FLAG_WP != 0),
+            thread: message.ptid,
+        }
+    }
 }
 
 impl std::fmt::Debug for Mapping {
@@ -494,7 +526,8 @@ impl Mapping {
                 options.local_bytes
             )));
         }
-        if options.fault_threads == 0 {
+        let on_faulting_thread = options.fault_mode.on_faulting_thread();
+        if options.fault_threads == 0 && !on_faulting_thread {
             return Err(ClientError::InvalidArgument(
                 "a mapping needs at least one fault thread".into(),
             ));
@@ -527,6 +560,7 @@ impl Mapping {
         let read_only = region.is_read_only();
         let shared = Arc::new(Shared {
             uffd,
+            on_faulting_thread,
             pagemap,
             tier,
             page_size,
@@ -565,8 +599,18 @@ impl Mapping {
             shared.table.lock().unstored = shared.region.unstored_segments()?;
         }
         let spin = options.spin;
-        let mut threads = Vec::with_capacity(options.fault_threads);
-        for index in 0..options.fault_threads {
+        let thread_count = if on_faulting_thread {
+            if let Err(error) = signal::register(shared.clone()) {
+                return Err(ClientError::Unsupported(format!(
+                    "installing the SIGBUS handler that serves the mapping's faults: {error}"
+                )));
+            }
+            0
+        } else {
+            options.fault_threads
+        };
+        let mut threads = Vec::with_capacity(thread_count);
+        for index in 0..thread_count {
             let worker = shared.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("pagoda-fault-{index}"))
@@ -574,7 +618,11 @@ impl Mapping {
             match spawned {
                 Ok(thread) => threads.push(thread),
                 Err(error) => {
-                    let mapping = Mapping { shared, threads };
+                    let mapping = Mapping {
+                        shared,
+                        threads,
+                        closed: false,
+                    };
                     drop(mapping);
                     return Err(ClientError::Io(error));
                 }
@@ -585,9 +633,14 @@ impl Mapping {
             bytes = len,
             local_pages = frames,
             kernel_faults = shared.uffd.kernel_faults,
+            on_faulting_thread,
             "region mapped"
         );
-        Ok(Mapping { shared, threads })
+        Ok(Mapping {
+            shared,
+            threads,
+            closed: false,
+        })
     }
 
     /// The first byte of the mapping.
@@ -663,13 +716,17 @@ impl Mapping {
         self.close()
     }
 
-    /// Flushes and stops the fault threads (once: a second call does
+    /// Flushes and stops serving faults (once: a second call does
     /// nothing); the error of the flush.
     fn close(&mut self) -> Result<(), ClientError> {
-        if self.threads.is_empty() {
+        if self.closed {
             return Ok(());
         }
+        self.closed = true;
         let flushed = self.shared.flush();
+        if self.shared.on_faulting_thread {
+            signal::unregister(&self.shared);
+        }
         let one: u64 = 1;
         // SAFETY: writes 8 bytes to the eventfd the threads poll.
         unsafe { libc::write(self.shared.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
@@ -712,15 +769,16 @@ impl Drop for Mapping {
     }
 }
 
-/// The local tier's memory: a memfd of `len` bytes, sparse, mapped twice
-/// (`MAP_SHARED`): for the application (`user`) and for the fault threads
-/// (`shadow`). Neither mapping is inherited by a child process: its copy
-/// would not be registered with the userfaultfd, so its first access to a
-/// page not held locally would read zeros.
+/// The local tier's memory: a memfd of `len` bytes, sparse, mapped once
+/// (`MAP_SHARED`) for the application (`user`). Pages come in by
+/// `UFFDIO_COPY` (which allocates them in the memfd) and are read for
+/// write-back with `pread`, so no other view of them exists to keep page
+/// tables for or to unmap on eviction. The mapping is not inherited by a
+/// child process: its copy would not be registered with the userfaultfd,
+/// so its first access to a page not held locally would read zeros.
 struct Tier {
     memfd: OwnedFd,
     user: *mut u8,
-    shadow: *mut u8,
     len: usize,
 }
 
@@ -741,54 +799,100 @@ impl Tier {
         if unsafe { libc::ftruncate(memfd.as_raw_fd(), len as libc::off_t) } != 0 {
             return Err(error("sizing the mapping's memfd"));
         }
-        let map = || -> std::io::Result<*mut u8> {
-            // SAFETY: a new shared mapping of the memfd; nothing else
-            // refers to the address range yet.
-            let address = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_NORESERVE,
-                    memfd.as_raw_fd(),
-                    0,
-                )
-            };
-            if address == libc::MAP_FAILED {
-                return Err(error("mapping the region's address range"));
-            }
-            // SAFETY: madvise on the mapping made just above.
-            unsafe { libc::madvise(address, len, libc::MADV_DONTFORK) };
-            Ok(address.cast())
+        // SAFETY: a new shared mapping of the memfd; nothing else refers to
+        // the address range yet.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                memfd.as_raw_fd(),
+                0,
+            )
         };
-        let user = map()?;
-        let shadow = match map() {
-            Ok(shadow) => shadow,
-            Err(error) => {
-                // SAFETY: the mapping made just above.
-                unsafe { libc::munmap(user.cast(), len) };
-                return Err(error);
-            }
-        };
+        if address == libc::MAP_FAILED {
+            return Err(error("mapping the region's address range"));
+        }
+        // SAFETY: madvise on the mapping made just above.
+        unsafe { libc::madvise(address, len, libc::MADV_DONTFORK) };
         Ok(Tier {
             memfd,
-            user,
-            shadow,
+            user: address.cast(),
             len,
         })
+    }
+
+    /// Reads page `page` of the memfd into `buffer` (one page).
+    fn read_page(&self, page: u64, buffer: &mut [u8]) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < buffer.len() {
+            // SAFETY: pread into the unread rest of `buffer`.
+            let read = unsafe {
+                libc::pread(
+                    self.memfd.as_raw_fd(),
+                    buffer[done..].as_mut_ptr().cast(),
+                    buffer.len() - done,
+                    (page * buffer.len() as u64 + done as u64) as libc::off_t,
+                )
+            };
+            match read {
+                read if read > 0 => done += read as usize,
+                0 => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the page is past the memfd's end",
+                    ));
+                }
+                _ => {
+                    let error = std::io::Error::last_os_error();
+                    if error.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one page into the memfd at `page` (the kernel probe and
+    /// tests: the pages a mapping serves come in by `UFFDIO_COPY`).
+    fn write_page(&self, page: u64, bytes: &[u8]) -> std::io::Result<()> {
+        // SAFETY: pwrite from a live buffer.
+        let written = unsafe {
+            libc::pwrite(
+                self.memfd.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                (page * bytes.len() as u64) as libc::off_t,
+            )
+        };
+        if written == bytes.len() as isize {
+            Ok(())
+        } else if written < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "short write to the memfd",
+            ))
+        }
     }
 }
 
 impl Drop for Tier {
     fn drop(&mut self) {
-        // SAFETY: the mappings made in `Tier::new`; whoever made this tier
-        // has stopped using them (a mapping's fault threads have ended and
-        // the application's views borrowed the `Mapping`).
-        unsafe {
-            libc::munmap(self.user.cast(), self.len);
-            libc::munmap(self.shadow.cast(), self.len);
-        }
+        // SAFETY: the mapping made in `Tier::new`; whoever made this tier
+        // has stopped using it (a mapping's fault threads have ended, no
+        // signal handler holds it, and the application's views borrowed
+        // the `Mapping`).
+        unsafe { libc::munmap(self.user.cast(), self.len) };
     }
+}
+
+thread_local! {
+    /// A page read from the node on its way into a mapping.
+    static FILL_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn page_size_of_system() -> usize {
@@ -810,9 +914,10 @@ fn probe_continue_wp() -> Result<(), String> {
             let tier = Tier::new(os_page).map_err(|error| error.to_string())?;
             uffd.register(tier.user, os_page)
                 .map_err(|error| format!("UFFDIO_REGISTER: {error}"))?;
-            // SAFETY: the first byte of the tier's shadow, used by nothing
-            // else.
-            unsafe { *tier.shadow = 1 };
+            let mut page = vec![0u8; os_page];
+            page[0] = 1;
+            tier.write_page(0, &page)
+                .map_err(|error| format!("writing the probe's memfd: {error}"))?;
             uffd.continue_range(tier.user, os_page, true)
                 .map_err(|error| {
                     format!(
@@ -839,22 +944,15 @@ enum Step {
 }
 
 impl Shared {
+    /// Whether `address` is in the application's view.
+    fn contains(&self, address: usize) -> bool {
+        let base = self.tier.user as usize;
+        address >= base && address < base + self.tier.len
+    }
+
     fn page_address(&self, page: u64) -> *mut u8 {
         // SAFETY: callers pass pages of the region, inside the mapping.
         unsafe { self.tier.user.add(page as usize * self.page_size) }
-    }
-
-    /// The first byte of a page of the shadow.
-    fn shadow_address(&self, page: u64) -> *mut u8 {
-        // SAFETY: callers pass pages of the region, inside the shadow.
-        unsafe { self.tier.shadow.add(page as usize * self.page_size) }
-    }
-
-    /// A page of the shadow, to write back (the caller holds it busy or
-    /// flushing: no fault thread fills it meanwhile).
-    fn shadow_page(&self, page: u64) -> &[u8] {
-        // SAFETY: the shadow is `len` bytes and lives as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.shadow_address(page), self.page_size) }
     }
 
     /// A fault thread: waits for faults and serves them. Each thread
@@ -888,7 +986,7 @@ impl Shared {
             if count > 0 {
                 for message in &messages[..count] {
                     if message.event == uffd::EVENT_PAGEFAULT {
-                        self.fault(message);
+                        self.fault(&Fault::from_message(message));
                     }
                 }
                 last_served = std::time::Instant::now();
@@ -945,23 +1043,21 @@ impl Shared {
         Ok(epoll)
     }
 
-    fn fault(&self, message: &uffd::Message) {
-        let address = message.address as usize;
+    /// Serves one fault; false if it could not be served (see
+    /// [`Shared::fail`]).
+    fn fault(&self, fault: &Fault) -> bool {
+        let address = fault.address;
         let base = self.tier.user as usize;
         if address < base || address >= base + self.tier.len {
-            return;
+            return true;
         }
         let offset = (address - base) as u64;
         let page = offset / self.page_size as u64;
-        let access = if message.flags & uffd::PAGEFAULT_FLAG_WRITE != 0 {
-            Access::Write
-        } else {
-            Access::Read
-        };
+        let access = fault.access;
         loop {
-            let step = self.decide(page, message, access, offset);
+            let step = self.decide(page, fault, offset);
             match step {
-                Step::Done => return,
+                Step::Done => return true,
                 Step::Violate(violation) => {
                     self.violations.fetch_add(1, Ordering::Relaxed);
                     let handler = self.handler.read().clone();
@@ -986,8 +1082,8 @@ impl Shared {
                             continue;
                         }
                         Verdict::Signal => {
-                            signal_thread(message.ptid, libc::SIGSEGV);
-                            return;
+                            signal_thread(fault.thread, libc::SIGSEGV);
+                            return true;
                         }
                         Verdict::Stop => {
                             let text = format!("pagoda: stopping the process: {violation}");
@@ -998,28 +1094,28 @@ impl Shared {
                     }
                 }
                 Step::Fill { frame, zero } => {
-                    self.fill(page, frame, zero, access, offset, message.ptid);
-                    return;
+                    return self.fill(page, frame, zero, access, offset, fault.thread);
                 }
                 Step::Fail(cause) => {
-                    self.fail(offset, &cause, message.ptid);
-                    return;
+                    self.fail(offset, &cause, fault.thread);
+                    return false;
                 }
             }
         }
     }
 
     /// Decides what a fault needs, doing at once whatever takes no network.
-    fn decide(&self, page: u64, message: &uffd::Message, access: Access, offset: u64) -> Step {
+    fn decide(&self, page: u64, fault: &Fault, offset: u64) -> Step {
         let address = self.page_address(page);
+        let access = fault.access;
         let violation = |protection| {
             Step::Violate(Violation {
                 region: self.region.name().to_string(),
                 offset,
-                address: message.address as usize,
+                address: fault.address,
                 access,
                 protection,
-                thread: message.ptid,
+                thread: fault.thread,
             })
         };
         let mut table = self.table.lock();
@@ -1030,13 +1126,17 @@ impl Shared {
             }
             let refused = protection == Protection::Guard
                 || (access == Access::Write && protection == Protection::ReadOnly);
-            let write_protect = message.flags & uffd::PAGEFAULT_FLAG_WP != 0;
             if let Some(&frame) = table.pages.get(&page) {
                 let state = table.frame_state[frame as usize];
                 if state & BUSY != 0 {
                     self.changed.wait_for(&mut table, BUSY_WAIT);
                     continue;
                 }
+                // Not told (a fault served on its thread): only a store to
+                // a mapped page faults on it.
+                let write_protect = fault
+                    .write_protect
+                    .unwrap_or(state & MAPPED != 0 && access == Access::Write);
                 if write_protect {
                     if state & MAPPED == 0 {
                         let _ = self.uffd.wake(address, self.page_size);
@@ -1083,7 +1183,7 @@ impl Shared {
                 }
                 return Step::Done;
             }
-            if write_protect {
+            if fault.write_protect == Some(true) {
                 // The page left meanwhile: the access faults again.
                 let _ = self.uffd.wake(address, self.page_size);
                 return Step::Done;
@@ -1118,7 +1218,8 @@ impl Shared {
         }
     }
 
-    /// Brings `page` into `frame` (marked busy) and maps it.
+    /// Brings `page` into `frame` (marked busy) and maps it; false if it
+    /// could not (see [`Shared::fail`]).
     fn fill(
         &self,
         page: u64,
@@ -1127,21 +1228,44 @@ impl Shared {
         access: Access,
         offset: u64,
         thread: u32,
-    ) {
-        let address = self.page_address(page);
-        let fetched = if zero {
-            Ok(())
-        } else {
-            // SAFETY: the page is busy, so this thread alone fills it
-            // through the shadow and the application cannot reach it.
-            let buffer = unsafe {
-                std::slice::from_raw_parts_mut(self.shadow_address(page), self.page_size)
+    ) -> bool {
+        FILL_BUFFER.with(|cell| {
+            // Borrowed only here, and nothing here touches a mapping's view,
+            // so a fault served on this thread never finds it borrowed.
+            let mut buffer = cell.borrow_mut();
+            buffer.resize(self.page_size, 0);
+            let fetched = if zero {
+                Ok(())
+            } else {
+                self.region
+                    .cache()
+                    .backing()
+                    .read_pages(&[page], &mut [&mut buffer[..]])
             };
-            self.region
-                .cache()
-                .backing()
-                .read_pages(&[page], &mut [buffer])
-        };
+            let source = if zero {
+                self.zeros.as_ptr()
+            } else {
+                buffer.as_ptr()
+            };
+            self.map_filled(page, frame, zero, fetched, source, access, offset, thread)
+        })
+    }
+
+    /// The second half of [`Shared::fill`]: installs the page read (or
+    /// zeros) at `source`.
+    #[allow(clippy::too_many_arguments)]
+    fn map_filled(
+        &self,
+        page: u64,
+        frame: FrameId,
+        zero: bool,
+        fetched: Result<(), pagoda_cache::BackingError>,
+        source: *const u8,
+        access: Access,
+        offset: u64,
+        thread: u32,
+    ) -> bool {
+        let address = self.page_address(page);
         let mut table = self.table.lock();
         let protection = table.protection_of(page);
         if protection == Protection::Guard {
@@ -1151,20 +1275,16 @@ impl Shared {
             drop(table);
             self.changed.notify_all();
             let _ = self.uffd.wake(address, self.page_size);
-            return;
+            return true;
         }
         let protect =
             access == Access::Read || protection != Protection::ReadWrite || self.read_only;
+        // One call allocates the page in the memfd, copies it there and
+        // maps it: the page is never zeroed first, and no other view maps it.
         let mapped = fetched.map_err(|error| error.to_string()).and_then(|()| {
-            if zero {
-                self.uffd
-                    .copy(address, self.zeros.as_ptr(), self.page_size, protect)
-                    .map_err(|error| format!("UFFDIO_COPY: {error}"))
-            } else {
-                self.uffd
-                    .continue_range(address, self.page_size, protect)
-                    .map_err(|error| format!("UFFDIO_CONTINUE: {error}"))
-            }
+            self.uffd
+                .copy(address, source, self.page_size, protect)
+                .map_err(|error| format!("UFFDIO_COPY: {error}"))
         });
         match mapped {
             Ok(()) => {
@@ -1182,12 +1302,14 @@ impl Shared {
                 self.policy.admit(frame, page);
                 drop(table);
                 self.changed.notify_all();
+                true
             }
             Err(cause) => {
                 self.release(&mut table, page, frame);
                 drop(table);
                 self.changed.notify_all();
                 self.fail(offset, &cause, thread);
+                false
             }
         }
     }
@@ -1206,7 +1328,8 @@ impl Shared {
     }
 
     /// Ends a fault that cannot be served: logged, and `SIGBUS` to the
-    /// faulting thread.
+    /// faulting thread (a fault served on its own thread is in the
+    /// handler of that `SIGBUS` already: the handler passes it on).
     fn fail(&self, offset: u64, cause: &str, thread: u32) {
         self.failed_faults.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
@@ -1215,7 +1338,9 @@ impl Shared {
             %cause,
             "a page of the mapping could not be brought in; the faulting thread gets SIGBUS"
         );
-        signal_thread(thread, libc::SIGBUS);
+        if !self.on_faulting_thread {
+            signal_thread(thread, libc::SIGBUS);
+        }
     }
 
     /// A free frame, evicting if there is none; `None` if the lock was let
@@ -1406,12 +1531,23 @@ impl Shared {
         }
     }
 
-    /// Writes pages (held busy or flushing) to the node, in batches.
+    /// Writes pages (held busy or flushing) to the node, in batches, each
+    /// read from the memfd.
     fn write_back(&self, pages: &[(FrameId, u64)]) -> Result<(), ClientError> {
         let backing = self.region.cache().backing();
+        let mut bytes = Vec::new();
         for chunk in pages.chunks(pagoda_wire::limits::BATCH_PAGES_MAX.max(1)) {
             let numbers: Vec<u64> = chunk.iter().map(|&(_, page)| page).collect();
-            let buffers: Vec<&[u8]> = numbers.iter().map(|&page| self.shadow_page(page)).collect();
+            bytes.resize(numbers.len() * self.page_size, 0);
+            for (&page, buffer) in numbers.iter().zip(bytes.chunks_exact_mut(self.page_size)) {
+                self.tier.read_page(page, buffer).map_err(|error| {
+                    ClientError::Io(std::io::Error::new(
+                        error.kind(),
+                        format!("reading page {page} of the mapping's memfd: {error}"),
+                    ))
+                })?;
+            }
+            let buffers: Vec<&[u8]> = bytes.chunks_exact(self.page_size).collect();
             backing
                 .write_pages(&numbers, &buffers)
                 .map_err(backing_error)?;
@@ -1698,12 +1834,14 @@ mod tests {
         assert!(uffd.wp_async, "this kernel has no UFFD_FEATURE_WP_ASYNC");
         let pagemap = uffd::Pagemap::open().unwrap();
         let tier = Tier::new(4 * page).unwrap();
-        let (user, shadow) = (tier.user, tier.shadow);
-        // SAFETY: the tier's mappings, used only here.
+        let user = tier.user;
+        let mut bytes = vec![0u8; page];
+        bytes[0] = 1;
+        // SAFETY: the tier's mapping, used only here.
         unsafe {
             uffd.register(user, 4 * page).unwrap();
             for index in 0..4 {
-                *shadow.add(index * page) = 1;
+                tier.write_page(index as u64, &bytes).unwrap();
                 uffd.continue_range(user.add(index * page), page, true)
                     .unwrap();
             }

@@ -11,14 +11,28 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// How a mapping asks the kernel for a userfaultfd.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How a mapping asks the kernel for its faults, and where they are
+/// served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultMode {
+    /// Faults of user-mode code, served on the faulting thread itself: the
+    /// kernel sends the thread `SIGBUS` in place of queuing the fault
+    /// (`UFFD_FEATURE_SIGBUS`), and the mapping's signal handler serves it
+    /// there and returns, so the access is retried and succeeds. No thread
+    /// is woken on either side of a fault. Needs no privilege; as with
+    /// [`FaultMode::UserModeOnly`] a system call that reads or writes a
+    /// page not resident gets `EFAULT`. The process's `SIGBUS` handler is
+    /// the mapping's while a mapping of this kind exists (it passes every
+    /// other `SIGBUS` to the handler it replaced); see the module
+    /// documentation for what this asks of the application. x86-64 only
+    /// (the fault's error code tells a load from a store): the default
+    /// there.
+    Signal,
     /// Faults from user and kernel mode where the process may have them
     /// (`userfaultfd(2)` with privileges or `vm.unprivileged_userfaultfd =
     /// 1`, else `/dev/userfaultfd` where it is readable), user-mode faults
-    /// only otherwise.
-    #[default]
+    /// only otherwise; served by the mapping's fault threads. The default
+    /// where [`FaultMode::Signal`] is not available.
     Auto,
     /// Only faults taken in user mode (`UFFD_USER_MODE_ONLY`, Linux 5.11):
     /// needs no privilege, but a system call that reads or writes a page
@@ -28,6 +42,23 @@ pub enum FaultMode {
     /// Faults from user and kernel mode, or an error naming the setting
     /// that would allow them.
     AllFaults,
+}
+
+impl Default for FaultMode {
+    fn default() -> Self {
+        if cfg!(target_arch = "x86_64") {
+            FaultMode::Signal
+        } else {
+            FaultMode::Auto
+        }
+    }
+}
+
+impl FaultMode {
+    /// Whether faults are served on the faulting thread.
+    pub(crate) fn on_faulting_thread(self) -> bool {
+        self == FaultMode::Signal
+    }
 }
 
 const UFFDIO: u64 = 0xAA;
@@ -45,6 +76,8 @@ const USERFAULTFD_IOC_NEW: u64 = UFFDIO << 8;
 
 pub(crate) const FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
 pub(crate) const FEATURE_MISSING_SHMEM: u64 = 1 << 5;
+/// Faults are not queued: the faulting thread gets `SIGBUS` (Linux 4.14).
+pub(crate) const FEATURE_SIGBUS: u64 = 1 << 7;
 pub(crate) const FEATURE_THREAD_ID: u64 = 1 << 8;
 pub(crate) const FEATURE_MINOR_SHMEM: u64 = 1 << 10;
 pub(crate) const FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
@@ -175,10 +208,22 @@ impl Uffd {
     /// With `wp_async`, write-protect faults are resolved by the kernel if
     /// it can (see [`Uffd::wp_async`]).
     pub(crate) fn open(mode: FaultMode, wp_async: bool) -> Result<Uffd, String> {
-        if wp_async && let Ok(uffd) = Uffd::open_with(mode, FEATURES_REQUIRED | FEATURE_WP_ASYNC) {
+        let required = if mode.on_faulting_thread() {
+            if !cfg!(target_arch = "x86_64") {
+                return Err(
+                    "serving faults on the faulting thread (FaultMode::Signal) needs \
+                            x86-64; map with FaultMode::Auto"
+                        .into(),
+                );
+            }
+            FEATURES_REQUIRED | FEATURE_SIGBUS
+        } else {
+            FEATURES_REQUIRED
+        };
+        if wp_async && let Ok(uffd) = Uffd::open_with(mode, required | FEATURE_WP_ASYNC) {
             return Ok(uffd);
         }
-        Uffd::open_with(mode, FEATURES_REQUIRED)
+        Uffd::open_with(mode, required)
     }
 
     fn open_with(mode: FaultMode, features: u64) -> Result<Uffd, String> {
@@ -249,7 +294,7 @@ impl Uffd {
         };
         let (fd, kernel_faults) = match mode {
             FaultMode::AllFaults => (all_faults()?, true),
-            FaultMode::UserModeOnly => (user_only()?, false),
+            FaultMode::UserModeOnly | FaultMode::Signal => (user_only()?, false),
             FaultMode::Auto => match all_faults() {
                 Ok(fd) => (fd, true),
                 Err(all_error) => (
