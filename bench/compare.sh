@@ -21,8 +21,9 @@
 # same, its misses copied from the node's shared memory, its cache smaller by
 # the page tables of that mapping, dataset / 512) or the mapped backend
 # (the same region mapped into the process with that local budget less the
-# page tables of its two views, 2 x dataset / 512, reached by the local
-# backend's very loop over a plain slice). The cgroup limit is
+# page tables of its view, dataset / 512, reached by the local backend's very
+# loop over a plain slice; mapped-colocated: the same, its misses copied from
+# the node's shared memory, less a second view's page tables). The cgroup limit is
 # fraction x dataset plus a fixed allowance (ALLOWANCE_MIB) for the program, its
 # heap and Pagoda's page table. The memory node runs outside the cgroup: it is
 # the remote memory, one fresh node per Pagoda run.
@@ -298,8 +299,8 @@ cache_for() {
 # Page tables charged to the application's cgroup beyond its cache, 8 bytes
 # per 4 KiB page of the dataset for each view of the whole region:
 # pagoda-colocated maps the node's memory (one view), mapped its local tier
-# twice (the application's view and the fault threads'). Their cache is
-# smaller by that much, so that the same limit holds.
+# (one view), mapped-colocated both (two views). Their cache is smaller by
+# that much, so that the same limit holds.
 cache_less_views() {
     awk -v c="$(cache_for "$1")" -v d="$DATASET_BYTES" -v v="$2" \
         'BEGIN { printf "%.0f\n", (c - v * int(d / 512 / 4096 + 1) * 4096) }'
@@ -336,16 +337,16 @@ for fraction in $FRACTIONS; do
     # Through its cache the region reads ahead (streams by default, and an
     # index page's records in `indirect`, whose layout the application
     # tells it with --references); a mapping reads nothing ahead yet.
-    # pagoda-colocated is the pagoda backend reading its misses from the
+    # pagoda-colocated and mapped-colocated read their misses from the
     # node's shared memory (the node runs on this host; co-located access).
-    for backend in pagoda pagoda-colocated mapped; do
+    for backend in pagoda pagoda-colocated mapped mapped-colocated; do
         start_node "$backend-$fraction"
         make_cgroup "$limit"
         extra=()
-        [ "$backend" != mapped ] && extra=(--references)
+        case $backend in mapped*) ;; *) extra=(--references) ;; esac
         case $backend in
-            pagoda-colocated) backend_cache=$(cache_less_views "$fraction" 1) ;;
-            mapped) backend_cache=$(cache_less_views "$fraction" 2) ;;
+            pagoda-colocated | mapped) backend_cache=$(cache_less_views "$fraction" 1) ;;
+            mapped-colocated) backend_cache=$(cache_less_views "$fraction" 2) ;;
             *) backend_cache=$cache ;;
         esac
         run "$backend" "$fraction" "$CG" --backend "$backend" \

@@ -8,9 +8,10 @@
 //! 2. writes a markdown table of throughput, the ratios of each Pagoda
 //!    backend (`pagoda`: through the region's cache; `mapped`: the region
 //!    mapped into the process) to swap, zswap and local, mapped/pagoda, and
-//!    p50/p99 operation latency, a table of the co-located backend
-//!    (`pagoda-colocated`: misses copied from the node's shared memory) where
-//!    it ran, followed by the issue's goals with their verdicts;
+//!    p50/p99 operation latency, a table of the co-located backends
+//!    (`pagoda-colocated`, `mapped-colocated`: misses copied from the node's
+//!    shared memory) where they ran, followed by the goals with their
+//!    verdicts;
 //! 3. writes two SVG plots drawn by hand (no plotting dependency):
 //!    `compare-throughput.svg` and `compare-p99.svg`.
 
@@ -30,11 +31,21 @@ compare_plot: check, tabulate and plot bench/compare.sh results
 /// The workloads in the order they are shown.
 const WORKLOADS: [&str; 6] = ["kv90", "kv50", "uniform90", "scan", "chase", "indirect"];
 /// The limited backends in the order they are shown; `local` is the baseline.
-const LIMITED: [&str; 5] = ["swap", "zswap", "pagoda", "pagoda-colocated", "mapped"];
-/// Bar colours: swap, zswap, pagoda, pagoda-colocated, mapped.
-const COLOURS: [&str; 5] = ["#d95f02", "#e6ab02", "#1b9e77", "#66a61e", "#7570b3"];
+const LIMITED: [&str; 6] = [
+    "swap",
+    "zswap",
+    "pagoda",
+    "pagoda-colocated",
+    "mapped",
+    "mapped-colocated",
+];
+/// Bar colours: swap, zswap, pagoda, pagoda-colocated, mapped,
+/// mapped-colocated.
+const COLOURS: [&str; 6] = [
+    "#d95f02", "#e6ab02", "#1b9e77", "#66a61e", "#7570b3", "#e7298a",
+];
 /// The backends that run on a Pagoda memory node.
-const PAGODA_BACKENDS: [&str; 3] = ["pagoda", "pagoda-colocated", "mapped"];
+const PAGODA_BACKENDS: [&str; 4] = ["pagoda", "pagoda-colocated", "mapped", "mapped-colocated"];
 
 #[derive(Clone, Debug)]
 struct Row {
@@ -420,6 +431,7 @@ fn render_table(rows: &[Row], meta: Option<&Value>) -> String {
         .flat_map(|&workload| fractions.iter().map(move |&fraction| (workload, fraction)))
         .filter(|&(workload, fraction)| {
             find(rows, "pagoda-colocated", workload, fraction).is_some()
+                || find(rows, "mapped-colocated", workload, fraction).is_some()
         })
         .collect();
     if !colocated.is_empty() {
@@ -430,18 +442,26 @@ fn render_table(rows: &[Row], meta: Option<&Value>) -> String {
         );
         let _ = writeln!(
             out,
-            "| workload | local memory | zswap | pagoda | pagoda-colocated \
-             | colocated/zswap | colocated/pagoda | colocated p50 / p99 | hit ratio |"
+            "| workload | local memory | swap | zswap | pagoda | pagoda-colocated \
+             | colocated/zswap | colocated/pagoda | colocated p50 / p99 | hit ratio \
+             | mapped-colocated | mapped-colocated/swap | mapped-colocated/zswap \
+             | mapped-colocated p50 / p99 |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            out,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
         for (workload, fraction) in colocated {
             let row = find(rows, "pagoda-colocated", workload, fraction);
+            let mapped = find(rows, "mapped-colocated", workload, fraction);
+            let swap = find(rows, "swap", workload, fraction);
             let zswap = find(rows, "zswap", workload, fraction);
             let pagoda = find(rows, "pagoda", workload, fraction);
             let _ = writeln!(
                 out,
-                "| {workload} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {workload} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 percent(fraction),
+                ops(swap),
                 ops(zswap),
                 ops(pagoda),
                 ops(row),
@@ -449,12 +469,16 @@ fn render_table(rows: &[Row], meta: Option<&Value>) -> String {
                 ratio_text(ratio(row, pagoda)),
                 latency(row),
                 hit_ratio(row),
+                ops(mapped),
+                ratio_text(ratio(mapped, swap)),
+                ratio_text(ratio(mapped, zswap)),
+                latency(mapped),
             );
         }
     }
     let _ = writeln!(
         out,
-        "\nPagoda's own process (pagoda, pagoda-colocated, mapped) swapped: {}.",
+        "\nPagoda's own process (pagoda, pagoda-colocated, mapped, mapped-colocated) swapped: {}.",
         if swapped.is_empty() {
             "never (their cgroups' swap counters stayed at 0)".to_string()
         } else {
@@ -506,6 +530,32 @@ fn render_table(rows: &[Row], meta: Option<&Value>) -> String {
             ),
             2.0,
         );
+    }
+    for backend in ["mapped", "mapped-colocated"] {
+        if at(backend, "kv90", 0.25).is_some() {
+            goal(
+                &mut out,
+                &format!("kv90 at 25%: {backend}/swap"),
+                ratio(at(backend, "kv90", 0.25), at("swap", "kv90", 0.25)),
+                3.0,
+            );
+            goal(
+                &mut out,
+                &format!("kv90 at 25%: {backend}/zswap"),
+                ratio(at(backend, "kv90", 0.25), at("zswap", "kv90", 0.25)),
+                1.0,
+            );
+        }
+    }
+    for workload in WORKLOADS {
+        if at("mapped", workload, 1.0).is_some() {
+            goal(
+                &mut out,
+                &format!("{workload} at 100%: mapped/local"),
+                ratio(at("mapped", workload, 1.0), at("local", workload, 1.0)),
+                0.95,
+            );
+        }
     }
     for workload in WORKLOADS {
         if at("pagoda", workload, 1.0).is_some() {

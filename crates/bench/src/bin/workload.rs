@@ -12,7 +12,8 @@
 //!   on this host);
 //! - the same kind of region *mapped* into the process (`--backend mapped`:
 //!   `Region::map` with a local budget of that size), reached by plain loads
-//!   and stores that fault its pages in.
+//!   and stores that fault its pages in, over the connection or copied from
+//!   the node's shared memory (`--backend mapped-colocated`).
 //!
 //! Everything above the three-method [`Records`] trait is one code path: the
 //! operation sequence, the timing, the checksums. And `local`, `swap` and
@@ -72,7 +73,7 @@ use rand_distr::{Distribution, Zipf};
 const USAGE: &str = "\
 workload: the headline comparison's workload (local memory, kernel swap, Pagoda)
 
-  --backend local|swap|pagoda|pagoda-colocated|mapped
+  --backend local|swap|pagoda|pagoda-colocated|mapped|mapped-colocated
                                 where the records live (required): local memory,
                                 local memory the kernel may swap, a Pagoda region
                                 read through its cache, or a Pagoda region mapped
@@ -159,6 +160,8 @@ enum Backend {
     /// node's shared memory (the node runs on this host).
     PagodaColocated,
     Mapped,
+    /// The mapped backend with co-located access.
+    MappedColocated,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -302,6 +305,7 @@ impl Args {
                         "pagoda" => Backend::Pagoda,
                         "pagoda-colocated" => Backend::PagodaColocated,
                         "mapped" => Backend::Mapped,
+                        "mapped-colocated" => Backend::MappedColocated,
                         other => return Err(format!("unknown backend {other:?}")),
                     })
                 }
@@ -363,7 +367,10 @@ impl Args {
             return Err("no workloads".into());
         }
         let cache_bytes = match backend {
-            Backend::Pagoda | Backend::PagodaColocated | Backend::Mapped => {
+            Backend::Pagoda
+            | Backend::PagodaColocated
+            | Backend::Mapped
+            | Backend::MappedColocated => {
                 cache_bytes.ok_or("--cache is required for pagoda and mapped")?
             }
             Backend::Local | Backend::Swap => 0,
@@ -377,6 +384,7 @@ impl Args {
                     Backend::Pagoda => "pagoda",
                     Backend::PagodaColocated => "pagoda-colocated",
                     Backend::Mapped => "mapped",
+                    Backend::MappedColocated => "mapped-colocated",
                 }
                 .into()
             }),
@@ -858,8 +866,11 @@ fn load_region(contents: &Contents, args: &Args) -> Result<NodeRegion, String> {
     let options = ClientOptions {
         client_name: "pagoda-bench-workload".into(),
         // The pagoda and mapped backends read over the connection, as they
-        // always did; pagoda-colocated reads misses from shared memory.
-        colocated: if args.backend == Backend::PagodaColocated {
+        // always did; the co-located ones read misses from shared memory.
+        colocated: if matches!(
+            args.backend,
+            Backend::PagodaColocated | Backend::MappedColocated
+        ) {
             pagoda::Colocated::Auto
         } else {
             pagoda::Colocated::Off
@@ -1244,7 +1255,7 @@ fn run(args: &Args) -> Result<(), String> {
     let mut backend: Box<dyn Records> = match args.backend {
         Backend::Local | Backend::Swap => Box::new(load_memory(&contents)?),
         Backend::Pagoda | Backend::PagodaColocated => Box::new(load_pagoda(&contents, args)?),
-        Backend::Mapped => Box::new(load_mapped(&contents, args)?),
+        Backend::Mapped | Backend::MappedColocated => Box::new(load_mapped(&contents, args)?),
     };
     let load_seconds = load_began.elapsed().as_secs_f64();
     // Every backend starts with the same records local: the last `fraction`
