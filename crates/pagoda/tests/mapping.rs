@@ -189,10 +189,33 @@ fn gettid() -> u32 {
 /// checked against the model, and after a last flush a second client
 /// reads the whole region back.
 fn random_words(local_pages: u64, region_pages: u64, threads: usize, ops_per_thread: u64) {
+    random_words_served(
+        FaultMode::default(),
+        local_pages,
+        region_pages,
+        threads,
+        ops_per_thread,
+    );
+}
+
+/// [`random_words`] with faults served as `fault_mode` says.
+fn random_words_served(
+    fault_mode: FaultMode,
+    local_pages: u64,
+    region_pages: u64,
+    threads: usize,
+    ops_per_thread: u64,
+) {
     let seed = seed();
     let setup = setup();
     let name = "words";
-    let mapping = map(setup.region(name, region_pages), local_pages);
+    let mapping = setup
+        .region(name, region_pages)
+        .map(MapOptions {
+            fault_mode,
+            ..MapOptions::with_local_bytes(local_pages * PAGE_U64)
+        })
+        .unwrap();
     let words = mapping.as_atomic_u64s().len();
     let words_per_thread = words / threads;
     let words_per_page = PAGE / 8;
@@ -321,6 +344,14 @@ fn threads_load_and_store_with_16_local_pages() {
 #[test]
 fn threads_load_and_store_with_256_local_pages() {
     random_words(256, 1024, 4, 20_000);
+}
+
+// Guards the same with faults served by fault threads (the mode where the
+// kernel queues faults for them), at the smallest budget and at 16 pages.
+#[test]
+fn threads_load_and_store_served_by_fault_threads() {
+    random_words_served(FaultMode::Auto, LOCAL_PAGES_MIN, 64, 4, 5_000);
+    random_words_served(FaultMode::Auto, 16, 128, 4, 5_000);
 }
 
 // Guards byte-level correctness of the mapping through `as_mut_slice`:
@@ -1013,6 +1044,7 @@ fn child() {
         "signal" | "stop" => child_violation(&scenario),
         "read-only-region" => child_read_only_region(),
         "node-stopped" => child_node_stopped(),
+        "foreign-sigbus" => child_foreign_sigbus(),
         other => panic!("no child scenario {other:?}"),
     }
 }
@@ -1436,4 +1468,228 @@ fn a_page_in_use_outlives_a_scan() {
         stats.minor_faults > 0,
         "no zapped page was mapped back: {stats:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// 8. Faults served on the faulting thread
+
+// Guards the mode's defaults and that it serves faults itself: the default
+// mapping on x86-64 serves its faults on the faulting thread, and the
+// model test above ran that way.
+#[test]
+fn the_default_mapping_serves_faults_on_the_faulting_thread() {
+    let setup = setup();
+    let mapping = map(setup.region("default-mode", 16), 8);
+    assert_eq!(
+        mapping.serves_faults_on_faulting_thread(),
+        cfg!(target_arch = "x86_64")
+    );
+    let threads = MapOptions {
+        fault_mode: FaultMode::Auto,
+        ..MapOptions::with_local_bytes(8 * PAGE_U64)
+    };
+    let by_threads = setup.region("threads-mode", 16).map(threads).unwrap();
+    assert!(!by_threads.serves_faults_on_faulting_thread());
+}
+
+// Guards the handler's promise to the code it interrupts: errno as it was
+// before the access that faulted, after a missing fault that fetched, a
+// write-protect fault and a minor fault.
+#[test]
+fn a_fault_served_on_the_faulting_thread_keeps_errno() {
+    let setup = setup();
+    let name = "errno";
+    let region = setup.region(name, 64);
+    region.write_at(0, &pattern_page(0, 3)).unwrap();
+    let mapping = map_faulting(region, LOCAL_PAGES_MIN);
+    assert!(mapping.serves_faults_on_faulting_thread());
+    let set_errno = |value: i32| {
+        // SAFETY: this thread's errno.
+        unsafe { *libc::__errno_location() = value };
+    };
+    // SAFETY: this thread's errno.
+    let errno = || unsafe { *libc::__errno_location() };
+    let before = mapping.stats();
+    set_errno(4242);
+    let value = load(&mapping, 8);
+    assert_eq!(errno(), 4242, "errno after a missing fault");
+    assert_eq!(value, pattern(0, 1, 3));
+    set_errno(4343);
+    store(&mapping, 8, 5);
+    assert_eq!(errno(), 4343, "errno after a write-protect fault");
+    // Pages 1..=8 push page 0 out of the four frames or past a zap.
+    for page in 1..=8u64 {
+        load(&mapping, page * PAGE_U64);
+    }
+    set_errno(4444);
+    assert_eq!(load(&mapping, 8), 5);
+    assert_eq!(errno(), 4444, "errno after the page came back");
+    let after = mapping.stats();
+    assert!(after.pages_fetched > before.pages_fetched, "{after:?}");
+    assert!(after.write_faults > before.write_faults, "{after:?}");
+}
+
+// Guards `FaultMode::Signal` against kernel-mode faults: like
+// `UserModeOnly`, `read(2)` into a page not held locally fails with
+// EFAULT, and the page keeps its data.
+#[test]
+fn signal_mapping_fails_a_read_into_a_missing_page() {
+    let setup = setup();
+    let region = setup.region("signal-syscall", 32);
+    region.write_at(5 * PAGE_U64, &pattern_page(5, 8)).unwrap();
+    let mut mapping = region
+        .map(MapOptions {
+            fault_mode: FaultMode::Signal,
+            ..MapOptions::with_local_bytes(16 * PAGE_U64)
+        })
+        .unwrap();
+    assert!(!mapping.serves_kernel_faults());
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = file_of(&dir, &pattern_page(1000, 9));
+    let page = &mut mapping.as_mut_slice()[5 * PAGE..6 * PAGE];
+    match file.read(page) {
+        Err(error) => assert_eq!(error.raw_os_error(), Some(libc::EFAULT), "{error}"),
+        Ok(count) => panic!("read(2) into a page not held locally read {count} bytes"),
+    }
+    assert_same_bytes(
+        &mapping.as_slice()[5 * PAGE..6 * PAGE],
+        &pattern_page(5, 8),
+        "the page after the failed read",
+    );
+}
+
+/// Calls of the child's own `SIGBUS` handler.
+static FOREIGN_SIGBUS_CALLS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// The child's own `SIGBUS` handler: counts, and for a fault puts an
+/// anonymous page of zeros where the access faulted, so that it is retried
+/// and succeeds.
+extern "C" fn foreign_sigbus(
+    _signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    _context: *mut libc::c_void,
+) {
+    FOREIGN_SIGBUS_CALLS.fetch_add(1, Ordering::SeqCst);
+    // SAFETY: the kernel's siginfo; mmap over the faulting page of a
+    // mapping this child made for the purpose.
+    unsafe {
+        if (*info).si_code > 0 {
+            let page = (*info).si_addr() as usize & !(PAGE - 1);
+            libc::mmap(
+                page as *mut libc::c_void,
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            );
+        }
+    }
+}
+
+/// Installs a `SIGBUS` handler of its own, then maps a region (faults
+/// served on this thread) and touches its pages, raises `SIGBUS` and reads
+/// past the end of a file mapping: the mapping's faults must not reach the
+/// child's handler, and both other `SIGBUS` must.
+fn child_foreign_sigbus() {
+    // SAFETY: installs the handler above, with a zeroed sigaction filled.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = foreign_sigbus as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        assert_eq!(
+            libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()),
+            0
+        );
+    }
+    let node = std::env::var(CHILD_NODE).unwrap();
+    let name = std::env::var(CHILD_REGION).unwrap();
+    let client = Client::connect(node.as_str(), ClientOptions::default()).unwrap();
+    let region = client
+        .open_region(&name, RegionOptions::with_cache_bytes(1 << 20))
+        .unwrap();
+    let mapping = map_faulting(region, LOCAL_PAGES_MIN);
+    say(&format!(
+        "on thread {}",
+        mapping.serves_faults_on_faulting_thread()
+    ));
+    let mut sum = 0u64;
+    for page in 0..16u64 {
+        store(&mapping, page * PAGE_U64, page + 1);
+    }
+    for page in 0..16u64 {
+        sum += load(&mapping, page * PAGE_U64);
+    }
+    say(&format!("sum {sum}"));
+    say(&format!(
+        "after the mapping's faults {}",
+        FOREIGN_SIGBUS_CALLS.load(Ordering::SeqCst)
+    ));
+    // SAFETY: raises a signal this child handles.
+    unsafe { libc::raise(libc::SIGBUS) };
+    say(&format!(
+        "after raise {}",
+        FOREIGN_SIGBUS_CALLS.load(Ordering::SeqCst)
+    ));
+    // A file of one page mapped as two: the second page is past its end.
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_of(&dir, &[7u8; PAGE]);
+    // SAFETY: a new shared mapping of the file, two pages long.
+    let past_end = unsafe {
+        let address = libc::mmap(
+            std::ptr::null_mut(),
+            2 * PAGE,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+        );
+        assert_ne!(address, libc::MAP_FAILED);
+        std::ptr::read_volatile((address as *const u8).add(PAGE + 10))
+    };
+    say(&format!(
+        "after the file's fault {} read {past_end}",
+        FOREIGN_SIGBUS_CALLS.load(Ordering::SeqCst)
+    ));
+    mapping.flush().unwrap();
+    say("done");
+}
+
+// Guards the handler a mapping installs for `SIGBUS`: it serves the
+// mapping's faults without calling the handler the application had, and
+// passes every other `SIGBUS` (one sent by `raise`, one of a file mapping
+// read past its end) to that handler.
+#[test]
+fn a_sigbus_not_of_a_mapping_reaches_the_handler_it_replaced() {
+    let setup = setup();
+    let name = "foreign";
+    drop(setup.region(name, 32));
+    let outcome = run_child(
+        "foreign-sigbus",
+        &[
+            (CHILD_NODE, setup.node.local_addr().to_string()),
+            (CHILD_REGION, name.to_string()),
+        ],
+    );
+    assert!(outcome.status.success(), "{:?}", outcome.status);
+    assert_eq!(
+        said(&outcome.stdout, "on thread"),
+        Some(if cfg!(target_arch = "x86_64") {
+            "true"
+        } else {
+            "false"
+        })
+    );
+    assert_eq!(said(&outcome.stdout, "sum"), Some("136"));
+    assert_eq!(
+        said(&outcome.stdout, "after the mapping's faults"),
+        Some("0")
+    );
+    assert_eq!(said(&outcome.stdout, "after raise"), Some("1"));
+    assert_eq!(
+        said(&outcome.stdout, "after the file's fault"),
+        Some("2 read 0")
+    );
+    assert!(said(&outcome.stdout, "done").is_some());
 }

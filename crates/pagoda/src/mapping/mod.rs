@@ -5,22 +5,23 @@
 //! # How it works
 //!
 //! The local tier of a mapping is a memfd as large as the region, sparse:
-//! only the pages held locally have memory. It is mapped twice. The
-//! application's mapping is registered with a userfaultfd for three kinds
-//! of fault; a second mapping, the *shadow*, is the fault threads' own
-//! view of the same pages and takes no userfaultfd faults.
+//! only the pages held locally have memory. The application's mapping of
+//! it is registered with a userfaultfd for three kinds of fault. Pages come
+//! in by `UFFDIO_COPY` (one call allocates the page in the memfd, copies
+//! it from a buffer and maps it, so no page is zeroed first), and are read
+//! for write-back with `pread`: no other view of the memfd exists.
 //!
-//! - **Missing** (the page is not held locally): a fault thread takes a
-//!   frame of the local budget (evicting if it is full), reads the page
-//!   from the node straight into the shadow, and maps it for the
-//!   application (`UFFDIO_CONTINUE`). A page the client knows the node has
-//!   never stored is filled with zeros without a round trip
-//!   (`UFFDIO_COPY`).
+//! - **Missing** (the page is not held locally): take a frame of the local
+//!   budget (evicting if it is full), read the page from the node into a
+//!   buffer, and install it. A page the client knows the node has never
+//!   stored is filled with zeros without a round trip.
 //! - **Write-protect**: a page is mapped write-protected unless the fault
 //!   that brought it in was a write; the first write to it faults, the page
-//!   is marked dirty and the protection lifted. Only dirty pages are
-//!   written back, and a flush protects each page again before it reads
-//!   it, so a write during the flush marks it dirty again.
+//!   is marked dirty and the protection lifted (or, with
+//!   [`DirtyTracking::Kernel`], the kernel lifts it and records the page
+//!   written). Only dirty pages are written back, and a flush protects each
+//!   page again before it reads it, so a write during the flush marks it
+//!   dirty again.
 //! - **Minor** (the page is held but not mapped for the application): how
 //!   the eviction policy learns of references. A hit in a mapping is a
 //!   plain load no code sees; so when the policy offers a victim that is
@@ -40,26 +41,58 @@
 //!   not with the hit rate: a mapping whose pages all fit takes no fault
 //!   after the first touch of each page.
 //!
-//! Several fault threads read the userfaultfd; each serves its fault
-//! without holding the mapping's lock across the network, so faults of
+//! No fault holds the mapping's lock across the network, so faults of
 //! several application threads are fetched in parallel, pipelined on the
 //! region's connection.
+//!
+//! # Who serves a fault
+//!
+//! With [`FaultMode::Signal`] (the default on x86-64) the kernel queues no
+//! message: it sends the faulting thread `SIGBUS`, and the mapping's signal
+//! handler serves the fault on that thread and returns, so the access is
+//! retried and finds its page. No thread is woken on either side, which on
+//! a machine where a thread's wakeup costs about 10 µs halves a miss. With
+//! the other modes, fault threads (`MapOptions::fault_threads`) read the
+//! userfaultfd, and they alone can serve faults taken in kernel mode (a
+//! system call writing into the mapping).
+//!
+//! What serving on the faulting thread asks of the application, as any
+//! handler of synchronous faults does (a JIT's or a garbage collector's):
+//!
+//! - The process's `SIGBUS` handler is the mapping's from the first such
+//!   mapping on; it hands every `SIGBUS` that is not a fault of a mapping to
+//!   the handler it replaced (or the default action). An application that
+//!   installs a `SIGBUS` handler afterwards must pass on what it does not
+//!   handle to the one it replaced, as this one does; a new mapping
+//!   installs the mapping's handler again if it was replaced.
+//! - The handler runs on the faulting thread's stack (tens of KiB: the
+//!   network read and the eviction), with every other signal held until
+//!   it returns, and it takes the mapping's and the connection's locks and
+//!   may allocate. So a mapping's pages must not be touched by code that
+//!   holds those or the allocator's locks: a violation handler, a signal
+//!   handler, an allocator whose heap is in the mapping, or a buffer given
+//!   to a call on the same [`crate::Client`] (which may hold the
+//!   connection while it copies). errno is kept across a fault.
+//! - A system call given a page not held locally fails with `EFAULT`, as
+//!   with [`FaultMode::UserModeOnly`].
 //!
 //! # Protection
 //!
 //! [`Mapping::protect`] marks page ranges read-only or as guards. A write
 //! to a read-only page (or to a mapping of a region open for reading only)
-//! and any access to a guard page reaches a fault thread, which calls the
-//! violation handler ([`Mapping::on_violation`]) instead of letting the
-//! access through; the handler's [`Verdict`] decides what happens next.
+//! and any access to a guard page reaches the code serving faults, which
+//! calls the violation handler ([`Mapping::on_violation`]) instead of
+//! letting the access through; the handler's [`Verdict`] decides what
+//! happens next.
 //!
 //! # Outcomes of a fault that cannot be served
 //!
 //! A page that cannot be fetched (the node is unreachable after the
 //! client's reconnect window, or refuses) is logged at error level with the
 //! region, the offset and the cause, and the faulting thread gets `SIGBUS`,
-//! as for a mapped file whose read fails. Its access is never completed
-//! with a wrong value.
+//! as for a mapped file whose read fails (served on the faulting thread:
+//! the `SIGBUS` goes on to the handler the mapping's replaced, by default
+//! ending the process). Its access is never completed with a wrong value.
 
 mod signal;
 mod uffd;
@@ -112,8 +145,9 @@ pub struct MapOptions {
     /// RAM for the pages held locally, in bytes; rounded down to whole
     /// pages, at least [`LOCAL_PAGES_MIN`] pages.
     pub local_bytes: u64,
-    /// Threads serving faults; faults of that many application threads
-    /// are fetched at once.
+    /// Threads serving faults where a fault thread serves them (not with
+    /// [`FaultMode::Signal`], where each faulting thread serves its own);
+    /// faults of that many application threads are fetched at once.
     pub fault_threads: usize,
     /// Which faults the kernel hands to the mapping; see [`FaultMode`].
     pub fault_mode: FaultMode,
@@ -123,7 +157,8 @@ pub struct MapOptions {
     pub dirty_tracking: DirtyTracking,
     /// How long the first fault thread keeps looking for the next fault
     /// (spinning) after serving one, before it sleeps: a fault that comes
-    /// meanwhile costs no thread wakeup. Zero never spins.
+    /// meanwhile costs no thread wakeup. Zero never spins. Unused with
+    /// [`FaultMode::Signal`].
     pub spin: Duration,
 }
 
@@ -132,7 +167,7 @@ impl Default for MapOptions {
         MapOptions {
             local_bytes: crate::region::CACHE_BYTES_DEFAULT,
             fault_threads: FAULT_THREADS_DEFAULT,
-            fault_mode: FaultMode::Auto,
+            fault_mode: FaultMode::default(),
             policy: PolicyKind::default(),
             dirty_tracking: DirtyTracking::default(),
             spin: Duration::from_micros(FAULT_SPIN_US_DEFAULT),
@@ -368,6 +403,8 @@ struct Shared {
     pagemap: Option<uffd::Pagemap>,
     tier: Tier,
     page_size: usize,
+    /// The system's page size: what a fault's address is rounded to.
+    os_page: usize,
     segment_pages: u64,
     read_only: bool,
     table: Mutex<Table>,
@@ -564,6 +601,7 @@ impl Mapping {
             pagemap,
             tier,
             page_size,
+            os_page,
             segment_pages: (pagoda_wire::limits::SEGMENT_BYTES / page_size as u64).max(1),
             read_only,
             table: Mutex::new(Table {
@@ -703,6 +741,12 @@ impl Mapping {
     /// writing the mapping) are served; see [`FaultMode::UserModeOnly`].
     pub fn serves_kernel_faults(&self) -> bool {
         self.shared.uffd.kernel_faults
+    }
+
+    /// Whether faults are served on the faulting thread
+    /// ([`FaultMode::Signal`]) rather than by fault threads.
+    pub fn serves_faults_on_faulting_thread(&self) -> bool {
+        self.shared.on_faulting_thread
     }
 
     /// Returns once every page written before the call is on the node, as
@@ -1370,7 +1414,9 @@ impl Shared {
             self.mark_stored(table, dirty.iter().map(|&(_, page)| page));
             MutexGuard::unlocked(table, || self.write_back(&dirty))
         };
-        if written.is_err() {
+        if let Err(error) = &written {
+            tracing::warn!(region = %self.region.name(), %error, pages = dirty.len(),
+                "writing back evicted pages failed; they stay held and dirty");
             for &(frame, page) in &dirty {
                 table.frame_state[frame as usize] &= !BUSY;
                 self.policy.admit(frame, page);
@@ -1495,7 +1541,13 @@ impl Shared {
                 let first = ((start - base) / page_size) as u64;
                 let last = ((stop - 1 - base) / page_size) as u64;
                 for page in first..=last {
-                    if let Some(&frame) = table.pages.get(&page) {
+                    // A busy page is not mapped (being filled, or zapped
+                    // for eviction with what it had written read then):
+                    // the scan reports it because its entry is empty and
+                    // unprotected, not because it was written.
+                    if let Some(&frame) = table.pages.get(&page)
+                        && table.frame_state[frame as usize] & BUSY == 0
+                    {
                         table.frame_state[frame as usize] |= DIRTY;
                     }
                 }

@@ -128,7 +128,8 @@ extern "C" fn on_sigbus(
             Access::Read
         };
         shared.fault(&Fault {
-            address,
+            // As a fault thread is told it: the page's first byte.
+            address: address & !(shared.os_page - 1),
             access,
             write_protect: None,
             // SAFETY: gettid has no preconditions.
