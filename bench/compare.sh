@@ -300,10 +300,12 @@ cache_for() {
 # per 4 KiB page of the dataset for each view of the whole region:
 # pagoda-colocated maps the node's memory (one view), mapped its local tier
 # (one view), mapped-colocated both (two views). Their cache is smaller by
-# that much, so that the same limit holds.
+# that much, so that the same limit holds. With the whole dataset local
+# (fraction 1) the budget stays whole, or a mapping would evict at 100 %: the
+# fixed allowance holds the tables then.
 cache_less_views() {
-    awk -v c="$(cache_for "$1")" -v d="$DATASET_BYTES" -v v="$2" \
-        'BEGIN { printf "%.0f\n", (c - v * int(d / 512 / 4096 + 1) * 4096) }'
+    awk -v c="$(cache_for "$1")" -v d="$DATASET_BYTES" -v v="$2" -v f="$1" \
+        'BEGIN { if (f >= 1) v = 0; printf "%.0f\n", (c - v * int(d / 512 / 4096 + 1) * 4096) }'
 }
 
 cat > "$OUT/meta.json" <<EOF

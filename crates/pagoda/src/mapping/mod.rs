@@ -465,8 +465,23 @@ struct Fault {
     /// did not say (a fault served on its thread), to be told from the
     /// page's state.
     write_protect: Option<bool>,
-    /// The faulting thread.
+    /// The faulting thread, or [`THIS_THREAD`].
     thread: u32,
+}
+
+/// A fault's thread when it is the thread serving it (a fault served on the
+/// faulting thread): its id is asked for only when needed, saving a system
+/// call on every fault.
+const THIS_THREAD: u32 = u32::MAX;
+
+/// The id of a fault's thread.
+fn thread_id(thread: u32) -> u32 {
+    if thread == THIS_THREAD {
+        // SAFETY: gettid has no preconditions.
+        unsafe { libc::gettid() as u32 }
+    } else {
+        thread
+    }
 }
 
 impl Fault {
@@ -1126,7 +1141,7 @@ impl Shared {
                             continue;
                         }
                         Verdict::Signal => {
-                            signal_thread(fault.thread, libc::SIGSEGV);
+                            signal_thread(thread_id(fault.thread), libc::SIGSEGV);
                             return true;
                         }
                         Verdict::Stop => {
@@ -1159,7 +1174,7 @@ impl Shared {
                 address: fault.address,
                 access,
                 protection,
-                thread: fault.thread,
+                thread: thread_id(fault.thread),
             })
         };
         let mut table = self.table.lock();
@@ -1273,10 +1288,7 @@ impl Shared {
         offset: u64,
         thread: u32,
     ) -> bool {
-        FILL_BUFFER.with(|cell| {
-            // Borrowed only here, and nothing here touches a mapping's view,
-            // so a fault served on this thread never finds it borrowed.
-            let mut buffer = cell.borrow_mut();
+        let fill = |buffer: &mut Vec<u8>| {
             buffer.resize(self.page_size, 0);
             let fetched = if zero {
                 Ok(())
@@ -1292,7 +1304,19 @@ impl Shared {
                 buffer.as_ptr()
             };
             self.map_filled(page, frame, zero, fetched, source, access, offset, thread)
-        })
+        };
+        // The thread's buffer is borrowed only here, and nothing here
+        // touches a mapping's view, so a fault served on this thread finds
+        // it free; a fresh one serves a thread whose locals are gone (a
+        // fault from a thread-local destructor).
+        FILL_BUFFER
+            .try_with(|cell| match cell.try_borrow_mut() {
+                Ok(mut buffer) => Some(fill(&mut buffer)),
+                Err(_) => None,
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| fill(&mut Vec::new()))
     }
 
     /// The second half of [`Shared::fill`]: installs the page read (or
@@ -1383,7 +1407,7 @@ impl Shared {
             "a page of the mapping could not be brought in; the faulting thread gets SIGBUS"
         );
         if !self.on_faulting_thread {
-            signal_thread(thread, libc::SIGBUS);
+            signal_thread(thread_id(thread), libc::SIGBUS);
         }
     }
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
-use super::{Access, Fault, Shared};
+use super::{Access, Fault, Shared, THIS_THREAD};
 
 /// The mappings served here, looked up by address.
 static MAPPINGS: RwLock<Vec<Arc<Shared>>> = RwLock::new(Vec::new());
@@ -132,8 +132,7 @@ extern "C" fn on_sigbus(
             address: address & !(shared.os_page - 1),
             access,
             write_protect: None,
-            // SAFETY: gettid has no preconditions.
-            thread: unsafe { libc::gettid() } as u32,
+            thread: THIS_THREAD,
         })
     });
     if !served {
