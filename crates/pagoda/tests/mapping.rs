@@ -1336,13 +1336,18 @@ fn file_of(dir: &tempfile::TempDir, bytes: &[u8]) -> std::fs::File {
 // with EFAULT, leaving the page's data as it was.
 #[test]
 fn user_mode_only_mapping_fails_a_read_into_a_missing_page() {
+    read_into_a_missing_page_fails(FaultMode::UserModeOnly, "user-mode");
+}
+
+/// Maps a region as `fault_mode` says, and checks that `read(2)` into a
+/// page not held locally fails with EFAULT and leaves the page as it was.
+fn read_into_a_missing_page_fails(fault_mode: FaultMode, name: &str) {
     let setup = setup();
-    let name = "user-mode";
     let region = setup.region(name, 32);
     region.write_at(5 * PAGE_U64, &pattern_page(5, 8)).unwrap();
     let mut mapping = region
         .map(MapOptions {
-            fault_mode: FaultMode::UserModeOnly,
+            fault_mode,
             ..MapOptions::with_local_bytes(16 * PAGE_U64)
         })
         .unwrap();
@@ -1534,28 +1539,7 @@ fn a_fault_served_on_the_faulting_thread_keeps_errno() {
 // EFAULT, and the page keeps its data.
 #[test]
 fn signal_mapping_fails_a_read_into_a_missing_page() {
-    let setup = setup();
-    let region = setup.region("signal-syscall", 32);
-    region.write_at(5 * PAGE_U64, &pattern_page(5, 8)).unwrap();
-    let mut mapping = region
-        .map(MapOptions {
-            fault_mode: FaultMode::Signal,
-            ..MapOptions::with_local_bytes(16 * PAGE_U64)
-        })
-        .unwrap();
-    assert!(!mapping.serves_kernel_faults());
-    let dir = tempfile::tempdir().unwrap();
-    let mut file = file_of(&dir, &pattern_page(1000, 9));
-    let page = &mut mapping.as_mut_slice()[5 * PAGE..6 * PAGE];
-    match file.read(page) {
-        Err(error) => assert_eq!(error.raw_os_error(), Some(libc::EFAULT), "{error}"),
-        Ok(count) => panic!("read(2) into a page not held locally read {count} bytes"),
-    }
-    assert_same_bytes(
-        &mapping.as_slice()[5 * PAGE..6 * PAGE],
-        &pattern_page(5, 8),
-        "the page after the failed read",
-    );
+    read_into_a_missing_page_fails(FaultMode::Signal, "signal-syscall");
 }
 
 /// Calls of the child's own `SIGBUS` handler.
