@@ -191,6 +191,8 @@ struct SyncState {
     written_ticket: u64,
     written_id: CommitId,
     written_device: Option<Arc<dyn Device>>,
+    /// The sequence number of `written_device`'s segment.
+    written_sequence: u64,
     /// Segments closed by rotation whose bytes no persist has covered yet.
     sealed: Vec<Arc<dyn Device>>,
     /// Whether a segment was created since the last persist (its directory entry must be
@@ -359,6 +361,11 @@ pub struct Journal {
     free: Mutex<FreeList>,
     /// Every commit id up to this one is durable. Only grows, and only after a persist.
     durable_id: AtomicU64,
+    /// Every segment up to this sequence number has been made durable (its header
+    /// with it): by recovery, or by a persist whose target was in it (which also
+    /// synced every segment closed before). Only grows. A segment is removed only if
+    /// the one after it, which becomes the oldest, is at or below this.
+    segments_durable: AtomicU64,
     /// Threads inside `commit` or `release_through` (between entering and returning).
     committers: AtomicU64,
     /// Copies of `SyncState::written_ticket` and `durable_ticket`, for a gathering leader
@@ -406,6 +413,8 @@ impl Journal {
         let recovered = recovery::recover(&*storage, &options)?;
         let records: Vec<Arc<Record>> = recovered.records.into_iter().map(Arc::new).collect();
         let durable_id = recovered.next_id - 1;
+        // Recovery synced every segment it kept.
+        let active_sequence = recovered.active.sequence;
         let journal = Journal {
             storage,
             options,
@@ -419,6 +428,7 @@ impl Journal {
                 written_ticket: 0,
                 written_id: durable_id,
                 written_device: None,
+                written_sequence: 0,
                 sealed: Vec::new(),
                 directory_dirty: false,
                 durable_ticket: 0,
@@ -431,6 +441,7 @@ impl Journal {
             inflight: Mutex::new(records.iter().cloned().collect()),
             free: Mutex::new(FreeList::default()),
             durable_id: AtomicU64::new(durable_id),
+            segments_durable: AtomicU64::new(active_sequence),
             committers: AtomicU64::new(0),
             written_ticket: AtomicU64::new(0),
             durable_ticket: AtomicU64::new(0),
@@ -520,7 +531,7 @@ impl Journal {
             return Err(JournalError::IdsExhausted { id });
         }
         let durable = self.durable_id.load(Ordering::Acquire);
-        let device = self.append(&mut log, frame, |frame, sequence| {
+        let (device, sequence) = self.append(&mut log, frame, |frame, sequence| {
             format::seal_commit(frame, id, durable, entry_count, body_crc, sequence);
         })?;
         log.next_id = id + 1;
@@ -535,7 +546,7 @@ impl Journal {
         }
         // Without coalescing this runs with the commit lock held, so this committer is
         // always the leader and persists its own record alone.
-        self.wait_durable(ticket, id, device)?;
+        self.wait_durable(ticket, id, device, sequence)?;
         Counters::add(&self.counters.commits, 1);
         Ok(())
     }
@@ -549,7 +560,7 @@ impl Journal {
         log: &mut MutexGuard<'_, LogState>,
         frame: &mut [u8],
         seal: impl FnOnce(&mut [u8], u64),
-    ) -> Result<Arc<dyn Device>, JournalError> {
+    ) -> Result<(Arc<dyn Device>, u64), JournalError> {
         let length = frame.len() as u64;
         let fresh = log.active.offset == format::SEGMENT_HEADER_BYTES as u64;
         let full = !fresh && log.active.offset + length > self.options.segment_bytes;
@@ -572,7 +583,7 @@ impl Journal {
         log.active.zeroed_end = log.active.zeroed_end.max(log.active.offset);
         log.tickets += 1;
         Counters::add(&self.counters.bytes_appended, length);
-        Ok(device)
+        Ok((device, log.active.sequence))
     }
 
     /// Before a record of `length` bytes goes to the tail: if it would pass the active
@@ -706,12 +717,14 @@ impl Journal {
         ticket: u64,
         id: CommitId,
         device: Arc<dyn Device>,
+        sequence: u64,
     ) -> Result<(), JournalError> {
         let mut sync = self.sync.lock();
         if ticket > sync.written_ticket {
             sync.written_ticket = ticket;
             sync.written_id = id;
             sync.written_device = Some(device);
+            sync.written_sequence = sequence;
             self.written_ticket.store(ticket, Ordering::Release);
         }
         loop {
@@ -750,6 +763,7 @@ impl Journal {
                 .written_device
                 .clone()
                 .expect("a published ticket names its device");
+            let target_sequence = sync.written_sequence;
             let sealed = mem::take(&mut sync.sealed);
             let directory = mem::replace(&mut sync.directory_dirty, false);
             let result = MutexGuard::unlocked(&mut sync, || {
@@ -765,6 +779,8 @@ impl Journal {
                     sync.durable_ticket = target_ticket;
                     self.durable_ticket.store(target_ticket, Ordering::Release);
                     self.durable_id.fetch_max(target_id, Ordering::AcqRel);
+                    self.segments_durable
+                        .fetch_max(target_sequence, Ordering::AcqRel);
                     Counters::add(&self.counters.persists, 1);
                     Ok(())
                 }
@@ -860,7 +876,7 @@ impl Journal {
             self.check_failed()?;
             let durable = self.durable_id.load(Ordering::Acquire);
             let mut marker = [0u8; format::RECORD_HEADER_BYTES];
-            let device = self.append(&mut log, &mut marker, |marker, sequence| {
+            let (device, sequence) = self.append(&mut log, &mut marker, |marker, sequence| {
                 marker.copy_from_slice(&format::release_marker(id, durable, sequence));
             })?;
             let ticket = log.tickets;
@@ -868,7 +884,7 @@ impl Journal {
             if self.options.coalesce {
                 drop(log);
             }
-            self.wait_durable(ticket, written_id, device)?;
+            self.wait_durable(ticket, written_id, device, sequence)?;
         }
         self.released_id.fetch_max(id, Ordering::AcqRel);
         Counters::add(&self.counters.releases, 1);
@@ -886,16 +902,21 @@ impl Journal {
     }
 
     /// Removes closed segments whose records are all released, oldest first, persisting
-    /// the directory after each removal so the files left never have a gap.
+    /// the directory after each removal so the files left never have a gap. A segment
+    /// goes only once the one after it has been made durable: that one becomes the
+    /// oldest, and a crash must not leave an oldest segment whose header never reached
+    /// the disk (recovery could not tell the commit ids it continues). A segment kept for
+    /// that reason goes at a later release.
     fn reclaim(&self, released: CommitId) -> Result<(), JournalError> {
         let _reclaiming = self.reclaim_lock.lock();
         let mut doomed = Vec::new();
         {
             let mut log = self.log.lock();
+            let durable = self.segments_durable.load(Ordering::Acquire);
             while log
                 .sealed
                 .front()
-                .is_some_and(|span| span.last_id <= released)
+                .is_some_and(|span| span.last_id <= released && span.sequence < durable)
             {
                 doomed.extend(log.sealed.pop_front());
             }

@@ -268,6 +268,17 @@ pub(crate) fn recover(
     while reclaimable + 1 < scanned.len() && scanned[reclaimable].last_id <= scan.released {
         reclaimable += 1;
     }
+    if reclaimable > 0 {
+        // The segments that stay are made durable before the older ones go: a crash
+        // between must not leave an oldest segment whose header never reached the disk
+        // (the commit ids it continues could not be told).
+        for segment in &scanned[reclaimable..] {
+            segment.device.sync().map_err(io_error(format!(
+                "persisting journal segment {}",
+                segment.sequence
+            )))?;
+        }
+    }
     for segment in scanned.drain(..reclaimable) {
         storage.remove(segment.sequence).map_err(io_error(format!(
             "removing released segment {}",
