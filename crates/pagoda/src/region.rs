@@ -254,6 +254,83 @@ impl RemotePages {
     }
 }
 
+/// A read of one page sent over the connection and not waited for yet
+/// (see [`RemotePages::send_page_read`]); its reply is copied into the
+/// buffer it borrows.
+pub(crate) struct PageRead<'a> {
+    page: u64,
+    buffer: &'a mut [u8],
+    /// `None` when nothing was sent (the page is read when finished).
+    call: Option<PendingCall>,
+}
+
+impl PageRead<'_> {
+    /// Whether a request is in flight.
+    pub(crate) fn in_flight(&self) -> bool {
+        self.call.is_some()
+    }
+}
+
+impl Drop for PageRead<'_> {
+    fn drop(&mut self) {
+        // Still in flight: no reader may write into the buffer once the
+        // borrow ends.
+        if let Some(call) = self.call.take()
+            && let Some(connection) = call.connection()
+        {
+            connection.abandon(&call);
+        }
+    }
+}
+
+impl RemotePages {
+    /// Sends a read of `page` into `buffer` (one page) and returns without
+    /// waiting, so that the caller can work while it is in flight (a
+    /// mapping's fault evicts meanwhile); [`RemotePages::finish_page_read`]
+    /// waits for it. Sends nothing where a read must go another way
+    /// (co-located, or with committed records to ship first): the finish
+    /// reads the page then.
+    pub(crate) fn send_page_read<'a>(&self, page: u64, buffer: &'a mut [u8]) -> PageRead<'a> {
+        let call = if self.shipping.is_some() || self.shared_region().is_some() {
+            None
+        } else {
+            let region = self.binding.id();
+            self.link
+                .send_into(
+                    |out, id| encode_read_pages(out, id, 0, region, &[page]),
+                    buffer,
+                )
+                .ok()
+        };
+        PageRead { page, buffer, call }
+    }
+
+    /// Waits for a read from [`RemotePages::send_page_read`]. A read that
+    /// was not sent, failed, or was answered with an error is made again
+    /// as [`Backing::read_pages`] makes it (with its retries and
+    /// reconnects), so the outcome is that of a plain read.
+    pub(crate) fn finish_page_read(&self, mut read: PageRead<'_>) -> Result<(), BackingError> {
+        if let Some(call) = read.call.take() {
+            let began = std::time::Instant::now();
+            let delivered = self
+                .link
+                .wait_for(&call)
+                .is_ok_and(|reply| reply.delivered());
+            if let Some(connection) = call.connection() {
+                // Nothing is left of a call answered or failed; abandoning
+                // it makes sure no reader writes into the buffer below.
+                connection.abandon(&call);
+            }
+            if delivered {
+                self.histograms.fetch.record(began.elapsed().as_secs_f64());
+                return Ok(());
+            }
+        }
+        let page = read.page;
+        self.read_pages(&[page], &mut [&mut *read.buffer])
+    }
+}
+
 impl Backing for RemotePages {
     fn read_pages(&self, pages: &[u64], buffers: &mut [&mut [u8]]) -> Result<(), BackingError> {
         // In `Local` mode every committed record goes out before the fetch,

@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pagoda::{
-    Access, Client, ClientError, ClientOptions, DirtyTracking, FaultMode, LOCAL_PAGES_MIN,
-    MapOptions, Mapping, Protection, Region, RegionOptions, Verdict, Violation,
+    Access, Client, ClientError, ClientOptions, Colocated, DirtyTracking, FaultMode,
+    LOCAL_PAGES_MIN, MapOptions, Mapping, Protection, Region, RegionOptions, Verdict, Violation,
     ZAPS_PER_EVICTION_MAX,
 };
 use pagoda_node::Node;
@@ -74,9 +74,15 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(ClientOptions::default())
+}
+
+/// A node of its own in a fresh directory, and a client of it with
+/// `options`.
+fn setup_with(options: ClientOptions) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let node = common::node(dir.path(), NODE_BYTES, None);
-    let client = common::client(&node);
+    let client = Client::connect(node.local_addr(), options).unwrap();
     Setup {
         node,
         client,
@@ -191,6 +197,7 @@ fn gettid() -> u32 {
 fn random_words(local_pages: u64, region_pages: u64, threads: usize, ops_per_thread: u64) {
     random_words_served(
         FaultMode::default(),
+        Colocated::Auto,
         local_pages,
         region_pages,
         threads,
@@ -198,16 +205,23 @@ fn random_words(local_pages: u64, region_pages: u64, threads: usize, ops_per_thr
     );
 }
 
-/// [`random_words`] with faults served as `fault_mode` says.
+/// [`random_words`] with faults served as `fault_mode` says, and pages read
+/// from the node's memory (`Colocated::Auto`: the node is in this process)
+/// or over the connection (`Colocated::Off`).
 fn random_words_served(
     fault_mode: FaultMode,
+    colocated: Colocated,
     local_pages: u64,
     region_pages: u64,
     threads: usize,
     ops_per_thread: u64,
 ) {
     let seed = seed();
-    let setup = setup();
+    let over_connection = colocated == Colocated::Off;
+    let setup = setup_with(ClientOptions {
+        colocated,
+        ..ClientOptions::default()
+    });
     let name = "words";
     let mapping = setup
         .region(name, region_pages)
@@ -313,6 +327,16 @@ fn random_words_served(
     if local_pages < region_pages {
         assert!(stats.evictions > 0, "the workload never evicted: {stats:?}");
     }
+    // Evictions run ahead of need only while a read is on the network,
+    // from 256 pages of budget on.
+    if over_connection && local_pages >= 256 {
+        assert!(
+            stats.evictions_ahead > 0,
+            "no eviction ran while a read was in flight: {stats:?}"
+        );
+    } else {
+        assert_eq!(stats.evictions_ahead, 0, "{stats:?}");
+    }
     assert_eq!(stats.dirty_pages, 0, "dirty pages after a flush: {stats:?}");
     assert_eq!(stats.failed_faults, 0);
     // What the node holds, while the mapping is still there.
@@ -350,8 +374,27 @@ fn threads_load_and_store_with_256_local_pages() {
 // kernel queues faults for them), at the smallest budget and at 16 pages.
 #[test]
 fn threads_load_and_store_served_by_fault_threads() {
-    random_words_served(FaultMode::Auto, LOCAL_PAGES_MIN, 64, 4, 5_000);
-    random_words_served(FaultMode::Auto, 16, 128, 4, 5_000);
+    random_words_served(
+        FaultMode::Auto,
+        Colocated::Auto,
+        LOCAL_PAGES_MIN,
+        64,
+        4,
+        5_000,
+    );
+    random_words_served(FaultMode::Auto, Colocated::Auto, 16, 128, 4, 5_000);
+}
+
+// Guards the same with every page read over the connection, at budgets
+// large enough that evictions run ahead of need while a fault's read is in
+// flight (and a smaller one where they do not), served on the faulting
+// thread and by fault threads.
+#[test]
+fn threads_load_and_store_over_the_connection() {
+    random_words_served(FaultMode::default(), Colocated::Off, 16, 128, 4, 5_000);
+    random_words_served(FaultMode::default(), Colocated::Off, 256, 1024, 4, 10_000);
+    random_words_served(FaultMode::default(), Colocated::Off, 512, 2048, 4, 10_000);
+    random_words_served(FaultMode::Auto, Colocated::Off, 512, 2048, 4, 10_000);
 }
 
 // Guards byte-level correctness of the mapping through `as_mut_slice`:

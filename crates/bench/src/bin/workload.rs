@@ -753,6 +753,7 @@ impl Records for Memory {
                     "write_faults": stats.write_faults,
                     "pages_written_back": stats.pages_written_back,
                     "evictions": stats.evictions,
+                    "evictions_ahead": stats.evictions_ahead,
                     "violations": stats.violations,
                     "failed_faults": stats.failed_faults,
                     "resident_pages": stats.resident_pages,

@@ -134,6 +134,13 @@ const EVICT_BATCH_PAGES: usize = 16;
 /// module documentation); past it a mapped candidate is zapped and taken.
 /// Bounds the time a fault waits for an eviction.
 pub const ZAPS_PER_EVICTION_MAX: usize = 256;
+/// Pages one eviction ahead of need frees: few, so that it takes about as
+/// long as the read it overlaps.
+const EVICT_AHEAD_PAGES: usize = 2;
+/// The smallest budget, in frames, whose evictions run ahead of need
+/// (while a fault's read is in flight): below it the frames kept free
+/// would be a noticeable part of the budget.
+const REPLENISH_FRAMES_MIN: usize = 16 * EVICT_BATCH_PAGES;
 /// Messages read from the userfaultfd at once.
 const MESSAGES_PER_READ: usize = 16;
 /// How long a fault thread waits for a busy page before it looks again.
@@ -143,7 +150,11 @@ const BUSY_WAIT: Duration = Duration::from_millis(20);
 #[derive(Clone, Debug)]
 pub struct MapOptions {
     /// RAM for the pages held locally, in bytes; rounded down to whole
-    /// pages, at least [`LOCAL_PAGES_MIN`] pages.
+    /// pages, at least [`LOCAL_PAGES_MIN`] pages. From 256 pages on, a
+    /// fault whose page is read over the connection evicts two pages while
+    /// the read is in flight if fewer frames are free than one eviction
+    /// round frees (1/16 of the budget, at most 16), so the budget's last
+    /// few frames may stand free.
     pub local_bytes: u64,
     /// Threads serving faults where a fault thread serves them (not with
     /// [`FaultMode::Signal`], where each faulting thread serves its own);
@@ -291,9 +302,10 @@ pub enum Verdict {
     Stop,
 }
 
-/// A violation handler: called on a fault thread, while the faulting
-/// thread waits. It must not touch a page of the mapping whose access
-/// would fault (that thread would wait for itself).
+/// A violation handler: called on a fault thread while the faulting thread
+/// waits, or ([`FaultMode::Signal`]) on the faulting thread inside the
+/// mapping's `SIGBUS` handler. It must not touch a page of the mapping
+/// whose access would fault (that thread would wait for itself).
 pub type ViolationHandler = Arc<dyn Fn(&Violation) -> Verdict + Send + Sync>;
 
 /// A mapping's counters.
@@ -319,6 +331,9 @@ pub struct MappingStats {
     pub pages_written_back: u64,
     /// Pages evicted from the local tier.
     pub evictions: u64,
+    /// Of them, evicted ahead of need while a fault's read was on the
+    /// network (see [`MapOptions::local_bytes`]).
+    pub evictions_ahead: u64,
     /// Protection violations.
     pub violations: u64,
     /// Faults that could not be served (the thread got `SIGBUS`).
@@ -350,6 +365,8 @@ struct Table {
     frame_generation: Vec<u32>,
     /// The eviction that last zapped each frame.
     zapped_by: Vec<u64>,
+    /// A thread is evicting ahead of need ([`Shared::replenish`]).
+    replenishing: bool,
     /// Evictions begun.
     eviction: u64,
     free: Vec<FrameId>,
@@ -424,6 +441,7 @@ struct Shared {
     write_faults: AtomicU64,
     pages_written_back: AtomicU64,
     evictions: AtomicU64,
+    evictions_ahead: AtomicU64,
     violations: AtomicU64,
     failed_faults: AtomicU64,
 }
@@ -444,10 +462,10 @@ unsafe impl Sync for Shared {}
 /// as for any memory: shared views through `&self`, one exclusive view
 /// through `&mut self` (split it with `chunks_mut` to hand pieces to
 /// threads). [`Mapping::as_atomic_u64s`] gives a view several threads may
-/// load and store at once through `&self`. The fault threads change page
-/// contents only through their own mapping of the same memory and only
-/// while the page is not mapped for the application, so no view ever sees
-/// a page change under it except by its own stores; a flush reads pages
+/// load and store at once through `&self`. Serving a fault installs a
+/// page whole (`UFFDIO_COPY`) only while it is not mapped for the
+/// application, so no view ever sees a page change under it except by its
+/// own stores; a flush reads pages
 /// while they may be written (a page written during a flush is marked
 /// dirty again and sent again by the next flush).
 pub struct Mapping {
@@ -625,6 +643,7 @@ impl Mapping {
                 frame_state: vec![0; frames],
                 frame_generation: vec![0; frames],
                 zapped_by: vec![0; frames],
+                replenishing: false,
                 eviction: 0,
                 free: (0..frames as FrameId).rev().collect(),
                 protection: BTreeMap::new(),
@@ -644,6 +663,7 @@ impl Mapping {
             write_faults: AtomicU64::new(0),
             pages_written_back: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            evictions_ahead: AtomicU64::new(0),
             violations: AtomicU64::new(0),
             failed_faults: AtomicU64::new(0),
             region,
@@ -1293,10 +1313,14 @@ impl Shared {
             let fetched = if zero {
                 Ok(())
             } else {
-                self.region
-                    .cache()
-                    .backing()
-                    .read_pages(&[page], &mut [&mut buffer[..]])
+                // The eviction that keeps frames free is done while the
+                // read is on the network, where it costs no wait.
+                let backing = self.region.cache().backing();
+                let read = backing.send_page_read(page, &mut buffer[..]);
+                if read.in_flight() {
+                    self.replenish();
+                }
+                backing.finish_page_read(read)
             };
             let source = if zero {
                 self.zeros.as_ptr()
@@ -1421,11 +1445,48 @@ impl Shared {
         if let Some(frame) = table.free.pop() {
             return Ok(Some(frame));
         }
-        let victims = self.choose_victims(table);
-        if victims.is_empty() {
+        let batch = (table.frame_state.len() / 16).clamp(1, EVICT_BATCH_PAGES);
+        if !self.evict_round(table, batch)? {
             // Every frame is busy: wait for one to change.
             self.changed.wait_for(table, BUSY_WAIT);
-            return Ok(None);
+        }
+        Ok(None)
+    }
+
+    /// Frees frames before they are needed, while this thread's page read
+    /// is in flight: one eviction round when the free frames are fewer
+    /// than a round frees, unless another thread is at it. A failure is
+    /// left to the fault that next needs a frame (the victims stay held and
+    /// dirty, logged).
+    fn replenish(&self) {
+        let mut table = self.table.lock();
+        let round = (table.frame_state.len() / 16).clamp(1, EVICT_BATCH_PAGES);
+        if table.replenishing
+            || table.free.len() >= round
+            || table.frame_state.len() < REPLENISH_FRAMES_MIN
+        {
+            return;
+        }
+        table.replenishing = true;
+        let before = table.free.len();
+        let _ = self.evict_round(&mut table, EVICT_AHEAD_PAGES);
+        let freed = table.free.len().saturating_sub(before);
+        table.replenishing = false;
+        self.evictions_ahead
+            .fetch_add(freed as u64, Ordering::Relaxed);
+    }
+
+    /// One eviction round: victims chosen, the dirty ones written back,
+    /// then all freed. False if every frame was busy; the error of a
+    /// write-back that failed (its pages stay held and dirty).
+    fn evict_round(
+        &self,
+        table: &mut MutexGuard<'_, Table>,
+        batch: usize,
+    ) -> Result<bool, ClientError> {
+        let victims = self.choose_victims(table, batch);
+        if victims.is_empty() {
+            return Ok(false);
         }
         let dirty: Vec<(FrameId, u64)> = victims
             .iter()
@@ -1456,7 +1517,7 @@ impl Shared {
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }
         self.changed.notify_all();
-        written.map(|()| None)
+        written.map(|()| true)
     }
 
     /// Victims from the policy, marked busy; mapped candidates are zapped
@@ -1465,7 +1526,7 @@ impl Shared {
     /// candidates: past that every candidate that is not busy is taken
     /// (a mapped one zapped first), so that a round's work is bounded by
     /// that number, not by the budget's size.
-    fn choose_victims(&self, table: &mut Table) -> Vec<FrameId> {
+    fn choose_victims(&self, table: &mut Table, batch: usize) -> Vec<FrameId> {
         // Pages zapped by this eviction are not taken by it while it may
         // still choose: they must have the time of a round of the policy's
         // queue to be referenced (a minor fault), or the zap would teach
@@ -1474,7 +1535,6 @@ impl Shared {
         // evictions), they are taken after all.
         table.eviction += 1;
         let eviction = table.eviction;
-        let batch = (table.frame_state.len() / 16).clamp(1, EVICT_BATCH_PAGES);
         let mut victims = Vec::new();
         let mut candidates = 0usize;
         for fresh_allowed in [false, true] {
@@ -1794,6 +1854,7 @@ impl Shared {
             write_faults: self.write_faults.load(Ordering::Relaxed),
             pages_written_back: self.pages_written_back.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
+            evictions_ahead: self.evictions_ahead.load(Ordering::Relaxed),
             violations: self.violations.load(Ordering::Relaxed),
             failed_faults: self.failed_faults.load(Ordering::Relaxed),
             resident_pages,
