@@ -1049,6 +1049,17 @@ fn run_child(scenario: &str, environment: &[(&str, String)]) -> ChildOutcome {
     outcome
 }
 
+/// Runs the `scenario` child on region `name` of `setup`'s node.
+fn run_child_on(setup: &Setup, scenario: &str, name: &str) -> ChildOutcome {
+    run_child(
+        scenario,
+        &[
+            (CHILD_NODE, setup.node.local_addr().to_string()),
+            (CHILD_REGION, name.to_string()),
+        ],
+    )
+}
+
 /// `@@ key value` lines a child prints.
 fn said<'a>(stdout: &'a str, key: &str) -> Option<&'a str> {
     stdout
@@ -1203,13 +1214,7 @@ fn signal_verdict_delivers_sigsegv_to_the_faulting_thread() {
     let setup = setup();
     let name = "signal";
     drop(setup.region(name, 16));
-    let outcome = run_child(
-        "signal",
-        &[
-            (CHILD_NODE, setup.node.local_addr().to_string()),
-            (CHILD_REGION, name.to_string()),
-        ],
-    );
+    let outcome = run_child_on(&setup, "signal", name);
     assert!(
         said(&outcome.stdout, "accessing").is_some(),
         "the child never got to the access"
@@ -1239,13 +1244,7 @@ fn store_to_a_mapping_of_a_read_only_region_calls_the_handler_then_signals() {
     let writer = setup.region(name, 32);
     writer.write_at(2 * PAGE_U64, &pattern_page(2, 6)).unwrap();
     drop(writer);
-    let outcome = run_child(
-        "read-only-region",
-        &[
-            (CHILD_NODE, setup.node.local_addr().to_string()),
-            (CHILD_REGION, name.to_string()),
-        ],
-    );
+    let outcome = run_child_on(&setup, "read-only-region", name);
     let loaded: u64 = said(&outcome.stdout, "loaded")
         .expect("the child's load never completed")
         .parse()
@@ -1286,13 +1285,7 @@ fn default_handler_stops_the_process_with_an_exact_message() {
     let setup = setup();
     let name = "stop";
     drop(setup.region(name, 16));
-    let outcome = run_child(
-        "stop",
-        &[
-            (CHILD_NODE, setup.node.local_addr().to_string()),
-            (CHILD_REGION, name.to_string()),
-        ],
-    );
+    let outcome = run_child_on(&setup, "stop", name);
     assert!(
         said(&outcome.stdout, "survived").is_none(),
         "the store completed"
@@ -1692,13 +1685,7 @@ fn a_sigbus_not_of_a_mapping_reaches_the_handler_it_replaced() {
     let setup = setup();
     let name = "foreign";
     drop(setup.region(name, 32));
-    let outcome = run_child(
-        "foreign-sigbus",
-        &[
-            (CHILD_NODE, setup.node.local_addr().to_string()),
-            (CHILD_REGION, name.to_string()),
-        ],
-    );
+    let outcome = run_child_on(&setup, "foreign-sigbus", name);
     assert!(outcome.status.success(), "{:?}", outcome.status);
     assert_eq!(
         said(&outcome.stdout, "on thread"),

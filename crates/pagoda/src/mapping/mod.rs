@@ -63,8 +63,8 @@
 //!   mapping on; it hands every `SIGBUS` that is not a fault of a mapping to
 //!   the handler it replaced (or the default action). An application that
 //!   installs a `SIGBUS` handler afterwards must pass on what it does not
-//!   handle to the one it replaced, as this one does; a new mapping
-//!   installs the mapping's handler again if it was replaced.
+//!   handle to the one it replaced, as this one does (it is installed once
+//!   per process, never again over a later one).
 //! - The handler runs on the faulting thread's stack (tens of KiB: the
 //!   network read and the eviction), with every other signal held until
 //!   it returns, and it takes the mapping's and the connection's locks and

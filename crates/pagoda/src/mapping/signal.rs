@@ -25,13 +25,13 @@ use super::{Access, Fault, Shared, THIS_THREAD};
 
 /// The mappings served here, looked up by address.
 static MAPPINGS: RwLock<Vec<Arc<Shared>>> = RwLock::new(Vec::new());
-/// The `SIGBUS` action the handler replaced (null: the default).
+/// The `SIGBUS` action the handler replaced; null until it is installed.
 static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
-/// Serializes installing the handler.
-static INSTALLING: Mutex<()> = Mutex::new(());
+/// Whether the handler is installed; held while it is being installed.
+static INSTALLING: Mutex<bool> = Mutex::new(false);
 
-/// Makes the handler the process's `SIGBUS` handler (again, if another
-/// replaced it since) and serves `shared`'s faults from now on.
+/// Makes the handler the process's `SIGBUS` handler (once per process) and
+/// serves `shared`'s faults from now on.
 pub(super) fn register(shared: Arc<Shared>) -> std::io::Result<()> {
     install()?;
     MAPPINGS.write().push(shared);
@@ -43,16 +43,21 @@ pub(super) fn unregister(shared: &Arc<Shared>) {
     MAPPINGS.write().retain(|other| !Arc::ptr_eq(other, shared));
 }
 
+/// Installs the handler the first time it is called. Not again if the
+/// application replaced it since: a handler installed after this one is
+/// expected to pass on what it does not handle to this one, and installing
+/// this one over it would make each pass the other's signals back and
+/// forth.
 fn install() -> std::io::Result<()> {
-    let _installing = INSTALLING.lock();
+    let mut installed = INSTALLING.lock();
+    if *installed {
+        return Ok(());
+    }
     // SAFETY: reads the current action into a zeroed structure.
     let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: sigaction with a null new action only reads.
     if unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut current) } != 0 {
         return Err(std::io::Error::last_os_error());
-    }
-    if current.sa_sigaction == on_sigbus as *const () as usize {
-        return Ok(());
     }
     // SAFETY: a zeroed sigaction is a valid start; every field used is set.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -63,15 +68,17 @@ fn install() -> std::io::Result<()> {
     action.sa_flags = libc::SA_SIGINFO;
     // SAFETY: fills the mask of a structure this function owns.
     unsafe { libc::sigfillset(&mut action.sa_mask) };
-    // The action replaced is kept for good: a handler running on another
-    // thread may be reading it.
-    let previous = Box::into_raw(Box::new(current));
-    PREVIOUS.store(previous, Ordering::Release);
+    // Set before the handler is in place, which may pass a signal on at
+    // once; kept for good, as a handler on another thread may be reading it.
+    // (A failed install leaves its copy behind: never freed, as a handler
+    // may still read it.)
+    PREVIOUS.store(Box::into_raw(Box::new(current)), Ordering::Release);
     // SAFETY: installs a handler that is async-signal-safe for the faults
     // it serves (see the module documentation of `mapping`).
     if unsafe { libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    *installed = true;
     Ok(())
 }
 
@@ -142,8 +149,9 @@ extern "C" fn on_sigbus(
     unsafe { *libc::__errno_location() = errno };
 }
 
-/// Gives the signal to the action the handler replaced; for the default
-/// action (or "ignore", which the kernel does not honour for a fault) the
+/// Gives the signal to the action the handler replaced: a signal sent
+/// (by `kill`) is ignored if that action was to ignore it; for the default
+/// action (or "ignore" of a fault, which the kernel does not honour) the
 /// default is restored and the signal raised again, so the process ends
 /// by `SIGBUS` as it would have without a mapping.
 fn pass_on(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
@@ -151,6 +159,12 @@ fn pass_on(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::
     // SAFETY: set once before the handler was installed and never freed.
     let previous = unsafe { previous.as_ref() };
     let handler = previous.map_or(libc::SIG_DFL, |action| action.sa_sigaction);
+    // SAFETY: the kernel's siginfo for this signal.
+    let sent = unsafe { (*info).si_code } <= 0;
+    if handler == libc::SIG_IGN && sent {
+        // Ignored, as it was before the mapping's handler.
+        return;
+    }
     if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
         // SAFETY: a zeroed sigaction with SIG_DFL is the default action.
         let mut default: libc::sigaction = unsafe { std::mem::zeroed() };
