@@ -1103,16 +1103,21 @@ fn child() {
     }
 }
 
+/// The region the parent named, on the parent's node, open for writing.
+fn parent_region() -> Region {
+    let node = std::env::var(CHILD_NODE).unwrap();
+    let name = std::env::var(CHILD_REGION).unwrap();
+    let client = Client::connect(node.as_str(), ClientOptions::default()).unwrap();
+    client
+        .open_region(&name, RegionOptions::with_cache_bytes(1 << 20))
+        .unwrap()
+}
+
 /// Maps the parent's region, protects page 3 and accesses it: with a
 /// handler answering `Signal` it loads from a guard page; with the default
 /// handler it stores to a read-only page.
 fn child_violation(scenario: &str) {
-    let node = std::env::var(CHILD_NODE).unwrap();
-    let name = std::env::var(CHILD_REGION).unwrap();
-    let client = Client::connect(node.as_str(), ClientOptions::default()).unwrap();
-    let region = client
-        .open_region(&name, RegionOptions::with_cache_bytes(1 << 20))
-        .unwrap();
+    let region = parent_region();
     let mapping = map_faulting(region, 16);
     store(&mapping, 3 * PAGE_U64, 0x3333);
     say(&format!("base {}", mapping.as_ptr() as usize));
@@ -1623,12 +1628,7 @@ fn child_foreign_sigbus() {
             0
         );
     }
-    let node = std::env::var(CHILD_NODE).unwrap();
-    let name = std::env::var(CHILD_REGION).unwrap();
-    let client = Client::connect(node.as_str(), ClientOptions::default()).unwrap();
-    let region = client
-        .open_region(&name, RegionOptions::with_cache_bytes(1 << 20))
-        .unwrap();
+    let region = parent_region();
     let mapping = map_faulting(region, LOCAL_PAGES_MIN);
     say(&format!(
         "on thread {}",

@@ -1125,12 +1125,10 @@ impl Shared {
     /// Serves one fault; false if it could not be served (see
     /// [`Shared::fail`]).
     fn fault(&self, fault: &Fault) -> bool {
-        let address = fault.address;
-        let base = self.tier.user as usize;
-        if address < base || address >= base + self.tier.len {
+        if !self.contains(fault.address) {
             return true;
         }
-        let offset = (address - base) as u64;
+        let offset = (fault.address - self.tier.user as usize) as u64;
         let page = offset / self.page_size as u64;
         let access = fault.access;
         loop {
